@@ -1,0 +1,24 @@
+"""``python -m bench perf WHAT``: performance tables of the project's own kernels (never timed tests).
+
+Each target is a module ``bench.perf_<what>`` exposing ``add_arguments(parser)`` and ``main(args)``.
+"""
+
+import argparse
+import importlib
+
+TARGETS = {
+    "ssim": "forward+backward time and peak memory of our SSIM loss against the reference libraries",
+    "data": "synthetic fundus images per second",
+    "train": "step time per preset and peak memory per decode chunk size",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="target", required=True)
+    for name, help_text in TARGETS.items():
+        p = sub.add_parser(name, help=help_text)
+        importlib.import_module(f"bench.perf_{name}").add_arguments(p)
+
+
+def main(args) -> int:
+    return importlib.import_module(f"bench.perf_{args.target}").main(args) or 0

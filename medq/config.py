@@ -1,0 +1,458 @@
+"""Typed configuration: one dataclass per concern, TOML presets, dotted overrides, a stable hash.
+
+The dataclass defaults below ARE the base configuration (a fine-tune of the base model with CE +
+latent MSE). A preset in ``configs/<name>.toml`` states only what differs from it; overlays such as
+``configs/model/small.toml`` are applied the same way. Every value lives in exactly one place:
+derived values (``LossConfig.needs_vae``) are properties, never fields.
+
+    cfg = load_config("ssim_v3", overrides=["loss.ssim_weight=0.2"])
+    cfg.run_name        # 'ssim_v3-1a2b3c4d': preset + short hash of every value
+    dump_toml(cfg)      # the resolved config, as written into the run directory
+
+Errors name the key, the value and the rule (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration key, type or value is wrong; the message says which and why."""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the mini-BAGEL (transformer + VAE); see ``medq.models``."""
+
+    image_size: int = 64
+    """Side in pixels of the (square) generated image; data is resized/cropped to it."""
+    vae: str = "runs/vae"
+    """Directory of the VAE: ours (``python -m train vae``) or a diffusers AutoencoderKL."""
+    vae_downsample: int = 4
+    """Spatial downsampling factor of our VAE (4 or 8); a diffusers VAE states its own."""
+    latent_channels: int = 4
+    """Channels of our VAE's latent; a diffusers VAE states its own."""
+    patch_size: int = 2
+    """Latent pixels per side folded into one image token (BAGEL: 2)."""
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    max_text_len: int = 48
+    """Longest instruction or report in tokens, special tokens included."""
+    vocab_pad_multiple: int = 64
+    """Text head rows are the vocabulary size rounded up to this (Qwen2-style padding): the
+    padding ids decode to nothing, which is how a collapsed model shows itself."""
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and which tasks are made of them; see ``medq.data``."""
+
+    source: str = "synthetic"
+    """synthetic (embedded generator) | eyeq | drive | folder."""
+    root: str = ""
+    """Image folder for eyeq / drive / folder sources."""
+    labels: str = ""
+    """EyeQ label CSV (``,image,quality,DR_grade``) for the eyeq source."""
+    num_images: int = 384
+    """Number of synthetic fundus images generated (all splits together)."""
+    seed: int = 0
+    """Seed of the synthetic generator and of the degradations."""
+    tasks: list[str] = field(default_factory=lambda: ["sr4", "sr2", "enhance"])
+    """Image tasks trained and evaluated: sr2, sr4, enhance. Every sample also has a report."""
+    target_quality: list[int] = field(default_factory=lambda: [0])
+    """EyeQ quality grades allowed as targets (0 Good, 1 Usable, 2 Reject)."""
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    cache_dir: str = "runs/_cache"
+    """Generated and preprocessed images are cached here."""
+    on_bad_input: str = "error"
+    """error: stop at the first unreadable image, naming it | skip: skip and list it in a report."""
+    num_workers: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Weights and gates of the training objective; see ``medq.losses``."""
+
+    ce_weight: float = 1.0
+    """Cross-entropy on the report tokens."""
+    mse_weight: float = 1.0
+    """MSE between predicted and true flow velocity in latent space."""
+    pixel_weight: float = 0.0
+    """Pixel loss between the VAE-decoded x0_hat and the target image."""
+    pixel_kind: str = "l2"
+    """l1 | l2."""
+    pixel_max_t: float = 0.3
+    """Only samples with t <= pixel_max_t enter the pixel loss (x0_hat is trustworthy there)."""
+    ssim_weight: float = 0.0
+    """Weight of 1 - SSIM between the decoded x0_hat and the target."""
+    ssim_max_t: float = 0.3
+    ssim_grad_scale: float = 1.0
+    """Identity forward; multiplies the SSIM gradient entering x0_hat in the backward pass."""
+    ssim_grad_clamp: float = 0.0
+    """Clamp each element of the SSIM gradient at x0_hat to [-c, c]; 0 turns it off."""
+    ssim_window: int = 11
+    ssim_sigma: float = 1.5
+    ssim_masked: bool = True
+    """Average the SSIM map inside the field of view only (the black border inflates SSIM)."""
+    decode_chunk: int = 8
+    """Samples decoded by the VAE at once in the image-space losses (bounds peak memory)."""
+    timestep_shift: float = 1.0
+    """Shift s of the training timesteps t = s t / (1 + (s - 1) t); BAGEL trains with 1.0."""
+
+    @property
+    def needs_vae(self) -> bool:
+        """The VAE decoder is in the training graph exactly when an image-space loss is on.
+
+        Derived, never configured: the original v1 crash came from a separate flag that disagreed
+        with the weights (SSIM-only left the VAE out and decode returned None)."""
+        return self.pixel_weight > 0 or self.ssim_weight > 0
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, schedule, batch and EMA."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 20
+    max_steps: int = 300
+    batch_size: int = 16
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    ema_decay: float = 0.995
+    """EMA of the trainable weights. BAGEL uses 0.9999 over tens of thousands of steps; our CPU
+    runs are a few hundred steps, so the horizon is shortened accordingly."""
+    amp: str = "auto"
+    """auto (bf16 where the hardware runs it fast, i.e. CUDA) | bf16 | off."""
+
+
+@dataclass
+class InitConfig:
+    """Where the weights come from. Random weights only when ``scratch`` says so."""
+
+    from_: str = "pretrain"
+    """Checkpoint directory, run directory, or a preset name whose latest finished run in
+    ``run.out_dir`` is used (e.g. 'pretrain'). Written ``from`` in TOML and on the command line."""
+    weights: str = "ema"
+    """ema | model: which weights of that checkpoint are loaded."""
+    scratch: bool = False
+    """Start from random weights. Must be stated: the v2 accident was an unnoticed scratch start."""
+
+
+@dataclass
+class SampleConfig:
+    """Image generation (validation, inference): BAGEL's Euler sampler."""
+
+    steps: int = 16
+    """Euler steps from t = 1 to t = 0 (BAGEL: 49 at 50 timesteps)."""
+    shift: float = 3.0
+    """Timestep shift of the sampling schedule (BAGEL: 3.0 at inference)."""
+    text_guidance: float = 1.0
+    """Classifier-free guidance on the instruction text; 1.0 turns it off."""
+    seed: int = 0
+    max_new_tokens: int = 40
+    temperature: float = 0.0
+    """0 = greedy text decoding."""
+    top_p: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    """Bookkeeping of one run: where it writes, how often it logs, checks and saves."""
+
+    preset: str = "base"
+    """Name of the preset this run was made from (set by the loader)."""
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
+    log_every: int = 10
+    val_every: int = 100
+    ckpt_every: int = 100
+    keep_last: int = 2
+    """Checkpoints kept besides the best one."""
+    probe_every: int = 50
+    """Steps between gradient probes (per-loss gradient norm at x0_hat and the backbone)."""
+    max_nonfinite: int = 5
+    """Abort after this many consecutive non-finite steps (each one is skipped)."""
+    collapse_stop: bool = False
+    """Stop early when the collapse monitor fires."""
+    threads: int = 0
+    """torch intra-op threads; 0 leaves torch's default."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def hash(self) -> str:
+        """sha256 of every value that changes what is computed (not where it is written)."""
+        d = to_dict(self)
+        d["run"].pop("out_dir")
+        d["run"].pop("preset")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.run.preset}-{self.hash[:8]}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run_name
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}
+SECTIONS = {name: typing.get_type_hints(Config)[name] for name in SECTIONS}
+
+# TOML and command-line names that are Python keywords.
+_ALIASES = {"from": "from_"}
+_UNALIASES = {v: k for k, v in _ALIASES.items()}
+
+
+def _check(cond: bool, key: str, value, rule: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key} = {value!r}: {rule}")
+
+
+def validate(cfg: Config) -> None:
+    """All range rules in one place. Raises ConfigError naming key, value and rule."""
+    m, d, lo, o, i, s, r = cfg.model, cfg.data, cfg.loss, cfg.optim, cfg.init, cfg.sample, cfg.run
+    for name in ("image_size", "d_model", "n_layers", "n_heads", "patch_size", "latent_channels",
+                 "max_text_len", "vocab_pad_multiple"):
+        _check(getattr(m, name) >= 1, f"model.{name}", getattr(m, name), "must be >= 1")
+    _check(m.vae_downsample in (4, 8), "model.vae_downsample", m.vae_downsample, "must be 4 or 8")
+    _check(m.d_model % m.n_heads == 0, "model.d_model", m.d_model,
+           f"must be divisible by model.n_heads = {m.n_heads}")
+    _check(m.image_size % (m.vae_downsample * m.patch_size) == 0, "model.image_size", m.image_size,
+           f"must be a multiple of vae_downsample * patch_size = {m.vae_downsample * m.patch_size}")
+    _check(d.source in ("synthetic", "eyeq", "drive", "folder"), "data.source", d.source,
+           "must be one of synthetic, eyeq, drive, folder")
+    _check(d.source == "synthetic" or bool(d.root), "data.root", d.root,
+           f"must name an image folder when data.source = {d.source!r}")
+    _check(d.source != "eyeq" or bool(d.labels), "data.labels", d.labels,
+           "must name the EyeQ label CSV when data.source = 'eyeq'")
+    _check(d.num_images >= 3, "data.num_images", d.num_images, "must be >= 3 (train/val/test)")
+    _check(len(d.tasks) > 0 and all(t in ("sr2", "sr4", "enhance") for t in d.tasks), "data.tasks",
+           d.tasks, "must be a non-empty list of sr2, sr4, enhance")
+    _check(all(q in (0, 1, 2) for q in d.target_quality) and d.target_quality, "data.target_quality",
+           d.target_quality, "must be a non-empty list of 0 (Good), 1 (Usable), 2 (Reject)")
+    for name in ("val_fraction", "test_fraction"):
+        _check(0 < getattr(d, name) < 0.5, f"data.{name}", getattr(d, name), "must be in (0, 0.5)")
+    _check(d.on_bad_input in ("error", "skip"), "data.on_bad_input", d.on_bad_input,
+           "must be error or skip")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    for name in ("ce_weight", "mse_weight", "pixel_weight", "ssim_weight"):
+        _check(getattr(lo, name) >= 0, f"loss.{name}", getattr(lo, name), "loss weights must be >= 0")
+    for name in ("pixel_max_t", "ssim_max_t"):
+        _check(0 < getattr(lo, name) <= 1, f"loss.{name}", getattr(lo, name), "must be in (0, 1]")
+    _check(lo.pixel_kind in ("l1", "l2"), "loss.pixel_kind", lo.pixel_kind, "must be l1 or l2")
+    _check(lo.ssim_window >= 3 and lo.ssim_window % 2 == 1, "loss.ssim_window", lo.ssim_window,
+           "must be odd and >= 3")
+    _check(lo.ssim_sigma > 0, "loss.ssim_sigma", lo.ssim_sigma, "must be > 0")
+    _check(lo.ssim_grad_scale > 0, "loss.ssim_grad_scale", lo.ssim_grad_scale, "must be > 0")
+    _check(lo.ssim_grad_clamp >= 0, "loss.ssim_grad_clamp", lo.ssim_grad_clamp,
+           "must be > 0, or 0 for off")
+    _check(lo.decode_chunk >= 1, "loss.decode_chunk", lo.decode_chunk, "must be >= 1")
+    _check(lo.timestep_shift > 0, "loss.timestep_shift", lo.timestep_shift, "must be > 0")
+    _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
+           "must be two numbers in [0, 1)")
+    _check(o.max_steps >= 1, "optim.max_steps", o.max_steps, "must be >= 1")
+    _check(0 <= o.warmup_steps <= o.max_steps, "optim.warmup_steps", o.warmup_steps,
+           f"must be in [0, optim.max_steps = {o.max_steps}]")
+    _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be >= 1")
+    _check(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0 = off)")
+    _check(0 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay, "must be in [0, 1)")
+    _check(o.amp in ("auto", "bf16", "off"), "optim.amp", o.amp, "must be auto, bf16 or off")
+    _check(i.weights in ("ema", "model"), "init.weights", i.weights, "must be ema or model")
+    _check(not (i.scratch and i.from_), "init.from", i.from_,
+           "must be empty when init.scratch = true (random weights and a checkpoint exclude each other)")
+    _check(i.scratch or bool(i.from_), "init.scratch", i.scratch,
+           "init.from is empty: name a checkpoint, or set init.scratch = true to train from random "
+           "weights on purpose (an unnoticed scratch start was the v2 accident)")
+    _check(s.steps >= 1, "sample.steps", s.steps, "must be >= 1")
+    _check(s.shift > 0, "sample.shift", s.shift, "must be > 0")
+    _check(s.text_guidance >= 1, "sample.text_guidance", s.text_guidance, "must be >= 1 (1 = off)")
+    _check(s.max_new_tokens >= 1, "sample.max_new_tokens", s.max_new_tokens, "must be >= 1")
+    _check(s.temperature >= 0, "sample.temperature", s.temperature, "must be >= 0 (0 = greedy)")
+    _check(0 < s.top_p <= 1, "sample.top_p", s.top_p, "must be in (0, 1]")
+    for name in ("log_every", "val_every", "ckpt_every", "probe_every", "max_nonfinite"):
+        _check(getattr(r, name) >= 1, f"run.{name}", getattr(r, name), "must be >= 1")
+    _check(r.keep_last >= 1, "run.keep_last", r.keep_last, "must be >= 1")
+    _check(r.threads >= 0, "run.threads", r.threads, "must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass, with key and type checks
+
+
+def to_dict(cfg: Config) -> dict:
+    """Nested plain dict with TOML key names (``init.from``)."""
+    out = {}
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        out[section.name] = {_UNALIASES.get(f.name, f.name): _copy(getattr(sub, f.name))
+                             for f in dataclasses.fields(sub)}
+    return out
+
+
+def _copy(v):
+    return list(v) if isinstance(v, list) else v
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {_UNALIASES.get(f.name, f.name): hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def _coerce(key: str, value, typ):
+    """Check ``value`` against the field type; ints are accepted for floats."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} = {value!r}: expected a list of {item.__name__}")
+        return [_coerce(f"{key}[{j}]", v, item) for j, v in enumerate(value)]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} = {value!r}: expected true or false")
+    if typ is int and isinstance(value, bool):
+        raise ConfigError(f"{key} = {value!r}: expected an integer")
+    if not isinstance(value, typ):
+        raise ConfigError(f"{key} = {value!r}: expected {typ.__name__}, got {type(value).__name__}")
+    return value
+
+
+def merge(base: dict, patch: dict, where: str) -> dict:
+    """Apply a nested ``patch`` onto ``base`` (both with TOML key names), checking every key."""
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in patch.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section {section!r}{_closest(section, list(SECTIONS))}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table of key = value")
+        types = _field_types(SECTIONS[section])
+        for key, value in values.items():
+            full = f"{section}.{key}"
+            if key not in types:
+                valid = [f"{section}.{k}" for k in types]
+                raise ConfigError(f"{where}: unknown key {full!r}{_closest(full, valid)}")
+            out[section][key] = _coerce(full, value, types[key])
+    return out
+
+
+def from_dict(d: dict) -> Config:
+    kwargs = {}
+    for section, cls in SECTIONS.items():
+        kwargs[section] = cls(**{_ALIASES.get(k, k): v for k, v in d[section].items()})
+    return Config(**kwargs)
+
+
+def parse_override(text: str) -> dict:
+    """``loss.ssim_weight=0.2`` -> {'loss': {'ssim_weight': 0.2}}. Values are TOML literals; a
+    bare word that is not a TOML literal is taken as a string (``data.source=eyeq``)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r}: expected section.key=value, e.g. loss.ssim_weight=0.2")
+    key, raw = text.split("=", 1)
+    section, name = key.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return {section: {name: value}}
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+
+
+def load_config(preset: str = "base", overrides: list[str] = (), overlays: list[str] = (),
+                config_dir: Path = CONFIG_DIR) -> Config:
+    """Resolve defaults <- preset file <- overlay files (e.g. 'model/small') <- overrides.
+
+    ``preset`` is a name in ``configs/`` ('base' means the defaults alone) or a path to a TOML
+    file (e.g. a run's saved ``config.toml``, which loads back to an equal Config)."""
+    d = to_dict(Config())
+    path = Path(preset)
+    if path.suffix == ".toml" and path.exists():
+        data = _read_toml(path)
+        name = data.get("run", {}).get("preset", path.stem)
+        d = merge(d, data, str(path))
+    elif preset == "base":
+        name = "base"
+    else:
+        file = config_dir / f"{preset}.toml"
+        if not file.exists():
+            near = _closest(preset, available_presets() + ["base"])
+            raise ConfigError(f"unknown preset {preset!r} (no {file}){near}")
+        d = merge(d, _read_toml(file), str(file))
+        name = preset
+    for overlay in overlays:
+        file = Path(overlay) if Path(overlay).suffix == ".toml" else config_dir / f"{overlay}.toml"
+        if not file.exists():
+            raise ConfigError(f"overlay {overlay!r}: no such file {file}")
+        d = merge(d, _read_toml(file), str(file))
+    for text in overrides:
+        d = merge(d, parse_override(text), f"override {text!r}")
+    d["run"]["preset"] = name
+    return from_dict(d)
+
+
+def dump_toml(cfg: Config) -> str:
+    """The resolved config as TOML (every value), with its hash in a header comment."""
+    lines = [f"# resolved config of run {cfg.run_name}; sha256 {cfg.hash}"]
+    for section, values in to_dict(cfg).items():
+        lines.append(f"\n[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
