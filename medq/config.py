@@ -331,8 +331,10 @@ def _field_types(cls: type) -> dict[str, type]:
 
 
 def _closest(key: str, valid: list[str]) -> str:
-    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
-    return f"; did you mean {near[0]!r}?" if near else ""
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {near[0]!r}?"
+    return f"; valid: {', '.join(valid)}"
 
 
 def _coerce(key: str, value, typ):

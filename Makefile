@@ -1,0 +1,83 @@
+# medq-bench: every target installs what it needs first (through the stamp file).
+#
+#   make train-v3 && make eval     the main job: data -> VAE -> base model -> SSIM v3 fine-tune,
+#                                  then pixel / v3 / mixed + baselines scored into reports/
+#   make test                      the test suite (what CI runs)
+#   make demo                      the clinicians' page on http://127.0.0.1:7860
+#
+# Real data:  make eval DATA=eyeq EYEQ_ROOT=/data/EyeQ/original_img LABELS=/data/EyeQ/Label_EyeQ_test.csv
+#             make eval DATA=folder ROOT=/data/my_fundus_pngs
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp-install
+SET ?=
+DATA ?= synthetic
+EYEQ_ROOT ?=
+LABELS ?=
+ROOT ?=
+
+ifeq ($(DATA),eyeq)
+EVAL_DATA := --data eyeq --eyeq-root "$(EYEQ_ROOT)" --labels "$(LABELS)"
+else ifeq ($(DATA),folder)
+EVAL_DATA := --data folder --root "$(ROOT)"
+else
+EVAL_DATA :=
+endif
+
+.PHONY: install test test-fast data vae base train-v3 train-pixel train-mixed train-all eval demo \
+        bench-ssim bench-data bench-train clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: $(STAMP)
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+data: $(STAMP)
+	$(PY) -m train data
+
+vae: data
+	$(PY) -m train vae
+
+base: vae
+	$(PY) -m train --preset pretrain $(SET)
+
+train-v3: base
+	$(PY) -m train --preset ssim_v3 $(SET)
+
+train-pixel: base
+	$(PY) -m train --preset pixel $(SET)
+
+train-mixed: base
+	$(PY) -m train --preset mixed $(SET)
+
+train-all: base
+	for p in pixel ssim_v3 mixed ssim_v3_relaxed ssim_v1; do $(PY) -m train --preset $$p $(SET) || exit 1; done
+
+eval: base
+	$(PY) -m bench eval $(EVAL_DATA)
+
+demo: $(STAMP)
+	$(PY) -m demo
+
+bench-ssim: $(STAMP)
+	$(PY) -m bench perf ssim
+
+bench-data: $(STAMP)
+	$(PY) -m bench perf data
+
+bench-train: base
+	$(PY) -m bench perf train
+
+clean:
+	rm -rf runs reports

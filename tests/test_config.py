@@ -1,0 +1,172 @@
+"""Config: presets, overrides, errors that name key/value/rule, the derived VAE flag, the hash."""
+
+import dataclasses
+
+import pytest
+
+from medq.config import (Config, ConfigError, available_presets, dump_toml, load_config, to_dict)
+
+PRESETS = ["pretrain", "pixel", "ssim_v1", "ssim_v2", "ssim_v2_as_run", "ssim_v3",
+           "ssim_v3_relaxed", "mixed"]
+
+# DESIGN.md section 1: (weight, max_t, grad scale, init from EMA)
+SSIM_TABLE = {
+    "ssim_v1": (1.0, 0.3, 1.0, True),
+    "ssim_v2": (0.1, 0.1, 0.1, True),
+    "ssim_v2_as_run": (1.0, 0.3, 0.01, False),
+    "ssim_v3": (0.1, 0.1, 0.01, True),
+    "ssim_v3_relaxed": (0.2, 0.15, 0.01, True),
+    "mixed": (0.1, 0.1, 0.01, True),
+}
+
+
+def test_every_shipped_preset_is_known_and_loads():
+    assert set(PRESETS) <= set(available_presets())
+    for name in available_presets():
+        cfg = load_config(name)
+        assert cfg.run.preset == name
+        assert cfg.run_name.startswith(f"{name}-") and len(cfg.run_name) == len(name) + 9
+
+
+@pytest.mark.parametrize("name", list(SSIM_TABLE))
+def test_ssim_presets_have_the_values_of_the_design_table(name):
+    weight, max_t, scale, from_ema = SSIM_TABLE[name]
+    cfg = load_config(name)
+    assert (cfg.loss.ssim_weight, cfg.loss.ssim_max_t, cfg.loss.ssim_grad_scale) == (weight, max_t, scale)
+    if from_ema:
+        assert cfg.init.from_ == "pretrain" and cfg.init.weights == "ema" and not cfg.init.scratch
+    else:  # the v2 accident: pretrained weights never loaded
+        assert cfg.init.scratch and cfg.init.from_ == ""
+
+
+def test_mixed_is_pixel_term_plus_v3_ssim_term():
+    mixed, pixel, v3 = load_config("mixed").loss, load_config("pixel").loss, load_config("ssim_v3").loss
+    assert (mixed.pixel_weight, mixed.pixel_kind, mixed.pixel_max_t) == \
+        (pixel.pixel_weight, pixel.pixel_kind, pixel.pixel_max_t)
+    assert (mixed.ssim_weight, mixed.ssim_max_t, mixed.ssim_grad_scale) == \
+        (v3.ssim_weight, v3.ssim_max_t, v3.ssim_grad_scale)
+    assert pixel.ssim_weight == 0 and v3.pixel_weight == 0
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_vae_in_graph_is_derived_from_the_weights(name):
+    cfg = load_config(name)
+    assert cfg.loss.needs_vae == (cfg.loss.pixel_weight > 0 or cfg.loss.ssim_weight > 0)
+    # the v1 crash: an SSIM-only config must attach the decoder
+    expected = name != "pretrain"
+    assert cfg.loss.needs_vae is expected
+    assert "needs_vae" not in to_dict(cfg)["loss"], "derived values are not configurable"
+
+
+def test_round_trip_load_override_dump_load(tmp_path):
+    cfg = load_config("ssim_v3", overrides=["loss.ssim_weight=0.2", "data.tasks=['sr4']",
+                                             "init.from=runs/x"])
+    path = tmp_path / "config.toml"
+    path.write_text(dump_toml(cfg))
+    again = load_config(str(path))
+    assert again == cfg
+    assert again.hash == cfg.hash and again.run_name == cfg.run_name
+    assert again.loss.ssim_weight == 0.2 and again.data.tasks == ["sr4"] and again.init.from_ == "runs/x"
+
+
+def test_override_types_are_coerced_and_bare_words_are_strings():
+    cfg = load_config("pixel", overrides=["loss.pixel_weight=2", "data.source=folder", "data.root=/x"])
+    assert cfg.loss.pixel_weight == 2.0 and isinstance(cfg.loss.pixel_weight, float)
+    assert cfg.data.source == "folder"
+
+
+def test_unknown_key_names_key_and_closest_valid_one():
+    with pytest.raises(ConfigError, match=r"unknown key 'loss.ssim_wieght'.*'loss.ssim_weight'"):
+        load_config("ssim_v3", overrides=["loss.ssim_wieght=0.2"])
+    with pytest.raises(ConfigError, match=r"unknown section 'los'.*'loss'"):
+        load_config("ssim_v3", overrides=["los.ssim_weight=0.2"])
+
+
+def test_unknown_key_in_a_preset_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nmax_step = 10\n")
+    with pytest.raises(ConfigError, match=r"bad.toml.*unknown key 'optim.max_step'.*'optim.max_steps'"):
+        load_config(str(bad))
+    bad.write_text("[optim]\nlearning_rate = 1e-3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.learning_rate'; valid: optim.lr, "):
+        load_config(str(bad))
+
+
+def test_unknown_preset_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown preset 'ssim_v4'.*did you mean"):
+        load_config("ssim_v4")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loss.ssim_weight='a'", r"loss.ssim_weight = 'a': expected float, got str"),
+    ("loss.ssim_masked=1", r"loss.ssim_masked = 1: expected true or false"),
+    ("optim.max_steps=1.5", r"optim.max_steps = 1.5: expected int"),
+])
+def test_wrong_type_names_key_value_and_expected_type(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("ssim_v3", overrides=[override])
+
+
+@pytest.mark.parametrize("override, rule", [
+    ("loss.ssim_weight=-0.1", "loss weights must be >= 0"),
+    ("loss.pixel_weight=-1", "loss weights must be >= 0"),
+    ("loss.ssim_max_t=0", r"must be in \(0, 1\]"),
+    ("loss.ssim_max_t=1.5", r"must be in \(0, 1\]"),
+    ("loss.ssim_window=4", "must be odd and >= 3"),
+    ("loss.ssim_window=1", "must be odd and >= 3"),
+    ("loss.ssim_grad_scale=0", "must be > 0"),
+    ("loss.ssim_grad_clamp=-1", "must be > 0, or 0 for off"),
+])
+def test_out_of_range_values_name_key_value_and_rule(override, rule):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key} = .*: {rule}"):
+        load_config("ssim_v3", overrides=[override])
+
+
+def test_scratch_must_be_stated_and_excludes_a_checkpoint():
+    with pytest.raises(ConfigError, match="init.scratch = False: init.from is empty.*v2 accident"):
+        load_config("ssim_v3", overrides=["init.from=''"])
+    with pytest.raises(ConfigError, match="init.from = 'pretrain': must be empty when init.scratch"):
+        load_config("ssim_v3", overrides=["init.scratch=true"])
+
+
+def test_hash_is_stable_and_changes_with_every_value():
+    base = load_config("ssim_v3")
+    assert load_config("ssim_v3").hash == base.hash
+    d = to_dict(base)
+    changed = 0
+    for section, values in d.items():
+        for key, value in values.items():
+            if (section, key) in {("run", "out_dir"), ("run", "preset")}:
+                continue  # where a run is written, not what it computes
+            if isinstance(value, bool):
+                new = not value
+            elif isinstance(value, (int, float)):
+                new = value + 1 if isinstance(value, int) else value * 0.5 + 0.01
+            elif isinstance(value, str):
+                new = value + "x"
+            else:
+                new = value[:1] if len(value) > 1 else value * 2
+            patched = {s: dict(v) for s, v in d.items()}
+            patched[section][key] = new
+            try:
+                other = Config.__new__(Config)
+                from medq.config import from_dict
+                other = from_dict(patched)
+            except ConfigError:
+                continue  # the new value is invalid for this key; covered by the range tests
+            assert other.hash != base.hash, f"{section}.{key} does not enter the hash"
+            changed += 1
+    assert changed > 40
+
+
+def test_two_runs_with_different_values_never_share_a_name():
+    a = load_config("ssim_v3")
+    b = load_config("ssim_v3", overrides=["loss.ssim_max_t=0.15"])
+    assert a.run_name != b.run_name and a.run_dir != b.run_dir
+
+
+def test_every_field_has_a_default_and_config_sections_are_dataclasses():
+    cfg = Config()
+    for section in dataclasses.fields(cfg):
+        assert dataclasses.is_dataclass(getattr(cfg, section.name))
