@@ -1,0 +1,160 @@
+"""``build_dataset``: images of a source, cached, split, turned into task items.
+
+Every image is loaded and validated when the dataset is built (never lazily in a DataLoader
+worker); the prepared images are cached as one ``.npz`` per (source, files, seed, size, count)
+under ``DataConfig.cache_dir``. With ``on_bad_input = "skip"`` bad files are left out and listed in
+``<cache entry>/bad_inputs.jsonl`` and in ``dataset.bad_inputs``.
+
+Item ``i`` is image ``i // len(tasks)`` with task ``tasks[i % len(tasks)]`` (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medq.data import text
+from medq.data.imageio import DataError
+from medq.data.readers import prepare, read_drive, read_eyeq, read_folder
+from medq.data.split import split_ids
+from medq.data.synthetic import generate_fundus
+from medq.data.tasks import bicubic_resize, degrade, enhance_spec, id_seed
+
+log = logging.getLogger(__name__)
+LESION_BITS = ("microaneurysms", "haemorrhages", "hard exudates", "new vessels")
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def synthetic_images(seed: int, size: int, count: int, cache_dir: str | Path | None) -> dict:
+    """{"ids", "images" uint8 (N, S, S, 3), "masks" bool (N, S, S), "quality", "dr", "lesions"
+    int bitmask (N,)}, generated or read from ``cache_dir/synthetic-s{seed}-{size}px-n{count}.npz``."""
+    path = Path(cache_dir) / f"synthetic-s{seed}-{size}px-n{count}.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    fs = [generate_fundus(id_seed("synthetic", seed, i), size) for i in range(count)]
+    data = {"ids": np.array([f"syn{seed}_{i:05d}" for i in range(count)]),
+            "images": np.stack([f.image for f in fs]), "masks": np.stack([f.mask for f in fs]),
+            "quality": np.zeros(count, np.int64), "dr": np.array([f.dr_grade for f in fs], np.int64),
+            "lesions": np.array([sum(1 << LESION_BITS.index(x) for x in f.lesions) for f in fs], np.int64)}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_savez(path, **data)
+    return data
+
+
+def real_images(cfg, size: int) -> tuple[dict, list[dict]]:
+    """Prepared images of an eyeq / drive / folder source, filtered by ``cfg.target_quality``,
+    plus the list of bad inputs ({"path", "reason"}); raises DataError in error mode."""
+    if cfg.source == "eyeq":
+        records, bad = read_eyeq(cfg.labels, cfg.root, cfg.target_quality)
+        if bad and cfg.on_bad_input == "error":
+            names = ", ".join(b["path"] for b in bad[:5])
+            raise DataError(f"{cfg.labels}: {len(bad)} image(s) named in the CSV are missing under "
+                            f"{cfg.root}, e.g. {names} (data.on_bad_input=skip skips and lists them)")
+    else:
+        records, bad = (read_drive(cfg.root) if cfg.source == "drive" else read_folder(cfg.root)), []
+    records = [r for r in records if r.quality in cfg.target_quality]
+    stamp = [(r.id, str(r.path), r.path.stat().st_mtime_ns, str(r.mask_path)) for r in records]
+    key = hashlib.sha256(json.dumps([cfg.source, size, stamp]).encode()).hexdigest()[:12]
+    entry = Path(cfg.cache_dir) / f"{cfg.source}-{size}px-{key}"
+    cached = entry / "images.npz"
+    if cached.is_file():
+        with np.load(cached) as z:
+            data = {k: z[k] for k in z.files}
+        bad += json.loads((entry / "bad_inputs.json").read_text()) if (entry / "bad_inputs.json").is_file() else []
+    else:
+        ok, imgs, masks = [], [], []
+        for r in records:
+            try:
+                im, m = prepare(r, size)
+            except DataError as e:
+                if cfg.on_bad_input == "error":
+                    raise
+                bad.append({"path": str(r.path), "reason": str(e)})
+                continue
+            ok.append(r), imgs.append(im), masks.append(m)
+        if not ok:
+            raise DataError(f"{cfg.root}: no usable image (source {cfg.source}, target_quality "
+                            f"{cfg.target_quality}; {len(bad)} bad input(s))")
+        data = {"ids": np.array([r.id for r in ok]), "images": np.stack(imgs), "masks": np.stack(masks),
+                "quality": np.array([r.quality for r in ok]), "dr": np.array([r.dr_grade for r in ok]),
+                "lesions": np.full(len(ok), -1, np.int64)}
+        entry.mkdir(parents=True, exist_ok=True)
+        _atomic_savez(cached, **data)
+        (entry / "bad_inputs.json").write_text(json.dumps([b for b in bad if "named in" not in b["reason"]]))
+    if bad:
+        entry.mkdir(parents=True, exist_ok=True)
+        with open(entry / "bad_inputs.jsonl", "w") as f:
+            f.writelines(json.dumps(b) + "\n" for b in bad)
+        log.warning("%d bad input(s) skipped, listed in %s", len(bad), entry / "bad_inputs.jsonl")
+    return data, bad
+
+
+class FundusDataset(Dataset):
+    """Items as in docs/ARCHITECTURE.md; deterministic in (seed, index)."""
+
+    def __init__(self, data: dict, tasks: list[str], seed: int, bad_inputs: list[dict]):
+        self.data, self.tasks, self.seed, self.bad_inputs = data, list(tasks), seed, bad_inputs
+        self.ids = [str(x) for x in data["ids"]]
+
+    def __len__(self) -> int:
+        return len(self.ids) * len(self.tasks)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        k, task = divmod(index, len(self.tasks))
+        task = self.tasks[task]
+        image_id = self.ids[k]
+        target = torch.from_numpy(self.data["images"][k]).permute(2, 0, 1).float() / 255.0
+        mask = torch.from_numpy(self.data["masks"][k].astype(np.float32))[None]
+        quality, dr = int(self.data["quality"][k]), int(self.data["dr"][k])
+        bits = int(self.data["lesions"][k])
+        lesions = None if bits < 0 else [x for j, x in enumerate(LESION_BITS) if bits >> j & 1]
+        pick = id_seed("instruction", self.seed, image_id, task)
+        H, W = target.shape[-2:]
+        if task in ("sr2", "sr4"):
+            scale = 2 if task == "sr2" else 4
+            inp = bicubic_resize(target[None], (max(1, H // scale), max(1, W // scale)))[0]
+            instr, in_quality = text.instruction(task, pick), quality
+        else:
+            scale = 1
+            kind, in_quality = enhance_spec(image_id, self.seed)
+            inp = degrade(target, mask, kind, in_quality, id_seed("degrade", self.seed, image_id))
+            instr = text.instruction(kind, pick)
+        return {"id": image_id, "task": task, "instruction": instr,
+                "report": text.report(in_quality, dr, lesions), "input": inp.contiguous(),
+                "target": target, "mask": mask, "quality": in_quality, "dr_grade": dr, "scale": scale}
+
+
+def build_dataset(data_cfg, image_size: int, split: str, *, tasks=None) -> FundusDataset:
+    """Dataset of ``split`` ("train" | "val" | "test" | "all") for ``data_cfg`` (medq.config.DataConfig)
+    at ``image_size`` pixels. ``tasks`` defaults to ``data_cfg.tasks``. Raises DataError."""
+    if split not in ("train", "val", "test", "all"):
+        raise ValueError(f"split {split!r}: expected train, val, test or all")
+    tasks = list(tasks or data_cfg.tasks)
+    bad_tasks = [t for t in tasks if t not in ("sr2", "sr4", "enhance")]
+    if bad_tasks:
+        raise ValueError(f"tasks {bad_tasks}: expected sr2, sr4, enhance")
+    if data_cfg.source == "synthetic":
+        data, bad = synthetic_images(data_cfg.seed, image_size, data_cfg.num_images, data_cfg.cache_dir), []
+    else:
+        data, bad = real_images(data_cfg, image_size)
+    if split != "all":
+        keep = set(split_ids([str(x) for x in data["ids"]], data_cfg.val_fraction, data_cfg.test_fraction)[split])
+        idx = np.array([i for i, x in enumerate(data["ids"]) if str(x) in keep], dtype=np.int64)
+        data = {k: v[idx] for k, v in data.items()}
+    return FundusDataset(data, tasks, data_cfg.seed, bad)

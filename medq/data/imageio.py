@@ -1,0 +1,94 @@
+"""Robust image loading: any file a user may hand us becomes RGB uint8 (H, W, 3) or a ``DataError``.
+
+Conversions (never rejections): grayscale and 16-bit (``I;16``, ``I``) are scaled to 8 bits
+(65535 -> 255, i.e. divided by 257) and replicated to RGB; RGBA / LA / palette with transparency
+are composited on black (the fundus surround is black); CMYK goes through Pillow's JPEG-aware
+conversion. Rejections name the file and the reason: empty file, not an image, truncated data,
+smaller than ``MIN_SIDE`` pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+MIN_SIDE = 16
+"""Images smaller than this on either side cannot hold a usable field of view."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
+
+# A truncated JPEG must fail loudly, not decode with a grey bottom half.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file (or CSV row / key) and what was expected."""
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        # "I" holds 16-bit PNGs too; 8-bit data opened as "I" stays <= 255.
+        if mode != "I" or a.max() > 255:
+            a = a / 257.0
+        g = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if a.max() <= 1.0 else 1.0
+        g = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
+        return ((rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255).astype(np.uint8)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
+    """Read ``path`` as RGB uint8 (H, W, 3). ``max_side``: shrink large images on load (JPEG draft
+    mode, then ``reduce``) so that the longer side stays >= max_side; exact size is not kept.
+    Raises ``DataError`` naming the file and the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            if max_side is not None and img.format == "JPEG" and max(img.size) > 2 * max_side:
+                img.draft("RGB", (max_side, max_side))
+            img.load()
+            if max_side is not None and max(img.size) >= 2 * max_side:
+                img = img.reduce(max(img.size) // max_side)
+            if min(img.size) < MIN_SIDE:
+                raise DataError(f"{path}: image is {img.size[0]}x{img.size[1]} pixels, expected at "
+                                f"least {MIN_SIDE}x{MIN_SIDE}")
+            return _to_rgb(img)
+    except DataError:
+        raise
+    except UnidentifiedImageError as e:
+        raise DataError(f"{path}: not an image Pillow can read (unknown or corrupt format)") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot decode image ({e})") from e
+
+
+def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """A field-of-view mask file (any nonzero pixel is inside) resized to ``shape`` (H, W) -> bool."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            m = img.convert("L")
+            if m.size != (shape[1], shape[0]):
+                m = m.resize((shape[1], shape[0]), Image.NEAREST)
+            return np.asarray(m) > 0
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot read mask ({e})") from e
+
+
+def save_png(path: str | Path, image: np.ndarray) -> None:
+    """uint8 (H, W, 3) or (H, W) -> PNG."""
+    Image.fromarray(image).save(path)

@@ -1,0 +1,237 @@
+"""Procedural fundus photographs: deterministic by seed, rendered directly at the target size.
+
+Anatomy (positions in units of the image side S): a circular field of view (radius 0.47 S) on
+black; the macula near the centre (a darker, slightly brown spot); the optic disc 0.27-0.31 S nasal to
+it (bright yellow-white with a paler cup); a vessel tree growing out of the disc: four arcades of
+artery/vein pairs, the temporal ones arcing above and below the macula, branching with tapering
+widths (veins darker and wider than arteries); choroidal background texture; illumination falling
+off towards the rim. Optional lesions follow a DR grade 0-4: microaneurysms (grade >= 1),
+haemorrhages and hard exudates (>= 2), more of them (3), new vessels at the disc (4).
+
+Vessels are drawn as PIL polylines at 2x (4x below 128 px) and box-downsampled, which
+anti-aliases the thin vessels that super-resolution has to recover.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+DR_PROBS = (0.45, 0.15, 0.15, 0.13, 0.12)
+
+
+@dataclass
+class Fundus:
+    image: np.ndarray
+    """uint8 (S, S, 3)"""
+    mask: np.ndarray
+    """bool (S, S): the field of view"""
+    dr_grade: int
+    lesions: tuple[str, ...]
+    """Lesion kinds drawn: microaneurysms, haemorrhages, hard exudates, new vessels."""
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(yy, xx, rho): pixel coordinates and radius / FOV radius, float32 (S, S); read-only."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    c = size / 2 - 0.5
+    rho = np.hypot(xx - c, yy - c) / (0.47 * size)
+    for a in (yy, xx, rho):
+        a.flags.writeable = False
+    return yy, xx, rho
+
+
+def _noise(rng: np.random.Generator, grid: int, size: int) -> np.ndarray:
+    """Smooth noise in [-1, 1] of shape (size, size): a random grid upsampled bicubically."""
+    g = rng.uniform(-1, 1, (grid, grid)).astype(np.float32)
+    return np.asarray(Image.fromarray(g, mode="F").resize((size, size), Image.BICUBIC))
+
+
+class _Canvas:
+    """Two supersampled 8-bit layers (arteries, veins) plus lesion layers."""
+
+    def __init__(self, size: int, ss: int):
+        self.ss, self.size = ss, size
+        self.layers = {k: Image.new("L", (size * ss, size * ss)) for k in ("artery", "vein", "red", "exudate")}
+        self.draw = {k: ImageDraw.Draw(v) for k, v in self.layers.items()}
+        self.used: set[str] = set()
+
+    def polyline(self, layer: str, points: list, width: float) -> None:
+        """One width for the whole run of points (callers split runs where the width changes)."""
+        if len(points) < 2:
+            return
+        w = width * self.ss
+        # Sub-pixel widths: a 1-pixel line of lower intensity has the right area after downsampling.
+        fill = 255 if w >= 1.5 else int(255 * w / 1.5)
+        wi = max(1, int(round(w)))
+        pts = [(x * self.ss, y * self.ss) for x, y in points]
+        self.draw[layer].line(pts, fill=fill, width=wi, joint="curve" if wi > 2 else None)
+        self.used.add(layer)
+
+    def dot(self, layer: str, p, radius: float, fill: int = 255) -> None:
+        r = radius * self.ss
+        x, y = p[0] * self.ss, p[1] * self.ss
+        self.draw[layer].ellipse([x - r, y - r, x + r, y + r], fill=fill)
+        self.used.add(layer)
+
+    def get(self, layer: str) -> np.ndarray | None:
+        if layer not in self.used:
+            return None
+        img = self.layers[layer].resize((self.size, self.size), Image.BOX)
+        return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _grow(canvas: _Canvas, rng, layer: str, pos, heading: float, width: float, curve: float,
+          size: int, centre: float, radius: float, depth: int, macula, wiggle: float = 0.025) -> None:
+    """Walk a vessel from ``pos``: taper, bend by ``curve`` per step, branch, stop at the rim."""
+    step = 0.014 * size
+    x, y = pos
+    min_w = 0.003 * size
+    next_branch = rng.integers(5, 12)
+    n = 0
+    run, run_w = [(x, y)], width  # points drawn with one width, flushed when it changes
+    # Drawn in one call: per-step Generator calls dominate the cost of the walk otherwise.
+    jitter = rng.normal(0, wiggle, 400).tolist()
+    while width > min_w and n < len(jitter):
+        heading += curve + jitter[n]
+        curve *= 0.985 if depth == 0 else 0.96
+        nx, ny = x + step * math.cos(heading), y + step * math.sin(heading)
+        if math.hypot(nx - centre, ny - centre) > radius * 1.02:
+            break
+        # Vessels skirt the fovea: push the heading away when closer than ~0.08 S.
+        dm = math.hypot(nx - macula[0], ny - macula[1])
+        if dm < 0.08 * size:
+            away = math.atan2(ny - macula[1], nx - macula[0])
+            heading += 0.3 * math.sin(away - heading)
+            width *= 0.9
+        x, y = nx, ny
+        run.append((x, y))
+        width *= 0.985
+        if abs(width - run_w) * canvas.ss > 0.5:
+            canvas.polyline(layer, run, run_w)
+            run, run_w = [(x, y)], width
+        n += 1
+        if n >= next_branch and depth < 3:
+            side = rng.choice((-1.0, 1.0))
+            child_w = width * rng.uniform(0.5, 0.75)
+            _grow(canvas, rng, layer, (x, y), heading + side * rng.uniform(0.35, 0.8), child_w,
+                  rng.normal(0, 0.015), size, centre, radius, depth + 1, macula)
+            heading -= side * 0.1
+            width *= 0.88
+            canvas.polyline(layer, run, run_w)
+            run, run_w = [(x, y)], width
+            next_branch = n + rng.integers(7, 15)
+    canvas.polyline(layer, run, run_w)
+
+
+def generate_fundus(seed: int, size: int, dr_grade: int | None = None) -> Fundus:
+    """One synthetic fundus photograph of side ``size``, deterministic in (seed, size).
+
+    ``dr_grade``: force a DR grade (0-4); by default drawn from ``DR_PROBS``."""
+    rng = np.random.default_rng([seed, 0x6675])
+    S = size
+    ss = 4 if S < 128 else 2
+    c = S / 2 - 0.5
+    R = 0.47 * S
+    yy, xx, rho = _grid(S)
+    side = rng.choice((-1.0, 1.0))  # +1: disc to the right (right eye as photographed)
+    mac = (c - side * rng.uniform(0.06, 0.10) * S, c + rng.uniform(-0.03, 0.03) * S)
+    disc = (mac[0] + side * rng.uniform(0.27, 0.31) * S, mac[1] - rng.uniform(0.0, 0.04) * S)
+    disc_r = rng.uniform(0.070, 0.082) * S
+
+    # Background: orange-red, pigmentation varying per eye, choroidal texture at two scales.
+    base = np.array([0.90, 0.42, 0.15], np.float32) * rng.uniform(0.88, 1.08)
+    base[1] *= rng.uniform(0.85, 1.15)
+    tex = 0.06 * _noise(rng, 6, S) + 0.035 * _noise(rng, max(8, S // 10), S)
+    img = base[:, None, None] * (1.0 + tex[None]) * np.ones((3, 1, 1), np.float32)
+    img[1:] *= (1.0 + 0.8 * tex[None])
+
+    # Illumination: brighter centre, fall-off towards the rim, slightly off-centre.
+    off = rng.uniform(-0.15, 0.15, 2)
+    rho_off = np.hypot(xx - c - off[0] * R, yy - c - off[1] * R) / R
+    img *= (1.05 - 0.42 * np.clip(rho_off, 0, 1.3) ** 2.2)[None]
+
+    # Macula: darker and browner than the surrounding retina.
+    dm2 = ((xx - mac[0]) ** 2 + (yy - mac[1]) ** 2) / (0.07 * S) ** 2
+    img *= (1.0 - np.array([0.30, 0.45, 0.45], np.float32)[:, None, None] * np.exp(-dm2 / 2)[None])
+
+    # Vessels.
+    cv = _Canvas(S, ss)
+    temporal = math.pi if side > 0 else 0.0  # direction from disc towards the macula
+    for vert in (-1.0, 1.0):
+        for layer, w0, tilt in (("vein", 0.020, 0.10), ("artery", 0.015, -0.10)):
+            # Temporal arcade: leaves the disc vertically, bends towards the macula side.
+            h0 = math.atan2(vert, 0.35 * math.cos(temporal)) + tilt * vert
+            bend = -vert * 0.04 * (1 if math.cos(temporal) > 0 else -1)
+            start = (disc[0] + rng.normal(0, 0.15) * disc_r, disc[1] + vert * 0.3 * disc_r)
+            _grow(cv, rng, layer, start, h0, w0 * S * rng.uniform(0.9, 1.1), bend, S, c, R, 0, mac)
+            # Nasal arcade: shorter bend, towards the nasal side.
+            h1 = math.atan2(vert * 0.8, -math.cos(temporal)) + rng.normal(0, 0.15)
+            _grow(cv, rng, layer, (disc[0], disc[1] + vert * 0.2 * disc_r), h1,
+                  0.75 * w0 * S, vert * 0.015 * (1 if math.cos(temporal) > 0 else -1), S, c, R, 1, mac)
+    # Small vessels leaving the disc towards the macula.
+    for _ in range(2):
+        _grow(cv, rng, "artery", disc, temporal + rng.normal(0, 0.25), 0.006 * S, 0.0, S, c, R, 3, mac)
+
+    grade = int(rng.choice(5, p=DR_PROBS)) if dr_grade is None else int(dr_grade)
+    lesions = []
+
+    def inside_point(rmax=0.85):
+        while True:
+            p = rng.uniform(-rmax, rmax, 2) * R
+            if np.hypot(*p) < rmax * R and np.hypot(c + p[0] - disc[0], c + p[1] - disc[1]) > 1.5 * disc_r:
+                return (c + p[0], c + p[1])
+
+    if grade >= 1:
+        lesions.append("microaneurysms")
+        for _ in range(rng.integers(3, 8) * grade):
+            cv.dot("red", inside_point(0.6), rng.uniform(0.003, 0.006) * S)
+    if grade >= 2:
+        lesions += ["haemorrhages", "hard exudates"]
+        for _ in range(rng.integers(2, 5) * (grade - 1)):
+            p = inside_point(0.8)
+            for _ in range(3):
+                q = (p[0] + rng.normal(0, 0.006 * S), p[1] + rng.normal(0, 0.006 * S))
+                cv.dot("red", q, rng.uniform(0.005, 0.011) * S, 170)
+        for _ in range(rng.integers(2, 4) * (grade - 1)):
+            p = (mac[0] + rng.normal(0, 0.12 * S), mac[1] + rng.normal(0, 0.10 * S))
+            for _ in range(rng.integers(3, 8)):
+                q = (p[0] + rng.normal(0, 0.012 * S), p[1] + rng.normal(0, 0.012 * S))
+                cv.dot("exudate", q, rng.uniform(0.003, 0.007) * S)
+    if grade >= 4:
+        lesions.append("new vessels")
+        for _ in range(6):
+            _grow(cv, rng, "artery", (disc[0] + rng.normal(0, disc_r * 0.5), disc[1] + rng.normal(0, disc_r * 0.5)),
+                  rng.uniform(0, 2 * math.pi), 0.004 * S, rng.choice((-0.3, 0.3)), S, c, R, 3, mac, wiggle=0.5)
+
+    # Optic disc: yellow-white with a soft edge and a paler cup; drawn under the vessels.
+    dd = np.sqrt(((xx - disc[0]) / 0.92) ** 2 + (yy - disc[1]) ** 2) / disc_r
+    a_disc = np.clip((1.1 - dd) / 0.2, 0, 1)
+    a_cup = np.clip((0.5 - dd) / 0.25, 0, 1)
+    disc_col = np.array([1.0, 0.80, 0.48], np.float32)[:, None, None]
+    cup_col = np.array([1.0, 0.93, 0.75], np.float32)[:, None, None]
+    img = img * (1 - 0.85 * a_disc) + disc_col * 0.85 * a_disc
+    img = img * (1 - 0.7 * a_cup) + cup_col * 0.7 * a_cup
+
+    vein, art = cv.get("vein"), cv.get("artery")
+    img *= 1.0 - np.array([0.36, 0.60, 0.55], np.float32)[:, None, None] * vein[None]
+    img *= 1.0 - np.array([0.18, 0.42, 0.40], np.float32)[:, None, None] * art[None]
+    red = cv.get("red")
+    if red is not None:
+        img *= 1.0 - np.array([0.55, 0.85, 0.75], np.float32)[:, None, None] * red[None]
+    ex = cv.get("exudate")
+    if ex is not None:
+        img = img * (1 - 0.8 * ex[None]) + np.array([0.98, 0.90, 0.45], np.float32)[:, None, None] * 0.8 * ex[None]
+
+    # Sensor noise (uniform, std 0.008: 4x cheaper to draw than Gaussian).
+    img += 0.028 * (rng.random((1, S, S), dtype=np.float32) - 0.5)
+    # Soft rim: a 1-pixel anti-aliased edge of the FOV disc.
+    edge = np.clip((1.0 - rho) * R + 0.5, 0, 1)
+    img *= edge[None]
+    out = (np.clip(img, 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+    return Fundus(out, edge > 0, grade, tuple(lesions))

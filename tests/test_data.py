@@ -1,0 +1,124 @@
+"""medq.data: synthetic generator, items, splits, collate, text, resizing."""
+
+import numpy as np
+import pytest
+import torch
+
+from medq.config import DataConfig
+from medq.data import (REPORT_PROMPT, bicubic_resize, build_dataset, collate, generate_fundus,
+                       lanczos_resize, parse_report, report, split_ids, vocabulary)
+
+WORD = __import__("re").compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return DataConfig(num_images=12, cache_dir=str(tmp_path / "cache"))
+
+
+def test_generator_deterministic_and_fundus_like():
+    a, b = generate_fundus(3, 64), generate_fundus(3, 64)
+    assert np.array_equal(a.image, b.image) and not np.array_equal(a.image, generate_fundus(4, 64).image)
+    img, m = a.image.astype(float), a.mask
+    assert img[~m].max() == 0  # black outside the field of view
+    mean = img[m].mean(0)
+    assert mean[0] > mean[1] > mean[2]  # orange-red
+    # vessels: thin dark structures -> strong local contrast in green inside the FOV
+    g = img[:, :, 1]
+    lap = np.abs(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:])
+    assert np.percentile(lap[m[1:-1, 1:-1]], 95) > 8
+
+
+def test_items_follow_contract_and_are_deterministic(cfg):
+    ds = build_dataset(cfg, 32, "train")
+    assert len(ds) == 3 * len(ds.ids)
+    tasks = {}
+    for i in range(6):
+        it = ds[i]
+        tasks[it["task"]] = it
+        assert it["target"].shape == (3, 32, 32) and it["mask"].shape == (1, 32, 32)
+        assert it["target"].dtype == torch.float32 and set(it["mask"].unique().tolist()) <= {0.0, 1.0}
+        assert 0 <= it["input"].min() and it["input"].max() <= 1
+        assert parse_report(it["report"]) == it["quality"]
+    assert tasks["sr4"]["input"].shape == (3, 8, 8) and tasks["sr4"]["scale"] == 4
+    assert tasks["sr2"]["input"].shape == (3, 16, 16) and tasks["sr2"]["quality"] == 0
+    assert tasks["enhance"]["quality"] in (1, 2) and tasks["enhance"]["scale"] == 1
+    again = build_dataset(cfg, 32, "train")[2]
+    torch.manual_seed(123)
+    assert torch.equal(again["input"], ds[2]["input"]) and again["instruction"] == ds[2]["instruction"]
+
+
+def test_cache_is_reused(cfg, tmp_path):
+    build_dataset(cfg, 32, "all")
+    files = list((tmp_path / "cache").glob("synthetic-s0-32px-n12.npz"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    build_dataset(cfg, 32, "val")
+    assert files[0].stat().st_mtime_ns == mtime
+
+
+def test_splits_disjoint_and_cover(cfg):
+    ids = [f"img{i}" for i in range(50)]
+    s = split_ids(ids, 0.1, 0.1)
+    assert sorted(s["train"] + s["val"] + s["test"]) == sorted(ids)
+    assert len(set(s["train"]) & set(s["val"])) == 0 and len(set(s["val"]) & set(s["test"])) == 0
+    assert split_ids(list(reversed(ids)), 0.1, 0.1) == s
+    tiny = split_ids(["a", "b", "c"], 0.1, 0.1)
+    assert all(len(v) == 1 for v in tiny.values())
+    parts = [set(build_dataset(cfg, 32, k).ids) for k in ("train", "val", "test")]
+    assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+
+
+def test_collate_pads_and_keeps_sizes():
+    def item(h, w, H, W, q):
+        return {"id": "x", "task": "sr2", "instruction": "i", "report": "r", "input": torch.ones(3, h, w),
+                "target": torch.ones(3, H, W), "mask": torch.ones(1, H, W), "quality": q, "dr_grade": 0, "scale": 2}
+    b = collate([item(4, 6, 8, 12, 0), item(8, 8, 16, 16, 2)])
+    assert b["input"].shape == (2, 3, 8, 8) and b["target"].shape == (2, 3, 16, 16)
+    assert b["input_size"].tolist() == [[4, 6], [8, 8]] and b["target_size"].tolist() == [[8, 12], [16, 16]]
+    assert b["input"][0, :, 4:].abs().sum() == 0 and b["mask"][0, :, :, 12:].abs().sum() == 0
+    assert b["quality"].tolist() == [0, 2] and b["id"] == ["x", "x"]
+
+
+def test_text_vocabulary_and_parse():
+    vocab = set(vocabulary())
+    assert vocabulary() == sorted(vocab)
+    for q in range(3):
+        for g in range(5):
+            r = report(q, g, ["microaneurysms", "hard exudates"])
+            assert parse_report(r) == q and set(WORD.findall(r)) <= vocab
+    assert set(WORD.findall(REPORT_PROMPT)) <= vocab
+    assert parse_report("nothing here") is None and parse_report(None) is None
+
+
+def test_resizers():
+    x = torch.rand(2, 3, 16, 16)
+    up = bicubic_resize(x, (32, 32))
+    assert up.shape == (2, 3, 32, 32) and up.min() >= 0 and up.max() <= 1
+    flat = torch.full((1, 3, 16, 16), 0.5)
+    assert torch.allclose(bicubic_resize(flat, 4), flat[:, :, :4, :4], atol=1e-5)
+    lz = lanczos_resize(x, (8, 8))
+    assert lz.shape == (2, 3, 8, 8) and (lz - bicubic_resize(x, 8)).abs().mean() < 0.1
+
+
+def test_data_command_writes_cache_and_preview(tmp_path, capsys):
+    import argparse
+
+    from train import data_cmd
+    p = argparse.ArgumentParser()
+    data_cmd.add_arguments(p)
+    args = p.parse_args(["--num-images", "4", "--size", "32", "--out", str(tmp_path / "c"),
+                         "--preview", str(tmp_path / "p.png")])
+    assert data_cmd.main(args) == 0
+    assert (tmp_path / "c" / "synthetic-s0-32px-n4.npz").is_file()
+    from PIL import Image
+    w, h = Image.open(tmp_path / "p.png").size
+    assert w == 4 * 32 and h in (32, 64)
+    assert "4 synthetic images at 32px" in capsys.readouterr().out
+
+
+def test_tokenizer_builds_from_vocabulary():
+    tok = pytest.importorskip("medq.models.tokenizer")
+    t = tok.Tokenizer()
+    r = report(1, 2, ["haemorrhages"])
+    assert tok.split_words(r) == WORD.findall(r) and len(vocabulary()) + len(tok.SPECIALS) == t.vocab_size
