@@ -1,0 +1,165 @@
+"""``MiniBagelAdapter``: the mini-BAGEL behind ``medq.protocol.ImageTextModel``.
+
+    adapter = MiniBagelAdapter(model, vae, tokenizer, cfg.sample, name="ssim_v3-1a2b@step300/ema")
+    out = adapter.edit(lowres, instructions, tasks, (64, 64), seed=0)   # (N, 3, 64, 64) in [0, 1]
+    ids = adapter.generate_report(images, prompts, seed=0)             # raw ids, EOS included
+    adapter.decode(ids[0])                                              # DecodeResult, never raises
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+
+from medq.config import SampleConfig
+from medq.models.flow import euler_sample
+from medq.models.forward import pad_to_multiple, resize_bicubic
+from medq.models.sequence import pack_text, sequence_mask
+from medq.models.transformer import patchify, unpatchify
+from medq.protocol import DecodeResult
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Eval + no_grad for the duration, restoring the training flag after (the training loop
+    calls the adapter on its live model for the collapse probe)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was)
+
+
+def top_p_sample(logits: torch.Tensor, temperature: float, top_p: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """logits (B, V) -> ids (B,): softmax(logits / temperature) restricted to the smallest set of
+    ids whose probability reaches ``top_p`` (nucleus sampling)."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely id
+    sorted_p = sorted_p * keep
+    pick = torch.multinomial(sorted_p.cpu() / sorted_p.sum(-1, keepdim=True).cpu(), 1, generator=generator)
+    return order.gather(-1, pick.to(order.device)).squeeze(-1)
+
+
+class MiniBagelAdapter:
+    """``ImageTextModel`` over a ``MiniBagel``, its frozen VAE and tokenizer; sampling settings
+    from ``SampleConfig`` (Euler steps, shift, text guidance, max_new_tokens, temperature, top_p)."""
+
+    def __init__(self, model, vae, tokenizer, sample_cfg: SampleConfig | None = None,
+                 name: str = "mini-bagel"):
+        self.model, self.vae, self.tokenizer = model, vae, tokenizer
+        self.sample_cfg = sample_cfg or SampleConfig()
+        self.name = name
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def decode(self, ids: Sequence[int]) -> DecodeResult:
+        return self.tokenizer.decode(ids)
+
+    def _encode_condition(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        m = self.vae.downsample * self.model.cfg.patch_size
+        up = resize_bicubic(images.to(self.device).float(), size)
+        return self.vae.encode(pad_to_multiple(up, m)).float()
+
+    def edit(self, images: torch.Tensor, instructions: list[str], tasks: list[str],
+             out_size: tuple[int, int], seed: int) -> torch.Tensor:
+        """images (N, 3, h, w) in [0, 1] -> (N, 3, H, W) = out_size, in [0, 1]. The instruction
+        selects the task (``tasks`` is what the data says it is; the model reads only the text)."""
+        if len(instructions) != images.shape[0]:
+            raise ValueError(f"edit: {images.shape[0]} images but {len(instructions)} instructions")
+        cfg, sc = self.model.cfg, self.sample_cfg
+        p = cfg.patch_size
+        H, W = int(out_size[0]), int(out_size[1])
+        with _eval_mode(self.model):
+            cond = self._encode_condition(images, (H, W))
+            n, c, h, w = cond.shape
+            cond_tok = patchify(cond, p)
+            gen = torch.Generator().manual_seed(int(seed))
+            noise = torch.randn(cond.shape, generator=gen).to(self.device)
+
+            def make_velocity(prompts):
+                text = pack_text(self.tokenizer, prompts, None, cfg.max_text_len, device=self.device)
+                mask = sequence_mask(text, cond_tok.shape[1], cond_tok.shape[1])
+
+                def velocity(x, t):
+                    _, _, v = self.model(text.ids, text.pos, mask, cond=cond_tok, gen=patchify(x, p),
+                                         t=t, grid=(h // p, w // p))
+                    return unpatchify(v, p, c, h, w)
+                return velocity
+
+            uncond = make_velocity([""] * n) if sc.text_guidance > 1 else None
+            z = euler_sample(make_velocity(list(instructions)), noise, steps=sc.steps, shift=sc.shift,
+                             uncond_velocity=uncond, guidance=sc.text_guidance)
+            out = self.vae.decode(z)[..., :H, :W]
+        return out.float().clamp(0, 1)
+
+    def generate_report(self, images: torch.Tensor, prompts: list[str], seed: int) -> list[list[int]]:
+        """images (N, 3, H, W) -> one id list per image: greedy when ``temperature == 0``, else
+        temperature + top-p sampling from a generator seeded with ``seed``. Generation runs over all
+        ``vocab_padded`` rows of the text head, so undecodable ids are returned as emitted; each list
+        stops after its first EOS (included) or at ``max_new_tokens``."""
+        if len(prompts) != images.shape[0]:
+            raise ValueError(f"generate_report: {images.shape[0]} images but {len(prompts)} prompts")
+        cfg, sc, tok = self.model.cfg, self.sample_cfg, self.tokenizer
+        size = (cfg.image_size, cfg.image_size)
+        gen = torch.Generator().manual_seed(int(seed))
+        n = images.shape[0]
+        out: list[list[int]] = [[] for _ in range(n)]
+        done = [False] * n
+        with _eval_mode(self.model):
+            cond = self._encode_condition(images, size)
+            h, w = cond.shape[-2:]
+            p = cfg.patch_size
+            cond_tok = patchify(cond, p)
+            base = pack_text(tok, list(prompts), None, cfg.max_text_len, device=self.device)
+            room = min(sc.max_new_tokens, 2 * cfg.max_text_len - base.ids.shape[1])
+            lengths = (base.roles != 0).sum(1)
+            for _ in range(room):
+                text = _append(base, out, tok.pad_id)
+                mask = sequence_mask(text, cond_tok.shape[1], 0)
+                _, logits, _ = self.model(text.ids, text.pos, mask, cond=cond_tok, grid=(h // p, w // p))
+                last = (lengths + torch.tensor([len(o) for o in out], device=self.device) - 1)
+                step_logits = logits[torch.arange(n, device=self.device), last]
+                if sc.temperature == 0:
+                    nxt = step_logits.argmax(-1)
+                else:
+                    nxt = top_p_sample(step_logits, sc.temperature, sc.top_p, gen)
+                for i in range(n):
+                    if not done[i]:
+                        out[i].append(int(nxt[i]))
+                        done[i] = out[i][-1] == tok.eos_id
+                if all(done):
+                    break
+        return out
+
+
+def _append(base, generated: list[list[int]], pad_id: int):
+    """The prompt batch ``base`` with each sample's generated ids appended after its prompt (role
+    REPORT), right-padded again."""
+    from medq.models.sequence import REPORT, TextBatch
+
+    B, T = base.ids.shape
+    lengths = (base.roles != 0).sum(1).tolist()
+    T2 = max(lengths[i] + len(generated[i]) for i in range(B))
+    T2 = max(T2, T)
+    ids = torch.full((B, T2), pad_id, dtype=torch.long, device=base.ids.device)
+    roles = torch.zeros((B, T2), dtype=torch.long, device=base.ids.device)
+    ids[:, :T], roles[:, :T] = base.ids, base.roles
+    for i, g in enumerate(generated):
+        if g:
+            ids[i, lengths[i]:lengths[i] + len(g)] = torch.tensor(g, device=ids.device)
+            roles[i, lengths[i]:lengths[i] + len(g)] = REPORT
+    pos = torch.arange(T2, device=ids.device).expand(B, T2).clone()
+    return TextBatch(ids, pos, roles, torch.full_like(ids, -100))
+

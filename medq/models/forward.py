@@ -1,0 +1,109 @@
+"""The training forward of the mini-BAGEL: frozen-VAE encoding, flow noising, one packed pass.
+
+    fwd = training_forward(model, vae, tokenizer, batch, timestep_shift=1.0, generator=g)
+    terms = medq.losses.compose_losses(cfg.loss, fwd, batch, vae.decode)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from medq.models.flow import add_noise, sample_timesteps
+from medq.models.sequence import pack_text, sequence_mask
+from medq.models.transformer import patchify, unpatchify
+
+
+@dataclass
+class TrainForward:
+    """text_logits (B, T, V_padded); text_targets (B, T), -100 = ignore; v_hat, v_target, x_t, x0
+    (N, C, h, w) latents (N = B); t (N,); hidden (B, L, d) last hidden state; latent_hw (h, w)."""
+
+    text_logits: torch.Tensor
+    text_targets: torch.Tensor
+    v_hat: torch.Tensor
+    v_target: torch.Tensor
+    x_t: torch.Tensor
+    x0: torch.Tensor
+    t: torch.Tensor
+    hidden: torch.Tensor
+    latent_hw: tuple[int, int]
+
+
+def resize_bicubic(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, 3, h, w) -> (N, 3, H, W): ``medq.data.bicubic_resize`` when present (the one the data
+    and the baselines use), else torch's antialiased bicubic."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    try:
+        from medq.data import bicubic_resize
+    except ImportError:
+        return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return bicubic_resize(images, size)
+
+
+def pad_to_multiple(images: torch.Tensor, m: int) -> torch.Tensor:
+    """Zero-pad bottom/right so that H and W are multiples of ``m`` (the collate convention)."""
+    h, w = images.shape[-2:]
+    return F.pad(images, (0, -w % m, 0, -h % m))
+
+
+def condition_images(inputs: torch.Tensor, input_size: torch.Tensor | None,
+                     target_size: torch.Tensor | None, canvas: tuple[int, int]) -> torch.Tensor:
+    """Each input cropped to its true size, bicubic-upsampled to its target size, zero-padded
+    into ``canvas`` (H, W): (N, 3, h, w) -> (N, 3, H, W)."""
+    n = inputs.shape[0]
+    if input_size is None or target_size is None:
+        return resize_bicubic(inputs, canvas)
+    if bool((input_size == input_size[0]).all()) and bool((target_size == target_size[0]).all()):
+        ih, iw = (int(v) for v in input_size[0])
+        th, tw = (int(v) for v in target_size[0])
+        up = resize_bicubic(inputs[..., :ih, :iw], (th, tw))
+        return F.pad(up, (0, canvas[1] - tw, 0, canvas[0] - th))
+    out = inputs.new_zeros(n, 3, *canvas)
+    for i in range(n):
+        ih, iw = (int(v) for v in input_size[i])
+        th, tw = (int(v) for v in target_size[i])
+        out[i, :, :th, :tw] = resize_bicubic(inputs[i:i + 1, :, :ih, :iw], (th, tw))[0]
+    return out
+
+
+def training_forward(model, vae, tokenizer, batch: dict, *, timestep_shift: float = 1.0,
+                     generator: torch.Generator | None = None,
+                     instruction_dropout: float = 0.0) -> TrainForward:
+    """One training forward on a collated batch (``medq.data.collate``).
+
+    Uses batch["input"] (N, 3, h, w), ["target"] (N, 3, H, W), ["instruction"], ["report"] (lists
+    of str), and ["input_size"], ["target_size"] (N, 2) when present. Target and condition are
+    encoded by the frozen ``vae`` under no_grad; t = shift(sigmoid(N(0, 1))); x_t = (1-t) x0 + t eps.
+    ``instruction_dropout``: probability of replacing a sample's instruction by the empty one (trains
+    the unconditional branch used by classifier-free guidance)."""
+    cfg = model.cfg
+    dev = batch["target"].device
+    m = vae.downsample * cfg.patch_size
+    target = pad_to_multiple(batch["target"], m)
+    canvas = tuple(target.shape[-2:])
+    cond_img = condition_images(batch["input"], batch.get("input_size"), batch.get("target_size"), canvas)
+    with torch.no_grad():
+        x0 = vae.encode(target).float()
+        cond = vae.encode(pad_to_multiple(cond_img, m)).float()
+    n, c, h, w = x0.shape
+    gdev = generator.device if generator is not None else dev
+    t = sample_timesteps(n, timestep_shift, generator, device=gdev).to(dev)
+    eps = torch.randn(x0.shape, generator=generator, device=gdev).to(dev)
+    x_t, v_target = add_noise(x0, eps, t)
+    prompts = list(batch["instruction"])
+    if instruction_dropout > 0:
+        drop = torch.rand(n, generator=generator, device=gdev) < instruction_dropout
+        prompts = ["" if bool(dd) else p for p, dd in zip(prompts, drop)]
+    reports = list(batch["report"]) if "report" in batch else None
+    text = pack_text(tokenizer, prompts, reports, cfg.max_text_len, device=dev)
+    p = cfg.patch_size
+    cond_tok, gen_tok = patchify(cond, p), patchify(x_t, p)
+    mask = sequence_mask(text, cond_tok.shape[1], gen_tok.shape[1])
+    hidden, logits, v = model(text.ids, text.pos, mask, cond=cond_tok, gen=gen_tok, t=t,
+                              grid=(h // p, w // p))
+    v_hat = unpatchify(v, p, c, h, w)
+    return TrainForward(logits, text.targets, v_hat, v_target, x_t, x0, t, hidden, (h, w))

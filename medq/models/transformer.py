@@ -1,0 +1,155 @@
+"""The unified transformer of the mini-BAGEL over one packed sequence per sample.
+
+Layout of a sample (roles in ``medq.models.sequence``)::
+
+    [ condition image tokens | text tokens: BOS prompt SEP report EOS | generated image tokens ]
+
+- condition image: clean VAE latents of the (bicubic-upsampled) input, patchified, timestep 0;
+  full attention among themselves.
+- text: causal; the prompt sees the condition image, the report sees the image and the prompt.
+- generated image: noisy latents with a timestep embedding; full attention among themselves, and
+  they see the condition image and the prompt (never the report: at inference there is none).
+
+Batches are padded to equal length (one sequence per sample, pad positions attend only to
+themselves) and attention is ``scaled_dot_product_attention`` with a boolean block mask
+(B, 1, L, L). Text positions count within the text stream and image positions are 2-D sin-cos
+over the patch grid, so removing a segment (no generated image when writing a report) leaves the
+other tokens' inputs unchanged. Two heads: the text head (padded vocabulary, Qwen2-style) and the
+flow head (``llm2vae``: a zero-initialised linear map to patch velocities, ``v = eps - x0``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from medq.config import ModelConfig
+from medq.models.tokenizer import padded_vocab_size
+
+
+def patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, C, h, w) -> (N, (h/p)(w/p), C p p), row-major over the patch grid."""
+    n, c, h, w = latents.shape
+    if h % p or w % p:
+        raise ValueError(f"patchify: latent size {(h, w)} is not a multiple of patch_size {p}")
+    x = latents.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(n, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of ``patchify``: (N, (h/p)(w/p), C p p) -> (N, C, h, w)."""
+    n = tokens.shape[0]
+    x = tokens.reshape(n, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(n, c, h, w)
+
+
+def sincos_1d(pos: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """pos (...,) float -> (..., dim) [cos | sin] embedding."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
+    args = pos.float()[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def grid_embedding(gh: int, gw: int, dim: int, device) -> torch.Tensor:
+    """(gh * gw, dim) 2-D sin-cos embedding of a patch grid, row-major."""
+    rows = torch.arange(gh, device=device).repeat_interleave(gw)
+    cols = torch.arange(gw, device=device).repeat(gh)
+    return torch.cat([sincos_1d(rows, dim // 2), sincos_1d(cols, dim - dim // 2)], dim=-1)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: masked multi-head self-attention + GELU MLP."""
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.RMSNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.RMSNorm(d)
+        hidden = int(d * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, L, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, L, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class MiniBagel(nn.Module):
+    """Unified text + image transformer. ``vocab_size``: the tokenizer's (decodable) ids; the text
+    head has ``vocab_padded`` >= vocab_size rows. Shapes: see ``forward``."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.vocab_padded = padded_vocab_size(vocab_size, cfg.vocab_pad_multiple)
+        d, p, c = cfg.d_model, cfg.patch_size, cfg.latent_channels
+        self.patch_dim = c * p * p
+        self.tok_emb = nn.Embedding(self.vocab_padded, d)
+        self.text_pos = nn.Embedding(2 * cfg.max_text_len, d)
+        self.vae2llm = nn.Linear(self.patch_dim, d)
+        self.type_emb = nn.Embedding(3, d)  # text, condition image, generated image
+        self.time_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(d)
+        self.text_head = nn.Linear(d, self.vocab_padded, bias=False)
+        self.llm2vae = nn.Linear(d, self.patch_dim)
+        self.apply(self._init)
+        # Zero flow head: v_hat = 0 at init, so a fresh model's flow loss starts at E|eps - x0|^2.
+        nn.init.zeros_(self.llm2vae.weight)
+        nn.init.zeros_(self.llm2vae.bias)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        """t (N,) in [0, 1] -> (N, d)."""
+        return self.time_mlp(sincos_1d(t * 1000.0, 256))
+
+    def forward(self, text_ids: torch.Tensor, text_pos: torch.Tensor, mask: torch.Tensor,
+                cond: torch.Tensor | None = None, gen: torch.Tensor | None = None,
+                t: torch.Tensor | None = None, grid: tuple[int, int] | None = None):
+        """One packed forward.
+
+        text_ids, text_pos (B, T) long; cond, gen (B, n, C p p) patch tokens (either may be None),
+        t (B,) timesteps of ``gen``; grid = (gh, gw) with gh * gw = n; mask (B, L, L) bool with
+        L = n_cond + T + n_gen in the order [cond | text | gen] (True = may attend).
+        Returns (hidden (B, L, d), text_logits (B, T, vocab_padded), v (B, n, C p p) or None)."""
+        b, T = text_ids.shape
+        d = self.cfg.d_model
+        parts = []
+        if cond is not None or gen is not None:
+            pos = grid_embedding(grid[0], grid[1], d, text_ids.device).to(self.vae2llm.weight.dtype)
+        if cond is not None:
+            t0 = self.time_embedding(torch.zeros(b, device=cond.device))
+            parts.append(self.vae2llm(cond) + pos + self.type_emb.weight[1] + t0[:, None])
+        parts.append(self.tok_emb(text_ids) + self.text_pos(text_pos) + self.type_emb.weight[0])
+        if gen is not None:
+            parts.append(self.vae2llm(gen) + pos + self.type_emb.weight[2] + self.time_embedding(t)[:, None])
+        x = torch.cat(parts, dim=1)
+        if mask.shape != (b, x.shape[1], x.shape[1]):
+            raise ValueError(f"MiniBagel: mask {tuple(mask.shape)} does not match the sequence "
+                             f"({b}, {x.shape[1]}, {x.shape[1]})")
+        m = mask[:, None]
+        for blk in self.blocks:
+            x = blk(x, m)
+        h = self.norm(x)
+        n_cond = cond.shape[1] if cond is not None else 0
+        logits = self.text_head(h[:, n_cond:n_cond + T])
+        v = self.llm2vae(h[:, n_cond + T:]) if gen is not None else None
+        return x, logits, v
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

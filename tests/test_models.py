@@ -1,0 +1,289 @@
+"""Mini-BAGEL: packed sequence shapes, attention structure, flow head, sampler, tokenizer,
+adapter and strict save/load. Tiny widths throughout so the file runs in seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from medq.config import ModelConfig, SampleConfig, load_config
+from medq.models import (CheckpointMismatchError, MiniBagel, MiniBagelAdapter, Tokenizer, build_vae,
+                         euler_sample, load_model, load_state_verified, padded_vocab_size,
+                         sample_timesteps, save_model, training_forward)
+from medq.models.flow import add_noise, sampling_schedule
+from medq.models.sequence import pack_text, sequence_mask
+from medq.protocol import ImageTextModel
+
+WORDS = ("super-resolve this fundus image x2 x4 enhance the quality is good usable reject grade "
+         "0 1 2 3 4 no mild moderate severe proliferative diabetic retinopathy . ,").split()
+SR4, ENH = "super-resolve this fundus image x4", "enhance this fundus image"
+REPORT = "quality is good. grade 0, no diabetic retinopathy."
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def cfg() -> ModelConfig:
+    return ModelConfig(image_size=32, d_model=32, n_layers=2, n_heads=2, max_text_len=24,
+                       vocab_pad_multiple=16)
+
+
+@pytest.fixture
+def tok() -> Tokenizer:
+    return Tokenizer(WORDS)
+
+
+@pytest.fixture
+def vae(cfg):
+    return build_vae(cfg, channels=8).eval().requires_grad_(False)
+
+
+def batch_of(tasks: list[str], size: int = 32) -> dict:
+    """A collated batch as medq.data.collate makes it: inputs padded to the largest."""
+    scale = {"sr4": 4, "sr2": 2, "enhance": 1}
+    targets = torch.rand(len(tasks), 3, size, size)
+    inputs = torch.zeros(len(tasks), 3, size, size)
+    in_sizes = []
+    for i, t in enumerate(tasks):
+        s = size // scale[t]
+        inputs[i, :, :s, :s] = targets[i, :, ::scale[t], ::scale[t]]
+        in_sizes.append([s, s])
+    instr = {"sr4": SR4, "sr2": "super-resolve this fundus image x2", "enhance": ENH}
+    return {"input": inputs, "target": targets, "mask": torch.ones(len(tasks), 1, size, size),
+            "instruction": [instr[t] for t in tasks], "report": [REPORT] * len(tasks), "task": tasks,
+            "input_size": torch.tensor(in_sizes), "target_size": torch.tensor([[size, size]] * len(tasks))}
+
+
+def test_training_forward_shapes_mixed_tasks(cfg, tok, vae):
+    model = MiniBagel(cfg, tok.vocab_size)
+    batch = batch_of(["sr4", "sr2", "enhance"])
+    fwd = training_forward(model, vae, tok, batch, timestep_shift=1.0,
+                           generator=torch.Generator().manual_seed(0))
+    lat = (cfg.latent_channels, 32 // cfg.vae_downsample, 32 // cfg.vae_downsample)
+    for name in ("v_hat", "v_target", "x_t", "x0"):
+        assert getattr(fwd, name).shape == (3, *lat), name
+    assert fwd.latent_hw == lat[1:]
+    assert fwd.t.shape == (3,) and bool(((fwd.t > 0) & (fwd.t < 1)).all())
+    B, T, V = fwd.text_logits.shape
+    assert (B, V) == (3, model.vocab_padded) and fwd.text_targets.shape == (B, T)
+    # CE covers exactly the report tokens and EOS
+    n_report = len(tok.encode(REPORT, eos=True))
+    assert ((fwd.text_targets != -100).sum(1) == n_report).all()
+    assert torch.equal(fwd.text_targets[0][fwd.text_targets[0] != -100], torch.tensor(tok.encode(REPORT, eos=True)))
+    n_img = (lat[1] // cfg.patch_size) ** 2
+    assert fwd.hidden.shape == (3, 2 * n_img + T, cfg.d_model)
+    # the flow bookkeeping agrees with x_t = (1 - t) x0 + t eps, v = eps - x0
+    eps = fwd.v_target + fwd.x0
+    assert torch.allclose(fwd.x_t, (1 - fwd.t.view(-1, 1, 1, 1)) * fwd.x0 + fwd.t.view(-1, 1, 1, 1) * eps, atol=1e-5)
+
+
+def test_zero_initialised_flow_head_gives_zero_velocity(cfg, tok, vae):
+    model = MiniBagel(cfg, tok.vocab_size)
+    fwd = training_forward(model, vae, tok, batch_of(["sr4", "enhance"]), generator=torch.Generator().manual_seed(1))
+    assert torch.count_nonzero(fwd.v_hat) == 0
+    assert fwd.text_logits.abs().sum() > 0
+
+
+def _run(model, tok, prompts, reports, cond, gen, t):
+    text = pack_text(tok, prompts, reports, model.cfg.max_text_len)
+    mask = sequence_mask(text, cond.shape[1], 0 if gen is None else gen.shape[1])
+    g = int(cond.shape[1] ** 0.5)
+    return text, model(text.ids, text.pos, mask, cond=cond, gen=gen, t=t, grid=(g, g))
+
+
+def test_text_is_causal_and_blind_to_the_generated_image(cfg, tok):
+    model = MiniBagel(cfg, tok.vocab_size).eval()
+    torch.nn.init.normal_(model.llm2vae.weight)
+    cond, gen, t = torch.randn(1, 16, model.patch_dim), torch.randn(1, 16, model.patch_dim), torch.rand(1)
+    text, (_, logits, _) = _run(model, tok, [SR4], ["quality is good."], cond, gen, t)
+    _, (_, logits2, _) = _run(model, tok, [SR4], ["quality is reject."], cond, gen, t)
+    changed = [i for i, (a, b) in enumerate(zip(text.ids[0], tok.encode(SR4, bos=True, sep=True)
+                                                    + tok.encode("quality is reject.", eos=True))) if a != b]
+    first = changed[0]
+    assert torch.allclose(logits[0, :first], logits2[0, :first], atol=1e-6)
+    assert not torch.allclose(logits[0, first:], logits2[0, first:], atol=1e-4)
+    _, (_, logits3, _) = _run(model, tok, [SR4], ["quality is good."], cond, torch.randn_like(gen), t)
+    assert torch.allclose(logits, logits3, atol=1e-6)
+
+
+def test_generated_image_has_full_attention_and_ignores_the_report(cfg, tok):
+    model = MiniBagel(cfg, tok.vocab_size).eval()
+    torch.nn.init.normal_(model.llm2vae.weight)
+    cond, gen, t = torch.randn(1, 16, model.patch_dim), torch.randn(1, 16, model.patch_dim), torch.rand(1)
+    _, (_, _, v) = _run(model, tok, [SR4], [REPORT], cond, gen, t)
+    gen2 = gen.clone()
+    gen2[0, -1] += 1.0  # the LAST image token
+    _, (_, _, v2) = _run(model, tok, [SR4], [REPORT], cond, gen2, t)
+    assert not torch.allclose(v[0, 0], v2[0, 0], atol=1e-5)  # reaches the FIRST image token
+    _, (_, _, v3) = _run(model, tok, [SR4], ["quality is reject."], cond, gen, t)
+    assert torch.allclose(v, v3, atol=1e-6)
+    _, (_, _, v4) = _run(model, tok, [ENH], [REPORT], cond, gen, t)
+    assert not torch.allclose(v, v4, atol=1e-5)  # the instruction does reach the image
+
+
+def test_padding_does_not_change_a_sample(cfg, tok):
+    """Padded batching: a sample's outputs do not depend on the longer samples beside it."""
+    model = MiniBagel(cfg, tok.vocab_size).eval()
+    torch.nn.init.normal_(model.llm2vae.weight)
+    cond, gen, t = torch.randn(2, 16, model.patch_dim), torch.randn(2, 16, model.patch_dim), torch.rand(2)
+    text, (_, logits, v) = _run(model, tok, [ENH, SR4 + " " + SR4], [REPORT, REPORT], cond, gen, t)
+    text1, (_, logits1, v1) = _run(model, tok, [ENH], [REPORT], cond[:1], gen[:1], t[:1])
+    T1 = text1.ids.shape[1]
+    assert torch.allclose(logits[0, :T1], logits1[0], atol=1e-5)
+    assert torch.allclose(v[0], v1[0], atol=1e-5)
+
+
+def test_timesteps_and_schedule():
+    g = torch.Generator().manual_seed(0)
+    t1, t3 = sample_timesteps(4000, 1.0, g), sample_timesteps(4000, 3.0, torch.Generator().manual_seed(0))
+    assert bool(((t1 > 0) & (t1 < 1)).all()) and abs(float(t1.mean()) - 0.5) < 0.02
+    assert bool((t3 > t1).all())  # the shift moves every t towards noise
+    s = sampling_schedule(8, 3.0)
+    assert s[0] == 1 and s[-1] == 0 and bool((s[1:] < s[:-1]).all())
+
+
+@pytest.mark.parametrize("shift,steps", [(1.0, 1), (3.0, 7), (3.0, 49)])
+def test_euler_sampler_with_perfect_oracle_recovers_x0(shift, steps):
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    out = euler_sample(lambda x, t: eps - x0, eps, steps=steps, shift=shift)
+    assert torch.allclose(out, x0, atol=1e-5)
+    # the oracle is consistent with the noising: x_t - t v = x0 at any t
+    t = torch.full((3,), 0.7)
+    x_t, v = add_noise(x0, eps, t)
+    assert torch.allclose(x_t - 0.7 * v, x0, atol=1e-5)
+
+
+def test_cfg_with_equal_branches_is_a_no_op():
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
+    oracle = lambda x, t: eps - x0  # noqa: E731
+    out = euler_sample(oracle, eps, steps=5, shift=3.0, uncond_velocity=oracle, guidance=4.0)
+    assert torch.allclose(out, x0, atol=1e-5)
+
+
+def test_tokenizer_round_trip_unk_and_out_of_range_ids(tok, tmp_path):
+    ids = tok.encode(REPORT, bos=True, eos=True)
+    assert tok.decode(ids).text == REPORT and tok.decode(ids).n_bad == 0
+    assert tok.encode("quality is splendid")[-1] == tok.unk_id
+    bad = ids[:3] + [tok.vocab_size + 5, -1, 10 ** 6] + ids[3:]
+    res = tok.decode(bad)  # must not raise (the original crashed in "".join on None)
+    assert res.bad_positions == [3, 4, 5] and res.bad_ids == [tok.vocab_size + 5, -1, 10 ** 6]
+    assert res.collapsed and res.text == REPORT
+    tok.save(tmp_path / "tokenizer.json")
+    assert Tokenizer.load(tmp_path / "tokenizer.json") == tok
+    (tmp_path / "broken.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="broken.json"):
+        Tokenizer.load(tmp_path / "broken.json")
+
+
+def test_text_head_is_padded_beyond_the_tokenizer(cfg, tok):
+    model = MiniBagel(cfg, tok.vocab_size)
+    assert model.vocab_padded == padded_vocab_size(tok.vocab_size, 16) > tok.vocab_size
+    assert model.vocab_padded % 16 == 0 and model.text_head.weight.shape[0] == model.vocab_padded
+
+
+def test_adapter_protocol_edit_and_collapsed_text(cfg, tok, vae):
+    model = MiniBagel(cfg, tok.vocab_size).train()
+    sc = SampleConfig(steps=3, max_new_tokens=6)
+    ad = MiniBagelAdapter(model, vae, tok, sc, name="tiny")
+    assert isinstance(ad, ImageTextModel) and ad.vocab_size == tok.vocab_size
+    b = batch_of(["sr4", "sr4"])
+    low = b["input"][:, :, :8, :8]
+    out = ad.edit(low, b["instruction"], b["task"], (32, 32), seed=3)
+    assert out.shape == (2, 3, 32, 32) and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert torch.equal(out, ad.edit(low, b["instruction"], b["task"], (32, 32), seed=3))
+    assert model.training  # the adapter restores the caller's mode
+    # a collapsed head: every step's argmax is a padding row; ids are returned, decode flags them
+    with torch.no_grad():
+        model.text_head.weight.zero_()
+        model.text_head.weight[tok.vocab_size + 2] = 1.0
+        model.norm.weight.fill_(1.0)
+    with torch.no_grad():
+        model.tok_emb.weight[:] = torch.randn_like(model.tok_emb.weight).abs()
+    ids = ad.generate_report(b["target"], b["instruction"], seed=0)
+    assert [len(x) for x in ids] == [6, 6] and all(i == tok.vocab_size + 2 for x in ids for i in x)
+    res = ad.decode(ids[0])
+    assert res.n_bad == 6 and res.text == ""
+
+
+def test_generate_report_stops_at_eos_and_sampling_is_seeded(cfg, tok, vae):
+    model = MiniBagel(cfg, tok.vocab_size)
+    ad = MiniBagelAdapter(model, vae, tok, SampleConfig(max_new_tokens=8, temperature=1.0, top_p=0.9))
+    imgs = torch.rand(3, 3, 32, 32)
+    a = ad.generate_report(imgs, [SR4] * 3, seed=5)
+    assert a == ad.generate_report(imgs, [SR4] * 3, seed=5)
+    assert all(0 < len(x) <= 8 for x in a)
+    with torch.no_grad():
+        model.text_head.weight.zero_()
+        model.text_head.weight[tok.eos_id] = 1.0
+        model.tok_emb.weight[:] = model.tok_emb.weight.abs()
+    greedy = MiniBagelAdapter(model, vae, tok, SampleConfig(max_new_tokens=8))
+    assert greedy.generate_report(imgs, [SR4, ENH, ""], seed=0) == [[tok.eos_id]] * 3
+
+
+def test_save_load_round_trip_is_bit_identical(cfg, tok, tmp_path):
+    model = MiniBagel(cfg, tok.vocab_size)
+    torch.nn.init.normal_(model.llm2vae.weight)
+    save_model(model, tok, tmp_path)
+    save_model(model, tok, tmp_path, filename="ema.safetensors")
+    assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "ema.safetensors", "arch.json", "tokenizer.json"}
+    loaded, tok2, report = load_model(tmp_path, expect_arch=cfg)
+    assert tok2 == tok and report.ok and report.weights == "model" and len(report.fingerprint) == 16
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, _, ema_report = load_model(tmp_path, weights_file="ema.safetensors")
+    assert ema_report.weights == "ema" and ema_report.fingerprint == report.fingerprint
+    assert ema_report.source.endswith("ema.safetensors")
+    checkpoint = pytest.importorskip("medq.checkpoint")
+    assert checkpoint.fingerprint(model.state_dict()) == report.fingerprint
+
+
+def test_loading_into_another_architecture_names_the_keys(cfg, tok, tmp_path):
+    state = MiniBagel(cfg, tok.vocab_size).state_dict()
+    deeper = MiniBagel(dataclasses.replace(cfg, n_layers=3), tok.vocab_size)
+    with pytest.raises(CheckpointMismatchError, match=r"missing .*blocks\.2\.qkv\.weight"):
+        load_state_verified(deeper, state, source="ckpt/model.safetensors")
+    wider = MiniBagel(dataclasses.replace(cfg, d_model=48), tok.vocab_size)
+    with pytest.raises(CheckpointMismatchError, match=r"shape-mismatched \(32\): .*blocks\.0\.qkv\.weight \(96, 32\) vs model \(144, 48\)") as e:
+        load_state_verified(wider, state)
+    assert "tok_emb.weight (48, 32) vs model (48, 48)" in e.value.mismatched  # the full list
+    state["extra.bias"] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected \(1\): extra\.bias"):
+        load_state_verified(MiniBagel(cfg, tok.vocab_size), state)
+
+
+def test_arch_json_mismatch_names_the_fields(cfg, tok, tmp_path):
+    save_model(MiniBagel(cfg, tok.vocab_size), tok, tmp_path)
+    with pytest.raises(CheckpointMismatchError, match=r"d_model: file 32 vs expected 64.*n_layers: file 2 vs expected 4"):
+        load_model(tmp_path, expect_arch=dataclasses.replace(cfg, d_model=64, n_layers=4))
+
+
+@pytest.mark.parametrize("overlay,params", [("model/small", (10e6, 30e6)), ("model/base", (80e6, 200e6))])
+def test_shipped_model_sizes_build(overlay, params, tok):
+    c = load_config("pretrain", overlays=[overlay]).model
+    with torch.device("meta"):
+        model = MiniBagel(c, tok.vocab_size)
+    assert params[0] < model.num_parameters() < params[1]
+
+
+def test_training_forward_feeds_the_loss_composer_and_backpropagates(cfg, tok, vae):
+    losses = pytest.importorskip("medq.losses")
+    from medq.config import LossConfig
+
+    model = MiniBagel(cfg, tok.vocab_size)
+    batch = batch_of(["sr4", "sr2", "enhance", "sr4"])
+    fwd = training_forward(model, vae, tok, batch, generator=torch.Generator().manual_seed(0))
+    loss_cfg = LossConfig(pixel_weight=1.0, ssim_weight=0.1, pixel_max_t=1.0, ssim_max_t=1.0)
+    terms = losses.compose_losses(loss_cfg, fwd, batch, vae.decode)
+    assert set(terms) >= {"ce", "mse", "pixel", "ssim", "total"} and torch.isfinite(terms["total"])
+    terms["total"].backward()
+    # the zero-initialised flow head still receives a gradient (through MSE and the decoder path)
+    assert model.llm2vae.weight.grad.abs().sum() > 0 and model.text_head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in vae.parameters())

@@ -1,0 +1,124 @@
+"""``python -m train vae``: train our VAE on the embedded data and save it to ``model.vae``.
+
+    python -m train vae                                  # runs/vae (skipped when already there)
+    python -m train vae --force --steps 400              # retrain
+    python -m train vae --with model/base                # 8x VAE at 256 px into the same model.vae
+    python -m train vae --set model.vae=runs/vae8 --set model.vae_downsample=8
+
+Writes ``model.safetensors``, ``arch.json`` and ``metrics.json`` (reconstruction PSNR on the val
+split, training time) into a temporary directory, then renames it into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("train.vae")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set model.vae=runs/vae8 (repeatable)")
+    p.add_argument("--with", dest="overlays", action="append", default=[], metavar="OVERLAY",
+                   help="overlay under configs/, e.g. model/base (repeatable)")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300: ~1 min on 2 CPU cores)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
+    p.add_argument("--channels", type=int, default=32, help="VAE width at half resolution (default 32)")
+    p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term (default 1e-6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    p.add_argument("--force", action="store_true", help="retrain even if the VAE directory exists")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def load_images(cfg):
+    """(train, val, source): float32 (N, 3, S, S) tensors of targets and bicubic-upsampled inputs
+    (the VAE encodes both during fine-tuning) from ``medq.data``; smooth random images when the
+    data package is not installed in this checkout."""
+    import torch
+
+    size = cfg.model.image_size
+    try:
+        from medq.data import build_dataset
+    except ImportError:
+        from medq.models.vae_train import smooth_random_images
+
+        log.warning("medq.data is not available: training the VAE on smooth random images")
+        return smooth_random_images(512, size, 0), smooth_random_images(64, size, 1), "smooth-random"
+    from medq.models.forward import resize_bicubic
+
+    out = []
+    for split in ("train", "val"):
+        ds = build_dataset(cfg.data, size, split)
+        imgs = []
+        for i in range(len(ds)):
+            item = ds[i]
+            tgt = item["target"]
+            imgs.append(tgt)
+            if split == "train":
+                imgs.append(resize_bicubic(item["input"][None], tuple(tgt.shape[-2:]))[0].clamp(0, 1))
+        out.append(torch.stack(imgs))
+    return out[0], out[1], f"medq.data:{cfg.data.source}"
+
+
+def main(args) -> int:
+    import torch
+
+    from medq.config import ConfigError, load_config
+    from medq.models.vae import ARCH_FILE, WEIGHTS_FILE, build_vae, save_vae
+    from medq.models.vae_train import train_vae
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config("base", overrides=args.overrides, overlays=args.overlays)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+    out = Path(cfg.model.vae)
+    if (out / WEIGHTS_FILE).is_file() and (out / ARCH_FILE).is_file() and not args.force:
+        print(f"VAE already at {out} (use --force to retrain)")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    train, val, source = load_images(cfg)
+    vae = build_vae(cfg.model, channels=args.channels)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, desc="vae", unit="step", file=sys.stderr)
+
+    def on_step(step, loss):
+        if bar is not None:
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(mse=f"{loss:.2e}")
+
+    start = time.perf_counter()
+    metrics = train_vae(vae, train, val, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                        kl_weight=args.kl_weight, seed=args.seed, on_step=on_step)
+    seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    metrics.update({"train_seconds": round(seconds, 1), "data": source, "image_size": cfg.model.image_size,
+                    "n_train_images": int(train.shape[0]), "n_val_images": int(val.shape[0]),
+                    "batch_size": args.batch_size, "lr": args.lr, "kl_weight": args.kl_weight,
+                    "params": sum(p.numel() for p in vae.parameters()), "arch": vae.arch,
+                    "psnr": "mean per-image PSNR (dB, data range 1) of decode(encode(x)) clamped to [0, 1]"})
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_vae(vae, tmp)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    print(f"VAE saved to {out}: val PSNR {metrics['psnr_val']:.2f} dB, train PSNR "
+          f"{metrics['psnr_train']:.2f} dB, {seconds:.0f} s on {source}")
+    return 0
