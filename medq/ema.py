@@ -1,0 +1,67 @@
+"""Exponential moving average of a model's trainable weights (the weights fine-tunes start from).
+
+    ema = EMA(model, decay=0.995)
+    ema.update(model)            # after each optimizer step that was taken
+    ema.state_dict()             # a full state dict of the model, EMA values for trainable tensors
+
+``state_dict()`` holds every key of ``model.state_dict()`` (frozen parameters and buffers copied
+as they are), so an EMA snapshot loads with the same strict key check as the raw weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """shadow = decay * shadow + (1 - decay) * param, for parameters with ``requires_grad``.
+
+    The shadow is kept in float32 whatever the parameter dtype: with decay 0.9999 a bf16 shadow
+    would round every update away."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay = {decay!r}: must be in [0, 1)")
+        self.decay = decay
+        self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters()
+                       if p.requires_grad}
+        # Tied weights (one parameter under two state-dict keys) share one shadow.
+        canonical = {id(p): n for n, p in model.named_parameters()}
+        self.alias = {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)
+                      if canonical[id(p)] in self.shadow}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        shadow = [self.shadow[n] for n in self.trainable]
+        current = [params[n].detach().float() for n in self.trainable]
+        torch._foreach_lerp_(shadow, current, 1.0 - self.decay)
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Full state dict of ``model`` with the EMA values (cast to the model's dtypes)."""
+        out = {}
+        for k, v in model.state_dict().items():
+            # A copy per key: safetensors refuses tensors that share memory.
+            out[k] = self.shadow[self.alias[k]].to(v.dtype).clone() if k in self.alias else v.detach().clone()
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the shadow from an ``ema.safetensors`` state (missing trainable keys raise)."""
+        missing = [n for n in self.trainable if n not in state]
+        if missing:
+            raise KeyError(f"EMA state lacks trainable keys: {missing[:10]}"
+                           f"{' ...' if len(missing) > 10 else ''}")
+        for n in self.trainable:
+            if state[n].shape != self.shadow[n].shape:
+                raise ValueError(f"EMA key {n}: shape {tuple(state[n].shape)} in the checkpoint, "
+                                 f"{tuple(self.shadow[n].shape)} in the model")
+            self.shadow[n].copy_(state[n].float())
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the EMA values into ``model`` (e.g. to validate or export the EMA weights)."""
+        params = dict(model.named_parameters())
+        for n in self.trainable:
+            params[n].copy_(self.shadow[n].to(params[n].dtype))

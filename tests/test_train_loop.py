@@ -1,0 +1,247 @@
+"""The generic training loop on a tiny module: exact resume, files, non-finite skips, retention,
+schedule, EMA, logging. Independent of medq.models / medq.data (a fake task stands in)."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from itertools import count
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from medq.checkpoint import fingerprint, latest_checkpoint, list_checkpoints, read_best
+from medq.config import load_config
+from medq.ema import EMA
+from medq.schedule import warmup_cosine
+from train.logger import read_metrics
+from train.loop import train
+from train.monitors import NonFiniteError
+
+
+class TinyTask:
+    """Noisy linear regression with dropout: uses the task generator and the global RNG, so an
+    inexact resume (lost RNG, optimizer or data position) changes the losses."""
+
+    def __init__(self, nan_steps: set[int] = frozenset()):
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.2), nn.Linear(8, 1))
+        self.device = torch.device("cpu")
+        self.nan_steps = nan_steps
+        self.calls = 0
+        self.seen_steps: list[int] = []
+
+    def train_batches(self, start_step):
+        for s in count(start_step):
+            g = torch.Generator().manual_seed(1000 + s)
+            x = torch.randn(4, 3, generator=g)
+            self.seen_steps.append(s)
+            yield {"x": x, "y": x.sum(1, keepdim=True), "step": s + 1}
+
+    def losses(self, batch, generator):
+        noise = 0.01 * torch.randn(batch["y"].shape, generator=generator)
+        pred = self.model(batch["x"])
+        mse = ((pred - batch["y"] - noise) ** 2).mean()
+        if batch["step"] in self.nan_steps:
+            mse = mse * float("nan")
+        return {"mse": mse, "total": mse}, {"hidden": pred}
+
+    def validate(self, model):
+        x = torch.linspace(-1, 1, 12).reshape(4, 3)
+        return {"val/total": float(((model(x) - x.sum(1, keepdim=True)) ** 2).mean())}
+
+    def save_model(self, directory: Path):
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()},
+                  str(directory / "model.safetensors"))
+
+    def load_model(self, checkpoint: Path):
+        self.model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=True)
+
+
+def tiny_cfg(out_dir: Path, *extra: str):
+    return load_config("pretrain", overrides=[
+        f"run.out_dir={json.dumps(str(out_dir))}", "optim.max_steps=6", "optim.warmup_steps=2",
+        "optim.lr=0.05", "run.log_every=1", "run.ckpt_every=3", "run.val_every=3",
+        "run.probe_every=1000", "optim.ema_decay=0.9", *extra])
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    return read_metrics(run_dir / "logs" / "metrics.csv")["loss/total"]
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    cfg_a = tiny_cfg(tmp_path / "a")
+    full = train(cfg_a, TinyTask(), progress=False)
+    assert full["status"] == "finished" and full["step"] == 6
+
+    cfg_b = tiny_cfg(tmp_path / "b")
+    first = train(cfg_b, TinyTask(), stop_at=3, progress=False)
+    assert first["status"] == "running" and first["step"] == 3
+    assert json.loads((cfg_b.run_dir / "run.json").read_text())["status"] == "running"
+    # A fresh process state: new task, different global RNG; everything must come from the checkpoint.
+    torch.manual_seed(12345)
+    task = TinyTask()
+    second = train(cfg_b, task, progress=False)
+    assert task.seen_steps[0] == 3  # data order continues where it stopped
+    assert second["status"] == "finished"
+
+    a, b = losses_by_step(cfg_a.run_dir), losses_by_step(cfg_b.run_dir)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert [a[s] for s in range(1, 7)] == [b[s] for s in range(1, 7)]  # exactly, not approximately
+    assert full["fingerprint"] == second["fingerprint"]
+    ema_a = load_file(str(latest_checkpoint(cfg_a.run_dir / "checkpoints") / "ema.safetensors"))
+    ema_b = load_file(str(latest_checkpoint(cfg_b.run_dir / "checkpoints") / "ema.safetensors"))
+    assert fingerprint(ema_a) == fingerprint(ema_b)
+
+
+def test_checkpoint_layout_run_json_and_rerun(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    train(cfg, TinyTask(), progress=False)
+    ckpts = cfg.run_dir / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_000006"
+    files = {p.name for p in (ckpts / "step_000006").iterdir()}
+    assert {"model.safetensors", "ema.safetensors", "optim.pt", "config.toml", "state.json"} <= files
+    state = json.loads((ckpts / "step_000006" / "state.json").read_text())
+    assert state["step"] == 6 and state["hash"] == cfg.hash and state["skipped"] == 0
+    assert json.loads((cfg.run_dir / "run.json").read_text()) == {
+        "preset": "pretrain", "hash": cfg.hash, "status": "finished", "step": 6}
+    assert read_best(ckpts)["name"] in {"step_000003", "step_000006"}
+    metrics = read_metrics(cfg.run_dir / "logs" / "metrics.csv")
+    for key in ("loss/mse", "loss/total", "train/lr", "train/grad_norm", "train/skipped", "val/total"):
+        assert key in metrics, key
+    assert list((cfg.run_dir / "logs" / "tb").iterdir())
+    # Running a finished run again trains nothing.
+    task = TinyTask()
+    again = train(cfg, task, progress=False)
+    assert again["step"] == 6 and task.seen_steps == []
+
+
+def test_nonfinite_step_is_skipped_and_counted(tmp_path):
+    cfg = tiny_cfg(tmp_path, "optim.grad_clip=0.0")
+    seen = {}
+
+    class Spy(TinyTask):
+        def losses(self, batch, generator):
+            seen[batch["step"]] = fingerprint(self.model.state_dict())
+            return super().losses(batch, generator)
+
+    task = Spy(nan_steps={2})
+    out = train(cfg, task, progress=False)
+    assert out["status"] == "finished" and out["skipped"] == 1
+    # Step 2 was skipped: the weights entering step 3 are those entering step 2.
+    assert seen[2] == seen[3] and seen[1] != seen[2]
+    metrics = read_metrics(cfg.run_dir / "logs" / "metrics.csv")
+    assert metrics["train/skipped"][2] == 1 and metrics["train/skipped"][1] == 0
+
+
+def test_too_many_nonfinite_steps_abort_and_keep_last_checkpoint(tmp_path):
+    cfg = tiny_cfg(tmp_path, "run.max_nonfinite=2")
+    with pytest.raises(NonFiniteError, match="2 consecutive steps.*run.max_nonfinite = 2"):
+        train(cfg, TinyTask(nan_steps={4, 5}), progress=False)
+    assert latest_checkpoint(cfg.run_dir / "checkpoints").name == "step_000003"
+
+
+def test_retention_keeps_last_and_best(tmp_path):
+    cfg = tiny_cfg(tmp_path, "optim.max_steps=8", "run.ckpt_every=1", "run.val_every=1",
+                   "run.keep_last=2")
+    train(cfg, TinyTask(), progress=False)
+    root = cfg.run_dir / "checkpoints"
+    names = [p.name for p in list_checkpoints(root)]
+    best = read_best(root)["name"]
+    assert names[-2:] == ["step_000007", "step_000008"]
+    assert set(names) == {"step_000007", "step_000008", best}
+
+
+def test_warmup_cosine_shape():
+    f = partial(warmup_cosine, warmup_steps=4, max_steps=20)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    later = [f(s) for s in range(4, 20)]
+    assert all(a >= b for a, b in zip(later, later[1:]))
+    assert 0 < later[-1] < 0.05
+    assert warmup_cosine(0, warmup_steps=0, max_steps=10) <= 1.0
+
+
+def test_ema_tracks_trainable_weights_and_ties():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model[1].weight = model[0].weight  # tied
+    model[0].bias.requires_grad_(False)
+    ema = EMA(model, decay=0.5)
+    before = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[0].bias.add_(1.0)
+    ema.update(model)
+    state = ema.state_dict(model)
+    torch.testing.assert_close(state["0.weight"], before + 0.5)
+    torch.testing.assert_close(state["1.weight"], before + 0.5)  # the tied key too
+    torch.testing.assert_close(state["0.bias"], model[0].bias)  # frozen: copied as is
+    assert set(state) == set(model.state_dict())
+    restored = EMA(model, decay=0.5)
+    restored.load_state_dict(state)
+    torch.testing.assert_close(restored.state_dict(model)["0.weight"], state["0.weight"])
+
+
+def test_collapse_monitor_warns_and_can_stop_early(tmp_path, caplog):
+    class Collapsing(TinyTask):
+        def validate(self, model):
+            return {**super().validate(model), "collapse/undecodable_rate": 0.4,
+                    "collapse/psnr": 25.0, "collapse/output_std": 0.2}
+
+    cfg = tiny_cfg(tmp_path / "warn")
+    with caplog.at_level("WARNING", logger="train"):
+        out = train(cfg, Collapsing(), progress=False)
+    assert out["status"] == "finished"  # collapse_stop off: warn only
+    assert "undecodable token rate 0.400" in caplog.text
+    metrics = read_metrics(cfg.run_dir / "logs" / "metrics.csv")
+    assert metrics["collapse/warning"] == {3: 1.0, 6: 1.0}
+
+    cfg = tiny_cfg(tmp_path / "stop", "run.collapse_stop=true")
+    out = train(cfg, Collapsing(), progress=False)
+    assert out["status"] == "collapsed" and out["step"] == 3
+    assert json.loads((cfg.run_dir / "run.json").read_text())["status"] == "collapsed"
+    assert latest_checkpoint(cfg.run_dir / "checkpoints").name == "step_000003"
+
+
+def test_gradient_probe_weights_terms_and_logs_ratios(tmp_path):
+    from train.monitors import probe_gradients
+
+    h = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(8, requires_grad=True)
+    x0 = h * w
+    terms = {"mse": (x0 ** 2).mean(), "ssim": x0.sum(), "total": x0.sum()}
+    cfg = load_config("ssim_v3")  # ssim_weight 0.1, mse_weight 1
+    out = probe_gradients(terms, {"x0_hat": x0, "hidden": h}, cfg.loss)
+    g_ssim = torch.full_like(x0, 0.1).norm()
+    g_mse = (2 * x0.detach() / x0.numel()).norm()
+    assert out["probe/x0_hat/ssim/norm"] == pytest.approx(float(g_ssim), rel=1e-5)
+    assert out["probe/x0_hat/ssim/max"] == pytest.approx(0.1, rel=1e-5)
+    assert out["probe/x0_hat/ssim_over_mse"] == pytest.approx(float(g_ssim / g_mse), rel=1e-5)
+    assert "probe/hidden/ssim_over_mse" in out
+    assert w.grad is None  # parameters untouched: the loop's backward comes after
+    # In the loop: every run.probe_every steps, logged to the CSV.
+    cfg = tiny_cfg(tmp_path, "run.probe_every=2")
+    train(cfg, TinyTask(), progress=False)
+    metrics = read_metrics(cfg.run_dir / "logs" / "metrics.csv")
+    assert sorted(metrics["probe/hidden/mse/norm"]) == [2, 4, 6]
+
+
+def test_crash_after_last_checkpoint_resumes_without_duplicate_rows(tmp_path):
+    import shutil
+
+    cfg = tiny_cfg(tmp_path)
+    train(cfg, TinyTask(), progress=False)
+    before = losses_by_step(cfg.run_dir)
+    # As if the process died after logging steps 4-6 but before saving step 6.
+    root = cfg.run_dir / "checkpoints"
+    shutil.rmtree(root / "step_000006")
+    (root / "latest").write_text("step_000003\n")
+    out = train(cfg, TinyTask(), progress=False)
+    assert out["step"] == 6
+    rows = [line.split(",")[0] for line in (cfg.run_dir / "logs" / "metrics.csv").read_text().splitlines()
+            if ",loss/total," in line]
+    assert rows == ["1", "2", "3", "4", "5", "6"]
+    assert losses_by_step(cfg.run_dir) == before

@@ -1,0 +1,219 @@
+"""``python -m train``: train or fine-tune the mini-BAGEL from a preset; also ``data`` and ``vae``.
+
+    python -m train data                                  # make data: generate / cache the images
+    python -m train vae                                   # make vae: train our VAE into runs/vae
+    python -m train --preset pretrain                     # make base: the base model, from scratch
+    python -m train --preset ssim_v3                      # make train-v3: fine-tune base's EMA
+    python -m train --preset ssim_v3 --dry-run            # print the resolved config, write nothing
+    python -m train --preset pixel --set optim.max_steps=50 --set run.device=cpu
+    python -m train --preset pretrain --with model/small  # overlay configs/model/small.toml
+    python -m train --preset ssim_v3 --sweep loss.ssim_weight=0.1,0.2 --sweep loss.ssim_max_t=0.1,0.15
+    python -m train --resume runs/ssim_v3-1a2b3c4d        # continue that run from its config.toml
+    torchrun --nproc_per_node=2 -m train --preset pixel   # DDP (gloo on CPU, NCCL on CUDA)
+
+Every run lives in ``<run.out_dir>/<preset>-<hash8>/`` (``docs/ARCHITECTURE.md``). Running the same
+command again resumes an unfinished run from its latest complete checkpoint, and says so and exits
+0 when the run is finished. ``optim.batch_size`` is the global batch, split over the ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import json
+import logging
+import sys
+from pathlib import Path
+
+from medq.config import ConfigError, available_presets, dump_toml, load_config
+
+SUBCOMMANDS = {"data": "train.data_cmd", "vae": "train.vae_cmd"}
+log = logging.getLogger("train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="subcommands: `python -m train data --help`, `python -m train vae --help`. "
+               f"presets: {', '.join(available_presets())}")
+    p.add_argument("--preset", default=None,
+                   help="configs/<NAME>.toml or a path to a saved config.toml (default: base)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="typed override, e.g. --set loss.ssim_weight=0.2 (repeatable)")
+    p.add_argument("--with", dest="overlays", action="append", default=[], metavar="OVERLAY",
+                   help="overlay file under configs/, e.g. model/small (repeatable)")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="run the grid of all values, one run (and run dir) each, in sequence")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config(s) and run directories; write nothing")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+                   help="require a checkpoint to resume from (error if there is none); with RUN_DIR, "
+                        "continue that run from its saved config.toml")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="leave after STEP with a checkpoint (the run stays unfinished; re-run to "
+                        "continue), e.g. for time-limited jobs")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    return p
+
+
+def split_values(text: str) -> list[str]:
+    """'0.1,0.2' -> ['0.1', '0.2']; commas inside [...] belong to a list value."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur]
+
+
+def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
+    """['a.b=1,2', 'c.d=3,4'] -> [['a.b=1','c.d=3'], ['a.b=1','c.d=4'], ...] (the grid)."""
+    axes = []
+    for s in sweeps:
+        if "=" not in s:
+            raise ConfigError(f"--sweep {s!r}: expected section.key=v1,v2")
+        key, values = s.split("=", 1)
+        axes.append([f"{key}={v}" for v in split_values(values) if v != ""])
+    return [list(c) for c in itertools.product(*axes)] if axes else [[]]
+
+
+def banner(text: str) -> str:
+    lines = text.splitlines()
+    width = max(len(line) for line in lines)
+    return "\n".join(["#" * (width + 4)] + [f"# {line.ljust(width)} #" for line in lines] + ["#" * (width + 4)])
+
+
+def start_warnings(cfg) -> list[str]:
+    """Loud warnings about configurations that reproduce a known accident on purpose."""
+    out = []
+    if cfg.init.scratch and cfg.loss.needs_vae:
+        out.append(banner(
+            f"WARNING: preset {cfg.run.preset!r} trains an image-space loss "
+            f"(ssim_weight={cfg.loss.ssim_weight}, pixel_weight={cfg.loss.pixel_weight})\n"
+            "from RANDOM weights (init.scratch = true): no pretrained weights are loaded.\n"
+            "This is the SSIM v2 accident (finetune_from_ema False): expect undecodable\n"
+            "tokens and garbage images. Reproduced on purpose; set init.from to fine-tune."))
+    return out
+
+
+def run_one(cfg, args) -> int:
+    from medq.checkpoint import latest_checkpoint, read_run_json
+    from train.dist import init_dist, pick_device
+
+    device = pick_device(cfg.run.device)
+    dist = init_dist(device)
+    main_rank = dist.is_main
+    if not main_rank:
+        logging.getLogger().setLevel(logging.WARNING)  # one rank tells the story
+    if main_rank:
+        print(dump_toml(cfg), flush=True)
+        print(f"run directory: {cfg.run_dir}", flush=True)
+        for w in start_warnings(cfg):
+            print(w, file=sys.stderr, flush=True)
+            log.warning("init.scratch with an image-space loss (the v2 accident), on purpose")
+    if args.dry_run:
+        return 0
+    info = read_run_json(cfg.run_dir)
+    if info and info.get("status") in ("finished", "collapsed"):
+        if main_rank:
+            print(f"run {cfg.run_name} is already {info['status']} at step {info['step']} "
+                  f"({cfg.run_dir}); nothing to do (delete the directory to train it again)")
+        return 0
+    if args.resume is not None and latest_checkpoint(cfg.run_dir / "checkpoints") is None:
+        raise SystemExit(f"--resume: {cfg.run_dir / 'checkpoints'} has no complete checkpoint "
+                         f"to resume from (run without --resume to start the run)")
+    saved = cfg.run_dir / "config.toml"
+    if saved.exists() and f"sha256 {cfg.hash}" not in saved.read_text().splitlines()[0]:
+        raise SystemExit(f"{saved} holds a different config than the one resolved now (hash prefix "
+                         f"collision or an edited file); move that run directory away")
+    if main_rank:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(dump_toml(cfg))
+    return _train(cfg, args, device, dist)
+
+
+def _train(cfg, args, device, dist) -> int:
+    import torch
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from medq.checkpoint import write_run_json
+    from medq.models import CheckpointMismatchError
+    from train.loop import train
+    from train.monitors import NonFiniteError
+    from train.task import MiniBagelTask
+
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)
+    try:
+        task = MiniBagelTask(cfg, device, dist)
+    except (FileNotFoundError, CheckpointMismatchError) as e:
+        # Where the weights come from is wrong: say what, without a traceback.
+        raise SystemExit(f"error: {type(e).__name__}: {e}") from None
+    try:
+        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+            result = train(cfg, task, dist=dist, stop_at=args.stop_at, progress=not args.no_progress)
+    except NonFiniteError as e:
+        if dist.is_main:
+            write_run_json(cfg.run_dir, preset=cfg.run.preset, hash_=cfg.hash, status="aborted",
+                           step=e.step)
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    if dist.is_main:
+        last = {k: round(v, 5) for k, v in result["last"].items() if k.startswith(("loss/", "val/"))}
+        print(f"run {cfg.run_name}: {result['status']} at step {result['step']}, checkpoint "
+              f"{result['checkpoint']}, skipped steps {result['skipped']}")
+        print(json.dumps(last, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        # Imported only when asked for: each subcommand is its own module with its own options.
+        try:
+            module = importlib.import_module(SUBCOMMANDS[argv[0]])
+        except ModuleNotFoundError as e:
+            if e.name != SUBCOMMANDS[argv[0]]:
+                raise
+            raise SystemExit(f"python -m train {argv[0]}: {SUBCOMMANDS[argv[0]]} is not installed "
+                             f"in this checkout") from None
+        sub = argparse.ArgumentParser(prog=f"python -m train {argv[0]}", description=module.__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        return module.main(sub.parse_args(argv[1:])) or 0
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    preset = args.preset
+    if args.resume:
+        preset = str(Path(args.resume) / "config.toml")
+        if not Path(preset).is_file():
+            raise SystemExit(f"--resume {args.resume}: no config.toml in that run directory")
+    try:
+        configs = [load_config(preset or "base", overrides=args.overrides + grid, overlays=args.overlays)
+                   for grid in sweep_overrides(args.sweep)]
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+    if args.resume and (args.overrides or args.overlays or args.sweep):
+        print("note: --set/--with/--sweep change the config, hence the run directory; the saved "
+              "run is resumed only if they resolve to the same hash", file=sys.stderr)
+    from train.dist import shutdown_group
+
+    rc = 0
+    try:
+        for i, cfg in enumerate(configs):
+            if len(configs) > 1:
+                print(f"== sweep {i + 1}/{len(configs)}: {cfg.run_name}", flush=True)
+            rc = run_one(cfg, args) or rc
+    finally:
+        shutdown_group()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""torch.distributed for the trainer: process group set-up, gradient averaging, agreement.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the group uses NCCL on CUDA and gloo on CPU. Gradients are
+averaged with one flattened all-reduce per step instead of wrapping the model in
+DistributedDataParallel: the training forward calls several of the model's methods (not only
+``forward``), which DDP's hooks do not follow, and a plain all-reduce gives the same update.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def init_dist(device: torch.device) -> Dist:
+    """Join the process group torchrun describes; a single process gets ``Dist()``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL binds each process to its own GPU
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(spec: str) -> torch.device:
+    """``run.device`` -> torch.device; ``auto`` is CUDA (this process's local rank) when present."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if spec == "auto":
+        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if spec == "cuda":
+        return torch.device("cuda", local)
+    return torch.device(spec)
+
+
+def broadcast_parameters(module: torch.nn.Module, d: Dist) -> None:
+    """Start every rank from rank 0's weights (they already agree when seeded; this makes it so)."""
+    if not d.active:
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        tdist.broadcast(t.data, src=0)
+
+
+def average_gradients(params: list[torch.Tensor], d: Dist) -> None:
+    """All-reduce and average the gradients of ``params`` (missing grads count as zeros)."""
+    if not d.active:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = _flatten_dense_tensors(grads)
+    tdist.all_reduce(flat)
+    flat /= d.world
+    for p, g in zip(params, _unflatten_dense_tensors(flat, grads)):
+        if p.grad is None:
+            p.grad = g
+        else:
+            p.grad.copy_(g)
+
+
+def all_true(flag: bool, d: Dist, device: torch.device) -> bool:
+    """True only if ``flag`` holds on every rank (e.g. 'this step is finite')."""
+    if not d.active:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
+    return bool(t.item() > 0)
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        tdist.barrier()
+
+
+def shutdown(d: Dist) -> None:
+    if d.active:
+        shutdown_group()
+
+
+def shutdown_group() -> None:
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def gather(obj, d: Dist) -> list:
+    """``obj`` of every rank, in rank order (a one-element list in a single process)."""
+    if not d.active:
+        return [obj]
+    out = [None] * d.world
+    tdist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,238 @@
+"""The training loop: one visible loop, the same order every iteration.
+
+    result = train(cfg, task)            # resumes from checkpoints/latest when there is one
+
+Each iteration: (1) log the averages since the last log, (2) validate + collapse monitor,
+(3) save the state, (4) stop if done, (5) one optimisation step. Everything model-specific (data,
+forward, losses, validation, weight files) is the ``task`` (``train.task.MiniBagelTask``; the tests
+use a tiny module), so this file stays the whole story of a step.
+
+A step: losses under autocast -> gradient probe (every run.probe_every steps, before backward,
+since it differentiates each term separately) -> backward -> average gradients across ranks ->
+clip -> if loss and gradient are finite on every rank: AdamW step + EMA update, else skip and count
+-> learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from functools import partial
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from medq.checkpoint import (apply_retention, clean_temp, fingerprint, latest_checkpoint, read_state,
+                             save_checkpoint, update_best, write_run_json)
+from medq.config import Config, dump_toml
+from medq.ema import EMA
+from medq.schedule import warmup_cosine
+from train.dist import Dist, all_true, average_gradients, barrier, gather
+from train.logger import Logger
+from train.monitors import NonFiniteGuard, collapse_warnings, probe_gradients
+
+log = logging.getLogger("train")
+
+
+class Task(Protocol):
+    """What the loop needs of a model + data. ``model`` holds the trainable parameters."""
+
+    model: torch.nn.Module
+    device: torch.device
+
+    def train_batches(self, start_step: int) -> Iterator[dict]: ...
+    def losses(self, batch: dict, generator: torch.Generator
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]: ...
+    def validate(self, model: torch.nn.Module) -> dict[str, float]: ...
+    def save_model(self, directory: Path) -> None: ...
+    def load_model(self, checkpoint: Path) -> None: ...
+
+
+def train(cfg: Config, task: Task, *, dist: Dist = Dist(), resume: bool = True,
+          stop_at: int | None = None, progress: bool = True) -> dict:
+    """Train ``task.model`` as ``cfg`` says; return {"status", "step", "checkpoint", ...}.
+
+    ``stop_at`` ends the process after that step with a checkpoint (status stays 'running'; the
+    next call resumes). Raises NonFiniteError after run.max_nonfinite non-finite steps in a row."""
+    o, r = cfg.optim, cfg.run
+    ckpt_root = cfg.run_dir / "checkpoints"
+    model, device = task.model, task.device
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, partial(warmup_cosine, warmup_steps=o.warmup_steps, max_steps=o.max_steps))
+    ema = EMA(model, o.ema_decay)
+    gen = torch.Generator(device=device).manual_seed(r.seed * 1000 + dist.rank)
+    guard = NonFiniteGuard(r.max_nonfinite)
+    start, ckpt = 0, None
+    if dist.is_main:
+        clean_temp(ckpt_root)
+    barrier(dist)
+    latest = latest_checkpoint(ckpt_root) if resume else None
+    if latest is not None:
+        start, guard = _restore(latest, task, ema, opt, sched, gen, dist, r.max_nonfinite)
+        log.info("resumed from %s (step %d)", latest, start)
+    if dist.is_main:
+        write_run_json(cfg.run_dir, preset=r.preset, hash_=cfg.hash, status="running", step=start)
+    logger = Logger(cfg.run_dir / "logs", enabled=dist.is_main, start_step=start)
+    batches = task.train_batches(start)
+    bar = tqdm(initial=start, total=o.max_steps, disable=not (progress and dist.is_main),
+               desc=cfg.run_name, dynamic_ncols=True)
+    step, status, t_last, n_last = start, "running", time.perf_counter(), start
+    try:
+        while True:
+            done = step >= o.max_steps or (stop_at is not None and step >= stop_at)
+            fresh = step > start
+            if fresh and (step % r.log_every == 0 or done):                         # 1. log
+                now = time.perf_counter()
+                logger.log("time/steps_per_s", (step - n_last) / max(now - t_last, 1e-9))
+                logger.flush(step)
+                t_last, n_last = now, step
+            val = None
+            if fresh and (step % r.val_every == 0 or done):                         # 2. validate
+                val = _validate(task, model, dist)
+                warnings = collapse_warnings(val) if dist.is_main else []
+                for w in warnings:
+                    log.warning("step %d: COLLAPSE MONITOR: %s", step, w)
+                logger.write(step, {**val, "collapse/warning": float(bool(warnings))})
+                if not all_true(not (warnings and r.collapse_stop), dist, device):
+                    status, done = "collapsed", True
+            if fresh and (step % r.ckpt_every == 0 or done):                        # 3. save
+                ckpt = _save(cfg, task, ema, opt, sched, gen, guard, step, dist, ckpt_root, val)
+            if done:                                                                # 4. done?
+                break
+            batch = next(batches)                                                   # 5. step
+            model.train()
+            with _autocast(o.amp, device):
+                terms, activations = task.losses(batch, gen)
+            if (step + 1) % r.probe_every == 0:
+                logger.log_dict(probe_gradients(terms, activations, cfg.loss))
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            average_gradients(params, dist)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else math.inf)
+            finite = all_true(bool(torch.isfinite(terms["total"].detach()) & torch.isfinite(grad_norm)),
+                              dist, device)
+            logger.log_dict({f"loss/{k}": v for k, v in terms.items()})
+            logger.log_dict({"train/lr": sched.get_last_lr()[0], "train/grad_norm": grad_norm})
+            if guard(finite, step + 1, float(terms["total"].detach()), float(grad_norm)):
+                opt.step()
+                ema.update(model)
+            sched.step()
+            step += 1
+            logger.log("train/skipped", guard.skipped)
+            bar.update(1)
+            bar.set_postfix({k: f"{float(v.detach()):.4g}" for k, v in terms.items()}, refresh=False)
+    finally:
+        logger.flush(step + 1)  # what an abort leaves unflushed: the losses of the failed step
+        bar.close()
+        logger.close()
+    if status == "running" and step >= o.max_steps:
+        status = "finished"
+    final = fingerprint(model.state_dict())
+    ranks = gather(final, dist)
+    if len(set(ranks)) > 1:  # averaged gradients and one seed keep them equal; anything else is a bug
+        raise RuntimeError(f"ranks diverged: weight fingerprints {ranks} at step {step}")
+    if dist.is_main:
+        write_run_json(cfg.run_dir, preset=r.preset, hash_=cfg.hash, status=status, step=step)
+    barrier(dist)
+    return {"status": status, "step": step, "skipped": guard.skipped, "run_dir": cfg.run_dir,
+            "checkpoint": ckpt or latest_checkpoint(ckpt_root),
+            "fingerprint": final, "last": dict(logger.last)}
+
+
+def _autocast(amp: str, device: torch.device):
+    # auto = bf16 only on CUDA that runs it natively; CPU bf16 autocast is slower than float32.
+    on = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
+def _validate(task: Task, model: torch.nn.Module, dist: Dist) -> dict[str, float]:
+    """Validation on rank 0 only, isolated from the training RNG streams (resume stays exact)."""
+    if not dist.is_main:
+        return {}
+    devices = [task.device] if task.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        model.eval()
+        try:
+            with torch.no_grad():
+                return task.validate(model)
+        finally:
+            model.train()
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    """Every RNG stream as plain Python values (bytes, lists), which gather and weights_only
+    loading both accept."""
+    name, keys, *rest = np.random.get_state()
+    return {"torch": _bytes(torch.get_rng_state()), "generator": _bytes(gen.get_state()),
+            "cuda": [_bytes(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+            "numpy": [name, keys.tolist(), *rest], "python": random.getstate()}
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.cpu().numpy().tobytes()
+
+
+def _tensor(b: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8)
+
+
+def _set_rng_state(s: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(_tensor(s["torch"]))
+    gen.set_state(_tensor(s["generator"]))
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_tensor(b) for b in s["cuda"]])
+    name, keys, *rest = s["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = s["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _save(cfg, task, ema, opt, sched, gen, guard, step, dist, ckpt_root, val) -> Path | None:
+    """Rank 0 writes the checkpoint (every rank's RNG streams included); all ranks wait for it."""
+    rngs = gather(_rng_state(gen), dist)
+    ckpt = None
+    if dist.is_main:
+        writers = {
+            "model": task.save_model,
+            "ema": lambda d: save_file(ema.state_dict(task.model), str(d / "ema.safetensors")),
+            "optim": lambda d: torch.save({"optimizer": opt.state_dict(),
+                                           "scheduler": sched.state_dict(), "rng": rngs},
+                                          d / "optim.pt"),
+            "config": lambda d: (d / "config.toml").write_text(dump_toml(cfg)),
+        }
+        state = {"preset": cfg.run.preset, "hash": cfg.hash, "world": dist.world,
+                 "data_seed": cfg.run.seed, **guard.state()}
+        if val and "val/total" in val:
+            state["val_total"] = val["val/total"]
+        ckpt = save_checkpoint(ckpt_root, step, writers, state)
+        if "val_total" in state and math.isfinite(state["val_total"]):
+            update_best(ckpt_root, ckpt, state["val_total"])
+        apply_retention(ckpt_root, cfg.run.keep_last)
+        log.info("saved %s", ckpt)
+    barrier(dist)
+    return ckpt
+
+
+def _restore(ckpt, task, ema, opt, sched, gen, dist, max_nonfinite) -> tuple[int, NonFiniteGuard]:
+    task.load_model(ckpt)
+    ema.load_state_dict(load_file(str(ckpt / "ema.safetensors"), device=str(task.device)))
+    # Our own file of optimizer moments, schedule and RNG states; weights_only keeps it data-only.
+    blob = torch.load(ckpt / "optim.pt", map_location=task.device, weights_only=True)
+    opt.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    if dist.rank < len(blob["rng"]):
+        _set_rng_state(blob["rng"][dist.rank], gen)
+    else:
+        log.warning("%s has RNG states of %d ranks; rank %d starts fresh streams",
+                    ckpt, len(blob["rng"]), dist.rank)
+    state = read_state(ckpt)
+    return state["step"], NonFiniteGuard(max_nonfinite, state.get("skipped", 0),
+                                         state.get("nonfinite_in_a_row", 0))

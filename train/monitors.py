@@ -1,0 +1,101 @@
+"""Monitors the loop calls in one line each: gradient probe, non-finite guard, collapse check.
+
+Thresholds are module constants (not config fields yet): a warning names the value and the limit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger("train")
+
+# Collapse monitor: any of these at validation means "collapsed" (warn; stop if run.collapse_stop).
+UNDECODABLE_RATE_LIMIT = 0.05
+"""Fraction of generated report tokens that do not decode (padding ids of the text head)."""
+PSNR_FLOOR_DB = 10.0
+"""A generated image farther than this from its target is noise, not a reconstruction."""
+OUTPUT_STD_FLOOR = 0.01
+"""A generated image flatter than this (std over pixels) is a constant image."""
+
+# The probed terms whose ratio tells whether an image-space loss dominates (the original saw
+# SSIM/pixel and SSIM/MSE gradients of 200-2000x at x0_hat).
+RATIOS = (("ssim", "pixel"), ("ssim", "mse"), ("pixel", "mse"))
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient (``step``: where it stopped)."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+def probe_gradients(terms: dict[str, torch.Tensor], activations: dict[str, torch.Tensor],
+                    loss_cfg=None) -> dict[str, float]:
+    """Per-loss gradient norm and max |element| at each activation (x0_hat, hidden), and ratios.
+
+    Each term is multiplied by its weight in ``loss_cfg`` (``<name>_weight``) first: the probe
+    measures the gradient a term really sends in training (SSIM's grad_scale, applied in its
+    backward, is included). Must run before ``backward`` (it differentiates each term separately,
+    keeping the graph). Returns flat log keys ``probe/<where>/<term>/norm``, ``.../max`` and
+    ``probe/<where>/<a>_over_<b>`` (ratio of norms)."""
+    from medq.losses import gradient_probe
+
+    named = {k: v * float(getattr(loss_cfg, f"{k}_weight", 1.0)) for k, v in terms.items()
+             if k != "total" and v.requires_grad}
+    out: dict[str, float] = {}
+    for where, act in activations.items():
+        if act is None or not act.requires_grad or not named:
+            continue
+        stats = gradient_probe(act, named)
+        for name, s in stats.items():
+            out[f"probe/{where}/{name}/norm"] = float(s["norm"])
+            out[f"probe/{where}/{name}/max"] = float(s["max"])
+        for a, b in RATIOS:
+            if a in stats and b in stats and float(stats[b]["norm"]) > 0:
+                out[f"probe/{where}/{a}_over_{b}"] = float(stats[a]["norm"]) / float(stats[b]["norm"])
+    return out
+
+
+class NonFiniteGuard:
+    """Counts skipped steps; raises NonFiniteError after ``limit`` consecutive ones."""
+
+    def __init__(self, limit: int, skipped: int = 0, in_a_row: int = 0):
+        self.limit, self.skipped, self.in_a_row = limit, skipped, in_a_row
+
+    def __call__(self, finite: bool, step: int, loss: float, grad_norm: float) -> bool:
+        """Record one step; True when the update may be applied."""
+        if finite:
+            self.in_a_row = 0
+            return True
+        self.skipped += 1
+        self.in_a_row += 1
+        log.warning("step %d: non-finite loss %.4g or grad norm %.4g: update skipped (%d in a row, "
+                    "%d in total)", step, loss, grad_norm, self.in_a_row, self.skipped)
+        if self.in_a_row >= self.limit:
+            raise NonFiniteError(
+                f"step {step}: {self.in_a_row} consecutive steps with a non-finite loss or gradient "
+                f"(run.max_nonfinite = {self.limit}); training stopped. The last complete checkpoint "
+                f"is kept; lower optim.lr, or the image-space loss weights / loss.ssim_grad_scale", step)
+        return False
+
+    def state(self) -> dict:
+        return {"skipped": self.skipped, "nonfinite_in_a_row": self.in_a_row}
+
+
+def collapse_warnings(metrics: dict[str, float]) -> list[str]:
+    """Which collapse signals in the validation ``metrics`` cross their limit (empty = healthy)."""
+    out = []
+    rate = metrics.get("collapse/undecodable_rate")
+    if rate is not None and rate > UNDECODABLE_RATE_LIMIT:
+        out.append(f"undecodable token rate {rate:.3f} > {UNDECODABLE_RATE_LIMIT} in greedy report "
+                   f"generation (the v2 collapse signal)")
+    psnr = metrics.get("collapse/psnr")
+    if psnr is not None and psnr < PSNR_FLOOR_DB:
+        out.append(f"probe-image PSNR {psnr:.2f} dB < {PSNR_FLOOR_DB} dB")
+    std = metrics.get("collapse/output_std")
+    if std is not None and std < OUTPUT_STD_FLOOR:
+        out.append(f"probe-image output std {std:.4f} < {OUTPUT_STD_FLOOR} (flat images)")
+    return out

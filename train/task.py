@@ -1,0 +1,180 @@
+"""The mini-BAGEL as the loop's task: data, frozen VAE, strict init, forward + composed losses,
+validation with the collapse monitor, and the weight files of a checkpoint.
+
+The VAE is always loaded (targets are encoded into latents); its decoder enters the training graph
+only when ``cfg.loss.needs_vae`` (an image-space loss is on).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from medq.checkpoint import fingerprint, resolve_init
+from medq.config import Config
+from train.data_order import batch_indices
+from train.dist import Dist, barrier, broadcast_parameters
+
+log = logging.getLogger("train")
+
+PROBE_IMAGES = 4
+"""Validation images of the fixed collapse-monitor probe batch (text generation and images)."""
+VAL_SEED = 1234
+"""Seed of the timesteps and noise of the validation loss (the same every validation)."""
+
+
+class _Batches:
+    """An endless iterable of index lists, usable as a DataLoader ``batch_sampler``."""
+
+    def __init__(self, order: Iterator[list[int]]):
+        self.order = order
+
+    def __iter__(self):
+        return self.order
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def init_model(cfg: Config, device: torch.device):
+    """(model, tokenizer, init_info): random weights only when ``init.scratch``, otherwise the
+    ``init.weights`` of the checkpoint ``init.from`` resolves to, loaded strictly: ``arch.json``
+    must equal ``cfg.model``'s architecture and every key must be present with its shape and
+    nothing unexpected, else ``CheckpointMismatchError`` lists the differences."""
+    from medq import models as M
+
+    if cfg.init.scratch:
+        tokenizer = M.Tokenizer()
+        model = M.MiniBagel(cfg.model, tokenizer.vocab_size)
+        info = {"scratch": True, "weights": "random", "seed": cfg.run.seed,
+                "fingerprint": fingerprint(model.state_dict())}
+        return model.to(device), tokenizer, info
+    ckpt = resolve_init(cfg.init.from_, Path(cfg.run.out_dir))
+    file = "ema.safetensors" if cfg.init.weights == "ema" else "model.safetensors"
+    model, tokenizer, report = M.load_model(ckpt, weights_file=file, expect_arch=cfg.model,
+                                            image_size=cfg.model.image_size)
+    info = {"scratch": False, "checkpoint": str(ckpt), "weights": report.weights,
+            "fingerprint": report.fingerprint, "report": report.to_dict()}
+    return model.to(device), tokenizer, info
+
+
+class MiniBagelTask:
+    """``train.loop.Task`` for ``medq.models.MiniBagel``."""
+
+    def __init__(self, cfg: Config, device: torch.device, dist: Dist = Dist()):
+        from medq import models as M
+        from medq.data import build_dataset, collate
+
+        self.cfg, self.device, self.dist, self.collate = cfg, device, dist, collate
+        self.vae = M.load_vae(cfg.model.vae).to(device).eval().requires_grad_(False)
+        self.model, self.tokenizer, self.init_info = init_model(cfg, device)
+        broadcast_parameters(self.model, dist)
+        if dist.is_main:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            (cfg.run_dir / "init.json").write_text(json.dumps(self.init_info, indent=1, default=str))
+        log.info("init: %s weights%s, fingerprint %s", self.init_info["weights"],
+                 f" of {self.init_info['checkpoint']}" if not cfg.init.scratch else " (init.scratch)",
+                 self.init_info["fingerprint"])
+        # Rank 0 generates / caches the images first; the others then read the cache (two
+        # processes writing one cache file would race).
+        if not dist.is_main:
+            barrier(dist)
+        self.train_set = build_dataset(cfg.data, cfg.model.image_size, "train")
+        self.val_set = build_dataset(cfg.data, cfg.model.image_size, "val")
+        if dist.is_main:
+            barrier(dist)
+        self.probe = self.collate([self.val_set[i]
+                                   for i in range(min(PROBE_IMAGES, len(self.val_set)))])
+
+    # -- training --------------------------------------------------------------------------
+
+    def train_batches(self, start_step: int) -> Iterator[dict]:
+        order = batch_indices(len(self.train_set), self.cfg.optim.batch_size, rank=self.dist.rank,
+                              world=self.dist.world, seed=self.cfg.run.seed, start_step=start_step)
+        # The order comes from batch_indices alone: worker processes only load, so the data
+        # position after a resume does not depend on data.num_workers.
+        loader = DataLoader(self.train_set, batch_sampler=_Batches(order), collate_fn=self.collate,
+                            num_workers=self.cfg.data.num_workers)
+        for batch in loader:
+            yield to_device(batch, self.device)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z)
+
+    def losses(self, batch: dict, generator: torch.Generator):
+        from medq.losses import compose_losses
+        from medq.models import training_forward
+
+        fwd = training_forward(self.model, self.vae, self.tokenizer, batch,
+                               timestep_shift=self.cfg.loss.timestep_shift, generator=generator)
+        decode = self._decode if self.cfg.loss.needs_vae else None
+        out = compose_losses(self.cfg.loss, fwd, batch, decode)
+        # Probe points: x0_hat (where the image losses enter; latent MSE does not pass through it),
+        # v_hat (the prediction every image term and MSE reach: their ratios are comparable there)
+        # and the backbone's last hidden state (what the corruption of v1 went through).
+        return dict(out), {"x0_hat": out.x0_hat, "v_hat": fwd.v_hat, "hidden": fwd.hidden}
+
+    # -- validation ------------------------------------------------------------------------
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Mean loss terms on the val split (fixed timesteps/noise) + the collapse monitor."""
+        gen = torch.Generator(device=self.device).manual_seed(VAL_SEED)
+        sums: dict[str, float] = {}
+        n = 0
+        bs = max(1, self.cfg.optim.batch_size // self.dist.world)
+        for start in range(0, len(self.val_set), bs):
+            items = [self.val_set[i] for i in range(start, min(start + bs, len(self.val_set)))]
+            batch = to_device(self.collate(items), self.device)
+            terms, _ = self.losses(batch, gen)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+        out = {f"val/{k}": v / n for k, v in sums.items()}
+        out.update(self.collapse_probe(model))
+        return out
+
+    def collapse_probe(self, model: torch.nn.Module) -> dict[str, float]:
+        """Greedy report generation (undecodable-id rate) and image sanity (PSNR against the
+        target, output std) on the fixed probe batch."""
+        from medq.data import REPORT_PROMPT
+        from medq.models import MiniBagelAdapter
+
+        adapter = MiniBagelAdapter(model, self.vae, self.tokenizer, self.cfg.sample)
+        probe = to_device(self.probe, self.device)
+        images = probe["input"]  # the model sees the degraded input, as in training
+        # The inference harness's prompt, so that this rate and the harness's agree.
+        ids = adapter.generate_report(images, [REPORT_PROMPT] * images.shape[0],
+                                      seed=self.cfg.sample.seed)
+        decoded = [adapter.decode(x) for x in ids]
+        n_tokens = sum(len(d.ids) for d in decoded)
+        undecodable = sum(d.n_bad for d in decoded)
+        h, w = probe["target"].shape[-2:]
+        out = adapter.edit(images, probe["instruction"], probe["task"], (h, w),
+                           seed=self.cfg.sample.seed)
+        target = probe["target"]
+        mse = ((out.clamp(0, 1) - target) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+        return {"collapse/undecodable_rate": undecodable / max(n_tokens, 1),
+                "collapse/undecodable_tokens": float(undecodable),
+                "collapse/psnr": float((10 * torch.log10(1.0 / mse)).mean()),
+                "collapse/output_std": float(out.flatten(1).std(1).mean())}
+
+    # -- weight files ----------------------------------------------------------------------
+
+    def save_model(self, directory: Path) -> None:
+        from medq.models import save_model
+
+        save_model(self.model, self.tokenizer, directory)
+
+    def load_model(self, checkpoint: Path) -> None:
+        from medq.models import load_state_verified
+
+        file = checkpoint / "model.safetensors"
+        load_state_verified(self.model, load_file(str(file), device=str(self.device)),
+                            source=str(file), weights="model")
