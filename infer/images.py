@@ -1,0 +1,91 @@
+"""PNG files, per-image sanity statistics and the any-size preprocessing policy.
+
+Policy for images of any size (used by ``edit_one`` and stated in ``python -m infer --help``): an
+image is cropped to the square around its field of view (the bright disc found by
+``medq.data.fov``; black outside it, padded with black where the disc leaves the frame) and
+resized to the model's working size ``cfg.model.image_size``. For SR the target is that resized
+image and the input its bicubic downscale by 2 or 4; for ``enhance`` (one image, no clean
+reference) the input is the resized image itself. Datasets from ``medq.data.build_dataset``
+prepare files the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from infer.records import temp_name
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) float in [0, 1] (NaN -> 0, clamped) -> (H, W, C) or (H, W) uint8."""
+    x = torch.nan_to_num(image.detach().float().cpu(), nan=0.0, posinf=1.0, neginf=0.0)
+    arr = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+
+def save_png(path: Path, image: torch.Tensor) -> Path:
+    """Write (3, H, W) or (1, H, W) in [0, 1] as PNG via a temp file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def load_png(path: Path) -> torch.Tensor:
+    """PNG -> float32 (C, H, W) in [0, 1] (C = 3 for RGB, 1 for a mask)."""
+    arr = np.asarray(Image.open(path))
+    arr = arr[..., None] if arr.ndim == 2 else arr[..., :3]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of (3, H, W) images in [0, 1] (data range 1); inf for identical images."""
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def image_checks(output: torch.Tensor, target: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Sanity statistics of one output (3, H, W) against its target and the reference upsampler's
+    output (bicubic for SR, the input for enhance): the inputs of ``medq.verdict.verdict``.
+
+    Not the leaderboard's metrics (``bench`` computes those from the PNGs): these see the raw
+    output, before clamping, so NaN and out-of-range values are caught."""
+    nonfinite = int((~torch.isfinite(output)).sum())
+    clean = torch.nan_to_num(output.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+    p, p_ref = psnr(clean, target), psnr(reference.clamp(0, 1), target)
+    return {"output_std": float(clean.std()), "target_std": float(target.float().std()),
+            "nonfinite": nonfinite, "numel": output.numel(),
+            "psnr": None if math.isinf(p) else p, "psnr_reference": None if math.isinf(p_ref) else p_ref}
+
+
+def prepare(image: torch.Tensor, size: int, task: str, *, name: str = "image") -> dict:
+    """Apply the any-size policy to one image (3, h, w) in [0, 1], as ``medq.data`` does for files:
+    field of view detected (``medq.data.fov``), the FOV square cropped (black outside the disc),
+    resized to ``size`` (PIL bicubic). Returns ``target`` (3, size, size), ``mask`` (1, size,
+    size), ``input`` (SR: the target's bicubic downscale by ``scale``; enhance: the image itself)
+    and ``scale``. Raises ValueError naming ``name`` when the image has no field of view."""
+    from medq.data import bicubic_resize
+    from medq.data.fov import crop_to_fov, require_fov
+
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"{name}: expected an RGB image (3, h, w), got shape {tuple(image.shape)}")
+    scale = {"sr2": 2, "sr4": 4, "enhance": 1}.get(task)
+    if scale is None:
+        raise ValueError(f"task {task!r}: expected sr2, sr4 or enhance")
+    if size % scale:
+        raise ValueError(f"working size {size} is not divisible by the {task} scale {scale}")
+    arr = to_uint8(image)
+    sq, sq_m = crop_to_fov(arr, require_fov(arr, name))
+    out = np.asarray(Image.fromarray(sq).resize((size, size), Image.BICUBIC, reducing_gap=2.0))
+    m = np.asarray(Image.fromarray(sq_m.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)) >= 128
+    target = torch.from_numpy((out * m[:, :, None]).copy()).permute(2, 0, 1).float() / 255
+    mask = torch.from_numpy(m.astype(np.float32))[None]
+    inp = target.clone() if scale == 1 else bicubic_resize(target[None], size // scale)[0]
+    return {"input": inp, "target": target, "mask": mask, "scale": scale}
