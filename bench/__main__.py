@@ -12,6 +12,7 @@ Each subcommand lives in its own module exposing ``add_arguments(parser)`` and `
 
 import argparse
 import importlib
+import inspect
 import sys
 
 SUBCOMMANDS = {
@@ -23,16 +24,24 @@ SUBCOMMANDS = {
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    modules = {}
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    # Only the chosen subcommand's module is imported: `bench score` must not pay for (or break
+    # on) the imports of `bench eval`. The others get a stub parser so --help still lists them.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        modules[name] = importlib.import_module(module)
-        modules[name].add_arguments(p)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            if "argv" in inspect.signature(module.add_arguments).parameters:
+                module.add_arguments(p, argv=argv)
+            else:
+                module.add_arguments(p)
     args = parser.parse_args(argv)
-    return modules[args.command].main(args) or 0
+    return module.main(args) or 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Each target is a module ``bench.perf_<what>`` exposing ``add_arguments(parser)``
 
 import argparse
 import importlib
+import sys
 
 TARGETS = {
     "ssim": "forward+backward time and peak memory of our SSIM loss against the reference libraries",
@@ -13,11 +14,16 @@ TARGETS = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="target", required=True)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Import only the chosen target (see bench/__main__.py); the others are listed in --help.
+    chosen = next((a for a in argv[argv.index("perf") + 1:] if not a.startswith("-")), None) \
+        if "perf" in argv else None
     for name, help_text in TARGETS.items():
         p = sub.add_parser(name, help=help_text)
-        importlib.import_module(f"bench.perf_{name}").add_arguments(p)
+        if name == chosen:
+            importlib.import_module(f"bench.perf_{name}").add_arguments(p)
 
 
 def main(args) -> int:

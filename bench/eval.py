@@ -1,0 +1,531 @@
+"""``python -m bench eval`` (make eval): train what is missing, infer, score every run + baselines.
+
+    python -m bench eval                                  # pixel vs ssim_v3 vs mixed + baselines
+    python -m bench eval --skip-train --tasks sr4 --test-images 16
+    python -m bench eval --runs 'ssim_v3-*' --all-checkpoints       # step curves
+    python -m bench eval --data eyeq --eyeq-root /data/EyeQ/original_img --labels /data/Label_EyeQ_test.csv
+    python -m bench eval --data folder --root /data/my_fundus_pngs --skip-train
+    torchrun --nproc_per_node=2 -m bench eval --skip-train          # sharded, merged on rank 0
+
+Steps: (1) for each of pixel / ssim_v3 / mixed without a finished run in ``runs/``, train it
+(``python -m train --preset NAME`` with the same ``--set`` overrides and the step budget of the
+runs that exist); (2) for every run (latest checkpoint, EMA weights; ``--all-checkpoints`` for all)
+and the bicubic / Lanczos / identity baselines, run the inference harness on the test split
+(finished outputs are reused); (3) score the PNGs (``medq.metrics``): per image PSNR / SSIM /
+MS-SSIM over the full image and inside the field of view, per set FID/KID (or a Frechet distance
+on a named stand-in backbone when the Inception weights are absent); (4) write
+``reports/leaderboard.csv``, ``per_image.csv``, ``leaderboard.md`` and plots.
+
+A run without checkpoint, an empty split, incomplete outputs or a failing model gives a row with
+that status; the other rows are still written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import report
+from medq import metrics as M
+from medq.stats import bootstrap_ci, paired_comparison
+
+log = logging.getLogger("bench.eval")
+STANDARD_PRESETS = ("pixel", "ssim_v3", "mixed")
+BASELINE_NAMES = ("bicubic", "lanczos", "identity")
+TASKS = ("sr2", "sr4", "enhance")
+BOOTSTRAP_SEED = 0
+KID_SEED = 0
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--runs", action="append", default=[], metavar="GLOB",
+                   help="run directory names to score (fnmatch, repeatable; default all)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default runs)")
+    p.add_argument("--tasks", help="comma-separated subset of sr2,sr4,enhance (default: data.tasks)")
+    p.add_argument("--test-images", type=int, metavar="N", help="at most N test images per task")
+    p.add_argument("--skip-train", action="store_true", help="do not train missing standard runs")
+    p.add_argument("--all-checkpoints", action="store_true", help="score every checkpoint, not only the latest")
+    p.add_argument("--weights", choices=["ema", "model"], default="ema")
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for training and the data (e.g. data.num_images=48)")
+    p.add_argument("--data", choices=["synthetic", "eyeq", "drive", "folder"], help="data.source")
+    p.add_argument("--eyeq-root", help="EyeQ image folder (with --data eyeq)")
+    p.add_argument("--root", help="image folder (with --data folder / drive)")
+    p.add_argument("--labels", help="EyeQ label CSV (with --data eyeq)")
+    p.add_argument("--channel", choices=["rgb", "y"], default="rgb", help="metrics on RGB or on Y (BT.601)")
+    p.add_argument("--backbone", choices=["auto", "inception", "randresnet18"], default="auto",
+                   help="FID/KID features (auto: Inception if $MEDQ_INCEPTION or clean-fid's file exists)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-text", action="store_true", help="skip report generation in the harness")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed helpers: per-image work is sharded r::world, gathered, aggregated on rank 0
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank(), tdist.get_world_size()
+    return 0, 1
+
+
+def _gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    import torch.distributed as tdist
+
+    out = [None] * world
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring a list of (id, output, target, mask) files
+
+
+def _load(path: Path, mask: bool = False) -> torch.Tensor:
+    """Image file -> float32 (3, H, W) in [0, 1]; a mask -> (1, H, W)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("L") if mask else im.convert("RGB"))
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
+
+
+class FeatureCache:
+    """Features by file content (sha1): the same target PNG in several eval folders is embedded
+    once. One image per forward pass, so the numbers do not depend on batching or sharding."""
+
+    def __init__(self, backbone: M.FeatureBackbone):
+        self.backbone = backbone
+        self.cache: dict[str, np.ndarray] = {}
+
+    def features(self, paths) -> np.ndarray:
+        out = []
+        for p in paths:
+            key = hashlib.sha1(Path(p).read_bytes()).hexdigest()
+            if key not in self.cache:
+                self.cache[key] = M.image_features([p], self.backbone, batch_size=1)[0]
+            out.append(self.cache[key])
+        return np.stack(out) if out else np.zeros((0, self.backbone.dims))
+
+
+def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCache | None = None
+                ) -> tuple[list[dict], list[dict], dict]:
+    """Score ``pairs`` [{"id", "output", "target", "mask" (path or None), **extra}] ->
+    (per-image rows, problems [{"id", "file", "error"}], distribution metrics).
+
+    Sharded across torchrun ranks and gathered; every rank returns the same result. A pair whose
+    files cannot be read or whose sizes differ is a problem, not a crash."""
+    rank, world = _dist()
+    rows, problems, feats = [], [], []
+    for k, pair in enumerate(pairs):
+        if k % world != rank:
+            continue
+        try:
+            out, tgt = _load(Path(pair["output"]))[None], _load(Path(pair["target"]))[None]
+            mask = None
+            if pair.get("mask") is not None:
+                mask = (_load(Path(pair["mask"]), mask=True)[None] > 0.5).float()
+            elif pair.get("mask_tensor") is not None:
+                mask = pair["mask_tensor"][None]
+        except (OSError, ValueError) as e:
+            problems.append({"id": pair["id"], "file": str(pair["output"]), "error": f"unreadable: {e}"})
+            continue
+        if out.shape != tgt.shape or (mask is not None and mask.shape[-2:] != tgt.shape[-2:]):
+            problems.append({"id": pair["id"], "file": str(pair["output"]), "error":
+                             f"size mismatch: output {tuple(out.shape[-2:])} vs target {pair['target']} "
+                             f"{tuple(tgt.shape[-2:])}" + ("" if mask is None else f" vs mask {tuple(mask.shape[-2:])}")})
+            continue
+        vals = M.image_metrics(out, tgt, mask, channel=channel)
+        rows.append({"id": str(pair["id"]), **{m: float(v[0]) for m, v in vals.items()},
+                     **{k2: pair.get(k2) for k2 in ("undecodable", "seconds")}})
+        if features is not None:
+            feats.append((str(pair["id"]), features.features([pair["output"]])[0],
+                          features.features([pair["target"]])[0]))
+    gathered = _gather((rows, problems, feats), world)
+    rows = sorted((r for g in gathered for r in g[0]), key=lambda r: r["id"])
+    problems = sorted((p for g in gathered for p in g[1]), key=lambda p: p["id"])
+    feats = sorted((f for g in gathered for f in g[2]), key=lambda f: f[0])
+    dist = {"fd_n": len(feats)}
+    if features is not None:
+        bb = features.backbone
+        fo = np.stack([f[1] for f in feats]) if feats else np.zeros((0, bb.dims))
+        ft = np.stack([f[2] for f in feats]) if feats else np.zeros((0, bb.dims))
+        dist[bb.fd_column] = M.frechet_distance(fo, ft)
+        dist[bb.kid_column] = M.kid(fo, ft, seed=KID_SEED)
+    return rows, problems, dist
+
+
+def aggregate(per_image: list[dict]) -> dict:
+    """Mean (NaN ignored) and 95 % bootstrap interval of every image metric."""
+    out = {}
+    for m in M.IMAGE_METRICS:
+        vals = [r[m] for r in per_image if not math.isnan(r[m])]
+        out[m] = math.fsum(vals) / len(vals) if vals else math.nan
+        out[f"{m}_lo"], out[f"{m}_hi"] = bootstrap_ci(vals, seed=BOOTSTRAP_SEED)
+    return out
+
+
+def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *,
+                   channel: str, features: FeatureCache | None) -> tuple[dict, list[dict]]:
+    """One leaderboard row (+ per-image rows) from ``<eval>/<task>/records.jsonl`` and its PNGs.
+    ``expected_ids``: the test-split ids of that task (None: whatever the records hold)."""
+    from infer.records import KINDS, read_jsonl
+
+    records = {str(r["id"]): r for r in read_jsonl(Path(task_dir) / "records.jsonl")}
+    ids = sorted(records) if expected_ids is None else sorted(expected_ids)
+    pairs, missing = [], []
+    for i in ids:
+        r = records.get(i)
+        if r is None or any(not isinstance(r.get(k), str) or not (Path(task_dir) / r[k]).is_file()
+                            for k in KINDS):
+            missing.append(i)
+            continue
+        pairs.append({"id": i, **{k: Path(task_dir) / r[k] for k in ("output", "target", "mask")},
+                      "undecodable": r.get("undecodable"), "seconds": r.get("seconds")})
+    per_image, problems, dist = score_pairs(pairs, channel=channel, features=features)
+    row = {**meta, **aggregate(per_image), **dist, "n_images": len(per_image)}
+    used = [records[p["id"]] for p in pairs]
+    secs = [float(r["seconds"]) for r in used if r.get("seconds") is not None]
+    row["seconds_per_image"] = math.fsum(secs) / len(secs) if secs else math.nan
+    if used:
+        try:
+            from infer.harness import summarize
+
+            s = summarize(used)
+            row["verdict"] = s["verdict"]["status"]
+            if s.get("text"):
+                row["undecodable_rate"] = s["text"].get("undecodable_rate")
+                row["report_accuracy"] = s["text"].get("quality_accuracy")
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("%s: no summary (%s)", task_dir, e)
+    notes = []
+    if not ids:
+        row["status"] = "empty: no test images"
+    elif missing or problems:
+        row["status"] = f"incomplete: {len(per_image)} of {len(ids)} scored"
+        if missing:
+            notes.append(f"{len(missing)} outputs missing (e.g. {missing[0]})")
+        notes += [f"{p['id']}: {p['error']}" for p in problems[:3]]
+    else:
+        row["status"] = "ok"
+    if per_image and math.isnan(row["ms_ssim"]):
+        probe = _load(pairs[0]["target"])
+        notes.append(M.ms_ssim_unsupported_reason(*probe.shape[-2:]) or "MS-SSIM n/a")
+    row["note"] = "; ".join(notes)
+    for r in per_image:
+        r.update(name=meta["name"], task=meta["task"])
+    return row, per_image
+
+
+# ---------------------------------------------------------------------------------------------
+# comparisons and protocol
+
+
+def comparisons(rows: list[dict], per_image: list[dict], metrics=("ssim_fov", "psnr_fov")) -> list[dict]:
+    """ssim_v3 - pixel, mixed - pixel, and every scored run - bicubic, per task, on the latest
+    checkpoint of each run (the row with the highest step)."""
+    values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    for r in per_image:
+        d = values.setdefault((str(r["name"]), str(r["task"])), {})
+        for m in metrics:
+            d.setdefault(m, {})[str(r["id"])] = float(r[m]) if str(r[m]) not in ("", "None") else math.nan
+    out = []
+    for task in sorted({str(r["task"]) for r in rows}):
+        latest: dict[str, dict] = {}
+        for r in rows:
+            if str(r["task"]) != task or (str(r["name"]), task) not in values:
+                continue
+            if str(r.get("kind")) == "run":
+                step = report._num(r.get("step"))
+                cur = latest.get(str(r.get("preset")))
+                if cur is None or step > report._num(cur.get("step")):
+                    latest[str(r.get("preset"))] = r
+        pairs = [(latest[a], latest[b]) for a, b in (("ssim_v3", "pixel"), ("mixed", "pixel"))
+                 if a in latest and b in latest]
+        bic = [r for r in rows if str(r["task"]) == task and str(r.get("name")) == "bicubic"
+               and (str(r["name"]), task) in values]
+        if bic:
+            pairs += [(r, bic[0]) for _, r in sorted(latest.items())]
+        for a, b in pairs:
+            for m in metrics:
+                c = paired_comparison(values[(str(a["name"]), task)][m], values[(str(b["name"]), task)][m],
+                                      seed=BOOTSTRAP_SEED)
+                out.append({"task": task, "a": a["name"], "b": b["name"], "metric": m, **c.as_dict()})
+    return out
+
+
+def protocol(rows: list[dict], *, channel: str, backbone: M.FeatureBackbone | None, extra: dict) -> dict:
+    import cleanfid
+    import scipy
+    import torchmetrics
+
+    counts = {}
+    for r in rows:
+        counts.setdefault(str(r["task"]), set()).add(str(r.get("n_images")))
+    return {
+        **extra,
+        "images scored per task": "; ".join(f"{t}: {', '.join(sorted(c))}" for t, c in sorted(counts.items())),
+        "per-image metrics": f"torchmetrics {torchmetrics.__version__}: PSNR (data_range 1, per image, "
+                             f"dim=(1,2,3), capped at {M.PSNR_CAP_DB:g} dB), SSIM (Gaussian 11, sigma 1.5, "
+                             f"K 0.01/0.03, reflect padding), MS-SSIM (5 scales, relu-normalised; n/a "
+                             f"under {M.MS_SSIM_MIN_SIDE} px); FOV variants average inside the "
+                             f"field-of-view mask (medq.metrics); channel {channel.upper()}"
+                             + (" (BT.601 Y, 16-235)" if channel == "y" else ""),
+        "distribution metrics": "off" if backbone is None else
+        f"clean-fid {getattr(cleanfid, '__version__', '0.1.35')} mode clean, features: "
+        f"{backbone.description}; columns {backbone.fd_column}, {backbone.kid_column} "
+        f"(KID subsets seeded {KID_SEED})",
+        "intervals and tests": f"95 % percentile bootstrap of the mean (2000 resamples, seed "
+                               f"{BOOTSTRAP_SEED}); Wilcoxon signed-rank (scipy {scipy.__version__})",
+        "torch": torch.__version__,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def _data_overrides(args) -> list[str]:
+    out = list(args.overrides)
+    root = args.eyeq_root or args.root
+    for key, value in (("source", args.data), ("root", root), ("labels", args.labels)):
+        if value is not None:
+            out.append(f"data.{key}={json.dumps(value)}")
+    return out
+
+
+def _run_dirs(runs_dir: Path, globs: list[str]) -> list[Path]:
+    if not runs_dir.is_dir():
+        return []
+    found = [p for p in sorted(runs_dir.iterdir()) if p.is_dir() and not p.name.startswith(("_", "."))
+             and ((p / "run.json").is_file() or (p / "config.toml").is_file() or (p / "checkpoints").is_dir())]
+    return [p for p in found if not globs or any(fnmatch.fnmatch(p.name, g) for g in globs)]
+
+
+def train_missing(args, runs: list[Path]) -> list[dict]:
+    """Train each standard preset that has no finished run; returns status rows for failures."""
+    from medq.checkpoint import read_run_json
+
+    have = {}
+    for r in runs:
+        info = read_run_json(r) or {}
+        if info.get("status") == "finished":
+            have.setdefault(info.get("preset"), r)
+    budget = []
+    for r in have.values():
+        try:
+            from medq.config import load_config
+            budget.append(load_config(str(r / "config.toml")).optim.max_steps)
+        except Exception:  # noqa: BLE001 - a damaged config only loses the budget hint
+            pass
+    failed = []
+    for preset in STANDARD_PRESETS:
+        if preset in have:
+            continue
+        if args.skip_train:
+            print(f"[eval] no finished {preset} run in {args.runs_dir}; --skip-train: not training it")
+            continue
+        cmd = [sys.executable, "-m", "train", "--preset", preset]
+        for o in args.overrides:
+            cmd += ["--set", o]
+        if budget and not any(o.startswith("optim.max_steps=") for o in args.overrides):
+            cmd += ["--set", f"optim.max_steps={max(budget)}"]
+        print(f"[eval] {preset}: no finished run; training it: {' '.join(cmd[1:])}", flush=True)
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            failed.append({"status": f"train failed (exit {rc})", "name": preset, "kind": "run",
+                           "preset": preset, "note": " ".join(cmd[1:])})
+    return failed
+
+
+class _Data:
+    """Test-split items per (config data, image size), capped per task, built once."""
+
+    def __init__(self, args, tasks):
+        self.args, self.tasks, self.cache = args, tasks, {}
+
+    def items(self, cfg) -> list[dict]:
+        from dataclasses import asdict
+
+        key = json.dumps([asdict(cfg.data), cfg.model.image_size], sort_keys=True)
+        if key not in self.cache:
+            from medq.data import build_dataset
+
+            ds = build_dataset(cfg.data, cfg.model.image_size, "test")
+            counts, kept = {}, []
+            for i in range(len(ds)):
+                it = ds[i]
+                if it["task"] in self.tasks and (self.args.test_images is None
+                                                 or counts.get(it["task"], 0) < self.args.test_images):
+                    counts[it["task"]] = counts.get(it["task"], 0) + 1
+                    kept.append(it)
+            self.cache[key] = kept
+        return self.cache[key]
+
+
+def _error_rows(meta: dict, tasks, status: str) -> list[dict]:
+    return [{**meta, "task": t, "status": status} for t in tasks]
+
+
+def evaluate_model(model, meta, cfg, out_dir, data: _Data, tasks, args, feats) -> tuple[list, list]:
+    from infer.harness import run_harness
+
+    items = data.items(cfg)
+    print(f"[eval] {meta['name']}: inference on {len(items)} test samples -> {out_dir}", flush=True)
+    run_harness(model, items, out_dir, tasks=tasks, seed=cfg.sample.seed, batch_size=args.batch_size,
+                text=not args.no_text, progress=not args.no_progress,
+                meta={k: meta[k] for k in ("run", "checkpoint", "weights")})
+    rows, per_image = [], []
+    rank, _ = _dist()
+    for task in tasks:
+        expected = [str(it["id"]) for it in items if it["task"] == task]
+        print(f"[eval] {meta['name']}: scoring {task} ({len(expected)} images)", flush=True)
+        row, pi = score_task_dir(Path(out_dir) / task, expected, {**meta, "task": task},
+                                 channel=args.channel, features=feats)
+        rows.append(row)
+        per_image += pi
+    return rows, per_image
+
+
+def run_eval(args) -> dict:
+    from medq.config import load_config
+
+    rank, world = _dist()
+    overrides = _data_overrides(args)
+    base_cfg = load_config("base", overrides=overrides)
+    tasks = args.tasks.split(",") if args.tasks else list(base_cfg.data.tasks)
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise ValueError(f"--tasks: unknown {', '.join(bad)}; expected sr2, sr4, enhance")
+    rows: list[dict] = []
+    runs = _run_dirs(args.runs_dir, args.runs)
+    if rank == 0 and not args.runs:
+        rows += train_missing(args, runs)
+    if world > 1:
+        import torch.distributed as tdist
+        tdist.barrier()
+    runs = _run_dirs(args.runs_dir, args.runs)
+    backbone = M.feature_extractor(args.backbone)
+    feats = FeatureCache(backbone)
+    data = _Data(args, tasks)
+    per_image: list[dict] = []
+    image_size = None
+    for run in runs:
+        rr, pi, size = evaluate_run(run, args, overrides, tasks, data, feats)
+        rows += rr
+        per_image += pi
+        image_size = image_size or size
+    if not args.no_baselines:
+        from infer.load import load_baseline
+
+        cfg = base_cfg if image_size is None else load_config(
+            "base", overrides=overrides + [f"model.image_size={image_size}"])
+        for name in BASELINE_NAMES:
+            meta = {"name": name, "kind": "baseline", "run": name, "preset": "", "config_hash": "",
+                    "checkpoint": None, "step": None, "weights": None}
+            try:
+                rr, pi = evaluate_model(load_baseline(name), meta, cfg,
+                                        args.runs_dir / "_baselines" / name / "eval", data, tasks, args, feats)
+            except Exception as e:  # noqa: BLE001 - one failing model must not lose the other rows
+                log.exception("baseline %s failed", name)
+                rr, pi = _error_rows(meta, tasks, f"error: {type(e).__name__}: {e}"), []
+            rows += rr
+            per_image += pi
+    result = {"rows": rows, "per_image": per_image, "backbone": backbone, "runs": runs}
+    if rank == 0:
+        extra = {"split": "test", "data": f"source {base_cfg.data.source}"
+                 + (f", root {base_cfg.data.root}" if base_cfg.data.root else "")
+                 + (f", labels {base_cfg.data.labels}" if base_cfg.data.labels else ""),
+                 "test images cap": args.test_images or "none", "weights": args.weights,
+                 "seeds": "inference: each run's sample.seed, per image derive_seed(seed, id)"}
+        result["files"] = report.write_reports(
+            rows, per_image, args.out, protocol=protocol(rows, channel=args.channel, backbone=backbone,
+                                                         extra=extra),
+            comparisons=comparisons(rows, per_image), run_dirs=runs, plots=not args.no_plots)
+    return result
+
+
+def evaluate_run(run: Path, args, overrides, tasks, data, feats) -> tuple[list, list, int | None]:
+    """Rows for one run directory: every (or the latest) checkpoint, or a status row."""
+    from medq.checkpoint import latest_checkpoint, list_checkpoints, read_run_json
+    from medq.config import load_config
+
+    info = read_run_json(run) or {}
+    meta = {"name": run.name, "kind": "run", "run": run.name, "preset": info.get("preset", ""),
+            "config_hash": str(info.get("hash", ""))[:8], "checkpoint": None, "step": None,
+            "weights": args.weights}
+    root = run / "checkpoints"
+    ckpts = list_checkpoints(root) if args.all_checkpoints else [c for c in [latest_checkpoint(root)] if c]
+    if not ckpts:
+        print(f"[eval] {run.name}: no complete checkpoint in {root}", flush=True)
+        return _error_rows(meta, tasks, "no checkpoint"), [], None
+    rows, per_image, size = [], [], None
+    for ckpt in ckpts:
+        m = {**meta, "checkpoint": ckpt.name, "step": int(ckpt.name.split("_")[1]),
+             "name": f"{run.name}@{ckpt.name}/{args.weights}"}
+        try:
+            from infer.load import load_run
+
+            cfg = load_config(str(ckpt / "config.toml"), overrides=overrides)
+            size = cfg.model.image_size
+            model, _, _ = load_run(run, weights=args.weights, checkpoint=ckpt.name)
+            rr, pi = evaluate_model(model, m, cfg, run / "eval" / f"{ckpt.name}-{args.weights}",
+                                    data, tasks, args, feats)
+        except Exception as e:  # noqa: BLE001 - one failing run must not lose the other rows
+            log.exception("run %s failed", m["name"])
+            rr, pi = _error_rows(m, tasks, f"error: {type(e).__name__}: {e}"), []
+        rows += rr
+        per_image += pi
+    return rows, per_image, size
+
+
+def print_summary(rows: list[dict], files: dict | None) -> None:
+    for r in sorted(rows, key=report.row_key):
+        v = report._num(r.get("ssim_fov"))
+        print(f"  {str(r.get('task', '')):8s} {str(r.get('name', '')):45s} {str(r.get('status', '')):28s} "
+              f"ssim_fov {'n/a' if math.isnan(v) else f'{v:.4f}'}  n={r.get('n_images', 0)}")
+    if files:
+        print(f"[eval] wrote {files['leaderboard_csv']}, {files['per_image_csv']}, {files['markdown']}")
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as tdist
+        tdist.init_process_group("gloo")
+    t0 = time.perf_counter()
+    try:
+        result = run_eval(args)
+        if _dist()[0] == 0:
+            print_summary(result["rows"], result.get("files"))
+            print(f"[eval] {len(result['rows'])} rows in {time.perf_counter() - t0:.1f} s")
+        return 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if world > 1:
+            import torch.distributed as tdist
+            if tdist.is_initialized():
+                tdist.destroy_process_group()

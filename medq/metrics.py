@@ -1,0 +1,385 @@
+"""Image-quality metrics: a functional core, a per-image accumulator, and FID/KID feature backbones.
+
+    m = image_metrics(pred, target, mask)          # {"psnr": (N,), "ssim": (N,), ..., "ms_ssim_fov": (N,)}
+    acc = MetricAccumulator(); acc.update(ids, pred, target, mask); acc.mean("ssim_fov")
+    bb = feature_extractor()                       # Inception if on disk, else a named stand-in
+    feats = image_features(png_paths, bb)          # (N, D) through clean-fid's "clean" pipeline
+    frechet_distance(f_pred, f_target); kid(f_pred, f_target, seed=0)
+
+Conventions (``docs/ARCHITECTURE.md``): float32 RGB in [0, 1], NCHW; masks (N, 1, H, W) in {0, 1}.
+Settings, all fixed here so every number on the leaderboard means the same thing:
+
+- PSNR: torchmetrics ``peak_signal_noise_ratio(data_range=1.0, dim=(1, 2, 3), reduction="none")``,
+  one value per image (averaged afterwards, never pooled over images). Capped at ``PSNR_CAP_DB``
+  so that one exact copy does not make a mean infinite. FOV: the MSE over the mask's pixels.
+- SSIM: torchmetrics ``structural_similarity_index_measure`` (Gaussian window 11, sigma 1.5,
+  K1 0.01, K2 0.03, ``data_range=1.0``; torchmetrics reflect-pads, so it differs from
+  scikit-image's valid-window mean by ~1e-3 to 1e-2). FOV: its full map
+  (``return_full_image=True``) averaged over the mask's pixels.
+- MS-SSIM: torchmetrics ``multiscale_structural_similarity_index_measure`` (5 scales, default
+  betas, ``normalize="relu"`` so fractional powers never NaN). It needs
+  ``min(H, W) // 16 > kernel - 1``, i.e. images of at least ``MS_SSIM_MIN_SIDE`` = 176 px. Smaller
+  images (our default is 64 px) give NaN, shown as "n/a": upsampling would score pixels nobody
+  produced. FOV: the same computation with each scale's contrast-structure map (and the last
+  scale's SSIM map) averaged inside the mask, average-pooled along with the images
+  (``masked_ms_ssim``, equal to torchmetrics' value for an all-ones mask).
+- ``channel="y"``: the BasicSR convention, RGB -> Y of YCbCr (ITU-R BT.601, studio range:
+  Y = 16/255 + (65.481 R + 128.553 G + 24.966 B) / 255 on [0, 1] inputs), data range still 1.
+- FID/KID: clean-fid 0.1.35 features (``mode="clean"``: PIL bicubic resize on float values to
+  299 x 299). With the Inception TorchScript file on disk (``$MEDQ_INCEPTION``, else clean-fid's
+  own location ``<tempdir>/inception-2015-12-05.pt``) the backbone is ``inception`` and the
+  numbers are FID/KID. Without it the backbone is ``randresnet18`` (torchvision ResNet-18 with
+  weights drawn from seed 0, global-pooled 512-d features of a 128 px input): a Frechet distance
+  on those features is *not* FID and is named ``fd_randresnet18``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure,
+                                           peak_signal_noise_ratio,
+                                           structural_similarity_index_measure)
+
+log = logging.getLogger(__name__)
+
+PSNR_CAP_DB = 100.0
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+# torchmetrics refuses MS-SSIM unless side // 16 > window - 1 (5 scales), i.e. side >= 176.
+MS_SSIM_MIN_SIDE = 16 * SSIM_WINDOW
+IMAGE_METRICS = ("psnr", "ssim", "ms_ssim", "psnr_fov", "ssim_fov", "ms_ssim_fov")
+HIGHER_IS_BETTER = {name: True for name in IMAGE_METRICS}
+INCEPTION_ENV = "MEDQ_INCEPTION"
+INCEPTION_FILE = "inception-2015-12-05.pt"
+
+
+def _check_pair(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if pred.ndim != 4 or pred.shape != target.shape:
+        raise ValueError(f"pred and target must both be (N, C, H, W) of one shape, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    if mask is not None and tuple(mask.shape) != (pred.shape[0], 1, *pred.shape[-2:]):
+        raise ValueError(f"mask must be (N, 1, H, W) = {(pred.shape[0], 1, *pred.shape[-2:])}, "
+                         f"got {tuple(mask.shape)}")
+
+
+def rgb_to_y(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> (N, 1, H, W) Y of YCbCr, ITU-R BT.601 studio range
+    [16/255, 235/255] (BasicSR's ``rgb2ycbcr(..., y_only=True)`` divided by 255)."""
+    w = images.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1)
+    return (images * w).sum(1, keepdim=True) / 255.0 + 16.0 / 255.0
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """PSNR in dB per image, (N, C, H, W) x2 [+ mask (N, 1, H, W)] -> (N,), data range 1, capped at
+    ``PSNR_CAP_DB``. With a mask: MSE over the masked pixels (all channels); NaN if it is empty."""
+    _check_pair(pred, target, mask)
+    pred, target = pred.float(), target.float()
+    if mask is None:
+        value = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none",
+                                        dim=(1, 2, 3))
+        return value.clamp(max=PSNR_CAP_DB)
+    m = (mask > 0.5).float().expand_as(pred)
+    count = m.sum(dim=(1, 2, 3))
+    mse = (((pred - target) ** 2) * m).sum(dim=(1, 2, 3)) / count.clamp(min=1)
+    value = (10 * torch.log10(1.0 / mse.clamp(min=10 ** (-PSNR_CAP_DB / 10)))).clamp(max=PSNR_CAP_DB)
+    return torch.where(count > 0, value, torch.full_like(value, math.nan))
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SSIM per image (torchmetrics, window 11, sigma 1.5, data range 1) -> (N,). With a mask
+    (N, 1, H, W): the SSIM map averaged over the masked pixels of every channel; NaN if empty."""
+    _check_pair(pred, target, mask)
+    kw = dict(gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW, data_range=1.0,
+              k1=SSIM_K1, k2=SSIM_K2)
+    if mask is None:
+        return structural_similarity_index_measure(pred.float(), target.float(), reduction="none", **kw)
+    _, smap = structural_similarity_index_measure(pred.float(), target.float(), reduction="none",
+                                                  return_full_image=True, **kw)
+    m = (mask > 0.5).float().expand_as(smap)
+    count = m.sum(dim=(1, 2, 3))
+    value = (smap * m).sum(dim=(1, 2, 3)) / count.clamp(min=1)
+    return torch.where(count > 0, value, torch.full_like(value, math.nan))
+
+
+def ms_ssim_supported(height: int, width: int) -> bool:
+    return min(height, width) // 16 > SSIM_WINDOW - 1
+
+
+def ms_ssim_unsupported_reason(height: int, width: int) -> str | None:
+    if ms_ssim_supported(height, width):
+        return None
+    return (f"MS-SSIM n/a: {height}x{width} px is below the {MS_SSIM_MIN_SIDE} px that 5 scales "
+            f"with an {SSIM_WINDOW}-px window need (not upsampled on purpose)")
+
+
+def _gaussian_window(channels: int, dtype, device) -> torch.Tensor:
+    x = torch.arange(SSIM_WINDOW, dtype=torch.float64) - (SSIM_WINDOW - 1) / 2
+    g = torch.exp(-(x ** 2) / (2 * SSIM_SIGMA ** 2))
+    g = (g / g.sum()).to(dtype)
+    return (g[:, None] * g[None, :]).expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW).to(device)
+
+
+def _ssim_cs_maps(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM and contrast-structure maps (N, C, H, W), reflect-padded as torchmetrics does."""
+    c1, c2 = (SSIM_K1 * 1.0) ** 2, (SSIM_K2 * 1.0) ** 2
+    pad = (SSIM_WINDOW - 1) // 2
+    xp, yp = (F.pad(t, (pad, pad, pad, pad), mode="reflect") for t in (x, y))
+    win = _gaussian_window(x.shape[1], x.dtype, x.device)
+    out = F.conv2d(torch.cat([xp, yp, xp * xp, yp * yp, xp * yp]), win, groups=x.shape[1])
+    mx, my, sxx, syy, sxy = out.split(x.shape[0])
+    vx, vy = (sxx - mx ** 2).clamp(min=0), (syy - my ** 2).clamp(min=0)
+    cs = (2 * (sxy - mx * my) + c2) / (vx + vy + c2)
+    return ((2 * mx * my + c1) / (mx ** 2 + my ** 2 + c1)) * cs, cs
+
+
+def masked_ms_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MS-SSIM per image inside a mask, (N, C, H, W) x2 + (N, 1, H, W) -> (N,). The mask is
+    average-pooled with the images at each scale (kept where >= 0.5); contrast-structure maps are
+    averaged over the interior (as torchmetrics crops them), the last scale's SSIM map over the
+    whole mask. NaN if a scale's mask is empty or the images are too small."""
+    _check_pair(pred, target, mask)
+    n, _, h, w = pred.shape
+    if not ms_ssim_supported(h, w):
+        return torch.full((n,), math.nan)
+    x, y, m = pred.float(), target.float(), (mask > 0.5).float()
+    pad = (SSIM_WINDOW - 1) // 2
+    values = []
+    for scale in range(len(MS_SSIM_BETAS)):
+        smap, cs = _ssim_cs_maps(x, y)
+        last = scale == len(MS_SSIM_BETAS) - 1
+        mm = (m >= 0.5).float().expand_as(smap)
+        if not last:
+            mm = mm[..., pad:-pad, pad:-pad]
+            cs = cs[..., pad:-pad, pad:-pad]
+        src = smap if last else cs
+        count = mm.sum(dim=(1, 2, 3))
+        v = torch.relu((src * mm).sum(dim=(1, 2, 3)) / count.clamp(min=1))
+        values.append(torch.where(count > 0, v, torch.full_like(v, math.nan)))
+        x, y, m = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2), F.avg_pool2d(m, 2)
+    stack = torch.stack(values)
+    betas = torch.tensor(MS_SSIM_BETAS, dtype=stack.dtype).view(-1, 1)
+    return torch.prod(stack ** betas, dim=0)
+
+
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MS-SSIM per image -> (N,): torchmetrics (relu-normalised) without a mask,
+    ``masked_ms_ssim`` with one; NaN for images under ``MS_SSIM_MIN_SIDE`` px."""
+    _check_pair(pred, target, mask)
+    if not ms_ssim_supported(*pred.shape[-2:]):
+        return torch.full((pred.shape[0],), math.nan)
+    if mask is not None:
+        return masked_ms_ssim(pred, target, mask)
+    return multiscale_structural_similarity_index_measure(
+        pred.float(), target.float(), gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW,
+        data_range=1.0, k1=SSIM_K1, k2=SSIM_K2, betas=MS_SSIM_BETAS, normalize="relu",
+        reduction="none")
+
+
+def image_metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, *,
+                  channel: str = "rgb") -> dict[str, torch.Tensor]:
+    """Every per-image metric of ``IMAGE_METRICS`` -> {name: (N,) float}. ``pred``/``target``
+    (N, 3, H, W) in [0, 1] (values outside are clamped: PNG outputs never have any); ``mask``
+    (N, 1, H, W) for the ``*_fov`` variants (NaN without one). ``channel``: "rgb" | "y"."""
+    if channel not in ("rgb", "y"):
+        raise ValueError(f"channel = {channel!r}: expected 'rgb' or 'y'")
+    _check_pair(pred, target, mask)
+    pred, target = pred.float().clamp(0, 1), target.float().clamp(0, 1)
+    if channel == "y":
+        pred, target = rgb_to_y(pred), rgb_to_y(target)
+    with torch.no_grad():
+        out = {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "ms_ssim": ms_ssim(pred, target)}
+        if mask is None:
+            nan = torch.full((pred.shape[0],), math.nan)
+            out.update(psnr_fov=nan, ssim_fov=nan.clone(), ms_ssim_fov=nan.clone())
+        else:
+            out.update(psnr_fov=psnr(pred, target, mask), ssim_fov=ssim(pred, target, mask),
+                       ms_ssim_fov=ms_ssim(pred, target, mask))
+    return {k: v.double().cpu() for k, v in out.items()}
+
+
+@dataclass
+class MetricAccumulator:
+    """Keeps every per-image value (for intervals and paired tests); ``mean`` ignores NaN."""
+
+    channel: str = "rgb"
+    ids: list[str] = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in IMAGE_METRICS})
+    higher_is_better: dict[str, bool] = field(default_factory=lambda: dict(HIGHER_IS_BETTER))
+
+    def update(self, ids: Sequence[str], pred: torch.Tensor, target: torch.Tensor,
+               mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if len(ids) != pred.shape[0]:
+            raise ValueError(f"{len(ids)} ids for {pred.shape[0]} images")
+        batch = image_metrics(pred, target, mask, channel=self.channel)
+        self.ids.extend(str(i) for i in ids)
+        for k, v in batch.items():
+            self.values[k].extend(float(x) for x in v)
+        return batch
+
+    def rows(self) -> list[dict]:
+        return [{"id": i, **{k: self.values[k][j] for k in IMAGE_METRICS}} for j, i in enumerate(self.ids)]
+
+    def mean(self, name: str) -> float:
+        vals = [v for v in self.values[name] if not math.isnan(v)]
+        return math.fsum(vals) / len(vals) if vals else math.nan
+
+    def compute(self) -> dict[str, float]:
+        return {k: self.mean(k) for k in IMAGE_METRICS}
+
+
+# ---------------------------------------------------------------------------------------------
+# distribution metrics: feature backbones, Frechet distance, KID
+
+
+@dataclass
+class FeatureBackbone:
+    """A feature extractor in clean-fid's convention: float (B, 3, 299, 299) in [0, 255] -> (B, D).
+
+    ``fd_column`` / ``kid_column`` name the leaderboard columns: "fid_inception" only for the real
+    Inception network; anything else is a Frechet distance on other features ("fd_<name>")."""
+
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    dims: int
+    description: str
+
+    @property
+    def fd_column(self) -> str:
+        return "fid_inception" if self.name == "inception" else f"fd_{self.name}"
+
+    @property
+    def kid_column(self) -> str:
+        return f"kid_{self.name}"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def inception_path() -> Path | None:
+    """The Inception TorchScript file: ``$MEDQ_INCEPTION`` (the file, or a folder holding it), else
+    clean-fid's fixed location in the system temp dir; None if neither exists."""
+    env = os.environ.get(INCEPTION_ENV)
+    if env:
+        p = Path(env)
+        p = p / INCEPTION_FILE if p.is_dir() else p
+        if not p.is_file():
+            raise FileNotFoundError(f"${INCEPTION_ENV} = {env!r}: no such file (expected the "
+                                    f"TorchScript {INCEPTION_FILE} clean-fid uses)")
+        return p
+    p = Path(tempfile.gettempdir()) / INCEPTION_FILE
+    return p if p.is_file() else None
+
+
+def _inception_backbone(path: Path) -> FeatureBackbone:
+    # Same wrapping as cleanfid.inception_torchscript.InceptionV3W(resize_inside=False), which only
+    # accepts a folder it may download into.
+    base = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return base.layers.forward((x - 128) / 128).view(x.shape[0], 2048)
+
+    return FeatureBackbone("inception", fn, 2048, f"Inception-v3 TorchScript {path.name} "
+                           f"(clean-fid, StyleGAN2 weights), pool3 2048-d")
+
+
+def _random_resnet18_backbone() -> FeatureBackbone:
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18(weights=None)
+    net.fc = torch.nn.Identity()
+    net.eval()
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            # 128 px instead of 299: 5x cheaper on CPU, and random filters have no preferred scale.
+            x = F.interpolate(x.float() / 255.0, size=(128, 128), mode="bilinear",
+                              align_corners=False, antialias=True)
+            return net(x)
+
+    return FeatureBackbone("randresnet18", fn, 512,
+                           "torchvision ResNet-18, random weights from torch.manual_seed(0) "
+                           f"(torch {torch.__version__}), global-pooled 512-d features of a 128 px "
+                           "input; NOT Inception: not comparable with published FID")
+
+
+def feature_extractor(name: str = "auto") -> FeatureBackbone:
+    """``auto``: Inception when its file is on disk (see ``inception_path``), else
+    ``randresnet18``. ``inception`` requires the file; ``randresnet18`` forces the stand-in."""
+    if name not in ("auto", "inception", "randresnet18"):
+        raise ValueError(f"feature backbone {name!r}: expected auto, inception or randresnet18")
+    path = inception_path() if name != "randresnet18" else None
+    if name == "inception" and path is None:
+        raise FileNotFoundError(f"Inception weights not found: set ${INCEPTION_ENV} to "
+                                f"{INCEPTION_FILE} or put it in {tempfile.gettempdir()}")
+    if path is not None:
+        return _inception_backbone(path)
+    return _random_resnet18_backbone()
+
+
+def image_features(paths: Sequence[str | Path], backbone: FeatureBackbone,
+                   batch_size: int = 32) -> np.ndarray:
+    """(N, D) float64 features of image files through clean-fid's ``clean`` pipeline on CPU."""
+    from cleanfid import fid
+
+    if not paths:
+        return np.zeros((0, backbone.dims))
+    feats = fid.get_files_features([str(p) for p in paths], model=backbone, num_workers=0,
+                                   batch_size=batch_size, device=torch.device("cpu"), mode="clean",
+                                   verbose=False)
+    return feats.astype(np.float64)
+
+
+def frechet_distance(feats1: np.ndarray, feats2: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to (N1, D) and (N2, D) features (clean-fid's
+    ``frechet_distance``); NaN when either set has fewer than 2 samples or sqrtm fails."""
+    from cleanfid import fid
+
+    if len(feats1) < 2 or len(feats2) < 2:
+        return math.nan
+    mu1, mu2 = feats1.mean(0), feats2.mean(0)
+    s1, s2 = np.cov(feats1, rowvar=False), np.cov(feats2, rowvar=False)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+            # clean-fid prints its singular-matrix retry; few samples make sigma singular by design
+            warnings.simplefilter("ignore")
+            value = float(fid.frechet_distance(mu1, s1, mu2, s2))
+    except ValueError as e:
+        log.warning("Frechet distance failed (%s); reported as NaN", e)
+        return math.nan
+    if buf.getvalue().strip():
+        log.info("clean-fid: %s", buf.getvalue().strip())
+    return value
+
+
+def kid(feats1: np.ndarray, feats2: np.ndarray, *, seed: int = 0, num_subsets: int = 100,
+        max_subset_size: int = 1000) -> float:
+    """Kernel Inception Distance (clean-fid's ``kernel_distance``, cubic polynomial kernel,
+    unbiased) with its subset sampling seeded; NaN with fewer than 2 samples per side."""
+    from cleanfid import fid
+
+    if len(feats1) < 2 or len(feats2) < 2:
+        return math.nan
+    state = np.random.get_state()
+    np.random.seed(seed)  # kernel_distance draws subsets from numpy's global generator
+    try:
+        return float(fid.kernel_distance(feats1, feats2, num_subsets=num_subsets,
+                                         max_subset_size=max_subset_size))
+    finally:
+        np.random.set_state(state)

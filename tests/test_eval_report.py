@@ -1,0 +1,117 @@
+"""bench.eval scoring + bench.report writing from fake records.jsonl and PNGs (no model, no data)."""
+
+import argparse
+import csv
+import json
+
+import pytest
+import torch
+
+from bench import eval as E
+from bench import report
+from infer.images import save_png
+from infer.records import FIELDS
+
+IDS = [f"img{k:02d}" for k in range(6)]
+
+
+def _fake_eval(task_dir, noise, ids=IDS, seed=0, drop=()):
+    """records.jsonl + PNGs like the harness writes; ``drop``: ids whose output PNG is missing."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in ids:
+        tgt = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(int(i[3:])))
+        out = (tgt + noise * torch.randn(3, 32, 32, generator=g)).clamp(0, 1)
+        mask = torch.zeros(1, 32, 32)
+        mask[:, 4:28, 4:28] = 1
+        paths = {k: f"images/{i}_{k}.png" for k in ("input", "output", "target", "mask")}
+        for k, img in (("input", tgt), ("output", out), ("target", tgt), ("mask", mask)):
+            if not (k == "output" and i in drop):
+                save_png(task_dir / paths[k], img)
+        row = {f: None for f in FIELDS}
+        row.update(id=i, task=task_dir.name, run="x", seed=0, settings={}, seconds=0.01, text=False,
+                   **paths)
+        rows.append(row)
+    (task_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _meta(name, kind="baseline", preset=""):
+    return {"name": name, "kind": kind, "run": name, "preset": preset, "config_hash": "",
+            "checkpoint": None, "step": None, "weights": None, "task": "sr4"}
+
+
+def _score_all(tmp_path, feats=None):
+    rows, per_image = [], []
+    for name, noise, kind, preset in (("bicubic", 0.2, "baseline", ""), ("pixel-1", 0.1, "run", "pixel"),
+                                      ("ssim_v3-1", 0.05, "run", "ssim_v3")):
+        d = tmp_path / name / "sr4"
+        if not d.exists():
+            _fake_eval(d, noise)
+        row, pi = E.score_task_dir(d, IDS, _meta(name, kind, preset), channel="rgb", features=feats)
+        rows.append(row)
+        per_image += pi
+    return rows, per_image
+
+
+def test_scores_statuses_and_reports(tmp_path):
+    rows, per_image = _score_all(tmp_path)
+    by = {r["name"]: r for r in rows}
+    assert all(r["status"] == "ok" and r["n_images"] == 6 for r in rows)
+    assert by["ssim_v3-1"]["ssim_fov"] > by["pixel-1"]["ssim_fov"] > by["bicubic"]["ssim_fov"]
+    assert by["bicubic"]["ssim_fov_lo"] <= by["bicubic"]["ssim_fov"] <= by["bicubic"]["ssim_fov_hi"]
+    assert "MS-SSIM n/a" in by["bicubic"]["note"]
+    comps = E.comparisons(rows, per_image)
+    pairs = {(c["a"], c["b"], c["metric"]) for c in comps}
+    assert ("ssim_v3-1", "pixel-1", "ssim_fov") in pairs and ("pixel-1", "bicubic", "psnr_fov") in pairs
+    files = report.write_reports(rows, per_image, tmp_path / "reports", protocol={"seeds": "0"},
+                                 comparisons=comps)
+    md = files["markdown"].read_text()
+    table = [l for l in md.splitlines() if l.startswith("| ssim_v3-1") or l.startswith("| pixel-1")
+             or l.startswith("| bicubic")]
+    assert [l.split("|")[1].strip() for l in table[:3]] == ["ssim_v3-1", "pixel-1", "bicubic"]
+    assert "Wilcoxon" in md and "biased" in md and "n/a" in md
+    assert files["bars"] and files["bars"][0].stat().st_size > 0
+    with open(files["per_image_csv"]) as f:
+        assert len(list(csv.DictReader(f))) == 18
+
+
+def test_incomplete_and_empty_and_no_checkpoint(tmp_path):
+    d = tmp_path / "r" / "sr4"
+    _fake_eval(d, 0.1, drop={"img03"})
+    row, pi = E.score_task_dir(d, IDS + ["img99"], _meta("r"), channel="rgb", features=None)
+    assert row["status"] == "incomplete: 5 of 7 scored" and len(pi) == 5 and "missing" in row["note"]
+    row, pi = E.score_task_dir(tmp_path / "none" / "sr4", [], _meta("e"), channel="rgb", features=None)
+    assert row["status"].startswith("empty") and pi == []
+    run = tmp_path / "runs" / "pixel-deadbeef"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"preset": "pixel", "hash": "deadbeef" * 8,
+                                              "status": "running", "step": 0}))
+    args = argparse.Namespace(all_checkpoints=False, weights="ema")
+    rows, pi, _ = E.evaluate_run(run, args, [], ["sr4", "sr2"], None, None)
+    assert [r["status"] for r in rows] == ["no checkpoint"] * 2 and rows[0]["config_hash"] == "deadbeef"
+    lb, _ = report.write_csvs(rows + [row], [], tmp_path / "rep")
+    assert "no checkpoint" in lb.read_text()
+
+
+def _repeat_identical(tmp_path, backbone):
+    texts = []
+    for k in range(2):
+        rows, per_image = _score_all(tmp_path, backbone and E.FeatureCache(backbone))
+        for r in rows:
+            r["seconds_per_image"] = 0.1 * (k + 1)  # timing differs between repeats by design
+        lb, pi = report.write_csvs(rows, per_image, tmp_path / f"rep{k}")
+        with open(lb) as f:
+            data = [{c: v for c, v in r.items() if c not in report.TIMING_COLUMNS} for r in csv.DictReader(f)]
+        texts.append((json.dumps(data), pi.read_bytes()))
+    assert texts[0] == texts[1]
+    return lb.read_text()
+
+
+def test_leaderboard_csv_byte_identical_on_repeat(tmp_path):
+    _repeat_identical(tmp_path, None)
+
+
+@pytest.mark.slow
+def test_leaderboard_with_features_byte_identical_on_repeat(tmp_path):
+    text = _repeat_identical(tmp_path, E.M.feature_extractor("randresnet18"))
+    assert "fd_randresnet18" in text.splitlines()[0] and "kid_randresnet18" in text.splitlines()[0]

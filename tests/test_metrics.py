@@ -1,0 +1,104 @@
+"""medq.metrics against scikit-image and torchmetrics; masks, Y channel, MS-SSIM size rule, FD/KID."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio as sk_psnr
+from skimage.metrics import structural_similarity
+
+from medq import metrics as M
+
+
+def _pair(n=2, size=64, noise=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, 3, size, size, generator=g)
+    return (t + noise * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1), t
+
+
+def test_psnr_matches_skimage_per_image():
+    p, t = _pair(noise=0.05)
+    p[1] = (t[1] + 0.2).clamp(0, 1)  # a different error level: a pooled PSNR would differ
+    ours = M.psnr(p, t)
+    for i in range(2):
+        ref = sk_psnr(t[i].numpy(), p[i].numpy(), data_range=1.0)
+        assert ours[i].item() == pytest.approx(ref, abs=1e-3)
+
+
+def test_ssim_close_to_skimage():
+    p, t = _pair(size=96)
+    ours = M.ssim(p, t)
+    for i in range(2):
+        ref = structural_similarity(t[i].permute(1, 2, 0).numpy(), p[i].permute(1, 2, 0).numpy(),
+                                    channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, data_range=1.0)
+        # torchmetrics reflect-pads, scikit-image averages valid windows: ~1e-3 apart.
+        assert ours[i].item() == pytest.approx(ref, abs=1e-2)
+
+
+def test_masked_variants():
+    p, t = _pair()
+    ones = torch.ones(2, 1, 64, 64)
+    assert torch.allclose(M.psnr(p, t, ones), M.psnr(p, t), atol=1e-3)
+    assert torch.allclose(M.ssim(p, t, ones), M.ssim(p, t), atol=1e-6)
+    # Errors only outside the mask: FOV PSNR hits the cap, full-image PSNR does not.
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    q = t.clone()
+    q[..., :8, :] = 0.5 * q[..., :8, :]
+    assert (M.psnr(q, t, mask) == M.PSNR_CAP_DB).all()
+    assert (M.psnr(q, t) < 40).all()
+    assert math.isnan(M.psnr(q, t, torch.zeros(2, 1, 64, 64))[0].item())
+
+
+def test_ms_ssim_small_images_nan_with_reason_and_masked_agrees():
+    p, t = _pair(size=64)
+    assert torch.isnan(M.ms_ssim(p, t)).all()
+    assert "176" in M.ms_ssim_unsupported_reason(64, 64)
+    p, t = _pair(n=1, size=176)
+    ones = torch.ones(1, 1, 176, 176)
+    assert M.ms_ssim(p, t, ones).item() == pytest.approx(M.ms_ssim(p, t).item(), abs=1e-5)
+    assert 0 < M.ms_ssim(p, t).item() < 1
+
+
+def test_y_channel_bt601():
+    white, black = torch.ones(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    assert M.rgb_to_y(white).flatten()[0].item() == pytest.approx(235 / 255, abs=1e-4)
+    assert M.rgb_to_y(black).flatten()[0].item() == pytest.approx(16 / 255, abs=1e-6)
+    p, t = _pair()
+    y = M.image_metrics(p, t, channel="y")
+    assert y["psnr"][0] != M.image_metrics(p, t)["psnr"][0]
+
+
+def test_accumulator_keeps_per_image_values():
+    acc = M.MetricAccumulator()
+    p, t = _pair()
+    acc.update(["a", "b"], p, t, torch.ones(2, 1, 64, 64))
+    acc.update(["c"], t[:1], t[:1], torch.ones(1, 1, 64, 64))
+    assert [r["id"] for r in acc.rows()] == ["a", "b", "c"]
+    assert acc.rows()[2]["psnr"] == M.PSNR_CAP_DB
+    assert acc.higher_is_better["ssim_fov"] is True
+    assert acc.mean("ms_ssim") != acc.mean("ms_ssim")  # all NaN at 64 px
+
+
+def test_frechet_and_kid():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 8)), rng.normal(size=(200, 8))
+    c = rng.normal(loc=2.0, size=(200, 8))
+    assert M.frechet_distance(a, b) < 1.0 < M.frechet_distance(a, c)
+    assert M.kid(a, c, seed=0) == M.kid(a, c, seed=0)
+    assert M.kid(a, b) < M.kid(a, c)
+    assert math.isnan(M.kid(a[:1], b)) and math.isnan(M.frechet_distance(a[:1], b))
+
+
+def test_backbone_names_never_fid_without_inception(monkeypatch, tmp_path):
+    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(M.tempfile, "gettempdir", lambda: str(tmp_path))
+    bb = M.feature_extractor()
+    assert bb.name == "randresnet18" and bb.fd_column == "fd_randresnet18"
+    x = torch.rand(2, 3, 299, 299) * 255
+    assert torch.equal(bb(x), M.feature_extractor("randresnet18")(x))  # seeded weights
+    monkeypatch.setenv(M.INCEPTION_ENV, str(tmp_path / "nope.pt"))
+    with pytest.raises(FileNotFoundError, match="MEDQ_INCEPTION"):
+        M.feature_extractor()

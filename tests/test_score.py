@@ -1,0 +1,87 @@
+"""bench score: name matching, unmatched files, size mismatches, merge into an existing leaderboard."""
+
+import argparse
+import csv
+
+import torch
+
+from bench import report
+from bench import score as S
+from infer.images import save_png
+
+
+def _img(seed, size=32):
+    return torch.rand(3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _args(tmp_path, **kw):
+    base = dict(pred=tmp_path / "pred", target=tmp_path / "tgt", mask=None, name="ext", task="sr4",
+                resize="none", channel="rgb", backbone="none", out=tmp_path / "reports")
+    return argparse.Namespace(**{**base, **kw})
+
+
+def _setup(tmp_path):
+    for k in range(4):
+        save_png(tmp_path / "tgt" / f"{k}_left.png", _img(k))
+    save_png(tmp_path / "pred" / "0_left_pred.png", _img(0))                 # exact copy
+    save_png(tmp_path / "pred" / "1_left_output.png", (_img(1) * 0.9))
+    save_png(tmp_path / "pred" / "2_left.png", _img(2, size=16))              # wrong size
+    save_png(tmp_path / "pred" / "9_right_pred.png", _img(9))                 # no target
+    (tmp_path / "pred" / "3_left.png").write_bytes(b"not a png")              # unreadable
+
+
+def test_match_rule(tmp_path):
+    _setup(tmp_path)
+    m = S.match(tmp_path / "pred", tmp_path / "tgt")
+    assert [p[0] for p in m["pairs"]] == ["0_left", "1_left", "2_left", "3_left"]
+    assert [p.name for p in m["unmatched_pred"]] == ["9_right_pred.png"] and m["unmatched_target"] == []
+
+
+def test_score_reports_problems_and_scores_the_rest(tmp_path, capsys):
+    _setup(tmp_path)
+    out = S.run_score(_args(tmp_path))
+    row = out["row"]
+    assert row["n_images"] == 2 and row["status"] == "incomplete: 2 of 5 scored"
+    errors = {p["id"]: p["error"] for p in out["problems"]}
+    assert "size mismatch" in errors["2_left"] and "2_left.png" in errors["2_left"]
+    assert "unreadable" in errors["3_left"]
+    assert "9_right_pred.png" in capsys.readouterr().out
+    per = {r["id"]: r for r in out["per_image"]}
+    assert per["0_left"]["psnr"] == 100.0 and per["1_left"]["psnr"] < 40
+    # --resize scores the mismatched one too
+    out = S.run_score(_args(tmp_path, resize="pred-to-target"))
+    assert out["row"]["n_images"] == 3
+
+
+def test_score_replaces_same_name_task_and_keeps_others(tmp_path):
+    _setup(tmp_path)
+    existing = [{"status": "ok", "name": "bicubic", "kind": "baseline", "task": "sr4", "ssim_fov": "0.5"},
+                {"status": "ok", "name": "ext", "kind": "external", "task": "sr4", "ssim_fov": "0.1"}]
+    report.write_csvs(existing, [], tmp_path / "reports")
+    S.run_score(_args(tmp_path))
+    S.run_score(_args(tmp_path))
+    with open(tmp_path / "reports" / "leaderboard.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["name"] for r in rows) == ["bicubic", "ext"]
+    assert float([r for r in rows if r["name"] == "ext"][0]["ssim_fov"]) > 0.1
+    with open(tmp_path / "reports" / "per_image.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    assert "ext" in (tmp_path / "reports" / "leaderboard.md").read_text()
+
+
+def test_score_real_drive_images_with_masks(tmp_path, fundus_samples):
+    """Real DRIVE photographs (565 x 584, MS-SSIM defined) against their bicubic 4x round trip."""
+    from medq.baselines import bicubic
+    import numpy as np
+    from PIL import Image
+
+    drive = fundus_samples / "drive"
+    for tif in sorted((drive / "images").glob("*.tif")):
+        t = torch.from_numpy(np.asarray(Image.open(tif).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+        h, w = t.shape[-2:]
+        save_png(tmp_path / "pred" / f"{tif.stem}_pred.png",
+                 bicubic(bicubic(t[None], (h // 4, w // 4)), (h, w))[0])
+    out = S.run_score(_args(tmp_path, target=drive / "images", mask=drive / "mask"))
+    row = out["row"]
+    assert row["status"] == "ok" and row["n_images"] == len(list((drive / "images").glob("*.tif")))
+    assert 0.3 < row["ms_ssim"] < 1 and 0.3 < row["ms_ssim_fov"] < 1 and row["psnr_fov"] > 15
