@@ -1,0 +1,62 @@
+"""The clinicians' comparison page.
+
+    python -m demo                                  # http://127.0.0.1:7860, runs/ and reports/
+    python -m demo --runs runs --reports reports --port 7860 --host 127.0.0.1
+    MEDQ_DEMO_AUTH=alice:secret python -m demo      # require a login
+    MEDQ_DEMO_AUTH_FILE=logins.txt python -m demo   # one user:password per line
+
+Shows, for an evaluated test image (from ``make eval``) or an uploaded fundus photograph, the
+input, each training mode's output and the target side by side, a before/after slider, a zoom
+applied to every panel, SSIM error maps, per-image PSNR/SSIM, each model's text report (with a
+warning on undecodable tokens) and, in a second tab, the leaderboard from reports/.
+
+Safe by default: binds 127.0.0.1, no share link, no analytics, works offline, serves files only
+from --runs and --reports, uploads limited to 25 MB and checked before use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=Path, default=Path("runs"),
+                   help="folder of training runs and their eval/ records (default: runs)")
+    p.add_argument("--reports", type=Path, default=Path("reports"),
+                   help="folder of leaderboard.csv, leaderboard.md and plots (default: reports)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes "
+                        "the page to the network: set MEDQ_DEMO_AUTH first)")
+    p.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from demo.app import build_app, launch      # after demo/__init__ switched analytics off
+    from demo.handlers import Demo
+    from demo.security import auth_from_env
+
+    try:
+        auth = auth_from_env()
+    except ValueError as e:
+        print(f"python -m demo: {e}", file=sys.stderr)
+        return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
+        logging.warning("binding %s without a login: anyone on the network can open the page "
+                        "(set MEDQ_DEMO_AUTH=user:password)", args.host)
+    demo = Demo.from_folders(args.runs, args.reports)
+    logging.info("modes found in %s: %s (working size %d px)", args.runs,
+                 ", ".join(demo.modes) or "none", demo.size)
+    launch(build_app(demo), demo, host=args.host, port=args.port, auth=auth)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

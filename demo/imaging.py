@@ -1,0 +1,180 @@
+"""Pixel work for the page: PNG reading, nearest-neighbour zoom, SSIM error maps, per-image metrics.
+
+Arrays here are numpy ``(H, W, 3)`` float32 RGB in [0, 1] (masks ``(H, W)`` bool); uint8 only when
+handing images to Gradio. SSIM is scikit-image's ``structural_similarity`` with the settings of
+``../shared/DESIGN.md`` (Gaussian window sigma 1.5, population covariance, data range 1), so the
+numbers on the page can be checked against the reference implementation by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.metrics import structural_similarity
+
+SSIM_SETTINGS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+# skimage's window for sigma 1.5 is 11 pixels; its mean SSIM drops a 5-pixel border where the
+# window does not fit, and so do our field-of-view means.
+SSIM_PAD = 5
+# Small images (the 64 px default) are shown enlarged by whole pixels so nothing is interpolated.
+DISPLAY_MIN_SIDE = 256
+BOX_COLOUR = np.array([1.0, 0.85, 0.0], dtype=np.float32)
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """PNG/JPEG -> (H, W, 3) float32 in [0, 1]."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
+    """Field-of-view mask PNG -> (H, W) bool; everything is inside when there is no mask file."""
+    if path is None or not Path(path).is_file():
+        return np.ones(shape, dtype=bool)
+    with Image.open(path) as im:
+        mask = np.asarray(im.convert("L")) > 127
+    if mask.shape != tuple(shape):
+        raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, the image is "
+                         f"{shape[1]}x{shape[0]}")
+    return mask
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(np.nan_to_num(img), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def resize_nearest(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of (H, W[, C]) to size (H', W'): each source pixel stays a block."""
+    h, w = img.shape[:2]
+    rows = (np.arange(size[0]) * h // size[0]).clip(0, h - 1)
+    cols = (np.arange(size[1]) * w // size[1]).clip(0, w - 1)
+    return img[rows][:, cols]
+
+
+def display_factor(side: int) -> int:
+    """Whole-pixel enlargement that brings a ``side``-pixel image to at least DISPLAY_MIN_SIDE."""
+    return max(1, math.ceil(DISPLAY_MIN_SIDE / max(side, 1)))
+
+
+def enlarge(img: np.ndarray, factor: int) -> np.ndarray:
+    return img if factor == 1 else np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
+
+
+def crop_box(shape: tuple[int, int], cx: float, cy: float, zoom: float) -> tuple[int, int, int, int]:
+    """Square box (y0, y1, x0, x1) of side min(H, W) / zoom centred on the fractions (cx, cy) of the
+    width and height, shifted inside the image."""
+    h, w = shape
+    side = max(2, int(round(min(h, w) / max(zoom, 1.0))))
+    side = min(side, h, w)
+    x0 = int(round(cx * w - side / 2))
+    y0 = int(round(cy * h - side / 2))
+    x0, y0 = min(max(x0, 0), w - side), min(max(y0, 0), h - side)
+    return y0, y0 + side, x0, x0 + side
+
+
+def zoom_crop(img: np.ndarray, box: tuple[int, int, int, int], out_side: int) -> np.ndarray:
+    """The box of ``img``, enlarged nearest-neighbour to ``out_side`` pixels."""
+    y0, y1, x0, x1 = box
+    return resize_nearest(img[y0:y1, x0:x1], (out_side, out_side))
+
+
+def draw_box(img: np.ndarray, box: tuple[int, int, int, int], thickness: int = 1) -> np.ndarray:
+    """A copy of ``img`` (H, W, 3) with the outline of ``box`` in yellow."""
+    out = img.copy()
+    y0, y1, x0, x1 = box
+    t = thickness
+    out[y0:min(y0 + t, y1), x0:x1] = BOX_COLOUR
+    out[max(y1 - t, y0):y1, x0:x1] = BOX_COLOUR
+    out[y0:y1, x0:min(x0 + t, x1)] = BOX_COLOUR
+    out[y0:y1, max(x1 - t, x0):x1] = BOX_COLOUR
+    return out
+
+
+def ssim_map(output: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-pixel SSIM (H, W) of two (H, W, 3) images, averaged over the colour channels."""
+    if output.shape != target.shape:
+        raise ValueError(f"output {output.shape} and target {target.shape} differ in shape")
+    _, full = structural_similarity(output, target, channel_axis=-1, full=True, **SSIM_SETTINGS)
+    return full.mean(axis=-1)
+
+
+def _valid(shape: tuple[int, int]) -> np.ndarray:
+    valid = np.zeros(shape, dtype=bool)
+    valid[SSIM_PAD:shape[0] - SSIM_PAD, SSIM_PAD:shape[1] - SSIM_PAD] = True
+    return valid
+
+
+def fov_region(mask: np.ndarray) -> np.ndarray:
+    """The field of view eroded by half an SSIM window (windows that see the black border are out),
+    or the mask itself when erosion would leave nothing."""
+    eroded = ndimage.binary_erosion(mask, iterations=SSIM_PAD)
+    return eroded if eroded.any() else mask
+
+
+def image_metrics(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict:
+    """PSNR (dB) and SSIM of one output against its target, over the whole image and inside the
+    field of view. ``ssim_full`` equals ``structural_similarity(...)``'s mean."""
+    smap = ssim_map(output, target)
+    valid = _valid(smap.shape)
+    region = fov_region(mask)
+    err = (output.astype(np.float64) - target.astype(np.float64)) ** 2
+    full_mse, fov_mse = err.mean(), err[region].mean()
+    inside = region & valid if (region & valid).any() else region
+    return {"psnr": _psnr(full_mse), "psnr_fov": _psnr(fov_mse),
+            "ssim": float(smap[valid].mean()) if valid.any() else float(smap.mean()),
+            "ssim_fov": float(smap[inside].mean())}
+
+
+def _psnr(mse: float) -> float:
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def error_heatmap(error: np.ndarray, mask: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarray:
+    """1 - SSIM (H, W) -> (H, W, 3) colours on the scale [0, vmax]; outside the field of view the
+    colours are dimmed, since errors on the black border are not clinically meaningful."""
+    import matplotlib
+
+    scaled = np.clip(error / max(vmax, 1e-6), 0.0, 1.0)
+    rgb = matplotlib.colormaps[cmap](scaled)[..., :3].astype(np.float32)
+    rgb[~mask] *= 0.3
+    return rgb
+
+
+
+class PngStore:
+    """Writes uint8 images as PNG files named by their content hash and returns the paths.
+
+    Gradio rewrites its cached copy of a returned array on every response, in place; when the
+    same picture is sent again while the browser is still fetching it, the download breaks
+    (``Too much data for declared Content-Length``). Gradio copies returned *files* into its cache
+    only once, atomically, so the page hands it files: written once, under a temporary name, then
+    renamed. The folder is removed when the process exits."""
+
+    def __init__(self, root: Path | None = None):
+        import atexit
+        import shutil
+        import tempfile
+
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="medq-demo-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        if root is None:
+            atexit.register(shutil.rmtree, self.root, True)
+
+    def __call__(self, image: np.ndarray) -> str:
+        import hashlib
+        import io
+        import os
+
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        data = buf.getvalue()
+        path = self.root / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+        if not path.exists():
+            tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return str(path)

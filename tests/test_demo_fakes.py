@@ -1,0 +1,160 @@
+"""Fakes for the demo tests: a runs/ + reports/ tree as ``make eval`` writes it (layout and
+records.jsonl fields of docs/ARCHITECTURE.md) and small ImageTextModels, no trained model needed.
+
+    runs, reports = build_tree(tmp_path)          # pixel, ssim_v3, mixed runs + bicubic baseline
+    pool = ModelPool(fake_loader)                 # demo.models.ModelPool over the fakes
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medq.baselines import Bicubic, bicubic
+from medq.protocol import DecodeResult, decode_with_vocab
+
+VOCAB = ["<bos>", "quality", "good", "usable", "reject", "image", "vessels", "clear", "."]
+SIZE = 64
+IDS = ("eyeq_0001", "eyeq_0002", "eyeq_0003")
+# preset -> (sharpening of the bicubic output, undecodable ids appended to its reports)
+FAKE_MODES = {"pixel": (0.3, []), "ssim_v3": (0.8, []), "mixed": (0.5, [70, 71]),
+              "ssim_v3_relaxed": (1.0, [])}
+
+
+def fundus(seed: int, size: int = SIZE) -> np.ndarray:
+    """(size, size, 3) float32: an orange disc with an optic disc and dark vessels on black."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    disc = (xx ** 2 + yy ** 2) < 0.85
+    shade = 0.75 + 0.25 * np.cos(3 * xx + rng.uniform(0, 3)) * np.sin(2 * yy)
+    img = np.stack([0.85 * shade, 0.42 * shade, 0.18 * shade], -1)
+    ox, oy = rng.uniform(0.2, 0.45), rng.uniform(-0.2, 0.2)
+    img[(xx - ox) ** 2 + (yy - oy) ** 2 < 0.02] = [1.0, 0.9, 0.6]
+    for k in range(5):
+        a = rng.uniform(-1.2, 1.2)
+        dist = np.abs((yy - oy) - np.tan(a) * (xx - ox) - 0.3 * (xx - ox) ** 2 * (k - 2))
+        img[dist < 0.025] *= 0.45
+    img[~disc] = 0
+    return img.astype(np.float32)
+
+
+def _chw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+
+def degrade(target: np.ndarray, task: str, seed: int) -> np.ndarray:
+    if task == "sr4":
+        s = target.shape[0] // 4
+        return bicubic(_chw(target)[None], (s, s))[0].permute(1, 2, 0).numpy()
+    rng = np.random.default_rng(seed)
+    return np.clip(0.6 * target + rng.normal(0, 0.04, target.shape), 0, 1).astype(np.float32)
+
+
+class FakeModel:
+    """Bicubic upsampling plus a mode-specific unsharp mask, and a fixed report with optional
+    undecodable ids (like a collapsed model's padded-vocabulary samples)."""
+
+    vocab_size = len(VOCAB)
+    has_text = True
+
+    def __init__(self, name: str, sharpen: float, bad_ids=()):
+        self.name, self.sharpen, self.bad_ids = name, sharpen, list(bad_ids)
+        self.instructions: list[list[str]] = []
+
+    def edit(self, images, instructions, tasks, out_size, seed):
+        self.instructions.append(list(instructions))
+        up = bicubic(images.float(), tuple(out_size))
+        blur = torch.nn.functional.avg_pool2d(up, 3, 1, 1, count_include_pad=False)
+        return (up + self.sharpen * (up - blur)).clamp(0, 1)
+
+    def generate_report(self, images, prompts, seed):
+        return [[1, 2, 5, 6, 7, *self.bad_ids, 8] for _ in range(images.shape[0])]
+
+    def decode(self, ids) -> DecodeResult:
+        return decode_with_vocab(ids, VOCAB)
+
+
+def fake_loader(label: str):
+    if label == "bicubic":
+        return Bicubic()
+    if label not in FAKE_MODES:
+        raise FileNotFoundError(f"no fake model {label!r}")
+    sharpen, bad = FAKE_MODES[label]
+    return FakeModel(label, sharpen, bad)
+
+
+def _png(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+
+
+def write_eval(task_dir: Path, model, task: str, run: str, checkpoint, weights,
+               targets: dict[str, np.ndarray], seed: int = 0) -> Path:
+    """``<task_dir>/images/<id>_{input,output,target,mask}.png`` + records.jsonl for ``model``."""
+    rows = []
+    for n, (sid, target) in enumerate(targets.items()):
+        inp = degrade(target, task, n)
+        out = model.edit(_chw(inp)[None], ["x"], [task], target.shape[:2], seed=seed)[0]
+        mask = (target.max(-1, keepdims=True) > 0.06).astype(np.float32)
+        paths = {k: f"images/{sid}_{k}.png" for k in ("input", "output", "target", "mask")}
+        for kind, img in (("input", inp), ("output", out.permute(1, 2, 0).numpy()),
+                          ("target", target), ("mask", mask)):
+            _png(task_dir / paths[kind], img)
+        text = getattr(model, "has_text", True)
+        res = model.decode(model.generate_report(_chw(target)[None], ["p"], seed)[0]) if text else None
+        rows.append({"id": sid, "task": task, "run": run, "checkpoint": checkpoint,
+                     "weights": weights, "seed": seed, "settings": {}, **paths, "seconds": 0.5,
+                     "text": text, "report_text": res.text if res else None,
+                     "report_ids": res.ids if res else None,
+                     "undecodable": res.n_bad if res else None,
+                     "undecodable_positions": res.bad_positions if res else None,
+                     "quality_label": 0, "report_quality": 0 if res else None})
+    (task_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return task_dir / "records.jsonl"
+
+
+def build_tree(root: Path, tasks=("sr4", "enhance"), targets: dict[str, np.ndarray] | None = None,
+               evaluated=("pixel", "ssim_v3", "mixed")) -> tuple[Path, Path]:
+    """runs/ with finished runs of every FAKE_MODES preset (only ``evaluated`` ones have eval
+    records; the others only checkpoints) and runs/_baselines/bicubic; reports/ with a
+    leaderboard and a plot. Returns (runs, reports)."""
+    runs, reports = Path(root) / "runs", Path(root) / "reports"
+    targets = targets or {sid: fundus(n) for n, sid in enumerate(IDS)}
+    for k, preset in enumerate(FAKE_MODES):
+        run = runs / f"{preset}-{k:08x}"
+        (run / "checkpoints" / "step_000300").mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"preset": preset, "hash": f"{k:08x}",
+                                                  "status": "finished", "step": 300}))
+        if preset in evaluated:
+            for task in tasks:
+                write_eval(run / "eval" / "step_000300-ema" / task, fake_loader(preset), task,
+                           run.name, "step_000300", "ema", targets)
+    for task in tasks:
+        write_eval(runs / "_baselines" / "bicubic" / "eval" / task, Bicubic(), task, "bicubic",
+                   None, None, targets)
+    reports.mkdir(parents=True)
+    (reports / "leaderboard.csv").write_text(
+        "mode,task,psnr,ssim,ssim_fov,fid,undecodable_rate\n"
+        "ssim_v3,sr4,27.10,0.912,0.884,41.2,0.0\npixel,sr4,27.45,0.897,0.861,44.0,0.0\n"
+        "mixed,sr4,27.30,0.905,0.872,42.5,0.02\nbicubic,sr4,25.80,0.861,0.820,60.3,\n")
+    (reports / "leaderboard.md").write_text("# Leaderboard\n\nSSIM: scikit-image 0.25, sigma 1.5\n")
+    _png(reports / "psnr_ssim.png", np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None],
+                                             (48, 1, 3)))
+    return runs, reports
+
+
+def test_fake_tree_matches_the_records_contract(tmp_path):
+    runs, _ = build_tree(tmp_path)
+    rec = runs / "pixel-00000000" / "eval" / "step_000300-ema" / "sr4" / "records.jsonl"
+    row = json.loads(rec.read_text().splitlines()[0])
+    for key in ("id", "task", "run", "checkpoint", "weights", "seed", "settings", "input", "output",
+                "target", "mask", "seconds", "report_text", "report_ids", "undecodable",
+                "undecodable_positions", "quality_label", "report_quality"):
+        assert key in row
+    assert (rec.parent / row["output"]).is_file()
+    assert Image.open(rec.parent / row["input"]).size == (SIZE // 4, SIZE // 4)
