@@ -276,7 +276,7 @@ def _run_batch(model, batch, seed, has_text, sampled, prompt, parse, meta, setti
         for kind, img in (("input", item["input"]), ("target", item["target"]),
                           ("mask", item["mask"]), ("output", outputs[k])):
             save_png(d / paths[kind], img)
-        row = {"id": sid, "task": task, **meta, "model": model.name, "seed": seed,
+        row = {"id": sid, "task": task, "instruction": item["instruction"], **meta, "model": model.name, "seed": seed,
                "sample_seed": seeds[k], "settings": settings, **paths, "seconds": seconds,
                "data_sha256": data_fingerprint(item),
                "text": has_text, **text_fields(greedy[k], parse),

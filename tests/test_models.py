@@ -127,6 +127,27 @@ def test_generated_image_has_full_attention_and_ignores_the_report(cfg, tok):
     assert not torch.allclose(v, v4, atol=1e-5)  # the instruction does reach the image
 
 
+def test_report_is_trained_in_the_context_it_is_generated_in(cfg, tok):
+    """Training packs [instruction][question report]; generation packs [question] alone. The
+    report logits must not depend on the instruction, or CE would train a context the harness
+    never asks in (the prompt mismatch that made trained models look collapsed)."""
+    model = MiniBagel(cfg, tok.vocab_size).eval()
+    cond = torch.randn(1, 16, model.patch_dim)
+    question = "grade the quality"
+    train_text = pack_text(tok, [SR4], [REPORT], cfg.max_text_len, questions=[question])
+    infer_text = pack_text(tok, None, [REPORT], cfg.max_text_len, questions=[question])
+    _, train_logits, _ = model(train_text.ids, train_text.pos, sequence_mask(train_text, 16, 0),
+                               cond=cond, grid=(4, 4))
+    _, infer_logits, _ = model(infer_text.ids, infer_text.pos, sequence_mask(infer_text, 16, 0),
+                               cond=cond, grid=(4, 4))
+    n_instr = len(tok.encode(SR4, bos=True, sep=True))
+    assert torch.allclose(train_logits[0, n_instr:], infer_logits[0], atol=1e-5)
+    assert torch.equal(train_text.targets[0, n_instr:], infer_text.targets[0])
+    # and the targets are exactly the report, predicted from the question's last position on
+    assert train_text.targets[0, n_instr + len(tok.encode(question, bos=True, sep=True)) - 1] == \
+        tok.encode(REPORT, eos=True)[0]
+
+
 def test_padding_does_not_change_a_sample(cfg, tok):
     """Padded batching: a sample's outputs do not depend on the longer samples beside it."""
     model = MiniBagel(cfg, tok.vocab_size).eval()
@@ -211,6 +232,23 @@ def test_adapter_protocol_edit_and_collapsed_text(cfg, tok, vae):
     assert [len(x) for x in ids] == [6, 6] and all(i == tok.vocab_size + 2 for x in ids for i in x)
     res = ad.decode(ids[0])
     assert res.n_bad == 6 and res.text == ""
+
+
+def test_per_image_seeds_make_outputs_independent_of_the_batch(cfg, tok, vae):
+    model = MiniBagel(cfg, tok.vocab_size)
+    torch.nn.init.normal_(model.llm2vae.weight, std=0.1)
+    ad = MiniBagelAdapter(model, vae, tok, SampleConfig(steps=2, max_new_tokens=5, temperature=1.0))
+    assert ad.seed_per_image
+    b = batch_of(["sr4", "sr4", "sr4"])
+    low = b["input"][:, :, :8, :8]
+    both = ad.edit(low, b["instruction"], b["task"], (32, 32), seed=[7, 8, 9])
+    alone = ad.edit(low[1:2], b["instruction"][1:2], b["task"][1:2], (32, 32), seed=[8])
+    assert torch.allclose(both[1], alone[0], atol=1e-5)
+    assert not torch.allclose(both[0], both[1], atol=1e-3)  # different seeds, different noise
+    ids = ad.generate_report(low, b["instruction"], seed=[7, 8, 9])
+    assert ids[2] == ad.generate_report(low[2:], b["instruction"][2:], seed=[9])[0]
+    with pytest.raises(ValueError, match="3 images but 2 seeds"):
+        ad.edit(low, b["instruction"], b["task"], (32, 32), seed=[1, 2])
 
 
 def test_generate_report_stops_at_eos_and_sampling_is_seeded(cfg, tok, vae):

@@ -65,6 +65,14 @@ def init_model(cfg: Config, device: torch.device):
     return model.to(device), tokenizer, info
 
 
+def _true_size(image: torch.Tensor, batch: dict, key: str, i: int) -> torch.Tensor:
+    """Sample ``i``'s image (3, H, W) cropped to its size before collate's padding."""
+    if key not in batch:
+        return image
+    h, w = (int(v) for v in batch[key][i])
+    return image[:, :h, :w]
+
+
 class MiniBagelTask:
     """``train.loop.Task`` for ``medq.models.MiniBagel``."""
 
@@ -148,22 +156,27 @@ class MiniBagelTask:
 
         adapter = MiniBagelAdapter(model, self.vae, self.tokenizer, self.cfg.sample)
         probe = to_device(self.probe, self.device)
-        images = probe["input"]  # the model sees the degraded input, as in training
-        # The inference harness's prompt, so that this rate and the harness's agree.
-        ids = adapter.generate_report(images, [REPORT_PROMPT] * images.shape[0],
-                                      seed=self.cfg.sample.seed)
-        decoded = [adapter.decode(x) for x in ids]
+        # Each image cropped to its true size: the probe mixes tasks, and a padded sr4 input
+        # resized as a whole would be a wrong input, not a collapse.
+        inputs = [_true_size(probe["input"][i], probe, "input_size", i) for i in range(len(probe["task"]))]
+        targets = [_true_size(probe["target"][i], probe, "target_size", i) for i in range(len(inputs))]
+        report_ids, sq_err, stds = [], [], []
+        for i, (inp, tgt) in enumerate(zip(inputs, targets)):
+            # The model sees the degraded input, as in training; the harness's prompt, so that
+            # this rate and the harness's agree.
+            report_ids += adapter.generate_report(inp[None], [REPORT_PROMPT], seed=self.cfg.sample.seed)
+            out = adapter.edit(inp[None], [probe["instruction"][i]], [probe["task"][i]],
+                               tuple(tgt.shape[-2:]), seed=self.cfg.sample.seed)[0]
+            sq_err.append(((out.clamp(0, 1) - tgt) ** 2).mean().clamp_min(1e-10))
+            stds.append(out.std())
+        decoded = [adapter.decode(x) for x in report_ids]
         n_tokens = sum(len(d.ids) for d in decoded)
         undecodable = sum(d.n_bad for d in decoded)
-        h, w = probe["target"].shape[-2:]
-        out = adapter.edit(images, probe["instruction"], probe["task"], (h, w),
-                           seed=self.cfg.sample.seed)
-        target = probe["target"]
-        mse = ((out.clamp(0, 1) - target) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+        psnr = torch.stack([10 * torch.log10(1.0 / e) for e in sq_err])
         return {"collapse/undecodable_rate": undecodable / max(n_tokens, 1),
                 "collapse/undecodable_tokens": float(undecodable),
-                "collapse/psnr": float((10 * torch.log10(1.0 / mse)).mean()),
-                "collapse/output_std": float(out.flatten(1).std(1).mean())}
+                "collapse/psnr": float(psnr.mean()),
+                "collapse/output_std": float(torch.stack(stds).mean())}
 
     # -- weight files ----------------------------------------------------------------------
 

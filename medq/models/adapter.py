@@ -50,6 +50,10 @@ class MiniBagelAdapter:
     """``ImageTextModel`` over a ``MiniBagel``, its frozen VAE and tokenizer; sampling settings
     from ``SampleConfig`` (Euler steps, shift, text guidance, max_new_tokens, temperature, top_p)."""
 
+    seed_per_image = True
+    """``edit`` / ``generate_report`` accept one seed per image, so the harness can batch them and
+    still give each image the output it would get alone (``infer.text.call_per_image_seeds``)."""
+
     def __init__(self, model, vae, tokenizer, sample_cfg: SampleConfig | None = None,
                  name: str = "mini-bagel"):
         self.model, self.vae, self.tokenizer = model, vae, tokenizer
@@ -73,9 +77,11 @@ class MiniBagelAdapter:
         return self.vae.encode(pad_to_multiple(up, m)).float()
 
     def edit(self, images: torch.Tensor, instructions: list[str], tasks: list[str],
-             out_size: tuple[int, int], seed: int) -> torch.Tensor:
+             out_size: tuple[int, int], seed: int | Sequence[int]) -> torch.Tensor:
         """images (N, 3, h, w) in [0, 1] -> (N, 3, H, W) = out_size, in [0, 1]. The instruction
-        selects the task (``tasks`` is what the data says it is; the model reads only the text)."""
+        selects the task (``tasks`` is what the data says it is; the model reads only the text).
+        ``seed``: one int for the batch, or one per image (image i's noise then depends only on
+        seed[i], so its output is the same in any batch, up to float reduction order)."""
         if len(instructions) != images.shape[0]:
             raise ValueError(f"edit: {images.shape[0]} images but {len(instructions)} instructions")
         cfg, sc = self.model.cfg, self.sample_cfg
@@ -85,8 +91,7 @@ class MiniBagelAdapter:
             cond = self._encode_condition(images, (H, W))
             n, c, h, w = cond.shape
             cond_tok = patchify(cond, p)
-            gen = torch.Generator().manual_seed(int(seed))
-            noise = torch.randn(cond.shape, generator=gen).to(self.device)
+            noise = _noise(cond.shape, seed).to(self.device)
 
             def make_velocity(prompts):
                 text = pack_text(self.tokenizer, prompts, None, cfg.max_text_len, device=self.device)
@@ -104,17 +109,22 @@ class MiniBagelAdapter:
             out = self.vae.decode(z)[..., :H, :W]
         return out.float().clamp(0, 1)
 
-    def generate_report(self, images: torch.Tensor, prompts: list[str], seed: int) -> list[list[int]]:
+    def generate_report(self, images: torch.Tensor, prompts: list[str],
+                        seed: int | Sequence[int]) -> list[list[int]]:
         """images (N, 3, H, W) -> one id list per image: greedy when ``temperature == 0``, else
         temperature + top-p sampling from a generator seeded with ``seed``. Generation runs over all
         ``vocab_padded`` rows of the text head, so undecodable ids are returned as emitted; each list
-        stops after its first EOS (included) or at ``max_new_tokens``."""
+        stops after its first EOS (included) or at ``max_new_tokens``. ``seed``: one int, or one per
+        image (each image then samples from its own generator)."""
         if len(prompts) != images.shape[0]:
             raise ValueError(f"generate_report: {images.shape[0]} images but {len(prompts)} prompts")
         cfg, sc, tok = self.model.cfg, self.sample_cfg, self.tokenizer
         size = (cfg.image_size, cfg.image_size)
-        gen = torch.Generator().manual_seed(int(seed))
         n = images.shape[0]
+        if not isinstance(seed, (list, tuple)):
+            gens = [torch.Generator().manual_seed(int(seed))]
+        else:
+            gens = [torch.Generator().manual_seed(int(s)) for s in _seed_list(seed, n)]
         out: list[list[int]] = [[] for _ in range(n)]
         done = [False] * n
         with _eval_mode(self.model):
@@ -122,7 +132,9 @@ class MiniBagelAdapter:
             h, w = cond.shape[-2:]
             p = cfg.patch_size
             cond_tok = patchify(cond, p)
-            base = pack_text(tok, list(prompts), None, cfg.max_text_len, device=self.device)
+            # The prompt is the report question (role QUESTION): the context the report was trained in.
+            base = pack_text(tok, None, None, cfg.max_text_len, device=self.device,
+                             questions=list(prompts))
             room = min(sc.max_new_tokens, 2 * cfg.max_text_len - base.ids.shape[1])
             lengths = (base.roles != 0).sum(1)
             for _ in range(room):
@@ -134,7 +146,10 @@ class MiniBagelAdapter:
                 if sc.temperature == 0:
                     nxt = step_logits.argmax(-1)
                 else:
-                    nxt = top_p_sample(step_logits, sc.temperature, sc.top_p, gen)
+                    nxt = top_p_sample(step_logits, sc.temperature, sc.top_p, gens[0]) \
+                        if len(gens) == 1 else torch.cat([
+                            top_p_sample(step_logits[i:i + 1], sc.temperature, sc.top_p, gens[i])
+                            for i in range(n)])
                 for i in range(n):
                     if not done[i]:
                         out[i].append(int(nxt[i]))
@@ -142,6 +157,21 @@ class MiniBagelAdapter:
                 if all(done):
                     break
         return out
+
+
+def _seed_list(seed: Sequence[int], n: int) -> list[int]:
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"{n} images but {len(seeds)} seeds")
+    return seeds
+
+
+def _noise(shape: torch.Size, seed: int | Sequence[int]) -> torch.Tensor:
+    """Standard normal noise of ``shape`` (N, ...): from one generator, or one per image."""
+    if not isinstance(seed, (list, tuple)):
+        return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
+    return torch.stack([torch.randn(shape[1:], generator=torch.Generator().manual_seed(s))
+                        for s in _seed_list(seed, shape[0])])
 
 
 def _append(base, generated: list[list[int]], pad_id: int):

@@ -72,14 +72,16 @@ def condition_images(inputs: torch.Tensor, input_size: torch.Tensor | None,
 
 def training_forward(model, vae, tokenizer, batch: dict, *, timestep_shift: float = 1.0,
                      generator: torch.Generator | None = None,
-                     instruction_dropout: float = 0.0) -> TrainForward:
+                     instruction_dropout: float = 0.0, question: str | None = None) -> TrainForward:
     """One training forward on a collated batch (``medq.data.collate``).
 
     Uses batch["input"] (N, 3, h, w), ["target"] (N, 3, H, W), ["instruction"], ["report"] (lists
     of str), and ["input_size"], ["target_size"] (N, 2) when present. Target and condition are
     encoded by the frozen ``vae`` under no_grad; t = shift(sigmoid(N(0, 1))); x_t = (1-t) x0 + t eps.
     ``instruction_dropout``: probability of replacing a sample's instruction by the empty one (trains
-    the unconditional branch used by classifier-free guidance)."""
+    the unconditional branch used by classifier-free guidance). ``question``: the text the report
+    answers (default ``medq.data.REPORT_PROMPT``, the harness's prompt); the report sees it and the
+    image, never the editing instruction (``medq.models.sequence``)."""
     cfg = model.cfg
     dev = batch["target"].device
     m = vae.downsample * cfg.patch_size
@@ -99,7 +101,12 @@ def training_forward(model, vae, tokenizer, batch: dict, *, timestep_shift: floa
         drop = torch.rand(n, generator=generator, device=gdev) < instruction_dropout
         prompts = ["" if bool(dd) else p for p, dd in zip(prompts, drop)]
     reports = list(batch["report"]) if "report" in batch else None
-    text = pack_text(tokenizer, prompts, reports, cfg.max_text_len, device=dev)
+    questions = None
+    if reports is not None:
+        if question is None:
+            from medq.data.text import REPORT_PROMPT as question
+        questions = [question] * n
+    text = pack_text(tokenizer, prompts, reports, cfg.max_text_len, device=dev, questions=questions)
     p = cfg.patch_size
     cond_tok, gen_tok = patchify(cond, p), patchify(x_t, p)
     mask = sequence_mask(text, cond_tok.shape[1], gen_tok.shape[1])

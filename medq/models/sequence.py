@@ -1,12 +1,19 @@
 """Text packing and the block attention mask of the mini-BAGEL sequence.
 
-Roles of positions (one sequence per sample, laid out [cond | text | gen], padded to equal length)::
+Roles of positions (one sequence per sample, laid out [cond | text | gen], padded to equal length;
+text = [BOS instruction SEP][BOS question SEP report EOS], either part may be absent)::
 
-    PAD    attends only to itself (keeps softmax rows finite); nobody attends to it
-    COND   condition image: full attention within COND
-    PROMPT BOS instruction SEP: COND + earlier-or-same PROMPT (causal)
-    REPORT report EOS: COND + PROMPT + earlier-or-same REPORT (causal)
-    GEN    generated image: COND + PROMPT + GEN (full within the image; never REPORT)
+    PAD      attends only to itself (keeps softmax rows finite); nobody attends to it
+    COND     condition image: full attention within COND
+    PROMPT   BOS instruction SEP: COND + earlier-or-same PROMPT (causal)
+    QUESTION BOS question SEP: COND + earlier-or-same QUESTION (causal)
+    REPORT   report EOS: COND + QUESTION + earlier-or-same REPORT (causal); never the instruction
+    GEN      generated image: COND + PROMPT + GEN (full within the image; never QUESTION/REPORT)
+
+Why two text parts: training puts an editing instruction (for the image) and a report question
+(for the text) in one sequence, while inference asks for a report with the question alone. Because
+the report never sees the instruction and positions restart at 0 for the question, the report is
+trained in exactly the context it is generated in.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-PAD, COND, PROMPT, REPORT, GEN = 0, 1, 2, 3, 4
+PAD, COND, PROMPT, REPORT, GEN, QUESTION = 0, 1, 2, 3, 4, 5
 IGNORE = -100
 
 
@@ -29,31 +36,37 @@ class TextBatch:
     targets: torch.Tensor
 
 
-def pack_text(tokenizer, prompts: list[str], reports: list[str] | None, max_len: int,
-              device=None) -> TextBatch:
-    """Tokenise ``BOS prompt SEP`` (+ ``report EOS``) per sample and right-pad to the longest.
+def pack_text(tokenizer, prompts: list[str] | None, reports: list[str] | None, max_len: int,
+              device=None, questions: list[str] | None = None) -> TextBatch:
+    """Tokenise ``BOS prompt SEP`` (role PROMPT) + ``BOS question SEP`` (QUESTION) + ``report EOS``
+    (REPORT) per sample and right-pad to the longest; ``None`` leaves a part out.
 
-    Each of prompt and report is truncated to ``max_len`` tokens, specials included. Targets: the
+    Each of prompt, question and report is truncated to ``max_len`` tokens, specials included.
+    Positions count from 0 in the instruction and again from 0 in question + report. Targets: the
     logit at position i is trained to predict token i + 1 when that token is a report token (EOS
     included), so CE covers exactly the report."""
+    n = len(next(x for x in (prompts, questions, reports) if x is not None))
     rows = []
-    for j, prompt in enumerate(prompts):
-        p = tokenizer.encode(prompt, bos=True, sep=True, max_len=max_len)
+    for j in range(n):
+        p = tokenizer.encode(prompts[j], bos=True, sep=True, max_len=max_len) if prompts is not None else []
+        q = tokenizer.encode(questions[j], bos=True, sep=True, max_len=max_len) if questions is not None else []
         r = tokenizer.encode(reports[j], eos=True, max_len=max_len) if reports is not None else []
-        rows.append((p, r))
-    T = max(len(p) + len(r) for p, r in rows)
-    B = len(rows)
-    ids = torch.full((B, T), tokenizer.pad_id, dtype=torch.long)
-    roles = torch.full((B, T), PAD, dtype=torch.long)
-    targets = torch.full((B, T), IGNORE, dtype=torch.long)
-    for j, (p, r) in enumerate(rows):
-        seq = p + r
+        rows.append((p, q, r))
+    T = max(len(p) + len(q) + len(r) for p, q, r in rows)
+    ids = torch.full((n, T), tokenizer.pad_id, dtype=torch.long)
+    roles = torch.full((n, T), PAD, dtype=torch.long)
+    targets = torch.full((n, T), IGNORE, dtype=torch.long)
+    pos = torch.zeros((n, T), dtype=torch.long)
+    for j, (p, q, r) in enumerate(rows):
+        seq = p + q + r
+        a, b = len(p), len(p) + len(q)
         ids[j, :len(seq)] = torch.tensor(seq)
-        roles[j, :len(p)] = PROMPT
-        roles[j, len(p):len(seq)] = REPORT
-        if r:
-            targets[j, len(p) - 1:len(seq) - 1] = torch.tensor(r)
-    pos = torch.arange(T).expand(B, T).clone()
+        roles[j, :a], roles[j, a:b], roles[j, b:len(seq)] = PROMPT, QUESTION, REPORT
+        pos[j, :a] = torch.arange(a)
+        pos[j, a:len(seq)] = torch.arange(len(seq) - a) if q else torch.arange(a, len(seq))
+        if r and b > 0:
+            targets[j, b - 1:len(seq) - 1] = torch.tensor(r)
+        pos[j, len(seq):] = torch.arange(len(seq), T)
     return TextBatch(*(x.to(device) for x in (ids, pos, roles, targets)))
 
 
@@ -62,11 +75,11 @@ def block_mask(roles: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     ``order`` is the causal index of text positions (its value at image positions is unused)."""
     q, k = roles[:, :, None], roles[:, None, :]
     causal = order[:, None, :] <= order[:, :, None]
-    key_visible_to_text = (k == COND) | (k == PROMPT)
     allow = ((q == COND) & (k == COND)) \
         | ((q == PROMPT) & ((k == COND) | ((k == PROMPT) & causal))) \
-        | ((q == REPORT) & (key_visible_to_text | ((k == REPORT) & causal))) \
-        | ((q == GEN) & (key_visible_to_text | (k == GEN)))
+        | ((q == QUESTION) & ((k == COND) | ((k == QUESTION) & causal))) \
+        | ((q == REPORT) & ((k == COND) | (k == QUESTION) | ((k == REPORT) & causal))) \
+        | ((q == GEN) & ((k == COND) | (k == PROMPT) | (k == GEN)))
     eye = torch.eye(roles.shape[1], dtype=torch.bool, device=roles.device)
     return allow | eye
 
