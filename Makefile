@@ -65,7 +65,7 @@ train-all: base
 	for p in pixel ssim_v3 mixed ssim_v3_relaxed ssim_v1; do $(PY) -m train --preset $$p $(SET) || exit 1; done
 
 eval: base
-	$(PY) -m bench eval $(EVAL_DATA)
+	$(PY) -m bench eval $(EVAL_DATA) $(SET)
 
 demo: $(STAMP)
 	$(PY) -m demo

@@ -58,6 +58,10 @@ def add_arguments(p) -> None:
     p.add_argument("--all-checkpoints", action="store_true", help="score every checkpoint, not only the latest")
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--model", dest="models", action="append", default=[], metavar="MODULE:CLASS",
+                   help="also evaluate this ImageTextModel (repeatable; outputs in <runs-dir>/_models/<name>/eval)")
+    p.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="K=V",
+                   help="constructor keyword argument for every --model (TOML literal or string)")
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for training and the data (e.g. data.num_images=48)")
@@ -329,7 +333,7 @@ def train_missing(args, runs: list[Path]) -> list[dict]:
     have = {}
     for r in runs:
         info = read_run_json(r) or {}
-        if info.get("status") == "finished":
+        if info.get("status") == "finished" and info.get("preset") in STANDARD_PRESETS:
             have.setdefault(info.get("preset"), r)
     budget = []
     for r in have.values():
@@ -435,11 +439,27 @@ def run_eval(args) -> dict:
         rows += rr
         per_image += pi
         image_size = image_size or size
+    # External models and baselines see the same test items as the runs (the runs' image size).
+    cfg = base_cfg if image_size is None else load_config(
+        "base", overrides=overrides + [f"model.image_size={image_size}"])
+    for spec in args.models:
+        from infer.load import load_class, model_dir_name
+
+        meta = {"name": spec, "kind": "model", "run": spec, "preset": "", "config_hash": "",
+                "checkpoint": None, "step": None, "weights": None}
+        try:
+            model = load_class(spec, args.model_args)
+            meta.update(name=model.name, run=model.name)
+            rr, pi = evaluate_model(model, meta, cfg, args.runs_dir / "_models" / model_dir_name(model.name) / "eval",
+                                    data, tasks, args, feats)
+        except Exception as e:  # noqa: BLE001 - one failing model must not lose the other rows
+            log.exception("model %s failed", spec)
+            rr, pi = _error_rows(meta, tasks, f"error: {type(e).__name__}: {e}"), []
+        rows += rr
+        per_image += pi
     if not args.no_baselines:
         from infer.load import load_baseline
 
-        cfg = base_cfg if image_size is None else load_config(
-            "base", overrides=overrides + [f"model.image_size={image_size}"])
         for name in BASELINE_NAMES:
             meta = {"name": name, "kind": "baseline", "run": name, "preset": "", "config_hash": "",
                     "checkpoint": None, "step": None, "weights": None}

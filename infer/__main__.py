@@ -27,14 +27,13 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
 import torch
 
 from infer.harness import run_harness, summarize
-from infer.load import load_baseline, load_class, load_run
+from infer.load import load_baseline, load_class, load_run, model_dir_name
 from infer.records import read_records, write_json_atomic
 from infer.text import DEFAULT_SAMPLED_TEMPERATURE, InferError
 from medq.config import ConfigError, load_config
@@ -132,8 +131,7 @@ def run(args) -> int:
             out = args.out or Path(cfg.run.out_dir) / "_baselines" / model.name / "eval"
         else:
             model = load_class(args.model, args.model_arg)
-            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model.name))
-            out = args.out or Path(cfg.run.out_dir) / "_models" / safe / "eval"
+            out = args.out or Path(cfg.run.out_dir) / "_models" / model_dir_name(model.name) / "eval"
         meta = {"run": model.name, "checkpoint": None, "weights": None}
     tasks = args.tasks.split(",") if args.tasks else list(cfg.data.tasks)
     bad = [t for t in tasks if t not in ("sr2", "sr4", "enhance")]

@@ -83,6 +83,11 @@ def load_class(spec: str, model_args: list[str] = ()) -> ImageTextModel:
     return check_protocol(model, f"--model {spec!r}")
 
 
+def model_dir_name(name: str) -> str:
+    """A model's name as one folder name (``org/model@v1`` -> ``org_model_v1``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip(".") or "model"
+
+
 def load_baseline(name: str) -> ImageTextModel:
     if name not in BASELINES:
         raise InferError(f"--baseline {name!r}: expected one of {', '.join(BASELINES)}")

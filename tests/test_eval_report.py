@@ -115,3 +115,26 @@ def test_leaderboard_csv_byte_identical_on_repeat(tmp_path):
 def test_leaderboard_with_features_byte_identical_on_repeat(tmp_path):
     text = _repeat_identical(tmp_path, E.M.feature_extractor("randresnet18"))
     assert "fd_randresnet18" in text.splitlines()[0] and "kid_randresnet18" in text.splitlines()[0]
+
+
+def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, capsys):
+    """Bring your own model: a protocol implementation written here (bicubic images, a fixed
+    report) goes through harness + scoring + reports like a built-in run. It is bicubic, so its
+    image metrics must equal the bicubic baseline's exactly."""
+    from bench.__main__ import main
+
+    argv = ["eval", "--skip-train", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "reports"),
+            "--model", "test_infer_fakes:TextBicubic", "--tasks", "sr4,enhance", "--test-images", "3",
+            "--set", "data.num_images=30", "--set", "model.image_size=32",
+            "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
+            "--backbone", "randresnet18", "--no-progress", "--no-plots"]
+    assert main(argv) == 0
+    with open(tmp_path / "reports" / "leaderboard.csv") as f:
+        rows = {(r["name"], r["task"]): r for r in csv.DictReader(f)}
+    mine, ref = rows[("text-bicubic", "sr4")], rows[("bicubic", "sr4")]
+    assert mine["kind"] == "model" and mine["status"] == "ok" and int(mine["n_images"]) == 3
+    for metric in ("psnr", "psnr_fov", "ssim", "ssim_fov"):
+        assert float(mine[metric]) == pytest.approx(float(ref[metric]), abs=1e-9), metric
+    assert float(mine["undecodable_rate"]) == 0 and ref["undecodable_rate"] in ("", "n/a")
+    assert (tmp_path / "runs" / "_models" / "text-bicubic" / "eval" / "sr4" / "records.jsonl").is_file()
+    assert "text-bicubic" in (tmp_path / "reports" / "leaderboard.md").read_text()
