@@ -106,3 +106,20 @@ def test_resume_with_vae_in_graph_equals_uninterrupted(tiny, tmp_path, capsys):
     ema_a = load_file(str(cfg_a.run_dir / "checkpoints" / "step_000006" / "ema.safetensors"))
     ema_b = load_file(str(cfg_b.run_dir / "checkpoints" / "step_000006" / "ema.safetensors"))
     assert fingerprint(ema_a) == fingerprint(ema_b)
+
+
+def test_probe_command_measures_each_term_and_writes_nothing(tiny, capsys):
+    """``python -m train probe``: the measurement behind pixel_weight. Every image term is forced
+    through its gate (max_t = 1), so each batch reports a pixel and an SSIM gradient next to MSE's."""
+    assert main(["--preset", "pretrain", "--no-progress", *sets(tiny)]) == 0
+    runs = sorted(p.name for p in Path(json.loads(tiny[-2].split("=", 1)[1])).iterdir())
+    capsys.readouterr()
+    probe = tiny + ["loss.pixel_weight=1.0", "loss.pixel_max_t=1.0", "loss.ssim_weight=1.0", "loss.ssim_max_t=1.0"]
+    assert main(["probe", "--preset", "base", "--batches", "2", *sets(probe)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.split() and line.split()[0] in ("mse", "pixel", "ssim")}
+    assert rows["mse"][1] == rows["pixel"][1] == rows["ssim"][1] == "2/2"
+    assert all(float(rows[k][2]) > 0 for k in rows)          # a gradient at v_hat from each
+    assert "pixel_weight for equal pull" in out and "ssim_weight for equal pull" in out
+    assert sorted(p.name for p in Path(json.loads(tiny[-2].split("=", 1)[1])).iterdir()) == runs

@@ -2,6 +2,7 @@
 
     python -m train data                                  # make data: generate / cache the images
     python -m train vae                                   # make vae: train our VAE into runs/vae
+    python -m train probe --preset pixel                  # gradient pull of each loss term (weights)
     python -m train --preset pretrain                     # make base: the base model, from scratch
     python -m train --preset ssim_v3                      # make train-v3: fine-tune base's EMA
     python -m train --preset ssim_v3 --dry-run            # print the resolved config, write nothing
@@ -28,14 +29,14 @@ from pathlib import Path
 
 from medq.config import ConfigError, available_presets, dump_toml, load_config
 
-SUBCOMMANDS = {"data": "train.data_cmd", "vae": "train.vae_cmd"}
+SUBCOMMANDS = {"data": "train.data_cmd", "vae": "train.vae_cmd", "probe": "train.probe_cmd"}
 log = logging.getLogger("train")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="subcommands: `python -m train data --help`, `python -m train vae --help`. "
+        epilog="subcommands: `python -m train data --help`, `python -m train vae --help`, `python -m train probe --help`. "
                f"presets: {', '.join(available_presets())}")
     p.add_argument("--preset", default=None,
                    help="configs/<NAME>.toml or a path to a saved config.toml (default: base)")

@@ -76,7 +76,7 @@ def _true_size(image: torch.Tensor, batch: dict, key: str, i: int) -> torch.Tens
 class MiniBagelTask:
     """``train.loop.Task`` for ``medq.models.MiniBagel``."""
 
-    def __init__(self, cfg: Config, device: torch.device, dist: Dist = Dist()):
+    def __init__(self, cfg: Config, device: torch.device, dist: Dist = Dist(), write_init: bool = True):
         from medq import models as M
         from medq.data import build_dataset, collate
 
@@ -84,7 +84,7 @@ class MiniBagelTask:
         self.vae = M.load_vae(cfg.model.vae).to(device).eval().requires_grad_(False)
         self.model, self.tokenizer, self.init_info = init_model(cfg, device)
         broadcast_parameters(self.model, dist)
-        if dist.is_main:
+        if dist.is_main and write_init:  # a measurement (``train probe``) leaves no run directory
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             (cfg.run_dir / "init.json").write_text(json.dumps(self.init_info, indent=1, default=str))
         log.info("init: %s weights%s, fingerprint %s", self.init_info["weights"],

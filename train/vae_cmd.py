@@ -27,7 +27,8 @@ def add_arguments(p) -> None:
                    help="config override, e.g. --set model.vae=runs/vae8 (repeatable)")
     p.add_argument("--with", dest="overlays", action="append", default=[], metavar="OVERLAY",
                    help="overlay under configs/, e.g. model/base (repeatable)")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300: ~1 min on 2 CPU cores)")
+    p.add_argument("--steps", type=int, default=1000,
+                   help="optimizer steps (default 1000: ~1.5 min on 2 CPU cores, val PSNR ~29.5 dB at 64 px)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
     p.add_argument("--channels", type=int, default=32, help="VAE width at half resolution (default 32)")
@@ -40,18 +41,11 @@ def add_arguments(p) -> None:
 
 def load_images(cfg):
     """(train, val, source): float32 (N, 3, S, S) tensors of targets and bicubic-upsampled inputs
-    (the VAE encodes both during fine-tuning) from ``medq.data``; smooth random images when the
-    data package is not installed in this checkout."""
+    (the VAE encodes both during fine-tuning) from ``medq.data``."""
     import torch
 
     size = cfg.model.image_size
-    try:
-        from medq.data import build_dataset
-    except ImportError:
-        from medq.models.vae_train import smooth_random_images
-
-        log.warning("medq.data is not available: training the VAE on smooth random images")
-        return smooth_random_images(512, size, 0), smooth_random_images(64, size, 1), "smooth-random"
+    from medq.data import build_dataset
     from medq.models.forward import resize_bicubic
 
     out = []
