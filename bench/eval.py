@@ -43,6 +43,10 @@ from medq.stats import bootstrap_ci, paired_comparison
 log = logging.getLogger("bench.eval")
 STANDARD_PRESETS = ("pixel", "ssim_v3", "mixed")
 BASELINE_NAMES = ("bicubic", "lanczos", "identity")
+# Each baseline only where it is the honest reference: upsampling for SR, the unchanged input for
+# enhancement (where bicubic/Lanczos of a same-size input would be identity again, three equal rows).
+BASELINE_TASKS = {"bicubic": ("sr2", "sr4"), "lanczos": ("sr2", "sr4"), "identity": ("enhance",)}
+REFERENCE = {"sr2": "bicubic", "sr4": "bicubic", "enhance": "identity"}
 TASKS = ("sr2", "sr4", "enhance")
 BOOTSTRAP_SEED = 0
 KID_SEED = 0
@@ -246,8 +250,9 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
 
 
 def comparisons(rows: list[dict], per_image: list[dict], metrics=("ssim_fov", "psnr_fov")) -> list[dict]:
-    """ssim_v3 - pixel, mixed - pixel, and every scored run - bicubic, per task, on the latest
-    checkpoint of each run (the row with the highest step)."""
+    """ssim_v3 - pixel, mixed - pixel, and every scored run - the task's reference baseline
+    (``REFERENCE``: bicubic for SR, identity for enhance), per task, on the latest checkpoint of
+    each run (the row with the highest step)."""
     values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for r in per_image:
         d = values.setdefault((str(r["name"]), str(r["task"])), {})
@@ -266,7 +271,7 @@ def comparisons(rows: list[dict], per_image: list[dict], metrics=("ssim_fov", "p
                     latest[str(r.get("preset"))] = r
         pairs = [(latest[a], latest[b]) for a, b in (("ssim_v3", "pixel"), ("mixed", "pixel"))
                  if a in latest and b in latest]
-        bic = [r for r in rows if str(r["task"]) == task and str(r.get("name")) == "bicubic"
+        bic = [r for r in rows if str(r["task"]) == task and str(r.get("name")) == REFERENCE.get(task, "bicubic")
                and (str(r["name"]), task) in values]
         if bic:
             pairs += [(r, bic[0]) for _, r in sorted(latest.items())]
@@ -461,14 +466,17 @@ def run_eval(args) -> dict:
         from infer.load import load_baseline
 
         for name in BASELINE_NAMES:
+            btasks = [t for t in tasks if t in BASELINE_TASKS[name]]
+            if not btasks:
+                continue
             meta = {"name": name, "kind": "baseline", "run": name, "preset": "", "config_hash": "",
                     "checkpoint": None, "step": None, "weights": None}
             try:
                 rr, pi = evaluate_model(load_baseline(name), meta, cfg,
-                                        args.runs_dir / "_baselines" / name / "eval", data, tasks, args, feats)
+                                        args.runs_dir / "_baselines" / name / "eval", data, btasks, args, feats)
             except Exception as e:  # noqa: BLE001 - one failing model must not lose the other rows
                 log.exception("baseline %s failed", name)
-                rr, pi = _error_rows(meta, tasks, f"error: {type(e).__name__}: {e}"), []
+                rr, pi = _error_rows(meta, btasks, f"error: {type(e).__name__}: {e}"), []
             rows += rr
             per_image += pi
     result = {"rows": rows, "per_image": per_image, "backbone": backbone, "runs": runs}

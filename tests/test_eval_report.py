@@ -131,6 +131,9 @@ def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, caps
     assert main(argv) == 0
     with open(tmp_path / "reports" / "leaderboard.csv") as f:
         rows = {(r["name"], r["task"]): r for r in csv.DictReader(f)}
+    # each baseline only where it is the reference: upsampling for SR, the input for enhance
+    assert {k for k in rows if k[0] in ("bicubic", "lanczos", "identity")} == {
+        ("bicubic", "sr4"), ("lanczos", "sr4"), ("identity", "enhance")}
     mine, ref = rows[("text-bicubic", "sr4")], rows[("bicubic", "sr4")]
     assert mine["kind"] == "model" and mine["status"] == "ok" and int(mine["n_images"]) == 3
     for metric in ("psnr", "psnr_fov", "ssim", "ssim_fov"):
