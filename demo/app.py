@@ -65,9 +65,9 @@ def build_app(demo: Demo) -> gr.Blocks:
                     panel_gallery = gr.Gallery(label="Side by side: input, each mode's output, target",
                                                columns=3, object_fit="contain", format="png",
                                                elem_id="panels", allow_preview=True)
-                    metrics = gr.Dataframe(label="Per-image metrics (scikit-image SSIM, Gaussian "
-                                                 "sigma 1.5, data range 1; FOV = inside the field "
-                                                 "of view)", interactive=False, elem_id="metrics",
+                    metrics = gr.Dataframe(label="Per-image metrics (the leaderboard's definitions: "
+                                                 "torchmetrics PSNR/SSIM, data range 1; FOV = inside "
+                                                 "the field of view)", interactive=False, elem_id="metrics",
                                            wrap=True)
                     reports = gr.Markdown(elem_id="reports")
                     with gr.Row():

@@ -1,9 +1,10 @@
 """Pixel work for the page: PNG reading, nearest-neighbour zoom, SSIM error maps, per-image metrics.
 
 Arrays here are numpy ``(H, W, 3)`` float32 RGB in [0, 1] (masks ``(H, W)`` bool); uint8 only when
-handing images to Gradio. SSIM is scikit-image's ``structural_similarity`` with the settings of
-``../shared/DESIGN.md`` (Gaussian window sigma 1.5, population covariance, data range 1), so the
-numbers on the page can be checked against the reference implementation by hand.
+handing images to Gradio. The numbers on the page are ``medq.metrics.image_metrics``, the very
+definitions of ``reports/leaderboard.csv`` and ``per_image.csv``, so a clinician can find the same
+value in both. The error *maps* are scikit-image's ``structural_similarity`` maps (Gaussian window
+sigma 1.5, population covariance, data range 1): the reference picture of where structure is lost.
 """
 
 from __future__ import annotations
@@ -13,13 +14,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 SSIM_SETTINGS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
-# skimage's window for sigma 1.5 is 11 pixels; its mean SSIM drops a 5-pixel border where the
-# window does not fit, and so do our field-of-view means.
-SSIM_PAD = 5
 # Small images (the 64 px default) are shown enlarged by whole pixels so nothing is interpolated.
 DISPLAY_MIN_SIDE = 256
 BOX_COLOUR = np.array([1.0, 0.85, 0.0], dtype=np.float32)
@@ -102,35 +99,19 @@ def ssim_map(output: np.ndarray, target: np.ndarray) -> np.ndarray:
     return full.mean(axis=-1)
 
 
-def _valid(shape: tuple[int, int]) -> np.ndarray:
-    valid = np.zeros(shape, dtype=bool)
-    valid[SSIM_PAD:shape[0] - SSIM_PAD, SSIM_PAD:shape[1] - SSIM_PAD] = True
-    return valid
-
-
-def fov_region(mask: np.ndarray) -> np.ndarray:
-    """The field of view eroded by half an SSIM window (windows that see the black border are out),
-    or the mask itself when erosion would leave nothing."""
-    eroded = ndimage.binary_erosion(mask, iterations=SSIM_PAD)
-    return eroded if eroded.any() else mask
-
-
 def image_metrics(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict:
     """PSNR (dB) and SSIM of one output against its target, over the whole image and inside the
-    field of view. ``ssim_full`` equals ``structural_similarity(...)``'s mean."""
-    smap = ssim_map(output, target)
-    valid = _valid(smap.shape)
-    region = fov_region(mask)
-    err = (output.astype(np.float64) - target.astype(np.float64)) ** 2
-    full_mse, fov_mse = err.mean(), err[region].mean()
-    inside = region & valid if (region & valid).any() else region
-    return {"psnr": _psnr(full_mse), "psnr_fov": _psnr(fov_mse),
-            "ssim": float(smap[valid].mean()) if valid.any() else float(smap.mean()),
-            "ssim_fov": float(smap[inside].mean())}
+    field of view: ``medq.metrics.image_metrics`` (the leaderboard's per-image values)."""
+    import torch
 
+    from medq import metrics
 
-def _psnr(mse: float) -> float:
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+    def chw(img: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
+
+    m = metrics.image_metrics(chw(output), chw(target),
+                              torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None])
+    return {k: float(m[k][0]) for k in ("psnr", "psnr_fov", "ssim", "ssim_fov")}
 
 
 def error_heatmap(error: np.ndarray, mask: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarray:

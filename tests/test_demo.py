@@ -95,20 +95,28 @@ def test_models_run_now_get_the_instruction_of_medq_data(app_demo):
         handlers.compare(app_demo, "enhance", ["pixel"], sample_id="eyeq_0001", enhance_kind="fog")
 
 
-def test_metrics_agree_with_scikit_image(app_demo):
+def test_metrics_are_the_leaderboards(app_demo):
+    """The page shows the numbers of reports/per_image.csv (medq.metrics), not a second definition."""
+    import torch
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     cmp = handlers.compare(app_demo, "sr4", ["pixel"], sample_id="eyeq_0001")
     out, target = cmp["outputs"]["pixel"]["image"], cmp["target"]
-    ref = structural_similarity(out, target, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-                                use_sample_covariance=False, data_range=1.0)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1)[None]
+    ref = float(structural_similarity_index_measure(t(out), t(target), data_range=1.0))
     m = cmp["outputs"]["pixel"]["metrics"]
     assert m["ssim"] == pytest.approx(ref, abs=1e-6)
+    # scikit-image's valid-window mean is a different number: the page must not show that one
+    sk = structural_similarity(out, target, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                               use_sample_covariance=False, data_range=1.0)
+    assert abs(m["ssim"] - sk) > 1e-5
     err = np.mean((out.astype(np.float64) - target) ** 2)
     assert m["psnr"] == pytest.approx(10 * np.log10(1 / err), abs=1e-6)
     # Inside the field of view the black border no longer pads the score.
     assert m["ssim_fov"] != pytest.approx(m["ssim"], abs=1e-4)
     table = handlers.metrics_table(cmp)
     assert list(table.columns) == handlers.METRIC_COLUMNS
-    assert table.iloc[0]["mode"] == "pixel" and table.iloc[0]["SSIM"] == round(float(ref), 4)
+    assert table.iloc[0]["mode"] == "pixel" and table.iloc[0]["SSIM"] == round(m["ssim"], 4)
 
 
 def test_views_share_one_zoom_box_and_use_nearest_neighbour(app_demo):
