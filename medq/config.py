@@ -111,6 +111,9 @@ class LossConfig:
     """Samples decoded by the VAE at once in the image-space losses (bounds peak memory)."""
     timestep_shift: float = 1.0
     """Shift s of the training timesteps t = s t / (1 + (s - 1) t); BAGEL trains with 1.0."""
+    instruction_dropout: float = 0.0
+    """Probability of training a sample with an empty instruction: the unconditional branch that
+    text guidance (``sample.text_guidance > 1``) needs. 0 keeps every instruction."""
 
     @property
     def needs_vae(self) -> bool:
@@ -278,6 +281,8 @@ def validate(cfg: Config) -> None:
            "must be > 0, or 0 for off")
     _check(lo.decode_chunk >= 1, "loss.decode_chunk", lo.decode_chunk, "must be >= 1")
     _check(lo.timestep_shift > 0, "loss.timestep_shift", lo.timestep_shift, "must be > 0")
+    _check(0 <= lo.instruction_dropout < 1, "loss.instruction_dropout", lo.instruction_dropout,
+           "must be in [0, 1)")
     _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,

@@ -73,6 +73,16 @@ class ImageTextModel(Protocol):
       ids per image. Ids need not be decodable: the harness checks them with ``decode``.
     - ``decode(ids)``: never raises; flags undecodable ids (``DecodeResult``).
     - ``vocab_size``: number of ids that decode (the text head may have more rows).
+
+    Optional attributes the harness reads when present:
+
+    - ``seed_per_image = True``: ``edit`` / ``generate_report`` accept ``seed`` as a list with one
+      seed per image, so the harness batches them; otherwise it calls one image at a time with an
+      int seed (outputs never depend on which images shared a batch).
+    - ``has_text = False``: the model writes no text (the baselines); its text fields are n/a.
+    - ``settings``: a dict recorded in every ``records.jsonl`` row (e.g. sampler steps).
+    - ``temperature`` and ``top_p`` (or a ``sample_cfg`` holding them): the harness sets them for
+      greedy and sampled reports; without them only greedy reports are asked for.
     """
 
     name: str

@@ -325,3 +325,18 @@ def test_training_forward_feeds_the_loss_composer_and_backpropagates(cfg, tok, v
     # the zero-initialised flow head still receives a gradient (through MSE and the decoder path)
     assert model.llm2vae.weight.grad.abs().sum() > 0 and model.text_head.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in vae.parameters())
+
+
+def test_instruction_dropout_trains_the_unconditional_branch(cfg, tok, vae):
+    """With dropout the image branch sees the empty instruction (what guidance's unconditional
+    pass asks for); the report's context (question, no instruction) is unchanged."""
+    model = MiniBagel(cfg, tok.vocab_size).eval()
+    torch.nn.init.normal_(model.llm2vae.weight)
+    b = batch_of(["sr4", "enhance"])
+    run = lambda batch, p: training_forward(model, vae, tok, batch, instruction_dropout=p,
+                                            generator=torch.Generator().manual_seed(5))
+    kept, dropped = run(b, 0.0), run(b, 0.999999)
+    empty = run(dict(b, instruction=["", ""]), 0.0)
+    assert torch.allclose(dropped.v_hat, empty.v_hat, atol=1e-6)
+    assert not torch.allclose(kept.v_hat, dropped.v_hat, atol=1e-4)
+    assert torch.equal(kept.text_targets[kept.text_targets != -100], dropped.text_targets[dropped.text_targets != -100])

@@ -116,12 +116,13 @@ class MiniBagelTask:
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z)
 
-    def losses(self, batch: dict, generator: torch.Generator):
+    def losses(self, batch: dict, generator: torch.Generator, validation: bool = False):
         from medq.losses import compose_losses
         from medq.models import training_forward
 
         fwd = training_forward(self.model, self.vae, self.tokenizer, batch,
-                               timestep_shift=self.cfg.loss.timestep_shift, generator=generator)
+                               timestep_shift=self.cfg.loss.timestep_shift, generator=generator,
+                               instruction_dropout=0.0 if validation else self.cfg.loss.instruction_dropout)
         decode = self._decode if self.cfg.loss.needs_vae else None
         out = compose_losses(self.cfg.loss, fwd, batch, decode)
         # Probe points: x0_hat (where the image losses enter; latent MSE does not pass through it),
@@ -140,7 +141,7 @@ class MiniBagelTask:
         for start in range(0, len(self.val_set), bs):
             items = [self.val_set[i] for i in range(start, min(start + bs, len(self.val_set)))]
             batch = to_device(self.collate(items), self.device)
-            terms, _ = self.losses(batch, gen)
+            terms, _ = self.losses(batch, gen, validation=True)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n += 1
