@@ -19,9 +19,9 @@ LABELS ?=
 ROOT ?=
 
 ifeq ($(DATA),eyeq)
-EVAL_DATA := --data eyeq --eyeq-root "$(EYEQ_ROOT)" --labels "$(LABELS)"
+EVAL_DATA := --data eyeq --eyeq-root "$(EYEQ_ROOT)" --labels "$(LABELS)" --split all
 else ifeq ($(DATA),folder)
-EVAL_DATA := --data folder --root "$(ROOT)"
+EVAL_DATA := --data folder --root "$(ROOT)" --split all
 else
 EVAL_DATA :=
 endif

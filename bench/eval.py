@@ -73,6 +73,9 @@ def add_arguments(p) -> None:
     p.add_argument("--eyeq-root", help="EyeQ image folder (with --data eyeq)")
     p.add_argument("--root", help="image folder (with --data folder / drive)")
     p.add_argument("--labels", help="EyeQ label CSV (with --data eyeq)")
+    p.add_argument("--split", choices=["test", "all"], default="test",
+                   help="which images to evaluate: the test split (default), or all of them (a folder "
+                        "or label CSV of held-out images, e.g. EyeQ's test CSV; never the training data)")
     p.add_argument("--channel", choices=["rgb", "y"], default="rgb", help="metrics on RGB or on Y (BT.601)")
     p.add_argument("--backbone", choices=["auto", "inception", "randresnet18"], default="auto",
                    help="FID/KID features (auto: Inception if $MEDQ_INCEPTION or clean-fid's file exists)")
@@ -380,7 +383,7 @@ class _Data:
         if key not in self.cache:
             from medq.data import build_dataset
 
-            ds = build_dataset(cfg.data, cfg.model.image_size, "test")
+            ds = build_dataset(cfg.data, cfg.model.image_size, self.args.split)
             counts, kept = {}, []
             for i in range(len(ds)):
                 it = ds[i]
@@ -423,6 +426,9 @@ def run_eval(args) -> dict:
     overrides = _data_overrides(args)
     base_cfg = load_config("base", overrides=overrides)
     tasks = args.tasks.split(",") if args.tasks else list(base_cfg.data.tasks)
+    if args.split == "all" and base_cfg.data.source == "synthetic":
+        raise ValueError("--split all on the embedded synthetic data would score the training images; "
+                         "use the test split, or --split all with --data eyeq/drive/folder of held-out images")
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise ValueError(f"--tasks: unknown {', '.join(bad)}; expected sr2, sr4, enhance")
@@ -481,7 +487,7 @@ def run_eval(args) -> dict:
             per_image += pi
     result = {"rows": rows, "per_image": per_image, "backbone": backbone, "runs": runs}
     if rank == 0:
-        extra = {"split": "test", "data": f"source {base_cfg.data.source}"
+        extra = {"split": args.split, "data": f"source {base_cfg.data.source}"
                  + (f", root {base_cfg.data.root}" if base_cfg.data.root else "")
                  + (f", labels {base_cfg.data.labels}" if base_cfg.data.labels else ""),
                  "test images cap": args.test_images or "none", "weights": args.weights,

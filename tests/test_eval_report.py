@@ -141,3 +141,33 @@ def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, caps
     assert float(mine["undecodable_rate"]) == 0 and ref["undecodable_rate"] in ("", "n/a")
     assert (tmp_path / "runs" / "_models" / "text-bicubic" / "eval" / "sr4" / "records.jsonl").is_file()
     assert "text-bicubic" in (tmp_path / "reports" / "leaderboard.md").read_text()
+
+
+def test_eval_on_the_real_drive_samples(tmp_path, fundus_samples):
+    """make eval DATA=folder-style on real photographs: every image of the folder (--split all),
+    field-of-view masks from DRIVE, the baselines and a protocol model scored."""
+    from bench.__main__ import main
+
+    argv = ["eval", "--skip-train", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "reports"),
+            "--data", "drive", "--root", str(fundus_samples / "drive"), "--split", "all",
+            "--model", "test_infer_fakes:TextBicubic", "--tasks", "sr4,enhance",
+            "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
+            "--backbone", "randresnet18", "--no-progress", "--no-plots"]
+    assert main(argv) == 0
+    with open(tmp_path / "reports" / "leaderboard.csv") as f:
+        rows = {(r["name"], r["task"]): r for r in csv.DictReader(f)}
+    n_images = len(list((fundus_samples / "drive" / "images").iterdir()))
+    for key in (("bicubic", "sr4"), ("identity", "enhance"), ("text-bicubic", "sr4"), ("text-bicubic", "enhance")):
+        assert rows[key]["status"] == "ok" and int(rows[key]["n_images"]) == n_images, key
+        assert 0 < float(rows[key]["ssim_fov"]) < 1
+    md = (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert "source drive" in md
+
+
+def test_split_all_refuses_the_training_data(tmp_path, capsys):
+    from bench.__main__ import main
+
+    assert main(["eval", "--skip-train", "--split", "all", "--runs-dir", str(tmp_path / "runs"),
+                 "--out", str(tmp_path / "reports")]) == 2
+    assert "would score the training images" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
