@@ -57,12 +57,17 @@ def image_checks(output: torch.Tensor, target: torch.Tensor, reference: torch.Te
 
     Not the leaderboard's metrics (``bench`` computes those from the PNGs): these see the raw
     output, before clamping, so NaN and out-of-range values are caught."""
+    from medq.losses import ssim
+
     nonfinite = int((~torch.isfinite(output)).sum())
     clean = torch.nan_to_num(output.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
-    p, p_ref = psnr(clean, target), psnr(reference.clamp(0, 1), target)
+    ref = reference.float().clamp(0, 1)
+    p, p_ref = psnr(clean, target), psnr(ref, target)
+    tgt = target.float()[None]
     return {"output_std": float(clean.std()), "target_std": float(target.float().std()),
             "nonfinite": nonfinite, "numel": output.numel(),
-            "psnr": None if math.isinf(p) else p, "psnr_reference": None if math.isinf(p_ref) else p_ref}
+            "psnr": None if math.isinf(p) else p, "psnr_reference": None if math.isinf(p_ref) else p_ref,
+            "ssim": float(ssim(clean[None], tgt)), "ssim_reference": float(ssim(ref[None], tgt))}
 
 
 def prepare(image: torch.Tensor, size: int, task: str, *, name: str = "image") -> dict:

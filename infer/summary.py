@@ -63,17 +63,20 @@ def summarize(records: Iterable[dict]) -> dict:
     ratios = [c["output_std"] / c["target_std"] for c in checks if c["target_std"] > 0]
     gaps = [c["psnr"] - c["psnr_reference"] for c in checks
             if c["psnr"] is not None and c["psnr_reference"] is not None]
+    ssim_ratios = [c["ssim"] / c["ssim_reference"] for c in checks
+                   if c.get("ssim") is not None and c.get("ssim_reference") and c["ssim_reference"] > 0]
     numel = sum(c["numel"] for c in checks)
     images = {"n": len(checks), "output_std_ratio": _median(ratios),
               "psnr": _median(c["psnr"] for c in checks),
               "psnr_reference": _median(c["psnr_reference"] for c in checks),
               "psnr_gap_db": _median(gaps),
+              "ssim_ratio": _median(ssim_ratios),
               "nonfinite_frac": sum(c["nonfinite"] for c in checks) / numel if numel else None,
               "seconds_per_sample": _median(r.get("seconds") for r in rows)}
     rates = [s["undecodable_rate"] for s in (text, samp) if s and s["undecodable_rate"] is not None]
     v = verdict(undecodable_rate=max(rates) if rates else None,
                 output_std_ratio=images["output_std_ratio"], psnr_gap_db=images["psnr_gap_db"],
-                nonfinite_frac=images["nonfinite_frac"])
+                ssim_ratio=images["ssim_ratio"], nonfinite_frac=images["nonfinite_frac"])
     first = rows[0] if rows else {}
     tasks: dict[str, int] = {}
     for r in rows:

@@ -29,6 +29,11 @@ OUTPUT_STD_RATIO_MIN = 0.1
 # wrong-colour outputs reach (random weights: ~ -15 dB) and an undertrained model does not.
 PSNR_GAP_MIN_DB = -8.0
 
+# Median over images of SSIM(output) / SSIM(reference), both against the target. Structure is what a
+# garbage image lacks even where its colours keep the PSNR close (v2-as-run on enhance: PSNR 4 dB
+# under identity, SSIM ratio 0.35). Healthy fine-tunes of the CPU model sit at 0.8-0.9.
+SSIM_RATIO_MIN = 0.5
+
 # Any non-finite output value: NaN/Inf never come out of a sane sampler.
 NONFINITE_FRAC_MAX = 0.0
 
@@ -47,12 +52,14 @@ class Verdict:
 
 
 def verdict(*, undecodable_rate: float | None = None, output_std_ratio: float | None = None,
-            psnr_gap_db: float | None = None, nonfinite_frac: float | None = None) -> Verdict:
+            psnr_gap_db: float | None = None, ssim_ratio: float | None = None,
+            nonfinite_frac: float | None = None) -> Verdict:
     """Combine the collapse signals of one checkpoint into a ``Verdict``.
 
     - ``undecodable_rate``: undecodable ids / generated ids (``medq.textcheck.TextStats``).
     - ``output_std_ratio``: median over images of std(output) / std(target).
     - ``psnr_gap_db``: median over images of PSNR(output) - PSNR(reference upsampler).
+    - ``ssim_ratio``: median over images of SSIM(output) / SSIM(reference), against the target.
     - ``nonfinite_frac``: fraction of output values that are NaN or Inf (before clamping)."""
     specs = [
         ("undecodable_rate", undecodable_rate, UNDECODABLE_RATE_MAX, lambda v, t: v <= t,
@@ -61,6 +68,8 @@ def verdict(*, undecodable_rate: float | None = None, output_std_ratio: float | 
          "outputs near-constant: median std(output)/std(target) {v:.3g} < {t:g}"),
         ("psnr_gap_db", psnr_gap_db, PSNR_GAP_MIN_DB, lambda v, t: v >= t,
          "PSNR {v:+.1f} dB relative to the bicubic/identity reference (< {t:+.1f} dB): garbage"),
+        ("ssim_ratio", ssim_ratio, SSIM_RATIO_MIN, lambda v, t: v >= t,
+         "structure lost: median SSIM(output)/SSIM(reference) {v:.3g} < {t:g}"),
         ("nonfinite_frac", nonfinite_frac, NONFINITE_FRAC_MAX, lambda v, t: v <= t,
          "non-finite (NaN/Inf) output values: fraction {v:.3g}"),
     ]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
-from medq.verdict import (NONFINITE_FRAC_MAX, OUTPUT_STD_RATIO_MIN, PSNR_GAP_MIN_DB,
+from medq.verdict import (NONFINITE_FRAC_MAX, OUTPUT_STD_RATIO_MIN, PSNR_GAP_MIN_DB, SSIM_RATIO_MIN,
                           UNDECODABLE_RATE_MAX, verdict)
 
 
 def test_sane_model_is_healthy():
-    v = verdict(undecodable_rate=0.0, output_std_ratio=0.95, psnr_gap_db=-1.5, nonfinite_frac=0.0)
+    v = verdict(undecodable_rate=0.0, output_std_ratio=0.95, psnr_gap_db=-1.5, ssim_ratio=0.85,
+                nonfinite_frac=0.0)
     assert v.status == "healthy" and v.reasons == []
     assert all(c["ok"] for c in v.checks.values())
 
@@ -19,11 +20,14 @@ def test_each_signal_alone_collapses_with_its_reason():
         "undecodable": dict(undecodable_rate=UNDECODABLE_RATE_MAX * 3),
         "near-constant": dict(output_std_ratio=OUTPUT_STD_RATIO_MIN / 2),
         "PSNR": dict(psnr_gap_db=PSNR_GAP_MIN_DB - 1),
+        # v2-as-run on enhance: PSNR only 4 dB under identity, but the structure is gone
+        "structure": dict(psnr_gap_db=-4.2, ssim_ratio=0.35),
         "non-finite": dict(nonfinite_frac=NONFINITE_FRAC_MAX + 1e-6),
     }
     for word, kw in cases.items():
         v = verdict(**kw)
         assert v.status == "collapsed" and len(v.reasons) == 1 and word in v.reasons[0], (word, v)
+    assert verdict(ssim_ratio=SSIM_RATIO_MIN).status == "healthy"
 
 
 def test_unmeasured_checks_neither_pass_nor_fail():
@@ -39,5 +43,5 @@ def test_nan_statistic_fails():
 
 def test_thresholds_at_the_boundary_pass():
     v = verdict(undecodable_rate=UNDECODABLE_RATE_MAX, output_std_ratio=OUTPUT_STD_RATIO_MIN,
-                psnr_gap_db=PSNR_GAP_MIN_DB, nonfinite_frac=0.0)
+                psnr_gap_db=PSNR_GAP_MIN_DB, ssim_ratio=SSIM_RATIO_MIN, nonfinite_frac=0.0)
     assert v.status == "healthy"
