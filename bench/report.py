@@ -245,7 +245,9 @@ def plot_losses(run_dirs: Sequence[Path], out_dir: Path) -> Path | None:
         for r in rows:
             if str(r.get("key", "")).startswith("loss/"):
                 v, s = _num(r.get("value")), _num(r.get("step"))
-                if not (math.isnan(v) or math.isnan(s)):
+                # An exact 0 is a gated image term with no sample under its max_t in that log
+                # window (not a perfect loss): left out, or the log axis plunges to the floor.
+                if not (math.isnan(v) or math.isnan(s)) and v > 0:
                     curves.setdefault(r["key"], []).append((s, v))
         if curves:
             series[Path(run).name] = curves
@@ -256,7 +258,8 @@ def plot_losses(run_dirs: Sequence[Path], out_dir: Path) -> Path | None:
     for ax, (run, curves) in zip(axes[0], series.items()):
         for key, pts in sorted(curves.items()):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key,
+                     **({"marker": ".", "linestyle": ":"} if key in ("loss/ssim", "loss/pixel") else {}))
         ax.set_yscale("log")
         ax.set_title(run, fontsize=8)
         ax.set_xlabel("step")
