@@ -196,6 +196,11 @@ class RunConfig:
     """Stop early when the collapse monitor fires."""
     threads: int = 0
     """torch intra-op threads; 0 leaves torch's default."""
+    fsdp: bool = False
+    """Under torchrun, shard parameters, gradients and optimizer state across the ranks with FSDP2
+    (``torch.distributed.fsdp.fully_shard``), one unit per transformer block plus the rest: for
+    models that do not fit one device. Checkpoints hold full tensors either way. Ignored, with a
+    warning, in a single process."""
 
 
 @dataclass
@@ -217,6 +222,10 @@ class Config:
         d = to_dict(self)
         d["run"].pop("out_dir")
         d["run"].pop("preset")
+        # How the work is spread over processes (like the number of ranks, which is no config
+        # value either) is not what is computed: a run may be resumed with or without FSDP, and
+        # runs made before the option existed keep their hash and directory.
+        d["run"].pop("fsdp")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @property

@@ -137,8 +137,8 @@ def test_hash_is_stable_and_changes_with_every_value():
     changed = 0
     for section, values in d.items():
         for key, value in values.items():
-            if (section, key) in {("run", "out_dir"), ("run", "preset")}:
-                continue  # where a run is written, not what it computes
+            if (section, key) in {("run", "out_dir"), ("run", "preset"), ("run", "fsdp")}:
+                continue  # where a run is written / how it is spread over ranks, not what it computes
             if isinstance(value, bool):
                 new = not value
             elif isinstance(value, (int, float)):
@@ -158,6 +158,13 @@ def test_hash_is_stable_and_changes_with_every_value():
             assert other.hash != base.hash, f"{section}.{key} does not enter the hash"
             changed += 1
     assert changed > 40
+
+
+def test_fsdp_does_not_enter_the_hash():
+    # A run may be resumed with or without FSDP, and runs from before the option keep their hash.
+    base = load_config("ssim_v3")
+    assert load_config("ssim_v3", overrides=["run.fsdp=true"]).hash == base.hash
+    assert "fsdp = true" in dump_toml(load_config("ssim_v3", overrides=["run.fsdp=true"]))
 
 
 def test_two_runs_with_different_values_never_share_a_name():
