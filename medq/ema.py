@@ -6,12 +6,17 @@
 
 ``state_dict()`` holds every key of ``model.state_dict()`` (frozen parameters and buffers copied
 as they are), so an EMA snapshot loads with the same strict key check as the raw weights.
+
+Under FSDP (``run.fsdp``) the parameters are sharded DTensors and so is the shadow: each rank
+averages its own shard. ``state_dict()`` then returns DTensors (the trainer gathers them into full
+tensors before writing), and ``load_state_dict`` takes full tensors and keeps this rank's shard.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 class EMA:
@@ -57,7 +62,14 @@ class EMA:
             if state[n].shape != self.shadow[n].shape:
                 raise ValueError(f"EMA key {n}: shape {tuple(state[n].shape)} in the checkpoint, "
                                  f"{tuple(self.shadow[n].shape)} in the model")
-            self.shadow[n].copy_(state[n].float())
+            value = state[n].float()
+            shadow = self.shadow[n]
+            if isinstance(shadow, DTensor):
+                # Sharded shadow (FSDP): every rank read the same full tensor, so each cuts out its
+                # own shard locally (src_data_rank=None: no communication).
+                value = distribute_tensor(value.to(shadow.device), shadow.device_mesh,
+                                          shadow.placements, src_data_rank=None)
+            shadow.copy_(value)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

@@ -181,10 +181,11 @@ class MiniBagelTask:
 
     # -- weight files ----------------------------------------------------------------------
 
-    def save_model(self, directory: Path) -> None:
+    def save_model(self, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+        """model.safetensors (``state``, else the model's own weights), arch.json, tokenizer.json."""
         from medq.models import save_model
 
-        save_model(self.model, self.tokenizer, directory)
+        save_model(self.model, self.tokenizer, directory, state=state)
 
     def load_model(self, checkpoint: Path) -> None:
         from medq.models import load_state_verified

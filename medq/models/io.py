@@ -109,11 +109,17 @@ def check_arch(found: dict, expected: dict, where: str) -> None:
         raise CheckpointMismatchError(f"{where}: architecture differs from the expected one: " + "; ".join(diff))
 
 
-def save_model(model, tokenizer, directory: str | Path, *, filename: str = "model.safetensors") -> Path:
-    """Write ``filename`` (safetensors), ``arch.json`` and ``tokenizer.json`` into ``directory``."""
+def save_model(model, tokenizer, directory: str | Path, *, filename: str = "model.safetensors",
+               state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``filename`` (safetensors), ``arch.json`` and ``tokenizer.json`` into ``directory``.
+
+    ``state``: the weights to write instead of ``model.state_dict()``, with its keys, e.g. the full
+    tensors gathered from an FSDP-sharded model (whose own state dict holds only shards)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if state is None:
+        state = model.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(state, str(d / filename))
     (d / ARCH_FILE).write_text(json.dumps(arch_dict(model.cfg, tokenizer.vocab_size), indent=1))
     tokenizer.save(d / TOKENIZER_FILE)
