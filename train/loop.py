@@ -11,6 +11,11 @@ A step: losses under autocast -> gradient probe (every run.probe_every steps, be
 since it differentiates each term separately) -> backward -> average gradients across ranks ->
 clip -> if loss and gradient are finite on every rank: AdamW step + EMA update, else skip and count
 -> learning-rate schedule.
+
+With ``run.fsdp`` under torchrun the model is sharded (``train.fsdp``) after its weights are loaded
+and before the optimizer and EMA are made: the backward then averages the gradients itself
+(reduce-scatter), validation runs on every rank, and checkpoints and the end-of-run fingerprint
+are gathered into full tensors, the same files as without FSDP.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from medq.config import Config, dump_toml
 from medq.ema import EMA
 from medq.schedule import warmup_cosine
 from train.dist import Dist, all_true, average_gradients, barrier, gather
+from train.fsdp import (FullTensors, full_optimizer_state, full_state, full_tensor,
+                        load_full_optimizer_state, reshard, shard_model)
 from train.logger import Logger
 from train.monitors import NonFiniteGuard, collapse_warnings, probe_gradients
 
@@ -51,6 +58,8 @@ class Task(Protocol):
                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]: ...
     def validate(self, model: torch.nn.Module) -> dict[str, float]: ...
     def save_model(self, directory: Path) -> None: ...
+    # Under run.fsdp the loop calls save_model(directory, state) with the gathered full weights
+    # (the model's own state dict holds shards); model.blocks, when present, are the FSDP units.
     def load_model(self, checkpoint: Path) -> None: ...
 
 
@@ -63,6 +72,18 @@ def train(cfg: Config, task: Task, *, dist: Dist = Dist(), resume: bool = True,
     o, r = cfg.optim, cfg.run
     ckpt_root = cfg.run_dir / "checkpoints"
     model, device = task.model, task.device
+    if dist.is_main:
+        clean_temp(ckpt_root)
+    barrier(dist)
+    latest = latest_checkpoint(ckpt_root) if resume else None
+    if latest is not None:
+        task.load_model(latest)  # full weights, into the model before it is sharded (run.fsdp)
+    if r.fsdp and not dist.active:
+        log.warning("run.fsdp = true ignored: a single process has nothing to shard across "
+                    "(start with torchrun --nproc_per_node=N to use FSDP)")
+    sharded = r.fsdp and dist.active
+    if sharded:
+        shard_model(model, dist)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -71,12 +92,8 @@ def train(cfg: Config, task: Task, *, dist: Dist = Dist(), resume: bool = True,
     gen = torch.Generator(device=device).manual_seed(r.seed * 1000 + dist.rank)
     guard = NonFiniteGuard(r.max_nonfinite)
     start, ckpt = 0, None
-    if dist.is_main:
-        clean_temp(ckpt_root)
-    barrier(dist)
-    latest = latest_checkpoint(ckpt_root) if resume else None
     if latest is not None:
-        start, guard = _restore(latest, task, ema, opt, sched, gen, dist, r.max_nonfinite)
+        start, guard = _restore(latest, task, ema, opt, sched, gen, dist, r.max_nonfinite, sharded)
         log.info("resumed from %s (step %d)", latest, start)
     if dist.is_main:
         write_run_json(cfg.run_dir, preset=r.preset, hash_=cfg.hash, status="running", step=start)
@@ -96,7 +113,7 @@ def train(cfg: Config, task: Task, *, dist: Dist = Dist(), resume: bool = True,
                 t_last, n_last = now, step
             val = None
             if fresh and (step % r.val_every == 0 or done):                         # 2. validate
-                val = _validate(task, model, dist)
+                val = _validate(task, model, dist, sharded)
                 warnings = collapse_warnings(val) if dist.is_main else []
                 for w in warnings:
                     log.warning("step %d: COLLAPSE MONITOR: %s", step, w)
@@ -104,7 +121,8 @@ def train(cfg: Config, task: Task, *, dist: Dist = Dist(), resume: bool = True,
                 if not all_true(not (warnings and r.collapse_stop), dist, device):
                     status, done = "collapsed", True
             if fresh and (step % r.ckpt_every == 0 or done):                        # 3. save
-                ckpt = _save(cfg, task, ema, opt, sched, gen, guard, step, dist, ckpt_root, val)
+                ckpt = _save(cfg, task, ema, opt, sched, gen, guard, step, dist, ckpt_root, val,
+                             sharded)
             if done:                                                                # 4. done?
                 break
             batch = next(batches)                                                   # 5. step
@@ -115,8 +133,10 @@ def train(cfg: Config, task: Task, *, dist: Dist = Dist(), resume: bool = True,
                 logger.log_dict(probe_gradients(terms, activations, cfg.loss))
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
-            average_gradients(params, dist)
+            if not sharded:  # FSDP's backward has reduce-scattered and averaged them already
+                average_gradients(params, dist)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else math.inf)
+            grad_norm = full_tensor(grad_norm)  # under FSDP a DTensor; the global norm either way
             finite = all_true(bool(torch.isfinite(terms["total"].detach()) & torch.isfinite(grad_norm)),
                               dist, device)
             logger.log_dict({f"loss/{k}": v for k, v in terms.items()})
@@ -135,7 +155,9 @@ def train(cfg: Config, task: Task, *, dist: Dist = Dist(), resume: bool = True,
         logger.close()
     if status == "running" and step >= o.max_steps:
         status = "finished"
-    final = fingerprint(model.state_dict())
+    # Full weights under FSDP (gathered tensor by tensor as the fingerprint reads them): a rank's
+    # shard would differ from the others' even when nothing went wrong.
+    final = fingerprint(FullTensors(model.state_dict()) if sharded else model.state_dict())
     ranks = gather(final, dist)
     if len(set(ranks)) > 1:  # averaged gradients and one seed keep them equal; anything else is a bug
         raise RuntimeError(f"ranks diverged: weight fingerprints {ranks} at step {step}")
@@ -153,18 +175,27 @@ def _autocast(amp: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
-def _validate(task: Task, model: torch.nn.Module, dist: Dist) -> dict[str, float]:
-    """Validation on rank 0 only, isolated from the training RNG streams (resume stays exact)."""
-    if not dist.is_main:
+def _validate(task: Task, model: torch.nn.Module, dist: Dist, sharded: bool = False
+              ) -> dict[str, float]:
+    """Validation on rank 0 only, isolated from the training RNG streams (resume stays exact).
+
+    Under FSDP every rank validates and rank 0's results are returned: each forward all-gathers
+    the parameters of each unit, a collective that every rank must join. The ranks see the same
+    validation batches, seeds and gathered weights, so they compute the same values and take the
+    same branches (e.g. where greedy report generation stops). The alternative, an unsharded copy
+    on rank 0, would need the whole model on one device, which is what FSDP is there to avoid."""
+    if not (dist.is_main or sharded):
         return {}
     devices = [task.device] if task.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         model.eval()
         try:
             with torch.no_grad():
-                return task.validate(model)
+                out = task.validate(model)
         finally:
             model.train()
+            reshard(model)
+    return out if dist.is_main else {}
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -195,15 +226,28 @@ def _set_rng_state(s: dict, gen: torch.Generator) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def _save(cfg, task, ema, opt, sched, gen, guard, step, dist, ckpt_root, val) -> Path | None:
-    """Rank 0 writes the checkpoint (every rank's RNG streams included); all ranks wait for it."""
+def _save(cfg, task, ema, opt, sched, gen, guard, step, dist, ckpt_root, val,
+          sharded: bool = False) -> Path | None:
+    """Rank 0 writes the checkpoint (every rank's RNG streams included); all ranks wait for it.
+
+    Under FSDP every rank first takes part in gathering the full weights, EMA and optimizer state
+    (collectives), which rank 0 alone keeps and writes: the files are those of an unsharded run."""
     rngs = gather(_rng_state(gen), dist)
     ckpt = None
+    if sharded:
+        weights = full_state(task.model.state_dict(), dist)
+        ema_state = full_state(ema.state_dict(task.model), dist)
+        optim_state = full_optimizer_state(task.model, opt)
+        save_weights = partial(task.save_model, state=weights)
+    else:
+        ema_state = optim_state = None
+        save_weights = task.save_model
     if dist.is_main:
         writers = {
-            "model": task.save_model,
-            "ema": lambda d: save_file(ema.state_dict(task.model), str(d / "ema.safetensors")),
-            "optim": lambda d: torch.save({"optimizer": opt.state_dict(),
+            "model": save_weights,
+            "ema": lambda d: save_file(ema_state if sharded else ema.state_dict(task.model),
+                                       str(d / "ema.safetensors")),
+            "optim": lambda d: torch.save({"optimizer": optim_state if sharded else opt.state_dict(),
                                            "scheduler": sched.state_dict(), "rng": rngs},
                                           d / "optim.pt"),
             "config": lambda d: (d / "config.toml").write_text(dump_toml(cfg)),
@@ -221,12 +265,16 @@ def _save(cfg, task, ema, opt, sched, gen, guard, step, dist, ckpt_root, val) ->
     return ckpt
 
 
-def _restore(ckpt, task, ema, opt, sched, gen, dist, max_nonfinite) -> tuple[int, NonFiniteGuard]:
-    task.load_model(ckpt)
+def _restore(ckpt, task, ema, opt, sched, gen, dist, max_nonfinite,
+             sharded: bool = False) -> tuple[int, NonFiniteGuard]:
+    """Everything of ``ckpt`` but the model weights (loaded before the model was sharded)."""
     ema.load_state_dict(load_file(str(ckpt / "ema.safetensors"), device=str(task.device)))
     # Our own file of optimizer moments, schedule and RNG states; weights_only keeps it data-only.
     blob = torch.load(ckpt / "optim.pt", map_location=task.device, weights_only=True)
-    opt.load_state_dict(blob["optimizer"])
+    if sharded:
+        load_full_optimizer_state(task.model, opt, blob["optimizer"])
+    else:
+        opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
     if dist.rank < len(blob["rng"]):
         _set_rng_state(blob["rng"][dist.rank], gen)
