@@ -119,29 +119,99 @@ def test_torchrun_two_ranks_on_cpu(tmp_path):
     assert len(rng) == 2  # every rank's RNG streams, for an exact resume
 
 
-@pytest.mark.slow
-def test_torchrun_real_trainer_two_ranks(tmp_path):
-    """``torchrun -m train`` on the tiny mini-BAGEL: finishes, ranks end with equal weights (the
-    trainer compares their fingerprints at the end and fails otherwise), only rank 0 writes."""
-    pytest.importorskip("medq.data", reason="medq.data is not in this checkout yet")
-    from medq.config import load_config
-    from medq.models import build_vae, save_vae
-
-    vae = tmp_path / "vae"
-    save_vae(build_vae(load_config("base", overrides=TINY).model, channels=8), vae)
-    overrides = TINY + [f"model.vae={json.dumps(str(vae))}",
-                        f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
-                        f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]
+def _launch_trainer(overrides: list[str], *extra: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m train --preset pretrain`` with ``--set`` overrides."""
     args = [a for o in overrides for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
          "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", "-m", "train", "--preset", "pretrain",
-         "--no-progress", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+         "--no-progress", *args, *extra], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = load_config("pretrain", overrides=overrides)
+    assert proc.stdout.count("run directory:") == 1  # rank 0 alone prints and writes
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_trainer(tmp_path_factory):
+    """The tiny VAE and data cache, and one finished 4-step DDP run of the real trainer on them
+    (shared: the FSDP test compares its weights with this run's)."""
+    pytest.importorskip("medq.data", reason="medq.data is not in this checkout yet")
+    from medq.config import load_config
+    from medq.models import build_vae, save_vae
+
+    root = tmp_path_factory.mktemp("tiny_trainer")
+    vae = root / "vae"
+    save_vae(build_vae(load_config("base", overrides=TINY).model, channels=8), vae)
+    common = TINY + [f"model.vae={json.dumps(str(vae))}",
+                     f"data.cache_dir={json.dumps(str(root / 'cache'))}"]
+    ddp = common + [f"run.out_dir={json.dumps(str(root / 'ddp'))}"]
+    _launch_trainer(ddp)
+    return {"root": root, "common": common, "ddp": load_config("pretrain", overrides=ddp)}
+
+
+@pytest.mark.slow
+def test_torchrun_real_trainer_two_ranks(tiny_trainer):
+    """``torchrun -m train`` on the tiny mini-BAGEL: finishes, ranks end with equal weights (the
+    trainer compares their fingerprints at the end and fails otherwise), only rank 0 writes."""
+    cfg = tiny_trainer["ddp"]
     assert json.loads((cfg.run_dir / "run.json").read_text())["status"] == "finished"
     state = json.loads((cfg.run_dir / "checkpoints" / "step_000004" / "state.json").read_text())
     assert state["world"] == 2
-    assert proc.stdout.count("run directory:") == 1  # rank 0 alone prints and writes
     assert sorted(p.name for p in (cfg.run_dir / "logs").iterdir()) == ["metrics.csv", "tb"]
+
+
+@pytest.mark.slow
+def test_torchrun_real_trainer_fsdp_matches_ddp_and_resumes(tiny_trainer):
+    """``run.fsdp=true``: stopped after step 2 and run again, it finishes; only rank 0 writes; the
+    checkpoint holds full tensors in the unsharded format (the inference loader and a plain AdamW
+    read it) and equals the DDP run's up to float rounding: same seed, same data."""
+    import torch
+    from safetensors.torch import load_file
+
+    from medq.config import load_config
+    from medq.models import load_model
+    from train.logger import read_metrics
+
+    overrides = tiny_trainer["common"] + [
+        f"run.out_dir={json.dumps(str(tiny_trainer['root'] / 'fsdp'))}", "run.fsdp=true"]
+    cfg, ddp = load_config("pretrain", overrides=overrides), tiny_trainer["ddp"]
+    first = _launch_trainer(overrides, "--stop-at", "2")
+    assert "FSDP: MiniBagel sharded over 2 ranks" in first.stderr
+    assert json.loads((cfg.run_dir / "run.json").read_text()) == {
+        "preset": "pretrain", "hash": cfg.hash, "status": "running", "step": 2}
+    second = _launch_trainer(overrides)
+    assert "resumed from" in second.stderr and "step_000002 (step 2)" in second.stderr
+    assert json.loads((cfg.run_dir / "run.json").read_text())["status"] == "finished"
+    ckpts = cfg.run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.json", "latest", "step_000002",
+                                                       "step_000004"]  # no second writer's leftovers
+    assert sorted(p.name for p in (cfg.run_dir / "logs").iterdir()) == ["metrics.csv", "tb"]
+    assert json.loads((ckpts / "step_000004" / "state.json").read_text())["world"] == 2
+
+    ours, theirs = ckpts / "step_000004", ddp.run_dir / "checkpoints" / "step_000004"
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(str(ours / name)), load_file(str(theirs / name))
+        assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}, name
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=f"{name} {k}")
+    # The inference loader checks every key and full shape against a fresh (unsharded) MiniBagel.
+    model, _, _ = load_model(ours, expect_arch=cfg.model)
+    load_model(ours, weights_file="ema.safetensors", expect_arch=cfg.model)
+    # A resume without FSDP reads the optimizer state as it is.
+    opt = torch.optim.AdamW(model.parameters())
+    saved = torch.load(ours / "optim.pt", weights_only=True)["optimizer"]
+    opt.load_state_dict(saved)
+    reference = torch.load(theirs / "optim.pt", weights_only=True)["optimizer"]
+    assert saved["state"].keys() == reference["state"].keys()
+    for i, s in saved["state"].items():
+        for k, v in s.items():
+            torch.testing.assert_close(v, reference["state"][i][k], atol=1e-5, rtol=0)
+
+    ma = read_metrics(cfg.run_dir / "logs" / "metrics.csv")
+    mb = read_metrics(ddp.run_dir / "logs" / "metrics.csv")
+    assert sorted(ma["loss/total"]) == [1, 2, 3, 4]
+    for key in ("loss/total", "train/grad_norm", "val/total", "probe/hidden/ce/norm"):
+        for step, value in mb[key].items():
+            assert abs(ma[key][step] - value) <= 1e-5 * max(1.0, abs(value)), (key, step)

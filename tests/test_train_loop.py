@@ -245,3 +245,11 @@ def test_crash_after_last_checkpoint_resumes_without_duplicate_rows(tmp_path):
             if ",loss/total," in line]
     assert rows == ["1", "2", "3", "4", "5", "6"]
     assert losses_by_step(cfg.run_dir) == before
+
+
+def test_fsdp_in_a_single_process_is_ignored_with_a_warning(tmp_path, caplog):
+    plain = train(tiny_cfg(tmp_path / "a"), TinyTask(), progress=False)
+    with caplog.at_level("WARNING", logger="train"):
+        fsdp = train(tiny_cfg(tmp_path / "b", "run.fsdp=true"), TinyTask(), progress=False)
+    assert "run.fsdp = true ignored: a single process" in caplog.text
+    assert fsdp["fingerprint"] == plain["fingerprint"]  # the same training, unsharded
