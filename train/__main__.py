@@ -11,6 +11,7 @@
     python -m train --preset ssim_v3 --sweep loss.ssim_weight=0.1,0.2 --sweep loss.ssim_max_t=0.1,0.15
     python -m train --resume runs/ssim_v3-1a2b3c4d        # continue that run from its config.toml
     torchrun --nproc_per_node=2 -m train --preset pixel   # DDP (gloo on CPU, NCCL on CUDA)
+    torchrun --nproc_per_node=2 -m train --preset pixel --set run.fsdp=true   # FSDP2 shards
 
 Every run lives in ``<run.out_dir>/<preset>-<hash8>/`` (``docs/ARCHITECTURE.md``). Running the same
 command again resumes an unfinished run from its latest complete checkpoint, and says so and exits

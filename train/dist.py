@@ -4,6 +4,7 @@ Under ``torchrun`` (``WORLD_SIZE`` > 1) the group uses NCCL on CUDA and gloo on 
 averaged with one flattened all-reduce per step instead of wrapping the model in
 DistributedDataParallel: the training forward calls several of the model's methods (not only
 ``forward``), which DDP's hooks do not follow, and a plain all-reduce gives the same update.
+With ``run.fsdp`` the model is sharded instead (``train.fsdp``) and FSDP averages the gradients.
 """
 
 from __future__ import annotations
