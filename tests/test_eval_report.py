@@ -171,3 +171,12 @@ def test_split_all_refuses_the_training_data(tmp_path, capsys):
                  "--out", str(tmp_path / "reports")]) == 2
     assert "would score the training images" in capsys.readouterr().err
     assert not (tmp_path / "reports").exists()
+
+
+def test_step_plot_only_for_runs_with_several_checkpoints(tmp_path):
+    rows = [{"task": "sr4", "kind": "run", "run": "ssim_v3-1", "weights": "ema", "step": s,
+             "psnr_fov": 20 + s / 100, "ssim_fov": 0.5 + s / 1000} for s in (100, 200, 300)]
+    rows += [{"task": "sr2", "kind": "run", "run": "pixel-1", "weights": "ema", "step": 300,
+              "psnr_fov": 25.0, "ssim_fov": 0.7}]
+    paths = report.plot_steps(rows, tmp_path)
+    assert [p.name for p in paths] == ["steps_sr4.png"] and paths[0].stat().st_size > 5_000
