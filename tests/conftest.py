@@ -1,11 +1,13 @@
-"""Shared test fixtures: the real fundus samples next to the checkout, skipped when absent."""
+"""Shared test fixtures: the real fundus samples next to the checkout (or at
+``$MEDQ_FUNDUS_SAMPLES``), skipped when absent."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FUNDUS_SAMPLES = REPO.parent / "shared" / "fundus-samples"
+FUNDUS_SAMPLES = Path(os.environ.get("MEDQ_FUNDUS_SAMPLES", REPO.parent / "shared" / "fundus-samples"))
 
 
 @pytest.fixture
