@@ -137,7 +137,6 @@ def _launch_trainer(overrides: list[str], *extra: str) -> subprocess.CompletedPr
 def tiny_trainer(tmp_path_factory):
     """The tiny VAE and data cache, and one finished 4-step DDP run of the real trainer on them
     (shared: the FSDP test compares its weights with this run's)."""
-    pytest.importorskip("medq.data", reason="medq.data is not in this checkout yet")
     from medq.config import load_config
     from medq.models import build_vae, save_vae
 

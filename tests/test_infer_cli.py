@@ -58,7 +58,7 @@ def test_model_override_rejected_for_runs(tmp_path, capsys):
 
 def _fake_checkpoint(root, cfg_saved: Config, cfg_weights: Config):
     """A checkpoint whose config.toml says ``cfg_saved`` but whose weights are ``cfg_weights``'s."""
-    M = pytest.importorskip("medq.models")
+    import medq.models as M
     tok = M.Tokenizer(words=["quality good image"])
     ckpt = root / "checkpoints" / "step_000001"
     net = M.MiniBagel(cfg_weights.model, tok.vocab_size)
@@ -79,9 +79,7 @@ def test_checkpoint_of_another_architecture(tmp_path, capsys):
 
 
 def test_baseline_end_to_end_and_resume(tmp_path, capsys):
-    data = pytest.importorskip("medq.data")
-    if not hasattr(data, "build_dataset"):
-        pytest.skip("medq.data.build_dataset not present yet")
+    import medq.data as data
     out = tmp_path / "out"
     argv = ["--baseline", "bicubic", "--set", f"run.out_dir={json.dumps(str(tmp_path))}",
             "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
@@ -100,10 +98,8 @@ def test_baseline_end_to_end_and_resume(tmp_path, capsys):
 
 
 def test_random_weights_run_is_collapsed_through_the_cli(tmp_path, capsys):
-    data = pytest.importorskip("medq.data")
-    if not hasattr(data, "build_dataset"):
-        pytest.skip("medq.data.build_dataset not present yet")
-    M = pytest.importorskip("medq.models")
+    import medq.data as data
+    import medq.models as M
     vae_dir = tmp_path / "vae"
     cfg = load_config("base", overrides=[
         "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.image_size=32",
@@ -131,9 +127,7 @@ def test_random_weights_run_is_collapsed_through_the_cli(tmp_path, capsys):
 
 
 def test_own_model_class_end_to_end(tmp_path, capsys):
-    data = pytest.importorskip("medq.data")
-    if not hasattr(data, "build_dataset"):
-        pytest.skip("medq.data.build_dataset not present yet")
+    import medq.data as data
     out = tmp_path / "out"
     argv = ["--model", "test_infer_fakes:TextBicubic", "--set", "data.num_images=12",
             "--set", "model.image_size=32", "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'c'))}",
@@ -147,7 +141,6 @@ def test_own_model_class_end_to_end(tmp_path, capsys):
 
 
 def test_corrupt_image_is_a_clear_error(tmp_path, capsys):
-    pytest.importorskip("medq.data")
     folder = tmp_path / "imgs"
     folder.mkdir()
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")

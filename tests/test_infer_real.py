@@ -57,9 +57,7 @@ def test_harness_over_real_samples(fundus_samples, tmp_path):
 
 
 def test_dataset_readers_through_harness(fundus_samples, tmp_path):
-    data = pytest.importorskip("medq.data")
-    if not hasattr(data, "build_dataset"):
-        pytest.skip("medq.data.build_dataset not present yet")
+    import medq.data as data
     from medq.config import load_config
     cfg = load_config("base", overrides=["data.source=drive", f"data.root=\"{fundus_samples / 'drive'}\"",
                                          f"data.cache_dir=\"{tmp_path / 'cache'}\"", "data.tasks=[\"sr4\"]"])

@@ -178,13 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUBCOMMANDS:
         # Imported only when asked for: each subcommand is its own module with its own options.
-        try:
-            module = importlib.import_module(SUBCOMMANDS[argv[0]])
-        except ModuleNotFoundError as e:
-            if e.name != SUBCOMMANDS[argv[0]]:
-                raise
-            raise SystemExit(f"python -m train {argv[0]}: {SUBCOMMANDS[argv[0]]} is not installed "
-                             f"in this checkout") from None
+        module = importlib.import_module(SUBCOMMANDS[argv[0]])
         sub = argparse.ArgumentParser(prog=f"python -m train {argv[0]}", description=module.__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)

@@ -33,14 +33,12 @@ class TrainForward:
 
 
 def resize_bicubic(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, 3, h, w) -> (N, 3, H, W): ``medq.data.bicubic_resize`` when present (the one the data
-    and the baselines use), else torch's antialiased bicubic."""
+    """(N, 3, h, w) -> (N, 3, H, W) with ``medq.data.bicubic_resize`` (the one the data and the
+    baselines use, so the model's condition is the bicubic baseline's image)."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    try:
-        from medq.data import bicubic_resize
-    except ImportError:
-        return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
+    from medq.data import bicubic_resize
+
     return bicubic_resize(images, size)
 
 

@@ -38,11 +38,8 @@ def padded_vocab_size(vocab_size: int, multiple: int) -> int:
 
 def default_words() -> list[str]:
     """Words of ``medq.data.vocabulary()`` (the data package owns the text templates)."""
-    try:
-        from medq.data import vocabulary
-    except ImportError as e:
-        raise ImportError("Tokenizer(): no word list given and medq.data.vocabulary() is not "
-                          f"available ({e}); pass words=[...]") from e
+    from medq.data import vocabulary
+
     return list(vocabulary())
 
 
