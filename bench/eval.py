@@ -253,7 +253,8 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
 
 
 def comparisons(rows: list[dict], per_image: list[dict], metrics=("ssim_fov", "psnr_fov")) -> list[dict]:
-    """ssim_v3 - pixel, mixed - pixel, and every scored run - the task's reference baseline
+    """ssim_v3 - pixel, mixed - pixel, ssim_v3 / pixel - base (the no-image-loss control, when
+    present), and every scored run - the task's reference baseline
     (``REFERENCE``: bicubic for SR, identity for enhance), per task, on the latest checkpoint of
     each run (the row with the highest step)."""
     values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
@@ -272,7 +273,10 @@ def comparisons(rows: list[dict], per_image: list[dict], metrics=("ssim_fov", "p
                 cur = latest.get(str(r.get("preset")))
                 if cur is None or step > report._num(cur.get("step")):
                     latest[str(r.get("preset"))] = r
-        pairs = [(latest[a], latest[b]) for a, b in (("ssim_v3", "pixel"), ("mixed", "pixel"))
+        # ... - base: against the control fine-tune without any image loss, when one was trained
+        # (`python -m train --preset base`): what an image loss adds beyond more training.
+        pairs = [(latest[a], latest[b]) for a, b in (("ssim_v3", "pixel"), ("mixed", "pixel"),
+                                                      ("ssim_v3", "base"), ("pixel", "base"))
                  if a in latest and b in latest]
         bic = [r for r in rows if str(r["task"]) == task and str(r.get("name")) == REFERENCE.get(task, "bicubic")
                and (str(r["name"]), task) in values]

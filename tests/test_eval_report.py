@@ -180,3 +180,15 @@ def test_step_plot_only_for_runs_with_several_checkpoints(tmp_path):
               "psnr_fov": 25.0, "ssim_fov": 0.7}]
     paths = report.plot_steps(rows, tmp_path)
     assert [p.name for p in paths] == ["steps_sr4.png"] and paths[0].stat().st_size > 5_000
+
+
+def test_comparisons_against_the_no_image_loss_control(tmp_path):
+    rows, per_image = _score_all(tmp_path)
+    d = tmp_path / "base-1" / "sr4"
+    _fake_eval(d, 0.05, seed=1)
+    row, pi = E.score_task_dir(d, IDS, _meta("base-1", "run", "base"), channel="rgb", features=None)
+    comps = E.comparisons(rows + [row], per_image + pi)
+    pairs = {(c["a"], c["b"]) for c in comps}
+    assert {("ssim_v3-1", "base-1"), ("pixel-1", "base-1"), ("ssim_v3-1", "pixel-1")} <= pairs
+    assert ("base-1", "bicubic") in pairs
+    assert not {("ssim_v3-1", "base-1")} <= {(c["a"], c["b"]) for c in E.comparisons(rows, per_image)}
