@@ -40,7 +40,7 @@ import torch
 import torch.distributed as tdist
 from tqdm import tqdm
 
-from infer.images import image_checks, prepare, save_png, to_uint8
+from infer.images import prepare, save_png, to_uint8
 from infer.records import (KINDS, PART_GLOB, RECORDS, existing_rows, is_finished, merge, part_path,
                            read_jsonl, write_jsonl_atomic)
 from infer.text import (InferError, call_per_image_seeds, decoding, generate_reports,
@@ -48,6 +48,7 @@ from infer.text import (InferError, call_per_image_seeds, decoding, generate_rep
 from infer.summary import summarize  # noqa: F401 - part of this module's API
 from medq.baselines import bicubic
 from medq.protocol import ImageTextModel
+from medq.verdict import image_checks
 
 log = logging.getLogger(__name__)
 

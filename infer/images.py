@@ -51,25 +51,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def image_checks(output: torch.Tensor, target: torch.Tensor, reference: torch.Tensor) -> dict:
-    """Sanity statistics of one output (3, H, W) against its target and the reference upsampler's
-    output (bicubic for SR, the input for enhance): the inputs of ``medq.verdict.verdict``.
-
-    Not the leaderboard's metrics (``bench`` computes those from the PNGs): these see the raw
-    output, before clamping, so NaN and out-of-range values are caught."""
-    from medq.losses import ssim
-
-    nonfinite = int((~torch.isfinite(output)).sum())
-    clean = torch.nan_to_num(output.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
-    ref = reference.float().clamp(0, 1)
-    p, p_ref = psnr(clean, target), psnr(ref, target)
-    tgt = target.float()[None]
-    return {"output_std": float(clean.std()), "target_std": float(target.float().std()),
-            "nonfinite": nonfinite, "numel": output.numel(),
-            "psnr": None if math.isinf(p) else p, "psnr_reference": None if math.isinf(p_ref) else p_ref,
-            "ssim": float(ssim(clean[None], tgt)), "ssim_reference": float(ssim(ref[None], tgt))}
-
-
 def prepare(image: torch.Tensor, size: int, task: str, *, name: str = "image") -> dict:
     """Apply the any-size policy to one image (3, h, w) in [0, 1], as ``medq.data`` does for files:
     field of view detected (``medq.data.fov``), the FOV square cropped (black outside the disc),

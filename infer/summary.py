@@ -13,13 +13,11 @@ shows padding ids that greedy decoding can hide.
 
 from __future__ import annotations
 
-import math
-import statistics
 from typing import Iterable
 
 from medq.protocol import DecodeResult
 from medq.textcheck import text_stats
-from medq.verdict import verdict
+from medq.verdict import finite_median, image_statistics, verdict
 
 
 def _decode_result(text, ids, positions) -> DecodeResult:
@@ -49,9 +47,6 @@ def _text_summary(rows: list[dict], key: str) -> dict | None:
     return out
 
 
-def _median(values) -> float | None:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return statistics.median(values) if values else None
 
 
 def summarize(records: Iterable[dict]) -> dict:
@@ -60,19 +55,7 @@ def summarize(records: Iterable[dict]) -> dict:
     rows = list(records)
     checks = [r["check"] for r in rows if r.get("check")]
     text, samp = _text_summary(rows, "report"), _text_summary(rows, "sampled")
-    ratios = [c["output_std"] / c["target_std"] for c in checks if c["target_std"] > 0]
-    gaps = [c["psnr"] - c["psnr_reference"] for c in checks
-            if c["psnr"] is not None and c["psnr_reference"] is not None]
-    ssim_ratios = [c["ssim"] / c["ssim_reference"] for c in checks
-                   if c.get("ssim") is not None and c.get("ssim_reference") and c["ssim_reference"] > 0]
-    numel = sum(c["numel"] for c in checks)
-    images = {"n": len(checks), "output_std_ratio": _median(ratios),
-              "psnr": _median(c["psnr"] for c in checks),
-              "psnr_reference": _median(c["psnr_reference"] for c in checks),
-              "psnr_gap_db": _median(gaps),
-              "ssim_ratio": _median(ssim_ratios),
-              "nonfinite_frac": sum(c["nonfinite"] for c in checks) / numel if numel else None,
-              "seconds_per_sample": _median(r.get("seconds") for r in rows)}
+    images = {**image_statistics(checks), "seconds_per_sample": finite_median(r.get("seconds") for r in rows)}
     rates = [s["undecodable_rate"] for s in (text, samp) if s and s["undecodable_rate"] is not None]
     v = verdict(undecodable_rate=max(rates) if rates else None,
                 output_std_ratio=images["output_std_ratio"], psnr_gap_db=images["psnr_gap_db"],

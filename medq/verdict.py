@@ -13,7 +13,12 @@ model sampled padding ids (``TypeError: ... NoneType found``) and produced garba
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import torch
 
 # A trained model's text head never targets the padding rows, so its greedy and sampled reports
 # contain essentially none; an untrained head spreads mass uniformly, so the padding share of the
@@ -82,3 +87,51 @@ def verdict(*, undecodable_rate: float | None = None, output_std_ratio: float | 
     measured = [c["ok"] for c in checks.values() if c["ok"] is not None]
     status = "unknown" if not measured else ("healthy" if all(measured) else "collapsed")
     return Verdict(status, reasons, checks)
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def image_checks(output: torch.Tensor, target: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Sanity statistics of one output (3, H, W) against its target and the reference
+    upsampler's output (bicubic for SR, the input for enhance): what ``image_statistics`` turns
+    into the image inputs of ``verdict``. Used by the inference harness (one per records row) and
+    by the trainer's collapse monitor (on its probe batch), so both judge by the same rules.
+
+    Not the leaderboard's metrics: these see the raw output before clamping, so NaN and
+    out-of-range values are caught."""
+    from medq.losses import ssim
+
+    nonfinite = int((~torch.isfinite(output)).sum())
+    clean = torch.nan_to_num(output.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+    ref = reference.float().clamp(0, 1)
+    p, p_ref = _psnr(clean, target), _psnr(ref, target)
+    tgt = target.float()[None]
+    return {"output_std": float(clean.std()), "target_std": float(target.float().std()),
+            "nonfinite": nonfinite, "numel": output.numel(),
+            "psnr": None if math.isinf(p) else p, "psnr_reference": None if math.isinf(p_ref) else p_ref,
+            "ssim": float(ssim(clean[None], tgt)), "ssim_reference": float(ssim(ref[None], tgt))}
+
+
+def finite_median(values: Iterable) -> float | None:
+    """Median of the values that are not None or NaN; None when there are none."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(values) if values else None
+
+
+def image_statistics(checks: list[dict]) -> dict:
+    """Medians over ``image_checks`` results: output_std_ratio, psnr, psnr_reference,
+    psnr_gap_db, ssim_ratio, and the nonfinite fraction of all values (None when not measurable)."""
+    ratios = [c["output_std"] / c["target_std"] for c in checks if c["target_std"] > 0]
+    gaps = [c["psnr"] - c["psnr_reference"] for c in checks
+            if c["psnr"] is not None and c["psnr_reference"] is not None]
+    ssim_ratios = [c["ssim"] / c["ssim_reference"] for c in checks
+                   if c.get("ssim") is not None and c.get("ssim_reference") and c["ssim_reference"] > 0]
+    numel = sum(c["numel"] for c in checks)
+    return {"n": len(checks), "output_std_ratio": finite_median(ratios),
+            "psnr": finite_median(c["psnr"] for c in checks),
+            "psnr_reference": finite_median(c["psnr_reference"] for c in checks),
+            "psnr_gap_db": finite_median(gaps), "ssim_ratio": finite_median(ssim_ratios),
+            "nonfinite_frac": sum(c["nonfinite"] for c in checks) / numel if numel else None}

@@ -48,7 +48,8 @@ def test_base_then_ssim_v3_from_its_ema(tiny, capsys):
     assert (base.run_dir / "config.toml").read_text().startswith(f"# resolved config of run {base.run_name}")
     metrics = read_metrics(base.run_dir / "logs" / "metrics.csv")
     for key in ("loss/ce", "loss/mse", "loss/total", "train/lr", "train/grad_norm", "val/total",
-                "collapse/undecodable_rate", "collapse/psnr", "probe/hidden/ce/norm"):
+                "collapse/undecodable_rate", "collapse/psnr", "collapse/psnr_gap_db",
+                "collapse/ssim_ratio", "collapse/output_std_ratio", "probe/hidden/ce/norm"):
         assert key in metrics, key
     # The same command again: finished, nothing to do.
     capsys.readouterr()

@@ -189,13 +189,14 @@ def test_collapse_monitor_warns_and_can_stop_early(tmp_path, caplog):
     class Collapsing(TinyTask):
         def validate(self, model):
             return {**super().validate(model), "collapse/undecodable_rate": 0.4,
-                    "collapse/psnr": 25.0, "collapse/output_std": 0.2}
+                    "collapse/psnr_gap_db": -1.0, "collapse/ssim_ratio": 0.9,
+                    "collapse/output_std_ratio": 0.95}
 
     cfg = tiny_cfg(tmp_path / "warn")
     with caplog.at_level("WARNING", logger="train"):
         out = train(cfg, Collapsing(), progress=False)
     assert out["status"] == "finished"  # collapse_stop off: warn only
-    assert "undecodable token rate 0.400" in caplog.text
+    assert "undecodable-token rate 0.4 > 0.01" in caplog.text
     metrics = read_metrics(cfg.run_dir / "logs" / "metrics.csv")
     assert metrics["collapse/warning"] == {3: 1.0, 6: 1.0}
 

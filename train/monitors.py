@@ -1,6 +1,7 @@
 """Monitors the loop calls in one line each: gradient probe, non-finite guard, collapse check.
 
-Thresholds are module constants (not config fields yet): a warning names the value and the limit.
+The collapse thresholds are ``medq.verdict``'s (one place for the harness and the trainer); a
+warning names the value and the limit.
 """
 
 from __future__ import annotations
@@ -10,14 +11,6 @@ import logging
 import torch
 
 log = logging.getLogger("train")
-
-# Collapse monitor: any of these at validation means "collapsed" (warn; stop if run.collapse_stop).
-UNDECODABLE_RATE_LIMIT = 0.05
-"""Fraction of generated report tokens that do not decode (padding ids of the text head)."""
-PSNR_FLOOR_DB = 10.0
-"""A generated image farther than this from its target is noise, not a reconstruction."""
-OUTPUT_STD_FLOOR = 0.01
-"""A generated image flatter than this (std over pixels) is a constant image."""
 
 # The probed terms whose ratio tells whether an image-space loss dominates (the original saw
 # SSIM/pixel and SSIM/MSE gradients of 200-2000x at x0_hat).
@@ -86,16 +79,11 @@ class NonFiniteGuard:
 
 
 def collapse_warnings(metrics: dict[str, float]) -> list[str]:
-    """Which collapse signals in the validation ``metrics`` cross their limit (empty = healthy)."""
-    out = []
-    rate = metrics.get("collapse/undecodable_rate")
-    if rate is not None and rate > UNDECODABLE_RATE_LIMIT:
-        out.append(f"undecodable token rate {rate:.3f} > {UNDECODABLE_RATE_LIMIT} in greedy report "
-                   f"generation (the v2 collapse signal)")
-    psnr = metrics.get("collapse/psnr")
-    if psnr is not None and psnr < PSNR_FLOOR_DB:
-        out.append(f"probe-image PSNR {psnr:.2f} dB < {PSNR_FLOOR_DB} dB")
-    std = metrics.get("collapse/output_std")
-    if std is not None and std < OUTPUT_STD_FLOOR:
-        out.append(f"probe-image output std {std:.4f} < {OUTPUT_STD_FLOOR} (flat images)")
-    return out
+    """The ``medq.verdict`` reasons for the collapse signals in the validation ``metrics``
+    (``collapse/*`` keys of ``MiniBagelTask.collapse_probe``); empty = healthy. The thresholds
+    are the verdict's, so a run the monitor lets through is one the harness calls healthy."""
+    from medq.verdict import verdict
+
+    return verdict(**{k: metrics.get(f"collapse/{k}") for k in
+                      ("undecodable_rate", "output_std_ratio", "psnr_gap_db", "ssim_ratio",
+                       "nonfinite_frac")}).reasons

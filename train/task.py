@@ -150,10 +150,14 @@ class MiniBagelTask:
         return out
 
     def collapse_probe(self, model: torch.nn.Module) -> dict[str, float]:
-        """Greedy report generation (undecodable-id rate) and image sanity (PSNR against the
-        target, output std) on the fixed probe batch."""
+        """Greedy report generation (undecodable-id rate) and image sanity on the fixed probe
+        batch, measured as the inference harness measures a checkpoint (``medq.verdict``:
+        ``image_checks`` against the target and the bicubic / identity reference), so the
+        monitor and the harness's verdict apply the same rules."""
         from medq.data import REPORT_PROMPT
         from medq.models import MiniBagelAdapter
+        from medq.models.forward import resize_bicubic
+        from medq.verdict import image_checks, image_statistics
 
         adapter = MiniBagelAdapter(model, self.vae, self.tokenizer, self.cfg.sample)
         probe = to_device(self.probe, self.device)
@@ -161,23 +165,25 @@ class MiniBagelTask:
         # resized as a whole would be a wrong input, not a collapse.
         inputs = [_true_size(probe["input"][i], probe, "input_size", i) for i in range(len(probe["task"]))]
         targets = [_true_size(probe["target"][i], probe, "target_size", i) for i in range(len(inputs))]
-        report_ids, sq_err, stds = [], [], []
+        report_ids, checks = [], []
         for i, (inp, tgt) in enumerate(zip(inputs, targets)):
             # The model sees the degraded input, as in training; the harness's prompt, so that
             # this rate and the harness's agree.
             report_ids += adapter.generate_report(inp[None], [REPORT_PROMPT], seed=self.cfg.sample.seed)
-            out = adapter.edit(inp[None], [probe["instruction"][i]], [probe["task"][i]],
-                               tuple(tgt.shape[-2:]), seed=self.cfg.sample.seed)[0]
-            sq_err.append(((out.clamp(0, 1) - tgt) ** 2).mean().clamp_min(1e-10))
-            stds.append(out.std())
+            size = tuple(tgt.shape[-2:])
+            out = adapter.edit(inp[None], [probe["instruction"][i]], [probe["task"][i]], size,
+                               seed=self.cfg.sample.seed)[0]
+            checks.append(image_checks(out, tgt, resize_bicubic(inp[None], size)[0]))
         decoded = [adapter.decode(x) for x in report_ids]
         n_tokens = sum(len(d.ids) for d in decoded)
         undecodable = sum(d.n_bad for d in decoded)
-        psnr = torch.stack([10 * torch.log10(1.0 / e) for e in sq_err])
-        return {"collapse/undecodable_rate": undecodable / max(n_tokens, 1),
-                "collapse/undecodable_tokens": float(undecodable),
-                "collapse/psnr": float(psnr.mean()),
-                "collapse/output_std": float(torch.stack(stds).mean())}
+        stats = image_statistics(checks)
+        out = {"collapse/undecodable_rate": undecodable / max(n_tokens, 1),
+               "collapse/undecodable_tokens": float(undecodable)}
+        for key in ("psnr", "psnr_gap_db", "ssim_ratio", "output_std_ratio", "nonfinite_frac"):
+            if stats[key] is not None:
+                out[f"collapse/{key}"] = float(stats[key])
+        return out
 
     # -- weight files ----------------------------------------------------------------------
 
