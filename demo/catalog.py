@@ -9,16 +9,18 @@ fly). Its records are the rows of ``records.jsonl`` written by ``make eval``
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from infer.records import RECORDS, read_jsonl
+from medq.checkpoint import read_run_json
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODES = ("pixel", "ssim_v3", "mixed", "bicubic")
 TASKS = {"sr4": "Super-resolution x4", "enhance": "Enhancement", "sr2": "Super-resolution x2"}
-RECORDS = "records.jsonl"
+
 # Directories in runs/ that are not training runs.
 NOT_RUNS = {"vae", "_cache", "_baselines"}
 
@@ -47,26 +49,11 @@ class Mode:
         return self.records.get(task, {}).get(sample_id)
 
 
-def _read_rows(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s:%d: not JSON, skipped", path, n)
-            continue
-        if isinstance(row, dict) and "id" in row:
-            rows.append(row)
-    return rows
-
-
 def read_task_records(eval_dir: Path) -> dict[str, dict[str, Record]]:
     """``<eval_dir>/<task>/records.jsonl`` -> task -> id -> Record (rows whose output PNG exists)."""
     out: dict[str, dict[str, Record]] = {}
     for file in sorted(Path(eval_dir).glob(f"*/{RECORDS}")):
-        for row in _read_rows(file):
+        for row in (r for r in read_jsonl(file) if "id" in r):
             rec = Record(row, file.parent)
             task = str(row.get("task") or file.parent.name)
             if rec.path("output") is not None and rec.path("output").is_file():
@@ -83,13 +70,6 @@ def _pick_eval(run_dir: Path) -> Path | None:
     return max(evals, key=lambda d: (d.name.endswith("-ema"), d.name))
 
 
-def _run_info(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]:
     """Modes under ``runs_dir``: one per preset (its newest run; finished ones first) and one per
     baseline directory, plus every name in ``baselines`` (computed on demand), label -> Mode."""
@@ -98,7 +78,7 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
     for run_dir in sorted(runs_dir.glob("*")) if runs_dir.is_dir() else []:
         if not run_dir.is_dir() or run_dir.name in NOT_RUNS or run_dir.name.startswith((".", "_")):
             continue
-        info = _run_info(run_dir)
+        info = read_run_json(run_dir) or {}
         preset = info.get("preset") or (run_dir.name.rsplit("-", 1)[0] if "-" in run_dir.name else None)
         if not preset or not ((run_dir / "checkpoints").is_dir() or (run_dir / "eval").is_dir()):
             continue

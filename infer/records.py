@@ -57,7 +57,8 @@ def write_json_atomic(path: Path, obj) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a line that does not parse is logged and skipped (it is redone)."""
+    """Rows (dicts) of a JSONL file; a line that does not parse is logged with its file and line
+    and skipped (the harness then redoes that sample; the demo just does not show it)."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -68,7 +69,7 @@ def read_jsonl(path: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            log.warning("%s:%d: not JSON; the sample will be redone", path, n)
+            log.warning("%s:%d: not JSON, skipped", path, n)
             continue
         if isinstance(row, dict):
             rows.append(row)

@@ -370,3 +370,23 @@ def test_login_from_the_environment_is_enforced(tmp_path, monkeypatch):
         assert client.predict(api_name="/leaderboard")[0]["headers"][0] == "mode"
     finally:
         app.close()
+
+
+def test_records_with_a_corrupt_line_still_show_the_valid_rows(tmp_path, caplog):
+    """The demo reads records.jsonl with the harness's reader: a broken line is logged with
+    file and line and skipped; rows without an existing output PNG are not offered."""
+    import json as _json
+
+    from infer.images import save_png
+
+    task = tmp_path / "eval" / "sr4"
+    import torch
+
+    save_png(task / "images" / "a_output.png", torch.zeros(3, 8, 8))
+    rows = [{"id": "a", "task": "sr4", "output": "images/a_output.png"},
+            {"id": "b", "task": "sr4", "output": "images/b_output.png"}]
+    (task / "records.jsonl").write_text(_json.dumps(rows[0]) + "\n{not json\n" + _json.dumps(rows[1]) + "\n")
+    with caplog.at_level("WARNING"):
+        found = catalog.read_task_records(tmp_path / "eval")
+    assert list(found) == ["sr4"] and list(found["sr4"]) == ["a"]
+    assert "records.jsonl:2: not JSON" in caplog.text
