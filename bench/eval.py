@@ -430,6 +430,8 @@ def run_eval(args) -> dict:
     overrides = _data_overrides(args)
     base_cfg = load_config("base", overrides=overrides)
     tasks = args.tasks.split(",") if args.tasks else list(base_cfg.data.tasks)
+    if args.model_args and not args.models:
+        raise ValueError(f"--model-arg {args.model_args[0]!r} given without --model MODULE:CLASS")
     if args.split == "all" and base_cfg.data.source == "synthetic":
         raise ValueError("--split all on the embedded synthetic data would score the training images; "
                          "use the test split, or --split all with --data eyeq/drive/folder of held-out images")

@@ -171,6 +171,10 @@ def test_split_all_refuses_the_training_data(tmp_path, capsys):
                  "--out", str(tmp_path / "reports")]) == 2
     assert "would score the training images" in capsys.readouterr().err
     assert not (tmp_path / "reports").exists()
+    assert main(["eval", "--skip-train", "--model-arg", "steps=5", "--runs-dir", str(tmp_path / "runs"),
+                 "--out", str(tmp_path / "reports")]) == 2
+    assert "--model-arg 'steps=5' given without --model" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
 
 
 def test_step_plot_only_for_runs_with_several_checkpoints(tmp_path):

@@ -124,3 +124,10 @@ def test_probe_command_measures_each_term_and_writes_nothing(tiny, capsys):
     assert all(float(rows[k][2]) > 0 for k in rows)          # a gradient at v_hat from each
     assert "pixel_weight for equal pull" in out and "ssim_weight for equal pull" in out
     assert sorted(p.name for p in Path(json.loads(tiny[-2].split("=", 1)[1])).iterdir()) == runs
+
+
+def test_probe_without_a_base_run_names_the_command(tiny):
+    with pytest.raises(SystemExit, match="no finished run of preset 'pretrain'.*python -m train --preset pretrain"):
+        main(["probe", "--preset", "pixel", *sets(tiny)])
+    with pytest.raises(SystemExit, match="--batches 0: must be >= 1"):
+        main(["probe", "--preset", "pixel", "--batches", "0", *sets(tiny)])

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="pixel", help="preset to measure (default pixel)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--with", dest="overlays", action="append", default=[], metavar="OVERLAY")
-    p.add_argument("--batches", type=int, default=24, help="training batches to measure (default 24)")
+    p.add_argument("--batches", type=int, default=24, help="training batches to measure (default 24, >= 1)")
 
 
 def measure(task, batches: int, seed: int = 0) -> dict[str, dict[str, list[float]]]:
@@ -54,9 +54,12 @@ def measure(task, batches: int, seed: int = 0) -> dict[str, dict[str, list[float
 
 def main(args) -> int:
     from medq.config import ConfigError, load_config
+    from medq.models import CheckpointMismatchError
     from train.dist import pick_device
     from train.task import MiniBagelTask
 
+    if args.batches < 1:
+        raise SystemExit(f"--batches {args.batches}: must be >= 1")
     try:
         cfg = load_config(args.preset, overrides=args.overrides, overlays=args.overlays)
     except ConfigError as e:
@@ -64,7 +67,10 @@ def main(args) -> int:
     if cfg.init.scratch:
         print(f"note: preset {args.preset!r} starts from random weights (init.scratch)")
     device = pick_device(cfg.run.device)
-    task = MiniBagelTask(cfg, device, write_init=False)
+    try:  # the init weights and the VAE, as training would load them
+        task = MiniBagelTask(cfg, device, write_init=False)
+    except (FileNotFoundError, CheckpointMismatchError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"init: {task.init_info['weights']} weights"
           + ("" if cfg.init.scratch else f" of {task.init_info['checkpoint']}")
           + f"; {args.batches} batches of {cfg.optim.batch_size}; norms at weight 1 (medians)")
