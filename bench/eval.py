@@ -3,15 +3,17 @@
     python -m bench eval                                  # pixel vs ssim_v3 vs mixed + baselines
     python -m bench eval --skip-train --tasks sr4 --test-images 16
     python -m bench eval --runs 'ssim_v3-*' --all-checkpoints       # step curves
-    python -m bench eval --data eyeq --eyeq-root /data/EyeQ/original_img --labels /data/Label_EyeQ_test.csv
-    python -m bench eval --data folder --root /data/my_fundus_pngs --skip-train
+    python -m bench eval --data eyeq --eyeq-root /data/EyeQ/original_img --labels /data/Label_EyeQ_test.csv --split all
+    python -m bench eval --data folder --root /data/my_fundus_pngs --split all --skip-train
+    python -m bench eval --skip-train --model my_pkg.wrap:BagelWrapper --model-arg ckpt=/models/x
     torchrun --nproc_per_node=2 -m bench eval --skip-train          # sharded, merged on rank 0
 
 Steps: (1) for each of pixel / ssim_v3 / mixed without a finished run in ``runs/``, train it
 (``python -m train --preset NAME`` with the same ``--set`` overrides and the step budget of the
-runs that exist); (2) for every run (latest checkpoint, EMA weights; ``--all-checkpoints`` for all)
-and the bicubic / Lanczos / identity baselines, run the inference harness on the test split
-(finished outputs are reused); (3) score the PNGs (``medq.metrics``): per image PSNR / SSIM /
+runs that exist); (2) for every run (latest checkpoint, EMA weights; ``--all-checkpoints`` for all),
+every ``--model``, and the baselines (bicubic and Lanczos for SR, identity for enhance), run the
+inference harness on the test split, or on every image with ``--split all`` (finished outputs are
+reused); (3) score the PNGs (``medq.metrics``): per image PSNR / SSIM /
 MS-SSIM over the full image and inside the field of view, per set FID/KID (or a Frechet distance
 on a named stand-in backbone when the Inception weights are absent); (4) write
 ``reports/leaderboard.csv``, ``per_image.csv``, ``leaderboard.md`` and plots.
