@@ -33,13 +33,16 @@ def main(argv=None) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     module = None
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
-        if name == chosen:
-            module = importlib.import_module(module_name)
-            if "argv" in inspect.signature(module.add_arguments).parameters:
-                module.add_arguments(p, argv=argv)
-            else:
-                module.add_arguments(p)
+        if name != chosen:
+            sub.add_parser(name, help=help_text)
+            continue
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if "argv" in inspect.signature(module.add_arguments).parameters:
+            module.add_arguments(p, argv=argv)
+        else:
+            module.add_arguments(p)
     args = parser.parse_args(argv)
     return module.main(args) or 0
 

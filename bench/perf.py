@@ -21,9 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None
     chosen = next((a for a in argv[argv.index("perf") + 1:] if not a.startswith("-")), None) \
         if "perf" in argv else None
     for name, help_text in TARGETS.items():
-        p = sub.add_parser(name, help=help_text)
-        if name == chosen:
-            importlib.import_module(f"bench.perf_{name}").add_arguments(p)
+        if name != chosen:
+            sub.add_parser(name, help=help_text)
+            continue
+        module = importlib.import_module(f"bench.perf_{name}")
+        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def main(args) -> int:
