@@ -85,3 +85,15 @@ def test_score_real_drive_images_with_masks(tmp_path, fundus_samples):
     row = out["row"]
     assert row["status"] == "ok" and row["n_images"] == len(list((drive / "images").glob("*.tif")))
     assert 0.3 < row["ms_ssim"] < 1 and 0.3 < row["ms_ssim_fov"] < 1 and row["psnr_fov"] > 15
+
+
+def test_bench_help_shows_the_subcommand_docs_and_imports_only_it():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom bench.__main__ import main\n"
+            "try:\n    main(['score-text', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "print('EVAL_IMPORTED' if 'bench.eval' in sys.modules else 'EVAL_NOT_IMPORTED')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "Each line of the JSONL" in out          # the module docstring, not just the options
+    assert out.strip().endswith("EVAL_NOT_IMPORTED")
