@@ -289,7 +289,7 @@ def test_loading_into_another_architecture_names_the_keys(cfg, tok, tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"missing .*blocks\.2\.qkv\.weight"):
         load_state_verified(deeper, state, source="ckpt/model.safetensors")
     wider = MiniBagel(dataclasses.replace(cfg, d_model=48), tok.vocab_size)
-    with pytest.raises(CheckpointMismatchError, match=r"shape-mismatched \(32\): .*blocks\.0\.qkv\.weight \(96, 32\) vs model \(144, 48\)") as e:
+    with pytest.raises(CheckpointMismatchError, match=r"shape-mismatched \(34\): .*blocks\.0\.qkv\.weight \(96, 32\) vs model \(144, 48\)") as e:
         load_state_verified(wider, state)
     assert "tok_emb.weight (48, 32) vs model (48, 48)" in e.value.mismatched  # the full list
     state["extra.bias"] = torch.zeros(1)
@@ -340,3 +340,66 @@ def test_instruction_dropout_trains_the_unconditional_branch(cfg, tok, vae):
     assert torch.allclose(dropped.v_hat, empty.v_hat, atol=1e-6)
     assert not torch.allclose(kept.v_hat, dropped.v_hat, atol=1e-4)
     assert torch.equal(kept.text_targets[kept.text_targets != -100], dropped.text_targets[dropped.text_targets != -100])
+
+
+def test_condition_at_the_generated_grid_position(cfg, tok):
+    """cond_at_gen adds cond2gen(condition token i) to generated token i only: zero at init (the
+    same function as a model without it), and once trained, changing one condition token moves the
+    generated token at its own position through that path."""
+    with_add = MiniBagel(cfg, tok.vocab_size)
+    without = MiniBagel(dataclasses.replace(cfg, cond_at_gen=False), tok.vocab_size)
+    assert not any(k.startswith("cond2gen") for k in without.state_dict())
+    without.load_state_dict({k: v for k, v in with_add.state_dict().items()
+                             if not k.startswith("cond2gen")})
+    torch.nn.init.normal_(with_add.llm2vae.weight)
+    without.llm2vae.load_state_dict(with_add.llm2vae.state_dict())
+    text = pack_text(tok, [SR4], None, cfg.max_text_len)
+    n = (cfg.image_size // 4 // cfg.patch_size) ** 2
+    grid = (int(n ** 0.5),) * 2
+    cond, gen = torch.randn(1, n, with_add.patch_dim), torch.randn(1, n, with_add.patch_dim)
+    mask = sequence_mask(text, n, n)
+    args = (text.ids, text.pos, mask)
+    kw = dict(cond=cond, gen=gen, t=torch.tensor([0.5]), grid=grid)
+    assert torch.allclose(with_add(*args, **kw)[2], without(*args, **kw)[2], atol=1e-6)
+    torch.nn.init.normal_(with_add.cond2gen.weight)
+    assert not torch.allclose(with_add(*args, **kw)[2], without(*args, **kw)[2], atol=1e-3)
+    # The direct path: with attention cut off (no block), the generated token i depends on
+    # condition token i and on no other condition token.
+    with_add.blocks = torch.nn.ModuleList()
+    cond2 = cond.clone()
+    cond2[0, 3] += 1.0
+    diff = (with_add(*args, **{**kw, "cond": cond2})[2] - with_add(*args, **kw)[2]).abs().sum(-1)[0]
+    assert diff[3] > 1e-3 and torch.all(diff[torch.arange(n) != 3] < 1e-6)
+
+
+def test_mmse_output_is_the_x0_prediction_from_pure_noise(cfg, tok, vae):
+    """output="mmse" returns decode(x_1 - v_hat(x_1, t=1)) for the seeded noise x_1: one forward,
+    independent of the sampler's steps; "sample" runs the Euler sampler (a different image)."""
+    model = MiniBagel(cfg, tok.vocab_size)
+    torch.nn.init.normal_(model.llm2vae.weight, std=0.05)
+    images = torch.rand(2, 3, 8, 8)
+    sc = SampleConfig(steps=3, max_new_tokens=4)
+    mmse = MiniBagelAdapter(model, vae, tok, sc, output="mmse")
+    got = mmse.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6])
+    cond = mmse._encode_condition(images, (32, 32))
+    n, c, h, w = cond.shape
+    p = cfg.patch_size
+    noise = torch.stack([torch.randn(cond.shape[1:], generator=torch.Generator().manual_seed(s))
+                         for s in (5, 6)])
+    text = pack_text(tok, [SR4, SR4], None, cfg.max_text_len)
+    from medq.models.transformer import patchify, unpatchify
+    with torch.no_grad():
+        _, _, v = model(text.ids, text.pos, sequence_mask(text, h * w // p // p, h * w // p // p),
+                        cond=patchify(cond, p), gen=patchify(noise, p), t=torch.ones(2),
+                        grid=(h // p, w // p))
+        want = vae.decode(noise - unpatchify(v, p, c, h, w)).clamp(0, 1)
+    assert torch.allclose(got, want, atol=1e-5)
+    more_steps = MiniBagelAdapter(model, vae, tok, dataclasses.replace(sc, steps=7), output="mmse")
+    assert torch.allclose(more_steps.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6]),
+                          got, atol=1e-6)
+    sampled = MiniBagelAdapter(model, vae, tok, sc).edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32),
+                                                         seed=[5, 6])
+    assert not torch.allclose(sampled, got, atol=1e-3)
+    assert mmse.settings["output"] == "mmse"
+    with pytest.raises(ValueError, match="output = 'mean'"):
+        MiniBagelAdapter(model, vae, tok, sc, output="mean")

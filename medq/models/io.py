@@ -24,7 +24,7 @@ from medq.config import ModelConfig
 ARCH_FILE = "arch.json"
 TOKENIZER_FILE = "tokenizer.json"
 ARCH_FIELDS = ("vae_downsample", "latent_channels", "patch_size", "d_model", "n_layers", "n_heads",
-               "mlp_ratio", "max_text_len", "vocab_pad_multiple")
+               "mlp_ratio", "max_text_len", "vocab_pad_multiple", "cond_at_gen")
 """ModelConfig fields that define the transformer's parameters and sequence layout. ``image_size``
 and ``vae`` are not among them: the same weights run at any multiple of the patch grid."""
 
@@ -157,6 +157,16 @@ def load_model(directory: str | Path, *, weights_file: str = "model.safetensors"
     cfg = dataclasses.replace(base, **kwargs)
     model = MiniBagel(cfg, tokenizer.vocab_size)
     weights = "ema" if "ema" in weights_file else "model"
-    report = load_state_verified(model, load_file(str(d / weights_file)), source=str(d / weights_file),
+    report = load_state_verified(model, read_weights(d / weights_file), source=str(d / weights_file),
                                  weights=weights)
     return model, tokenizer, report
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated or foreign file is a
+    ``CheckpointMismatchError`` naming it (safetensors' own error names neither file nor cause)."""
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError: what the file is, not why the library failed
+        raise CheckpointMismatchError(f"{path}: not a readable safetensors file (truncated, empty "
+                                      f"or another format): {e}") from None

@@ -7,8 +7,9 @@ Layout of a sample (roles in ``medq.models.sequence``)::
 - condition image: clean VAE latents of the (bicubic-upsampled) input, patchified, timestep 0;
   full attention among themselves.
 - text: causal; the prompt sees the condition image, the report sees the image and the prompt.
-- generated image: noisy latents with a timestep embedding; full attention among themselves, and
-  they see the condition image and the prompt (never the report: at inference there is none).
+- generated image: noisy latents with a timestep embedding, plus (``cond_at_gen``) a projection
+  of the condition token at the same grid position; full attention among themselves, and they see
+  the condition image and the prompt (never the report: at inference there is none).
 
 Batches are padded to equal length (one sequence per sample, pad positions attend only to
 themselves) and attention is ``scaled_dot_product_attention`` with a boolean block mask
@@ -97,12 +98,17 @@ class MiniBagel(nn.Module):
         self.text_pos = nn.Embedding(2 * cfg.max_text_len, d)
         self.vae2llm = nn.Linear(self.patch_dim, d)
         self.type_emb = nn.Embedding(3, d)  # text, condition image, generated image
+        # Zero at init so that a model without it and one with it start as the same function.
+        self.cond2gen = nn.Linear(self.patch_dim, d) if cfg.cond_at_gen else None
         self.time_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(d)
         self.text_head = nn.Linear(d, self.vocab_padded, bias=False)
         self.llm2vae = nn.Linear(d, self.patch_dim)
         self.apply(self._init)
+        if self.cond2gen is not None:
+            nn.init.zeros_(self.cond2gen.weight)
+            nn.init.zeros_(self.cond2gen.bias)
         # Zero flow head: v_hat = 0 at init, so a fresh model's flow loss starts at E|eps - x0|^2.
         nn.init.zeros_(self.llm2vae.weight)
         nn.init.zeros_(self.llm2vae.bias)
@@ -137,7 +143,10 @@ class MiniBagel(nn.Module):
             parts.append(self.vae2llm(cond) + pos + self.type_emb.weight[1] + t0[:, None])
         parts.append(self.tok_emb(text_ids) + self.text_pos(text_pos) + self.type_emb.weight[0])
         if gen is not None:
-            parts.append(self.vae2llm(gen) + pos + self.type_emb.weight[2] + self.time_embedding(t)[:, None])
+            g = self.vae2llm(gen) + pos + self.type_emb.weight[2] + self.time_embedding(t)[:, None]
+            if self.cond2gen is not None and cond is not None:
+                g = g + self.cond2gen(cond)  # same grid: generated token i sees condition token i
+            parts.append(g)
         x = torch.cat(parts, dim=1)
         if mask.shape != (b, x.shape[1], x.shape[1]):
             raise ValueError(f"MiniBagel: mask {tuple(mask.shape)} does not match the sequence "
