@@ -54,11 +54,29 @@ class MiniBagelAdapter:
     """``edit`` / ``generate_report`` accept one seed per image, so the harness can batch them and
     still give each image the output it would get alone (``infer.text.call_per_image_seeds``)."""
 
+    OUTPUTS = ("sample", "mmse")
+
     def __init__(self, model, vae, tokenizer, sample_cfg: SampleConfig | None = None,
-                 name: str = "mini-bagel"):
+                 name: str = "mini-bagel", output: str = "sample"):
+        """``output``: what ``edit`` returns. ``sample``: the Euler sampler from noise (BAGEL's
+        output; sharp, pays for it in PSNR). ``mmse``: the model's x0 prediction from pure noise
+        at t = 1, ``x0_hat = x_1 - v_hat(x_1, 1)``. Because x_1 = eps exactly at t = 1 and the flow
+        is trained with MSE on v = eps - x0, ``v_hat(x_1, 1)`` estimates ``x_1 - E[x0 | condition]``,
+        so x0_hat is the posterior mean of the latent (decoded by the VAE): the minimum-MSE
+        output in latent space, one forward instead of ``steps``."""
+        if output not in self.OUTPUTS:
+            raise ValueError(f"MiniBagelAdapter: output = {output!r}; expected one of {self.OUTPUTS}")
         self.model, self.vae, self.tokenizer = model, vae, tokenizer
         self.sample_cfg = sample_cfg or SampleConfig()
         self.name = name
+        self.output = output
+
+    @property
+    def settings(self) -> dict:
+        """What the harness records about how this model generates (``infer.harness``)."""
+        import dataclasses
+
+        return {"sample": dataclasses.asdict(self.sample_cfg), "output": self.output}
 
     @property
     def vocab_size(self) -> int:
@@ -103,6 +121,10 @@ class MiniBagelAdapter:
                     return unpatchify(v, p, c, h, w)
                 return velocity
 
+            if self.output == "mmse":
+                t1 = torch.ones(n, device=self.device)
+                z = noise - make_velocity(list(instructions))(noise, t1)
+                return self.vae.decode(z)[..., :H, :W].float().clamp(0, 1)
             uncond = make_velocity([""] * n) if sc.text_guidance > 1 else None
             z = euler_sample(make_velocity(list(instructions)), noise, steps=sc.steps, shift=sc.shift,
                              uncond_velocity=uncond, guidance=sc.text_guidance)
