@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 ARCH_FILE = "arch.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -150,7 +150,7 @@ def load_vae(path: str | Path) -> nn.Module:
     (``config.json`` with ``_class_name`` AutoencoderKL + its weights), in eval mode, frozen."""
     d = Path(path)
     if (d / ARCH_FILE).is_file():
-        from medq.models.io import load_state_verified
+        from medq.models.io import load_state_verified, read_weights
 
         arch = json.loads((d / ARCH_FILE).read_text())
         if arch.get("kind") != KIND:
@@ -158,7 +158,7 @@ def load_vae(path: str | Path) -> nn.Module:
         vae = SmallVAE(**{k: v for k, v in arch.items() if k != "kind"})
         if not (d / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{d}: has {ARCH_FILE} but no {WEIGHTS_FILE}")
-        load_state_verified(vae, load_file(str(d / WEIGHTS_FILE)), source=str(d / WEIGHTS_FILE),
+        load_state_verified(vae, read_weights(d / WEIGHTS_FILE), source=str(d / WEIGHTS_FILE),
                             weights="vae")
     elif (d / "config.json").is_file():
         cls = json.loads((d / "config.json").read_text()).get("_class_name")
