@@ -114,10 +114,13 @@ def checkpoint_dir(run: Path, checkpoint: str | None) -> Path:
     return ckpt
 
 
-def load_run(run, *, weights: str = "ema", checkpoint: str | None = None, device="cpu"):
+def load_run(run, *, weights: str = "ema", checkpoint: str | None = None, device="cpu",
+             output: str = "sample"):
     """Our mini-BAGEL from a run / checkpoint, strictly verified (``medq.checkpoint.
     load_for_inference``), wrapped as ``MiniBagelAdapter``. Returns (model, meta, info) where
-    meta = {"run", "checkpoint", "weights"} for the records and info is load_for_inference's."""
+    meta = {"run", "checkpoint", "weights"} for the records and info is load_for_inference's.
+    ``output``: "sample" (the Euler sampler) or "mmse" (the x0 prediction from pure noise; the
+    model's name then ends in ``/mmse``), see ``MiniBagelAdapter``."""
     from medq.checkpoint import load_for_inference
 
     target = checkpoint_dir(Path(run), checkpoint)
@@ -130,7 +133,8 @@ def load_run(run, *, weights: str = "ema", checkpoint: str | None = None, device
         raise InferError(f"--run {run}: cannot load {weights} weights from {target}: "
                          f"{type(e).__name__}: {e}") from e
     cfg = info["config"]
-    model = MiniBagelAdapter(net, vae, tokenizer, cfg.sample,
-                             name=f"{info['run_name']}@{info['checkpoint'].name}/{weights}")
+    suffix = "" if output == "sample" else f"/{output}"
+    model = MiniBagelAdapter(net, vae, tokenizer, cfg.sample, output=output,
+                             name=f"{info['run_name']}@{info['checkpoint'].name}/{weights}{suffix}")
     meta = {"run": info["run_name"], "checkpoint": info["checkpoint"].name, "weights": weights}
     return model, meta, {**info, "load_report": report}

@@ -34,7 +34,7 @@ def test_ssim_presets_have_the_values_of_the_design_table(name):
     cfg = load_config(name)
     assert (cfg.loss.ssim_weight, cfg.loss.ssim_max_t, cfg.loss.ssim_grad_scale) == (weight, max_t, scale)
     if from_ema:
-        assert cfg.init.from_ == "pretrain" and cfg.init.weights == "ema" and not cfg.init.scratch
+        assert cfg.init.from_ == "weights/base" and cfg.init.weights == "ema" and not cfg.init.scratch
     else:  # the v2 accident: pretrained weights never loaded
         assert cfg.init.scratch and cfg.init.from_ == ""
 
@@ -126,7 +126,7 @@ def test_out_of_range_values_name_key_value_and_rule(override, rule):
 def test_scratch_must_be_stated_and_excludes_a_checkpoint():
     with pytest.raises(ConfigError, match="init.scratch = False: init.from is empty.*v2 accident"):
         load_config("ssim_v3", overrides=["init.from=''"])
-    with pytest.raises(ConfigError, match="init.from = 'pretrain': must be empty when init.scratch"):
+    with pytest.raises(ConfigError, match="init.from = 'weights/base': must be empty when init.scratch"):
         load_config("ssim_v3", overrides=["init.scratch=true"])
 
 

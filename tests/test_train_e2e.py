@@ -36,6 +36,11 @@ def sets(overrides: list[str]) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
 
 
+# Fine-tunes start from the shipped weights/base by default; these tests fine-tune their own tiny
+# pretrain run instead (init.from = a preset name: its newest finished run in run.out_dir).
+FROM_TINY_BASE = ["--set", "init.from=pretrain"]
+
+
 def test_base_then_ssim_v3_from_its_ema(tiny, capsys):
     assert main(["--preset", "pretrain", "--no-progress", *sets(tiny)]) == 0
     base = load_config("pretrain", overrides=tiny)
@@ -57,8 +62,8 @@ def test_base_then_ssim_v3_from_its_ema(tiny, capsys):
     assert "already finished at step 4" in capsys.readouterr().out
 
     # ssim_v3: init.from = "pretrain" resolves to that run; EMA weights, verified and recorded.
-    assert main(["--preset", "ssim_v3", "--no-progress", *sets(tiny)]) == 0
-    v3 = load_config("ssim_v3", overrides=tiny)
+    assert main(["--preset", "ssim_v3", "--no-progress", *sets(tiny), *FROM_TINY_BASE]) == 0
+    v3 = load_config("ssim_v3", overrides=tiny + ["init.from=pretrain"])
     init = json.loads((v3.run_dir / "init.json").read_text())
     assert init["scratch"] is False and init["weights"] == "ema"
     assert Path(init["checkpoint"]) == ckpt
@@ -76,13 +81,13 @@ def test_base_then_ssim_v3_from_its_ema(tiny, capsys):
 def test_init_from_a_different_architecture_fails_naming_it(tiny):
     assert main(["--preset", "pretrain", "--no-progress", *sets(tiny)]) == 0
     with pytest.raises(SystemExit, match="CheckpointMismatchError.*d_model"):
-        main(["--preset", "ssim_v3", "--no-progress", *sets(tiny), "--set", "model.d_model=64",
+        main(["--preset", "ssim_v3", "--no-progress", *sets(tiny), *FROM_TINY_BASE, "--set", "model.d_model=64",
               "--set", "model.n_heads=2"])
 
 
 def test_missing_base_run_names_the_command(tiny):
     with pytest.raises(SystemExit, match=r"python -m train --preset pretrain"):
-        main(["--preset", "pixel", "--no-progress", *sets(tiny)])
+        main(["--preset", "pixel", "--no-progress", *sets(tiny), *FROM_TINY_BASE])
 
 
 def test_resume_with_vae_in_graph_equals_uninterrupted(tiny, tmp_path, capsys):
@@ -116,7 +121,7 @@ def test_probe_command_measures_each_term_and_writes_nothing(tiny, capsys):
     runs = sorted(p.name for p in Path(json.loads(tiny[-2].split("=", 1)[1])).iterdir())
     capsys.readouterr()
     probe = tiny + ["loss.pixel_weight=1.0", "loss.pixel_max_t=1.0", "loss.ssim_weight=1.0", "loss.ssim_max_t=1.0"]
-    assert main(["probe", "--preset", "base", "--batches", "2", *sets(probe)]) == 0
+    assert main(["probe", "--preset", "base", "--batches", "2", *sets(probe), *FROM_TINY_BASE]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.split() and line.split()[0] in ("mse", "pixel", "ssim")}
@@ -128,6 +133,6 @@ def test_probe_command_measures_each_term_and_writes_nothing(tiny, capsys):
 
 def test_probe_without_a_base_run_names_the_command(tiny):
     with pytest.raises(SystemExit, match="no finished run of preset 'pretrain'.*python -m train --preset pretrain"):
-        main(["probe", "--preset", "pixel", *sets(tiny)])
+        main(["probe", "--preset", "pixel", *sets(tiny), *FROM_TINY_BASE])
     with pytest.raises(SystemExit, match="--batches 0: must be >= 1"):
-        main(["probe", "--preset", "pixel", "--batches", "0", *sets(tiny)])
+        main(["probe", "--preset", "pixel", "--batches", "0", *sets(tiny), *FROM_TINY_BASE])

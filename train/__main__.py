@@ -30,7 +30,8 @@ from pathlib import Path
 
 from medq.config import ConfigError, available_presets, dump_toml, load_config
 
-SUBCOMMANDS = {"data": "train.data_cmd", "vae": "train.vae_cmd", "probe": "train.probe_cmd"}
+SUBCOMMANDS = {"data": "train.data_cmd", "vae": "train.vae_cmd", "probe": "train.probe_cmd",
+               "weights": "train.weights_cmd"}
 log = logging.getLogger("train")
 
 

@@ -7,6 +7,8 @@ only when ``cfg.loss.needs_vae`` (an image-space loss is on).
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 from pathlib import Path
@@ -65,6 +67,22 @@ def init_model(cfg: Config, device: torch.device):
     return model.to(device), tokenizer, info
 
 
+@contextlib.contextmanager
+def shipped_weights_hint(spec: str):
+    """Re-raise a load error of the shipped weights (``weights/``) with what to do about it: a
+    missing, truncated or foreign file there is never a reason to start from random weights."""
+    from medq.models import CheckpointMismatchError
+    from train.weights_cmd import REBUILD, is_shipped
+
+    try:
+        yield
+    except (FileNotFoundError, CheckpointMismatchError, ValueError) as e:
+        if not is_shipped(spec):
+            raise
+        raise type(e)(f"{e}\n  {spec} is part of the shipped weights: restore it with "
+                      f"`git checkout -- weights/` or rebuild it with {REBUILD}") from None
+
+
 def _true_size(image: torch.Tensor, batch: dict, key: str, i: int) -> torch.Tensor:
     """Sample ``i``'s image (3, H, W) cropped to its size before collate's padding."""
     if key not in batch:
@@ -81,8 +99,10 @@ class MiniBagelTask:
         from medq.data import build_dataset, collate
 
         self.cfg, self.device, self.dist, self.collate = cfg, device, dist, collate
-        self.vae = M.load_vae(cfg.model.vae).to(device).eval().requires_grad_(False)
-        self.model, self.tokenizer, self.init_info = init_model(cfg, device)
+        with shipped_weights_hint(cfg.model.vae):
+            self.vae = M.load_vae(cfg.model.vae).to(device).eval().requires_grad_(False)
+        with shipped_weights_hint(cfg.init.from_):
+            self.model, self.tokenizer, self.init_info = init_model(cfg, device)
         broadcast_parameters(self.model, dist)
         if dist.is_main and write_init:  # a measurement (``train probe``) leaves no run directory
             cfg.run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,125 @@
+"""The shipped pretrained weights (``weights/``): they load strictly, score what their manifest
+records, and a missing, truncated or foreign file is an error naming it and the rebuild command,
+never a silent fresh start (the SSIM v2 accident)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medq.config import load_config
+from medq.models import CheckpointMismatchError
+from train.task import init_model, shipped_weights_hint
+from train.weights_cmd import MANIFEST, SHIPPED_FILES, check, is_shipped
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "weights"
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    """Run from the checkout root: model.vae and init.from are relative to it, as in `make`."""
+    monkeypatch.chdir(REPO)
+
+
+@pytest.fixture
+def copy_of_weights(tmp_path) -> Path:
+    out = tmp_path / "weights"
+    shutil.copytree(WEIGHTS, out)
+    cfg = out / "base" / "config.toml"
+    # The copy's base must find the copy's VAE, wherever the copy is.
+    cfg.write_text(cfg.read_text().replace('vae = "weights/vae"', f'vae = "{out / "vae"}"'))
+    manifest = json.loads((out / "base" / MANIFEST).read_text())
+    manifest["sha256"].pop("config.toml")
+    (out / "base" / MANIFEST).write_text(json.dumps(manifest))
+    return out
+
+
+def test_the_presets_fine_tune_the_shipped_weights():
+    for preset in ("pixel", "ssim_v3", "mixed", "ssim_v1", "ssim_v3_relaxed", "base"):
+        cfg = load_config(preset)
+        assert cfg.init.from_ == "weights/base" and cfg.model.vae == "weights/vae", preset
+        assert is_shipped(cfg.init.from_) and is_shipped(cfg.model.vae)
+    assert not is_shipped("pretrain") and not is_shipped("runs/pretrain-1234abcd")
+
+
+def test_manifest_lists_every_shipped_file_with_its_digest():
+    manifest = json.loads((WEIGHTS / "base" / MANIFEST).read_text())
+    assert set(manifest["sha256"]) == set(SHIPPED_FILES)
+    assert manifest["rebuild"].startswith("make weights")
+    assert set(manifest["scores"]) == {"sr4", "sr2", "enhance"}
+    size = sum(p.stat().st_size for p in WEIGHTS.rglob("*") if p.is_file())
+    assert size <= 20 * 2 ** 20, f"shipped weights are {size / 2 ** 20:.1f} MiB (limit 20)"
+
+
+@pytest.mark.slow
+def test_shipped_weights_load_strictly_and_score_what_is_recorded(in_repo, capsys):
+    assert check(WEIGHTS / "base") == 0
+    assert "strict load ok" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_default_fine_tune_initialises_from_the_shipped_ema(in_repo):
+    cfg = load_config("ssim_v3")
+    model, _, info = init_model(cfg, device="cpu")
+    assert info["weights"] == "ema" and info["report"]["missing"] == []
+    assert info["report"]["unexpected"] == [] and info["report"]["mismatched"] == []
+    assert Path(info["checkpoint"]).resolve() == (WEIGHTS / "base").resolve()
+
+
+def test_truncated_weights_name_the_file_and_the_rebuild_command(copy_of_weights, capsys):
+    ema = copy_of_weights / "base" / "ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[:1000])
+    assert check(copy_of_weights / "base") == 1
+    err = capsys.readouterr().err
+    assert str(ema) in err and "make weights" in err
+    cfg = load_config("ssim_v3", overrides=[f'init.from="{copy_of_weights / "base"}"'])
+    with pytest.raises(CheckpointMismatchError, match=r"ema\.safetensors: not a readable safetensors"
+                                                      r"(.|\n)*make weights"):
+        with shipped_weights_hint(cfg.init.from_):
+            init_model(cfg, device="cpu")
+
+
+def test_missing_or_foreign_weights_name_the_rebuild_command(copy_of_weights):
+    base = copy_of_weights / "base"
+    arch = json.loads((base / "arch.json").read_text())
+    (base / "arch.json").write_text(json.dumps({**arch, "d_model": arch["d_model"] * 2}))
+    cfg = load_config("ssim_v3", overrides=[f'init.from="{base}"'])
+    with pytest.raises(CheckpointMismatchError, match=r"d_model(.|\n)*make weights"):
+        with shipped_weights_hint(cfg.init.from_):
+            init_model(cfg, device="cpu")
+    shutil.rmtree(base)
+    with pytest.raises(FileNotFoundError, match=r"no such checkpoint(.|\n)*make weights"):
+        with shipped_weights_hint(cfg.init.from_):
+            init_model(cfg, device="cpu")
+
+
+def test_other_init_errors_are_not_blamed_on_the_shipped_weights(tmp_path):
+    cfg = load_config("ssim_v3", overrides=[f'init.from="{tmp_path / "nowhere"}"'])
+    with pytest.raises(FileNotFoundError) as e:
+        with shipped_weights_hint(cfg.init.from_):
+            init_model(cfg, device="cpu")
+    assert "make weights" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_the_rebuild_command_writes_weights_that_pass_their_check(tmp_path, monkeypatch, capsys):
+    """`python -m train weights` end to end on a tiny model: data -> VAE -> base -> export."""
+    from train.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    tiny = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.num_images=40",
+            "optim.batch_size=4", "optim.warmup_steps=1", "run.val_every=2", "run.ckpt_every=2", "run.probe_every=2",
+            "sample.max_new_tokens=4", "run.threads=1", f'data.cache_dir="{tmp_path / "cache"}"']
+    args = ["weights", "--out", str(tmp_path / "w"), "--vae-steps", "3", "--base-steps", "2",
+            "--no-progress"] + [a for o in tiny for a in ("--set", o)]
+    assert main(args) == 0
+    base = tmp_path / "w" / "base"
+    assert sorted(p.name for p in base.iterdir()) == sorted([*SHIPPED_FILES, MANIFEST])
+    manifest = json.loads((base / MANIFEST).read_text())
+    assert manifest["step"] == 2 and manifest["vae"]["steps"] == 3
+    assert not (tmp_path / "w" / ".build").exists()
+    assert main(["weights", "--check", "--out", str(tmp_path / "w")]) == 0

@@ -1,0 +1,196 @@
+"""``python -m train weights``: rebuild the shipped pretrained weights in ``weights/`` from scratch.
+
+    python -m train weights                     # VAE -> base model -> weights/ (~40 min here)
+    python -m train weights --check             # load weights/ strictly, re-score, compare
+    python -m train weights --keep-vae          # keep weights/vae, retrain only the base model
+    python -m train weights --vae-steps 300 --base-steps 200 --out /tmp/w   # a quick trial
+
+Why the weights are shipped: the original fine-tuned a fully pretrained BAGEL; a fine-tune of a base
+that saw a few hundred steps measures the base's immaturity, not the loss. A base trained for
+thousands of steps does not fit the main job's CPU budget, so it is trained once by this command
+and committed (``make weights`` runs it; ``make train-v3`` fine-tunes from it).
+
+What it writes (each directory is written under a temporary name and renamed when complete):
+
+    weights/vae/    model.safetensors arch.json metrics.json      (``python -m train vae``)
+    weights/base/   ema.safetensors arch.json tokenizer.json config.toml state.json
+                    manifest.json: sha256 of every file, the config hash, the command, and the
+                    scores ``--check`` reproduces (x0 prediction from pure noise, PSNR in the FOV,
+                    on the first images of the val split of each task)
+
+Only the EMA weights are shipped (what every fine-tune starts from): ``init.weights = "model"``
+is refused for ``weights/base`` with that reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+SHIPPED_FILES = ("ema.safetensors", "arch.json", "tokenizer.json", "config.toml", "state.json")
+MANIFEST = "manifest.json"
+REBUILD = "make weights   (python -m train weights)"
+SCORE_IMAGES = 8
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="weights", help="directory to write vae/ and base/ into "
+                   "(default weights; model.vae and init.from of the presets point there)")
+    p.add_argument("--vae-steps", type=int, default=3000, help="VAE optimizer steps (default 3000)")
+    p.add_argument("--base-steps", type=int, default=None,
+                   help="base model steps (default: the pretrain preset's optim.max_steps)")
+    p.add_argument("--keep-vae", action="store_true",
+                   help="reuse <out>/vae if it is complete and train only the base model")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the VAE and the base run, e.g. --set optim.lr=5e-4")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing: load <out>/base strictly, re-score it and compare with its "
+                        "manifest (exit 1 on a difference)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
+def is_shipped(spec: str) -> bool:
+    """Whether a ``model.vae`` / ``init.from`` value names a directory of the shipped weights."""
+    path = Path(spec)
+    return bool(spec) and (path.parent.name == "weights" or (path.parent / MANIFEST).is_file()
+                           or (path / MANIFEST).is_file())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def score_base(ckpt: Path, n: int = SCORE_IMAGES) -> dict[str, float]:
+    """Mean PSNR-fov (dB) of the base model's x0 prediction from pure noise (``output="mmse"``,
+    seed 0) on the first ``n`` val images of each task: what ``--check`` reproduces."""
+    import torch
+
+    from medq.checkpoint import load_for_inference
+    from medq.data import build_dataset
+    from medq.metrics import psnr
+    from medq.models import MiniBagelAdapter
+
+    model, tok, vae, _, info = load_for_inference(ckpt)
+    cfg = info["config"]
+    adapter = MiniBagelAdapter(model, vae, tok, cfg.sample, output="mmse")
+    scores = {}
+    for task in cfg.data.tasks:
+        ds = build_dataset(cfg.data, cfg.model.image_size, "val", tasks=[task])
+        items = [ds[i] for i in range(min(n, len(ds)))]
+        inputs = torch.stack([it["input"] for it in items])
+        size = tuple(items[0]["target"].shape[-2:])
+        out = adapter.edit(inputs, [it["instruction"] for it in items], [task] * len(items), size,
+                           seed=list(range(len(items))))
+        target = torch.stack([it["target"] for it in items])
+        mask = torch.stack([it["mask"] for it in items])
+        scores[task] = round(float(psnr(out, target, mask).mean()), 4)
+    return scores
+
+
+def check(base: Path) -> int:
+    """Verify ``base`` against its manifest: files present with their sha256, strict load, scores
+    within 0.05 dB (float reduction order differs between machines)."""
+    from medq.models import CheckpointMismatchError
+
+    manifest_path = base / MANIFEST
+    if not manifest_path.is_file():
+        print(f"error: {manifest_path} is missing; rebuild the shipped weights with {REBUILD}",
+              file=sys.stderr)
+        return 1
+    manifest = json.loads(manifest_path.read_text())
+    for name, digest in manifest["sha256"].items():
+        if not (base / name).is_file() or sha256_file(base / name) != digest:
+            print(f"error: {base / name} is missing or differs from {manifest_path} (sha256); "
+                  f"restore it from git or rebuild with {REBUILD}", file=sys.stderr)
+            return 1
+    try:
+        scores = score_base(base, manifest["score_images"])
+    except (CheckpointMismatchError, FileNotFoundError, ValueError) as e:
+        print(f"error: {base}: {e}; rebuild with {REBUILD}", file=sys.stderr)
+        return 1
+    bad = {t: (s, manifest["scores"].get(t)) for t, s in scores.items()
+           if manifest["scores"].get(t) is None or abs(s - manifest["scores"][t]) > 0.05}
+    for task, (got, want) in bad.items():
+        print(f"error: {base}: {task} scores {got} dB, manifest says {want} dB", file=sys.stderr)
+    if not bad:
+        print(f"{base}: sha256 ok, strict load ok, scores {scores} = manifest")
+    return 1 if bad else 0
+
+
+def main(args) -> int:
+    out = Path(args.out)
+    if args.check:
+        return check(out / "base")
+    for flag, value in (("--vae-steps", args.vae_steps), ("--base-steps", args.base_steps)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag} = {value}: must be >= 1")
+    from medq.checkpoint import latest_checkpoint
+    from medq.config import load_config
+    from train import vae_cmd
+    from train.__main__ import main as train_main
+
+    start = time.perf_counter()
+    vae_dir = out / "vae"
+    overrides = list(args.overrides) + [f"model.vae={json.dumps(str(vae_dir))}"]
+    keep = args.keep_vae and (vae_dir / "metrics.json").is_file()
+    vae_args = ([] if keep else ["--force"]) + ["--steps", str(args.vae_steps)] \
+        + sum((["--set", o] for o in overrides), [])
+    if args.no_progress:
+        vae_args.append("--no-progress")
+    if vae_cmd.main(_namespace(vae_cmd.add_arguments, vae_args)):
+        return 1
+    build_dir = out / ".build"
+    shutil.rmtree(build_dir, ignore_errors=True)
+    overrides.append(f"run.out_dir={json.dumps(str(build_dir))}")
+    if args.base_steps is not None:
+        overrides.append(f"optim.max_steps={args.base_steps}")
+    argv = ["--preset", "pretrain"] + sum((["--set", o] for o in overrides), [])
+    if args.no_progress:
+        argv.append("--no-progress")
+    if train_main(argv):
+        return 1
+    cfg = load_config("pretrain", overrides=overrides)
+    ckpt = latest_checkpoint(cfg.run_dir / "checkpoints")
+    tmp = out / f".tmp-base-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in SHIPPED_FILES:
+        shutil.copy2(ckpt / name, tmp / name)
+    scores = score_base(ckpt, SCORE_IMAGES)  # the same files (a .tmp- directory is never loaded)
+    manifest = {
+        "what": "mini-BAGEL base model (pretrain preset), EMA weights, and its VAE",
+        "rebuild": REBUILD, "command": " ".join(["python -m train weights"] + sys.argv[2:]),
+        "config_hash": cfg.hash, "run_name": cfg.run_name,
+        "step": json.loads((ckpt / "state.json").read_text())["step"],
+        "vae": json.loads((vae_dir / "metrics.json").read_text()),
+        "score": "mean PSNR-fov (dB) of the x0 prediction from pure noise, first "
+                 f"{SCORE_IMAGES} val images per task (train.weights_cmd.score_base)",
+        "score_images": SCORE_IMAGES, "scores": scores,
+        "sha256": {name: sha256_file(tmp / name) for name in SHIPPED_FILES},
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    final = out / "base"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    shutil.rmtree(build_dir, ignore_errors=True)
+    print(f"shipped weights in {out}: VAE val PSNR {manifest['vae']['psnr_val']:.2f} dB, base step "
+          f"{manifest['step']}, scores {scores}, {manifest['build_seconds']:.0f} s")
+    return 0
+
+
+def _namespace(add_arguments, argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(argv)
