@@ -329,7 +329,10 @@ def _latest_to_last_good(ckpt_root: Path) -> None:
     """On a non-finite abort: ``latest`` names the last good checkpoint, which inference, eval and
     init.from then use (the checkpoints saved inside the streak stay, marked not good)."""
     good = last_good_checkpoint(ckpt_root)
-    if good is not None and good != latest_checkpoint(ckpt_root):
+    if good is None:
+        log.warning("non-finite abort: no checkpoint of this run is good (saved after a finite "
+                    "step with finite weights)")
+    elif good != latest_checkpoint(ckpt_root):
         point_latest(ckpt_root, good)
         log.warning("non-finite abort: %s now names the last good checkpoint %s",
                     ckpt_root / LATEST, good.name)
