@@ -369,8 +369,8 @@ def acquire_run_lock(run_dir: Path) -> bool:
         log.warning("%s: lock left by process %s, which no longer holds it (killed?); taken over",
                     path, previous)
     os.ftruncate(fd, 0)
+    # No fsync: the PID only informs a message; the kernel's flock is the lock.
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    os.fsync(fd)
     _HELD_LOCKS[run_dir] = fd
     return True
 
