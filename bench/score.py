@@ -30,6 +30,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -131,7 +132,10 @@ def _load_checked(path: Path) -> torch.Tensor:
     from medq.data.imageio import _check_pixels
 
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # refused just below, naming the file
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             _check_pixels(im, Path(path))
     except Image.DecompressionBombError as e:
         raise ValueError(f"{path}: refused as a decompression bomb ({e})") from None

@@ -148,3 +148,23 @@ def test_publish_reports_atomic_failed_beside_and_stale_files_removed(tmp_path):
         E.publish_reports(out, False, full)
     assert (out / "leaderboard.csv").read_text() == "good"
     assert not list(out.glob(".tmp-*"))
+
+
+def test_infer_default_output_is_keyed_by_the_data(tmp_path):
+    from infer.__main__ import main
+
+    good = _folder(tmp_path, bad=False)
+    sets = ["--set", f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
+            "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]
+    assert main(["--baseline", "bicubic", "--data", "folder", "--root", str(good), "--split", "all",
+                 "--tasks", "sr4", "--no-text", "--no-progress", *sets]) == 0
+    base = tmp_path / "runs" / "_baselines" / "bicubic"
+    assert not (base / "eval").exists()
+    [keyed] = list(base.glob("eval-folder-all-*"))
+    assert {r["id"] for r in read_jsonl(keyed / "sr4" / "records.jsonl")} == {"f0", "f1", "f2"}
+    # An explicit --out that holds another data source's outputs is refused, not mixed.
+    out = tmp_path / "mine"
+    assert main(["--baseline", "bicubic", "--data", "folder", "--root", str(good), "--split", "all",
+                 "--tasks", "sr4", "--no-text", "--no-progress", "--out", str(out), *sets]) == 0
+    assert main(["--baseline", "bicubic", "--tasks", "sr4", "--no-text", "--no-progress",
+                 "--out", str(out), "--limit", "1", *sets]) == 2

@@ -91,14 +91,19 @@ def _resume_point(cfg: Config, ckpt_root: Path, dist: Dist) -> Path | None:
     if not dist.is_main:
         barrier(dist)
         return latest_checkpoint(ckpt_root)
-    ckpt, broken = usable_checkpoint(ckpt_root, CHECKPOINT_FILES)
-    info = read_run_json(cfg.run_dir) or {}
-    if ckpt is None and (broken or (ckpt_root / LATEST).exists() or info.get("step", 0) > 0):
-        raise CheckpointError(
-            f"{cfg.run_dir}: the run reached step {info.get('step', '?')} but no usable checkpoint "
-            f"is left in {ckpt_root}" + (f" ({broken[-1]})" if broken else "") + "; starting "
-            f"over would rewrite its metrics history: move the run directory away to train anew")
-    barrier(dist)  # the other ranks read `latest` only after rank 0 has settled it
+    try:
+        ckpt, broken = usable_checkpoint(ckpt_root, CHECKPOINT_FILES)
+        info = read_run_json(cfg.run_dir) or {}
+        if ckpt is None and (broken or (ckpt_root / LATEST).exists() or info.get("step", 0) > 0):
+            raise CheckpointError(
+                f"{cfg.run_dir}: the run reached step {info.get('step', '?')} but no usable "
+                f"checkpoint is left in {ckpt_root}" + (f" ({broken[-1]})" if broken else "")
+                + "; starting over would rewrite its metrics history: move the run directory "
+                "away to train anew")
+        if broken and ckpt is not None:
+            point_latest(ckpt_root, ckpt)  # every reader (other ranks, eval) agrees on it
+    finally:
+        barrier(dist)  # the other ranks read `latest` only after rank 0 has settled it
     return ckpt
 
 

@@ -11,6 +11,7 @@ bomb: the header promises a huge image from a small file).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,10 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # a bomb is refused just below, with the file's name
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             _check_pixels(img, path)
             if max_side is not None and img.format == "JPEG" and max(img.size) > 2 * max_side:
                 img.draft("RGB", (max_side, max_side))
