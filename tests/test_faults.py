@@ -268,3 +268,24 @@ def test_write_error_during_training_is_one_line(tmp_path, monkeypatch, capsys):
     assert cli._train(cfg, args, torch.device("cpu"), Dist()) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "run the same command again" in err
+
+
+def test_truncated_init_checkpoint_is_one_line_naming_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from train.__main__ import main
+
+    init = tmp_path / "init" / "step_000010"
+    init.mkdir(parents=True)
+    save_file({"w": torch.zeros(1000)}, str(init / "ema.safetensors"))
+    data = (init / "ema.safetensors").read_bytes()
+    (init / "ema.safetensors").write_bytes(data[:500])
+    (init / "arch.json").write_text("{}")
+    (init / "state.json").write_text('{"step": 10}')
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "ssim_v3", "--no-progress",
+              "--set", f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
+              "--set", f"init.from={json.dumps(str(init))}"])
+    assert f"{init / 'ema.safetensors'}: unreadable" in str(e.value.code)
+    assert "truncated" in str(e.value.code)
+    assert not list((tmp_path / "runs").glob("*"))  # the failed start left no run directory

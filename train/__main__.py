@@ -189,6 +189,24 @@ def _run_one(cfg, args, device) -> int:
     return _train(cfg, args, device, dist)
 
 
+def _check_init_files(cfg) -> None:
+    """A truncated or otherwise broken init.from checkpoint is one line naming the file, before
+    the model loader would raise from inside safetensors or json."""
+    from medq.checkpoint import CheckpointError, resolve_init, verify_checkpoint
+
+    if cfg.init.scratch or not cfg.init.from_:
+        return
+    try:
+        ckpt = resolve_init(cfg.init.from_, Path(cfg.run.out_dir))
+    except FileNotFoundError:
+        return  # MiniBagelTask says what was looked for
+    try:
+        verify_checkpoint(ckpt, (f"{cfg.init.weights}.safetensors", "arch.json"))
+    except CheckpointError as e:
+        raise SystemExit(f"error: init.from = {cfg.init.from_!r}: {e}; point init.from at an "
+                         f"intact checkpoint (e.g. an earlier step_* of that run)") from None
+
+
 def _write_error(cfg, e: OSError) -> str:
     """One line for a run directory that cannot be written (full disk, permissions)."""
     return (f"error: cannot write {e.filename or cfg.run_dir}: {e.strerror or e}; free space or fix "
@@ -209,6 +227,7 @@ def _train(cfg, args, device, dist) -> int:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
+    _check_init_files(cfg)
     try:
         task = MiniBagelTask(cfg, device, dist)
     except (FileNotFoundError, CheckpointMismatchError) as e:
