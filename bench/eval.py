@@ -510,10 +510,11 @@ def run_eval(args) -> dict:
                  + (f", labels {base_cfg.data.labels}" if base_cfg.data.labels else ""),
                  "test images cap": args.test_images or "none", "weights": args.weights,
                  "seeds": "inference: each run's sample.seed, per image derive_seed(seed, id)"}
-        result["files"] = publish_reports(args.out, bool(result["failures"]), lambda out: report.write_reports(
-            rows, per_image, out, protocol=protocol(rows, channel=args.channel, backbone=backbone,
-                                                    extra=extra),
-            comparisons=comparisons(rows, per_image), run_dirs=runs, plots=not args.no_plots))
+        result["files"] = publish_reports(
+            args.out, bool(result["failures"]), lambda out: report.write_reports(
+                rows, per_image, out, protocol=protocol(rows, channel=args.channel,
+                                                        backbone=backbone, extra=extra),
+                comparisons=comparisons(rows, per_image), run_dirs=runs, plots=not args.no_plots))
     return result
 
 
@@ -688,8 +689,8 @@ def main(args) -> int:
                       f"this evaluation's report is in {args.out / FAILED_DIR}", file=sys.stderr)
         return 1 if result["failures"] else 0
     except OSError as e:
-        print(f"error: cannot write {e.filename or args.out}: {e.strerror or e}; free space or pass "
-              f"a writable --out ({args.out} left as it was)", file=sys.stderr)
+        print(f"error: cannot write {e.filename or args.out}: {e.strerror or e}; free space or "
+              f"pass a writable --out ({args.out} left as it was)", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -17,8 +17,8 @@ bombs, images smaller than the 11-px SSIM window and mismatches are reported; th
 scored. Where a metric leaves images out (``*_fov`` on a target without a field of view, e.g.
 all black or all white), the row says ``partial``, and the note gives n for that metric and why.
 Nothing scored: no row is written and the exit code is 1. An output folder that cannot be
-written (permissions, full disk) is one error line, exit 2, and no temp file left. Rows go into ``<out>/leaderboard.csv`` and ``per_image.csv``
-(replacing rows with the same name and task, keeping the others) with the same metrics as
+written (permissions, full disk) is one error line, exit 2, and no temp file left. Rows go into
+``<out>/leaderboard.csv`` and ``per_image.csv`` (replacing rows with the same name and task, keeping the others) with the same metrics as
 ``bench eval``; ``leaderboard.md`` is rewritten from the merged rows.
 """
 
@@ -253,9 +253,9 @@ def main(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: cannot write the reports to {args.out}: {e.strerror or e}"
-              + (f" ({e.filename})" if e.filename else "") + "; free space or pass a writable --out",
-              file=sys.stderr)
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: cannot write the reports to {args.out}: {e.strerror or e}{where}; free "
+              f"space or pass a writable --out", file=sys.stderr)
         return 2
     r = result["row"]
     if not r["n_images"]:

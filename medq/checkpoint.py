@@ -154,7 +154,8 @@ def _pointer_target(root: Path) -> str | None:
     except (UnicodeDecodeError, OSError):
         name = ""
     if not STEP_NAME.fullmatch(name):
-        log.warning("%s does not hold a checkpoint name (expected step_NNNNNN); ignoring it", pointer)
+        log.warning("%s does not hold a checkpoint name (expected step_NNNNNN); ignoring it",
+                    pointer)
         return None
     return name
 

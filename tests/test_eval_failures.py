@@ -71,7 +71,8 @@ def test_folder_and_embedded_outputs_never_mix(tmp_path):
     ids = {r["id"] for r in read_jsonl(base / folder_dirs[0] / "sr4" / "records.jsonl")}
     assert ids == {"f0", "f1", "f2"}
     key = json.loads((base / folder_dirs[0] / "data.json").read_text())
-    assert key["source"] == "folder" and key["root"] == str(good.resolve()) and key["split"] == "all"
+    assert key["source"] == "folder" and key["split"] == "all"
+    assert key["root"] == str(good.resolve())
 
 
 def test_data_key_names_and_claims(tmp_path):

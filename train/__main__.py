@@ -137,7 +137,8 @@ def run_one(cfg, args) -> int:
         raise SystemExit(f"error: {e}") from None
     except OSError as e:
         raise SystemExit(f"error: run.out_dir = {cfg.run.out_dir!r}: cannot create or lock "
-                         f"{cfg.run_dir} ({e.strerror or e}); choose a writable run.out_dir") from None
+                         f"{cfg.run_dir} ({e.strerror or e}); choose a writable run.out_dir"
+                         ) from None
     try:
         return _run_one(cfg, args, device)
     finally:
@@ -209,8 +210,8 @@ def _check_init_files(cfg) -> None:
 
 def _write_error(cfg, e: OSError) -> str:
     """One line for a run directory that cannot be written (full disk, permissions)."""
-    return (f"error: cannot write {e.filename or cfg.run_dir}: {e.strerror or e}; free space or fix "
-            f"the permissions of run.out_dir = {cfg.run.out_dir!r}, then run the same command "
+    return (f"error: cannot write {e.filename or cfg.run_dir}: {e.strerror or e}; free space or "
+            f"fix the permissions of run.out_dir = {cfg.run.out_dir!r}, then run the same command "
             f"again (it resumes from the last complete checkpoint)")
 
 

@@ -308,7 +308,8 @@ def _save(cfg, task, ema, opt, sched, gen, guard, step, dist, ckpt_root, val,
             "config": lambda d: (d / "config.toml").write_text(dump_toml(cfg)),
         }
     # "good": the last step was finite and so is every weight (a finite step at a huge lr can
-    # still leave NaN or huge weights; NaN ones are caught here, the streak that follows by the guard)
+    # still leave NaN or huge weights: NaN ones are caught here, the streak that follows by the
+    # guard's count)
     good = guard.in_a_row == 0 and _all_finite(weights if sharded else task.model.state_dict())
     if dist.is_main:
         state = {"preset": cfg.run.preset, "hash": cfg.hash, "world": dist.world,

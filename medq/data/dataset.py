@@ -79,7 +79,7 @@ def real_images(cfg, size: int) -> tuple[dict, list[dict]]:
         with np.load(cached) as z:
             data = {k: z[k] for k in z.files}
         bad += json.loads((entry / "bad_inputs.json").read_text()) if (entry / "bad_inputs.json").is_file() else []
-        if bad and cfg.on_bad_input == "error":  # never: such an entry is not written; belt and braces
+        if bad and cfg.on_bad_input == "error":  # not written so; an entry from older code
             raise DataError(f"{entry}: cached with {len(bad)} bad input(s), e.g. {bad[0]['path']}: "
                             f"{bad[0]['reason']}")
     else:
