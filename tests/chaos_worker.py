@@ -1,6 +1,7 @@
 """Training processes for the chaos test (tests/test_chaos.py), forked from one server process.
 
-``python -m tests.chaos_worker`` imports torch and the trainer once, then reads commands on stdin:
+``python -m chaos_worker`` (with tests/ on the path) imports torch and the trainer once, then
+reads commands on stdin:
 
     run <out_dir> <max_steps> <ckpt_every> <slow_save> <log_prefix>  -> prints the child's PID
     wait <pid>                                  -> prints its exit code (-9 when SIGKILLed)
@@ -23,7 +24,7 @@ import traceback
 
 from medq.checkpoint import CheckpointError, RunLockedError
 from medq.config import load_config
-from tests.test_train_loop import TinyTask
+from test_train_loop import TinyTask
 from train.loop import train
 
 STEP_SECONDS = 0.01

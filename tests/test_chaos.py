@@ -33,8 +33,9 @@ class Server:
 
     def __init__(self, tmp: Path):
         self.tmp, self.n = tmp, 0
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.chaos_worker"], cwd=REPO,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
+        path = os.pathsep.join([str(REPO), str(REPO / "tests")])
+        self.proc = subprocess.Popen([sys.executable, "-m", "chaos_worker"], cwd=REPO,
+                                     env={**os.environ, "PYTHONPATH": path}, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def _ask(self, line: str) -> int:

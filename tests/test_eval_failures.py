@@ -16,7 +16,7 @@ from bench import eval as E
 from infer.records import (DataMismatchError, claim_eval_dir, data_key, eval_dir_name,
                            keyed_eval_dir, read_jsonl)
 from medq.config import DataConfig
-from tests.test_data_bad_input import fundus
+from test_data_bad_input import fundus
 
 
 def _folder(tmp_path: Path, bad: bool) -> Path:

@@ -19,7 +19,7 @@ from medq.checkpoint import (CheckpointError, RunLockedError, acquire_run_lock, 
                              clean_temp, is_good, last_good_checkpoint, latest_checkpoint,
                              list_checkpoints, release_run_lock, run_lock, save_checkpoint,
                              usable_checkpoint, verify_checkpoint)
-from tests.test_train_loop import TinyTask, losses_by_step, tiny_cfg
+from test_train_loop import TinyTask, losses_by_step, tiny_cfg
 from train.loop import train
 from train.monitors import NonFiniteError
 

@@ -13,7 +13,7 @@ from PIL import Image
 from medq.config import DataConfig
 from medq.data import DataError, build_dataset, load_rgb
 from medq.data.fov import NoFieldOfView, require_fov
-from tests.test_data_bad_input import fundus
+from test_data_bad_input import fundus
 
 
 def test_error_mode_never_reuses_the_cache_of_a_skip_build(tmp_path):

@@ -104,7 +104,7 @@ def test_bench_help_shows_the_subcommand_docs_and_imports_only_it():
 
 
 def test_bomb_and_too_small_images_are_problems_not_crashes(tmp_path):
-    from tests.test_faults_data import _png_header_only
+    from test_faults_data import _png_header_only
 
     save_png(tmp_path / "tgt" / "a.png", _img(0))
     save_png(tmp_path / "pred" / "a.png", _img(0))
