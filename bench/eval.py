@@ -19,7 +19,14 @@ on a named stand-in backbone when the Inception weights are absent); (4) write
 ``reports/leaderboard.csv``, ``per_image.csv``, ``leaderboard.md`` and plots.
 
 A run without checkpoint, an empty split, incomplete outputs or a failing model gives a row with
-that status; the other rows are still written.
+that status; the other rows are still scored. Failure is visible: when any row is not ``ok`` or
+the data cannot be built, the command prints one ``[eval] FAILED ...`` line per failed run,
+checkpoint, model, baseline or data source, writes its report to ``<out>/failed/`` (never over
+the last good ``<out>``) and exits 1. A complete evaluation replaces ``<out>``'s files one by one
+(written to a staging directory first). Runs stopped by the non-finite guard (``aborted``) are
+failures unless ``--include-aborted`` scores their last good checkpoint, marked as such. Outputs
+of data other than the embedded test split go to ``eval-<source>-<split>-<sha8>`` directories
+(``infer.records.keyed_eval_dir``), never into ``eval/``.
 """
 
 from __future__ import annotations
