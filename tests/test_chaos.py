@@ -131,10 +131,10 @@ def test_chaos_kills_a_second_process_and_a_corrupt_checkpoint(tmp_path):
             if kind in ("step", "corrupt"):
                 assert trainer.wait_for("step", start + rng.randint(1, 2 * CKPT_EVERY))
                 time.sleep(rng.uniform(0.0, 0.02))
-            elif kind == "save":
-                _wait_for_path(lambda: ckpts().glob(".tmp-step_*/model.safetensors"))
-            elif kind == "retention":
-                _wait_for_path(lambda: ckpts().glob(".tmp-del-step_*"))
+            elif kind == "save":  # this trainer's temp checkpoint, half written
+                _wait_for_path(lambda: ckpts().glob(f".tmp-step_*-{trainer.pid}/model.safetensors"))
+            elif kind == "retention":  # renamed for deletion, not yet deleted
+                _wait_for_path(lambda: ckpts().glob(f".tmp-del-step_*-{trainer.pid}"))
             elif kind == "lock":
                 assert trainer.wait_for("step", start + 1)
                 os.kill(trainer.pid, signal.SIGSTOP)  # holds its lock while the second one tries
@@ -146,6 +146,9 @@ def test_chaos_kills_a_second_process_and_a_corrupt_checkpoint(tmp_path):
                 os.kill(trainer.pid, signal.SIGCONT)
                 assert trainer.wait_for("step", start + rng.randint(2, 2 * CKPT_EVERY))
             last = trainer.kill()
+            if kind in ("save", "retention"):  # it did die in the middle of it
+                pattern = ".tmp-step_*-" if kind == "save" else ".tmp-del-step_*-"
+                assert list(ckpts().glob(f"{pattern}{trainer.pid}")), kind
             for e in log[-1:]:
                 e["resumed_at"] = start
             log.append({"kind": kind, "killed_after": last, "resumed_from": start,
