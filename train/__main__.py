@@ -26,6 +26,7 @@ import importlib
 import itertools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -126,8 +127,6 @@ def run_one(cfg, args) -> int:
         raise SystemExit(f"error: {e}") from None
     if args.dry_run:
         return _run_one(cfg, args, device)
-    import os
-
     created = not cfg.run_dir.exists()
     if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the lock for every rank
         return _run_one(cfg, args, device)
