@@ -19,7 +19,14 @@ on a named stand-in backbone when the Inception weights are absent); (4) write
 ``reports/leaderboard.csv``, ``per_image.csv``, ``leaderboard.md`` and plots.
 
 A run without checkpoint, an empty split, incomplete outputs or a failing model gives a row with
-that status; the other rows are still written.
+that status; the other rows are still scored. Failure is visible: when any row is not ``ok`` or
+the data cannot be built, the command prints one ``[eval] FAILED ...`` line per failed run,
+checkpoint, model, baseline or data source, writes its report to ``<out>/failed/`` (never over
+the last good ``<out>``) and exits 1. A complete evaluation replaces ``<out>``'s files one by one
+(written to a staging directory first). Runs stopped by the non-finite guard (``aborted``) are
+failures unless ``--include-aborted`` scores their last good checkpoint, marked as such. Outputs
+of data other than the embedded test split go to ``eval-<source>-<split>-<sha8>`` directories
+(``infer.records.keyed_eval_dir``), never into ``eval/``.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ def add_arguments(p) -> None:
     p.add_argument("--skip-train", action="store_true", help="do not train missing standard runs")
     p.add_argument("--all-checkpoints", action="store_true", help="score every checkpoint, not only the latest")
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
+    p.add_argument("--include-aborted", action="store_true",
+                   help="also score runs stopped by the non-finite guard (their last good "
+                        "checkpoint), marked as such; by default they fail the evaluation unscored")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--model", dest="models", action="append", default=[], metavar="MODULE:CLASS",
                    help="also evaluate this ImageTextModel (repeatable; outputs in <runs-dir>/_models/<name>/eval)")
@@ -381,6 +391,7 @@ class _Data:
 
     def __init__(self, args, tasks):
         self.args, self.tasks, self.cache = args, tasks, {}
+        self.failures: dict[str, str] = {}  # data key -> why building the items failed
 
     def items(self, cfg) -> list[dict]:
         from dataclasses import asdict
@@ -389,7 +400,11 @@ class _Data:
         if key not in self.cache:
             from medq.data import build_dataset
 
-            ds = build_dataset(cfg.data, cfg.model.image_size, self.args.split)
+            try:
+                ds = build_dataset(cfg.data, cfg.model.image_size, self.args.split)
+            except Exception as e:  # noqa: BLE001 - recorded: the data failed, not one model
+                self.failures[key] = f"{type(e).__name__}: {e}"
+                raise
             counts, kept = {}, []
             for i in range(len(ds)):
                 it = ds[i]
@@ -408,6 +423,7 @@ def _error_rows(meta: dict, tasks, status: str) -> list[dict]:
 def evaluate_model(model, meta, cfg, out_dir, data: _Data, tasks, args, feats) -> tuple[list, list]:
     from infer.harness import run_harness
 
+    out_dir = _claim_outputs(out_dir, cfg, args)
     items = data.items(cfg)
     print(f"[eval] {meta['name']}: inference on {len(items)} test samples -> {out_dir}", flush=True)
     run_harness(model, items, out_dir, tasks=tasks, seed=cfg.sample.seed, batch_size=args.batch_size,
@@ -494,16 +510,18 @@ def run_eval(args) -> dict:
             rows += rr
             per_image += pi
     result = {"rows": rows, "per_image": per_image, "backbone": backbone, "runs": runs}
+    result["failures"] = failures(rows, list(data.failures.values()))
     if rank == 0:
         extra = {"split": args.split, "data": f"source {base_cfg.data.source}"
                  + (f", root {base_cfg.data.root}" if base_cfg.data.root else "")
                  + (f", labels {base_cfg.data.labels}" if base_cfg.data.labels else ""),
                  "test images cap": args.test_images or "none", "weights": args.weights,
                  "seeds": "inference: each run's sample.seed, per image derive_seed(seed, id)"}
-        result["files"] = report.write_reports(
-            rows, per_image, args.out, protocol=protocol(rows, channel=args.channel, backbone=backbone,
-                                                         extra=extra),
-            comparisons=comparisons(rows, per_image), run_dirs=runs, plots=not args.no_plots)
+        result["files"] = publish_reports(
+            args.out, bool(result["failures"]), lambda out: report.write_reports(
+                rows, per_image, out, protocol=protocol(rows, channel=args.channel,
+                                                        backbone=backbone, extra=extra),
+                comparisons=comparisons(rows, per_image), run_dirs=runs, plots=not args.no_plots))
     return result
 
 
@@ -518,6 +536,11 @@ def evaluate_run(run: Path, args, overrides, tasks, data, feats) -> tuple[list, 
             "weights": args.weights}
     root = run / "checkpoints"
     ckpts = list_checkpoints(root) if args.all_checkpoints else [c for c in [latest_checkpoint(root)] if c]
+    if info.get("status") == "aborted":
+        ckpts = _aborted_checkpoints(run, root, ckpts, args)
+        if not ckpts:
+            return _error_rows(meta, tasks, ABORTED_SKIPPED if not getattr(
+                args, "include_aborted", False) else "aborted: no good checkpoint"), [], None
     if not ckpts:
         print(f"[eval] {run.name}: no complete checkpoint in {root}", flush=True)
         return _error_rows(meta, tasks, "no checkpoint"), [], None
@@ -536,9 +559,113 @@ def evaluate_run(run: Path, args, overrides, tasks, data, feats) -> tuple[list, 
         except Exception as e:  # noqa: BLE001 - one failing run must not lose the other rows
             log.exception("run %s failed", m["name"])
             rr, pi = _error_rows(m, tasks, f"error: {type(e).__name__}: {e}"), []
+        if info.get("status") == "aborted":
+            rr = [{**r, "status": f"{r['status']} (aborted run, scored on request)"} for r in rr]
         rows += rr
         per_image += pi
     return rows, per_image, size
+
+
+# ---------------------------------------------------------------------------------------------
+# failure is visible: exit code, one line per failure, reports replaced only by complete ones
+
+FAILED_DIR = "failed"
+ABORTED_SKIPPED = ("aborted: not scored (stopped by the non-finite guard; --include-aborted "
+                   "scores its last good checkpoint)")
+
+
+def row_ok(row: dict) -> bool:
+    """A row from a complete scoring: status ``ok`` (possibly marked, e.g. an aborted run scored
+    on request)."""
+    return str(row.get("status", "")).split(" ", 1)[0] == "ok"
+
+
+def failures(rows: list[dict], data_failures: list[str]) -> list[str]:
+    """One line per failed thing: the data, then each run / checkpoint / model / baseline whose
+    rows are not ok (its tasks folded into one line per status)."""
+    out = [f"data: {msg}" for msg in data_failures]
+    seen: dict[tuple[str, str, str], list[str]] = {}
+    for r in rows:
+        if not row_ok(r):
+            key = (str(r.get("kind", "")), str(r.get("name", "")), str(r.get("status", "")))
+            seen.setdefault(key, []).append(str(r.get("task", "")))
+    for (kind, name, status), tasks in seen.items():
+        if any(msg in status for msg in data_failures):
+            continue  # already said once, as the data's failure
+        out.append(f"{kind or 'row'} {name} ({', '.join(tasks)}): {status}")
+    return out
+
+
+def publish_reports(out: Path, failed: bool, write) -> dict:
+    """Run ``write(directory) -> {kind: path(s)}`` into a staging directory inside ``out``, then
+    move each file into place with ``os.replace``: a reader never sees a half-written report and
+    a write error (full disk) leaves ``out`` as it was. A complete evaluation goes to ``out``
+    (files the previous evaluation wrote and this one did not, e.g. plots of a task no longer
+    scored, are removed; ``out/failed`` too); a failed one to ``out/failed``, never over a good
+    report. Returns ``write``'s paths, as they are after the move."""
+    import shutil
+
+    out = Path(out)
+    final = out / FAILED_DIR if failed else out
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / f".tmp-stage-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        files = write(stage)
+        final.mkdir(parents=True, exist_ok=True)
+        written = sorted(p.relative_to(stage) for p in stage.rglob("*") if p.is_file())
+        for rel in written:
+            (final / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / rel, final / rel)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    manifest = final / ".eval-files.json"
+    try:
+        before = set(json.loads(manifest.read_text())) if manifest.is_file() else set()
+    except (OSError, ValueError):
+        before = set()
+    for rel in before - {str(r) for r in written}:
+        (final / rel).unlink(missing_ok=True)
+    manifest.write_text(json.dumps([str(r) for r in written]))
+    if not failed:
+        shutil.rmtree(out / FAILED_DIR, ignore_errors=True)
+
+    def moved(v):
+        if isinstance(v, (list, tuple)):
+            return [moved(x) for x in v]
+        return final / Path(v).relative_to(stage) if isinstance(v, Path) else v
+    return {k: moved(v) for k, v in files.items()}
+
+
+def _claim_outputs(out_dir: Path, cfg, args) -> Path:
+    """``out_dir`` keyed by the data of this evaluation (``infer.records.keyed_eval_dir``), with
+    outputs of other data cleared from it (rank 0; the other ranks wait)."""
+    from infer.records import claim_eval_dir, data_key, keyed_eval_dir
+
+    key = data_key(cfg.data, cfg.model.image_size, args.split)
+    out_dir = keyed_eval_dir(out_dir, key)
+    rank, world = _dist()
+    if rank == 0:
+        claim_eval_dir(out_dir, key, replace_stale=True)
+    if world > 1:
+        import torch.distributed as tdist
+        tdist.barrier()
+    return out_dir
+
+
+def _aborted_checkpoints(run: Path, root: Path, ckpts: list[Path], args) -> list[Path]:
+    """Of an aborted run, only on request (--include-aborted) and only good checkpoints (saved
+    after a finite step): the last good one, or every good one with --all-checkpoints."""
+    from medq.checkpoint import is_good, last_good_checkpoint
+
+    if not getattr(args, "include_aborted", False):
+        print(f"[eval] {run.name}: aborted by the non-finite guard; not scored "
+              f"(--include-aborted to score its last good checkpoint)", flush=True)
+        return []
+    if args.all_checkpoints:
+        return [c for c in ckpts if is_good(c)]
+    good = last_good_checkpoint(root)
+    return [good] if good is not None else []
 
 
 def print_summary(rows: list[dict], files: dict | None) -> None:
@@ -562,7 +689,16 @@ def main(args) -> int:
         if _dist()[0] == 0:
             print_summary(result["rows"], result.get("files"))
             print(f"[eval] {len(result['rows'])} rows in {time.perf_counter() - t0:.1f} s")
-        return 0
+            for line in result["failures"]:
+                print(f"[eval] FAILED {line}", file=sys.stderr)
+            if result["failures"]:
+                print(f"[eval] {len(result['failures'])} failure(s): {args.out} left as it was; "
+                      f"this evaluation's report is in {args.out / FAILED_DIR}", file=sys.stderr)
+        return 1 if result["failures"] else 0
+    except OSError as e:
+        print(f"error: cannot write {e.filename or args.out}: {e.strerror or e}; free space or "
+              f"pass a writable --out ({args.out} left as it was)", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

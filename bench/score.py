@@ -12,18 +12,25 @@ of view is detected from the target (``medq.data.fov_mask`` when present, else t
 threshold of ``infer.images``).
 
 Sizes: a prediction whose size differs from its target is an error naming both files, unless
-``--resize pred-to-target`` (bicubic, antialiased) is given. Unreadable files and mismatches are
-reported; the valid rest is scored. Rows go into ``<out>/leaderboard.csv`` and ``per_image.csv``
-(replacing rows with the same name and task, keeping the others) with the same metrics as
+``--resize pred-to-target`` (bicubic, antialiased) is given. Unreadable files, decompression
+bombs, images smaller than the 11-px SSIM window and mismatches are reported; the valid rest is
+scored. Where a metric leaves images out (``*_fov`` on a target without a field of view, e.g.
+all black or all white), the row says ``partial``, and the note gives n for that metric and why.
+Nothing scored: no row is written and the exit code is 1. An output folder that cannot be
+written (permissions, full disk) is one error line, exit 2, and no temp file left. Rows go into
+``<out>/leaderboard.csv`` and ``per_image.csv`` (replacing rows with the same name and task, keeping the others) with the same metrics as
 ``bench eval``; ``leaderboard.md`` is rewritten from the merged rows.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -91,9 +98,17 @@ def _prepare(pairs, args, tmp: Path) -> tuple[list[dict], list[dict]]:
     out, problems = [], []
     for key, pred, target, mask in pairs:
         try:
-            p, t = _load(pred), _load(target)
+            p, t = _load_checked(pred), _load_checked(target)
         except (OSError, ValueError) as e:
             problems.append({"id": key, "file": f"{pred} / {target}", "error": f"unreadable: {e}"})
+            continue
+        small = next((f for f, x in ((pred, p), (target, t)) if min(x.shape[-2:]) < M.SSIM_WINDOW),
+                     None)
+        if small is not None:
+            x = p if small == pred else t
+            problems.append({"id": key, "file": str(small), "error":
+                             f"too small: {small} is {x.shape[2]}x{x.shape[1]} pixels, below the "
+                             f"{M.SSIM_WINDOW}x{M.SSIM_WINDOW} SSIM window"})
             continue
         if p.shape != t.shape:
             if args.resize == "none":
@@ -109,6 +124,62 @@ def _prepare(pairs, args, tmp: Path) -> tuple[list[dict], list[dict]]:
     return out, problems
 
 
+def _load_checked(path: Path) -> torch.Tensor:
+    """``bench.eval._load`` after refusing a decompression bomb (``medq.data.imageio``'s check,
+    a DataError naming the file) instead of letting Pillow allocate it or raise its own error."""
+    from PIL import Image
+
+    from medq.data.imageio import _check_pixels
+
+    try:
+        with warnings.catch_warnings():  # refused just below, naming the file
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            _check_pixels(im, Path(path))
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: refused as a decompression bomb ({e})") from None
+    return _load(path)
+
+
+def metric_counts(per_image: list[dict], pairs: list[dict]) -> tuple[dict[str, int], list[str]]:
+    """n of each image metric (images where it is defined, not NaN) and, for every metric that
+    leaves images out, why: e.g. "ssim_fov on 5 of 7 (target without a field of view: a (the
+    image is all white (value 255)), b ...)"."""
+    from medq.data.fov import describe_flat
+
+    n = {m: sum(not math.isnan(r[m]) for r in per_image) for m in M.IMAGE_METRICS}
+    by_id = {str(p["id"]): p for p in pairs}
+    notes = []
+    for m in M.IMAGE_METRICS:
+        dropped = [r["id"] for r in per_image if math.isnan(r[m])]
+        if not dropped or len(dropped) == len(per_image) and m.startswith("ms_ssim"):
+            continue  # MS-SSIM undefined at this size for every image: its own note
+        why = []
+        for i in dropped[:3]:
+            pair = by_id.get(str(i), {})
+            if m.endswith("_fov") and pair.get("target") is not None:
+                t = (_load(Path(pair["target"])).permute(1, 2, 0) * 255).round().byte().numpy()
+                why.append(f"{i} ({describe_flat(t)})")
+            else:
+                why.append(str(i))
+        reason = "target without a field of view" if m.endswith("_fov") else "undefined"
+        notes.append(f"{m} on {n[m]} of {len(per_image)} ({reason}: {', '.join(why)}"
+                     + (", ..." if len(dropped) > 3 else "") + ")")
+    return n, notes
+
+
+def _check_writable(out: Path) -> None:
+    """Create ``out`` and a file in it now, before minutes of scoring, so a bad --out fails at
+    once (OSError)."""
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / f".tmp-{os.getpid()}-probe"
+    try:
+        probe.write_bytes(b"")
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def run_score(args) -> dict:
     name = args.name or args.pred.resolve().name
     found = match(args.pred, args.target, args.mask)
@@ -116,6 +187,7 @@ def run_score(args) -> dict:
         if found[label]:
             print(f"[score] {label.replace('_', ' ')} ({len(found[label])}): "
                   + ", ".join(p.name for p in found[label]))
+    _check_writable(args.out)
     backbone = None if args.backbone == "none" else M.feature_extractor(args.backbone)
     with tempfile.TemporaryDirectory() as tmp:
         pairs, problems = _prepare(found["pairs"], args, Path(tmp))
@@ -135,17 +207,42 @@ def run_score(args) -> dict:
     notes += [f"{p['id']}: {p['error']}" for p in problems[:3]]
     if per_image and row["ms_ssim"] != row["ms_ssim"]:
         notes.append(M.ms_ssim_unsupported_reason(*_load(pairs[0]["target"]).shape[-2:]) or "MS-SSIM n/a")
+    counts, partial = metric_counts(per_image, pairs)
+    notes += partial
+    if partial and row["status"] == "ok":
+        row["status"] = "partial: " + ", ".join(m for m in M.IMAGE_METRICS
+                                               if counts[m] < len(per_image)
+                                               and not (m.startswith("ms_ssim") and counts[m] == 0))
+    row["n_per_metric"] = counts
     row["note"] = "; ".join(notes)
     for r in per_image:
         r.update(name=name, task=args.task)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if not per_image:  # nothing to report: the leaderboard keeps what it had
+        return {"row": row, "per_image": per_image, "problems": problems, **found}
+    _write(args, name, row, per_image, backbone)
+    return {"row": row, "per_image": per_image, "problems": problems, **found}
+
+
+def _write(args, name: str, row: dict, per_image: list[dict], backbone) -> None:
+    """Merge the row into <out>; on a write error remove the temp files this process left."""
+    before = set(args.out.iterdir())
+    try:
+        _write_reports(args, name, row, per_image, backbone)
+    except OSError:
+        for p in set(args.out.iterdir()) - before:
+            if p.name.startswith(".tmp-"):
+                p.unlink(missing_ok=True)
+        raise
+
+
+def _write_reports(args, name: str, row: dict, per_image: list[dict], backbone) -> None:
+    row = {k: v for k, v in row.items() if k != "n_per_metric"}
     rows = report.merge_rows(report.read_csv(args.out / "leaderboard.csv"), [row])
     pis = report.merge_rows(report.read_csv(args.out / "per_image.csv"), per_image)
     report.write_csvs(rows, pis, args.out)
     report.write_markdown(rows, comparisons(rows, pis), protocol(
         rows, channel=args.channel, backbone=backbone,
         extra={"external": f"{name}: {args.pred} vs {args.target} (resize {args.resize})"}), args.out)
-    return {"row": row, "per_image": per_image, "problems": problems, **found}
 
 
 def main(args) -> int:
@@ -155,8 +252,21 @@ def main(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: cannot write the reports to {args.out}: {e.strerror or e}{where}; free "
+              f"space or pass a writable --out", file=sys.stderr)
+        return 2
     r = result["row"]
+    if not r["n_images"]:
+        print(f"error: nothing scored for {r['name']} {r['task']} ({len(result['pairs'])} matched "
+              f"pairs, {len(result['problems'])} problems listed above); {args.out} left unchanged",
+              file=sys.stderr)
+        return 1
+    n = r["n_per_metric"]
     print(f"[score] {r['name']} {r['task']}: {r['status']}  n={r['n_images']}  "
-          f"psnr {r['psnr']:.3f}  ssim {r['ssim']:.4f}  ssim_fov {r['ssim_fov']:.4f} -> "
-          f"{args.out / 'leaderboard.csv'}")
+          f"psnr {r['psnr']:.3f}  ssim {r['ssim']:.4f}  ssim_fov {r['ssim_fov']:.4f} "
+          f"(n={n['ssim_fov']}) -> {args.out / 'leaderboard.csv'}")
+    if r["note"]:
+        print(f"[score] note: {r['note']}")
     return 0

@@ -11,7 +11,11 @@
 Writes ``<out>/<task>/images/<id>_{input,output,target,mask}.png``, ``<out>/<task>/records.jsonl``
 and ``<out>/summary.json`` (text statistics, image sanity, verdict healthy | collapsed). Default
 ``<out>``: ``<run>/eval/<checkpoint>-<weights>`` for --run, ``<run.out_dir>/_baselines/<name>/eval``
-for --baseline, ``<run.out_dir>/_models/<name>/eval`` for --model. Re-running resumes.
+for --baseline, ``<run.out_dir>/_models/<name>/eval`` for --model, where ``eval`` is for the
+embedded test split: other data (``--data``, ``--root``, ``--labels``, ``--split``) goes to
+``eval-<source>-<split>-<sha8>`` instead, and ``<out>/data.json`` records the data, so the
+outputs of two data sources never mix (an explicit --out holding other data is an error).
+Re-running resumes.
 
 Images of any size: each image is cropped to the square around its field of view and resized to
 the model's working size (cfg.model.image_size); for SR the target is that resized image and the
@@ -34,7 +38,8 @@ import torch
 
 from infer.harness import run_harness, summarize
 from infer.load import load_baseline, load_class, load_run, model_dir_name
-from infer.records import read_records, write_json_atomic
+from infer.records import (DataMismatchError, claim_eval_dir, data_key, keyed_eval_dir,
+                           read_records, write_json_atomic)
 from infer.text import DEFAULT_SAMPLED_TEMPERATURE, InferError
 from medq.config import ConfigError, load_config
 
@@ -139,6 +144,14 @@ def run(args) -> int:
         raise InferError(f"--tasks: unknown {', '.join(bad)}; expected sr2, sr4, enhance")
     from medq.data import build_dataset
 
+    key = data_key(cfg.data, cfg.model.image_size, args.split)
+    if args.out is None:
+        out = keyed_eval_dir(out, key)
+    if int(os.environ.get("RANK", "0")) == 0:
+        claim_eval_dir(out, key, replace_stale=args.out is None)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # nobody writes before rank 0 has cleared
+        import torch.distributed as tdist
+        tdist.barrier()
     dataset = build_dataset(cfg.data, cfg.model.image_size, args.split)
     if len(dataset) == 0:
         raise InferError(f"the {args.split} split of data.source = {cfg.data.source!r} is empty "
@@ -195,7 +208,7 @@ def main(argv=None) -> int:
         tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         return run(args)
-    except (InferError, ConfigError, FileNotFoundError) as e:
+    except (InferError, ConfigError, FileNotFoundError, DataMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (OSError, ValueError, ImportError) as e:

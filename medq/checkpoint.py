@@ -11,8 +11,15 @@ A checkpoint is written into ``checkpoints/.tmp-<name>-<pid>/``, every file fsyn
 last, then the directory is renamed into place (``os.replace``) and only then ``latest`` is
 rewritten (temp file + ``os.replace``). A process killed at any point leaves either the previous
 checkpoint as ``latest`` or the new one complete; temp directories are never read and are removed
-by ``clean_temp``. ``MEDQ_TEST_SLOW_SAVE=<seconds>`` sleeps after each file so a test can kill a
-save half-way.
+by ``clean_temp``. ``MEDQ_TEST_SLOW_SAVE=<seconds>`` sleeps after each file (and in retention
+between the rename and the delete) so a test can kill a save or a retention half-way.
+
+Faults (``docs/ARCHITECTURE.md``, "Faults"): ``state.json`` records ``good`` (the step before the
+save was finite and every weight is finite); retention keeps the newest good checkpoint and renames
+a doomed directory to ``.tmp-del-*`` before deleting it. ``usable_checkpoint`` checks the files of
+the newest checkpoint (safetensors headers against the file size, ``optim.pt``'s zip directory and
+CRCs, ``state.json``) and falls back to the previous complete one, moving a broken directory to
+``broken-step_*``. ``run_lock`` holds ``<run_dir>/run.lock`` (``fcntl.flock``) for a whole run.
 
 Weights are safetensors only; ``optim.pt`` (optimizer, scheduler, RNG states) is the one pickle,
 and it never holds weights a model is initialised from.
@@ -20,13 +27,18 @@ and it never holds weights a model is initialised from.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
+import struct
 import time
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from medq.models.io import fingerprint  # one fingerprint everywhere (init.json, logs, reports)
 
@@ -37,6 +49,21 @@ LATEST = "latest"
 BEST = "best.json"
 TMP_PREFIX = ".tmp-"
 SLOW_SAVE_ENV = "MEDQ_TEST_SLOW_SAVE"
+BROKEN_PREFIX = "broken-"
+LOCK_FILE = "run.lock"
+STEP_NAME = re.compile(r"step_\d+")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used, or none is left; the message names the file and what to do."""
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run directory's lock; the message names its PID."""
+
+
+def _pause() -> float:
+    return float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
 
 
 def step_name(step: int) -> str:
@@ -76,7 +103,7 @@ def save_checkpoint(root: Path, step: int, writers: dict[str, Callable[[Path], N
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    pause = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
+    pause = _pause()
     try:
         for writer in writers.values():
             writer(tmp)
@@ -116,18 +143,133 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
+def _pointer_target(root: Path) -> str | None:
+    """The checkpoint name in ``root/latest``, or None when it is absent or holds no such name
+    (binary garbage, an empty file)."""
+    pointer = Path(root) / LATEST
+    if not pointer.is_file():
+        return None
+    try:
+        name = pointer.read_bytes().decode("ascii").strip()
+    except (UnicodeDecodeError, OSError):
+        name = ""
+    if not STEP_NAME.fullmatch(name):
+        log.warning("%s does not hold a checkpoint name (expected step_NNNNNN); ignoring it",
+                    pointer)
+        return None
+    return name
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The checkpoint ``root/latest`` names, if complete; else the newest complete one; else None."""
     root = Path(root)
-    pointer = root / LATEST
-    if pointer.is_file():
-        ckpt = root / pointer.read_text().strip()
+    name = _pointer_target(root)
+    if name is not None:
+        ckpt = root / name
         if is_complete(ckpt):
             return ckpt
         log.warning("%s names %s, which is not a complete checkpoint; using the newest complete one",
-                    pointer, ckpt)
+                    root / LATEST, ckpt)
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+def point_latest(root: Path, ckpt: Path) -> None:
+    """Make ``root/latest`` name ``ckpt`` (atomically)."""
+    _write_text_atomic(Path(root) / LATEST, Path(ckpt).name + "\n")
+
+
+def is_good(ckpt: Path) -> bool:
+    """Saved after a finite step with finite weights (``state.json`` ``good``; older checkpoints
+    without the field count as good). An unreadable state.json is not good."""
+    try:
+        return bool(read_state(ckpt).get("good", True))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def last_good_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint that ``is_good``, else None."""
+    for ckpt in reversed(list_checkpoints(root)):
+        if is_good(ckpt):
+            return ckpt
+    return None
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header parses and the tensors it lists end exactly at the end of the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{size} bytes, shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            raise ValueError(f"header of {n} bytes in a file of {size} bytes (truncated)")
+        header = json.loads(f.read(n))
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    if 8 + n + max(ends, default=0) != size:
+        raise ValueError(f"{size} bytes, but its header describes {8 + n + max(ends, default=0)} "
+                         f"(truncated or padded)")
+
+
+def verify_checkpoint(ckpt: Path, required: tuple[str, ...] = ()) -> None:
+    """Raise CheckpointError naming the first missing or broken file of ``ckpt``.
+
+    Checks without loading any tensor: ``state.json`` (a JSON object with an integer step), each
+    ``required`` file present, every ``*.safetensors`` header against the file size, every ``*.pt``
+    zip archive's CRCs, every other ``*.json`` parses."""
+    ckpt = Path(ckpt)
+    for name in required:
+        if not (ckpt / name).is_file():
+            raise CheckpointError(f"{ckpt / name}: missing")
+    for path in sorted(ckpt.iterdir()):
+        try:
+            if path.name == STATE_FILE:
+                state = json.loads(path.read_text())
+                if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+                    raise ValueError("no integer 'step'")
+            elif path.suffix == ".safetensors":
+                _check_safetensors(path)
+            elif path.suffix == ".pt":
+                with zipfile.ZipFile(path) as z:
+                    bad = z.testzip()
+                if bad is not None:
+                    raise ValueError(f"CRC mismatch in {bad}")
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+        except CheckpointError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, struct.error) as e:
+            raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def usable_checkpoint(root: Path, required: tuple[str, ...] = ()) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint under ``root`` whose files pass ``verify_checkpoint``
+    (``latest`` first, then older ones, newest first) and the messages about broken ones.
+
+    A broken checkpoint is renamed to ``broken-<name>`` (kept for inspection, never read again) and
+    a warning names the broken file; the next candidate is tried."""
+    root = Path(root)
+    first = latest_checkpoint(root)
+    candidates = ([first] if first else []) + [c for c in reversed(list_checkpoints(root))
+                                               if c != first]
+    broken = []
+    for ckpt in candidates:
+        try:
+            verify_checkpoint(ckpt, required)
+            return ckpt, broken
+        except CheckpointError as e:
+            msg = f"checkpoint {ckpt.name} is broken: {e}"
+            aside = root / f"{BROKEN_PREFIX}{ckpt.name}"
+            if aside.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+            os.replace(ckpt, aside)
+            _fsync_path(root)
+            log.warning("%s; moved to %s, falling back to the previous complete checkpoint", msg,
+                        aside)
+            broken.append(msg)
+    return None, broken
 
 
 def read_state(ckpt: Path) -> dict:
@@ -164,21 +306,97 @@ def read_best(root: Path) -> dict | None:
 
 
 def apply_retention(root: Path, keep_last: int) -> list[Path]:
-    """Delete complete checkpoints except the newest ``keep_last``, the best and ``latest``."""
+    """Delete complete checkpoints except the newest ``keep_last``, the best, ``latest`` and the
+    newest good one (so a non-finite streak never leaves only bad checkpoints).
+
+    Each doomed directory is first renamed to ``.tmp-del-<name>-<pid>`` and then deleted: a kill
+    in between leaves a temp directory that ``clean_temp`` removes, never a half-deleted step_*."""
+    root = Path(root)
     found = list_checkpoints(root)
     keep = {p.name for p in found[-keep_last:]}
     best = read_best(root)
     if best is not None:
         keep.add(best["name"])
-    latest = latest_checkpoint(root)
-    if latest is not None:
-        keep.add(latest.name)
+    for ckpt in (latest_checkpoint(root), last_good_checkpoint(root)):
+        if ckpt is not None:
+            keep.add(ckpt.name)
     removed = []
     for p in found:
         if p.name not in keep:
-            shutil.rmtree(p)
+            doomed = root / f"{TMP_PREFIX}del-{p.name}-{os.getpid()}"
+            os.replace(p, doomed)
+            _fsync_path(root)
+            if _pause():
+                time.sleep(_pause())
+            shutil.rmtree(doomed)
             removed.append(p)
     return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# one process per run directory
+
+
+_HELD_LOCKS: dict[Path, int] = {}
+
+
+def _lock_holder(fd: int) -> str:
+    text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    return text if text.isdigit() else ""
+
+
+def acquire_run_lock(run_dir: Path) -> bool:
+    """Take the advisory lock ``<run_dir>/run.lock`` (``fcntl.flock``, exclusive, non-blocking)
+    and write this PID into it; False when this process holds it already (nested use).
+
+    Raises RunLockedError naming the holder's PID when another live process holds it. A lock
+    file naming another PID that no longer holds the lock (a killed process: the kernel drops
+    its flock) is taken over with a warning."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _HELD_LOCKS:
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd) or "unknown"
+        os.close(fd)
+        raise RunLockedError(f"{run_dir} is in use by process {holder} (lock {path}); wait for it "
+                             f"to finish or stop it, then run again") from None
+    previous = _lock_holder(fd)
+    if previous and int(previous) != os.getpid():
+        log.warning("%s: lock left by process %s, which no longer holds it (killed?); taken over",
+                    path, previous)
+    os.ftruncate(fd, 0)
+    # No fsync: the PID only informs a message; the kernel's flock is the lock.
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_LOCKS[run_dir] = fd
+    return True
+
+
+def release_run_lock(run_dir: Path) -> None:
+    """Empty the lock file (a clean exit leaves no holder to take over) and release the lock."""
+    fd = _HELD_LOCKS.pop(Path(run_dir).resolve(), None)
+    if fd is None:
+        return
+    try:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """``with run_lock(run_dir):`` the run directory belongs to this process (re-entrant)."""
+    taken = acquire_run_lock(run_dir)
+    try:
+        yield
+    finally:
+        if taken:
+            release_run_lock(run_dir)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -305,7 +306,7 @@ def validate(cfg: Config) -> None:
     _check(lo.timestep_shift > 0, "loss.timestep_shift", lo.timestep_shift, "must be > 0")
     _check(0 <= lo.instruction_dropout < 1, "loss.instruction_dropout", lo.instruction_dropout,
            "must be in [0, 1)")
-    _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a finite number > 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
            "must be two numbers in [0, 1)")

@@ -97,3 +97,70 @@ def test_bench_help_shows_the_subcommand_docs_and_imports_only_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "Each line of the JSONL" in out          # the module docstring, not just the options
     assert out.strip().endswith("EVAL_NOT_IMPORTED")
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 18: no crash on bombs and tiny images, no silent "ok" over a subset, no silent success
+
+
+def test_bomb_and_too_small_images_are_problems_not_crashes(tmp_path):
+    from test_faults_data import _png_header_only
+
+    save_png(tmp_path / "tgt" / "a.png", _img(0))
+    save_png(tmp_path / "pred" / "a.png", _img(0))
+    save_png(tmp_path / "tgt" / "bomb.png", _img(1))
+    _png_header_only(tmp_path / "pred" / "bomb.png", 100000, 100000)
+    save_png(tmp_path / "tgt" / "tiny.png", _img(2, size=8))
+    save_png(tmp_path / "pred" / "tiny.png", _img(2, size=8))
+    out = S.run_score(_args(tmp_path))
+    errors = {p["id"]: p["error"] for p in out["problems"]}
+    assert "decompression bomb" in errors["bomb"] and "bomb.png" in errors["bomb"]
+    assert "8x8 pixels, below the 11x11 SSIM window" in errors["tiny"]
+    assert out["row"]["n_images"] == 1
+
+
+def test_nothing_scored_exits_1_and_keeps_the_leaderboard(tmp_path, capsys):
+    existing = [{"status": "ok", "name": "bicubic", "kind": "baseline", "task": "sr4"}]
+    report.write_csvs(existing, [], tmp_path / "reports")
+    before = (tmp_path / "reports" / "leaderboard.csv").read_bytes()
+    save_png(tmp_path / "tgt" / "a.png", _img(0))
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "a.png").write_bytes(b"garbage")
+    assert S.main(_args(tmp_path)) == 1
+    assert "nothing scored for ext sr4" in capsys.readouterr().err
+    assert (tmp_path / "reports" / "leaderboard.csv").read_bytes() == before
+
+
+def test_fov_metric_over_a_subset_says_partial_with_n_and_why(tmp_path, capsys):
+    for k in range(3):
+        save_png(tmp_path / "tgt" / f"{k}.png", _img(k) * 0.5 + 0.25)
+        save_png(tmp_path / "pred" / f"{k}.png", _img(k + 10) * 0.5 + 0.25)
+    save_png(tmp_path / "tgt" / "white.png", torch.ones(3, 32, 32))
+    save_png(tmp_path / "pred" / "white.png", _img(7))
+    assert S.main(_args(tmp_path)) == 0
+    out = capsys.readouterr().out
+    row = [r for r in csv.DictReader(open(tmp_path / "reports" / "leaderboard.csv"))][0]
+    assert row["status"].startswith("partial: ") and "ssim_fov" in row["status"]
+    assert "ssim_fov on 3 of 4 (target without a field of view: white (the image is all white" \
+        in row["note"]
+    assert "(n=3)" in out and row["n_images"] == "4"
+
+
+def test_unwritable_or_full_out_is_one_line_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    _setup(tmp_path)
+    (tmp_path / "file").write_text("x")
+    assert S.main(_args(tmp_path, out=tmp_path / "file" / "reports")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the reports to") and err.count("\n") == 1
+
+    def full(text_path, text):  # the disk fills while the CSV is written
+        tmp = text_path.with_name(f".tmp-{__import__('os').getpid()}-{text_path.name}")
+        tmp.write_text(text[:10])
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(report, "_atomic_write", full)
+    assert S.main(_args(tmp_path)) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not list((tmp_path / "reports").glob(".tmp-*"))

@@ -21,15 +21,21 @@ command again resumes an unfinished run from its latest complete checkpoint, and
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import itertools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from medq.config import ConfigError, available_presets, dump_toml, load_config
 
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+# What a run directory holds before its first training step; a failed start removes a directory
+# it created that holds no more than these.
+START_FILES = {"config.toml", "run.lock", "run.json", "init.json"}
 SUBCOMMANDS = {"data": "train.data_cmd", "vae": "train.vae_cmd", "probe": "train.probe_cmd",
                "weights": "train.weights_cmd"}
 log = logging.getLogger("train")
@@ -81,7 +87,13 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
         if "=" not in s:
             raise ConfigError(f"--sweep {s!r}: expected section.key=v1,v2")
         key, values = s.split("=", 1)
-        axes.append([f"{key}={v}" for v in split_values(values) if v != ""])
+        parts = [v.strip() for v in split_values(values)]
+        if not values.strip():
+            raise ConfigError(f"--sweep {s!r}: no values after '='; expected {key}=v1,v2")
+        if "" in parts:
+            raise ConfigError(f"--sweep {s!r}: empty value at position {parts.index('') + 1}; "
+                              f"expected {key}=v1,v2 with no empty entries")
+        axes.append([f"{key}={v}" for v in parts])
     return [list(c) for c in itertools.product(*axes)] if axes else [[]]
 
 
@@ -105,10 +117,45 @@ def start_warnings(cfg) -> list[str]:
 
 
 def run_one(cfg, args) -> int:
-    from medq.checkpoint import latest_checkpoint, read_run_json
-    from train.dist import init_dist, pick_device
+    """One run: its directory is locked (``medq.checkpoint.run_lock``) from before the first write
+    to the end; a start that fails before training leaves no directory it created behind."""
+    from medq.checkpoint import RunLockedError, acquire_run_lock, release_run_lock
+    from train.dist import DeviceError, pick_device
 
-    device = pick_device(cfg.run.device)
+    try:
+        device = pick_device(cfg.run.device)
+    except DeviceError as e:
+        raise SystemExit(f"error: {e}") from None
+    if args.dry_run:
+        return _run_one(cfg, args, device)
+    created = not cfg.run_dir.exists()
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the lock for every rank
+        return _run_one(cfg, args, device)
+    try:
+        acquire_run_lock(cfg.run_dir)
+    except RunLockedError as e:
+        raise SystemExit(f"error: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"error: run.out_dir = {cfg.run.out_dir!r}: cannot create or lock "
+                         f"{cfg.run_dir} ({e.strerror or e}); choose a writable run.out_dir"
+                         ) from None
+    try:
+        return _run_one(cfg, args, device)
+    finally:
+        release_run_lock(cfg.run_dir)
+        left = {p.name for p in cfg.run_dir.iterdir()} if cfg.run_dir.is_dir() else set()
+        if created and left <= START_FILES:
+            # A start that failed before training wrote anything else: no directory holding only
+            # config.toml left behind for `bench eval` to report as "no checkpoint".
+            import shutil
+
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)
+
+
+def _run_one(cfg, args, device) -> int:
+    from medq.checkpoint import latest_checkpoint, read_run_json
+    from train.dist import init_dist
+
     dist = init_dist(device)
     main_rank = dist.is_main
     if not main_rank:
@@ -135,16 +182,44 @@ def run_one(cfg, args) -> int:
         raise SystemExit(f"{saved} holds a different config than the one resolved now (hash prefix "
                          f"collision or an edited file); move that run directory away")
     if main_rank:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(dump_toml(cfg))
+        try:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            saved.write_text(dump_toml(cfg))
+        except OSError as e:
+            raise SystemExit(_write_error(cfg, e)) from None
     return _train(cfg, args, device, dist)
+
+
+def _check_init_files(cfg) -> None:
+    """A truncated or otherwise broken init.from checkpoint is one line naming the file, before
+    the model loader would raise from inside safetensors or json."""
+    from medq.checkpoint import CheckpointError, resolve_init, verify_checkpoint
+
+    if cfg.init.scratch or not cfg.init.from_:
+        return
+    try:
+        ckpt = resolve_init(cfg.init.from_, Path(cfg.run.out_dir))
+    except FileNotFoundError:
+        return  # MiniBagelTask says what was looked for
+    try:
+        verify_checkpoint(ckpt, (f"{cfg.init.weights}.safetensors", "arch.json"))
+    except CheckpointError as e:
+        raise SystemExit(f"error: init.from = {cfg.init.from_!r}: {e}; point init.from at an "
+                         f"intact checkpoint (e.g. an earlier step_* of that run)") from None
+
+
+def _write_error(cfg, e: OSError) -> str:
+    """One line for a run directory that cannot be written (full disk, permissions)."""
+    return (f"error: cannot write {e.filename or cfg.run_dir}: {e.strerror or e}; free space or "
+            f"fix the permissions of run.out_dir = {cfg.run.out_dir!r}, then run the same command "
+            f"again (it resumes from the last complete checkpoint)")
 
 
 def _train(cfg, args, device, dist) -> int:
     import torch
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from medq.checkpoint import write_run_json
+    from medq.checkpoint import CheckpointError, RunLockedError, write_run_json
     from medq.models import CheckpointMismatchError
     from train.loop import train
     from train.monitors import NonFiniteError
@@ -153,6 +228,7 @@ def _train(cfg, args, device, dist) -> int:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
+    _check_init_files(cfg)
     try:
         task = MiniBagelTask(cfg, device, dist)
     except (FileNotFoundError, CheckpointMismatchError) as e:
@@ -167,6 +243,14 @@ def _train(cfg, args, device, dist) -> int:
                            step=e.step)
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except (CheckpointError, RunLockedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        print(_write_error(cfg, e), file=sys.stderr)
+        return 2
     if dist.is_main:
         last = {k: round(v, 5) for k, v in result["last"].items() if k.startswith(("loss/", "val/"))}
         print(f"run {cfg.run_name}: {result['status']} at step {result['step']}, checkpoint "
@@ -185,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(sub)
         return module.main(sub.parse_args(argv[1:])) or 0
     args = build_parser().parse_args(argv)
+    if args.stop_at is not None and args.stop_at < 1:
+        raise SystemExit(f"--stop-at {args.stop_at}: expected a step >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     preset = args.preset
     if args.resume:

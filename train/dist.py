@@ -44,14 +44,28 @@ def init_dist(device: torch.device) -> Dist:
     return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+class DeviceError(ValueError):
+    """``run.device`` names a device this machine does not have."""
+
+
 def pick_device(spec: str) -> torch.device:
-    """``run.device`` -> torch.device; ``auto`` is CUDA (this process's local rank) when present."""
+    """``run.device`` -> torch.device; ``auto`` is CUDA (this process's local rank) when present.
+    Raises DeviceError for a CUDA device without a usable GPU, or a device name torch rejects."""
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if spec == "auto":
         return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-    if spec == "cuda":
-        return torch.device("cuda", local)
-    return torch.device(spec)
+    try:
+        device = torch.device("cuda", local) if spec == "cuda" else torch.device(spec)
+    except RuntimeError as e:
+        raise DeviceError(f"run.device = {spec!r}: not a device name ({e}); use auto, cpu or "
+                          f"cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"run.device = {spec!r}, but no CUDA GPU is available here "
+                          f"(torch.cuda.is_available() is False); use run.device=auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DeviceError(f"run.device = {spec!r}: this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s)")
+    return device
 
 
 def broadcast_parameters(module: torch.nn.Module, d: Dist) -> None:

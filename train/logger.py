@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -81,14 +82,32 @@ class Logger:
 
 
 def _truncate_after(path: Path, step: int) -> None:
+    """Keep the header and the rows up to ``step``; a torn last row (a process killed mid-write)
+    is dropped too. Rewritten through a temp file, so a kill here never loses the history."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    text = path.read_text()
+    rows = list(csv.reader(text.splitlines()))
+    if not text.endswith("\n") and rows:
+        rows[-1] = []  # torn: the process died while writing it
+    if not rows:
+        path.unlink()
+        return
+
+    def whole(r: list[str]) -> bool:
+        try:
+            return len(r) == 3 and int(r[0]) <= step and float(r[2]) is not None
+        except ValueError:
+            return False
+
+    kept = [rows[0]] + [r for r in rows[1:] if whole(r)]
     if len(kept) != len(rows):
-        with open(path, "w", newline="") as f:
+        tmp = path.with_name(f".tmp-{path.name}")
+        with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def read_metrics(path: Path) -> dict[str, dict[int, float]]:

@@ -33,8 +33,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from medq.checkpoint import (apply_retention, clean_temp, fingerprint, latest_checkpoint, read_state,
-                             save_checkpoint, update_best, write_run_json)
+from medq.checkpoint import (LATEST, CheckpointError, apply_retention, clean_temp, fingerprint,
+                             last_good_checkpoint, latest_checkpoint, point_latest, read_run_json,
+                             read_state, run_lock, save_checkpoint, update_best,
+                             usable_checkpoint, write_run_json)
 from medq.config import Config, dump_toml
 from medq.ema import EMA
 from medq.schedule import warmup_cosine
@@ -42,7 +44,7 @@ from train.dist import Dist, all_true, average_gradients, barrier, gather
 from train.fsdp import (FullTensors, full_optimizer_state, full_state, full_tensor,
                         load_full_optimizer_state, reshard, shard_model)
 from train.logger import Logger
-from train.monitors import NonFiniteGuard, collapse_warnings, probe_gradients
+from train.monitors import NonFiniteError, NonFiniteGuard, collapse_warnings, probe_gradients
 
 log = logging.getLogger("train")
 
@@ -68,16 +70,58 @@ def train(cfg: Config, task: Task, *, dist: Dist = Dist(), resume: bool = True,
     """Train ``task.model`` as ``cfg`` says; return {"status", "step", "checkpoint", ...}.
 
     ``stop_at`` ends the process after that step with a checkpoint (status stays 'running'; the
-    next call resumes). Raises NonFiniteError after run.max_nonfinite non-finite steps in a row."""
+    next call resumes). Raises NonFiniteError after run.max_nonfinite non-finite steps in a row
+    (``latest`` then names the last good checkpoint), RunLockedError when another process holds
+    the run directory, CheckpointError when the run has history but no usable checkpoint."""
+    if not dist.is_main:  # rank 0 holds the run directory's lock for all ranks
+        return _train(cfg, task, dist, resume, stop_at, progress)
+    with run_lock(cfg.run_dir):
+        return _train(cfg, task, dist, resume, stop_at, progress)
+
+
+# Files every training checkpoint has (the task may write more, e.g. arch.json).
+CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optim.pt")
+
+
+def _resume_point(cfg: Config, ckpt_root: Path, dist: Dist) -> Path | None:
+    """The checkpoint to resume from: the newest one whose files are intact (a broken newest one
+    is moved aside with a warning naming the file). None for a new run; CheckpointError when the
+    run has history (a ``latest`` pointer, run.json past step 0, a broken checkpoint) but nothing
+    usable is left: restarting at step 0 would silently rewrite logs/metrics.csv."""
+    if not dist.is_main:
+        barrier(dist)
+        return latest_checkpoint(ckpt_root)
+    try:
+        ckpt, broken = usable_checkpoint(ckpt_root, CHECKPOINT_FILES)
+        info = read_run_json(cfg.run_dir) or {}
+        if ckpt is None and (broken or (ckpt_root / LATEST).exists() or info.get("step", 0) > 0):
+            raise CheckpointError(
+                f"{cfg.run_dir}: the run reached step {info.get('step', '?')} but no usable "
+                f"checkpoint is left in {ckpt_root}" + (f" ({broken[-1]})" if broken else "")
+                + "; starting over would rewrite its metrics history: move the run directory "
+                "away to train anew")
+        if broken and ckpt is not None:
+            point_latest(ckpt_root, ckpt)  # every reader (other ranks, eval) agrees on it
+    finally:
+        barrier(dist)  # the other ranks read `latest` only after rank 0 has settled it
+    return ckpt
+
+
+def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | None,
+           progress: bool) -> dict:
     o, r = cfg.optim, cfg.run
     ckpt_root = cfg.run_dir / "checkpoints"
     model, device = task.model, task.device
     if dist.is_main:
         clean_temp(ckpt_root)
     barrier(dist)
-    latest = latest_checkpoint(ckpt_root) if resume else None
+    latest = _resume_point(cfg, ckpt_root, dist) if resume else None
     if latest is not None:
-        task.load_model(latest)  # full weights, into the model before it is sharded (run.fsdp)
+        try:
+            task.load_model(latest)  # full weights, into the model before it is sharded (run.fsdp)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{latest}: cannot load its weights ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if r.fsdp and not dist.active:
         log.warning("run.fsdp = true ignored: a single process has nothing to shard across "
                     "(start with torchrun --nproc_per_node=N to use FSDP)")
@@ -93,7 +137,12 @@ def train(cfg: Config, task: Task, *, dist: Dist = Dist(), resume: bool = True,
     guard = NonFiniteGuard(r.max_nonfinite)
     start, ckpt = 0, None
     if latest is not None:
-        start, guard = _restore(latest, task, ema, opt, sched, gen, dist, r.max_nonfinite, sharded)
+        try:
+            start, guard = _restore(latest, task, ema, opt, sched, gen, dist, r.max_nonfinite,
+                                    sharded)
+        except (OSError, ValueError, RuntimeError, KeyError, EOFError) as e:
+            raise CheckpointError(f"{latest}: cannot restore the training state ({type(e).__name__}"
+                                  f": {str(e).splitlines()[0] if str(e) else ''})") from None
         log.info("resumed from %s (step %d)", latest, start)
     if dist.is_main:
         write_run_json(cfg.run_dir, preset=r.preset, hash_=cfg.hash, status="running", step=start)
@@ -141,7 +190,13 @@ def train(cfg: Config, task: Task, *, dist: Dist = Dist(), resume: bool = True,
                               dist, device)
             logger.log_dict({f"loss/{k}": v for k, v in terms.items()})
             logger.log_dict({"train/lr": sched.get_last_lr()[0], "train/grad_norm": grad_norm})
-            if guard(finite, step + 1, float(terms["total"].detach()), float(grad_norm)):
+            try:
+                applied = guard(finite, step + 1, float(terms["total"].detach()), float(grad_norm))
+            except NonFiniteError:
+                if dist.is_main:
+                    _latest_to_last_good(ckpt_root)
+                raise
+            if applied:
                 opt.step()
                 ema.update(model)
             sched.step()
@@ -252,17 +307,41 @@ def _save(cfg, task, ema, opt, sched, gen, guard, step, dist, ckpt_root, val,
                                           d / "optim.pt"),
             "config": lambda d: (d / "config.toml").write_text(dump_toml(cfg)),
         }
+    # "good": the last step was finite and so is every weight (a finite step at a huge lr can
+    # still leave NaN or huge weights: NaN ones are caught here, the streak that follows by the
+    # guard's count)
+    good = guard.in_a_row == 0 and _all_finite(weights if sharded else task.model.state_dict())
+    if dist.is_main:
         state = {"preset": cfg.run.preset, "hash": cfg.hash, "world": dist.world,
-                 "data_seed": cfg.run.seed, **guard.state()}
+                 "data_seed": cfg.run.seed, "good": good, **guard.state()}
         if val and "val/total" in val:
             state["val_total"] = val["val/total"]
         ckpt = save_checkpoint(ckpt_root, step, writers, state)
-        if "val_total" in state and math.isfinite(state["val_total"]):
+        if good and "val_total" in state and math.isfinite(state["val_total"]):
             update_best(ckpt_root, ckpt, state["val_total"])
         apply_retention(ckpt_root, cfg.run.keep_last)
-        log.info("saved %s", ckpt)
+        write_run_json(cfg.run_dir, preset=cfg.run.preset, hash_=cfg.hash, status="running",
+                       step=step)
+        log.info("saved %s%s", ckpt, "" if good else " (not good: inside a non-finite streak)")
     barrier(dist)
     return ckpt
+
+
+def _all_finite(state: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def _latest_to_last_good(ckpt_root: Path) -> None:
+    """On a non-finite abort: ``latest`` names the last good checkpoint, which inference, eval and
+    init.from then use (the checkpoints saved inside the streak stay, marked not good)."""
+    good = last_good_checkpoint(ckpt_root)
+    if good is None:
+        log.warning("non-finite abort: no checkpoint of this run is good (saved after a finite "
+                    "step with finite weights)")
+    elif good != latest_checkpoint(ckpt_root):
+        point_latest(ckpt_root, good)
+        log.warning("non-finite abort: %s now names the last good checkpoint %s",
+                    ckpt_root / LATEST, good.name)
 
 
 def _restore(ckpt, task, ema, opt, sched, gen, dist, max_nonfinite,

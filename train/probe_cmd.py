@@ -66,7 +66,10 @@ def main(args) -> int:
         raise SystemExit(f"config error: {e}") from None
     if cfg.init.scratch:
         print(f"note: preset {args.preset!r} starts from random weights (init.scratch)")
-    device = pick_device(cfg.run.device)
+    try:
+        device = pick_device(cfg.run.device)
+    except ValueError as e:  # train.dist.DeviceError: cuda without a GPU
+        raise SystemExit(f"error: {e}") from None
     try:  # the init weights and the VAE, as training would load them
         task = MiniBagelTask(cfg, device, write_init=False)
     except (FileNotFoundError, CheckpointMismatchError) as e:

@@ -3,7 +3,8 @@
 Every image is loaded and validated when the dataset is built (never lazily in a DataLoader
 worker); the prepared images are cached as one ``.npz`` per (source, files, seed, size, count)
 under ``DataConfig.cache_dir``. With ``on_bad_input = "skip"`` bad files are left out and listed in
-``<cache entry>/bad_inputs.jsonl`` and in ``dataset.bad_inputs``.
+``<cache entry>/bad_inputs.jsonl`` and in ``dataset.bad_inputs``. The policy is part of a real
+source's cache key: an ``error`` build never reuses the filtered list of a ``skip`` build.
 
 Item ``i`` is image ``i // len(tasks)`` with task ``tasks[i % len(tasks)]`` (docs/ARCHITECTURE.md).
 """
@@ -68,13 +69,19 @@ def real_images(cfg, size: int) -> tuple[dict, list[dict]]:
         records, bad = (read_drive(cfg.root) if cfg.source == "drive" else read_folder(cfg.root)), []
     records = [r for r in records if r.quality in cfg.target_quality]
     stamp = [(r.id, str(r.path), r.path.stat().st_mtime_ns, str(r.mask_path)) for r in records]
-    key = hashlib.sha256(json.dumps([cfg.source, size, stamp]).encode()).hexdigest()[:12]
-    entry = Path(cfg.cache_dir) / f"{cfg.source}-{size}px-{key}"
+    # on_bad_input is in the key: a skip build's entry lists only the good files, which an error
+    # build must not reuse (it would pass over the bad ones silently).
+    key = hashlib.sha256(json.dumps([cfg.source, size, cfg.on_bad_input, stamp]).encode()
+                         ).hexdigest()[:12]
+    entry = Path(cfg.cache_dir) / f"{cfg.source}-{size}px-{cfg.on_bad_input}-{key}"
     cached = entry / "images.npz"
     if cached.is_file():
         with np.load(cached) as z:
             data = {k: z[k] for k in z.files}
         bad += json.loads((entry / "bad_inputs.json").read_text()) if (entry / "bad_inputs.json").is_file() else []
+        if bad and cfg.on_bad_input == "error":  # not written so; an entry from older code
+            raise DataError(f"{entry}: cached with {len(bad)} bad input(s), e.g. {bad[0]['path']}: "
+                            f"{bad[0]['reason']}")
     else:
         ok, imgs, masks = [], [], []
         for r in records:
@@ -93,8 +100,9 @@ def real_images(cfg, size: int) -> tuple[dict, list[dict]]:
                 "quality": np.array([r.quality for r in ok]), "dr": np.array([r.dr_grade for r in ok]),
                 "lesions": np.full(len(ok), -1, np.int64)}
         entry.mkdir(parents=True, exist_ok=True)
-        _atomic_savez(cached, **data)
+        # The bad list first: images.npz is what marks the entry complete.
         (entry / "bad_inputs.json").write_text(json.dumps([b for b in bad if "named in" not in b["reason"]]))
+        _atomic_savez(cached, **data)
     if bad:
         entry.mkdir(parents=True, exist_ok=True)
         with open(entry / "bad_inputs.jsonl", "w") as f:

@@ -66,9 +66,24 @@ def require_fov(image: np.ndarray, name: str) -> np.ndarray:
     """``fov_mask`` that raises ``NoFieldOfView`` naming ``name`` when the mask is (nearly) empty."""
     m = fov_mask(image)
     if m.sum() < 0.02 * m.size:
-        raise NoFieldOfView(f"{name}: no field of view found (the image is black or nearly so: "
+        raise NoFieldOfView(f"{name}: no field of view found ({describe_flat(image)}: "
                             f"{int(m.sum())} of {m.size} pixels above the brightness threshold)")
     return m
+
+
+def describe_flat(image: np.ndarray) -> str:
+    """Why an RGB uint8 (H, W, 3) image has no field of view, in words: all black, all white,
+    one flat grey level, or no dark surround to tell the retina from."""
+    v = np.asarray(image).max(axis=2)
+    lo, hi = int(v.min()), int(v.max())
+    if hi <= MIN_THRESHOLD:
+        return "the image is black or nearly so"
+    if hi - lo <= 2:
+        return (f"the image is all white (value {hi})" if lo >= 250 else
+                f"the image is one flat level (value {lo}-{hi}), with no retina to find")
+    if float(np.percentile(v, 2)) > 200:
+        return "the image is bright everywhere, with no dark surround around a retina"
+    return "no bright region stands out from the surround"
 
 
 def crop_to_fov(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

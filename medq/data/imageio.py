@@ -3,16 +3,19 @@
 Conversions (never rejections): grayscale and 16-bit (``I;16``, ``I``) are scaled to 8 bits
 (65535 -> 255, i.e. divided by 257) and replicated to RGB; RGBA / LA / palette with transparency
 are composited on black (the fundus surround is black); CMYK goes through Pillow's JPEG-aware
-conversion. Rejections name the file and the reason: empty file, not an image, truncated data,
-smaller than ``MIN_SIDE`` pixels.
+conversion; an EXIF orientation tag is applied (a phone or camera JPEG stored sideways is turned
+upright). Rejections name the file and the reason: empty file, not an image, truncated data,
+smaller than ``MIN_SIDE`` pixels, more pixels than ``Image.MAX_IMAGE_PIXELS`` (a decompression
+bomb: the header promises a huge image from a small file).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 MIN_SIDE = 16
 """Images smaller than this on either side cannot hold a usable field of view."""
@@ -48,6 +51,25 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
+def _check_pixels(img: Image.Image, path: Path) -> None:
+    """Refuse an image whose header promises more than ``Image.MAX_IMAGE_PIXELS`` pixels before
+    decoding it (Pillow only warns below twice that limit, and would allocate it)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    w, h = img.size
+    if limit and w * h > limit:
+        raise DataError(f"{path}: header says {w}x{h} = {w * h} pixels, more than the "
+                        f"{limit} Pillow accepts (a decompression bomb or a corrupt header); "
+                        f"downscale the image if it is genuine")
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation tag says (unchanged without one)."""
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError):
+        return img  # an unreadable EXIF block: the pixels as stored
+
+
 def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
     """Read ``path`` as RGB uint8 (H, W, 3). ``max_side``: shrink large images on load (JPEG draft
     mode, then ``reduce``) so that the longer side stays >= max_side; exact size is not kept.
@@ -58,7 +80,11 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # a bomb is refused just below, with the file's name
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            _check_pixels(img, path)
             if max_side is not None and img.format == "JPEG" and max(img.size) > 2 * max_side:
                 img.draft("RGB", (max_side, max_side))
             img.load()
@@ -67,9 +93,11 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
             if min(img.size) < MIN_SIDE:
                 raise DataError(f"{path}: image is {img.size[0]}x{img.size[1]} pixels, expected at "
                                 f"least {MIN_SIDE}x{MIN_SIDE}")
-            return _to_rgb(img)
+            return _to_rgb(upright(img))
     except DataError:
         raise
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: refused as a decompression bomb ({e})") from None
     except UnidentifiedImageError as e:
         raise DataError(f"{path}: not an image Pillow can read (unknown or corrupt format)") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
