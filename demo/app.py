@@ -47,8 +47,9 @@ ALT_TEXT_JS = """
     const caption = (cap && cap.textContent.trim()) || img.getAttribute("title") || "";
     const block = img.closest(".block");
     const label = block && block.querySelector("[data-testid='block-label'], .label-text");
-    return [what || (label && label.textContent.trim()) || "image", caption]
-      .filter(Boolean).join(": ");
+    const text = label && label.textContent.trim();
+    if (what && text && what.startsWith("before/after")) what += " (" + text + ")";
+    return [what || text || "image", caption].filter(Boolean).join(": ");
   }
   function fix() {
     for (const img of document.querySelectorAll("img")) {
@@ -84,6 +85,10 @@ def mode_help(demo: Demo, task: str) -> str:
 def default_modes(demo: Demo, task: str) -> list[str]:
     offered = {lb for _, lb in mode_choices(demo, task)}
     return [lb for lb in catalog.default_selection(demo.modes) if lb in offered]
+
+
+def slider_label(left: str, right: str) -> str:
+    return f"Before / after: {left} (left) and {right} (right); drag the handle"
 
 
 def build_app(demo: Demo, *, login: bool = False) -> gr.Blocks:
@@ -223,7 +228,8 @@ def build_app(demo: Demo, *, login: bool = False) -> gr.Blocks:
                     gr.Gallery(files(crops), columns=cols, rows=rows),
                     handlers.zoom_box_text(cmp, x, y, z),
                     gr.Dropdown(names, value=lv), gr.Dropdown(names, value=rv),
-                    tuple(map(png, handlers.slider_pair(cmp, lv, rv))),
+                    gr.ImageSlider(tuple(map(png, handlers.slider_pair(cmp, lv, rv))),
+                                   label=slider_label(lv, rv)),
                     gr.Gallery(files(maps), columns=map_cols, rows=-(-len(maps) // map_cols)),
                     text)
 
@@ -264,7 +270,8 @@ def build_app(demo: Demo, *, login: bool = False) -> gr.Blocks:
         def on_slider(cmp, lv, rv):
             if cmp is None or not lv or not rv:
                 return None
-            return tuple(map(png, handlers.slider_pair(cmp, lv, rv)))
+            return gr.ImageSlider(tuple(map(png, handlers.slider_pair(cmp, lv, rv))),
+                                  label=slider_label(lv, rv))
 
         left.change(on_slider, [state, left, right], [slider], api_name=False)
         right.change(on_slider, [state, left, right], [slider], api_name=False)
