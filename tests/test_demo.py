@@ -579,7 +579,9 @@ def test_client_compares_an_upload_and_the_test_set(server, tmp_path):
     assert result[1]["data"][0][7] == "make eval (step_000300-ema)"
     assert "undecodable" in result[2] and "**Reference report**" in result[2]
     slider = result[8]
-    assert len(slider) == 2 and all(Path(p).suffix == ".png" for p in slider)
+    assert slider["label"] == ("Before / after: Pixel + SSIM fine-tune (left) and Target (right); "
+                               "drag the handle")
+    assert len(slider["value"]) == 2 and all(Path(p).suffix == ".png" for p in slider["value"])
 
 
 def test_a_bad_upload_leaves_its_reason_in_the_status_line(server, tmp_path):
