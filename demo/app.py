@@ -134,13 +134,13 @@ def build_app(demo: Demo, *, login: bool = False) -> gr.Blocks:
                     compare_btn = gr.Button("Compare", variant="primary", elem_id="compare")
                     status = gr.Markdown(elem_id="status")
                 with gr.Column(scale=4):
-                    panel_gallery = gr.Gallery(label="Side by side: input, each mode's output, target",
-                                               columns=3, object_fit="contain", format="png",
-                                               elem_id="panels", allow_preview=True)
-                    metrics = gr.Dataframe(label="Per-image metrics (the leaderboard's definitions: "
-                                                 "torchmetrics PSNR/SSIM, data range 1; FOV = inside "
-                                                 "the field of view)", interactive=False,
-                                           elem_id="metrics", wrap=True)
+                    panel_gallery = gr.Gallery(label="Side by side: input, each mode's output, "
+                                                     "target", columns=3, object_fit="contain",
+                                               format="png", elem_id="panels", allow_preview=True)
+                    metrics = gr.Dataframe(label="Per-image metrics (the leaderboard's "
+                                                 "definitions: torchmetrics PSNR/SSIM, data range "
+                                                 "1; FOV = inside the field of view)",
+                                           interactive=False, elem_id="metrics", wrap=True)
                     reports = gr.Markdown(elem_id="reports")
                     with gr.Row():
                         with gr.Column(scale=1, min_width=260):
@@ -151,8 +151,9 @@ def build_app(demo: Demo, *, login: bool = False) -> gr.Blocks:
                             cy = gr.Slider(0, 1, value=0.5, step=0.01, label="Box centre y")
                             zf = gr.Slider(1, 16, value=4, step=1, label="Zoom factor")
                         with gr.Column(scale=3):
-                            zoomed = gr.Gallery(label="Same region of every panel (nearest-neighbour)",
-                                                columns=3, format="png", elem_id="zoomed",
+                            zoomed = gr.Gallery(label="Same region of every panel "
+                                                      "(nearest-neighbour)", columns=3,
+                                                format="png", elem_id="zoomed",
                                                 object_fit="contain")
                             box_note = gr.Markdown(elem_id="box-note")
                     with gr.Row():

@@ -103,7 +103,8 @@ def description(label: str, task: str | None = None) -> str:
 
 
 def read_task_records(eval_dir: Path) -> dict[str, dict[str, Record]]:
-    """``<eval_dir>/<task>/records.jsonl`` -> task -> id -> Record (rows whose output PNG exists)."""
+    """``<eval_dir>/<task>/records.jsonl`` -> task -> id -> Record (rows whose output PNG
+    exists)."""
     out: dict[str, dict[str, Record]] = {}
     for file in sorted(Path(eval_dir).glob(f"*/{RECORDS}")):
         for row in (r for r in read_jsonl(file) if "id" in r):
@@ -132,7 +133,8 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
         if not run_dir.is_dir() or run_dir.name in NOT_RUNS or run_dir.name.startswith((".", "_")):
             continue
         info = read_run_json(run_dir) or {}
-        preset = info.get("preset") or (run_dir.name.rsplit("-", 1)[0] if "-" in run_dir.name else None)
+        preset = info.get("preset") or (run_dir.name.rsplit("-", 1)[0] if "-" in run_dir.name
+                                        else None)
         if not preset or not ((run_dir / "checkpoints").is_dir() or (run_dir / "eval").is_dir()):
             continue
         key = (info.get("status") == "finished", (run_dir / "run.json").stat().st_mtime
@@ -144,7 +146,8 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
         ev = _pick_eval(run_dir)
         modes[preset] = Mode(preset, "run", run_dir, ev, read_task_records(ev) if ev else {})
     base_root = runs_dir / "_baselines"
-    names = sorted({d.name for d in base_root.glob("*") if d.is_dir()} if base_root.is_dir() else set())
+    names = sorted({d.name for d in base_root.glob("*") if d.is_dir()} if base_root.is_dir()
+                   else set())
     for name in [*names, *(b for b in baselines if b not in names)]:
         if name in modes:
             log.warning("baseline %r has the name of a preset; the preset is shown", name)

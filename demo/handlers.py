@@ -103,8 +103,8 @@ def _from_upload(demo: Demo, task: str, path, enhance_kind: str) -> dict:
     hwc = {k: prep[k].permute(1, 2, 0).numpy() for k in ("input", "target")}
     note = ("An uploaded photograph has no clean reference: for enhancement the 'target' is the "
             "photograph itself, so the metrics measure how much each mode changed it, not quality."
-            if task == "enhance" else "The target is the uploaded photograph (field-of-view square, "
-            f"{demo.size} px); the input is its bicubic downscale.")
+            if task == "enhance" else "The target is the uploaded photograph (field-of-view "
+            f"square, {demo.size} px); the input is its bicubic downscale.")
     return {"title": f"uploaded {name} ({width}x{height})", "id": None, "task": task,
             **hwc, "mask": prep["mask"][0].numpy() > 0.5, "row": None, "image": rgb, "name": name,
             "instruction": instruction_for(task, enhance_kind), "reference": None, "note": note}
@@ -121,7 +121,8 @@ def _recorded(mode: catalog.Mode, task: str, sample_id: str | None) -> dict | No
             "seconds": row.get("seconds"),
             "report": row.get("report_text") if has_text else None,
             "undecodable": int(row.get("undecodable") or 0) if has_text else None,
-            "undecodable_positions": list(row.get("undecodable_positions") or []) if has_text else []}
+            "undecodable_positions": list(row.get("undecodable_positions") or [])
+            if has_text else []}
 
 
 def _computed(edited) -> dict:
@@ -145,7 +146,8 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
     if task not in catalog.TASKS:
         raise ValueError(f"task {task!r}: expected one of {', '.join(catalog.TASKS)}")
     if task == "enhance" and upload is not None and enhance_kind not in ENHANCE_KINDS:
-        raise ValueError(f"enhance kind {enhance_kind!r}: expected one of {', '.join(ENHANCE_KINDS)}")
+        raise ValueError(f"enhance kind {enhance_kind!r}: expected one of "
+                         f"{', '.join(ENHANCE_KINDS)}")
     labels = [lb for lb in labels if lb in demo.modes]
     if not labels:
         raise ValueError("choose at least one mode to compare")
@@ -395,5 +397,6 @@ def leaderboard(reports_dir: Path) -> tuple[pd.DataFrame, str, list[tuple[str, s
         {"Results": ["no leaderboard yet: run `make eval`"]})
     text = md.read_text(encoding="utf-8") if md.is_file() else \
         "*No leaderboard yet: `make eval` writes it and its plots.*"
-    plots = [(str(p.resolve()), p.stem.replace("_", " ")) for p in sorted(reports_dir.glob("*.png"))]
+    plots = [(str(p.resolve()), p.stem.replace("_", " "))
+             for p in sorted(reports_dir.glob("*.png"))]
     return table, text, plots

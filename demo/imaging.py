@@ -71,7 +71,8 @@ def enlarge(img: np.ndarray, factor: int) -> np.ndarray:
     return img if factor == 1 else np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
 
 
-def crop_box(shape: tuple[int, int], cx: float, cy: float, zoom: float) -> tuple[int, int, int, int]:
+def crop_box(shape: tuple[int, int], cx: float, cy: float,
+             zoom: float) -> tuple[int, int, int, int]:
     """Square box (y0, y1, x0, x1) of side min(H, W) / zoom centred on the fractions (cx, cy) of the
     width and height, shifted inside the image."""
     h, w = shape
@@ -124,7 +125,8 @@ def image_metrics(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> d
     return {k: float(m[k][0]) for k in ("psnr", "psnr_fov", "ssim", "ssim_fov")}
 
 
-def error_heatmap(error: np.ndarray, mask: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarray:
+def error_heatmap(error: np.ndarray, mask: np.ndarray, vmax: float,
+                  cmap: str = "inferno") -> np.ndarray:
     """1 - SSIM (H, W) -> (H, W, 3) colours on the scale [0, vmax]; outside the field of view the
     colours are dimmed, since errors on the black border are not clinically meaningful."""
     import matplotlib

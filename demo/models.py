@@ -44,7 +44,8 @@ def load_mode_model(mode) -> ImageTextModel:
         from medq.baselines import BASELINES
 
         if mode.label not in BASELINES:
-            raise ValueError(f"mode {mode.label!r}: no such baseline (known: {', '.join(BASELINES)})")
+            raise ValueError(f"mode {mode.label!r}: no such baseline (known: "
+                             f"{', '.join(BASELINES)})")
         return BASELINES[mode.label]()
     from infer.load import load_run
 

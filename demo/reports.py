@@ -58,7 +58,8 @@ def compare_findings(model_text: str | None, reference_text: str | None) -> list
     rows = []
     if ref["quality"] is not None:
         rows.append({"finding": "image quality", "model": _quality(got["quality"]),
-                     "reference": _quality(ref["quality"]), "agree": got["quality"] == ref["quality"]})
+                     "reference": _quality(ref["quality"]),
+                     "agree": got["quality"] == ref["quality"]})
     if ref["dr_grade"] is not None:
         rows.append({"finding": "diabetic retinopathy grade", "model": _grade(got["dr_grade"]),
                      "reference": _grade(ref["dr_grade"]),

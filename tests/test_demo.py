@@ -109,7 +109,8 @@ def test_test_images_keep_their_instruction_uploads_get_the_chosen_one(app_demo,
 
 
 def test_metrics_are_the_leaderboards(app_demo):
-    """The page shows the numbers of reports/per_image.csv (medq.metrics), not a second definition."""
+    """The page shows the numbers of reports/per_image.csv (medq.metrics), not a second
+    definition."""
     import torch
     from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -146,7 +147,8 @@ def test_views_share_one_zoom_box_and_use_nearest_neighbour(app_demo):
     assert box == (40, 56, 8, 24)
     assert [cap for _, cap in crops] == ["Input", "Pixel-loss fine-tune",
                                          "Pixel + SSIM fine-tune", "Target"]
-    assert handlers.zoom_box_text(cmp, 0.25, 0.75, 4).startswith("Region x 8-24, y 40-56 of the 64x64")
+    assert handlers.zoom_box_text(cmp, 0.25, 0.75, 4).startswith(
+        "Region x 8-24, y 40-56 of the 64x64")
     target_crop = crops[-1][0]
     assert np.array_equal(target_crop[::16, ::16], imaging.to_uint8(cmp["target"][40:56, 8:24]))
     assert (overview[40 * 4, 8 * 4:24 * 4] == imaging.to_uint8(imaging.BOX_COLOUR)).all()
@@ -189,7 +191,8 @@ def test_report_warning_for_undecodable_tokens(app_demo):
 
 def test_a_failing_mode_is_reported_and_the_others_still_shown(app_demo):
     cmp = handlers.compare(app_demo, "enhance", ["pixel", "lanczos"], sample_id="eyeq_0001")
-    assert list(cmp["outputs"]) == ["pixel"] and "no fake model 'lanczos'" in cmp["errors"]["lanczos"]
+    assert list(cmp["outputs"]) == ["pixel"]
+    assert "no fake model 'lanczos'" in cmp["errors"]["lanczos"]
     assert "**Unchanged input (lanczos)**: ⚠️ could not run" in handlers.reports_markdown(cmp)
 
 
@@ -241,7 +244,8 @@ def test_upload_is_cropped_to_the_field_of_view_and_run_by_every_mode(app_demo, 
     progress = []
     cmp = handlers.compare(app_demo, "sr4", ["pixel", "bicubic"], upload=path,
                            progress=lambda f, d: progress.append((f, d)))
-    assert cmp["target"].shape == (SIZE, SIZE, 3) and cmp["input"].shape == (SIZE // 4, SIZE // 4, 3)
+    assert cmp["target"].shape == (SIZE, SIZE, 3)
+    assert cmp["input"].shape == (SIZE // 4, SIZE // 4, 3)
     assert all(o["origin"] == "computed now (the harness)" for o in cmp["outputs"].values())
     assert progress[0][0] == 0.0 and progress[-1] == (1.0, "done")
     assert any("loading the model" in d for _, d in progress)
@@ -258,7 +262,8 @@ def test_real_fundus_photograph_upload(app_demo, fundus_samples):
 def test_results_tab_is_readable_with_the_compare_names_main_metric_first_and_intervals(
         tree, tmp_path):
     table, md, plots = handlers.leaderboard(tree[1])
-    assert list(table.columns[:4]) == ["Mode", "Task", "SSIM FOV [95% CI]", "PSNR FOV (dB) [95% CI]"]
+    assert list(table.columns[:4]) == ["Mode", "Task", "SSIM FOV [95% CI]",
+                                       "PSNR FOV (dB) [95% CI]"]
     # Best main metric first, named as on the Compare tab.
     assert list(table["Mode"]) == ["SSIM fine-tune (v3)", "Pixel + SSIM fine-tune",
                                    "Pixel-loss fine-tune", "Bicubic upscaling"]
@@ -383,7 +388,8 @@ def test_reference_reports_rebuilt_from_the_runs_data_config(tmp_path):
     path.write_text(dump_toml(cfg))
     item = build_dataset(cfg.data, 32, "all", tasks=["enhance"])[3]
     refs = ReferenceReports([path])
-    assert refs.get("enhance", item["id"], {"data_sha256": data_fingerprint(item)}) == item["report"]
+    sha = data_fingerprint(item)
+    assert refs.get("enhance", item["id"], {"data_sha256": sha}) == item["report"]
     assert refs.get("enhance", item["id"], {"data_sha256": "0" * 16}) is None
     assert refs.get("enhance", "nope", {}) is None
     assert refs.get("sr4", "x", {"reference_report": "quality: good."}) == "quality: good."
@@ -400,7 +406,8 @@ def test_verdict_saying_a_mode_ignores_its_input_is_flagged_on_the_panel(tree):
     assert cmp["outputs"]["mixed"]["ignores_input"].startswith("ignores its input")
     assert cmp["outputs"]["pixel"]["ignores_input"] is None
     captions = [c for _, c in handlers.panels(cmp)]
-    assert captions[2] == "Pixel + SSIM fine-tune ⚠ ignores its input" and "⚠" not in captions[1]
+    assert captions[2] == "Pixel + SSIM fine-tune ⚠ ignores its input"
+    assert "⚠" not in captions[1]
     assert "**Pixel + SSIM fine-tune ignores its input**" in handlers.reports_markdown(cmp)
     assert "ignores its input" in handlers.metrics_table(cmp).iloc[1]["note"]
     # The same flag from a leaderboard column (the verdict reasons the eval may write there).
@@ -420,7 +427,8 @@ def test_a_second_output_in_the_records_is_a_selectable_mode(tmp_path):
     rows = [json.loads(x) for x in (task_dir / "records.jsonl").read_text().splitlines()]
     for row in rows:
         row["output_mmse"] = f"images/{row['id']}_output_mmse.png"
-        Image.fromarray(imaging.to_uint8(fundus(40, SIZE) * 0.5)).save(task_dir / row["output_mmse"])
+        mmse = imaging.to_uint8(fundus(40, SIZE) * 0.5)
+        Image.fromarray(mmse).save(task_dir / row["output_mmse"])
     (task_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = handlers.Demo.from_folders(runs, reports_dir, pool=ModelPool(fake_loader))
     assert "ssim_v3:mmse" in d.modes
@@ -448,8 +456,10 @@ def test_readable_mode_names_and_identical_outputs_marked(tmp_path):
     assert "identity" in enh and "bicubic" not in enh          # one "unchanged input" offered
     assert "- **Unchanged input**: no model" in mode_help(d, "enhance")
     assert all(line.count(":") >= 1 for line in mode_help(d, "sr4").splitlines())
-    d.pool = ModelPool(lambda label: __import__("medq.baselines", fromlist=["BASELINES"])
-                       .BASELINES[label]() if label in ("identity", "bicubic") else fake_loader(label))
+    from medq.baselines import BASELINES
+
+    d.pool = ModelPool(lambda label: BASELINES[label]() if label in ("identity", "bicubic")
+                       else fake_loader(label))
     cmp = handlers.compare(d, "enhance", ["pixel", "bicubic", "identity"], sample_id="eyeq_0001")
     assert cmp["outputs"]["bicubic"]["identical_to"] is None
     assert cmp["outputs"]["identity"]["identical_to"] == "Unchanged input (bicubic)"
@@ -623,7 +633,8 @@ def test_only_the_pictures_the_page_shows_are_served(server, tmp_path):
     result = Client(server["url"], verbose=False).predict(
         None, "eyeq_0001", "sr4", ["pixel"], 0.5, 0.5, 4, "blur", api_name="/compare")
     shown = result[0]["value"][0]["image"]                  # downloaded copy; find its URL
-    cached = [p for p in Path(__import__("tempfile").gettempdir(), "gradio").rglob(Path(shown).name)]
+    cache = Path(__import__("tempfile").gettempdir(), "gradio")
+    cached = list(cache.rglob(Path(shown).name))
     assert cached, shown
     status, body = _get(url + "gradio_api/file=" + str(cached[0]))
     assert status == 200 and body[:4] == b"\x89PNG"             # positive control
@@ -702,7 +713,8 @@ def test_records_with_a_corrupt_line_still_show_the_valid_rows(tmp_path, caplog)
     save_png(task / "images" / "a_output.png", torch.zeros(3, 8, 8))
     rows = [{"id": "a", "task": "sr4", "output": "images/a_output.png"},
             {"id": "b", "task": "sr4", "output": "images/b_output.png"}]
-    (task / "records.jsonl").write_text(_json.dumps(rows[0]) + "\n{not json\n" + _json.dumps(rows[1]) + "\n")
+    (task / "records.jsonl").write_text(_json.dumps(rows[0]) + "\n{not json\n"
+                                        + _json.dumps(rows[1]) + "\n")
     with caplog.at_level("WARNING"):
         found = catalog.read_task_records(tmp_path / "eval")
     assert list(found) == ["sr4"] and list(found["sr4"]) == ["a"]
