@@ -650,6 +650,24 @@ def test_only_the_pictures_the_page_shows_are_served(server, tmp_path):
                 assert secret not in body, (prefix, target)
 
 
+def test_server_refuses_an_upload_over_the_limit_before_it_reaches_the_page(server):
+    """Gradio's upload route enforces launch(max_file_size=25mb): 413, nothing stored."""
+    from demo.security import MAX_UPLOAD_BYTES
+
+    boundary = "medqboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"huge.png\"\r\nContent-Type: image/png\r\n\r\n").encode() \
+        + b"\0" * (MAX_UPLOAD_BYTES + 1024) + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(server["url"] + "gradio_api/upload", data=body, headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    assert status == 413
+
+
 def test_server_binds_localhost_only_and_exposes_two_endpoints(server):
     from gradio_client import Client
 
