@@ -1,9 +1,12 @@
 """What the page does, as plain functions of plain data (the Gradio wiring is in ``demo/app.py``).
 
 A *comparison* is a dict built by ``compare``: the input, target and field-of-view mask of one
-image, and per mode its output, where it came from (``make eval`` records or computed now), its
-metrics and its text report. Every view (side-by-side panels, zoom, error maps, slider, metrics
-table, reports) is a pure function of a comparison, so tests call them directly.
+image, its reference report (test images), and per mode its output, where it came from (``make
+eval`` records or computed now by the harness), its metrics, its text report with each finding
+marked agree / disagree, its report scores and flags (identical to another mode, ignores its
+input). Every view (side-by-side panels, zoom, error maps, slider, metrics table, reports) is a
+pure function of a comparison, so tests call them directly. Panels, tables and reports name modes
+by ``catalog.display_name``, as the Results tab does.
 """
 
 from __future__ import annotations
