@@ -69,11 +69,14 @@ def _task_choices() -> list[tuple[str, str]]:
 
 def mode_choices(demo: Demo, task: str) -> list[tuple[str, str]]:
     """(readable name, label) of the modes for ``task``; on enhancement the upscaling baselines
-    are the unchanged input, so only one of them is offered (identity if present)."""
+    are the unchanged input, so only one of them is offered (identity if present); on SR the
+    identity baseline is a bicubic resize, so bicubic stands for it."""
     labels = list(demo.modes)
     if task == "enhance":
         same = [lb for lb in ("identity", "bicubic", "lanczos") if lb in labels]
         labels = [lb for lb in labels if lb not in same[1:]]
+    elif "bicubic" in labels:              # identity on SR is a bicubic resize: offer bicubic
+        labels = [lb for lb in labels if lb != "identity"]
     return [(catalog.display_name(lb, task), lb) for lb in labels]
 
 

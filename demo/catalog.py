@@ -334,21 +334,28 @@ def results_table(rows: list[dict]):
     tail = [c for c in ("undecodable_rate", "report_accuracy", "verdict", "n_images",
                         "seconds_per_image", "status", "note") if c in cols]
     out = []
+    seen: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (row_label(r), str(r.get("task", "")))
+        seen[key] = seen.get(key, 0) + 1
     for r in rows:
         task = str(r.get("task", ""))
         name = display_name(row_label(r), task)
-        if "@" in str(r.get("name", "")):
-            name += f" @ {str(r['name']).split('@', 1)[1]}"
+        if "@" in str(r.get("name", "")) and seen[(row_label(r), task)] > 1:
+            name += f" @ {str(r['name']).split('@', 1)[1]}"      # several checkpoints of a run
         rec = {"Mode": name, "Task": TASKS.get(task, task)}
         for m in metrics:
             digits = 2 if "psnr" in m else 4
             v, lo, hi = (_fmt(r.get(k, ""), digits) for k in (m, f"{m}_lo", f"{m}_hi"))
             rec[readable_column(m) + " [95% CI]"] = f"{v} [{lo}, {hi}]" if v and lo and hi else v
         for c in dist + scores + tail:
-            rec[readable_column(c)] = _fmt(r.get(c, "")) if c not in ("verdict", "status", "note") \
-                else (r.get(c) or "")
+            text = (r.get(c) or "") if c in ("verdict", "status", "note") else \
+                _fmt(r.get(c, ""), 0 if c == "n_images" else 3)
+            rec[readable_column(c)] = text
         out.append(rec)
     table = pd.DataFrame(out)
+    # A metric nobody could measure (MS-SSIM below 176 px) is a column of blanks: left out.
+    table = table[[c for c in table.columns if (table[c].astype(str) != "").any()]]
     if metrics:
         key = table.columns[2]
         table["_main"] = [float(x.split(" ")[0]) if x else float("-inf") for x in table[key]]

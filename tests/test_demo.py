@@ -451,7 +451,7 @@ def test_readable_mode_names_and_identical_outputs_marked(tmp_path):
     assert catalog.display_name("ssim_v3") == "SSIM fine-tune (v3)"
     assert catalog.display_name("identity", "enhance") == "Unchanged input"
     sr = dict(mode_choices(d, "sr4"))
-    assert sr["Bicubic upscaling"] == "bicubic" and "Unchanged input" in sr
+    assert sr["Bicubic upscaling"] == "bicubic" and "Unchanged input" not in sr
     enh = [lb for _, lb in mode_choices(d, "enhance")]
     assert "identity" in enh and "bicubic" not in enh          # one "unchanged input" offered
     assert "- **Unchanged input**: no model" in mode_help(d, "enhance")
