@@ -274,6 +274,12 @@ def leaderboard_rows(rows: list[dict], mode: Mode, task: str) -> list[dict]:
             and (row_label(r) == base or (run and r.get("run") == run) or r.get("name") == base)]
 
 
+def verdict_status(rows: list[dict], mode: Mode, task: str) -> str | None:
+    """The leaderboard's verdict of ``mode`` on ``task`` (healthy | collapsed | unknown), if any."""
+    found = [r.get("verdict") for r in leaderboard_rows(rows, mode, task) if r.get("verdict")]
+    return found[-1] if found else None
+
+
 def report_scores(rows: list[dict], mode: Mode, task: str) -> list[tuple[str, str, str]]:
     """(score column, value, its majority-class floor or "") of the report scores of ``mode`` on
     ``task``: every ``*kappa*`` / ``*f1*`` leaderboard column that is not itself a floor."""

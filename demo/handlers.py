@@ -187,6 +187,7 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
         found["metrics"] = imaging.image_metrics(found["image"], base["target"], base["mask"])
         reasons = catalog.verdict_reasons(mode, task, board)
         found["ignores_input"] = catalog.ignores_input(reasons)
+        found["verdict"] = catalog.verdict_status(board, mode, task)
         found["scores"] = catalog.report_scores(board, mode, task)
         found["findings"] = reports.compare_findings(found["report"], base["reference"]) \
             if base["reference"] and found["report"] is not None else []
@@ -311,6 +312,8 @@ def _note(out: dict) -> str:
         notes.append(f"identical to {out['identical_to']}")
     if out.get("ignores_input"):
         notes.append(f"ignores its input ({out['ignores_input']})")
+    if out.get("verdict") == "collapsed":
+        notes.append("verdict: collapsed")
     return "; ".join(notes)
 
 
@@ -370,6 +373,9 @@ def reports_markdown(cmp: dict) -> str:
                 + ("" if f["agree"] else f" (reference: {f['reference']})")
                 for f in out["findings"]))
         lines.append(f"    - {_score_text(out.get('scores') or [])}")
+        if out.get("verdict") == "collapsed":
+            lines.append("    - ⚠️ **verdict of make eval on the test set: collapsed** (see the "
+                         "Results tab): do not trust this model's outputs.")
         if out["undecodable"]:
             lines.append(f"    - ⚠️ **WARNING: {out['undecodable']} undecodable token(s)** at "
                          f"positions {out['undecodable_positions'][:12]}: the model produced ids "

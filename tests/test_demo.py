@@ -417,8 +417,14 @@ def test_verdict_saying_a_mode_ignores_its_input_is_flagged_on_the_panel(tree):
     lines = [lines[0]] + [ln + (",ignores its input (constant outputs)" if ln.startswith("ok,pixel")
                                 else ",") for ln in lines[1:]]
     board.write_text("\n".join(lines) + "\n")
+    lines = board.read_text().splitlines()
+    lines = [lines[0]] + [ln.replace(",healthy,", ",collapsed,") if ln.startswith("ok,pixel")
+                          else ln for ln in lines[1:]]
+    board.write_text("\n".join(lines) + "\n")
     cmp = handlers.compare(d, "sr4", ["pixel"], sample_id="eyeq_0001")
     assert cmp["outputs"]["pixel"]["ignores_input"] == "ignores its input (constant outputs)"
+    assert "verdict of make eval on the test set: collapsed" in handlers.reports_markdown(cmp)
+    assert "verdict: collapsed" in handlers.metrics_table(cmp).iloc[0]["note"]
 
 
 def test_a_second_output_in_the_records_is_a_selectable_mode(tmp_path):
