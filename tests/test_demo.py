@@ -575,6 +575,7 @@ def server(tmp_path_factory):
         app.close()
 
 
+@pytest.mark.slow      # launches the Gradio server
 def test_client_compares_an_upload_and_the_test_set(server, tmp_path):
     from gradio_client import Client, handle_file
 
@@ -600,6 +601,7 @@ def test_client_compares_an_upload_and_the_test_set(server, tmp_path):
     assert len(slider["value"]) == 2 and all(Path(p).suffix == ".png" for p in slider["value"])
 
 
+@pytest.mark.slow      # launches the Gradio server
 def test_a_bad_upload_leaves_its_reason_in_the_status_line(server, tmp_path):
     """No pop-up that vanishes and no 'Error' badges: the outputs are cleared and the reason,
     with the file's own name and never a server path, stays in the status line."""
@@ -630,6 +632,7 @@ def _get(url: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+@pytest.mark.slow      # launches the Gradio server
 def test_only_the_pictures_the_page_shows_are_served(server, tmp_path):
     """Weights, the cached dataset, configs and even the records' own PNGs are refused by full
     path; the PNGs the page handed out are served."""
@@ -656,6 +659,7 @@ def test_only_the_pictures_the_page_shows_are_served(server, tmp_path):
                 assert secret not in body, (prefix, target)
 
 
+@pytest.mark.slow      # launches the Gradio server
 def test_server_refuses_an_upload_over_the_limit_before_it_reaches_the_page(server):
     """Gradio's upload route enforces launch(max_file_size=25mb): 413, nothing stored."""
     from demo.security import MAX_UPLOAD_BYTES
@@ -674,6 +678,7 @@ def test_server_refuses_an_upload_over_the_limit_before_it_reaches_the_page(serv
     assert status == 413
 
 
+@pytest.mark.slow      # launches the Gradio server
 def test_server_binds_localhost_only_and_exposes_two_endpoints(server):
     from gradio_client import Client
 
@@ -692,6 +697,7 @@ def _post_login(url: str, user: str, password: str) -> int:
         return e.code
 
 
+@pytest.mark.slow      # launches the Gradio server
 def test_login_is_enforced_throttled_and_offers_logout(tmp_path, monkeypatch):
     from gradio_client import Client
 
