@@ -6,12 +6,15 @@
     MEDQ_DEMO_AUTH_FILE=logins.txt python -m demo   # one user:password per line
 
 Shows, for an evaluated test image (from ``make eval``) or an uploaded fundus photograph, the
-input, each training mode's output and the target side by side, a before/after slider, a zoom
-applied to every panel, SSIM error maps, per-image PSNR/SSIM, each model's text report (with a
-warning on undecodable tokens) and, in a second tab, the leaderboard from reports/.
+input, each mode's output and the target side by side, a before/after slider, a zoom applied to
+every panel, SSIM error maps on a fixed 0..1 scale, per-image PSNR/SSIM, each model's text report
+beside the test image's reference report (agree / disagree per finding, warnings on undecodable
+tokens, collapsed verdicts and outputs that ignore their input) and, in a second tab, the
+leaderboard from reports/. Research models trained on synthetic images: not for diagnosis.
 
-Safe by default: binds 127.0.0.1, no share link, no analytics, works offline, serves files only
-from --runs and --reports, uploads limited to 25 MB and checked before use.
+Safe by default: binds 127.0.0.1, no share link, no analytics, works offline, serves only the
+pictures it writes (nothing under --runs or --reports by path), uploads limited to 25 MB / 40 Mpx
+and refused unless they look like a colour fundus photograph, login attempts throttled.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def main(argv=None) -> int:
     demo = Demo.from_folders(args.runs, args.reports)
     logging.info("modes found in %s: %s (working size %d px)", args.runs,
                  ", ".join(demo.modes) or "none", demo.size)
-    launch(build_app(demo), demo, host=args.host, port=args.port, auth=auth)
+    launch(build_app(demo, login=auth is not None), demo, host=args.host, port=args.port,
+           auth=auth)
     return 0
 
 

@@ -4,7 +4,13 @@ A *mode* is one column of the comparison: a training preset (its newest run, pre
 ones: ``runs/<preset>-<hash8>/``) or a baseline (``runs/_baselines/<name>/`` or computed on the
 fly). Its records are the rows of ``records.jsonl`` written by ``make eval``
 (``docs/ARCHITECTURE.md``: ``runs/<run>/eval/<ckpt>-<weights>/<task>/records.jsonl``), looked up by
-(task, id) before any model is run.
+(task, id) before any model is run. A records row may name further outputs besides ``output``
+(``output_<kind>``, e.g. an MMSE estimate): each becomes a mode of its own, ``<label>:<kind>``.
+
+Everything is read generically from what the eval writes, so new modes, verdict reasons and
+report scores appear without a change here: verdicts from ``verdict*.json`` / ``summary*.json``
+next to the records and the ``verdict*`` / ``note`` columns of ``reports/leaderboard.csv``;
+report scores from the leaderboard's ``*kappa*`` / ``*f1*`` columns and their floors.
 """
 
 from __future__ import annotations
@@ -18,8 +24,31 @@ from medq.checkpoint import read_run_json
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODES = ("pixel", "ssim_v3", "mixed", "bicubic")
+DEFAULT_MODES = ("pixel", "ssim_v3", "mixed", "bicubic", "identity")
 TASKS = {"sr4": "Super-resolution x4", "enhance": "Enhancement", "sr2": "Super-resolution x2"}
+
+# label -> (readable name, one-line description). Unknown labels show as "Training preset <label>".
+MODE_INFO = {
+    "pretrain": ("Base model (no image loss)",
+                 "the starting point of every fine-tune: report and latent losses only"),
+    "pixel": ("Pixel-loss fine-tune", "fine-tuned with an L2 loss on the decoded image"),
+    "ssim_v1": ("SSIM fine-tune (v1)", "SSIM loss at full weight: collapsed in the original work"),
+    "ssim_v2": ("SSIM fine-tune (v2, as intended)", "SSIM weight 0.1, gradient scale 0.1"),
+    "ssim_v2_as_run": ("SSIM fine-tune (v2, as run)",
+                       "v1's weights trained from scratch by mistake: the failed original run"),
+    "ssim_v3": ("SSIM fine-tune (v3)",
+                "the conservative SSIM fix: weight 0.1, only at low noise, gradient scaled down"),
+    "ssim_v3_relaxed": ("SSIM fine-tune (v3 relaxed)", "v3 with SSIM weight 0.2 up to t = 0.15"),
+    "mixed": ("Pixel + SSIM fine-tune", "the pixel loss and v3's SSIM loss together"),
+    "bicubic": ("Bicubic upscaling", "no model: the input enlarged by bicubic interpolation"),
+    "lanczos": ("Lanczos upscaling", "no model: the input enlarged by Lanczos interpolation"),
+    "identity": ("Unchanged input", "no model: the input as it is"),
+    "constant": ("Constant image", "no model: the same average fundus for every input"),
+}
+# On enhancement input and output have one size: the upscaling baselines return the input.
+UNCHANGED_ON_ENHANCE = ("bicubic", "lanczos", "identity")
+OUTPUT_PREFIX = "output_"
+IGNORES_INPUT = "ignores its input"
 
 # Directories in runs/ that are not training runs.
 NOT_RUNS = {"vae", "_cache", "_baselines"}
@@ -44,13 +73,38 @@ class Mode:
     root: Path | None              # run directory / baseline directory (None: computed only)
     eval_dir: Path | None = None   # the evaluation whose records are shown
     records: dict[str, dict[str, Record]] = field(default_factory=dict)   # task -> id -> Record
+    output_key: str = "output"     # the records field of the image shown ("output_mmse", ...)
+    parent: str | None = None      # for an extra output: the label of the mode that wrote it
 
     def record(self, task: str, sample_id: str) -> Record | None:
         return self.records.get(task, {}).get(sample_id)
 
 
+def display_name(label: str, task: str | None = None) -> str:
+    """The readable name of a mode on the page (Compare and Results alike)."""
+    base, _, extra = label.partition(":")
+    if task == "enhance" and base in UNCHANGED_ON_ENHANCE:
+        name = "Unchanged input" + ("" if base == "identity" else f" ({base})")
+    else:
+        name = MODE_INFO.get(base, (f"Training preset {base}", ""))[0]
+    return f"{name}, {extra.upper() if len(extra) <= 4 else extra} output" if extra else name
+
+
+def description(label: str, task: str | None = None) -> str:
+    """One line saying what the mode is."""
+    base, _, extra = label.partition(":")
+    if task == "enhance" and base in UNCHANGED_ON_ENHANCE:
+        text = "no model: on enhancement the input is returned as it is"
+    else:
+        text = MODE_INFO.get(base, ("", f"the newest run of configs/{base}.toml"))[1]
+    if extra:
+        text += f"; its {extra} output (records field {OUTPUT_PREFIX}{extra})"
+    return text
+
+
 def read_task_records(eval_dir: Path) -> dict[str, dict[str, Record]]:
-    """``<eval_dir>/<task>/records.jsonl`` -> task -> id -> Record (rows whose output PNG exists)."""
+    """``<eval_dir>/<task>/records.jsonl`` -> task -> id -> Record (rows whose output PNG
+    exists)."""
     out: dict[str, dict[str, Record]] = {}
     for file in sorted(Path(eval_dir).glob(f"*/{RECORDS}")):
         for row in (r for r in read_jsonl(file) if "id" in r):
@@ -79,7 +133,8 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
         if not run_dir.is_dir() or run_dir.name in NOT_RUNS or run_dir.name.startswith((".", "_")):
             continue
         info = read_run_json(run_dir) or {}
-        preset = info.get("preset") or (run_dir.name.rsplit("-", 1)[0] if "-" in run_dir.name else None)
+        preset = info.get("preset") or (run_dir.name.rsplit("-", 1)[0] if "-" in run_dir.name
+                                        else None)
         if not preset or not ((run_dir / "checkpoints").is_dir() or (run_dir / "eval").is_dir()):
             continue
         key = (info.get("status") == "finished", (run_dir / "run.json").stat().st_mtime
@@ -91,7 +146,8 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
         ev = _pick_eval(run_dir)
         modes[preset] = Mode(preset, "run", run_dir, ev, read_task_records(ev) if ev else {})
     base_root = runs_dir / "_baselines"
-    names = sorted({d.name for d in base_root.glob("*") if d.is_dir()} if base_root.is_dir() else set())
+    names = sorted({d.name for d in base_root.glob("*") if d.is_dir()} if base_root.is_dir()
+                   else set())
     for name in [*names, *(b for b in baselines if b not in names)]:
         if name in modes:
             log.warning("baseline %r has the name of a preset; the preset is shown", name)
@@ -100,6 +156,15 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
         ev = root / "eval" if (root / "eval").is_dir() else None
         modes[name] = Mode(name, "baseline", root if root.is_dir() else None, ev,
                            read_task_records(ev) if ev else {})
+    for label, mode in list(modes.items()):
+        for key in sorted({k for recs in mode.records.values() for rec in recs.values()
+                           for k, v in rec.row.items()
+                           if k.startswith(OUTPUT_PREFIX) and isinstance(v, str)}):
+            extra = Mode(f"{label}:{key[len(OUTPUT_PREFIX):]}", mode.kind, mode.root, mode.eval_dir,
+                         output_key=key, parent=label)
+            extra.records = {t: {i: r for i, r in recs.items() if r.path(key) is not None
+                                 and r.path(key).is_file()} for t, recs in mode.records.items()}
+            modes[extra.label] = extra
     return modes
 
 
@@ -143,3 +208,162 @@ def working_size(modes: dict[str, Mode], default: int = 64) -> int:
             except Exception as e:  # a run's config from another version must not stop the page
                 log.warning("%s: cannot read model.image_size: %s", mode.root, e)
     return default
+
+
+# ---------------------------------------------------------------------------------------------
+# verdicts and report scores, read from what the eval writes
+
+
+def _verdict_reasons(obj) -> list[str]:
+    """Reasons from a verdict-like JSON object: {"reasons": [...]}, {"verdict": {...}}, nested."""
+    if not isinstance(obj, dict):
+        return []
+    found = [str(r) for r in obj.get("reasons") or [] if isinstance(obj.get("reasons"), list)]
+    for key in ("verdict", "summary"):
+        found += _verdict_reasons(obj.get(key))
+    return found
+
+
+def verdict_reasons(mode: Mode, task: str, leaderboard: list[dict] | None = None) -> list[str]:
+    """Every verdict reason recorded for ``mode`` on ``task``: ``verdict*.json`` /
+    ``summary*.json`` in the task's eval folder or the eval folder itself, then the leaderboard
+    row's ``verdict*`` and ``note`` cells. Unreadable files are logged and skipped."""
+    import json
+
+    reasons: list[str] = []
+    if mode.eval_dir is not None:
+        for folder in (mode.eval_dir / task, mode.eval_dir):
+            for f in sorted([*folder.glob("verdict*.json"), *folder.glob("summary*.json")]):
+                try:
+                    reasons += _verdict_reasons(json.loads(f.read_text(encoding="utf-8")))
+                except (OSError, ValueError) as e:
+                    log.warning("%s: not readable JSON (%s), skipped", f, e)
+    for row in leaderboard_rows(leaderboard or [], mode, task):
+        for col, cell in row.items():
+            if col and (col.startswith("verdict") or col == "note") and cell \
+                    and cell not in ("healthy", "collapsed", "unknown"):
+                reasons += [r.strip() for r in str(cell).split(";") if r.strip()]
+    return list(dict.fromkeys(reasons))
+
+
+def ignores_input(reasons: list[str]) -> str | None:
+    """The reason saying the mode's outputs ignore its input (the input-dependence check)."""
+    return next((r for r in reasons if IGNORES_INPUT in r.lower()), None)
+
+
+def read_leaderboard(reports: Path) -> list[dict]:
+    """Rows of ``reports/leaderboard.csv`` as dicts of strings ([] when absent)."""
+    import csv
+
+    path = Path(reports) / "leaderboard.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def row_label(row: dict) -> str:
+    """The mode label of a leaderboard row: its preset for a run, else its name."""
+    return str(row.get("preset") or row.get("mode") or row.get("name") or "")
+
+
+def leaderboard_rows(rows: list[dict], mode: Mode, task: str) -> list[dict]:
+    base = mode.parent or mode.label
+    run = mode.root.name if mode.root is not None else None
+    return [r for r in rows if str(r.get("task", task)) == task
+            and (row_label(r) == base or (run and r.get("run") == run) or r.get("name") == base)]
+
+
+def verdict_status(rows: list[dict], mode: Mode, task: str) -> str | None:
+    """The leaderboard's verdict of ``mode`` on ``task`` (healthy | collapsed | unknown), if any."""
+    found = [r.get("verdict") for r in leaderboard_rows(rows, mode, task) if r.get("verdict")]
+    return found[-1] if found else None
+
+
+def report_scores(rows: list[dict], mode: Mode, task: str) -> list[tuple[str, str, str]]:
+    """(score column, value, its majority-class floor or "") of the report scores of ``mode`` on
+    ``task``: every ``*kappa*`` / ``*f1*`` leaderboard column that is not itself a floor."""
+    out = []
+    for row in leaderboard_rows(rows, mode, task)[:1]:
+        cols = [c for c in row if c and ("kappa" in c.lower() or "f1" in c.lower())]
+        floors = [c for c in cols if any(w in c.lower() for w in ("floor", "majority", "baseline"))]
+        for col in cols:
+            if col in floors or col.endswith(("_lo", "_hi")):
+                continue
+            floor = next((f for f in floors if f.startswith(col) or col in f), None)
+            out.append((col, row[col], row.get(floor, "") if floor else ""))
+    return out
+
+
+READABLE_COLUMNS = {
+    "ssim_fov": "SSIM FOV", "psnr_fov": "PSNR FOV (dB)", "ms_ssim_fov": "MS-SSIM FOV",
+    "ssim": "SSIM", "psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM", "verdict": "Verdict",
+    "n_images": "Images", "seconds_per_image": "Seconds / image", "status": "Status",
+    "undecodable_rate": "Undecodable-token rate", "report_accuracy": "Report quality-word accuracy",
+    "note": "Note",
+}
+# Main metric first: the SSIM fine-tunes are judged by SSIM inside the field of view.
+MAIN_METRICS = ("ssim_fov", "psnr_fov", "ms_ssim_fov", "ssim", "psnr", "ms_ssim")
+
+
+def readable_column(col: str) -> str:
+    """A leaderboard column as a header a reader understands (dr_kappa -> "DR kappa")."""
+    if col in READABLE_COLUMNS:
+        return READABLE_COLUMNS[col]
+    words = col.replace("_", " ").split()
+    known = {"dr": "DR", "f1": "F1", "fd": "FD", "fid": "FID", "kid": "KID", "ssim": "SSIM",
+             "psnr": "PSNR", "fov": "FOV"}
+    text = " ".join(known.get(w.lower(), w) for w in words)
+    return text[:1].upper() + text[1:] if text else col
+
+
+def _fmt(value: str, digits: int = 3) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return value or ""
+    return "" if v != v else f"{v:.{digits}f}"
+
+
+def results_table(rows: list[dict]):
+    """Leaderboard rows -> a readable table: the mode by the name the Compare tab uses, the task,
+    the main metric first, every metric with its 95 % interval as "0.884 [0.871, 0.897]", then
+    distribution scores, report scores beside their floors, verdict and counts. Sorted by task,
+    then main metric (best first)."""
+    import pandas as pd
+
+    cols = list(rows[0]) if rows else []
+    metrics = [m for m in MAIN_METRICS if m in cols]
+    dist = [c for c in cols if c.startswith(("fid", "fd_", "kid")) and c != "fd_n"]
+    scores = [c for c in cols if ("kappa" in c.lower() or "f1" in c.lower())
+              and not c.endswith(("_lo", "_hi"))]
+    tail = [c for c in ("undecodable_rate", "report_accuracy", "verdict", "n_images",
+                        "seconds_per_image", "status", "note") if c in cols]
+    out = []
+    seen: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (row_label(r), str(r.get("task", "")))
+        seen[key] = seen.get(key, 0) + 1
+    for r in rows:
+        task = str(r.get("task", ""))
+        name = display_name(row_label(r), task)
+        if "@" in str(r.get("name", "")) and seen[(row_label(r), task)] > 1:
+            name += f" @ {str(r['name']).split('@', 1)[1]}"      # several checkpoints of a run
+        rec = {"Mode": name, "Task": TASKS.get(task, task)}
+        for m in metrics:
+            digits = 2 if "psnr" in m else 4
+            v, lo, hi = (_fmt(r.get(k, ""), digits) for k in (m, f"{m}_lo", f"{m}_hi"))
+            rec[readable_column(m) + " [95% CI]"] = f"{v} [{lo}, {hi}]" if v and lo and hi else v
+        for c in dist + scores + tail:
+            text = (r.get(c) or "") if c in ("verdict", "status", "note") else \
+                _fmt(r.get(c, ""), 0 if c == "n_images" else 3)
+            rec[readable_column(c)] = text
+        out.append(rec)
+    table = pd.DataFrame(out)
+    # A metric nobody could measure (MS-SSIM below 176 px) is a column of blanks: left out.
+    table = table[[c for c in table.columns if (table[c].astype(str) != "").any()]]
+    if metrics:
+        key = table.columns[2]
+        table["_main"] = [float(x.split(" ")[0]) if x else float("-inf") for x in table[key]]
+        table = table.sort_values(["Task", "_main"], ascending=[True, False]).drop(columns="_main")
+    return table.reset_index(drop=True)

@@ -1,9 +1,12 @@
 """What the page does, as plain functions of plain data (the Gradio wiring is in ``demo/app.py``).
 
 A *comparison* is a dict built by ``compare``: the input, target and field-of-view mask of one
-image, and per mode its output, where it came from (``make eval`` records or computed now), its
-metrics and its text report. Every view (side-by-side panels, zoom, error maps, slider, metrics
-table, reports) is a pure function of a comparison, so tests call them directly.
+image, its reference report (test images), and per mode its output, where it came from (``make
+eval`` records or computed now by the harness), its metrics, its text report with each finding
+marked agree / disagree, its report scores and flags (identical to another mode, ignores its
+input). Every view (side-by-side panels, zoom, error maps, slider, metrics table, reports) is a
+pure function of a comparison, so tests call them directly. Panels, tables and reports name modes
+by ``catalog.display_name``, as the Results tab does.
 """
 
 from __future__ import annotations
@@ -16,12 +19,18 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from demo import catalog, imaging
-from demo.models import ENHANCE_KINDS, ModelPool, load_mode_model, run_model
+from demo import catalog, imaging, reports
+from demo.models import (ENHANCE_KINDS, ModelPool, instruction_for, load_mode_model,
+                         run_on_test_image, run_on_upload)
 from demo.security import UploadError, read_upload
 
 Progress = Callable[[float, str], None]
 INPUT, TARGET = "Input", "Target"
+BANNER = ("**Research demo: small models trained on synthetic fundus images. Not for diagnosis "
+          "or any clinical decision.**")
+ERROR_SCALE = (0.0, 1.0)
+"""Every error map is coloured on this one fixed scale of 1 - SSIM, so colours mean the same
+thing on every comparison."""
 
 
 @dataclass
@@ -33,12 +42,16 @@ class Demo:
     modes: dict[str, catalog.Mode] = field(default_factory=dict)
     pool: ModelPool | None = None
     size: int = 64
+    references: reports.ReferenceReports | None = None
 
     @classmethod
-    def from_folders(cls, runs: Path, reports: Path, pool: ModelPool | None = None,
+    def from_folders(cls, runs: Path, reports_dir: Path, pool: ModelPool | None = None,
                      baselines: tuple[str, ...] = ("bicubic", "lanczos", "identity")) -> "Demo":
         modes = catalog.discover(Path(runs), baselines)
-        demo = cls(Path(runs), Path(reports), modes, pool, catalog.working_size(modes))
+        configs = [m.root / "config.toml" for m in modes.values()
+                   if m.kind == "run" and m.root is not None and (m.root / "config.toml").is_file()]
+        demo = cls(Path(runs), Path(reports_dir), modes, pool, catalog.working_size(modes),
+                   reports.ReferenceReports(configs))
         if demo.pool is None:
             demo.pool = ModelPool(lambda label: load_mode_model(demo.modes[label]))
         return demo
@@ -61,35 +74,43 @@ def gallery_items(demo: Demo, task: str) -> tuple[list[tuple[np.ndarray, str]], 
 def _from_test_set(demo: Demo, task: str, sample_id: str) -> dict:
     items = dict(demo.items(task))
     if sample_id not in items:
-        raise ValueError(f"test image {sample_id!r} has no {task} record under {demo.runs} "
+        raise ValueError(f"test image {sample_id!r} has no {task} record "
                          f"(known: {', '.join(list(items)[:8]) or 'none'})")
     rec = items[sample_id]
     target = imaging.load_rgb(rec.path("target"))
+    instruction = rec.row.get("instruction")
     return {"title": f"test image {sample_id}", "id": sample_id, "task": task,
             "input": imaging.load_rgb(rec.path("input")), "target": target,
-            "mask": imaging.load_mask(rec.path("mask"), target.shape[:2]),
-            "seed": int(rec.row.get("seed") or 0), "note": ""}
+            "mask": imaging.load_mask(rec.path("mask"), target.shape[:2]), "row": rec.row,
+            "instruction": instruction,
+            "reference": demo.references.get(task, sample_id, rec.row) if demo.references else None,
+            "note": (f"This test image was degraded for the instruction \u201c{instruction}\u201d; "
+                     "every mode gets that instruction." if task == "enhance" and instruction
+                     else "")}
 
 
-def _from_upload(demo: Demo, task: str, path) -> dict:
+def _from_upload(demo: Demo, task: str, path, enhance_kind: str) -> dict:
     import torch
 
     from infer.images import prepare
 
+    rgb = read_upload(path)
+    height, width = rgb.shape[:2]
     # 8x the working size keeps the field-of-view crop exact to well under one output pixel.
-    rgb = read_upload(path, max_side=max(8 * demo.size, 512))
+    rgb = imaging.shrink(rgb, max(8 * demo.size, 512))
+    name = Path(path).name
     try:
-        prep = prepare(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), demo.size, task,
-                       name=Path(path).name)
+        prep = prepare(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), demo.size, task, name=name)
     except ValueError as e:
         raise UploadError(f"{e}; expected a colour fundus photograph") from e
     hwc = {k: prep[k].permute(1, 2, 0).numpy() for k in ("input", "target")}
     note = ("An uploaded photograph has no clean reference: for enhancement the 'target' is the "
             "photograph itself, so the metrics measure how much each mode changed it, not quality."
-            if task == "enhance" else "The target is the uploaded photograph (field-of-view square, "
-            f"{demo.size} px); the input is its bicubic downscale.")
-    return {"title": f"uploaded {Path(path).name}", "id": None, "task": task, **hwc,
-            "mask": prep["mask"][0].numpy() > 0.5, "seed": 0, "note": note}
+            if task == "enhance" else "The target is the uploaded photograph (field-of-view "
+            f"square, {demo.size} px); the input is its bicubic downscale.")
+    return {"title": f"uploaded {name} ({width}x{height})", "id": None, "task": task,
+            **hwc, "mask": prep["mask"][0].numpy() > 0.5, "row": None, "image": rgb, "name": name,
+            "instruction": instruction_for(task, enhance_kind), "reference": None, "note": note}
 
 
 def _recorded(mode: catalog.Mode, task: str, sample_id: str | None) -> dict | None:
@@ -98,27 +119,38 @@ def _recorded(mode: catalog.Mode, task: str, sample_id: str | None) -> dict | No
         return None
     row = rec.row
     has_text = row.get("text", True) is not False and row.get("report_text") is not None
-    return {"image": imaging.load_rgb(rec.path("output")),
+    return {"image": imaging.load_rgb(rec.path(mode.output_key)),
             "origin": f"make eval ({mode.eval_dir.name})" if mode.kind == "run" else "make eval",
             "seconds": row.get("seconds"),
             "report": row.get("report_text") if has_text else None,
             "undecodable": int(row.get("undecodable") or 0) if has_text else None,
-            "undecodable_positions": list(row.get("undecodable_positions") or []) if has_text else []}
+            "undecodable_positions": list(row.get("undecodable_positions") or [])
+            if has_text else []}
+
+
+def _computed(edited) -> dict:
+    rep = edited.report
+    return {"image": edited.output, "origin": "computed now (the harness)",
+            "seconds": edited.seconds, "report": rep.text if rep is not None else None,
+            "undecodable": rep.n_bad if rep is not None else None,
+            "undecodable_positions": list(rep.bad_positions) if rep is not None else []}
 
 
 def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None = None,
             upload=None, progress: Progress | None = None, enhance_kind: str = "blur") -> dict:
     """Build the comparison of ``labels`` (modes) on one image: a test image by id (outputs from
-    ``make eval`` records where they exist) or an uploaded photograph (every mode run now).
-    ``enhance_kind`` picks the enhancement instruction given to models run now (blur, haze,
-    illumination, noise).
+    ``make eval`` records where they exist, else the harness run now on the recorded item, with
+    its own instruction) or an uploaded photograph (every mode run now through the harness's
+    ``edit_one``; ``enhance_kind`` picks the enhancement instruction: blur, haze,
+    illumination, noise; it does not apply to test images).
 
     Raises UploadError / ValueError with a message for the page. A mode that fails to load or
     run does not stop the others: its message is in ``comparison["errors"]``."""
     if task not in catalog.TASKS:
         raise ValueError(f"task {task!r}: expected one of {', '.join(catalog.TASKS)}")
-    if task == "enhance" and enhance_kind not in ENHANCE_KINDS:
-        raise ValueError(f"enhance kind {enhance_kind!r}: expected one of {', '.join(ENHANCE_KINDS)}")
+    if task == "enhance" and upload is not None and enhance_kind not in ENHANCE_KINDS:
+        raise ValueError(f"enhance kind {enhance_kind!r}: expected one of "
+                         f"{', '.join(ENHANCE_KINDS)}")
     labels = [lb for lb in labels if lb in demo.modes]
     if not labels:
         raise ValueError("choose at least one mode to compare")
@@ -126,37 +158,71 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
         raise ValueError("pick a test image from the gallery or upload a fundus photograph")
     progress = progress or (lambda frac, desc: None)
     progress(0.0, "reading the image")
-    base = _from_upload(demo, task, upload) if upload is not None else \
+    base = _from_upload(demo, task, upload, enhance_kind) if upload is not None else \
         _from_test_set(demo, task, sample_id)
-    from infer.harness import derive_seed
-
-    seed = derive_seed(base["seed"], base["id"]) if base["id"] is not None else 0
+    board = catalog.read_leaderboard(demo.reports)
     outputs, errors = {}, {}
     for k, label in enumerate(labels):
         mode = demo.modes[label]
         found = _recorded(mode, task, base["id"])
+        if found is None and mode.parent is not None:
+            errors[label] = ("this output exists only for evaluated test images (written by "
+                             "make eval)")
+            continue
         if found is None:
-            progress(k / len(labels), f"{label}: " + ("running" if demo.pool.loaded(label)
-                                                       else "loading the model, then running"))
+            progress(k / len(labels), f"{catalog.display_name(label, task)}: " + (
+                "running" if demo.pool.loaded(label) else "loading the model, then running"))
             try:
-                edited = run_model(demo.pool.get(label), base["input"], base["target"], task, seed,
-                                   enhance_kind)
+                model = demo.pool.get(label)
+                if base["id"] is None:
+                    edited, _ = run_on_upload(model, base["image"], task, demo.size,
+                                              base["instruction"], base["name"])
+                else:
+                    edited = run_on_test_image(model, base["row"], base["input"], base["target"],
+                                               base["mask"], task)
             except Exception as e:  # one broken run must not take the page down with it
                 errors[label] = f"{type(e).__name__}: {e}"
                 continue
-            rep = edited.report
-            found = {"image": edited.output, "origin": "computed now", "seconds": edited.seconds,
-                     "report": rep.text if rep is not None else None,
-                     "undecodable": rep.n_bad if rep is not None else None,
-                     "undecodable_positions": list(rep.bad_positions) if rep is not None else []}
+            found = _computed(edited)
         found["metrics"] = imaging.image_metrics(found["image"], base["target"], base["mask"])
+        reasons = catalog.verdict_reasons(mode, task, board)
+        found["ignores_input"] = catalog.ignores_input(reasons)
+        found["verdict"] = catalog.verdict_status(board, mode, task)
+        found["scores"] = catalog.report_scores(board, mode, task)
+        found["findings"] = reports.compare_findings(found["report"], base["reference"]) \
+            if base["reference"] and found["report"] is not None else []
         outputs[label] = found
+    _mark_identical(outputs, task)
     progress(1.0, "done")
+    base.pop("image", None)
     return {**base, "outputs": outputs, "errors": errors}
+
+
+def _mark_identical(outputs: dict, task: str) -> None:
+    """``identical_to``: the display name of the first earlier mode whose output has the very same
+    8-bit pixels (None when unique), so the page can say two columns are one picture."""
+    first: dict[bytes, str] = {}
+    for label, out in outputs.items():
+        key = imaging.to_uint8(out["image"]).tobytes()
+        out["identical_to"] = catalog.display_name(first[key], task) if key in first else None
+        first.setdefault(key, label)
 
 
 # ---------------------------------------------------------------------------------------------
 # views of a comparison
+
+
+def mode_name(cmp: dict, label: str) -> str:
+    return catalog.display_name(label, cmp["task"])
+
+
+def _caption(cmp: dict, label: str, out: dict) -> str:
+    cap = mode_name(cmp, label)
+    if out.get("identical_to"):
+        cap += f" (identical to {out['identical_to']})"
+    if out.get("ignores_input"):
+        cap += " \u26a0 ignores its input"
+    return cap
 
 
 def _views(cmp: dict) -> list[tuple[str, np.ndarray]]:
@@ -164,7 +230,7 @@ def _views(cmp: dict) -> list[tuple[str, np.ndarray]]:
     size = cmp["target"].shape[:2]
     views = [(f"{INPUT} {cmp['input'].shape[1]}x{cmp['input'].shape[0]}",
               imaging.resize_nearest(cmp["input"], size))]
-    views += [(label, out["image"]) for label, out in cmp["outputs"].items()]
+    views += [(_caption(cmp, label, out), out["image"]) for label, out in cmp["outputs"].items()]
     views.append((f"{TARGET} {size[1]}x{size[0]}", cmp["target"]))
     return views
 
@@ -175,7 +241,8 @@ def gallery_columns(n: int) -> int:
 
 
 def view_names(cmp: dict) -> list[str]:
-    return [INPUT, *cmp["outputs"], TARGET]
+    """Names of the views (slider and zoom): Input, each mode's readable name, Target."""
+    return [INPUT, *(mode_name(cmp, label) for label in cmp["outputs"]), TARGET]
 
 
 def panels(cmp: dict) -> list[tuple[np.ndarray, str]]:
@@ -211,17 +278,17 @@ def click_to_centre(cmp: dict, xy, overview_shape: tuple[int, int]) -> tuple[flo
 
 
 def error_maps(cmp: dict) -> tuple[list[tuple[np.ndarray, str]], float]:
-    """1 - SSIM heatmaps per mode on one shared colour scale [0, vmax] (so colours compare across
-    modes), and vmax: the 99th percentile of the errors inside the field of view, rounded up."""
+    """1 - SSIM heatmaps per mode, all on the one fixed scale ``ERROR_SCALE`` (0 to 1: the same
+    colour means the same error on every comparison; see ``imaging.colour_bar``), and its top."""
     mask = cmp["mask"]
-    errs = {label: 1.0 - imaging.ssim_map(out["image"], cmp["target"])
-            for label, out in cmp["outputs"].items()}
-    inside = np.concatenate([e[mask] for e in errs.values()]) if errs and mask.any() else np.zeros(1)
-    vmax = float(min(1.0, max(0.05, math.ceil(np.quantile(inside, 0.99) * 20) / 20)))
+    vmax = ERROR_SCALE[1]
     f = imaging.display_factor(cmp["target"].shape[0])
-    maps = [(imaging.to_uint8(imaging.enlarge(imaging.error_heatmap(e, mask, vmax), f)),
-             f"{label}: mean {1 - cmp['outputs'][label]['metrics']['ssim_fov']:.3f}")
-            for label, e in errs.items()]
+    maps = []
+    for label, out in cmp["outputs"].items():
+        err = 1.0 - imaging.ssim_map(out["image"], cmp["target"])
+        maps.append((imaging.to_uint8(imaging.enlarge(imaging.error_heatmap(err, mask, vmax), f)),
+                     f"{mode_name(cmp, label)}: mean 1 - SSIM in the field of view "
+                     f"{1 - out['metrics']['ssim_fov']:.3f}"))
     return maps, vmax
 
 
@@ -235,21 +302,34 @@ def slider_pair(cmp: dict, left: str, right: str) -> tuple[np.ndarray, np.ndarra
     return tuple(imaging.to_uint8(imaging.enlarge(views[n], f)) for n in (left, right))
 
 
-METRIC_COLUMNS = ["mode", "PSNR (dB)", "PSNR FOV (dB)", "SSIM", "SSIM FOV", "undecodable tokens",
-                  "time (s)", "output from"]
+METRIC_COLUMNS = ["Mode", "SSIM FOV", "PSNR FOV (dB)", "SSIM", "PSNR (dB)",
+                  "undecodable tokens", "time (s)", "output from", "note"]
+
+
+def _note(out: dict) -> str:
+    notes = []
+    if out.get("identical_to"):
+        notes.append(f"identical to {out['identical_to']}")
+    if out.get("ignores_input"):
+        notes.append(f"ignores its input ({out['ignores_input']})")
+    if out.get("verdict") == "collapsed":
+        notes.append("verdict: collapsed")
+    return "; ".join(notes)
 
 
 def metrics_table(cmp: dict) -> pd.DataFrame:
-    """One row per mode: PSNR and SSIM over the whole image and inside the field of view."""
+    """One row per mode (readable names): SSIM inside the field of view first (the main metric),
+    then PSNR inside it, then both over the whole image."""
     rows = []
     for label, out in cmp["outputs"].items():
         m = out["metrics"]
-        rows.append([label, _num(m["psnr"], 2), _num(m["psnr_fov"], 2), _num(m["ssim"], 4),
-                     _num(m["ssim_fov"], 4),
+        rows.append([mode_name(cmp, label), _num(m["ssim_fov"], 4), _num(m["psnr_fov"], 2),
+                     _num(m["ssim"], 4), _num(m["psnr"], 2),
                      "n/a (no text)" if out["undecodable"] is None else str(out["undecodable"]),
-                     _num(out["seconds"], 2), out["origin"]])
+                     _num(out["seconds"], 2), out["origin"], _note(out)])
     for label, msg in cmp["errors"].items():
-        rows.append([label, None, None, None, None, None, None, f"failed: {msg}"])
+        rows.append([mode_name(cmp, label), None, None, None, None, None, None,
+                     f"failed: {msg}", ""])
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 
@@ -259,14 +339,43 @@ def _num(v, digits: int):
     return "inf" if math.isinf(v) else round(float(v), digits)
 
 
+def _score_text(scores: list[tuple[str, str, str]]) -> str:
+    if not scores:
+        return "report scores: not in reports/leaderboard.csv yet"
+    return "report scores on the test set: " + "; ".join(
+        f"{catalog.readable_column(col)} {val or 'n/a'}"
+        + (f" (majority-class floor {floor})" if floor else "") for col, val, floor in scores)
+
+
 def reports_markdown(cmp: dict) -> str:
-    """Each mode's text report, with a visible warning when it holds undecodable tokens."""
+    """The reference report (test images), then each mode's report with every finding marked
+    agree / disagree, its report scores, and warnings (undecodable tokens, ignores its input)."""
     lines = [f"### Text reports ({cmp['title']})"] + ([f"*{cmp['note']}*"] if cmp["note"] else [])
+    if cmp.get("reference"):
+        lines.append(f"**Reference report** (the label of this test image): {cmp['reference']}")
+    elif cmp.get("id") is None:
+        lines.append("**No reference report**: an uploaded photograph has no labels, so the "
+                     "reports below cannot be checked.")
+    else:
+        lines.append("**No reference report** could be found for this test image.")
     for label, out in cmp["outputs"].items():
+        name = mode_name(cmp, label)
+        if out.get("ignores_input"):
+            lines.append(f"- \u26a0\ufe0f **{name} ignores its input**: {out['ignores_input']}. "
+                         "Its pictures and report look plausible whatever it is given.")
         if out["report"] is None and out["undecodable"] is None:
-            lines.append(f"- **{label}**: no text (image-only baseline)")
+            lines.append(f"- **{name}**: no text (image-only baseline)")
             continue
-        lines.append(f"- **{label}**: {out['report'] or '(empty report)'}")
+        lines.append(f"- **{name}**: {out['report'] or '(empty report)'}")
+        if out["findings"]:
+            lines.append("    - " + "; ".join(
+                f"{f['finding']}: {f['model']} \u2192 **{'agree' if f['agree'] else 'disagree'}**"
+                + ("" if f["agree"] else f" (reference: {f['reference']})")
+                for f in out["findings"]))
+        lines.append(f"    - {_score_text(out.get('scores') or [])}")
+        if out.get("verdict") == "collapsed":
+            lines.append("    - ⚠️ **verdict of make eval on the test set: collapsed** (see the "
+                         "Results tab): do not trust this model's outputs.")
         if out["undecodable"]:
             lines.append(f"    - ⚠️ **WARNING: {out['undecodable']} undecodable token(s)** at "
                          f"positions {out['undecodable_positions'][:12]}: the model produced ids "
@@ -274,12 +383,12 @@ def reports_markdown(cmp: dict) -> str:
                          "runs. They are left out of the text above; do not trust this model's "
                          "outputs.")
     for label, msg in cmp["errors"].items():
-        lines.append(f"- **{label}**: ⚠️ could not run: {msg}")
+        lines.append(f"- **{mode_name(cmp, label)}**: ⚠️ could not run: {msg}")
     return "\n".join(lines)
 
 
 def undecodable_warnings(cmp: dict) -> list[str]:
-    return [f"{label}: {out['undecodable']} undecodable token(s) in its report"
+    return [f"{mode_name(cmp, label)}: {out['undecodable']} undecodable token(s) in its report"
             for label, out in cmp["outputs"].items() if out["undecodable"]]
 
 
@@ -287,13 +396,16 @@ def undecodable_warnings(cmp: dict) -> list[str]:
 # results tab
 
 
-def leaderboard(reports: Path) -> tuple[pd.DataFrame, str, list[tuple[str, str]]]:
-    """reports/leaderboard.csv as a table, leaderboard.md, and the plots reports/*.png."""
-    reports = Path(reports)
-    csv, md = reports / "leaderboard.csv", reports / "leaderboard.md"
-    table = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(
-        {"leaderboard": [f"no {csv} yet: run `make eval`"]})
+def leaderboard(reports_dir: Path) -> tuple[pd.DataFrame, str, list[tuple[str, str]]]:
+    """The Results tab: ``catalog.results_table`` of reports/leaderboard.csv, leaderboard.md, and
+    the plots reports/*.png as (path, caption)."""
+    reports_dir = Path(reports_dir)
+    csv, md = reports_dir / "leaderboard.csv", reports_dir / "leaderboard.md"
+    rows = catalog.read_leaderboard(reports_dir)
+    table = catalog.results_table(rows) if rows else pd.DataFrame(
+        {"Results": ["no leaderboard yet: run `make eval`"]})
     text = md.read_text(encoding="utf-8") if md.is_file() else \
-        f"*No `{md}` yet: `make eval` writes the leaderboard and its plots.*"
-    plots = [(str(p.resolve()), p.stem.replace("_", " ")) for p in sorted(reports.glob("*.png"))]
+        "*No leaderboard yet: `make eval` writes it and its plots.*"
+    plots = [(str(p.resolve()), p.stem.replace("_", " "))
+             for p in sorted(reports_dir.glob("*.png"))]
     return table, text, plots

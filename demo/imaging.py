@@ -44,6 +44,16 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return (np.clip(np.nan_to_num(img), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def shrink(img: np.ndarray, max_side: int) -> np.ndarray:
+    """(H, W, 3) float in [0, 1] with its longer side reduced to ``max_side`` (Lanczos, aspect
+    kept); unchanged when already small enough."""
+    if max(img.shape[:2]) <= max_side:
+        return img
+    im = Image.fromarray(to_uint8(img))
+    im.thumbnail((max_side, max_side), Image.LANCZOS)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
 def resize_nearest(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of (H, W[, C]) to size (H', W'): each source pixel stays a block."""
     h, w = img.shape[:2]
@@ -61,7 +71,8 @@ def enlarge(img: np.ndarray, factor: int) -> np.ndarray:
     return img if factor == 1 else np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
 
 
-def crop_box(shape: tuple[int, int], cx: float, cy: float, zoom: float) -> tuple[int, int, int, int]:
+def crop_box(shape: tuple[int, int], cx: float, cy: float,
+             zoom: float) -> tuple[int, int, int, int]:
     """Square box (y0, y1, x0, x1) of side min(H, W) / zoom centred on the fractions (cx, cy) of the
     width and height, shifted inside the image."""
     h, w = shape
@@ -114,7 +125,8 @@ def image_metrics(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> d
     return {k: float(m[k][0]) for k in ("psnr", "psnr_fov", "ssim", "ssim_fov")}
 
 
-def error_heatmap(error: np.ndarray, mask: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarray:
+def error_heatmap(error: np.ndarray, mask: np.ndarray, vmax: float,
+                  cmap: str = "inferno") -> np.ndarray:
     """1 - SSIM (H, W) -> (H, W, 3) colours on the scale [0, vmax]; outside the field of view the
     colours are dimmed, since errors on the black border are not clinically meaningful."""
     import matplotlib
@@ -159,3 +171,28 @@ class PngStore:
             tmp.write_bytes(data)
             os.replace(tmp, path)
         return str(path)
+
+
+def colour_bar(vmin: float = 0.0, vmax: float = 1.0, cmap: str = "inferno", width: int = 512,
+               label: str = "1 - SSIM (0 = structure kept, 1 = structure lost)") -> np.ndarray:
+    """A horizontal colour bar (uint8 (h, width, 3)) with ticks, for the error maps' fixed scale.
+    Drawn with matplotlib's object API (no pyplot, no global backend)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import Normalize
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width / 100, 0.9), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.03, 0.55, 0.94, 0.3))
+    bar = fig.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap), cax=ax,
+                       orientation="horizontal")
+    bar.set_ticks(np.linspace(vmin, vmax, 5))
+    bar.ax.tick_params(labelsize=8)
+    bar.set_label(label, fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor="white")
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        return np.asarray(im.convert("RGB"))

@@ -2,10 +2,15 @@
 
 Models are loaded once per mode and kept (``ModelPool``): the tiny CPU models edit one image in
 seconds, loading is what costs. Any ``medq.protocol.ImageTextModel`` works, so tests pass fakes.
+Running is the harness's own code, never a copy: ``run_on_test_image`` calls
+``infer.harness.run_harness`` on the one item, ``run_on_upload`` calls ``infer.harness.edit_one``;
+both write the report from the model's *input* (what it sees), decoded with ``safe_decode``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from demo.imaging import load_rgb
 from medq.protocol import DecodeResult, ImageTextModel
 
 # Enhancement is trained on four degradations, each with its own instructions (medq.data.text).
@@ -32,19 +38,14 @@ def instruction_for(task: str, enhance_kind: str = "blur") -> str:
     return instruction(kind, 0)
 
 
-def report_prompt() -> str:
-    from medq.data.text import REPORT_PROMPT
-
-    return REPORT_PROMPT
-
-
 def load_mode_model(mode) -> ImageTextModel:
     """The model behind a ``demo.catalog.Mode``: a baseline by name, or a run's EMA weights."""
     if mode.kind == "baseline":
         from medq.baselines import BASELINES
 
         if mode.label not in BASELINES:
-            raise ValueError(f"mode {mode.label!r}: no such baseline (known: {', '.join(BASELINES)})")
+            raise ValueError(f"mode {mode.label!r}: no such baseline (known: "
+                             f"{', '.join(BASELINES)})")
         return BASELINES[mode.label]()
     from infer.load import load_run
 
@@ -82,24 +83,51 @@ def _chw(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
 
 
-def run_model(model: ImageTextModel, inp: np.ndarray, target: np.ndarray, task: str,
-              seed: int, enhance_kind: str = "blur") -> Edited:
-    """``model.edit`` on one input (h, w, 3) to the target's size, and its report written from the
-    target (as the harness does), with undecodable ids flagged, never raised."""
+def _hwc(img: torch.Tensor) -> np.ndarray:
+    return img.detach().float().cpu().permute(1, 2, 0).numpy()
+
+
+def run_on_test_image(model: ImageTextModel, row: dict, inp: np.ndarray, target: np.ndarray,
+                      mask: np.ndarray, task: str) -> Edited:
+    """A test image through ``infer.harness.run_harness`` itself, exactly as ``make eval`` runs
+    it: the row's instruction and seed (so ``derive_seed(seed, id)``), report of the input, greedy,
+    ``safe_decode``. ``row``: any records row of this image (id, instruction, seed); ``inp``
+    (h, w, 3), ``target`` (H, W, 3), ``mask`` (H, W) as read from its PNGs. The harness writes
+    into a temporary folder, which is removed."""
+    from infer.harness import run_harness
+    from infer.records import read_jsonl
+
+    item = {"id": str(row["id"]), "task": task, "instruction": row["instruction"],
+            "input": _chw(inp), "target": _chw(target),
+            "mask": torch.from_numpy(np.asarray(mask, np.float32))[None],
+            "quality": row.get("quality_label")}
     t0 = time.perf_counter()
-    size = target.shape[:2]
-    s = [seed] if getattr(model, "seed_per_image", False) else seed
-    with torch.no_grad():
-        out = model.edit(_chw(inp)[None], [instruction_for(task, enhance_kind)], [task], size, seed=s)
-    out = torch.as_tensor(out).detach().float().cpu()
-    if tuple(out.shape) != (1, 3, *size):
-        raise ValueError(f"model {model.name!r}: edit returned shape {tuple(out.shape)}, expected "
-                         f"{(1, 3, *size)}")
+    with tempfile.TemporaryDirectory(prefix="medq-demo-run-") as tmp:
+        paths = run_harness(model, [item], tmp, tasks=[task], seed=int(row.get("seed") or 0),
+                            batch_size=1, progress=False)
+        out_row = read_jsonl(paths[task])[0]
+        output = load_rgb(paths[task].parent / out_row["output"])
     report = None
-    if getattr(model, "has_text", True):
-        with torch.no_grad():
-            ids = model.generate_report(_chw(target)[None], [report_prompt()], seed=s)[0]
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids]
-        report = model.decode(ids)
-    output = torch.nan_to_num(out[0], nan=0.0).clamp(0, 1).permute(1, 2, 0).numpy()
+    if out_row.get("text"):
+        report = DecodeResult(ids=list(out_row["report_ids"]), text=out_row["report_text"],
+                              bad_positions=list(out_row["undecodable_positions"] or []))
     return Edited(output, report, time.perf_counter() - t0)
+
+
+def run_on_upload(model: ImageTextModel, image: np.ndarray, task: str, size: int,
+                  instruction: str, name: str) -> tuple[Edited, dict]:
+    """An uploaded photograph (h, w, 3) float in [0, 1] through ``infer.harness.edit_one``: the
+    any-size policy (field-of-view square at ``size``), the report written from the model's
+    input with ``safe_decode``, greedy as in the harness. Returns the result and the prepared
+    {"input", "target", "mask"} as (H, W, 3) / (H, W) arrays."""
+    from infer.harness import edit_one
+    from infer.text import decoding, supports_sampling
+
+    greedy = decoding(model, temperature=0.0, top_p=1.0) if supports_sampling(model) \
+        else contextlib.nullcontext()
+    with torch.no_grad(), greedy:
+        res = edit_one(model, _chw(image), task, size=size, instruction=instruction, seed=0,
+                       report=True, name=name)
+    prepared = {"input": _hwc(res["input"]), "target": _hwc(res["target"]),
+                "mask": res["mask"][0].numpy() > 0.5}
+    return Edited(_hwc(res["output"]), res["report"], res["seconds"]), prepared

@@ -4,11 +4,15 @@ through gradio_client and raw HTTP (path security). The browser test is test_dem
 from __future__ import annotations
 
 import json
+import re
 import socket
+import struct
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +73,7 @@ def test_compare_reuses_eval_records_and_runs_only_missing_modes(app_demo):
                            sample_id="eyeq_0002")
     assert cmp["outputs"]["pixel"]["origin"] == "make eval (step_000300-ema)"
     assert cmp["outputs"]["bicubic"]["origin"] == "make eval"
-    assert cmp["outputs"]["ssim_v3_relaxed"]["origin"] == "computed now"
+    assert cmp["outputs"]["ssim_v3_relaxed"]["origin"] == "computed now (the harness)"
     assert app_demo.loader.calls == ["ssim_v3_relaxed"]
     # The computed output is the model's output on the recorded input, at the target size.
     import torch
@@ -77,26 +81,36 @@ def test_compare_reuses_eval_records_and_runs_only_missing_modes(app_demo):
     expect = FakeModel("x", FAKE_MODES["ssim_v3_relaxed"][0]).edit(
         torch.from_numpy(inp.transpose(2, 0, 1).copy())[None], ["x"], ["sr4"], (SIZE, SIZE), 0)
     got = cmp["outputs"]["ssim_v3_relaxed"]["image"]
-    assert np.allclose(got, expect[0].permute(1, 2, 0).numpy(), atol=1e-6)
+    assert np.allclose(got, expect[0].permute(1, 2, 0).numpy(), atol=0.5 / 255 + 1e-6)
     # A second comparison reuses the loaded model.
     handlers.compare(app_demo, "sr4", ["ssim_v3_relaxed"], sample_id="eyeq_0001")
     assert app_demo.loader.calls == ["ssim_v3_relaxed"]
 
 
-def test_models_run_now_get_the_instruction_of_medq_data(app_demo):
+def test_test_images_keep_their_instruction_uploads_get_the_chosen_one(app_demo, tmp_path):
+    """A test image was degraded for one instruction: every mode gets that one, whatever the
+    enhancement control says (the control is hidden for test images). For an upload the chosen
+    degradation applies."""
     from medq.data.text import instruction
+    from test_demo_fakes import instruction_of
 
-    handlers.compare(app_demo, "enhance", ["ssim_v3_relaxed"], sample_id="eyeq_0001",
-                     enhance_kind="haze")
+    cmp = handlers.compare(app_demo, "enhance", ["ssim_v3_relaxed"], sample_id="eyeq_0001",
+                           enhance_kind="blur")
+    assert "dehaze this retinal photo" in cmp["note"]
     handlers.compare(app_demo, "sr4", ["ssim_v3_relaxed"], sample_id="eyeq_0001")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(imaging.to_uint8(fundus(5, 128))).save(photo)
+    handlers.compare(app_demo, "enhance", ["ssim_v3_relaxed"], upload=photo, enhance_kind="noise")
     model = app_demo.pool.get("ssim_v3_relaxed")
-    assert model.instructions == [[instruction("haze", 0)], [instruction("sr4", 0)]]
+    assert model.instructions == [[instruction_of("enhance")], [instruction("sr4", 0)],
+                                  [instruction("noise", 0)]]
     with pytest.raises(ValueError, match="enhance kind 'fog'"):
-        handlers.compare(app_demo, "enhance", ["pixel"], sample_id="eyeq_0001", enhance_kind="fog")
+        handlers.compare(app_demo, "enhance", ["pixel"], upload=photo, enhance_kind="fog")
 
 
 def test_metrics_are_the_leaderboards(app_demo):
-    """The page shows the numbers of reports/per_image.csv (medq.metrics), not a second definition."""
+    """The page shows the numbers of reports/per_image.csv (medq.metrics), not a second
+    definition."""
     import torch
     from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -115,39 +129,50 @@ def test_metrics_are_the_leaderboards(app_demo):
     # Inside the field of view the black border no longer pads the score.
     assert m["ssim_fov"] != pytest.approx(m["ssim"], abs=1e-4)
     table = handlers.metrics_table(cmp)
-    assert list(table.columns) == handlers.METRIC_COLUMNS
-    assert table.iloc[0]["mode"] == "pixel" and table.iloc[0]["SSIM"] == round(m["ssim"], 4)
+    assert list(table.columns) == handlers.METRIC_COLUMNS and table.columns[1] == "SSIM FOV"
+    assert table.iloc[0]["Mode"] == "Pixel-loss fine-tune"
+    assert table.iloc[0]["SSIM"] == round(m["ssim"], 4)
 
 
 def test_views_share_one_zoom_box_and_use_nearest_neighbour(app_demo):
     cmp = handlers.compare(app_demo, "sr4", ["pixel", "mixed"], sample_id="eyeq_0003")
     panels = handlers.panels(cmp)
-    assert [c for _, c in panels] == ["Input 16x16", "pixel", "mixed", "Target 64x64"]
+    assert [c for _, c in panels] == ["Input 16x16", "Pixel-loss fine-tune",
+                                      "Pixel + SSIM fine-tune", "Target 64x64"]
     assert all(img.shape == (256, 256, 3) and img.dtype == np.uint8 for img, _ in panels)
     # The 16 px input is shown as 16x16 blocks of identical pixels (no interpolation).
     assert (panels[0][0][:16, :16] == panels[0][0][0, 0]).all()
     overview, crops = handlers.zoom(cmp, 0.25, 0.75, 4)
     box = imaging.crop_box((SIZE, SIZE), 0.25, 0.75, 4)
     assert box == (40, 56, 8, 24)
-    assert [cap for _, cap in crops] == ["Input", "pixel", "mixed", "Target"]
-    assert handlers.zoom_box_text(cmp, 0.25, 0.75, 4).startswith("Region x 8-24, y 40-56 of the 64x64")
+    assert [cap for _, cap in crops] == ["Input", "Pixel-loss fine-tune",
+                                         "Pixel + SSIM fine-tune", "Target"]
+    assert handlers.zoom_box_text(cmp, 0.25, 0.75, 4).startswith(
+        "Region x 8-24, y 40-56 of the 64x64")
     target_crop = crops[-1][0]
     assert np.array_equal(target_crop[::16, ::16], imaging.to_uint8(cmp["target"][40:56, 8:24]))
     assert (overview[40 * 4, 8 * 4:24 * 4] == imaging.to_uint8(imaging.BOX_COLOUR)).all()
     assert handlers.click_to_centre(cmp, (64, 192), (256, 256)) == (0.25, 0.75)
-    left, right = handlers.slider_pair(cmp, "pixel", "Target")
+    left, right = handlers.slider_pair(cmp, "Pixel-loss fine-tune", "Target")
     assert left.shape == right.shape == (256, 256, 3)
     with pytest.raises(ValueError, match="not in this comparison"):
-        handlers.slider_pair(cmp, "ssim_v3", "Target")
+        handlers.slider_pair(cmp, "SSIM fine-tune (v3)", "Target")
 
 
-def test_error_maps_share_one_scale_and_are_dark_where_output_equals_target(app_demo):
+def test_error_maps_share_one_fixed_scale_and_are_dark_where_output_equals_target(app_demo):
     cmp = handlers.compare(app_demo, "sr4", ["pixel", "bicubic"], sample_id="eyeq_0001")
     perfect = dict(cmp["outputs"]["pixel"], image=cmp["target"].copy())
     perfect["metrics"] = imaging.image_metrics(perfect["image"], cmp["target"], cmp["mask"])
     cmp["outputs"]["perfect"] = perfect
     maps, vmax = handlers.error_maps(cmp)
-    assert 0.05 <= vmax <= 1 and [c.split(":")[0] for _, c in maps] == ["pixel", "bicubic", "perfect"]
+    assert vmax == 1.0 and handlers.ERROR_SCALE == (0.0, 1.0)
+    # The same error gets the same colour on another comparison (no per-image rescaling).
+    other = handlers.compare(app_demo, "sr4", ["pixel"], sample_id="eyeq_0003")
+    assert handlers.error_maps(other)[1] == vmax
+    assert [c.split(":")[0] for _, c in maps] == ["Pixel-loss fine-tune", "Bicubic upscaling",
+                                                  "Training preset perfect"]
+    bar = imaging.colour_bar()
+    assert bar.shape[1] == 512 and bar.std() > 20         # a gradient with ticks, not blank
     dark = imaging.to_uint8(imaging.error_heatmap(np.zeros((2, 2)), np.ones((2, 2), bool), vmax))
     assert maps[2][0].max() <= dark.max()        # black (dimmed outside the field of view)
     assert maps[0][0].std() > 0
@@ -157,15 +182,18 @@ def test_report_warning_for_undecodable_tokens(app_demo):
     cmp = handlers.compare(app_demo, "sr4", ["pixel", "mixed", "bicubic"], sample_id="eyeq_0001")
     md = handlers.reports_markdown(cmp)
     assert "WARNING: 2 undecodable token(s)" in md and md.count("WARNING") == 1
-    assert "**bicubic**: no text" in md
-    assert handlers.undecodable_warnings(cmp) == ["mixed: 2 undecodable token(s) in its report"]
-    assert handlers.metrics_table(cmp).set_index("mode").loc["mixed", "undecodable tokens"] == "2"
+    assert "**Bicubic upscaling**: no text" in md
+    assert handlers.undecodable_warnings(cmp) == [
+        "Pixel + SSIM fine-tune: 2 undecodable token(s) in its report"]
+    table = handlers.metrics_table(cmp).set_index("Mode")
+    assert table.loc["Pixel + SSIM fine-tune", "undecodable tokens"] == "2"
 
 
 def test_a_failing_mode_is_reported_and_the_others_still_shown(app_demo):
     cmp = handlers.compare(app_demo, "enhance", ["pixel", "lanczos"], sample_id="eyeq_0001")
-    assert list(cmp["outputs"]) == ["pixel"] and "no fake model 'lanczos'" in cmp["errors"]["lanczos"]
-    assert "could not run" in handlers.reports_markdown(cmp)
+    assert list(cmp["outputs"]) == ["pixel"]
+    assert "no fake model 'lanczos'" in cmp["errors"]["lanczos"]
+    assert "**Unchanged input (lanczos)**: ⚠️ could not run" in handlers.reports_markdown(cmp)
 
 
 def test_png_store_writes_each_picture_once_losslessly(tmp_path):
@@ -193,12 +221,17 @@ def test_bad_uploads_give_readable_errors(app_demo, tmp_path):
     }
     Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
     cases[tmp_path / "tiny.png"] = "too small"
+    cases[tmp_path / "empty.jpg"] = "empty"
     Image.new("RGB", (100, 100)).save(tmp_path / "black.png")
-    cases[tmp_path / "black.png"] = "field of view"
+    cases[tmp_path / "black.png"] = "not a colour fundus photograph: the image is one flat black"
+    Image.new("RGB", (100, 100), "white").save(tmp_path / "white.png")
+    cases[tmp_path / "white.png"] = "one flat white"
+    Image.new("RGB", (2000, 40), (120, 60, 20)).save(tmp_path / "strip.png")
+    cases[tmp_path / "strip.png"] = "2000x40"
     for path, message in cases.items():
         with pytest.raises(UploadError, match=message) as e:
             handlers.compare(app_demo, "sr4", ["bicubic"], upload=path)
-        assert path.name in str(e.value)
+        assert path.name in str(e.value) and str(tmp_path) not in str(e.value)
     assert read_upload(png).shape == (128, 128, 3)
     assert read_upload(png, max_side=64).shape == (64, 64, 3)     # big photographs shrunk early
 
@@ -211,8 +244,9 @@ def test_upload_is_cropped_to_the_field_of_view_and_run_by_every_mode(app_demo, 
     progress = []
     cmp = handlers.compare(app_demo, "sr4", ["pixel", "bicubic"], upload=path,
                            progress=lambda f, d: progress.append((f, d)))
-    assert cmp["target"].shape == (SIZE, SIZE, 3) and cmp["input"].shape == (SIZE // 4, SIZE // 4, 3)
-    assert all(o["origin"] == "computed now" for o in cmp["outputs"].values())
+    assert cmp["target"].shape == (SIZE, SIZE, 3)
+    assert cmp["input"].shape == (SIZE // 4, SIZE // 4, 3)
+    assert all(o["origin"] == "computed now (the harness)" for o in cmp["outputs"].values())
     assert progress[0][0] == 0.0 and progress[-1] == (1.0, "done")
     assert any("loading the model" in d for _, d in progress)
 
@@ -225,9 +259,17 @@ def test_real_fundus_photograph_upload(app_demo, fundus_samples):
     assert cmp["outputs"]["bicubic"]["metrics"]["psnr"] > 20
 
 
-def test_leaderboard_tab(tree, tmp_path):
+def test_results_tab_is_readable_with_the_compare_names_main_metric_first_and_intervals(
+        tree, tmp_path):
     table, md, plots = handlers.leaderboard(tree[1])
-    assert list(table["mode"]) == ["ssim_v3", "pixel", "mixed", "bicubic"]
+    assert list(table.columns[:4]) == ["Mode", "Task", "SSIM FOV [95% CI]",
+                                       "PSNR FOV (dB) [95% CI]"]
+    # Best main metric first, named as on the Compare tab.
+    assert list(table["Mode"]) == ["SSIM fine-tune (v3)", "Pixel + SSIM fine-tune",
+                                   "Pixel-loss fine-tune", "Bicubic upscaling"]
+    assert table.iloc[0]["SSIM FOV [95% CI]"] == "0.8840 [0.8740, 0.8940]"
+    assert {"DR kappa", "DR kappa floor", "Findings F1", "Findings F1 floor"} <= set(table.columns)
+    assert not any("_" in c for c in table.columns)
     assert md.startswith("# Leaderboard") and plots[0][1] == "psnr ssim"
     table, md, plots = handlers.leaderboard(tmp_path / "nothing")
     assert "make eval" in table.iloc[0, 0] and "make eval" in md and plots == []
@@ -257,6 +299,249 @@ def test_cli_help_and_defaults():
     assert out.returncode == 0 and "--runs" in out.stdout and "MEDQ_DEMO_AUTH" in out.stdout
 
 
+def test_demo_output_and_report_equal_the_harness_records(tmp_path):
+    """Issue 16 item 3: a mode without records for a test image is run by the harness's own
+    code; its output and report equal the records ``run_harness`` writes for that image (the
+    report from the input, never the target)."""
+    import torch
+
+    from infer.harness import run_harness
+    from infer.records import read_jsonl
+    from test_demo_fakes import instruction_of
+
+    runs, reports_dir = build_tree(tmp_path, evaluated=("pixel",))
+    d = handlers.Demo.from_folders(runs, reports_dir, pool=ModelPool(fake_loader))
+    for task in ("sr4", "enhance"):
+        for sid, rec in d.items(task):
+            item = {"id": sid, "task": task, "instruction": instruction_of(task),
+                    **{k: torch.from_numpy(imaging.load_rgb(rec.path(k)).transpose(2, 0, 1).copy())
+                       for k in ("input", "target")},
+                    "mask": torch.from_numpy(imaging.load_mask(rec.path("mask"), (SIZE, SIZE))
+                                             .astype(np.float32))[None]}
+            out = tmp_path / "harness" / sid
+            run_harness(fake_loader("mixed"), [item], out, seed=0, progress=False)
+            row = read_jsonl(out / task / "records.jsonl")[0]
+            cmp = handlers.compare(d, task, ["mixed"], sample_id=sid)
+            got = cmp["outputs"]["mixed"]
+            assert got["origin"] == "computed now (the harness)"
+            assert np.array_equal(imaging.to_uint8(got["image"]),
+                                  np.asarray(Image.open(out / task / row["output"]).convert("RGB")))
+            assert got["report"] == row["report_text"] and got["undecodable"] == row["undecodable"]
+            # The fake's report says "usable" for the 16 px / darkened input, "good" for the
+            # target: the report is the input's.
+            assert "usable" in got["report"]
+
+
+def test_upload_output_and_report_equal_edit_one(app_demo, tmp_path):
+    import torch
+
+    from infer.harness import edit_one
+    from medq.data.text import instruction
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(imaging.to_uint8(fundus(9, 200))).save(photo)
+    cmp = handlers.compare(app_demo, "sr4", ["ssim_v3"], upload=photo)
+    rgb = read_upload(photo)
+    ref = edit_one(fake_loader("ssim_v3"), torch.from_numpy(rgb.transpose(2, 0, 1).copy()), "sr4",
+                   size=SIZE, instruction=instruction("sr4", 0), report=True)
+    got = cmp["outputs"]["ssim_v3"]
+    assert np.allclose(got["image"], ref["output"].permute(1, 2, 0).numpy(), atol=1e-6)
+    assert got["report"] == ref["report"].text and "usable" in got["report"]
+    assert np.allclose(cmp["input"], ref["input"].permute(1, 2, 0).numpy())
+
+
+def test_reference_report_beside_each_report_with_agreement_per_finding(app_demo):
+    from test_demo_fakes import reference_of
+
+    cmp = handlers.compare(app_demo, "sr4", ["pixel", "bicubic"], sample_id="eyeq_0002")
+    assert cmp["reference"] == reference_of(1)
+    rows = {f["finding"]: f for f in cmp["outputs"]["pixel"]["findings"]}
+    # The fake reports "usable", microaneurysms only, grade 3; the reference: good, grade 3,
+    # microaneurysms and haemorrhages.
+    assert rows["image quality"]["agree"] is False
+    assert rows["diabetic retinopathy grade"]["agree"] is True
+    assert rows["microaneurysms"]["agree"] is True and rows["haemorrhages"]["agree"] is False
+    assert rows["new vessels"]["agree"] is True
+    md = handlers.reports_markdown(cmp)
+    assert f"**Reference report** (the label of this test image): {reference_of(1)}" in md
+    assert "diabetic retinopathy grade: 3 (severe) → **agree**" in md
+    assert "haemorrhages: absent → **disagree** (reference: present)" in md
+    # Report scores of the leaderboard, each beside its majority-class floor.
+    assert "DR kappa 0.10 (majority-class floor 0.0)" in md
+    other = handlers.compare(app_demo, "sr4", ["pixel"], sample_id="eyeq_0001")
+    assert {f["finding"]: f["agree"] for f in other["outputs"]["pixel"]["findings"]}[
+        "diabetic retinopathy grade"] is False
+    assert handlers.BANNER.count("Not for diagnosis") == 1 and "synthetic" in handlers.BANNER
+
+
+def test_reference_reports_rebuilt_from_the_runs_data_config(tmp_path):
+    """Records without a reference field: the report of the item of the run's own data config,
+    and only for the very same pixels (data_sha256)."""
+    from demo.reports import ReferenceReports
+    from infer.harness import data_fingerprint
+    from medq.config import dump_toml, load_config
+    from medq.data import build_dataset
+
+    cfg = load_config("base", [f"data.cache_dir={tmp_path / 'cache'}", "data.num_images=6",
+                               "model.image_size=32"])
+    path = tmp_path / "config.toml"
+    path.write_text(dump_toml(cfg))
+    item = build_dataset(cfg.data, 32, "all", tasks=["enhance"])[3]
+    refs = ReferenceReports([path])
+    sha = data_fingerprint(item)
+    assert refs.get("enhance", item["id"], {"data_sha256": sha}) == item["report"]
+    assert refs.get("enhance", item["id"], {"data_sha256": "0" * 16}) is None
+    assert refs.get("enhance", "nope", {}) is None
+    assert refs.get("sr4", "x", {"reference_report": "quality: good."}) == "quality: good."
+
+
+def test_verdict_saying_a_mode_ignores_its_input_is_flagged_on_the_panel(tree):
+    runs, reports_dir = tree
+    task_dir = runs / "mixed-00000002" / "eval" / "step_000300-ema" / "sr4"
+    (task_dir / "verdict.json").write_text(json.dumps(
+        {"status": "collapsed", "reasons": ["ignores its input: outputs of different inputs "
+                                            "differ by 0.001 (< 0.01)"]}))
+    d = handlers.Demo.from_folders(runs, reports_dir, pool=ModelPool(fake_loader))
+    cmp = handlers.compare(d, "sr4", ["pixel", "mixed"], sample_id="eyeq_0001")
+    assert cmp["outputs"]["mixed"]["ignores_input"].startswith("ignores its input")
+    assert cmp["outputs"]["pixel"]["ignores_input"] is None
+    captions = [c for _, c in handlers.panels(cmp)]
+    assert captions[2] == "Pixel + SSIM fine-tune ⚠ ignores its input"
+    assert "⚠" not in captions[1]
+    assert "**Pixel + SSIM fine-tune ignores its input**" in handlers.reports_markdown(cmp)
+    assert "ignores its input" in handlers.metrics_table(cmp).iloc[1]["note"]
+    # The same flag from a leaderboard column (the verdict reasons the eval may write there).
+    board = reports_dir / "leaderboard.csv"
+    lines = board.read_text().splitlines()
+    lines[0] += ",verdict_reasons"
+    lines = [lines[0]] + [ln + (",ignores its input (constant outputs)" if ln.startswith("ok,pixel")
+                                else ",") for ln in lines[1:]]
+    board.write_text("\n".join(lines) + "\n")
+    lines = board.read_text().splitlines()
+    lines = [lines[0]] + [ln.replace(",healthy,", ",collapsed,") if ln.startswith("ok,pixel")
+                          else ln for ln in lines[1:]]
+    board.write_text("\n".join(lines) + "\n")
+    cmp = handlers.compare(d, "sr4", ["pixel"], sample_id="eyeq_0001")
+    assert cmp["outputs"]["pixel"]["ignores_input"] == "ignores its input (constant outputs)"
+    assert "verdict of make eval on the test set: collapsed" in handlers.reports_markdown(cmp)
+    assert "verdict: collapsed" in handlers.metrics_table(cmp).iloc[0]["note"]
+
+
+def test_a_second_output_in_the_records_is_a_selectable_mode(tmp_path):
+    runs, reports_dir = build_tree(tmp_path, tasks=("sr4",), evaluated=("ssim_v3",))
+    task_dir = runs / "ssim_v3-00000001" / "eval" / "step_000300-ema" / "sr4"
+    rows = [json.loads(x) for x in (task_dir / "records.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["output_mmse"] = f"images/{row['id']}_output_mmse.png"
+        mmse = imaging.to_uint8(fundus(40, SIZE) * 0.5)
+        Image.fromarray(mmse).save(task_dir / row["output_mmse"])
+    (task_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = handlers.Demo.from_folders(runs, reports_dir, pool=ModelPool(fake_loader))
+    assert "ssim_v3:mmse" in d.modes
+    assert catalog.display_name("ssim_v3:mmse", "sr4") == "SSIM fine-tune (v3), MMSE output"
+    cmp = handlers.compare(d, "sr4", ["ssim_v3", "ssim_v3:mmse"], sample_id="eyeq_0001")
+    assert not np.array_equal(cmp["outputs"]["ssim_v3"]["image"],
+                              cmp["outputs"]["ssim_v3:mmse"]["image"])
+    photo = tmp_path / "photo.png"
+    Image.fromarray(imaging.to_uint8(fundus(5, 128))).save(photo)
+    up = handlers.compare(d, "sr4", ["ssim_v3:mmse"], upload=photo)
+    assert "only for evaluated test images" in up["errors"]["ssim_v3:mmse"]
+
+
+def test_readable_mode_names_and_identical_outputs_marked(tmp_path):
+    from demo.app import mode_choices, mode_help
+
+    runs, reports_dir = build_tree(tmp_path, tasks=("enhance",), evaluated=("pixel",))
+    d = handlers.Demo.from_folders(runs, reports_dir, pool=ModelPool(fake_loader),
+                                   baselines=("bicubic", "identity"))
+    assert catalog.display_name("ssim_v3") == "SSIM fine-tune (v3)"
+    assert catalog.display_name("identity", "enhance") == "Unchanged input"
+    sr = dict(mode_choices(d, "sr4"))
+    assert sr["Bicubic upscaling"] == "bicubic" and "Unchanged input" not in sr
+    enh = [lb for _, lb in mode_choices(d, "enhance")]
+    assert "identity" in enh and "bicubic" not in enh          # one "unchanged input" offered
+    assert "- **Unchanged input**: no model" in mode_help(d, "enhance")
+    assert all(line.count(":") >= 1 for line in mode_help(d, "sr4").splitlines())
+    from medq.baselines import BASELINES
+
+    d.pool = ModelPool(lambda label: BASELINES[label]() if label in ("identity", "bicubic")
+                       else fake_loader(label))
+    cmp = handlers.compare(d, "enhance", ["pixel", "bicubic", "identity"], sample_id="eyeq_0001")
+    assert cmp["outputs"]["bicubic"]["identical_to"] is None
+    assert cmp["outputs"]["identity"]["identical_to"] == "Unchanged input (bicubic)"
+    assert cmp["outputs"]["pixel"]["identical_to"] is None
+    caps = [c for _, c in handlers.panels(cmp)]
+    assert caps[3] == "Unchanged input (identical to Unchanged input (bicubic))"
+
+
+def test_uploads_that_are_not_fundus_photographs_are_refused_with_the_reason(app_demo, tmp_path):
+    from test_fundus_check import EXPECTED_REASON, bad_corpus
+
+    for name, path in bad_corpus(tmp_path).items():
+        with pytest.raises(UploadError) as e:
+            handlers.compare(app_demo, "sr4", ["bicubic"], upload=path)
+        msg = str(e.value)
+        assert msg.startswith(name) and "not a colour fundus photograph" in msg, msg
+        assert re.search(EXPECTED_REASON[name], msg) and str(tmp_path) not in msg
+
+
+def test_16_bit_and_float_uploads_are_converted(app_demo, tmp_path, fundus_samples):
+    import tifffile
+
+    from medq.data.imageio import load_rgb
+    from test_fundus_check import write_png16
+
+    rgb = load_rgb(sorted((fundus_samples / "drive-train" / "images").glob("*"))[0])
+    files = [write_png16(tmp_path / "drive16.png", rgb.astype(np.uint16) * 257)]
+    tifffile.imwrite(tmp_path / "drive_float.tif", rgb.astype(np.float32) / 255)
+    files.append(tmp_path / "drive_float.tif")
+    for path in files:
+        cmp = handlers.compare(app_demo, "sr4", ["bicubic"], upload=path)
+        assert cmp["title"] == f"uploaded {path.name} (565x584)"
+        assert cmp["target"].mean() > 0.1                     # not clipped to black
+
+
+def test_oversized_uploads_are_refused_before_decoding(tmp_path, monkeypatch):
+    from demo import security
+
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(security.MAX_UPLOAD_BYTES + 1)
+    with pytest.raises(UploadError, match=r"^big.png: the file is 25.0 MB, over the 25.0 MB"):
+        read_upload(big)
+    # Few-kB PNGs that declare 8000x8000 and 60000x60000 pixels: refused from their header,
+    # never decoded (the second one is past Pillow's own decompression-bomb limit).
+    chunk = lambda k, d: struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d))
+    decoded = []
+    monkeypatch.setattr("medq.data.imageio.load_rgb", lambda *a, **k: decoded.append(a))
+    for side, message in ((8000, "declares 8000x8000 pixels \\(64 Mpx\\)"),
+                          (60000, "declares 3,600 Mpx")):
+        bomb = tmp_path / f"bomb{side}.png"
+        bomb.write_bytes(b"\x89PNG\r\n\x1a\n"
+                         + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                         + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+        with pytest.raises(UploadError, match=f"^bomb{side}.png: the image {message}, over the "
+                                              "limit of 40 Mpx; it was not decoded"):
+            read_upload(bomb)
+        assert bomb.stat().st_size < 1000
+    assert decoded == []
+
+
+def test_login_throttle_locks_a_user_after_failed_attempts():
+    from demo.security import LoginThrottle
+
+    now = [0.0]
+    auth = LoginThrottle([("ann", "s3cret")], free=5, lock_seconds=30, clock=lambda: now[0])
+    assert auth("ann", "s3cret") and not auth("ann", "nope")
+    for _ in range(29):
+        assert not auth("ann", "guess")
+    # Locked: even the right password is refused, without being checked.
+    assert auth.locked_for("ann") > 0 and not auth("ann", "s3cret")
+    now[0] += 900.0
+    assert auth("ann", "s3cret")                       # the lock expires; success resets it
+    assert not auth("bob", "s3cret")
+
+
 # ---------------------------------------------------------------------------------------------
 # the launched app
 
@@ -274,16 +559,23 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     runs, reports = build_tree(root)
     (root / "secret.txt").write_text("SECRET-OUTSIDE")
+    # What a real runs/ holds besides the PNGs: weights, the cached dataset, configs.
+    run = runs / "pixel-00000000"
+    (run / "checkpoints" / "step_000300" / "model.safetensors").write_bytes(b"WEIGHTS" * 100)
+    (run / "config.toml").write_text("# SECRET-CONFIG\n[data]\nsource = 'synthetic'\n")
+    (runs / "_cache").mkdir()
+    (runs / "_cache" / "synthetic-s0-64px-n384.npz").write_bytes(b"PATIENT-IMAGES" * 100)
     d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
     app = build_app(d)
     port = free_port()
     launch(app, d, port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "root": root, "runs": runs}
+        yield {"url": f"http://127.0.0.1:{port}/", "root": root, "runs": runs, "run": run}
     finally:
         app.close()
 
 
+@pytest.mark.slow      # launches the Gradio server
 def test_client_compares_an_upload_and_the_test_set(server, tmp_path):
     from gradio_client import Client, handle_file
 
@@ -292,29 +584,44 @@ def test_client_compares_an_upload_and_the_test_set(server, tmp_path):
     Image.fromarray(imaging.to_uint8(fundus(7, 128))).save(photo)
     result = client.predict(handle_file(str(photo)), "", "sr4", ["pixel", "bicubic"], 0.5, 0.5, 4,
                             "blur", api_name="/compare")
-    panels, table = result[0]["value"], result[1]
-    assert [p["caption"] for p in panels] == ["Input 16x16", "pixel", "bicubic", "Target 64x64"]
+    panels, table = result[0]["value"], result[1]      # (the gr.State output is not in the API)
+    assert [p["caption"] for p in panels] == ["Input 16x16", "Pixel-loss fine-tune",
+                                              "Bicubic upscaling", "Target 64x64"]
     assert all(Path(p["image"]).suffix == ".png" for p in panels)    # lossless, never WebP
     assert Image.open(panels[1]["image"]).size == (256, 256)
-    assert [row[0] for row in table["data"]] == ["pixel", "bicubic"]
+    assert [row[0] for row in table["data"]] == ["Pixel-loss fine-tune", "Bicubic upscaling"]
+    assert "No reference report" in result[2]
     result = client.predict(None, "eyeq_0002", "enhance", ["mixed"], 0.5, 0.5, 4, "blur",
                             api_name="/compare")
-    assert result[1]["data"][0][-1] == "make eval (step_000300-ema)"
-    assert "undecodable" in result[2]
+    assert result[1]["data"][0][7] == "make eval (step_000300-ema)"
+    assert "undecodable" in result[2] and "**Reference report**" in result[2]
     slider = result[8]
-    assert len(slider) == 2 and all(Path(p).suffix == ".png" for p in slider)
+    assert slider["label"] == ("Before / after: Pixel + SSIM fine-tune (left) and Target (right); "
+                               "drag the handle")
+    assert len(slider["value"]) == 2 and all(Path(p).suffix == ".png" for p in slider["value"])
 
 
-def test_client_gets_a_readable_error_for_a_corrupt_upload(server, tmp_path):
+@pytest.mark.slow      # launches the Gradio server
+def test_a_bad_upload_leaves_its_reason_in_the_status_line(server, tmp_path):
+    """No pop-up that vanishes and no 'Error' badges: the outputs are cleared and the reason,
+    with the file's own name and never a server path, stays in the status line."""
     from gradio_client import Client, handle_file
 
     client = Client(server["url"], verbose=False)
     bad = _write(tmp_path / "scan.png", b"\x89PNG\r\n\x1a\n but then garbage")
-    with pytest.raises(Exception, match="not an image|damaged"):
-        client.predict(handle_file(str(bad)), "", "sr4", ["bicubic"], 0.5, 0.5, 4, "blur",
-                       api_name="/compare")
+    result = client.predict(handle_file(str(bad)), "", "sr4", ["bicubic"], 0.5, 0.5, 4, "blur",
+                            api_name="/compare")
+    status = result[-1]
+    assert "scan.png" in status and re.search("not an image|damaged", status)
+    assert "/tmp" not in status and "gradio" not in status
+    assert not (result[0] if isinstance(result[0], list) else result[0].get("value"))
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8)).save(noise)
+    status = client.predict(handle_file(str(noise)), "", "sr4", ["bicubic"], 0.5, 0.5, 4, "blur",
+                            api_name="/compare")[-1]
+    assert "noise.png (400x300) is not a colour fundus photograph" in status
     # The app keeps serving after the error.
-    assert client.predict(api_name="/leaderboard")[0]["headers"][0] == "mode"
+    assert client.predict(api_name="/leaderboard")[0]["headers"][0] == "Mode"
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -325,21 +632,53 @@ def _get(url: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def test_only_run_and_report_folders_are_served(server):
-    url, root, runs = server["url"], server["root"], server["runs"]
-    inside = next(runs.rglob("*_output.png"))
-    status, body = _get(url + "gradio_api/file=" + str(inside))
+@pytest.mark.slow      # launches the Gradio server
+def test_only_the_pictures_the_page_shows_are_served(server, tmp_path):
+    """Weights, the cached dataset, configs and even the records' own PNGs are refused by full
+    path; the PNGs the page handed out are served."""
+    from gradio_client import Client
+
+    url, root, runs, run = server["url"], server["root"], server["runs"], server["run"]
+    result = Client(server["url"], verbose=False).predict(
+        None, "eyeq_0001", "sr4", ["pixel"], 0.5, 0.5, 4, "blur", api_name="/compare")
+    shown = result[0]["value"][0]["image"]                  # downloaded copy; find its URL
+    cache = Path(__import__("tempfile").gettempdir(), "gradio")
+    cached = list(cache.rglob(Path(shown).name))
+    assert cached, shown
+    status, body = _get(url + "gradio_api/file=" + str(cached[0]))
     assert status == 200 and body[:4] == b"\x89PNG"             # positive control
-    secrets = ["/etc/passwd", str(root / "secret.txt"), f"{runs}/../secret.txt",
-               f"{runs}/%2e%2e/secret.txt", f"{runs}/..%2fsecret.txt", "%2Fetc%2Fpasswd",
-               str(REPO / "pyproject.toml"), "../../../../etc/passwd"]
+    secrets = [run / "checkpoints" / "step_000300" / "model.safetensors", run / "config.toml",
+               runs / "_cache" / "synthetic-s0-64px-n384.npz", next(runs.rglob("*_output.png")),
+               next(runs.rglob("records.jsonl")), root / "secret.txt", REPO / "pyproject.toml"]
     for prefix in ("gradio_api/file=", "gradio_api/file/", "file="):
-        for target in secrets:
+        for target in [*map(str, secrets), "/etc/passwd", f"{runs}/../secret.txt",
+                       f"{runs}/%2e%2e/secret.txt", "%2Fetc%2Fpasswd", "../../../../etc/passwd"]:
             status, body = _get(url + prefix + target)
             assert status in (400, 403, 404), (prefix, target, status)
-            assert b"root:x:" not in body and b"SECRET-OUTSIDE" not in body
+            for secret in (b"root:x:", b"SECRET", b"WEIGHTS", b"PATIENT-IMAGES"):
+                assert secret not in body, (prefix, target)
 
 
+@pytest.mark.slow      # launches the Gradio server
+def test_server_refuses_an_upload_over_the_limit_before_it_reaches_the_page(server):
+    """Gradio's upload route enforces launch(max_file_size=25mb): 413, nothing stored."""
+    from demo.security import MAX_UPLOAD_BYTES
+
+    boundary = "medqboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"huge.png\"\r\nContent-Type: image/png\r\n\r\n").encode() \
+        + b"\0" * (MAX_UPLOAD_BYTES + 1024) + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(server["url"] + "gradio_api/upload", data=body, headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    assert status == 413
+
+
+@pytest.mark.slow      # launches the Gradio server
 def test_server_binds_localhost_only_and_exposes_two_endpoints(server):
     from gradio_client import Client
 
@@ -348,7 +687,18 @@ def test_server_binds_localhost_only_and_exposes_two_endpoints(server):
     assert sorted(info["named_endpoints"]) == ["/compare", "/leaderboard"]
 
 
-def test_login_from_the_environment_is_enforced(tmp_path, monkeypatch):
+def _post_login(url: str, user: str, password: str) -> int:
+    data = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "login", data=data),
+                                    timeout=20) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.mark.slow      # launches the Gradio server
+def test_login_is_enforced_throttled_and_offers_logout(tmp_path, monkeypatch):
     from gradio_client import Client
 
     from demo.app import build_app, launch
@@ -356,7 +706,7 @@ def test_login_from_the_environment_is_enforced(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDQ_DEMO_AUTH", "ann:s3cret")
     runs, reports = build_tree(tmp_path, tasks=("sr4",), evaluated=("pixel",))
     d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
-    app = build_app(d)
+    app = build_app(d, login=True)
     port = free_port()
     launch(app, d, port=port, prevent_thread_lock=True, quiet=True, auth=auth_from_env())
     try:
@@ -367,7 +717,15 @@ def test_login_from_the_environment_is_enforced(tmp_path, monkeypatch):
         with pytest.raises(Exception):
             Client(url, verbose=False, auth=("ann", "wrong"))
         client = Client(url, verbose=False, auth=("ann", "s3cret"))
-        assert client.predict(api_name="/leaderboard")[0]["headers"][0] == "mode"
+        assert client.predict(api_name="/leaderboard")[0]["headers"][0] == "Mode"
+        # A logout link on the page, and Gradio's /logout route behind it.
+        config = json.dumps(client.config)
+        assert '"link": "/logout"' in config
+        # Guessing: after 5 failures the user is locked, the right password too is refused.
+        assert [_post_login(url, "ann", f"guess{k}") for k in range(6)] == [400] * 6
+        assert _post_login(url, "ann", "s3cret") == 400
+        with pytest.raises(Exception):
+            Client(url, verbose=False, auth=("ann", "s3cret"))
     finally:
         app.close()
 
@@ -385,7 +743,8 @@ def test_records_with_a_corrupt_line_still_show_the_valid_rows(tmp_path, caplog)
     save_png(task / "images" / "a_output.png", torch.zeros(3, 8, 8))
     rows = [{"id": "a", "task": "sr4", "output": "images/a_output.png"},
             {"id": "b", "task": "sr4", "output": "images/b_output.png"}]
-    (task / "records.jsonl").write_text(_json.dumps(rows[0]) + "\n{not json\n" + _json.dumps(rows[1]) + "\n")
+    (task / "records.jsonl").write_text(_json.dumps(rows[0]) + "\n{not json\n"
+                                        + _json.dumps(rows[1]) + "\n")
     with caplog.at_level("WARNING"):
         found = catalog.read_task_records(tmp_path / "eval")
     assert list(found) == ["sr4"] and list(found["sr4"]) == ["a"]

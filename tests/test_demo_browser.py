@@ -1,16 +1,22 @@
 """End to end in a real browser: Debian's chromium (``apt-get install -y chromium``) driven by
-Playwright opens the page offline, picks a test image, and checks the panels, the metrics table
-and the undecodable-token warning appear. Never ``playwright install`` (it downloads a browser)."""
+Playwright opens the page offline and uses it the way a clinician would: the banner, a test
+image with its reference report and agreement per finding, readable mode names, the colour bar,
+alt text on every image, the before/after slider from the keyboard, the enhancement control
+hidden for test images, a refused upload whose reason stays on the page, and the login with its
+logout link. Never ``playwright install`` (it downloads a browser)."""
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from test_demo import server  # noqa: F401  (the launched app on a free localhost port)
+from test_demo import free_port, server  # noqa: F401  (the launched app on a free localhost port)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -40,37 +46,143 @@ def open_page(playwright, url: str):
     return browser, page, outside
 
 
+def images_without_alt(page) -> list[str]:
+    return page.eval_on_selector_all(
+        "img", "els => els.filter(e => !(e.getAttribute('alt') || '').trim())"
+               ".map(e => e.src.slice(-40))")
+
+
+def clip_percent(page) -> float:
+    style = page.locator("#slider [style*='clip-path']").first.get_attribute("style")
+    return float(re.search(r"inset\([^)]*?([\d.]+)%\)", style).group(1))
+
+
 def test_browser_compares_a_test_image(server, tmp_path):  # noqa: F811
     sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
     with sync_api.sync_playwright() as p:
+        t0 = time.perf_counter()
         browser, page, outside = open_page(p, server["url"])
         try:
+            expect(page.locator("#banner")).to_contain_text(
+                "small models trained on synthetic fundus images. Not for diagnosis",
+                timeout=30_000)
+            expect(page.locator("#logout")).to_have_count(0)          # no login, no logout
+            expect(page.locator("#mode-help")).to_contain_text("SSIM fine-tune (v3): the")
             page.locator("#test-gallery button img").first.wait_for(timeout=30_000)
             page.locator("#test-gallery button img").nth(1).click()
             metrics = page.locator("#metrics")
-            sync_api.expect(metrics).to_contain_text("pixel", timeout=60_000)
-            sync_api.expect(metrics).to_contain_text("bicubic")
-            sync_api.expect(metrics).to_contain_text("make eval (step_000300-ema)")
+            expect(metrics).to_contain_text("Pixel-loss fine-tune", timeout=60_000)
+            expect(metrics).to_contain_text("Bicubic upscaling")
+            expect(metrics).to_contain_text("make eval (step_000300-ema)")
             panels = page.locator("#panels img")
-            sync_api.expect(panels).to_have_count(6)          # input, 4 modes, target
+            expect(panels).to_have_count(6)          # input, 4 modes, target
             page.wait_for_function(
                 "() => [...document.querySelectorAll('#panels img')].every("
                 "i => i.complete && i.naturalWidth === 256)", timeout=30_000)
+            first_comparison = time.perf_counter() - t0
             assert all(".png" in panels.nth(k).get_attribute("src") for k in range(6))
-            sync_api.expect(page.locator("#reports")).to_contain_text("undecodable token")
-            sync_api.expect(page.locator("#zoomed img")).to_have_count(6)
-            sync_api.expect(page.locator("#errmaps img")).to_have_count(4)
+            reports = page.locator("#reports")
+            expect(reports).to_contain_text("Reference report")
+            expect(reports).to_contain_text("agree")
+            expect(reports).to_contain_text("disagree")
+            expect(reports).to_contain_text("majority-class floor")
+            expect(reports).to_contain_text("undecodable token")
+            expect(page.locator("#zoomed img")).to_have_count(6)
+            expect(page.locator("#errmaps img")).to_have_count(4)
+            expect(page.locator("#colour-bar img")).to_have_count(1)
             # A click on the overview moves the zoom box: every zoomed panel follows.
             note = page.locator("#box-note")
-            sync_api.expect(note).to_contain_text("Region x 24-40, y 24-40")
+            expect(note).to_contain_text("Region x 24-40, y 24-40")
             overview = page.locator("#overview img")
             size = overview.bounding_box()
             overview.click(position={"x": size["width"] * 0.15, "y": size["height"] * 0.5})
-            sync_api.expect(note).not_to_contain_text("Region x 24-40", timeout=30_000)
+            expect(note).not_to_contain_text("Region x 24-40", timeout=30_000)
             # x ~ 0.15 of 64 px with a 16 px box; the exact pixel depends on the layout.
-            sync_api.expect(note).to_contain_text(re.compile(r"Region x [0-4]-1[6-9], y 2[2-6]"))
+            expect(note).to_contain_text(re.compile(r"Region x [0-4]-1[6-9], y 2[2-6]"))
+            # The before/after slider from the keyboard: Tab to its position, arrow keys.
+            page.wait_for_timeout(500)
+            assert clip_percent(page) == pytest.approx(50, abs=1)
+            page.locator("#slider-position input[type=range]").focus()
+            for _ in range(4):
+                page.keyboard.press("ArrowRight")
+            expect(page.locator("#slider-position input[type=number]")).to_have_value("70")
+            # The divider follows (its clip is measured on the slider's box, wider than the image,
+            # so 70 % of the position is ~61 % of the clip here): it moved right, clearly.
+            deadline = time.monotonic() + 30
+            while clip_percent(page) < 55 and time.monotonic() < deadline:
+                page.wait_for_timeout(250)
+            assert clip_percent(page) >= 55, page.locator("#slider").inner_html()[-600:]
+            # Every image has alt text saying what it is.
+            page.wait_for_timeout(500)
+            assert images_without_alt(page) == []
+            alts = page.eval_on_selector_all("#slider img", "els => els.map(e => e.alt)")
+            assert alts and all("Pixel-loss fine-tune (left) and Target (right)" in a
+                                for a in alts), alts
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+            # Enhancement on a test image: its own instruction, the control is hidden.
+            page.get_by_label("Enhancement").check()
+            page.locator("#test-gallery button img").first.wait_for(timeout=30_000)
+            page.locator("#test-gallery button img").first.click()
+            expect(page.locator("#reports")).to_contain_text("dehaze this retinal photo",
+                                                             timeout=60_000)
+            expect(page.locator("#enhance-kind")).to_be_hidden()
+            # An upload that is not a fundus photograph: the reason stays on the page (no
+            # vanishing pop-up), with the file's own name and size.
+            noise = tmp_path / "holiday.png"
+            Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3),
+                                                              np.uint8)).save(noise)
+            page.set_input_files("#upload input[type=file]", str(noise))
+            status = page.locator("#status")
+            expect(status).to_contain_text("holiday.png (400x300) is not a colour fundus "
+                                           "photograph", timeout=60_000)
+            expect(page.locator("#enhance-kind")).to_be_visible()   # an upload on enhance
+            page.wait_for_timeout(11_000)
+            expect(status).to_contain_text("not a colour fundus photograph")
+            assert "/tmp" not in status.inner_text()
+            expect(page.locator(".toast-body, .error")).to_have_count(0)
+            # The Results tab: the Compare tab's names, main metric first, intervals.
+            page.get_by_role("tab", name="Results (leaderboard)").click()
+            board = page.locator("#leaderboard")
+            expect(board).to_contain_text("SSIM FOV [95% CI]")
+            expect(board).to_contain_text("SSIM fine-tune (v3)")
+            expect(board).to_contain_text("0.8840 [0.8740, 0.8940]")
+            assert images_without_alt(page) == []
         finally:
             browser.close()
+    print(f"\n[measure] page load -> first comparison shown: {first_comparison:.2f} s")
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert outside == [], f"the page tried to reach the internet: {outside}"
+
+
+def test_browser_login_and_logout(tmp_path, monkeypatch):
+    from demo import handlers
+    from demo.app import build_app, launch
+    from demo.models import ModelPool
+    from demo.security import auth_from_env
+    from test_demo_fakes import build_tree, fake_loader
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
+    monkeypatch.setenv("MEDQ_DEMO_AUTH", "ann:s3cret")
+    runs, reports = build_tree(tmp_path, tasks=("sr4",), evaluated=("pixel",))
+    d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
+    app = build_app(d, login=True)
+    port = free_port()
+    launch(app, d, port=port, prevent_thread_lock=True, quiet=True, auth=auth_from_env())
+    try:
+        with sync_api.sync_playwright() as p:
+            browser, page, _ = open_page(p, f"http://127.0.0.1:{port}/")
+            try:
+                page.get_by_label("username").fill("ann")
+                page.get_by_label("password").fill("s3cret")
+                page.get_by_role("button", name="Login").click()
+                logout = page.locator("#logout")
+                expect(logout).to_be_visible(timeout=60_000)
+                expect(page.locator("#banner")).to_contain_text("Not for diagnosis")
+                logout.click()
+                expect(page.get_by_label("password")).to_be_visible(timeout=30_000)
+            finally:
+                browser.close()
+    finally:
+        app.close()

@@ -17,7 +17,8 @@ from PIL import Image
 from medq.baselines import Bicubic, bicubic
 from medq.protocol import DecodeResult, decode_with_vocab
 
-VOCAB = ["<bos>", "quality", "good", "usable", "reject", "image", "vessels", "clear", "."]
+VOCAB = ["<bos>", "quality:", "good", "usable", "reject", "findings:", "microaneurysms",
+         "haemorrhages", ".", "diabetic retinopathy grade", "0", "3"]
 SIZE = 64
 IDS = ("eyeq_0001", "eyeq_0002", "eyeq_0003")
 # preset -> (sharpening of the bicubic output, undecodable ids appended to its reports)
@@ -72,7 +73,14 @@ class FakeModel:
         return (up + self.sharpen * (up - blur)).clamp(0, 1)
 
     def generate_report(self, images, prompts, seed):
-        return [[1, 2, 5, 6, 7, *self.bad_ids, 8] for _ in range(images.shape[0])]
+        """A report that depends on what the model sees: "good" for a large, bright image,
+        "usable" for a small or dark one (an SR input is 16 px; an enhance input is darkened),
+        so a report written from the target instead of the input shows."""
+        out = []
+        for im in images:
+            word = 2 if im.shape[-1] >= 32 and float(im.mean()) > 0.2 else 3
+            out.append([1, word, 8, 5, 6, 8, *self.bad_ids, 9, 11])
+        return out
 
     def decode(self, ids) -> DecodeResult:
         return decode_with_vocab(ids, VOCAB)
@@ -93,9 +101,24 @@ def _png(path: Path, img: np.ndarray) -> None:
     Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
 
 
+def instruction_of(task: str) -> str:
+    from medq.data.text import instruction
+
+    return instruction("haze", 1) if task == "enhance" else instruction(task, 0)
+
+
+def reference_of(n: int) -> str:
+    """The reference report of fake test image n: grade 0 without lesions, or grade 3 with
+    microaneurysms and haemorrhages (so agreement varies from image to image)."""
+    from medq.data.text import report
+
+    return report(0, 0, []) if n % 2 == 0 else report(0, 3, ["microaneurysms", "haemorrhages"])
+
+
 def write_eval(task_dir: Path, model, task: str, run: str, checkpoint, weights,
                targets: dict[str, np.ndarray], seed: int = 0) -> Path:
-    """``<task_dir>/images/<id>_{input,output,target,mask}.png`` + records.jsonl for ``model``."""
+    """``<task_dir>/images/<id>_{input,output,target,mask}.png`` + records.jsonl for ``model``,
+    the report written from the input (as the harness does)."""
     rows = []
     for n, (sid, target) in enumerate(targets.items()):
         inp = degrade(target, task, n)
@@ -106,8 +129,11 @@ def write_eval(task_dir: Path, model, task: str, run: str, checkpoint, weights,
                           ("target", target), ("mask", mask)):
             _png(task_dir / paths[kind], img)
         text = getattr(model, "has_text", True)
-        res = model.decode(model.generate_report(_chw(target)[None], ["p"], seed)[0]) if text else None
-        rows.append({"id": sid, "task": task, "run": run, "checkpoint": checkpoint,
+        seen = torch.from_numpy(np.asarray(Image.open(task_dir / paths["input"]).convert("RGB"),
+                                           dtype=np.float32) / 255).permute(2, 0, 1)
+        res = model.decode(model.generate_report(seen[None], ["p"], seed)[0]) if text else None
+        rows.append({"id": sid, "task": task, "instruction": instruction_of(task), "run": run,
+                     "checkpoint": checkpoint, "reference_report": reference_of(n),
                      "weights": weights, "seed": seed, "settings": {}, **paths, "seconds": 0.5,
                      "text": text, "report_text": res.text if res else None,
                      "report_ids": res.ids if res else None,
@@ -138,10 +164,19 @@ def build_tree(root: Path, tasks=("sr4", "enhance"), targets: dict[str, np.ndarr
         write_eval(runs / "_baselines" / "bicubic" / "eval" / task, Bicubic(), task, "bicubic",
                    None, None, targets)
     reports.mkdir(parents=True)
-    (reports / "leaderboard.csv").write_text(
-        "mode,task,psnr,ssim,ssim_fov,fid,undecodable_rate\n"
-        "ssim_v3,sr4,27.10,0.912,0.884,41.2,0.0\npixel,sr4,27.45,0.897,0.861,44.0,0.0\n"
-        "mixed,sr4,27.30,0.905,0.872,42.5,0.02\nbicubic,sr4,25.80,0.861,0.820,60.3,\n")
+    # The columns of bench/report.py (name, preset, metrics with 95 % intervals, verdict) plus
+    # report scores beside their majority-class floors.
+    head = ("status,name,kind,run,preset,task,n_images,psnr_fov,psnr_fov_lo,psnr_fov_hi,ssim_fov,"
+            "ssim_fov_lo,ssim_fov_hi,fid_inception,dr_kappa,dr_kappa_floor,findings_f1,"
+            "findings_f1_floor,undecodable_rate,verdict,note\n")
+    body = ["ok,pixel-00000000,run,pixel-00000000,pixel,sr4,3,27.45,27.0,27.9,0.861,0.85,0.87,"
+            "44.0,0.10,0.0,0.41,0.35,0.0,healthy,",
+            "ok,ssim_v3-00000001,run,ssim_v3-00000001,ssim_v3,sr4,3,27.10,26.7,27.5,0.884,0.874,"
+            "0.894,41.2,0.12,0.0,0.44,0.35,0.0,healthy,",
+            "ok,mixed-00000002,run,mixed-00000002,mixed,sr4,3,27.30,26.9,27.7,0.872,0.86,0.88,"
+            "42.5,0.11,0.0,0.40,0.35,0.02,healthy,",
+            "ok,bicubic,baseline,bicubic,,sr4,3,25.80,25.4,26.2,0.820,0.81,0.83,60.3,,,,,,unknown,"]
+    (reports / "leaderboard.csv").write_text(head + "\n".join(body) + "\n")
     (reports / "leaderboard.md").write_text("# Leaderboard\n\nSSIM: scikit-image 0.25, sigma 1.5\n")
     _png(reports / "psnr_ssim.png", np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None],
                                              (48, 1, 3)))

@@ -4,9 +4,11 @@ Conversions (never rejections): grayscale and 16-bit (``I;16``, ``I``) are scale
 (65535 -> 255, i.e. divided by 257) and replicated to RGB; RGBA / LA / palette with transparency
 are composited on black (the fundus surround is black); CMYK goes through Pillow's JPEG-aware
 conversion; an EXIF orientation tag is applied (a phone or camera JPEG stored sideways is turned
-upright). Rejections name the file and the reason: empty file, not an image, truncated data,
-smaller than ``MIN_SIDE`` pixels, more pixels than ``Image.MAX_IMAGE_PIXELS`` (a decompression
-bomb: the header promises a huge image from a small file).
+upright); float TIFFs, which Pillow cannot open, are read with tifffile (values in [0, 1] are
+scaled by 255, larger ones taken as 0-255 or, above 255, as 16-bit). Rejections name the file and
+the reason: empty file, not an image, truncated data, smaller than ``MIN_SIDE`` pixels, more
+pixels than ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb: the header promises a huge image
+from a small file).
 """
 
 from __future__ import annotations
@@ -70,6 +72,28 @@ def upright(img: Image.Image) -> Image.Image:
         return img  # an unreadable EXIF block: the pixels as stored
 
 
+def _tiff_rgb(path: Path) -> np.ndarray:
+    """A TIFF Pillow cannot open (float32/float64 samples, e.g. from scientific tools) -> RGB
+    uint8 (H, W, 3); raises ``DataError`` when tifffile cannot read it either."""
+    import tifffile
+
+    try:
+        a = np.asarray(tifffile.imread(path))
+    except Exception as e:  # tifffile raises many types for foreign data
+        raise DataError(f"{path}: not an image Pillow or tifffile can read ({e})") from e
+    if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (3, 4):
+        a = np.moveaxis(a, 0, -1)                     # planar (C, H, W) storage
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise DataError(f"{path}: TIFF of shape {a.shape}, expected an RGB or grey image")
+    a = np.nan_to_num(a[:, :, :3].astype(np.float64))
+    top = float(a.max()) if a.size else 0.0
+    scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 1.0 / 257.0
+    g = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+    return np.repeat(g, 3, axis=2) if g.shape[2] == 1 else g
+
+
 def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
     """Read ``path`` as RGB uint8 (H, W, 3). ``max_side``: shrink large images on load (JPEG draft
     mode, then ``reduce``) so that the longer side stays >= max_side; exact size is not kept.
@@ -99,6 +123,12 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: refused as a decompression bomb ({e})") from None
     except UnidentifiedImageError as e:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            rgb = _tiff_rgb(path)
+            if min(rgb.shape[:2]) < MIN_SIDE:
+                raise DataError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]} pixels, expected "
+                                f"at least {MIN_SIDE}x{MIN_SIDE}") from e
+            return rgb
         raise DataError(f"{path}: not an image Pillow can read (unknown or corrupt format)") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from e
