@@ -31,6 +31,8 @@ of data other than the embedded test split go to ``eval-<source>-<split>-<sha8>`
 
 from __future__ import annotations
 
+import argparse
+
 import fnmatch
 import hashlib
 import json
@@ -420,14 +422,15 @@ def _error_rows(meta: dict, tasks, status: str) -> list[dict]:
     return [{**meta, "task": t, "status": status} for t in tasks]
 
 
-def evaluate_model(model, meta, cfg, out_dir, data: _Data, tasks, args, feats) -> tuple[list, list]:
+def evaluate_model(model, meta, cfg, out_dir, data: _Data, tasks, args, feats, *,
+                   text: bool | None = None) -> tuple[list, list]:
     from infer.harness import run_harness
 
     out_dir = _claim_outputs(out_dir, cfg, args)
     items = data.items(cfg)
     print(f"[eval] {meta['name']}: inference on {len(items)} test samples -> {out_dir}", flush=True)
     run_harness(model, items, out_dir, tasks=tasks, seed=cfg.sample.seed, batch_size=args.batch_size,
-                text=not args.no_text, progress=not args.no_progress,
+                text=(not args.no_text) if text is None else text, progress=not args.no_progress,
                 meta={k: meta[k] for k in ("run", "checkpoint", "weights")})
     rows, per_image = [], []
     rank, _ = _dist()
@@ -549,21 +552,65 @@ def evaluate_run(run: Path, args, overrides, tasks, data, feats) -> tuple[list, 
         m = {**meta, "checkpoint": ckpt.name, "step": int(ckpt.name.split("_")[1]),
              "name": f"{run.name}@{ckpt.name}/{args.weights}"}
         try:
-            from infer.load import load_run
-
             cfg = load_config(str(ckpt / "config.toml"), overrides=overrides)
-            size = cfg.model.image_size
-            model, _, _ = load_run(run, weights=args.weights, checkpoint=ckpt.name)
-            rr, pi = evaluate_model(model, m, cfg, run / "eval" / f"{ckpt.name}-{args.weights}",
-                                    data, tasks, args, feats)
         except Exception as e:  # noqa: BLE001 - one failing run must not lose the other rows
-            log.exception("run %s failed", m["name"])
-            rr, pi = _error_rows(m, tasks, f"error: {type(e).__name__}: {e}"), []
+            rows += _error_rows(m, tasks, f"error: {type(e).__name__}: {e}")
+            continue
+        size = cfg.model.image_size
+        rr, pi = evaluate_outputs(run, ckpt.name, m, cfg, run / "eval" / f"{ckpt.name}-{args.weights}",
+                                  args, tasks, data, feats)
         if info.get("status") == "aborted":
             rr = [{**r, "status": f"{r['status']} (aborted run, scored on request)"} for r in rr]
         rows += rr
         per_image += pi
     return rows, per_image, size
+
+
+OUTPUTS = ("sample", "mmse")
+"""What each mini-BAGEL checkpoint is scored on (``MiniBagelAdapter``): the Euler sample and the
+MMSE output (x0 prediction from pure noise), the two ends of the perception-distortion trade-off.
+The MMSE rows are a mode of their own (``<preset>/mmse``) so that comparisons keep them apart."""
+
+
+def evaluate_outputs(run: Path, checkpoint: str | None, meta: dict, cfg, out_dir: Path, args, tasks,
+                     data, feats) -> tuple[list, list]:
+    """Rows of one checkpoint for each of ``OUTPUTS``; a failure is an error row, never a lost row.
+    The MMSE output's report is the sample's (same model, same input), so it is not generated twice."""
+    from infer.load import load_run
+
+    rows, per_image = [], []
+    for output in OUTPUTS:
+        suffix = "" if output == "sample" else f"/{output}"
+        m = {**meta, "name": meta["name"] + suffix, "preset": meta["preset"] + suffix}
+        try:
+            model, _, _ = load_run(run, weights=args.weights, checkpoint=checkpoint, output=output)
+            rr, pi = evaluate_model(model, m, cfg, Path(f"{out_dir}{suffix.replace('/', '-')}"), data,
+                                    tasks, args, feats, text=False if output != "sample" else None)
+        except Exception as e:  # noqa: BLE001 - one failing run must not lose the other rows
+            log.exception("run %s failed", m["name"])
+            rr, pi = _error_rows(m, tasks, f"error: {type(e).__name__}: {e}"), []
+        rows += rr
+        per_image += pi
+    return rows, per_image
+
+
+def evaluate_shipped_base(args, overrides, tasks, data, feats) -> tuple[list, list]:
+    """The shipped base model (``weights/base``, what every fine-tune starts from) as a mode:
+    a fine-tune that does not beat it learned nothing from its loss."""
+    from medq.checkpoint import read_state
+    from medq.config import load_config
+
+    base = Path(load_config("base").init.from_)
+    if not (base / "state.json").is_file():
+        print(f"[eval] no shipped base model at {base}; not scored", flush=True)
+        return [], []
+    step = int(read_state(base)["step"])
+    meta = {"name": f"{base}@step_{step:06d}/ema", "kind": "run", "run": str(base),
+            "preset": "pretrain", "config_hash": "", "checkpoint": f"step_{step:06d}", "step": step,
+            "weights": "ema"}
+    cfg = load_config(str(base / "config.toml"), overrides=overrides)
+    return evaluate_outputs(base, None, meta, cfg, Path(args.runs_dir) / "_base" / "eval",
+                            argparse.Namespace(**{**vars(args), "weights": "ema"}), tasks, data, feats)
 
 
 # ---------------------------------------------------------------------------------------------
