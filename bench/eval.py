@@ -594,23 +594,38 @@ def evaluate_outputs(run: Path, checkpoint: str | None, meta: dict, cfg, out_dir
     return rows, per_image
 
 
-def evaluate_shipped_base(args, overrides, tasks, data, feats) -> tuple[list, list]:
-    """The shipped base model (``weights/base``, what every fine-tune starts from) as a mode:
-    a fine-tune that does not beat it learned nothing from its loss."""
+def evaluate_init_sources(runs: list[Path], args, overrides, tasks, data, feats) -> tuple[list, list]:
+    """The checkpoints the evaluated runs were fine-tuned from (their ``init.json``) that are not
+    runs of ``--runs-dir`` themselves, e.g. the shipped base model ``weights/base``: a fine-tune
+    that does not beat its starting point learned nothing from its loss."""
     from medq.checkpoint import read_state
     from medq.config import load_config
 
-    base = Path(load_config("base").init.from_)
-    if not (base / "state.json").is_file():
-        print(f"[eval] no shipped base model at {base}; not scored", flush=True)
-        return [], []
-    step = int(read_state(base)["step"])
-    meta = {"name": f"{base}@step_{step:06d}/ema", "kind": "run", "run": str(base),
-            "preset": "pretrain", "config_hash": "", "checkpoint": f"step_{step:06d}", "step": step,
-            "weights": "ema"}
-    cfg = load_config(str(base / "config.toml"), overrides=overrides)
-    return evaluate_outputs(base, None, meta, cfg, Path(args.runs_dir) / "_base" / "eval",
-                            argparse.Namespace(**{**vars(args), "weights": "ema"}), tasks, data, feats)
+    sources = {}
+    for run in runs:
+        init = run / "init.json"
+        ckpt = json.loads(init.read_text()).get("checkpoint") if init.is_file() else None
+        if ckpt and (Path(ckpt) / "state.json").is_file() \
+                and Path(args.runs_dir).resolve() not in Path(ckpt).resolve().parents:
+            sources.setdefault(str(Path(ckpt).resolve()), Path(ckpt))
+    rows, per_image = [], []
+    for base in sources.values():
+        step = int(read_state(base)["step"])
+        meta = {"name": f"{base}@step_{step:06d}/ema", "kind": "run", "run": str(base),
+                "preset": "pretrain", "config_hash": "", "checkpoint": f"step_{step:06d}",
+                "step": step, "weights": "ema"}
+        out = Path(args.runs_dir) / "_init" / hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:8]
+        try:
+            cfg = load_config(str(base / "config.toml"), overrides=overrides)
+        except Exception as e:  # noqa: BLE001 - one failing source must not lose the other rows
+            rows += _error_rows(meta, tasks, f"error: {type(e).__name__}: {e}")
+            continue
+        rr, pi = evaluate_outputs(base, None, meta, cfg, out / "eval",
+                                  argparse.Namespace(**{**vars(args), "weights": "ema"}), tasks, data,
+                                  feats)
+        rows += rr
+        per_image += pi
+    return rows, per_image
 
 
 # ---------------------------------------------------------------------------------------------
