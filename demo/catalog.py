@@ -141,10 +141,21 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
                if (run_dir / "run.json").exists() else run_dir.stat().st_mtime)
         if preset not in best or key > best[preset][0]:
             best[preset] = (key, run_dir)
+    # The checkpoints the runs started from (bench eval scores them under _init/<hash>/, e.g. the
+    # shipped base model): the base model's mode unless a pretrain run of its own is there.
+    for init_dir in sorted((runs_dir / "_init").glob("*")) if (runs_dir / "_init").is_dir() else []:
+        if "pretrain" not in best and (init_dir / "eval").is_dir():
+            best["pretrain"] = ((False, 0.0), init_dir)
     modes: dict[str, Mode] = {}
     for preset, (_, run_dir) in sorted(best.items()):
         ev = _pick_eval(run_dir)
+        if ev is None and run_dir.parent.name == "_init":
+            ev = run_dir / "eval" if any((run_dir / "eval").glob(f"*/{RECORDS}")) else None
         modes[preset] = Mode(preset, "run", run_dir, ev, read_task_records(ev) if ev else {})
+        mmse = ev.with_name(ev.name + "-mmse") if ev is not None else None
+        if mmse is not None and mmse.is_dir():  # bench eval's MMSE output of the same checkpoint
+            modes[f"{preset}:mmse"] = Mode(f"{preset}:mmse", "run", run_dir, mmse,
+                                           read_task_records(mmse), parent=preset)
     base_root = runs_dir / "_baselines"
     names = sorted({d.name for d in base_root.glob("*") if d.is_dir()} if base_root.is_dir()
                    else set())
