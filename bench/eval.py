@@ -304,10 +304,13 @@ def protocol(rows: list[dict], *, channel: str, backbone: M.FeatureBackbone | No
         **extra,
         "images scored per task": "; ".join(f"{t}: {', '.join(sorted(c))}" for t, c in sorted(counts.items())),
         "per-image metrics": f"torchmetrics {torchmetrics.__version__}: PSNR (data_range 1, per image, "
-                             f"dim=(1,2,3), capped at {M.PSNR_CAP_DB:g} dB), SSIM (Gaussian 11, sigma 1.5, "
-                             f"K 0.01/0.03, reflect padding), MS-SSIM (5 scales, relu-normalised; n/a "
-                             f"under {M.MS_SSIM_MIN_SIDE} px); FOV variants average inside the "
-                             f"field-of-view mask (medq.metrics); channel {channel.upper()}"
+                             f"dim=(1,2,3), capped at {M.PSNR_CAP_DB:g} dB), MS-SSIM (5 scales, "
+                             f"relu-normalised; n/a under {M.MS_SSIM_MIN_SIDE} px); SSIM: medq.losses."
+                             f"ssim (= scikit-image, Gaussian 11, sigma 1.5, K 0.01/0.03, valid "
+                             f"windows), ssim_fov over the windows entirely inside the field of view "
+                             f"(the FOV eroded by half a window, as the SSIM loss); PSNR and MS-SSIM "
+                             f"FOV variants average inside the mask (medq.metrics); channel "
+                             f"{channel.upper()}"
                              + (" (BT.601 Y, 16-235)" if channel == "y" else ""),
         "distribution metrics": "off" if backbone is None else
         f"clean-fid {getattr(cleanfid, '__version__', '0.1.35')} mode clean, features: "

@@ -12,10 +12,16 @@ Settings, all fixed here so every number on the leaderboard means the same thing
 - PSNR: torchmetrics ``peak_signal_noise_ratio(data_range=1.0, dim=(1, 2, 3), reduction="none")``,
   one value per image (averaged afterwards, never pooled over images). Capped at ``PSNR_CAP_DB``
   so that one exact copy does not make a mean infinite. FOV: the MSE over the mask's pixels.
-- SSIM: torchmetrics ``structural_similarity_index_measure`` (Gaussian window 11, sigma 1.5,
-  K1 0.01, K2 0.03, ``data_range=1.0``; torchmetrics reflect-pads, so it differs from
-  scikit-image's valid-window mean by ~1e-3 to 1e-2). FOV: its full map
-  (``return_full_image=True``) averaged over the mask's pixels.
+- SSIM: the project's SSIM (``medq.losses.ssim``: Gaussian window 11, sigma 1.5, K1 0.01,
+  K2 0.03, ``data_range=1.0``, valid windows only), equal to scikit-image's
+  ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)`` to ~1e-7 and the
+  same function the SSIM *loss* trains. Full image: the mean over every window inside the image.
+  FOV (``ssim_fov``, the main metric): the map averaged over the windows that lie entirely inside
+  the field of view, i.e. over the mask eroded by half a window (``eroded_fov``). The rim, where a
+  window straddles the disc edge that every image shares, is not counted: any output with the
+  right disc shape scores there. Undefined (NaN, "n/a" with ``ssim_unsupported_reason``) when the
+  image is smaller than the window or no window fits inside the FOV. (torchmetrics reflect-pads and
+  averages the whole map; at 64 px that is 0.014-0.028 above scikit-image, not ~1e-3.)
 - MS-SSIM: torchmetrics ``multiscale_structural_similarity_index_measure`` (5 scales, default
   betas, ``normalize="relu"`` so fractional powers never NaN). It needs
   ``min(H, W) // 16 > kernel - 1``, i.e. images of at least ``MS_SSIM_MIN_SIDE`` = 176 px. Smaller
@@ -98,9 +104,51 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
     return torch.where(count > 0, value, torch.full_like(value, math.nan))
 
 
+def eroded_fov(mask: torch.Tensor, window: int = SSIM_WINDOW) -> torch.Tensor:
+    """(N, 1, H, W) mask -> (N, 1, H, W) float {0, 1}: the pixels whose whole ``window`` x
+    ``window`` neighbourhood lies inside the mask and inside the image (the centres of the SSIM
+    windows ``ssim_fov`` counts). Equal to ``scipy.ndimage.binary_erosion`` with a square
+    structuring element and ``border_value=0``."""
+    m = (mask > 0.5).float()
+    inside = 1.0 - F.max_pool2d(F.pad(1.0 - m, [window // 2] * 4, value=1.0), window, stride=1)
+    return inside
+
+
+def ssim_unsupported_reason(height: int, width: int, mask: torch.Tensor | None = None) -> str | None:
+    """Why SSIM (with ``mask`` (1, H, W) or (H, W): the FOV variant) is undefined, or None."""
+    if min(height, width) < SSIM_WINDOW:
+        return (f"SSIM n/a: {height}x{width} px is smaller than the {SSIM_WINDOW}-px window")
+    if mask is not None and float(eroded_fov(mask.reshape(1, 1, height, width).float()).sum()) == 0:
+        return (f"SSIM fov n/a: no {SSIM_WINDOW}-px window fits entirely inside the field of view")
+    return None
+
+
 def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """SSIM per image (torchmetrics, window 11, sigma 1.5, data range 1) -> (N,). With a mask
-    (N, 1, H, W): the SSIM map averaged over the masked pixels of every channel; NaN if empty."""
+    """SSIM per image, (N, C, H, W) x2 [+ mask (N, 1, H, W)] -> (N,): ``medq.losses.ssim``
+    (scikit-image's definition, valid windows). With a mask: the map averaged over the windows
+    entirely inside the mask (``eroded_fov``). NaN for images smaller than the window and for a
+    mask no window fits in (never SSIM = 1 as the loss uses for "nothing to compare")."""
+    from medq.losses import ssim as ssim_exact
+
+    _check_pair(pred, target, mask)
+    n, _, h, w = pred.shape
+    if min(h, w) < SSIM_WINDOW:
+        return torch.full((n,), math.nan)
+    kw = dict(window_size=SSIM_WINDOW, sigma=SSIM_SIGMA, k1=SSIM_K1, k2=SSIM_K2, data_range=1.0,
+              reduction="none")
+    with torch.no_grad():
+        value = ssim_exact(pred.float(), target.float(), mask=mask, **kw).float()
+    if mask is None:
+        return value
+    empty = eroded_fov(mask).sum(dim=(1, 2, 3)) == 0
+    return torch.where(empty, torch.full_like(value, math.nan), value)
+
+
+def ssim_torchmetrics(pred: torch.Tensor, target: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The leaderboard's SSIM before the eroded-FOV fix, kept only to measure the change:
+    torchmetrics (reflect padding) -> (N,); with a mask its full map averaged over every mask
+    pixel, rim included. Not a leaderboard column."""
     _check_pair(pred, target, mask)
     kw = dict(gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW, data_range=1.0,
               k1=SSIM_K1, k2=SSIM_K2)
