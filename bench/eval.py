@@ -11,7 +11,8 @@
 Steps: (1) for each of pixel / ssim_v3 / mixed without a finished run in ``runs/``, train it
 (``python -m train --preset NAME`` with the same ``--set`` overrides and the step budget of the
 runs that exist); (2) for every run (latest checkpoint, EMA weights; ``--all-checkpoints`` for all),
-every ``--model``, and the baselines (bicubic and Lanczos for SR, identity for enhance), run the
+every ``--model``, and the baselines (bicubic and Lanczos for SR, identity for enhance, the
+constant image = mean of the training targets on every task as the floor), run the
 inference harness on the test split, or on every image with ``--split all`` (finished outputs are
 reused); (3) score the PNGs (``medq.metrics``): per image PSNR / SSIM /
 MS-SSIM over the full image and inside the field of view, per set FID/KID (or a Frechet distance
@@ -44,10 +45,13 @@ from medq.stats import bootstrap_ci, paired_comparison
 
 log = logging.getLogger("bench.eval")
 STANDARD_PRESETS = ("pixel", "ssim_v3", "mixed")
-BASELINE_NAMES = ("bicubic", "lanczos", "identity")
+BASELINE_NAMES = ("bicubic", "lanczos", "identity", "constant")
 # Each baseline only where it is the honest reference: upsampling for SR, the unchanged input for
 # enhancement (where bicubic/Lanczos of a same-size input would be identity again, three equal rows).
-BASELINE_TASKS = {"bicubic": ("sr2", "sr4"), "lanczos": ("sr2", "sr4"), "identity": ("enhance",)}
+# The constant image (mean of the training targets) is the floor on every task.
+BASELINE_TASKS = {"bicubic": ("sr2", "sr4"), "lanczos": ("sr2", "sr4"), "identity": ("enhance",),
+                  "constant": ("sr2", "sr4", "enhance")}
+FLOOR = "constant"
 REFERENCE = {"sr2": "bicubic", "sr4": "bicubic", "enhance": "identity"}
 TASKS = ("sr2", "sr4", "enhance")
 BOOTSTRAP_SEED = 0
@@ -198,6 +202,29 @@ def aggregate(per_image: list[dict]) -> dict:
     return out
 
 
+def image_verdict(harness_verdict: dict, pairs: list[dict]):
+    """The harness's verdict (``summarize(...)["verdict"]``) judged again with what only the
+    whole set shows: ``input_dependence`` (does each output match its own target better than the
+    others'?) and the SSIM ratio to the reference inside the eroded FOV, from the PNGs of
+    ``pairs`` [{"input", "output", "target", "mask"}]. Returns a ``medq.verdict.Verdict``."""
+    from medq.baselines import bicubic
+    from medq.verdict import finite_median, input_dependence, verdict
+
+    checks = {k: c["value"] for k, c in harness_verdict.get("checks", {}).items()}
+    try:
+        outs = torch.stack([_load(Path(p["output"])) for p in pairs])
+        tgts = torch.stack([_load(Path(p["target"])) for p in pairs])
+        masks = torch.stack([(_load(Path(p["mask"]), mask=True) > 0.5).float() for p in pairs])
+        refs = torch.cat([bicubic(_load(Path(p["input"]))[None], tuple(tgts.shape[-2:])) for p in pairs])
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        log.warning("input-dependence check skipped (%s)", e)
+        return verdict(**checks)
+    ratios = (M.ssim(outs, tgts, masks) / M.ssim(refs, tgts, masks)).tolist()
+    checks["ssim_ratio"] = finite_median(ratios)
+    checks["input_dependence"] = input_dependence(outs, tgts, masks)
+    return verdict(**checks)
+
+
 def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *,
                    channel: str, features: FeatureCache | None) -> tuple[dict, list[dict]]:
     """One leaderboard row (+ per-image rows) from ``<eval>/<task>/records.jsonl`` and its PNGs.
@@ -213,7 +240,7 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
                             for k in KINDS):
             missing.append(i)
             continue
-        pairs.append({"id": i, **{k: Path(task_dir) / r[k] for k in ("output", "target", "mask")},
+        pairs.append({"id": i, **{k: Path(task_dir) / r[k] for k in ("input", "output", "target", "mask")},
                       "undecodable": r.get("undecodable"), "seconds": r.get("seconds")})
     per_image, problems, dist = score_pairs(pairs, channel=channel, features=features)
     row = {**meta, **aggregate(per_image), **dist, "n_images": len(per_image)}
@@ -225,7 +252,8 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
             from infer.harness import summarize
 
             s = summarize(used)
-            row["verdict"] = s["verdict"]["status"]
+            v = image_verdict(s["verdict"], pairs)
+            row["verdict"], row["input_dependence"] = v.status, v.checks["input_dependence"]["value"]
             if s.get("text"):
                 row["undecodable_rate"] = s["text"].get("undecodable_rate")
                 row["report_accuracy"] = s["text"].get("quality_accuracy")
@@ -241,6 +269,8 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
         notes += [f"{p['id']}: {p['error']}" for p in problems[:3]]
     else:
         row["status"] = "ok"
+    if row.get("verdict") == "collapsed":
+        notes.append("collapsed: " + "; ".join(v.reasons))
     if per_image and math.isnan(row["ms_ssim"]):
         probe = _load(pairs[0]["target"])
         notes.append(M.ms_ssim_unsupported_reason(*probe.shape[-2:]) or "MS-SSIM n/a")
@@ -257,7 +287,7 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
 def comparisons(rows: list[dict], per_image: list[dict], metrics=("ssim_fov", "psnr_fov")) -> list[dict]:
     """ssim_v3 - pixel, mixed - pixel, ssim_v3 / pixel - base (the no-image-loss control, when
     present), and every scored run - the task's reference baseline
-    (``REFERENCE``: bicubic for SR, identity for enhance), per task, on the latest checkpoint of
+    (``REFERENCE``: bicubic for SR, identity for enhance) and - the constant floor, per task, on the latest checkpoint of
     each run (the row with the highest step)."""
     values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for r in per_image:
@@ -280,10 +310,11 @@ def comparisons(rows: list[dict], per_image: list[dict], metrics=("ssim_fov", "p
         pairs = [(latest[a], latest[b]) for a, b in (("ssim_v3", "pixel"), ("mixed", "pixel"),
                                                       ("ssim_v3", "base"), ("pixel", "base"))
                  if a in latest and b in latest]
-        bic = [r for r in rows if str(r["task"]) == task and str(r.get("name")) == REFERENCE.get(task, "bicubic")
-               and (str(r["name"]), task) in values]
-        if bic:
-            pairs += [(r, bic[0]) for _, r in sorted(latest.items())]
+        for ref in (REFERENCE.get(task, "bicubic"), FLOOR):
+            bic = [r for r in rows if str(r["task"]) == task and str(r.get("name")) == ref
+                   and (str(r["name"]), task) in values]
+            if bic:
+                pairs += [(r, bic[0]) for _, r in sorted(latest.items())]
         for a, b in pairs:
             for m in metrics:
                 c = paired_comparison(values[(str(a["name"]), task)][m], values[(str(b["name"]), task)][m],
@@ -489,7 +520,8 @@ def run_eval(args) -> dict:
             meta = {"name": name, "kind": "baseline", "run": name, "preset": "", "config_hash": "",
                     "checkpoint": None, "step": None, "weights": None}
             try:
-                rr, pi = evaluate_model(load_baseline(name), meta, cfg,
+                model = _constant_baseline(cfg, args) if name == FLOOR else load_baseline(name)
+                rr, pi = evaluate_model(model, meta, cfg,
                                         args.runs_dir / "_baselines" / name / "eval", data, btasks, args, feats)
             except Exception as e:  # noqa: BLE001 - one failing model must not lose the other rows
                 log.exception("baseline %s failed", name)
@@ -508,6 +540,19 @@ def run_eval(args) -> dict:
                                                          extra=extra),
             comparisons=comparisons(rows, per_image), run_dirs=runs, plots=not args.no_plots)
     return result
+
+
+def _constant_baseline(cfg, args):
+    """The floor: the mean of the training targets of the data the runs train on; with --split
+    all (held-out images of a real source, whose "train" split is not what anyone trained on) the
+    embedded data's, which is what the standard modes train on."""
+    from dataclasses import replace
+
+    from medq.baselines import Constant
+    from medq.config import DataConfig
+
+    data_cfg = cfg.data if args.split == "test" else replace(DataConfig(), cache_dir=cfg.data.cache_dir)
+    return Constant(data_cfg=data_cfg)
 
 
 def evaluate_run(run: Path, args, overrides, tasks, data, feats) -> tuple[list, list, int | None]:

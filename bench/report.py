@@ -22,7 +22,8 @@ from medq.metrics import IMAGE_METRICS
 ID_COLUMNS = ["status", "name", "kind", "run", "preset", "config_hash", "checkpoint", "step",
               "weights", "task", "n_images"]
 METRIC_COLUMNS = [c for m in IMAGE_METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
-TAIL_COLUMNS = ["fd_n", "undecodable_rate", "report_accuracy", "verdict", "seconds_per_image", "note"]
+TAIL_COLUMNS = ["fd_n", "undecodable_rate", "report_accuracy", "input_dependence", "verdict",
+                "seconds_per_image", "note"]
 PER_IMAGE_COLUMNS = ["name", "task", "id", *IMAGE_METRICS, "undecodable", "seconds"]
 TIMING_COLUMNS = ("seconds_per_image", "seconds")
 MAIN_METRIC = "ssim_fov"

@@ -124,18 +124,24 @@ def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, caps
     from bench.__main__ import main
 
     argv = ["eval", "--skip-train", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "reports"),
-            "--model", "test_infer_fakes:TextBicubic", "--tasks", "sr4,enhance", "--test-images", "3",
-            "--set", "data.num_images=30", "--set", "model.image_size=32",
+            "--model", "test_infer_fakes:TextBicubic", "--tasks", "sr4,enhance", "--test-images", "6",
+            "--set", "data.num_images=60", "--set", "model.image_size=32",
             "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
             "--backbone", "randresnet18", "--no-progress", "--no-plots"]
     assert main(argv) == 0
     with open(tmp_path / "reports" / "leaderboard.csv") as f:
         rows = {(r["name"], r["task"]): r for r in csv.DictReader(f)}
     # each baseline only where it is the reference: upsampling for SR, the input for enhance
-    assert {k for k in rows if k[0] in ("bicubic", "lanczos", "identity")} == {
-        ("bicubic", "sr4"), ("lanczos", "sr4"), ("identity", "enhance")}
+    assert {k for k in rows if k[0] in ("bicubic", "lanczos", "identity", "constant")} == {
+        ("bicubic", "sr4"), ("lanczos", "sr4"), ("identity", "enhance"), ("constant", "sr4"),
+        ("constant", "enhance")}
+    # the floor ignores its input, and the verdict says so; bicubic reads it
+    assert rows[("constant", "sr4")]["verdict"] == "collapsed", rows[("constant", "sr4")]["input_dependence"]
+    assert "ignores its input" in rows[("constant", "sr4")]["note"]
+    assert rows[("bicubic", "sr4")]["verdict"] == "healthy"
+    assert float(rows[("bicubic", "sr4")]["input_dependence"]) > 0.02
     mine, ref = rows[("text-bicubic", "sr4")], rows[("bicubic", "sr4")]
-    assert mine["kind"] == "model" and mine["status"] == "ok" and int(mine["n_images"]) == 3
+    assert mine["kind"] == "model" and mine["status"] == "ok" and int(mine["n_images"]) == 6
     for metric in ("psnr", "psnr_fov", "ssim", "ssim_fov"):
         assert float(mine[metric]) == pytest.approx(float(ref[metric]), abs=1e-9), metric
     assert float(mine["undecodable_rate"]) == 0 and ref["undecodable_rate"] in ("", "n/a")
