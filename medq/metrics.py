@@ -67,7 +67,10 @@ MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 # torchmetrics refuses MS-SSIM unless side // 16 > window - 1 (5 scales), i.e. side >= 176.
 MS_SSIM_MIN_SIDE = 16 * SSIM_WINDOW
 IMAGE_METRICS = ("psnr", "ssim", "ms_ssim", "psnr_fov", "ssim_fov", "ms_ssim_fov")
-HIGHER_IS_BETTER = {name: True for name in IMAGE_METRICS}
+# Scored by the leaderboard beside IMAGE_METRICS: LR consistency (SR only) and vessel Dice.
+FIDELITY_METRICS = ("lr_psnr", "vessel_dice")
+SCORED_METRICS = IMAGE_METRICS + FIDELITY_METRICS
+HIGHER_IS_BETTER = {name: True for name in SCORED_METRICS}
 INCEPTION_ENV = "MEDQ_INCEPTION"
 INCEPTION_FILE = "inception-2015-12-05.pt"
 
@@ -160,6 +163,25 @@ def ssim_torchmetrics(pred: torch.Tensor, target: torch.Tensor,
     count = m.sum(dim=(1, 2, 3))
     value = (smap * m).sum(dim=(1, 2, 3)) / count.clamp(min=1)
     return torch.where(count > 0, value, torch.full_like(value, math.nan))
+
+
+def lr_consistency_psnr(output: torch.Tensor, lr_input: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """LR consistency of super-resolved outputs: PSNR (dB) between ``output`` (N, 3, H, W)
+    downscaled with the task's own operator (``medq.data.bicubic_resize``, the kernel that made
+    the inputs) and the low-resolution ``lr_input`` (N, 3, h, w) -> (N,). ``mask`` (N, 1, H, W):
+    inside the FOV (area-downscaled, kept >= 0.5). A hallucinating model fails it even when it
+    looks sharp; the NTIRE perceptual SR challenges require >= 45 dB. NaN when h, w are not
+    smaller than H, W (no downscaling operator: enhance)."""
+    from medq.data.tasks import bicubic_resize
+
+    n, _, H, W = output.shape
+    h, w = lr_input.shape[-2:]
+    if h >= H and w >= W:
+        return torch.full((n,), math.nan, dtype=torch.float64)
+    down = bicubic_resize(output.float().clamp(0, 1), (h, w))
+    lr_mask = None if mask is None else (F.interpolate(mask.float(), size=(h, w), mode="area") >= 0.5).float()
+    return psnr(down, lr_input.float(), lr_mask).double()
 
 
 def ms_ssim_supported(height: int, width: int) -> bool:
@@ -395,7 +417,8 @@ def image_features(paths: Sequence[str | Path], backbone: FeatureBackbone,
 
 def frechet_distance(feats1: np.ndarray, feats2: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to (N1, D) and (N2, D) features (clean-fid's
-    ``frechet_distance``); NaN when either set has fewer than 2 samples or sqrtm fails."""
+    ``frechet_distance``), clamped at 0 (a distance; sqrtm's round-off made a set against itself
+    come out slightly negative); NaN when either set has fewer than 2 samples or sqrtm fails."""
     from cleanfid import fid
 
     if len(feats1) < 2 or len(feats2) < 2:
@@ -413,7 +436,43 @@ def frechet_distance(feats1: np.ndarray, feats2: np.ndarray) -> float:
         return math.nan
     if buf.getvalue().strip():
         log.info("clean-fid: %s", buf.getvalue().strip())
-    return value
+    return max(0.0, value)
+
+
+def _poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def kid_interval(feats1: np.ndarray, feats2: np.ndarray, *, seed: int = 0, n_boot: int = 1000,
+                 level: float = 0.95) -> tuple[float, float, float]:
+    """KID on the whole sets with a bootstrap interval -> (value, low, high); NaNs with fewer
+    than 2 samples per side.
+
+    value: the unbiased MMD^2 with clean-fid's cubic kernel k(a, b) = (a.b / D + 1)^3 over all
+    pairs (= clean-fid's ``kernel_distance`` whenever N <= its 1000-image subset size, where its
+    100 "subsets" are all the whole set and carry no spread). Interval: percentile bootstrap over
+    images, resampling the index of each set with replacement (seeded) and leaving pairs of the
+    same original image out of the within-set terms, so duplicates do not bias the estimator."""
+    n1, n2 = len(feats1), len(feats2)
+    if n1 < 2 or n2 < 2:
+        return math.nan, math.nan, math.nan
+    x, y = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
+    kxx, kyy, kxy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
+
+    def mmd(ix: np.ndarray, iy: np.ndarray) -> float:
+        ox, oy = ix[:, None] != ix[None, :], iy[:, None] != iy[None, :]
+        if not ox.any() or not oy.any():
+            return math.nan
+        return float(kxx[np.ix_(ix, ix)][ox].mean() + kyy[np.ix_(iy, iy)][oy].mean()
+                     - 2 * kxy[np.ix_(ix, iy)].mean())
+
+    value = mmd(np.arange(n1), np.arange(n2))
+    rng = np.random.default_rng(seed)
+    boots = [mmd(rng.integers(0, n1, n1), rng.integers(0, n2, n2)) for _ in range(n_boot)]
+    boots = np.asarray([b for b in boots if not math.isnan(b)])
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha]) if len(boots) else (math.nan, math.nan)
+    return value, float(lo), float(hi)
 
 
 def kid(feats1: np.ndarray, feats2: np.ndarray, *, seed: int = 0, num_subsets: int = 100,

@@ -126,3 +126,61 @@ def test_backbone_names_never_fid_without_inception(monkeypatch, tmp_path):
     monkeypatch.setenv(M.INCEPTION_ENV, str(tmp_path / "nope.pt"))
     with pytest.raises(FileNotFoundError, match="MEDQ_INCEPTION"):
         M.feature_extractor()
+
+
+def test_frechet_clamped_and_kid_interval():
+    rng = np.random.default_rng(1)
+    a, c = rng.normal(size=(39, 16)), rng.normal(loc=0.5, size=(39, 16))
+    assert M.frechet_distance(a, a) == 0.0  # sqrtm round-off made it slightly negative
+    value, lo, hi = M.kid_interval(a, c, seed=0, n_boot=300)
+    assert value == pytest.approx(M.kid(a, c, seed=0), rel=1e-9)  # clean-fid's, whole set
+    assert lo < value < hi and hi - lo > 0  # a real spread, unlike 100 identical "subsets"
+    assert M.kid_interval(a, c, seed=0, n_boot=300) == (value, lo, hi)  # seeded
+    assert all(math.isnan(v) for v in M.kid_interval(a[:1], c))
+
+
+def _degraded_series(images: torch.Tensor, kind: str) -> list[torch.Tensor]:
+    from medq.data.tasks import _gauss_blur
+
+    g = torch.Generator().manual_seed(0)
+    if kind == "blur":
+        return [torch.stack([_gauss_blur(im, s) for im in images]) for s in (0.8, 1.6, 3.2)]
+    return [(images + s * torch.randn(images.shape, generator=g)).clamp(0, 1) for s in (0.03, 0.1, 0.3)]
+
+
+def _assert_distance_grows(images: torch.Tensor):
+    """The stand-in backbone's Frechet distance and KID to the clean set grow with blur sigma and
+    noise level: what "useful to rank modes" claims."""
+    bb = M.feature_extractor("randresnet18")
+
+    def feats(x):
+        x299 = torch.nn.functional.interpolate(x, size=(299, 299), mode="bicubic", align_corners=False)
+        return bb((x299.clamp(0, 1) * 255)).double().numpy()
+
+    clean = feats(images)
+    for kind in ("blur", "noise"):
+        fds = [M.frechet_distance(feats(x), clean) for x in _degraded_series(images, kind)]
+        kids = [M.kid_interval(feats(x), clean, n_boot=1)[0] for x in _degraded_series(images, kind)]
+        assert fds == sorted(fds) and fds[0] < fds[-1], (kind, fds)
+        assert kids == sorted(kids), (kind, kids)
+
+
+@pytest.mark.slow
+def test_random_backbone_distance_grows_with_degradation_synthetic(tmp_path):
+    from medq.config import DataConfig
+    from medq.data import build_dataset
+
+    ds = build_dataset(DataConfig(num_images=16, cache_dir=str(tmp_path)), 64, "all", tasks=["sr4"])
+    _assert_distance_grows(torch.stack([ds[i]["target"] for i in range(16)]))
+
+
+@pytest.mark.slow
+def test_random_backbone_distance_grows_with_degradation_real(fundus_samples):
+    from PIL import Image
+
+    paths = sorted((fundus_samples / "drive-train" / "images").glob("*"))[:16]
+    if len(paths) < 10:
+        pytest.skip("DRIVE training images not present")
+    imgs = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((128, 128), Image.BICUBIC)).copy())
+            for p in paths]
+    _assert_distance_grows(torch.stack(imgs).permute(0, 3, 1, 2).float() / 255)
