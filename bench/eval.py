@@ -64,7 +64,8 @@ def _seed_count(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected a whole number >= 1") from None
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r}: expected a whole number >= 1") from None
     if not 1 <= n <= 20:
         raise argparse.ArgumentTypeError(f"--seeds {n}: expected 1 to 20 training seeds")
     return n
@@ -256,7 +257,8 @@ def image_verdict(harness_verdict: dict, pairs: list[dict]):
         outs = torch.stack([_load(Path(p["output"])) for p in pairs])
         tgts = torch.stack([_load(Path(p["target"])) for p in pairs])
         masks = torch.stack([(_load(Path(p["mask"]), mask=True) > 0.5).float() for p in pairs])
-        refs = torch.cat([bicubic(_load(Path(p["input"]))[None], tuple(tgts.shape[-2:])) for p in pairs])
+        size = tuple(tgts.shape[-2:])
+        refs = torch.cat([bicubic(_load(Path(p["input"]))[None], size) for p in pairs])
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         log.warning("input-dependence check skipped (%s)", e)
         return verdict(**checks)
@@ -317,7 +319,8 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
 
             s = summarize(used)
             v = image_verdict(s["verdict"], pairs)
-            row["verdict"], row["input_dependence"] = v.status, v.checks["input_dependence"]["value"]
+            row["verdict"] = v.status
+            row["input_dependence"] = v.checks["input_dependence"]["value"]
             if s.get("text"):
                 row["undecodable_rate"] = s["text"].get("undecodable_rate")
                 row["report_accuracy"] = s["text"].get("quality_accuracy")
@@ -353,7 +356,8 @@ def comparisons(rows: list[dict], per_image: list[dict],
                 metrics=("ssim_fov", "psnr_fov", "vessel_dice")) -> list[dict]:
     """ssim_v3 - pixel, mixed - pixel, ssim_v3 / pixel - base (the no-image-loss control, when
     present), and every scored run - the task's reference baseline
-    (``REFERENCE``: bicubic for SR, identity for enhance) and - the constant floor, per task, on the latest checkpoint of
+    (``REFERENCE``: bicubic for SR, identity for enhance) and - the constant floor, per task,
+    on the latest checkpoint of
     each run (the row with the highest step)."""
     values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for r in per_image:
@@ -418,7 +422,8 @@ def seed_summary(rows: list[dict], metrics=SEED_METRICS) -> tuple[list[dict], li
         if len(by_seed) < 2:
             continue
         row = {"status": "ok", "name": f"{preset} (mean of {len(by_seed)} seeds)", "kind": "seeds",
-               "run": ", ".join(str(r["name"]) for _, r in sorted(by_seed.items())), "preset": preset,
+               "run": ", ".join(str(r["name"]) for _, r in sorted(by_seed.items())),
+               "preset": preset,
                "task": task, "n_seeds": len(by_seed),
                "step": report._num(next(iter(by_seed.values())).get("step")),
                "n_images": report._num(next(iter(by_seed.values())).get("n_images"))}
@@ -464,10 +469,11 @@ def protocol(rows: list[dict], *, channel: str, backbone: M.FeatureBackbone | No
         "images scored per task": "; ".join(f"{t}: {', '.join(sorted(c))}" for t, c in sorted(counts.items())),
         "per-image metrics": f"torchmetrics {torchmetrics.__version__}: PSNR (data_range 1, per image, "
                              f"dim=(1,2,3), capped at {M.PSNR_CAP_DB:g} dB), MS-SSIM (5 scales, "
-                             f"relu-normalised; n/a under {M.MS_SSIM_MIN_SIDE} px); SSIM: medq.losses."
-                             f"ssim (= scikit-image, Gaussian 11, sigma 1.5, K 0.01/0.03, valid "
-                             f"windows), ssim_fov over the windows entirely inside the field of view "
-                             f"(the FOV eroded by half a window, as the SSIM loss); PSNR and MS-SSIM "
+                             f"relu-normalised; n/a under {M.MS_SSIM_MIN_SIDE} px); SSIM: "
+                             f"medq.losses.ssim (= scikit-image, Gaussian 11, sigma 1.5, K "
+                             f"0.01/0.03, valid windows), ssim_fov over the windows entirely "
+                             f"inside the field of view (the FOV eroded by half a window, as the "
+                             f"SSIM loss); PSNR and MS-SSIM "
                              f"FOV variants average inside the mask (medq.metrics); channel "
                              f"{channel.upper()}"
                              + (" (BT.601 Y, 16-235)" if channel == "y" else ""),
@@ -539,7 +545,8 @@ def train_missing(args, runs: list[Path]) -> list[dict]:
     for preset, seed in todo:
         what = preset if seed is None else f"{preset} seed {seed}"
         if args.skip_train:
-            print(f"[eval] no finished {what} run in {args.runs_dir}; --skip-train: not training it")
+            print(f"[eval] no finished {what} run in {args.runs_dir}; --skip-train: "
+                  f"not training it")
             continue
         cmd = [sys.executable, "-m", "train", "--preset", preset]
         for o in args.overrides:
@@ -714,7 +721,8 @@ def run_eval(args) -> dict:
         extra["training seeds"] = (f"--seeds {n_seeds}: " + ("one training seed per mode: "
                                    "intervals are over images and say nothing about seed-to-seed "
                                    "variance" if n_seeds == 1 else "per-seed rows, the mean over "
-                                   "seeds with its standard deviation, comparisons on per-seed means"))
+                                   "seeds with its standard deviation, comparisons on "
+                                   "per-seed means"))
         result["files"] = report.write_reports(
             rows + srows, per_image, args.out,
             protocol=protocol(rows, channel=args.channel, backbone=backbone, extra=extra),
@@ -732,7 +740,8 @@ def _constant_baseline(cfg, args):
     from medq.baselines import Constant
     from medq.config import DataConfig
 
-    data_cfg = cfg.data if args.split == "test" else replace(DataConfig(), cache_dir=cfg.data.cache_dir)
+    data_cfg = (cfg.data if args.split == "test"
+                else replace(DataConfig(), cache_dir=cfg.data.cache_dir))
     return Constant(data_cfg=data_cfg)
 
 

@@ -131,13 +131,15 @@ def _report_table(sub: list[dict]) -> list[str]:
     """What each mode's reports say, scored against the truth, beside the majority-class floor."""
     from medq.text_metrics import REPORT_SCORE_COLUMNS
 
-    with_text = [r for r in sub if any(not math.isnan(_num(r.get(c))) for c in REPORT_SCORE_COLUMNS)]
+    with_text = [r for r in sub
+                 if any(not math.isnan(_num(r.get(c))) for c in REPORT_SCORE_COLUMNS)]
     if not with_text:
         return []
     names = [c for c in REPORT_SCORE_COLUMNS if c.startswith("findings_f1_")
              and not c.endswith("_floor") and c != "findings_f1_macro"]
     head = ["name", "DR kappa (floor)", "DR grade read", "quality acc. (floor)",
-            "findings F1 macro (floor)", *[c[len("findings_f1_"):].replace("_", " ") for c in names]]
+            "findings F1 macro (floor)",
+            *[c[len("findings_f1_"):].replace("_", " ") for c in names]]
     out = ["", "Reports scored for what they say (greedy report of each test image against its "
            "ground truth; in brackets the majority-class floor: one answer for every image):", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -156,10 +158,12 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
     the reports' scores, the paired comparisons (Holm-adjusted), the comparisons across training
     seeds, the protocol, and the FID caveat."""
     cols = leaderboard_columns(rows)
-    fd_cols = [c for c in cols if c.startswith(("fid_", "fd_", "kid_")) and not c.endswith(("_lo", "_hi"))]
+    fd_cols = [c for c in cols
+               if c.startswith(("fid_", "fd_", "kid_")) and not c.endswith(("_lo", "_hi"))]
     out = ["# Leaderboard", "",
-           f"Sorted by **{MAIN_METRIC}**: SSIM averaged over the windows that lie entirely inside the "
-           "field of view (the SSIM loss's definition; the shared disc rim is not counted). "
+           f"Sorted by **{MAIN_METRIC}**: SSIM averaged over the windows that lie entirely "
+           "inside the field of view (the SSIM loss's definition; the shared disc rim is not "
+           "counted). "
            "Brackets: 95 % bootstrap interval of the mean over images; `+- (seeds)`: standard "
            "deviation over training seeds. `constant` is the floor: the mean training target, "
            "returned for every input. LR-PSNR: the output downscaled with the task's operator "
@@ -175,7 +179,8 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
                 "input dep.", "verdict", "s/img"]
         out += [f"## {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in sub:
-            seed = fmt(r.get("seed")) or (f"{fmt(r.get('n_seeds'))} seeds" if r.get("n_seeds") else "-")
+            seed = fmt(r.get("seed")) or (f"{fmt(r.get('n_seeds'))} seeds"
+                                          if r.get("n_seeds") else "-")
             cells = [str(r.get("name", "")), str(r.get("status", "")), seed,
                      fmt(r.get("step")) or "-", fmt(r.get("n_images")),
                      _seed_cell(r, "ssim_fov", 4), _seed_cell(r, "psnr_fov", 2),
@@ -185,7 +190,8 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
                 v, lo, hi = _num(r.get(c)), _num(r.get(f"{c}_lo")), _num(r.get(f"{c}_hi"))
                 cells.append("n/a" if math.isnan(v) else f"{v:.4g}" + (
                     "" if math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]"))
-            cells += [_fmt(r.get("undecodable_rate"), ".3f"), _fmt(r.get("input_dependence"), "+.3f"),
+            cells += [_fmt(r.get("undecodable_rate"), ".3f"),
+                      _fmt(r.get("input_dependence"), "+.3f"),
                       str(r.get("verdict") or "n/a"), _fmt(r.get("seconds_per_image"), ".3g")]
             out.append("| " + " | ".join(cells) + " |")
         notes = sorted({f"{r['name']}: {r['note']}" for r in sub if r.get("note")})
@@ -195,20 +201,22 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
         out.append("")
     out += ["## Paired comparisons", "",
             "Per-image differences a - b on the images both scored; mean, 95 % bootstrap interval "
-            "(seeded), two-sided Wilcoxon signed-rank p-value on the non-zero differences (n != 0), "
+            "(seeded), two-sided Wilcoxon signed-rank p-value on the non-zero differences "
+            "(n != 0), "
             "the same p Holm-adjusted over every test on this page, images where a is better / "
             "worse / equal. With one training seed per mode these say how consistently one "
             "trained model beats another on these images, not that the difference survives "
             "another seed: see the next section.", ""]
     if comparisons:
-        out += ["| task | a - b | metric | n | n != 0 | mean diff | 95 % CI | p (Wilcoxon) | p (Holm) "
-                "| a>b / a<b / = | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += ["| task | a - b | metric | n | n != 0 | mean diff | 95 % CI | p (Wilcoxon) "
+                "| p (Holm) | a>b / a<b / = | note |", "|" + "---|" * 11]
         for c in comparisons:
             p = _fmt(c.get("p_value"), ".3g")
             ci = "n/a" if math.isnan(c["ci_low"]) else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]"
             md = "n/a" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.4g}"
             out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n']} "
-                       f"| {c.get('n_nonzero', '')} | {md} | {ci} | {p} | {_fmt(c.get('p_holm'), '.3g')} "
+                       f"| {c.get('n_nonzero', '')} | {md} | {ci} | {p} "
+                       f"| {_fmt(c.get('p_holm'), '.3g')} "
                        f"| {c['wins']} / {c['losses']} / {c['ties']} | {c.get('note', '')} |")
     else:
         out.append("No pair of modes was scored on common images.")
@@ -223,7 +231,8 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
             ci = ("n/a" if math.isnan(_num(c.get("ci_low")))
                   else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]")
             out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n_seeds']} "
-                       f"| {_fmt(c.get('mean_diff'), '+.4g')} | {_fmt(c.get('sd_diff'), '.3g')} | {ci} "
+                       f"| {_fmt(c.get('mean_diff'), '+.4g')} | {_fmt(c.get('sd_diff'), '.3g')} "
+                       f"| {ci} "
                        f"| {c.get('note', '')} |")
     else:
         out.append("One training seed per mode (`make eval SEEDS=3` / `--seeds 3` trains and "
@@ -241,7 +250,8 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
 def write_markdown(rows: list[dict], comparisons: list[dict], protocol: dict, out_dir: Path,
                    seed_comparisons: Sequence[dict] = ()) -> Path:
     path = Path(out_dir) / "leaderboard.md"
-    _atomic_write(path, markdown(sorted(rows, key=row_key), comparisons, protocol, seed_comparisons))
+    text = markdown(sorted(rows, key=row_key), comparisons, protocol, seed_comparisons)
+    _atomic_write(path, text)
     return path
 
 
@@ -312,7 +322,8 @@ def plot_perception_distortion(rows: list[dict], out_dir: Path) -> list[Path]:
             xerr = None if math.isnan(lo) else [[max(0.0, x - lo)], [max(0.0, hi - x)]]
             ax.errorbar([x], [y], xerr=xerr, fmt="s" if base else "o", capsize=3,
                         color="tab:gray" if base else None)
-            ax.annotate(str(r.get("name")), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(str(r.get("name")), (x, y), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
         ax.set_xlabel(f"{kid_col} (perception: lower is better)")
         ax.set_ylabel("PSNR fov, dB (distortion: higher is better)")
         ax.set_title(f"{task}: perception-distortion plane")

@@ -160,11 +160,13 @@ def format_report_scores(s: dict) -> str:
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    lines = [f"reports scored against the truth: n={s['n']} (without a truth: {s['without_truth']})",
+    lines = [f"reports scored against the truth: n={s['n']} "
+             f"(without a truth: {s['without_truth']})",
              f"  DR grade kappa (quadratic) {f(s['dr_kappa'])}  floor {f(s['dr_kappa_floor'])}  "
              f"grade read in {f(s['dr_parsed'])}",
              f"  quality accuracy {f(s['quality_accuracy'])}  floor {f(s['quality_floor'])}",
-             f"  findings F1 macro {f(s['findings_f1_macro'])}  floor {f(s['findings_f1_macro_floor'])}"]
+             f"  findings F1 macro {f(s['findings_f1_macro'])}  "
+             f"floor {f(s['findings_f1_macro_floor'])}"]
     return "\n".join(lines + [f"  ({r})" for r in s["reasons"]])
 
 

@@ -117,7 +117,8 @@ def eroded_fov(mask: torch.Tensor, window: int = SSIM_WINDOW) -> torch.Tensor:
     return inside
 
 
-def ssim_unsupported_reason(height: int, width: int, mask: torch.Tensor | None = None) -> str | None:
+def ssim_unsupported_reason(height: int, width: int,
+                            mask: torch.Tensor | None = None) -> str | None:
     """Why SSIM (with ``mask`` (1, H, W) or (H, W): the FOV variant) is undefined, or None."""
     if min(height, width) < SSIM_WINDOW:
         return (f"SSIM n/a: {height}x{width} px is smaller than the {SSIM_WINDOW}-px window")
@@ -180,7 +181,9 @@ def lr_consistency_psnr(output: torch.Tensor, lr_input: torch.Tensor,
     if h >= H and w >= W:
         return torch.full((n,), math.nan, dtype=torch.float64)
     down = bicubic_resize(output.float().clamp(0, 1), (h, w))
-    lr_mask = None if mask is None else (F.interpolate(mask.float(), size=(h, w), mode="area") >= 0.5).float()
+    lr_mask = None
+    if mask is not None:
+        lr_mask = (F.interpolate(mask.float(), size=(h, w), mode="area") >= 0.5).float()
     return psnr(down, lr_input.float(), lr_mask).double()
 
 

@@ -1,8 +1,8 @@
 """What a generated report says, scored against the ground truth: DR grade, findings, quality.
 
-    parsed = parse_report_fields("quality: good. findings: a few ... diabetic retinopathy grade 2 (moderate).")
+    parsed = parse_report_fields("quality: good. ... diabetic retinopathy grade 2 (moderate).")
     parsed.dr_grade, parsed.findings, parsed.quality              # 2, {...} or None, 0
-    scores = score_reports(predicted_texts, true_texts)           # {"dr_kappa": ..., "dr_kappa_floor": ...}
+    scores = score_reports(predicted_texts, true_texts)   # {"dr_kappa": .., "dr_kappa_floor": ..}
     quadratic_weighted_kappa([0, 1, 2], [0, 2, 2], n_classes=5)
 
 Each score sits beside its majority-class floor: what a model scores that writes the most common
@@ -111,7 +111,8 @@ def score_reports(predicted: Sequence, truth: Sequence) -> dict:
     out["dr_parsed"] = len(graded) / len(pairs) if pairs else None
     out["dr_kappa"] = quadratic_weighted_kappa(*zip(*graded)) if graded else None
     majority = _majority([t for t, _ in pairs])
-    out["dr_kappa_floor"] = (quadratic_weighted_kappa([t for t, _ in pairs], [majority] * len(pairs))
+    truths = [t for t, _ in pairs]
+    out["dr_kappa_floor"] = (quadratic_weighted_kappa(truths, [majority] * len(pairs))
                              if pairs else None)
     if not pairs:
         out["reasons"].append("DR kappa n/a: no ground-truth grade")

@@ -1,6 +1,6 @@
 """Vessel fidelity: vessel maps of output and target inside the field of view, compared by Dice.
 
-    vmap = vessel_map(image, mask)                 # (H, W) bool: Sato vesselness, top 12 % of the FOV
+    vmap = vessel_map(image, mask)           # (H, W) bool: Sato vesselness, top 12 % of the FOV
     dice = vessel_dice(output, target, mask)       # (N,) Dice of the two maps; NaN when undefined
 
 The extractor is classical and has no training: scikit-image's Sato tubeness filter
@@ -14,8 +14,8 @@ than an absolute threshold, so the map follows where the vessels are, not the im
 Validated on the 20 DRIVE training images against their manual annotations (``1st_manual``):
 mean Dice 0.686 (min 0.588) at the native 565 x 584 px, within the 0.6-0.75 of classical
 filters; at the CPU model's 64 px working size, against the annotation downscaled the same way,
-0.52 (min 0.36: capillaries are sub-pixel there). ``tests/test_vessels.py`` keeps both (skipped without the
-folder) and checks that blurring the target lowers the Dice monotonically.
+0.52 (min 0.36: capillaries are sub-pixel there). ``tests/test_vessels.py`` keeps both
+(skipped without the folder) and checks that blurring the target lowers the Dice monotonically.
 
 Sato over Frangi: on the same images Sato reached 0.686 at native size against Frangi's 0.615,
 and neither needs more than a few lines here.
@@ -46,7 +46,8 @@ def _eroded(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 def vesselness(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) or (H, W) float in [0, 1] -> (H, W) Sato tubeness of dark ridges (green channel)."""
+    """(H, W, 3) or (H, W) float in [0, 1] -> (H, W) Sato tubeness of dark ridges (the green
+    channel of a colour image)."""
     from skimage.filters import sato
 
     green = image[..., 1] if image.ndim == 3 else image

@@ -68,7 +68,8 @@ def test_constant_is_the_training_mean_and_ignores_its_input(tmp_path):
     manual = torch.stack([train[i]["target"] for i in range(0, len(train), len(cfg.tasks))]).mean(0)
     assert mean.shape == (3, 32, 32) and torch.allclose(mean, manual, atol=1e-6)
     test = build_dataset(cfg, 32, "test")
-    test_mean = torch.stack([test[i]["target"] for i in range(0, len(test), len(cfg.tasks))]).mean(0)
+    step = len(cfg.tasks)
+    test_mean = torch.stack([test[i]["target"] for i in range(0, len(test), step)]).mean(0)
     assert not torch.allclose(mean, test_mean, atol=1e-3)  # the training targets, not the test's
     model = Constant(data_cfg=cfg)
     a, b = model.edit(smooth(seed=1), ["i"] * 2, ["sr4", "enhance"], (32, 32), seed=0), \

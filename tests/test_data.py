@@ -127,7 +127,8 @@ def test_tokenizer_builds_from_vocabulary():
 def test_split_keeps_both_eyes_of_a_patient_together():
     from medq.data.split import patient_of
 
-    assert patient_of("10_left") == patient_of("10_right") == "10" and patient_of("21_training") == "21_training"
+    assert patient_of("10_left") == patient_of("10_right") == "10"
+    assert patient_of("21_training") == "21_training"
     ids = [f"{p}_{eye}" for p in range(60) for eye in ("left", "right")] + ["99_left"]
     s = split_ids(ids, 0.1, 0.1)
     assert sorted(s["train"] + s["val"] + s["test"]) == sorted(ids)

@@ -137,7 +137,8 @@ def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, caps
         ("bicubic", "sr4"), ("lanczos", "sr4"), ("identity", "enhance"), ("constant", "sr4"),
         ("constant", "enhance")}
     # the floor ignores its input, and the verdict says so; bicubic reads it
-    assert rows[("constant", "sr4")]["verdict"] == "collapsed", rows[("constant", "sr4")]["input_dependence"]
+    floor = rows[("constant", "sr4")]
+    assert floor["verdict"] == "collapsed", floor["input_dependence"]
     assert "ignores its input" in rows[("constant", "sr4")]["note"]
     assert rows[("bicubic", "sr4")]["verdict"] == "healthy"
     assert float(rows[("bicubic", "sr4")]["input_dependence"]) > 0.02
@@ -213,8 +214,9 @@ def _seed_rows():
                          "preset": preset, "seed": seed, "step": 300, "task": "sr4", "n_images": 6,
                          "ssim_fov": base + 0.001 * seed, "psnr_fov": 25.0 + seed,
                          "lr_psnr": float("nan"), "vessel_dice": 0.3})
-    rows.append({"status": "ok", "name": "bicubic", "kind": "baseline", "task": "sr4", "n_images": 6,
-                 "ssim_fov": 0.67, "psnr_fov": 25.0, "lr_psnr": 40.0, "vessel_dice": 0.5})
+    rows.append({"status": "ok", "name": "bicubic", "kind": "baseline", "task": "sr4",
+                 "n_images": 6, "ssim_fov": 0.67, "psnr_fov": 25.0, "lr_psnr": 40.0,
+                 "vessel_dice": 0.5})
     return rows
 
 
@@ -246,7 +248,8 @@ def test_seeds_flag_validated_and_missing_seeds_listed(tmp_path, capsys):
     run = tmp_path / "runs" / "pixel-aaaa"
     run.mkdir(parents=True)
     (run / "config.toml").write_text(dump_toml(load_config("pixel", overrides=["run.seed=1"])))
-    (run / "run.json").write_text(json.dumps({"preset": "pixel", "hash": "a", "status": "finished"}))
+    info = {"preset": "pixel", "hash": "a", "status": "finished"}
+    (run / "run.json").write_text(json.dumps(info))
     args = argparse.Namespace(seeds=2, skip_train=True, overrides=[], runs_dir=tmp_path / "runs")
     assert E.train_missing(args, [run]) == []
     out = capsys.readouterr().out
@@ -264,7 +267,8 @@ def test_extra_output_kind_is_a_row_of_its_own_and_compared(tmp_path):
     assert E.output_kinds(d) == ["mmse"]
     meta = {**_meta("ssim_v3-1/mmse", "run", "ssim_v3/mmse"), "output": "mmse"}
     row, pi = E.score_task_dir(d, IDS, meta, channel="rgb", features=None, output_key="output_mmse")
-    assert row["status"] == "ok" and row["ssim_fov"] == pytest.approx(1.0) and row["output"] == "mmse"
+    assert row["status"] == "ok" and row["output"] == "mmse"
+    assert row["ssim_fov"] == pytest.approx(1.0)
     comps = E.comparisons(rows + [row], per_image + pi)
     assert ("ssim_v3-1/mmse", "bicubic") in {(c["a"], c["b"]) for c in comps}
     assert all(0 <= c["p_holm"] <= 1 and c["p_holm"] >= c["p_value"] for c in comps)
@@ -273,8 +277,11 @@ def test_extra_output_kind_is_a_row_of_its_own_and_compared(tmp_path):
 def test_perception_distortion_plot_has_every_mode(tmp_path):
     rows = [{"task": "sr4", "kind": k, "name": n, "psnr_fov": p, "kid_randresnet18": kd,
              "kid_randresnet18_lo": kd * 0.8, "kid_randresnet18_hi": kd * 1.2}
-            for n, k, p, kd in (("bicubic", "baseline", 25.0, 0.02), ("constant", "baseline", 23.4, 0.2),
-                                ("ssim_v3", "run", 25.2, 0.05), ("ssim_v3/mmse", "run", 26.0, 0.08))]
-    rows.append({"task": "enhance", "kind": "run", "name": "x", "psnr_fov": 20.0})  # no KID: no plot
+            for n, k, p, kd in (("bicubic", "baseline", 25.0, 0.02),
+                                ("constant", "baseline", 23.4, 0.2),
+                                ("ssim_v3", "run", 25.2, 0.05),
+                                ("ssim_v3/mmse", "run", 26.0, 0.08))]
+    # no KID: no plot
+    rows.append({"task": "enhance", "kind": "run", "name": "x", "psnr_fov": 20.0})
     paths = report.plot_perception_distortion(rows, tmp_path)
     assert [p.name for p in paths] == ["pd_sr4.png"] and paths[0].stat().st_size > 5_000

@@ -56,7 +56,8 @@ def test_ssim_fov_is_skimage_map_over_the_eroded_fov():
     ours = M.ssim(p, t, mask)
     for i in range(2):
         smap, _ = _sk_map(p[i], t[i])
-        eroded = binary_erosion(mask[i, 0].numpy() > 0.5, structure=np.ones((11, 11)), border_value=0)
+        eroded = binary_erosion(mask[i, 0].numpy() > 0.5, structure=np.ones((11, 11)),
+                                border_value=0)
         assert np.array_equal(M.eroded_fov(mask[i:i + 1])[0, 0].numpy() > 0.5, eroded)
         assert ours[i].item() == pytest.approx(float(smap[eroded].mean()), abs=1e-5)
     # The rim (windows reaching the shared black border) counts no more: the old number, over
@@ -145,7 +146,8 @@ def _degraded_series(images: torch.Tensor, kind: str) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     if kind == "blur":
         return [torch.stack([_gauss_blur(im, s) for im in images]) for s in (0.8, 1.6, 3.2)]
-    return [(images + s * torch.randn(images.shape, generator=g)).clamp(0, 1) for s in (0.03, 0.1, 0.3)]
+    return [(images + s * torch.randn(images.shape, generator=g)).clamp(0, 1)
+            for s in (0.03, 0.1, 0.3)]
 
 
 def _assert_distance_grows(images: torch.Tensor):
@@ -154,13 +156,15 @@ def _assert_distance_grows(images: torch.Tensor):
     bb = M.feature_extractor("randresnet18")
 
     def feats(x):
-        x299 = torch.nn.functional.interpolate(x, size=(299, 299), mode="bicubic", align_corners=False)
+        x299 = torch.nn.functional.interpolate(x, size=(299, 299), mode="bicubic",
+                                               align_corners=False)
         return bb((x299.clamp(0, 1) * 255)).double().numpy()
 
     clean = feats(images)
     for kind in ("blur", "noise"):
         fds = [M.frechet_distance(feats(x), clean) for x in _degraded_series(images, kind)]
-        kids = [M.kid_interval(feats(x), clean, n_boot=1)[0] for x in _degraded_series(images, kind)]
+        kids = [M.kid_interval(feats(x), clean, n_boot=1)[0]
+                for x in _degraded_series(images, kind)]
         assert fds == sorted(fds) and fds[0] < fds[-1], (kind, fds)
         assert kids == sorted(kids), (kind, kids)
 
@@ -181,6 +185,6 @@ def test_random_backbone_distance_grows_with_degradation_real(fundus_samples):
     paths = sorted((fundus_samples / "drive-train" / "images").glob("*"))[:16]
     if len(paths) < 10:
         pytest.skip("DRIVE training images not present")
-    imgs = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((128, 128), Image.BICUBIC)).copy())
-            for p in paths]
+    imgs = [torch.from_numpy(np.asarray(
+        Image.open(p).convert("RGB").resize((128, 128), Image.BICUBIC)).copy()) for p in paths]
     _assert_distance_grows(torch.stack(imgs).permute(0, 3, 1, 2).float() / 255)

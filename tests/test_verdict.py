@@ -55,9 +55,11 @@ def _fundus_like(n=8, size=48, seed=0):
 
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(n, 3, 6, 6, generator=g)
-    img = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+    img = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic",
+                                          align_corners=False)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    mask = (((yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2) <= (size / 2 - 1) ** 2).float()
+    r2 = (yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2
+    mask = (r2 <= (size / 2 - 1) ** 2).float()
     mask = mask.expand(n, 1, size, size).clone()
     return img.clamp(0, 1) * mask, mask
 
@@ -74,7 +76,7 @@ def test_input_dependence_flags_a_constant_output_and_not_a_real_one():
     dep_real = input_dependence(noisy.clamp(0, 1) * masks, targets, masks)
     assert dep_const < INPUT_DEPENDENCE_MIN < dep_real
     v = verdict(output_std_ratio=1.0, psnr_gap_db=0.0, ssim_ratio=0.95, input_dependence=dep_const)
-    assert v.status == "collapsed" and v.reasons == [v.reasons[0]] and "ignores its input" in v.reasons[0]
+    assert v.status == "collapsed" and len(v.reasons) == 1 and "ignores its input" in v.reasons[0]
     assert verdict(input_dependence=dep_real).status == "healthy"
     assert input_dependence(targets[:1], targets[:1], masks[:1]) is None
 
