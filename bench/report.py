@@ -159,7 +159,8 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
     seeds, the protocol, and the FID caveat."""
     cols = leaderboard_columns(rows)
     fd_cols = [c for c in cols
-               if c.startswith(("fid_", "fd_", "kid_")) and not c.endswith(("_lo", "_hi"))]
+               if c.startswith(("fid_", "fd_", "kid_")) and not c.endswith(("_lo", "_hi"))
+               and c != "fd_n"]
     out = ["# Leaderboard", "",
            f"Sorted by **{MAIN_METRIC}**: SSIM averaged over the windows that lie entirely "
            "inside the field of view (the SSIM loss's definition; the shared disc rim is not "

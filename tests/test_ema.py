@@ -31,8 +31,8 @@ def test_warmup_ema_follows_the_trained_weights():
         plain.update(model)
         warm.update(model)
     # The shadow's distance to the trained weights is the start's remaining share.
-    gap_plain = float((model.weight - plain.state_dict(model)["weight"]).mean())
-    gap_warm = float((model.weight - warm.state_dict(model)["weight"]).mean())
+    gap_plain = float((model.weight.detach() - plain.state_dict(model)["weight"]).mean())
+    gap_warm = float((model.weight.detach() - warm.state_dict(model)["weight"]).mean())
     assert gap_plain == pytest.approx(0.995 ** 300, rel=1e-3) and gap_warm < 1e-5
     assert warm.num_updates == 300 and not torch.equal(start, model.weight)
 
