@@ -4,6 +4,7 @@
 #                                  -> SSIM v3 fine-tune, then pixel / v3 / mixed + baselines scored
 #                                  into reports/
 #   make weights                   rebuild weights/ (VAE + long base run) from scratch (~40 min)
+#   make eval SEEDS=3              every standard mode trained and scored with 3 training seeds
 #   make test                      the test suite (what CI runs)
 #   make demo                      the clinicians' page on http://127.0.0.1:7860
 #
@@ -15,6 +16,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
 SET ?=
+# Training seeds per standard mode for `make eval` (SEEDS=3: per-seed rows, mean +- seed std).
+SEEDS ?= 1
 DATA ?= synthetic
 EYEQ_ROOT ?=
 LABELS ?=
@@ -72,7 +75,7 @@ train-all: base
 	for p in pixel ssim_v3 mixed ssim_v3_relaxed ssim_v1; do $(PY) -m train --preset $$p $(SET) || exit 1; done
 
 eval: base
-	$(PY) -m bench eval $(EVAL_DATA) $(SET)
+	$(PY) -m bench eval --seeds $(SEEDS) $(EVAL_DATA) $(SET)
 
 demo: $(STAMP)
 	$(PY) -m demo

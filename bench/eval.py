@@ -11,7 +11,8 @@
 Steps: (1) for each of pixel / ssim_v3 / mixed without a finished run in ``runs/``, train it
 (``python -m train --preset NAME`` with the same ``--set`` overrides and the step budget of the
 runs that exist); (2) for every run (latest checkpoint, EMA weights; ``--all-checkpoints`` for all),
-every ``--model``, and the baselines (bicubic and Lanczos for SR, identity for enhance), run the
+every ``--model``, and the baselines (bicubic and Lanczos for SR, identity for enhance, the
+constant image = mean of the training targets on every task as the floor), run the
 inference harness on the test split, or on every image with ``--split all`` (finished outputs are
 reused); (3) score the PNGs (``medq.metrics``): per image PSNR / SSIM /
 MS-SSIM over the full image and inside the field of view, per set FID/KID (or a Frechet distance
@@ -49,18 +50,34 @@ import torch
 
 from bench import report
 from medq import metrics as M
-from medq.stats import bootstrap_ci, paired_comparison
+from medq.stats import bootstrap_ci, holm, paired_comparison, seed_comparison
 
 log = logging.getLogger("bench.eval")
 STANDARD_PRESETS = ("pixel", "ssim_v3", "mixed")
-BASELINE_NAMES = ("bicubic", "lanczos", "identity")
+BASELINE_NAMES = ("bicubic", "lanczos", "identity", "constant")
 # Each baseline only where it is the honest reference: upsampling for SR, the unchanged input for
 # enhancement (where bicubic/Lanczos of a same-size input would be identity again, three equal rows).
-BASELINE_TASKS = {"bicubic": ("sr2", "sr4"), "lanczos": ("sr2", "sr4"), "identity": ("enhance",)}
+# The constant image (mean of the training targets) is the floor on every task.
+BASELINE_TASKS = {"bicubic": ("sr2", "sr4"), "lanczos": ("sr2", "sr4"), "identity": ("enhance",),
+                  "constant": ("sr2", "sr4", "enhance")}
+FLOOR = "constant"
 REFERENCE = {"sr2": "bicubic", "sr4": "bicubic", "enhance": "identity"}
 TASKS = ("sr2", "sr4", "enhance")
 BOOTSTRAP_SEED = 0
 KID_SEED = 0
+
+
+def _seed_count(text: str) -> int:
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r}: expected a whole number >= 1") from None
+    if not 1 <= n <= 20:
+        raise argparse.ArgumentTypeError(f"--seeds {n}: expected 1 to 20 training seeds")
+    return n
 
 
 def add_arguments(p) -> None:
@@ -70,6 +87,10 @@ def add_arguments(p) -> None:
     p.add_argument("--tasks", help="comma-separated subset of sr2,sr4,enhance (default: data.tasks)")
     p.add_argument("--test-images", type=int, metavar="N", help="at most N test images per task")
     p.add_argument("--skip-train", action="store_true", help="do not train missing standard runs")
+    p.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
+                   help="training seeds per standard mode (run.seed 0..N-1; default 1): trains the "
+                        "missing ones, reports per-seed rows, the mean +- seed std, and compares "
+                        "modes on per-seed means")
     p.add_argument("--all-checkpoints", action="store_true", help="score every checkpoint, not only the latest")
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     p.add_argument("--include-aborted", action="store_true",
@@ -181,6 +202,7 @@ def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCac
                              f"{tuple(tgt.shape[-2:])}" + ("" if mask is None else f" vs mask {tuple(mask.shape[-2:])}")})
             continue
         vals = M.image_metrics(out, tgt, mask, channel=channel)
+        vals.update(fidelity_metrics(pair, out, tgt, mask))
         rows.append({"id": str(pair["id"]), **{m: float(v[0]) for m, v in vals.items()},
                      **{k2: pair.get(k2) for k2 in ("undecodable", "seconds")}})
         if features is not None:
@@ -196,26 +218,96 @@ def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCac
         fo = np.stack([f[1] for f in feats]) if feats else np.zeros((0, bb.dims))
         ft = np.stack([f[2] for f in feats]) if feats else np.zeros((0, bb.dims))
         dist[bb.fd_column] = M.frechet_distance(fo, ft)
-        dist[bb.kid_column] = M.kid(fo, ft, seed=KID_SEED)
+        dist[bb.kid_column], dist[f"{bb.kid_column}_lo"], dist[f"{bb.kid_column}_hi"] = \
+            M.kid_interval(fo, ft, seed=KID_SEED)
     return rows, problems, dist
 
 
+_TARGET_VESSELS: dict[str, object] = {}
+
+
+def fidelity_metrics(pair: dict, out: torch.Tensor, tgt: torch.Tensor,
+                     mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """LR-consistency PSNR (SR: the output downscaled vs the input PNG) and vessel Dice inside the
+    FOV (``medq.vessels``) of one scored pair -> {name: (1,) tensor}, NaN where undefined. The
+    target's vessel map is cached by file content: every mode shares the targets."""
+    from medq import vessels
+
+    nan = torch.full((1,), math.nan, dtype=torch.float64)
+    res = {"lr_psnr": nan, "vessel_dice": nan}
+    if pair.get("input") is not None and Path(pair["input"]).is_file():
+        res["lr_psnr"] = M.lr_consistency_psnr(out, _load(Path(pair["input"]))[None], mask)
+    if mask is not None:
+        m = mask[0, 0].numpy() > 0.5
+        key = hashlib.sha1(Path(pair["target"]).read_bytes() + m.tobytes()).hexdigest()
+        if key not in _TARGET_VESSELS:
+            _TARGET_VESSELS[key] = vessels.vessel_map(tgt[0].permute(1, 2, 0).numpy(), m)
+        res["vessel_dice"] = vessels.vessel_dice(out, tgt, mask, target_maps=[_TARGET_VESSELS[key]])
+    return res
+
+
 def aggregate(per_image: list[dict]) -> dict:
-    """Mean (NaN ignored) and 95 % bootstrap interval of every image metric."""
+    """Mean (NaN ignored) and 95 % bootstrap interval of every scored metric."""
     out = {}
-    for m in M.IMAGE_METRICS:
+    for m in M.SCORED_METRICS:
         vals = [r[m] for r in per_image if not math.isnan(r[m])]
         out[m] = math.fsum(vals) / len(vals) if vals else math.nan
         out[f"{m}_lo"], out[f"{m}_hi"] = bootstrap_ci(vals, seed=BOOTSTRAP_SEED)
     return out
 
 
-def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *,
-                   channel: str, features: FeatureCache | None) -> tuple[dict, list[dict]]:
-    """One leaderboard row (+ per-image rows) from ``<eval>/<task>/records.jsonl`` and its PNGs.
-    ``expected_ids``: the test-split ids of that task (None: whatever the records hold)."""
-    from infer.records import KINDS, read_jsonl
+def image_verdict(harness_verdict: dict, pairs: list[dict]):
+    """The harness's verdict (``summarize(...)["verdict"]``) judged again with what only the
+    whole set shows: ``input_dependence`` (does each output match its own target better than the
+    others'?) and the SSIM ratio to the reference inside the eroded FOV, from the PNGs of
+    ``pairs`` [{"input", "output", "target", "mask"}]. Returns a ``medq.verdict.Verdict``."""
+    from medq.baselines import bicubic
+    from medq.verdict import finite_median, input_dependence, verdict
 
+    checks = {k: c["value"] for k, c in harness_verdict.get("checks", {}).items()}
+    try:
+        outs = torch.stack([_load(Path(p["output"])) for p in pairs])
+        tgts = torch.stack([_load(Path(p["target"])) for p in pairs])
+        masks = torch.stack([(_load(Path(p["mask"]), mask=True) > 0.5).float() for p in pairs])
+        size = tuple(tgts.shape[-2:])
+        refs = torch.cat([bicubic(_load(Path(p["input"]))[None], size) for p in pairs])
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        log.warning("input-dependence check skipped (%s)", e)
+        return verdict(**checks)
+    ratios = (M.ssim(outs, tgts, masks) / M.ssim(refs, tgts, masks)).tolist()
+    checks["ssim_ratio"] = finite_median(ratios)
+    checks["input_dependence"] = input_dependence(outs, tgts, masks)
+    return verdict(**checks)
+
+
+def report_scores(records: list[dict], truth: dict[str, str] | None) -> tuple[dict, list[str]]:
+    """DR-grade kappa, per-finding F1 and quality accuracy of the records' greedy reports against
+    ``truth`` {id: ground-truth report text}, each with its majority-class floor
+    (``medq.text_metrics.score_reports``) -> (leaderboard fields, n/a reasons). Empty for a model
+    without text or without a truth."""
+    from medq.text_metrics import REPORT_SCORE_COLUMNS, score_reports
+
+    if not truth:
+        return {}, []
+    rows = [r for r in records if r.get("text") and str(r["id"]) in truth]
+    if not rows:
+        return {}, []
+    s = score_reports([r.get("report_text") for r in rows], [truth[str(r["id"])] for r in rows])
+    return {k: s[k] for k in REPORT_SCORE_COLUMNS}, s["reasons"]
+
+
+def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *,
+                   channel: str, features: FeatureCache | None,
+                   truth: dict[str, str] | None = None,
+                   output_key: str = "output") -> tuple[dict, list[dict]]:
+    """One leaderboard row (+ per-image rows) from ``<eval>/<task>/records.jsonl`` and its PNGs.
+    ``expected_ids``: the test-split ids of that task (None: whatever the records hold).
+    ``truth``: {id: ground-truth report} to score what the reports say (``report_scores``).
+    ``output_key``: the records field of the image scored: "output" (the sample), or another
+    output kind the harness wrote (``output_<kind>``, e.g. "output_mmse"; ``output_kinds``)."""
+    from infer.records import read_jsonl
+
+    KINDS = ("input", output_key, "target", "mask")
     records = {str(r["id"]): r for r in read_jsonl(Path(task_dir) / "records.jsonl")}
     ids = sorted(records) if expected_ids is None else sorted(expected_ids)
     pairs, missing = [], []
@@ -225,7 +317,8 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
                             for k in KINDS):
             missing.append(i)
             continue
-        pairs.append({"id": i, **{k: Path(task_dir) / r[k] for k in ("output", "target", "mask")},
+        pairs.append({"id": i, **{k: Path(task_dir) / r[k] for k in ("input", "target", "mask")},
+                      "output": Path(task_dir) / r[output_key],
                       "undecodable": r.get("undecodable"), "seconds": r.get("seconds")})
     per_image, problems, dist = score_pairs(pairs, channel=channel, features=features)
     row = {**meta, **aggregate(per_image), **dist, "n_images": len(per_image)}
@@ -237,13 +330,16 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
             from infer.harness import summarize
 
             s = summarize(used)
-            row["verdict"] = s["verdict"]["status"]
+            v = image_verdict(s["verdict"], pairs)
+            row["verdict"] = v.status
+            row["input_dependence"] = v.checks["input_dependence"]["value"]
             if s.get("text"):
                 row["undecodable_rate"] = s["text"].get("undecodable_rate")
                 row["report_accuracy"] = s["text"].get("quality_accuracy")
         except (KeyError, TypeError, ValueError) as e:
             log.warning("%s: no summary (%s)", task_dir, e)
-    notes = []
+    text_scores, notes = report_scores(used, truth)
+    row.update(text_scores)
     if not ids:
         row["status"] = "empty: no test images"
     elif missing or problems:
@@ -253,6 +349,8 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
         notes += [f"{p['id']}: {p['error']}" for p in problems[:3]]
     else:
         row["status"] = "ok"
+    if row.get("verdict") == "collapsed":
+        notes.append("collapsed: " + "; ".join(v.reasons))
     if per_image and math.isnan(row["ms_ssim"]):
         probe = _load(pairs[0]["target"])
         notes.append(M.ms_ssim_unsupported_reason(*probe.shape[-2:]) or "MS-SSIM n/a")
@@ -266,10 +364,12 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
 # comparisons and protocol
 
 
-def comparisons(rows: list[dict], per_image: list[dict], metrics=("ssim_fov", "psnr_fov")) -> list[dict]:
+def comparisons(rows: list[dict], per_image: list[dict],
+                metrics=("ssim_fov", "psnr_fov", "vessel_dice")) -> list[dict]:
     """ssim_v3 - pixel, mixed - pixel, ssim_v3 / pixel - base (the no-image-loss control, when
     present), and every scored run - the task's reference baseline
-    (``REFERENCE``: bicubic for SR, identity for enhance), per task, on the latest checkpoint of
+    (``REFERENCE``: bicubic for SR, identity for enhance) and - the constant floor, per task,
+    on the latest checkpoint of
     each run (the row with the highest step)."""
     values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for r in per_image:
@@ -283,25 +383,89 @@ def comparisons(rows: list[dict], per_image: list[dict], metrics=("ssim_fov", "p
             if str(r["task"]) != task or (str(r["name"]), task) not in values:
                 continue
             if str(r.get("kind")) == "run":
-                step = report._num(r.get("step"))
+                # the latest checkpoint; of several training seeds, the lowest (seed 0)
+                key = (report._num(r.get("step")), -_seed_of(r))
                 cur = latest.get(str(r.get("preset")))
-                if cur is None or step > report._num(cur.get("step")):
+                if cur is None or key > (report._num(cur.get("step")), -_seed_of(cur)):
                     latest[str(r.get("preset"))] = r
         # ... - base: against the control fine-tune without any image loss, when one was trained
         # (`python -m train --preset base`): what an image loss adds beyond more training.
         pairs = [(latest[a], latest[b]) for a, b in (("ssim_v3", "pixel"), ("mixed", "pixel"),
                                                       ("ssim_v3", "base"), ("pixel", "base"))
                  if a in latest and b in latest]
-        bic = [r for r in rows if str(r["task"]) == task and str(r.get("name")) == REFERENCE.get(task, "bicubic")
-               and (str(r["name"]), task) in values]
-        if bic:
-            pairs += [(r, bic[0]) for _, r in sorted(latest.items())]
+        for ref in (REFERENCE.get(task, "bicubic"), FLOOR):
+            bic = [r for r in rows if str(r["task"]) == task and str(r.get("name")) == ref
+                   and (str(r["name"]), task) in values]
+            if bic:
+                pairs += [(r, bic[0]) for _, r in sorted(latest.items())]
         for a, b in pairs:
             for m in metrics:
                 c = paired_comparison(values[(str(a["name"]), task)][m], values[(str(b["name"]), task)][m],
                                       seed=BOOTSTRAP_SEED)
                 out.append({"task": task, "a": a["name"], "b": b["name"], "metric": m, **c.as_dict()})
+    for c, adj in zip(out, holm([c["p_value"] for c in out])):
+        c["p_holm"] = adj
     return out
+
+
+SEED_METRICS = ("ssim_fov", "psnr_fov", "lr_psnr", "vessel_dice")
+SEED_PAIRS = (("ssim_v3", "pixel"), ("mixed", "pixel"), ("ssim_v3", "base"), ("pixel", "base"))
+
+
+def seed_summary(rows: list[dict], metrics=SEED_METRICS) -> tuple[list[dict], list[dict]]:
+    """Across training seeds: per (task, preset) with runs of >= 2 seeds, a row with the mean over
+    seeds of each run's image mean (latest checkpoint of each run) and the seed standard
+    deviation (``<metric>_seed_sd``, ddof 1); and comparisons of presets (``SEED_PAIRS``, and each
+    preset against the task's reference and the constant floor, whose value is the same for
+    every seed) on per-seed means (``medq.stats.seed_comparison``: a paired t interval over
+    seeds). -> (rows, comparisons); both empty when no preset has two seeds."""
+    runs: dict[tuple[str, str], dict[float, dict]] = {}
+    for r in rows:
+        if str(r.get("kind")) != "run" or str(r.get("status")) != "ok" or not r.get("preset"):
+            continue
+        by_seed = runs.setdefault((str(r["task"]), str(r["preset"])), {})
+        cur = by_seed.get(_seed_of(r))
+        if cur is None or report._num(r.get("step")) > report._num(cur.get("step")):
+            by_seed[_seed_of(r)] = r
+    if not any(len(v) >= 2 for v in runs.values()):
+        return [], []
+    out_rows, comps = [], []
+    for (task, preset), by_seed in sorted(runs.items()):
+        if len(by_seed) < 2:
+            continue
+        row = {"status": "ok", "name": f"{preset} (mean of {len(by_seed)} seeds)", "kind": "seeds",
+               "run": ", ".join(str(r["name"]) for _, r in sorted(by_seed.items())),
+               "preset": preset,
+               "task": task, "n_seeds": len(by_seed),
+               "step": report._num(next(iter(by_seed.values())).get("step")),
+               "n_images": report._num(next(iter(by_seed.values())).get("n_images"))}
+        for m in metrics:
+            vals = np.asarray([report._num(r.get(m)) for r in by_seed.values()], dtype=np.float64)
+            vals = vals[~np.isnan(vals)]
+            row[m] = float(vals.mean()) if len(vals) else math.nan
+            row[f"{m}_seed_sd"] = float(vals.std(ddof=1)) if len(vals) >= 2 else math.nan
+        out_rows.append(row)
+    for task in sorted({t for t, _ in runs}):
+        presets = {p: v for (t, p), v in runs.items() if t == task}
+        pairs = [(a, b) for a, b in SEED_PAIRS if a in presets and b in presets]
+        fixed = {str(r["name"]): r for r in rows if str(r.get("task")) == task
+                 and str(r.get("kind")) == "baseline" and str(r.get("status")) == "ok"}
+        for ref in (REFERENCE.get(task, "bicubic"), FLOOR):
+            if ref in fixed:
+                pairs += [(p, ref) for p in sorted(presets)]
+        for a, b in pairs:
+            for m in metrics:
+                va = {k: report._num(r.get(m)) for k, r in presets[a].items()}
+                vb = ({k: report._num(r.get(m)) for k, r in presets[b].items()} if b in presets
+                      else {k: report._num(fixed[b].get(m)) for k in va})
+                c = seed_comparison(va, vb)
+                comps.append({"task": task, "a": a, "b": b, "metric": m, **c.as_dict()})
+    return out_rows, comps
+
+
+def _seed_of(row: dict) -> float:
+    v = report._num(row.get("seed"))
+    return 0.0 if math.isnan(v) else v
 
 
 def protocol(rows: list[dict], *, channel: str, backbone: M.FeatureBackbone | None, extra: dict) -> dict:
@@ -316,15 +480,20 @@ def protocol(rows: list[dict], *, channel: str, backbone: M.FeatureBackbone | No
         **extra,
         "images scored per task": "; ".join(f"{t}: {', '.join(sorted(c))}" for t, c in sorted(counts.items())),
         "per-image metrics": f"torchmetrics {torchmetrics.__version__}: PSNR (data_range 1, per image, "
-                             f"dim=(1,2,3), capped at {M.PSNR_CAP_DB:g} dB), SSIM (Gaussian 11, sigma 1.5, "
-                             f"K 0.01/0.03, reflect padding), MS-SSIM (5 scales, relu-normalised; n/a "
-                             f"under {M.MS_SSIM_MIN_SIDE} px); FOV variants average inside the "
-                             f"field-of-view mask (medq.metrics); channel {channel.upper()}"
+                             f"dim=(1,2,3), capped at {M.PSNR_CAP_DB:g} dB), MS-SSIM (5 scales, "
+                             f"relu-normalised; n/a under {M.MS_SSIM_MIN_SIDE} px); SSIM: "
+                             f"medq.losses.ssim (= scikit-image, Gaussian 11, sigma 1.5, K "
+                             f"0.01/0.03, valid windows), ssim_fov over the windows entirely "
+                             f"inside the field of view (the FOV eroded by half a window, as the "
+                             f"SSIM loss); PSNR and MS-SSIM "
+                             f"FOV variants average inside the mask (medq.metrics); channel "
+                             f"{channel.upper()}"
                              + (" (BT.601 Y, 16-235)" if channel == "y" else ""),
         "distribution metrics": "off" if backbone is None else
         f"clean-fid {getattr(cleanfid, '__version__', '0.1.35')} mode clean, features: "
-        f"{backbone.description}; columns {backbone.fd_column}, {backbone.kid_column} "
-        f"(KID subsets seeded {KID_SEED})",
+        f"{backbone.description}; columns {backbone.fd_column} (clamped at 0), "
+        f"{backbone.kid_column} (unbiased MMD^2 on the whole set; 95 % bootstrap interval over "
+        f"images, seed {KID_SEED})",
         "intervals and tests": f"95 % percentile bootstrap of the mean (2000 resamples, seed "
                                f"{BOOTSTRAP_SEED}); Wilcoxon signed-rank (scipy {scipy.__version__})",
         "torch": torch.__version__,
@@ -352,15 +521,29 @@ def _run_dirs(runs_dir: Path, globs: list[str]) -> list[Path]:
     return [p for p in found if not globs or any(fnmatch.fnmatch(p.name, g) for g in globs)]
 
 
+def _run_seed(run: Path) -> int | None:
+    """``run.seed`` of a run directory's config.toml (None when unreadable)."""
+    try:
+        from medq.config import load_config
+
+        return load_config(str(Path(run) / "config.toml")).run.seed
+    except Exception:  # noqa: BLE001 - a damaged config: the run counts for no seed
+        return None
+
+
 def train_missing(args, runs: list[Path]) -> list[dict]:
-    """Train each standard preset that has no finished run; returns status rows for failures."""
+    """Train each standard preset that has no finished run (with ``--seeds N`` > 1: no finished
+    run for each training seed 0..N-1, ``run.seed``); returns status rows for failures."""
     from medq.checkpoint import read_run_json
 
-    have = {}
+    seeds = getattr(args, "seeds", 1)
+    have, have_seed = {}, set()
     for r in runs:
         info = read_run_json(r) or {}
         if info.get("status") == "finished" and info.get("preset") in STANDARD_PRESETS:
             have.setdefault(info.get("preset"), r)
+            if seeds > 1:
+                have_seed.add((info.get("preset"), _run_seed(r)))
     budget = []
     for r in have.values():
         try:
@@ -369,22 +552,26 @@ def train_missing(args, runs: list[Path]) -> list[dict]:
         except Exception:  # noqa: BLE001 - a damaged config only loses the budget hint
             pass
     failed = []
-    for preset in STANDARD_PRESETS:
-        if preset in have:
-            continue
+    todo = ([(p, None) for p in STANDARD_PRESETS if p not in have] if seeds <= 1 else
+            [(p, k) for p in STANDARD_PRESETS for k in range(seeds) if (p, k) not in have_seed])
+    for preset, seed in todo:
+        what = preset if seed is None else f"{preset} seed {seed}"
         if args.skip_train:
-            print(f"[eval] no finished {preset} run in {args.runs_dir}; --skip-train: not training it")
+            print(f"[eval] no finished {what} run in {args.runs_dir}; --skip-train: "
+                  f"not training it")
             continue
         cmd = [sys.executable, "-m", "train", "--preset", preset]
         for o in args.overrides:
             cmd += ["--set", o]
+        if seed is not None:
+            cmd += ["--set", f"run.seed={seed}"]
         if budget and not any(o.startswith("optim.max_steps=") for o in args.overrides):
             cmd += ["--set", f"optim.max_steps={max(budget)}"]
-        print(f"[eval] {preset}: no finished run; training it: {' '.join(cmd[1:])}", flush=True)
+        print(f"[eval] {what}: no finished run; training it: {' '.join(cmd[1:])}", flush=True)
         rc = subprocess.call(cmd)
         if rc != 0:
-            failed.append({"status": f"train failed (exit {rc})", "name": preset, "kind": "run",
-                           "preset": preset, "note": " ".join(cmd[1:])})
+            failed.append({"status": f"train failed (exit {rc})", "name": what, "kind": "run",
+                           "preset": preset, "seed": seed, "note": " ".join(cmd[1:])})
     return failed
 
 
@@ -422,6 +609,24 @@ def _error_rows(meta: dict, tasks, status: str) -> list[dict]:
     return [{**meta, "task": t, "status": status} for t in tasks]
 
 
+def output_kinds(task_dir: Path) -> list[str]:
+    """Output kinds besides the sample that a records file carries: fields ``output_<kind>``
+    holding an image path (e.g. ``output_mmse``), sorted. Each is scored as a row of its own,
+    ``<name>/<kind>``, so a mode can appear as ``ssim_v3`` and ``ssim_v3/mmse``."""
+    import re
+
+    from infer.records import read_jsonl
+
+    path = Path(task_dir) / "records.jsonl"
+    if not path.is_file():
+        return []
+    kinds = set()
+    for r in read_jsonl(path):
+        kinds |= {m.group(1) for k, v in r.items() if isinstance(v, str)
+                  for m in [re.fullmatch(r"output_([a-z0-9_]+)", k)] if m}
+    return sorted(kinds)
+
+
 def evaluate_model(model, meta, cfg, out_dir, data: _Data, tasks, args, feats, *,
                    text: bool | None = None) -> tuple[list, list]:
     from infer.harness import run_harness
@@ -437,10 +642,20 @@ def evaluate_model(model, meta, cfg, out_dir, data: _Data, tasks, args, feats, *
     for task in tasks:
         expected = [str(it["id"]) for it in items if it["task"] == task]
         print(f"[eval] {meta['name']}: scoring {task} ({len(expected)} images)", flush=True)
+        truth = {str(it["id"]): it["report"] for it in items if it["task"] == task}
         row, pi = score_task_dir(Path(out_dir) / task, expected, {**meta, "task": task},
-                                 channel=args.channel, features=feats)
+                                 channel=args.channel, features=feats, truth=truth)
         rows.append(row)
         per_image += pi
+        for kind in output_kinds(Path(out_dir) / task):
+            # e.g. the MMSE output beside the sample: its own row and its own "preset", so the
+            # comparisons pair it with the baselines like any mode
+            sub = {**meta, "task": task, "name": f"{meta['name']}/{kind}", "output": kind,
+                   "preset": f"{meta['preset']}/{kind}" if meta.get("preset") else ""}
+            row, pi = score_task_dir(Path(out_dir) / task, expected, sub, channel=args.channel,
+                                     features=feats, truth=truth, output_key=f"output_{kind}")
+            rows.append(row)
+            per_image += pi
     return rows, per_image
 
 
@@ -505,7 +720,8 @@ def run_eval(args) -> dict:
             meta = {"name": name, "kind": "baseline", "run": name, "preset": "", "config_hash": "",
                     "checkpoint": None, "step": None, "weights": None}
             try:
-                rr, pi = evaluate_model(load_baseline(name), meta, cfg,
+                model = _constant_baseline(cfg, args) if name == FLOOR else load_baseline(name)
+                rr, pi = evaluate_model(model, meta, cfg,
                                         args.runs_dir / "_baselines" / name / "eval", data, btasks, args, feats)
             except Exception as e:  # noqa: BLE001 - one failing model must not lose the other rows
                 log.exception("baseline %s failed", name)
@@ -520,12 +736,34 @@ def run_eval(args) -> dict:
                  + (f", labels {base_cfg.data.labels}" if base_cfg.data.labels else ""),
                  "test images cap": args.test_images or "none", "weights": args.weights,
                  "seeds": "inference: each run's sample.seed, per image derive_seed(seed, id)"}
+        srows, scomps = seed_summary(rows)
+        n_seeds = getattr(args, "seeds", 1)
+        extra["training seeds"] = (f"--seeds {n_seeds}: " + ("one training seed per mode: "
+                                   "intervals are over images and say nothing about seed-to-seed "
+                                   "variance" if n_seeds == 1 else "per-seed rows, the mean over "
+                                   "seeds with its standard deviation, comparisons on "
+                                   "per-seed means"))
         result["files"] = publish_reports(
             args.out, bool(result["failures"]), lambda out: report.write_reports(
-                rows, per_image, out, protocol=protocol(rows, channel=args.channel,
-                                                        backbone=backbone, extra=extra),
-                comparisons=comparisons(rows, per_image), run_dirs=runs, plots=not args.no_plots))
+                rows + srows, per_image, out,
+                protocol=protocol(rows, channel=args.channel, backbone=backbone, extra=extra),
+                comparisons=comparisons(rows, per_image), run_dirs=runs, plots=not args.no_plots,
+                seed_comparisons=scomps))
     return result
+
+
+def _constant_baseline(cfg, args):
+    """The floor: the mean of the training targets of the data the runs train on; with --split
+    all (held-out images of a real source, whose "train" split is not what anyone trained on) the
+    embedded data's, which is what the standard modes train on."""
+    from dataclasses import replace
+
+    from medq.baselines import Constant
+    from medq.config import DataConfig
+
+    data_cfg = (cfg.data if args.split == "test"
+                else replace(DataConfig(), cache_dir=cfg.data.cache_dir))
+    return Constant(data_cfg=data_cfg)
 
 
 def evaluate_run(run: Path, args, overrides, tasks, data, feats) -> tuple[list, list, int | None]:
@@ -557,6 +795,7 @@ def evaluate_run(run: Path, args, overrides, tasks, data, feats) -> tuple[list, 
             rows += _error_rows(m, tasks, f"error: {type(e).__name__}: {e}")
             continue
         size = cfg.model.image_size
+        m["seed"] = cfg.run.seed
         rr, pi = evaluate_outputs(run, ckpt.name, m, cfg, run / "eval" / f"{ckpt.name}-{args.weights}",
                                   args, tasks, data, feats)
         if info.get("status") == "aborted":

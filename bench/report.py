@@ -17,22 +17,27 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from medq.metrics import IMAGE_METRICS
+from medq.metrics import SCORED_METRICS
+from medq.text_metrics import REPORT_SCORE_COLUMNS
 
 ID_COLUMNS = ["status", "name", "kind", "run", "preset", "config_hash", "checkpoint", "step",
-              "weights", "task", "n_images"]
-METRIC_COLUMNS = [c for m in IMAGE_METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
-TAIL_COLUMNS = ["fd_n", "undecodable_rate", "report_accuracy", "verdict", "seconds_per_image", "note"]
-PER_IMAGE_COLUMNS = ["name", "task", "id", *IMAGE_METRICS, "undecodable", "seconds"]
+              "weights", "seed", "output", "task", "n_images"]
+METRIC_COLUMNS = [c for m in SCORED_METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
+TAIL_COLUMNS = ["fd_n", "undecodable_rate", "report_accuracy", "input_dependence", "verdict",
+                "seconds_per_image", "note"]
+PER_IMAGE_COLUMNS = ["name", "task", "id", *SCORED_METRICS, "undecodable", "seconds"]
 TIMING_COLUMNS = ("seconds_per_image", "seconds")
 MAIN_METRIC = "ssim_fov"
 
 
 def leaderboard_columns(rows: Iterable[dict]) -> list[str]:
     """Fixed columns plus the distribution-metric columns the rows carry (named after the
-    backbone: fid_inception / fd_randresnet18, kid_*), in sorted order."""
+    backbone: fid_inception / fd_randresnet18, kid_* with its interval), in sorted order, and the
+    seed columns of rows averaged over training seeds (n_seeds, <metric>_seed_sd)."""
+    rows = list(rows)
     extra = sorted({k for r in rows for k in r if k.startswith(("fid_", "fd_", "kid_")) and k != "fd_n"})
-    return ID_COLUMNS + METRIC_COLUMNS + extra + TAIL_COLUMNS
+    extra += sorted({k for r in rows for k in r if k == "n_seeds" or k.endswith("_seed_sd")})
+    return ID_COLUMNS + METRIC_COLUMNS + extra + list(REPORT_SCORE_COLUMNS) + TAIL_COLUMNS
 
 
 def fmt(v) -> str:
@@ -104,63 +109,150 @@ def _cell(r: dict, m: str, digits: int) -> str:
     return f"{v:.{digits}f}{ci}"
 
 
-def markdown(rows: list[dict], comparisons: list[dict], protocol: dict) -> str:
+def _fmt(v, spec: str) -> str:
+    v = _num(v)
+    return "n/a" if math.isnan(v) else format(v, spec)
+
+
+def _seed_cell(r: dict, m: str, digits: int) -> str:
+    """mean +- seed sd for rows averaged over training seeds, else the usual mean [CI]."""
+    if str(r.get("kind")) != "seeds":
+        return _cell(r, m, digits)
+    v, sd = _num(r.get(m)), _num(r.get(f"{m}_seed_sd"))
+    return "n/a" if math.isnan(v) else f"{v:.{digits}f} +- {sd:.{digits}f} (seeds)"
+
+
+def _floor_cell(r: dict, m: str, floor: str) -> str:
+    v = _num(r.get(m))
+    return "n/a" if math.isnan(v) else f"{v:.3f} ({_fmt(r.get(floor), '.3f')})"
+
+
+def _report_table(sub: list[dict]) -> list[str]:
+    """What each mode's reports say, scored against the truth, beside the majority-class floor."""
+    from medq.text_metrics import REPORT_SCORE_COLUMNS
+
+    with_text = [r for r in sub
+                 if any(not math.isnan(_num(r.get(c))) for c in REPORT_SCORE_COLUMNS)]
+    if not with_text:
+        return []
+    names = [c for c in REPORT_SCORE_COLUMNS if c.startswith("findings_f1_")
+             and not c.endswith("_floor") and c != "findings_f1_macro"]
+    head = ["name", "DR kappa (floor)", "DR grade read", "quality acc. (floor)",
+            "findings F1 macro (floor)",
+            *[c[len("findings_f1_"):].replace("_", " ") for c in names]]
+    out = ["", "Reports scored for what they say (greedy report of each test image against its "
+           "ground truth; in brackets the majority-class floor: one answer for every image):", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in with_text:
+        out.append("| " + " | ".join([
+            str(r.get("name", "")), _floor_cell(r, "dr_kappa", "dr_kappa_floor"),
+            _fmt(r.get("dr_parsed"), ".2f"), _floor_cell(r, "quality_accuracy", "quality_floor"),
+            _floor_cell(r, "findings_f1_macro", "findings_f1_macro_floor"),
+            *[_floor_cell(r, c, c + "_floor") for c in names]]) + " |")
+    return out
+
+
+def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
+             seed_comparisons: Sequence[dict] = ()) -> str:
     """The leaderboard page: one table per task sorted by SSIM in the FOV (best first; n/a last),
-    the paired comparisons, the protocol, and the FID caveat."""
-    fd_cols = [c for c in leaderboard_columns(rows) if c.startswith(("fid_", "fd_", "kid_"))]
+    the reports' scores, the paired comparisons (Holm-adjusted), the comparisons across training
+    seeds, the protocol, and the FID caveat."""
+    cols = leaderboard_columns(rows)
+    fd_cols = [c for c in cols
+               if c.startswith(("fid_", "fd_", "kid_")) and not c.endswith(("_lo", "_hi"))
+               and c != "fd_n"]
     out = ["# Leaderboard", "",
-           f"Sorted by **{MAIN_METRIC}** (SSIM inside the field of view), best first. "
-           "Brackets: 95 % bootstrap interval of the mean over images. n/a: not measured "
-           "(see notes).", ""]
+           f"Sorted by **{MAIN_METRIC}**: SSIM averaged over the windows that lie entirely "
+           "inside the field of view (the SSIM loss's definition; the shared disc rim is not "
+           "counted). "
+           "Brackets: 95 % bootstrap interval of the mean over images; `+- (seeds)`: standard "
+           "deviation over training seeds. `constant` is the floor: the mean training target, "
+           "returned for every input. LR-PSNR: the output downscaled with the task's operator "
+           "against the low-resolution input (SR only; NTIRE asks >= 45 dB). Vessel Dice: Sato "
+           "vessel maps of output and target inside the FOV (medq.vessels). n/a: undefined or not "
+           "measured (see notes).", ""]
     for task in sorted({r["task"] for r in rows}):
         sub = [r for r in rows if r["task"] == task]
         sub.sort(key=lambda r: (math.isnan(_num(r.get(MAIN_METRIC))), -_num(r.get(MAIN_METRIC))
                                 if not math.isnan(_num(r.get(MAIN_METRIC))) else 0, row_key(r)))
-        head = ["name", "status", "step", "n", "SSIM fov", "PSNR fov", "MS-SSIM fov", "SSIM",
-                "PSNR", "MS-SSIM", *fd_cols, "undecodable", "report acc.", "verdict", "s/img"]
+        head = ["name", "status", "seed", "step", "n", "SSIM fov", "PSNR fov", "LR-PSNR",
+                "vessel Dice", "SSIM", "PSNR", "MS-SSIM fov", *fd_cols, "undecodable",
+                "input dep.", "verdict", "s/img"]
         out += [f"## {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in sub:
-            cells = [str(r.get("name", "")), str(r.get("status", "")), fmt(r.get("step")) or "-",
-                     fmt(r.get("n_images")), _cell(r, "ssim_fov", 4), _cell(r, "psnr_fov", 2),
-                     _cell(r, "ms_ssim_fov", 4), _cell(r, "ssim", 4), _cell(r, "psnr", 2),
-                     _cell(r, "ms_ssim", 4)]
-            cells += [("n/a" if math.isnan(_num(r.get(c))) else f"{_num(r.get(c)):.4g}") for c in fd_cols]
-            for c in ("undecodable_rate", "report_accuracy"):
-                cells.append("n/a" if math.isnan(_num(r.get(c))) else f"{_num(r.get(c)):.3f}")
-            cells += [str(r.get("verdict") or "n/a"),
-                      "n/a" if math.isnan(_num(r.get("seconds_per_image")))
-                      else f"{_num(r.get('seconds_per_image')):.3g}"]
+            seed = fmt(r.get("seed")) or (f"{fmt(r.get('n_seeds'))} seeds"
+                                          if r.get("n_seeds") else "-")
+            cells = [str(r.get("name", "")), str(r.get("status", "")), seed,
+                     fmt(r.get("step")) or "-", fmt(r.get("n_images")),
+                     _seed_cell(r, "ssim_fov", 4), _seed_cell(r, "psnr_fov", 2),
+                     _seed_cell(r, "lr_psnr", 2), _seed_cell(r, "vessel_dice", 3),
+                     _cell(r, "ssim", 4), _cell(r, "psnr", 2), _cell(r, "ms_ssim_fov", 4)]
+            for c in fd_cols:
+                v, lo, hi = _num(r.get(c)), _num(r.get(f"{c}_lo")), _num(r.get(f"{c}_hi"))
+                cells.append("n/a" if math.isnan(v) else f"{v:.4g}" + (
+                    "" if math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]"))
+            cells += [_fmt(r.get("undecodable_rate"), ".3f"),
+                      _fmt(r.get("input_dependence"), "+.3f"),
+                      str(r.get("verdict") or "n/a"), _fmt(r.get("seconds_per_image"), ".3g")]
             out.append("| " + " | ".join(cells) + " |")
         notes = sorted({f"{r['name']}: {r['note']}" for r in sub if r.get("note")})
         if notes:
             out += [""] + [f"- {n}" for n in notes]
+        out += _report_table(sub)
         out.append("")
     out += ["## Paired comparisons", "",
             "Per-image differences a - b on the images both scored; mean, 95 % bootstrap interval "
-            "(seeded), two-sided Wilcoxon signed-rank p-value, images where a is better / worse / "
-            "equal.", ""]
+            "(seeded), two-sided Wilcoxon signed-rank p-value on the non-zero differences "
+            "(n != 0), "
+            "the same p Holm-adjusted over every test on this page, images where a is better / "
+            "worse / equal. With one training seed per mode these say how consistently one "
+            "trained model beats another on these images, not that the difference survives "
+            "another seed: see the next section.", ""]
     if comparisons:
-        out += ["| task | a - b | metric | n | mean diff | 95 % CI | p (Wilcoxon) | a>b / a<b / = | note |",
-                "|---|---|---|---|---|---|---|---|---|"]
+        out += ["| task | a - b | metric | n | n != 0 | mean diff | 95 % CI | p (Wilcoxon) "
+                "| p (Holm) | a>b / a<b / = | note |", "|" + "---|" * 11]
         for c in comparisons:
-            p = "n/a" if math.isnan(c["p_value"]) else f"{c['p_value']:.3g}"
+            p = _fmt(c.get("p_value"), ".3g")
             ci = "n/a" if math.isnan(c["ci_low"]) else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]"
             md = "n/a" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.4g}"
-            out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n']} | {md} | {ci} "
-                       f"| {p} | {c['wins']} / {c['losses']} / {c['ties']} | {c.get('note', '')} |")
+            out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n']} "
+                       f"| {c.get('n_nonzero', '')} | {md} | {ci} | {p} "
+                       f"| {_fmt(c.get('p_holm'), '.3g')} "
+                       f"| {c['wins']} / {c['losses']} / {c['ties']} | {c.get('note', '')} |")
     else:
         out.append("No pair of modes was scored on common images.")
+    out += ["", "## Across training seeds", ""]
+    if seed_comparisons:
+        out += ["Differences of per-seed means (each seed's mean over images), paired by training "
+                "seed; 95 % paired t interval over seeds (with 3 seeds an exact Wilcoxon test "
+                "cannot go below p = 0.25). A baseline has the same value for every seed.", "",
+                "| task | a - b | metric | seeds | mean diff | seed sd | 95 % CI (t) | note |",
+                "|---|---|---|---|---|---|---|---|"]
+        for c in seed_comparisons:
+            ci = ("n/a" if math.isnan(_num(c.get("ci_low")))
+                  else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]")
+            out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n_seeds']} "
+                       f"| {_fmt(c.get('mean_diff'), '+.4g')} | {_fmt(c.get('sd_diff'), '.3g')} "
+                       f"| {ci} "
+                       f"| {c.get('note', '')} |")
+    else:
+        out.append("One training seed per mode (`make eval SEEDS=3` / `--seeds 3` trains and "
+                   "scores three): every difference above is a single-seed observation.")
     out += ["", "## Protocol", ""]
     out += [f"- **{k}**: {v}" for k, v in protocol.items()]
     out += ["", "FID (and any Frechet distance) on a few hundred images or fewer is strongly biased "
             "upwards and its bias depends on the sample count: compare FID values only at equal "
-            "image counts, and prefer KID, whose estimator is unbiased, for small test sets.", ""]
+            "image counts, and prefer KID, whose estimator is unbiased, for small test sets.",
+            "", "Perception-distortion planes (PSNR fov against KID, every mode and baseline): "
+            "`pd_<task>.png`.", ""]
     return "\n".join(out)
 
 
-def write_markdown(rows: list[dict], comparisons: list[dict], protocol: dict, out_dir: Path) -> Path:
+def write_markdown(rows: list[dict], comparisons: list[dict], protocol: dict, out_dir: Path,
+                   seed_comparisons: Sequence[dict] = ()) -> Path:
     path = Path(out_dir) / "leaderboard.md"
-    _atomic_write(path, markdown(sorted(rows, key=row_key), comparisons, protocol))
+    text = markdown(sorted(rows, key=row_key), comparisons, protocol, seed_comparisons)
+    _atomic_write(path, text)
     return path
 
 
@@ -202,6 +294,42 @@ def plot_bars(rows: list[dict], out_dir: Path, metrics=("ssim_fov", "psnr_fov"))
                 ax.set_ylim(max(0.0, min(finite) - 0.1), 1.0)
         fig.tight_layout()
         path = Path(out_dir) / f"bars_{task}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_perception_distortion(rows: list[dict], out_dir: Path) -> list[Path]:
+    """One PNG per task: the perception-distortion plane, PSNR fov (distortion, up is better)
+    against KID (perception, left is better), every mode, output kind and baseline a point
+    (KID's bootstrap interval as a horizontal bar). Rows without a KID (features off) or a PSNR
+    are left out; no plot for a task without any such row."""
+    plt = _plt()
+    paths = []
+    for task in sorted({r["task"] for r in rows}):
+        sub = [r for r in rows if r["task"] == task and str(r.get("kind")) != "seeds"]
+        kid_col = next((k for r in sub for k in sorted(r) if k.startswith("kid_")
+                        and not k.endswith(("_lo", "_hi"))), None)
+        pts = [r for r in sub if kid_col and not math.isnan(_num(r.get(kid_col)))
+               and not math.isnan(_num(r.get("psnr_fov")))]
+        if not pts:
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for r in sorted(pts, key=row_key):
+            x, y = _num(r.get(kid_col)), _num(r.get("psnr_fov"))
+            lo, hi = _num(r.get(f"{kid_col}_lo")), _num(r.get(f"{kid_col}_hi"))
+            base = str(r.get("kind")) == "baseline"
+            xerr = None if math.isnan(lo) else [[max(0.0, x - lo)], [max(0.0, hi - x)]]
+            ax.errorbar([x], [y], xerr=xerr, fmt="s" if base else "o", capsize=3,
+                        color="tab:gray" if base else None)
+            ax.annotate(str(r.get("name")), (x, y), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel(f"{kid_col} (perception: lower is better)")
+        ax.set_ylabel("PSNR fov, dB (distortion: higher is better)")
+        ax.set_title(f"{task}: perception-distortion plane")
+        fig.tight_layout()
+        path = Path(out_dir) / f"pd_{task}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
@@ -272,14 +400,16 @@ def plot_losses(run_dirs: Sequence[Path], out_dir: Path) -> Path | None:
 
 
 def write_reports(rows: list[dict], per_image: list[dict], out_dir, *, protocol: dict,
-                  comparisons: list[dict], run_dirs: Sequence[Path] = (), plots: bool = True) -> dict:
+                  comparisons: list[dict], run_dirs: Sequence[Path] = (), plots: bool = True,
+                  seed_comparisons: Sequence[dict] = ()) -> dict:
     """Every report file into ``out_dir``; returns {kind: path or list of paths}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lb, pi = write_csvs(rows, per_image, out_dir)
-    md = write_markdown(rows, comparisons, protocol, out_dir)
+    md = write_markdown(rows, comparisons, protocol, out_dir, seed_comparisons)
     out = {"leaderboard_csv": lb, "per_image_csv": pi, "markdown": md}
     if plots:
+        out["pd"] = plot_perception_distortion(rows, out_dir)
         out["bars"] = plot_bars(rows, out_dir)
         out["steps"] = plot_steps(rows, out_dir)
         out["losses"] = plot_losses(run_dirs, out_dir)

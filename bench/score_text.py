@@ -2,12 +2,18 @@
 
     python -m bench score-text --jsonl gens.jsonl --vocab-size 151643
     python -m bench score-text --jsonl gens.jsonl --vocab vocab.json --out text_scores.json
+    python -m bench score-text --jsonl gens.jsonl --vocab vocab.json --truth truth.jsonl
 
 Each line of the JSONL is ``{"id": ..., "token_ids": [...]}`` and/or ``{"id": ..., "text": ...}``.
 ``--vocab-size N``: ids outside [0, N) are undecodable (the padded rows of a language head).
 ``--vocab FILE``: a JSON list of tokens, a JSON object token -> id (HF ``vocab.json``; unmapped ids
 are holes) or a text file with one token per line; the ids are also decoded. Lines with text only
 are checked for U+FFFD (what byte-level decoders write for undecodable bytes).
+
+``--truth FILE``: ground-truth reports, one ``{"id": ..., "report": "..."}`` a line: the decoded
+reports (or ``text``) are then scored for what they say, each beside its majority-class floor
+(``medq.text_metrics``): DR grade by quadratic-weighted kappa, findings by per-finding F1, the
+quality word by accuracy -- the leaderboard's report columns.
 
 The statistics and the collapse verdict are those of the inference harness (``medq.textcheck``,
 ``medq.verdict``). Bad lines (not JSON, no id, no token_ids/text, ids that are not integers or
@@ -111,7 +117,57 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     vocab = p.add_mutually_exclusive_group(required=True)
     vocab.add_argument("--vocab-size", type=int, help="number of decodable ids")
     vocab.add_argument("--vocab", type=Path, help="tokenizer vocabulary: JSON list, JSON token->id, or lines")
+    p.add_argument("--truth", type=Path, help="ground-truth reports, JSONL {\"id\", \"report\"}: "
+                   "score DR grade (kappa), findings (F1) and quality beside their floors")
     p.add_argument("--out", type=Path, help="also write the scores as JSON here")
+
+
+def read_truth(path: Path) -> dict[str, str]:
+    """{id: report} from a JSONL of ``{"id", "report"}``; a bad line raises ValueError naming the
+    file and line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--truth {path}: file not found")
+    out = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--truth {path}:{n}: not JSON ({e.msg})") from None
+        if (not isinstance(row, dict) or not isinstance(row.get("id"), (str, int))
+                or not isinstance(row.get("report"), str)):
+            raise ValueError(f"--truth {path}:{n}: expected {{\"id\": ..., \"report\": \"...\"}}")
+        out[str(row["id"])] = row["report"]
+    if not out:
+        raise ValueError(f"--truth {path}: no ground-truth report")
+    return out
+
+
+def score_against_truth(scored: Scored, truth: dict[str, str]) -> dict:
+    """``medq.text_metrics.score_reports`` of the generations whose id has a truth, plus the
+    number of generations without one."""
+    from medq.text_metrics import score_reports
+
+    texts = {sid: r.text for sid, r in scored.results.items()} | dict(scored.texts)
+    ids = sorted(i for i in texts if i in truth)
+    s = score_reports([texts[i] for i in ids], [truth[i] for i in ids])
+    s["without_truth"] = len(texts) - len(ids)
+    return s
+
+
+def format_report_scores(s: dict) -> str:
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [f"reports scored against the truth: n={s['n']} "
+             f"(without a truth: {s['without_truth']})",
+             f"  DR grade kappa (quadratic) {f(s['dr_kappa'])}  floor {f(s['dr_kappa_floor'])}  "
+             f"grade read in {f(s['dr_parsed'])}",
+             f"  quality accuracy {f(s['quality_accuracy'])}  floor {f(s['quality_floor'])}",
+             f"  findings F1 macro {f(s['findings_f1_macro'])}  "
+             f"floor {f(s['findings_f1_macro_floor'])}"]
+    return "\n".join(lines + [f"  ({r})" for r in s["reasons"]])
 
 
 def format_table(path: Path, result: dict) -> str:
@@ -141,6 +197,7 @@ def main(args) -> int:
         if not args.jsonl.is_file():
             raise FileNotFoundError(f"{args.jsonl}: generations file not found")
         scored = read_generations(args.jsonl, vocab, args.vocab_size)
+        truth = read_truth(args.truth) if args.truth is not None else None
     except (FileNotFoundError, ValueError, UnicodeDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -153,6 +210,9 @@ def main(args) -> int:
     result["vocab"] = str(args.vocab) if args.vocab else None
     result["vocab_size"] = args.vocab_size if args.vocab_size else len(vocab)
     print(format_table(args.jsonl, result))
+    if truth is not None:
+        result["reports"] = score_against_truth(scored, truth)
+        print(format_report_scores(result["reports"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_name(f".tmp-{os.getpid()}-{args.out.name}")

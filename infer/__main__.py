@@ -2,7 +2,7 @@
 
     python -m infer --run runs/ssim_v3-1a2b3c4d                       # latest checkpoint, EMA weights
     python -m infer --run runs/ssim_v3-1a2b3c4d --weights model --checkpoint step_300
-    python -m infer --baseline bicubic                                # bicubic | lanczos | identity
+    python -m infer --baseline bicubic                     # bicubic | lanczos | identity | constant
     python -m infer --model my_pkg.wrap:BagelWrapper --model-arg ckpt=/models/bagel --model-arg steps=50
     python -m infer --run runs/X --data eyeq --root /data/EyeQ/original_img --labels /data/Label_EyeQ_test.csv
     python -m infer --baseline bicubic --data drive --root ../shared/fundus-samples/drive
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, help="run directory (or a checkpoint directory) of ours")
     src.add_argument("--model", metavar="MODULE:CLASS", help="any ImageTextModel, imported by dotted path")
-    src.add_argument("--baseline", choices=["bicubic", "lanczos", "identity"])
+    src.add_argument("--baseline", choices=["bicubic", "lanczos", "identity", "constant"])
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="--run: which weights (default ema)")
     p.add_argument("--checkpoint", metavar="step_N", help="--run: this checkpoint instead of the latest")
     p.add_argument("--model-arg", action="append", default=[], metavar="K=V",

@@ -12,10 +12,16 @@ Settings, all fixed here so every number on the leaderboard means the same thing
 - PSNR: torchmetrics ``peak_signal_noise_ratio(data_range=1.0, dim=(1, 2, 3), reduction="none")``,
   one value per image (averaged afterwards, never pooled over images). Capped at ``PSNR_CAP_DB``
   so that one exact copy does not make a mean infinite. FOV: the MSE over the mask's pixels.
-- SSIM: torchmetrics ``structural_similarity_index_measure`` (Gaussian window 11, sigma 1.5,
-  K1 0.01, K2 0.03, ``data_range=1.0``; torchmetrics reflect-pads, so it differs from
-  scikit-image's valid-window mean by ~1e-3 to 1e-2). FOV: its full map
-  (``return_full_image=True``) averaged over the mask's pixels.
+- SSIM: the project's SSIM (``medq.losses.ssim``: Gaussian window 11, sigma 1.5, K1 0.01,
+  K2 0.03, ``data_range=1.0``, valid windows only), equal to scikit-image's
+  ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)`` to ~1e-7 and the
+  same function the SSIM *loss* trains. Full image: the mean over every window inside the image.
+  FOV (``ssim_fov``, the main metric): the map averaged over the windows that lie entirely inside
+  the field of view, i.e. over the mask eroded by half a window (``eroded_fov``). The rim, where a
+  window straddles the disc edge that every image shares, is not counted: any output with the
+  right disc shape scores there. Undefined (NaN, "n/a" with ``ssim_unsupported_reason``) when the
+  image is smaller than the window or no window fits inside the FOV. (torchmetrics reflect-pads and
+  averages the whole map; at 64 px that is 0.014-0.028 above scikit-image, not ~1e-3.)
 - MS-SSIM: torchmetrics ``multiscale_structural_similarity_index_measure`` (5 scales, default
   betas, ``normalize="relu"`` so fractional powers never NaN). It needs
   ``min(H, W) // 16 > kernel - 1``, i.e. images of at least ``MS_SSIM_MIN_SIDE`` = 176 px. Smaller
@@ -61,7 +67,10 @@ MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 # torchmetrics refuses MS-SSIM unless side // 16 > window - 1 (5 scales), i.e. side >= 176.
 MS_SSIM_MIN_SIDE = 16 * SSIM_WINDOW
 IMAGE_METRICS = ("psnr", "ssim", "ms_ssim", "psnr_fov", "ssim_fov", "ms_ssim_fov")
-HIGHER_IS_BETTER = {name: True for name in IMAGE_METRICS}
+# Scored by the leaderboard beside IMAGE_METRICS: LR consistency (SR only) and vessel Dice.
+FIDELITY_METRICS = ("lr_psnr", "vessel_dice")
+SCORED_METRICS = IMAGE_METRICS + FIDELITY_METRICS
+HIGHER_IS_BETTER = {name: True for name in SCORED_METRICS}
 INCEPTION_ENV = "MEDQ_INCEPTION"
 INCEPTION_FILE = "inception-2015-12-05.pt"
 
@@ -98,9 +107,52 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
     return torch.where(count > 0, value, torch.full_like(value, math.nan))
 
 
+def eroded_fov(mask: torch.Tensor, window: int = SSIM_WINDOW) -> torch.Tensor:
+    """(N, 1, H, W) mask -> (N, 1, H, W) float {0, 1}: the pixels whose whole ``window`` x
+    ``window`` neighbourhood lies inside the mask and inside the image (the centres of the SSIM
+    windows ``ssim_fov`` counts). Equal to ``scipy.ndimage.binary_erosion`` with a square
+    structuring element and ``border_value=0``."""
+    m = (mask > 0.5).float()
+    inside = 1.0 - F.max_pool2d(F.pad(1.0 - m, [window // 2] * 4, value=1.0), window, stride=1)
+    return inside
+
+
+def ssim_unsupported_reason(height: int, width: int,
+                            mask: torch.Tensor | None = None) -> str | None:
+    """Why SSIM (with ``mask`` (1, H, W) or (H, W): the FOV variant) is undefined, or None."""
+    if min(height, width) < SSIM_WINDOW:
+        return (f"SSIM n/a: {height}x{width} px is smaller than the {SSIM_WINDOW}-px window")
+    if mask is not None and float(eroded_fov(mask.reshape(1, 1, height, width).float()).sum()) == 0:
+        return (f"SSIM fov n/a: no {SSIM_WINDOW}-px window fits entirely inside the field of view")
+    return None
+
+
 def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """SSIM per image (torchmetrics, window 11, sigma 1.5, data range 1) -> (N,). With a mask
-    (N, 1, H, W): the SSIM map averaged over the masked pixels of every channel; NaN if empty."""
+    """SSIM per image, (N, C, H, W) x2 [+ mask (N, 1, H, W)] -> (N,): ``medq.losses.ssim``
+    (scikit-image's definition, valid windows). With a mask: the map averaged over the windows
+    entirely inside the mask (``eroded_fov``). NaN for images smaller than the window and for a
+    mask no window fits in (never SSIM = 1 as the loss uses for "nothing to compare")."""
+    from medq.losses import ssim as ssim_exact
+
+    _check_pair(pred, target, mask)
+    n, _, h, w = pred.shape
+    if min(h, w) < SSIM_WINDOW:
+        return torch.full((n,), math.nan)
+    kw = dict(window_size=SSIM_WINDOW, sigma=SSIM_SIGMA, k1=SSIM_K1, k2=SSIM_K2, data_range=1.0,
+              reduction="none")
+    with torch.no_grad():
+        value = ssim_exact(pred.float(), target.float(), mask=mask, **kw).float()
+    if mask is None:
+        return value
+    empty = eroded_fov(mask).sum(dim=(1, 2, 3)) == 0
+    return torch.where(empty, torch.full_like(value, math.nan), value)
+
+
+def ssim_torchmetrics(pred: torch.Tensor, target: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The leaderboard's SSIM before the eroded-FOV fix, kept only to measure the change:
+    torchmetrics (reflect padding) -> (N,); with a mask its full map averaged over every mask
+    pixel, rim included. Not a leaderboard column."""
     _check_pair(pred, target, mask)
     kw = dict(gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW, data_range=1.0,
               k1=SSIM_K1, k2=SSIM_K2)
@@ -112,6 +164,27 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
     count = m.sum(dim=(1, 2, 3))
     value = (smap * m).sum(dim=(1, 2, 3)) / count.clamp(min=1)
     return torch.where(count > 0, value, torch.full_like(value, math.nan))
+
+
+def lr_consistency_psnr(output: torch.Tensor, lr_input: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """LR consistency of super-resolved outputs: PSNR (dB) between ``output`` (N, 3, H, W)
+    downscaled with the task's own operator (``medq.data.bicubic_resize``, the kernel that made
+    the inputs) and the low-resolution ``lr_input`` (N, 3, h, w) -> (N,). ``mask`` (N, 1, H, W):
+    inside the FOV (area-downscaled, kept >= 0.5). A hallucinating model fails it even when it
+    looks sharp; the NTIRE perceptual SR challenges require >= 45 dB. NaN when h, w are not
+    smaller than H, W (no downscaling operator: enhance)."""
+    from medq.data.tasks import bicubic_resize
+
+    n, _, H, W = output.shape
+    h, w = lr_input.shape[-2:]
+    if h >= H and w >= W:
+        return torch.full((n,), math.nan, dtype=torch.float64)
+    down = bicubic_resize(output.float().clamp(0, 1), (h, w))
+    lr_mask = None
+    if mask is not None:
+        lr_mask = (F.interpolate(mask.float(), size=(h, w), mode="area") >= 0.5).float()
+    return psnr(down, lr_input.float(), lr_mask).double()
 
 
 def ms_ssim_supported(height: int, width: int) -> bool:
@@ -347,7 +420,8 @@ def image_features(paths: Sequence[str | Path], backbone: FeatureBackbone,
 
 def frechet_distance(feats1: np.ndarray, feats2: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to (N1, D) and (N2, D) features (clean-fid's
-    ``frechet_distance``); NaN when either set has fewer than 2 samples or sqrtm fails."""
+    ``frechet_distance``), clamped at 0 (a distance; sqrtm's round-off made a set against itself
+    come out slightly negative); NaN when either set has fewer than 2 samples or sqrtm fails."""
     from cleanfid import fid
 
     if len(feats1) < 2 or len(feats2) < 2:
@@ -365,7 +439,43 @@ def frechet_distance(feats1: np.ndarray, feats2: np.ndarray) -> float:
         return math.nan
     if buf.getvalue().strip():
         log.info("clean-fid: %s", buf.getvalue().strip())
-    return value
+    return max(0.0, value)
+
+
+def _poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def kid_interval(feats1: np.ndarray, feats2: np.ndarray, *, seed: int = 0, n_boot: int = 1000,
+                 level: float = 0.95) -> tuple[float, float, float]:
+    """KID on the whole sets with a bootstrap interval -> (value, low, high); NaNs with fewer
+    than 2 samples per side.
+
+    value: the unbiased MMD^2 with clean-fid's cubic kernel k(a, b) = (a.b / D + 1)^3 over all
+    pairs (= clean-fid's ``kernel_distance`` whenever N <= its 1000-image subset size, where its
+    100 "subsets" are all the whole set and carry no spread). Interval: percentile bootstrap over
+    images, resampling the index of each set with replacement (seeded) and leaving pairs of the
+    same original image out of the within-set terms, so duplicates do not bias the estimator."""
+    n1, n2 = len(feats1), len(feats2)
+    if n1 < 2 or n2 < 2:
+        return math.nan, math.nan, math.nan
+    x, y = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
+    kxx, kyy, kxy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
+
+    def mmd(ix: np.ndarray, iy: np.ndarray) -> float:
+        ox, oy = ix[:, None] != ix[None, :], iy[:, None] != iy[None, :]
+        if not ox.any() or not oy.any():
+            return math.nan
+        return float(kxx[np.ix_(ix, ix)][ox].mean() + kyy[np.ix_(iy, iy)][oy].mean()
+                     - 2 * kxy[np.ix_(ix, iy)].mean())
+
+    value = mmd(np.arange(n1), np.arange(n2))
+    rng = np.random.default_rng(seed)
+    boots = [mmd(rng.integers(0, n1, n1), rng.integers(0, n2, n2)) for _ in range(n_boot)]
+    boots = np.asarray([b for b in boots if not math.isnan(b)])
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha]) if len(boots) else (math.nan, math.nan)
+    return value, float(lo), float(hi)
 
 
 def kid(feats1: np.ndarray, feats2: np.ndarray, *, seed: int = 0, num_subsets: int = 100,

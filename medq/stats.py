@@ -2,7 +2,9 @@
 
     lo, hi = bootstrap_ci(values, seed=0)                       # 95 % percentile interval of the mean
     c = paired_comparison(a_by_id, b_by_id, seed=0)             # a - b on the images both have
-    c.mean_diff, c.ci_low, c.ci_high, c.p_value, c.n, c.note
+    c.mean_diff, c.ci_low, c.ci_high, c.p_value, c.n, c.n_nonzero, c.note
+    holm([0.01, 0.04, 0.03])                                    # Holm-adjusted p-values, same order
+    s = seed_comparison({0: 0.71, 1: 0.70, 2: 0.72}, {0: 0.69, 1: 0.69, 2: 0.70})  # per-seed means
 
 Everything is seeded (``numpy.random.default_rng(seed)``), so the same values give the same
 intervals on every run. NaN values are left out; the number actually used is returned.
@@ -61,6 +63,10 @@ class PairedResult:
     losses: int
     ties: int
     note: str = ""
+    n_nonzero: int = 0
+    """Pairs with a non-zero difference: what the Wilcoxon test uses (ties are dropped)."""
+    p_holm: float = math.nan
+    """``p_value`` Holm-adjusted over every test of one report (filled by ``holm``)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,7 +76,11 @@ def wilcoxon_p(diffs: Sequence[float]) -> tuple[float, str]:
     """Two-sided Wilcoxon signed-rank p-value of paired differences -> (p, note).
 
     All differences zero (e.g. two identical models): p = 1.0, since nothing differs, with a note;
-    scipy would warn and return NaN. No differences: NaN."""
+    scipy would warn and return NaN. No differences: NaN. Zero differences are dropped
+    (``zero_method="wilcox"``), so the low-power note counts the non-zero ones; when every
+    non-zero difference has the same sign the p-value sits at its floor for that count (exact:
+    2 / 2^n, e.g. 4e-12 at n = 39) and the note says so: a 1 %-darker copy reaches it too, so it
+    measures consistency of sign, not size."""
     from scipy.stats import wilcoxon
 
     d = _clean(diffs)
@@ -78,11 +88,16 @@ def wilcoxon_p(diffs: Sequence[float]) -> tuple[float, str]:
         return math.nan, "no paired images"
     if np.all(d == 0):
         return 1.0, "all differences are zero"
+    nz = d[d != 0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small-sample / ties warnings: the note below says so
         p = float(wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
-    note = f"only {len(d)} pairs: low power" if len(d) < 6 else ""
-    return p, note
+    notes = []
+    if len(nz) < 6:
+        notes.append(f"only {len(nz)} non-zero differences: low power")
+    if len(nz) >= 6 and (np.all(nz > 0) or np.all(nz < 0)):
+        notes.append(f"p at its floor: all {len(nz)} non-zero differences have one sign")
+    return p, "; ".join(notes)
 
 
 def paired_comparison(a: Mapping[str, float], b: Mapping[str, float], *, n_boot: int = N_BOOT,
@@ -97,4 +112,57 @@ def paired_comparison(a: Mapping[str, float], b: Mapping[str, float], *, n_boot:
     lo, hi = bootstrap_ci(d, n_boot=n_boot, level=level, seed=seed)
     p, note = wilcoxon_p(d)
     return PairedResult(len(d), float(d.mean()), lo, hi, p, int((d > 0).sum()), int((d < 0).sum()),
-                        int((d == 0).sum()), note)
+                        int((d == 0).sum()), note, int((d != 0).sum()))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order; NaN stays NaN and is not counted): the
+    family-wise error over every test of one report stays at the nominal level."""
+    idx = [i for i, p in enumerate(p_values) if not math.isnan(float(p))]
+    order = sorted(idx, key=lambda i: float(p_values[i]))
+    m, out, running = len(order), [math.nan] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        out[i] = running
+    return out
+
+
+@dataclass
+class SeedResult:
+    """``a - b`` on per-seed means (paired by training seed)."""
+
+    n_seeds: int
+    mean_diff: float
+    sd_diff: float
+    """Standard deviation of the per-seed differences (ddof 1); NaN with one seed."""
+    ci_low: float
+    ci_high: float
+    """Paired t interval over seeds; NaN with fewer than 2 seeds."""
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_comparison(a: Mapping, b: Mapping, *, level: float = LEVEL) -> SeedResult:
+    """Compare two modes by their per-seed means ({seed: mean over images}) on the seeds both
+    have: the mean difference and a paired t interval over seeds.
+
+    Why t and not Wilcoxon or a bootstrap: with 3 seeds the exact Wilcoxon test cannot go below
+    p = 0.25 and a bootstrap has 10 distinct resamples; the t interval is the one that says
+    anything, at the price of assuming roughly normal seed-to-seed differences. With one seed it
+    is n/a: the image-level interval says nothing about training-seed variance."""
+    from scipy.stats import t as student_t
+
+    seeds = sorted(set(a) & set(b), key=str)
+    d = np.asarray([float(a[k]) - float(b[k]) for k in seeds], dtype=np.float64)
+    d = d[~np.isnan(d)]
+    if len(d) == 0:
+        return SeedResult(0, math.nan, math.nan, math.nan, math.nan, "no common seed")
+    if len(d) == 1:
+        return SeedResult(1, float(d[0]), math.nan, math.nan, math.nan,
+                          "single seed: no seed interval (train with --seeds N)")
+    sd = float(d.std(ddof=1))
+    half = float(student_t.ppf(0.5 + level / 2, len(d) - 1)) * sd / math.sqrt(len(d))
+    return SeedResult(len(d), float(d.mean()), sd, float(d.mean()) - half, float(d.mean()) + half,
+                      f"paired t over {len(d)} seeds")

@@ -42,6 +42,13 @@ SSIM_RATIO_MIN = 0.5
 # Any non-finite output value: NaN/Inf never come out of a sane sampler.
 NONFINITE_FRAC_MAX = 0.0
 
+# Median over images i of SSIM(output_i, target_i) - mean over j != i of SSIM(output_i, target_j),
+# inside the eroded FOV. An output that ignores its input matches every target about equally (the
+# constant image: +0.003 on the embedded test split at 64 px); bicubic x4 scores 0.19, bicubic x2
+# 0.35, the unchanged enhance input 0.44. 0.02 leaves room for a weak model that still reads its
+# input, and little for one that does not.
+INPUT_DEPENDENCE_MIN = 0.02
+
 
 @dataclass
 class Verdict:
@@ -58,14 +65,16 @@ class Verdict:
 
 def verdict(*, undecodable_rate: float | None = None, output_std_ratio: float | None = None,
             psnr_gap_db: float | None = None, ssim_ratio: float | None = None,
-            nonfinite_frac: float | None = None) -> Verdict:
+            nonfinite_frac: float | None = None, input_dependence: float | None = None) -> Verdict:
     """Combine the collapse signals of one checkpoint into a ``Verdict``.
 
     - ``undecodable_rate``: undecodable ids / generated ids (``medq.textcheck.TextStats``).
     - ``output_std_ratio``: median over images of std(output) / std(target).
     - ``psnr_gap_db``: median over images of PSNR(output) - PSNR(reference upsampler).
     - ``ssim_ratio``: median over images of SSIM(output) / SSIM(reference), against the target.
-    - ``nonfinite_frac``: fraction of output values that are NaN or Inf (before clamping)."""
+    - ``nonfinite_frac``: fraction of output values that are NaN or Inf (before clamping).
+    - ``input_dependence``: ``input_dependence(...)``, how much better an output matches its own
+      target than the other images' targets (~0 for a model that ignores its input)."""
     specs = [
         ("undecodable_rate", undecodable_rate, UNDECODABLE_RATE_MAX, lambda v, t: v <= t,
          "undecodable-token rate {v:.4g} > {t:g}: the model emits ids the tokenizer cannot decode"),
@@ -77,6 +86,9 @@ def verdict(*, undecodable_rate: float | None = None, output_std_ratio: float | 
          "structure lost: median SSIM(output)/SSIM(reference) {v:.3g} < {t:g}"),
         ("nonfinite_frac", nonfinite_frac, NONFINITE_FRAC_MAX, lambda v, t: v <= t,
          "non-finite (NaN/Inf) output values: fraction {v:.3g}"),
+        ("input_dependence", input_dependence, INPUT_DEPENDENCE_MIN, lambda v, t: v >= t,
+         "ignores its input: median SSIM(output, own target) - SSIM(output, other targets) "
+         "{v:.3g} < {t:g}"),
     ]
     checks, reasons = {}, []
     for name, value, threshold, passes, message in specs:
@@ -94,16 +106,25 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def image_checks(output: torch.Tensor, target: torch.Tensor, reference: torch.Tensor) -> dict:
+def _ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> float | None:
+    """The leaderboard's SSIM of (3, H, W) images; inside the eroded FOV with a (1, H, W) mask.
+    None when undefined (no window inside the FOV)."""
+    from medq.metrics import ssim
+
+    value = float(ssim(x[None], y[None], None if mask is None else mask[None].float())[0])
+    return None if math.isnan(value) else value
+
+
+def image_checks(output: torch.Tensor, target: torch.Tensor, reference: torch.Tensor,
+                 mask: torch.Tensor | None = None) -> dict:
     """Sanity statistics of one output (3, H, W) against its target and the reference
     upsampler's output (bicubic for SR, the input for enhance): what ``image_statistics`` turns
     into the image inputs of ``verdict``. Used by the inference harness (one per records row) and
     by the trainer's collapse monitor (on its probe batch), so both judge by the same rules.
 
-    Not the leaderboard's metrics: these see the raw output before clamping, so NaN and
-    out-of-range values are caught."""
-    from medq.losses import ssim
-
+    ``mask`` (1, H, W): the SSIMs are taken inside the eroded field of view (windows entirely
+    inside it, as ``ssim_fov``), so the shared black rim cannot prop up a garbage output.
+    These see the raw output before clamping, so NaN and out-of-range values are caught."""
     nonfinite = int((~torch.isfinite(output)).sum())
     clean = torch.nan_to_num(output.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
     ref = reference.float().clamp(0, 1)
@@ -112,7 +133,7 @@ def image_checks(output: torch.Tensor, target: torch.Tensor, reference: torch.Te
     return {"output_std": float(clean.std()), "target_std": float(target.float().std()),
             "nonfinite": nonfinite, "numel": output.numel(),
             "psnr": None if math.isinf(p) else p, "psnr_reference": None if math.isinf(p_ref) else p_ref,
-            "ssim": float(ssim(clean[None], tgt)), "ssim_reference": float(ssim(ref[None], tgt))}
+            "ssim": _ssim(clean, tgt[0], mask), "ssim_reference": _ssim(ref, tgt[0], mask)}
 
 
 def finite_median(values: Iterable) -> float | None:
@@ -135,3 +156,29 @@ def image_statistics(checks: list[dict]) -> dict:
             "psnr_reference": finite_median(c["psnr_reference"] for c in checks),
             "psnr_gap_db": finite_median(gaps), "ssim_ratio": finite_median(ssim_ratios),
             "nonfinite_frac": sum(c["nonfinite"] for c in checks) / numel if numel else None}
+
+
+def input_dependence(outputs: torch.Tensor, targets: torch.Tensor,
+                     masks: torch.Tensor | None = None, *, others: int = 8) -> float | None:
+    """Median over images i of SSIM(output_i, target_i) - mean over j of SSIM(output_i, target_j)
+    for ``others`` other images j = i+1, ..., i+others (cyclically; all j != i when there are
+    fewer). outputs, targets (N, 3, H, W); masks (N, 1, H, W): target j's field of view, eroded
+    as in ``ssim_fov``. ~0 for outputs that do not depend on their inputs (a constant image
+    scores every target alike); None for fewer than 2 images. (others + 1) * N SSIMs: a fixed
+    subset of the j keeps it linear in N (39 images at 64 px: ~0.3 s on one core)."""
+    from medq.metrics import ssim
+
+    n = outputs.shape[0]
+    if n < 2:
+        return None
+    out = torch.nan_to_num(outputs.float(), nan=0.0).clamp(0, 1)
+    tgt = targets.float()
+    own = ssim(out, tgt, masks).double()
+    shifted = []
+    for k in range(1, min(others, n - 1) + 1):
+        m = None if masks is None else torch.roll(masks, -k, 0)
+        shifted.append(ssim(out, torch.roll(tgt, -k, 0), m).double())
+    other = torch.stack(shifted).nanmean(0)
+    gaps = own - other
+    gaps = gaps[~torch.isnan(gaps)]
+    return statistics.median(gaps.tolist()) if len(gaps) else None

@@ -1,11 +1,12 @@
-"""Bicubic / Lanczos / identity as ImageTextModels."""
+"""Bicubic / Lanczos / identity / constant as ImageTextModels."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from medq.baselines import BASELINES, Bicubic, Identity, Lanczos, bicubic
+from medq.baselines import (BASELINES, Bicubic, Constant, Identity, Lanczos, bicubic,
+                            training_mean_image)
 from medq.protocol import ImageTextModel
 
 torch.set_num_threads(1)
@@ -19,7 +20,8 @@ def smooth(n=2, size=16, seed=0):
 
 @pytest.mark.parametrize("name", list(BASELINES))
 def test_protocol_shapes_range_and_no_text(name):
-    model = BASELINES[name]()
+    # The constant baseline's default image comes from the embedded data; a fixed one here.
+    model = Constant(torch.rand(3, 64, 64)) if name == "constant" else BASELINES[name]()
     assert isinstance(model, ImageTextModel) and model.name == name and model.has_text is False
     x = smooth()
     out = model.edit(x, ["i", "i"], ["sr4", "sr4"], (64, 64), seed=0)
@@ -54,3 +56,24 @@ def test_upsamplers_recover_smooth_images_better_than_nearest():
 def test_bad_shape_is_a_clear_error():
     with pytest.raises(ValueError, match="bicubic: images must be"):
         Bicubic().edit(torch.zeros(3, 8, 8), ["i"], ["sr4"], (16, 16), 0)
+
+
+def test_constant_is_the_training_mean_and_ignores_its_input(tmp_path):
+    from medq.config import DataConfig
+    from medq.data import build_dataset
+
+    cfg = DataConfig(num_images=12, cache_dir=str(tmp_path / "cache"))
+    mean = training_mean_image(cfg, 32)
+    train = build_dataset(cfg, 32, "train")
+    manual = torch.stack([train[i]["target"] for i in range(0, len(train), len(cfg.tasks))]).mean(0)
+    assert mean.shape == (3, 32, 32) and torch.allclose(mean, manual, atol=1e-6)
+    test = build_dataset(cfg, 32, "test")
+    step = len(cfg.tasks)
+    test_mean = torch.stack([test[i]["target"] for i in range(0, len(test), step)]).mean(0)
+    assert not torch.allclose(mean, test_mean, atol=1e-3)  # the training targets, not the test's
+    model = Constant(data_cfg=cfg)
+    a, b = model.edit(smooth(seed=1), ["i"] * 2, ["sr4", "enhance"], (32, 32), seed=0), \
+        model.edit(torch.zeros(2, 3, 8, 8), ["i"] * 2, ["sr2", "sr2"], (32, 32), seed=5)
+    assert torch.equal(a, b) and torch.allclose(a[0], mean)
+    with pytest.raises(ValueError, match="constant: image must be"):
+        Constant(torch.rand(32, 32))

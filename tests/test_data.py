@@ -122,3 +122,21 @@ def test_tokenizer_builds_from_vocabulary():
     t = tok.Tokenizer()
     r = report(1, 2, ["haemorrhages"])
     assert tok.split_words(r) == WORD.findall(r) and len(vocabulary()) + len(tok.SPECIALS) == t.vocab_size
+
+
+def test_split_keeps_both_eyes_of_a_patient_together():
+    from medq.data.split import patient_of
+
+    assert patient_of("10_left") == patient_of("10_right") == "10"
+    assert patient_of("21_training") == "21_training"
+    ids = [f"{p}_{eye}" for p in range(60) for eye in ("left", "right")] + ["99_left"]
+    s = split_ids(ids, 0.1, 0.1)
+    assert sorted(s["train"] + s["val"] + s["test"]) == sorted(ids)
+    where = {i: k for k, v in s.items() for i in v}
+    for p in range(60):
+        assert where[f"{p}_left"] == where[f"{p}_right"], p
+    assert 13 <= len(s["test"]) <= 14 and 13 <= len(s["val"]) <= 14  # ceil(12.1), + 1 eye
+    # ids without an eye suffix split exactly as before grouping (sha order, first ceil(n f))
+    plain = [f"img{i}" for i in range(50)]
+    order = sorted(plain, key=lambda i: __import__("hashlib").sha256(i.encode()).hexdigest())
+    assert split_ids(plain, 0.1, 0.1)["test"] == order[:5]

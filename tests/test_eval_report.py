@@ -1,6 +1,7 @@
 """bench.eval scoring + bench.report writing from fake records.jsonl and PNGs (no model, no data)."""
 
 import argparse
+import math
 import csv
 import json
 
@@ -124,18 +125,25 @@ def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, caps
     from bench.__main__ import main
 
     argv = ["eval", "--skip-train", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "reports"),
-            "--model", "test_infer_fakes:TextBicubic", "--tasks", "sr4,enhance", "--test-images", "3",
-            "--set", "data.num_images=30", "--set", "model.image_size=32",
+            "--model", "test_infer_fakes:TextBicubic", "--tasks", "sr4,enhance", "--test-images", "6",
+            "--set", "data.num_images=60", "--set", "model.image_size=32",
             "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
             "--backbone", "randresnet18", "--no-progress", "--no-plots"]
     assert main(argv) == 0
     with open(tmp_path / "reports" / "leaderboard.csv") as f:
         rows = {(r["name"], r["task"]): r for r in csv.DictReader(f)}
     # each baseline only where it is the reference: upsampling for SR, the input for enhance
-    assert {k for k in rows if k[0] in ("bicubic", "lanczos", "identity")} == {
-        ("bicubic", "sr4"), ("lanczos", "sr4"), ("identity", "enhance")}
+    assert {k for k in rows if k[0] in ("bicubic", "lanczos", "identity", "constant")} == {
+        ("bicubic", "sr4"), ("lanczos", "sr4"), ("identity", "enhance"), ("constant", "sr4"),
+        ("constant", "enhance")}
+    # the floor ignores its input, and the verdict says so; bicubic reads it
+    floor = rows[("constant", "sr4")]
+    assert floor["verdict"] == "collapsed", floor["input_dependence"]
+    assert "ignores its input" in rows[("constant", "sr4")]["note"]
+    assert rows[("bicubic", "sr4")]["verdict"] == "healthy"
+    assert float(rows[("bicubic", "sr4")]["input_dependence"]) > 0.02
     mine, ref = rows[("text-bicubic", "sr4")], rows[("bicubic", "sr4")]
-    assert mine["kind"] == "model" and mine["status"] == "ok" and int(mine["n_images"]) == 3
+    assert mine["kind"] == "model" and mine["status"] == "ok" and int(mine["n_images"]) == 6
     for metric in ("psnr", "psnr_fov", "ssim", "ssim_fov"):
         assert float(mine[metric]) == pytest.approx(float(ref[metric]), abs=1e-9), metric
     assert float(mine["undecodable_rate"]) == 0 and ref["undecodable_rate"] in ("", "n/a")
@@ -196,3 +204,84 @@ def test_comparisons_against_the_no_image_loss_control(tmp_path):
     assert {("ssim_v3-1", "base-1"), ("pixel-1", "base-1"), ("ssim_v3-1", "pixel-1")} <= pairs
     assert ("base-1", "bicubic") in pairs
     assert not {("ssim_v3-1", "base-1")} <= {(c["a"], c["b"]) for c in E.comparisons(rows, per_image)}
+
+
+def _seed_rows():
+    rows = []
+    for preset, base in (("pixel", 0.60), ("ssim_v3", 0.62)):
+        for seed in (0, 1, 2):
+            rows.append({"status": "ok", "name": f"{preset}-{seed}@step_000300/ema", "kind": "run",
+                         "preset": preset, "seed": seed, "step": 300, "task": "sr4", "n_images": 6,
+                         "ssim_fov": base + 0.001 * seed, "psnr_fov": 25.0 + seed,
+                         "lr_psnr": float("nan"), "vessel_dice": 0.3})
+    rows.append({"status": "ok", "name": "bicubic", "kind": "baseline", "task": "sr4",
+                 "n_images": 6, "ssim_fov": 0.67, "psnr_fov": 25.0, "lr_psnr": 40.0,
+                 "vessel_dice": 0.5})
+    return rows
+
+
+def test_seed_rows_and_comparisons_on_per_seed_means(tmp_path):
+    rows = _seed_rows()
+    srows, scomps = E.seed_summary(rows)
+    by = {r["preset"]: r for r in srows}
+    assert by["pixel"]["n_seeds"] == 3 and by["pixel"]["ssim_fov"] == pytest.approx(0.601)
+    assert by["pixel"]["ssim_fov_seed_sd"] == pytest.approx(0.001)
+    assert math.isnan(by["pixel"]["lr_psnr"])  # undefined stays n/a, never 0
+    c = {(c["a"], c["b"], c["metric"]): c for c in scomps}
+    v3 = c[("ssim_v3", "pixel", "ssim_fov")]
+    assert v3["n_seeds"] == 3 and v3["mean_diff"] == pytest.approx(0.02) and v3["ci_low"] > 0
+    assert c[("pixel", "bicubic", "ssim_fov")]["mean_diff"] == pytest.approx(0.601 - 0.67)
+    md = report.markdown(rows + srows, [], {"x": "y"}, scomps)
+    assert "+- 0.0010 (seeds)" in md and "paired t over 3 seeds" in md
+    assert E.seed_summary([r for r in rows if r.get("seed") in (0, None)]) == ([], [])
+    assert "One training seed per mode" in report.markdown(rows, [], {})
+
+
+def test_seeds_flag_validated_and_missing_seeds_listed(tmp_path, capsys):
+    from bench.__main__ import main
+    from medq.config import dump_toml, load_config
+
+    for bad in ("0", "x", "21"):
+        with pytest.raises(SystemExit):
+            main(["eval", "--seeds", bad, "--runs-dir", str(tmp_path / "runs")])
+        assert "--seeds" in capsys.readouterr().err
+    run = tmp_path / "runs" / "pixel-aaaa"
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text(dump_toml(load_config("pixel", overrides=["run.seed=1"])))
+    info = {"preset": "pixel", "hash": "a", "status": "finished"}
+    (run / "run.json").write_text(json.dumps(info))
+    args = argparse.Namespace(seeds=2, skip_train=True, overrides=[], runs_dir=tmp_path / "runs")
+    assert E.train_missing(args, [run]) == []
+    out = capsys.readouterr().out
+    assert "no finished pixel seed 0 run" in out and "pixel seed 1" not in out
+    assert "no finished ssim_v3 seed 1 run" in out
+
+
+def test_extra_output_kind_is_a_row_of_its_own_and_compared(tmp_path):
+    rows, per_image = _score_all(tmp_path)
+    d = tmp_path / "ssim_v3-1" / "sr4"
+    recs = [json.loads(l) for l in (d / "records.jsonl").read_text().splitlines()]
+    for r in recs:  # an MMSE output: the target itself (a perfect posterior mean)
+        r["output_mmse"] = r["target"]
+    (d / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert E.output_kinds(d) == ["mmse"]
+    meta = {**_meta("ssim_v3-1/mmse", "run", "ssim_v3/mmse"), "output": "mmse"}
+    row, pi = E.score_task_dir(d, IDS, meta, channel="rgb", features=None, output_key="output_mmse")
+    assert row["status"] == "ok" and row["output"] == "mmse"
+    assert row["ssim_fov"] == pytest.approx(1.0)
+    comps = E.comparisons(rows + [row], per_image + pi)
+    assert ("ssim_v3-1/mmse", "bicubic") in {(c["a"], c["b"]) for c in comps}
+    assert all(0 <= c["p_holm"] <= 1 and c["p_holm"] >= c["p_value"] for c in comps)
+
+
+def test_perception_distortion_plot_has_every_mode(tmp_path):
+    rows = [{"task": "sr4", "kind": k, "name": n, "psnr_fov": p, "kid_randresnet18": kd,
+             "kid_randresnet18_lo": kd * 0.8, "kid_randresnet18_hi": kd * 1.2}
+            for n, k, p, kd in (("bicubic", "baseline", 25.0, 0.02),
+                                ("constant", "baseline", 23.4, 0.2),
+                                ("ssim_v3", "run", 25.2, 0.05),
+                                ("ssim_v3/mmse", "run", 26.0, 0.08))]
+    # no KID: no plot
+    rows.append({"task": "enhance", "kind": "run", "name": "x", "psnr_fov": 20.0})
+    paths = report.plot_perception_distortion(rows, tmp_path)
+    assert [p.name for p in paths] == ["pd_sr4.png"] and paths[0].stat().st_size > 5_000

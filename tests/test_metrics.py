@@ -26,30 +26,55 @@ def test_psnr_matches_skimage_per_image():
         assert ours[i].item() == pytest.approx(ref, abs=1e-3)
 
 
-def test_ssim_close_to_skimage():
+def _sk_map(p, t):
+    """scikit-image's SSIM map (H, W), averaged over channels, and its valid-window mean."""
+    val, full = structural_similarity(t.permute(1, 2, 0).numpy(), p.permute(1, 2, 0).numpy(),
+                                      channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False, data_range=1.0, full=True)
+    return full.mean(axis=2), val
+
+
+def test_ssim_equals_skimage():
     p, t = _pair(size=96)
     ours = M.ssim(p, t)
     for i in range(2):
-        ref = structural_similarity(t[i].permute(1, 2, 0).numpy(), p[i].permute(1, 2, 0).numpy(),
-                                    channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                    use_sample_covariance=False, data_range=1.0)
-        # torchmetrics reflect-pads, scikit-image averages valid windows: ~1e-3 apart.
-        assert ours[i].item() == pytest.approx(ref, abs=1e-2)
+        assert ours[i].item() == pytest.approx(_sk_map(p[i], t[i])[1], abs=1e-5)
 
 
-def test_masked_variants():
-    p, t = _pair()
-    ones = torch.ones(2, 1, 64, 64)
-    assert torch.allclose(M.psnr(p, t, ones), M.psnr(p, t), atol=1e-3)
-    assert torch.allclose(M.ssim(p, t, ones), M.ssim(p, t), atol=1e-6)
-    # Errors only outside the mask: FOV PSNR hits the cap, full-image PSNR does not.
-    mask = torch.zeros(2, 1, 64, 64)
-    mask[..., 16:48, 16:48] = 1
-    q = t.clone()
-    q[..., :8, :] = 0.5 * q[..., :8, :]
-    assert (M.psnr(q, t, mask) == M.PSNR_CAP_DB).all()
-    assert (M.psnr(q, t) < 40).all()
-    assert math.isnan(M.psnr(q, t, torch.zeros(2, 1, 64, 64))[0].item())
+def _disc(n, size, radius):
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    c = (size - 1) / 2
+    return ((yy - c) ** 2 + (xx - c) ** 2 <= radius ** 2).float().expand(n, 1, size, size).clone()
+
+
+def test_ssim_fov_is_skimage_map_over_the_eroded_fov():
+    from scipy.ndimage import binary_erosion
+
+    p, t = _pair(size=64, noise=0.3)
+    mask = _disc(2, 64, 30)
+    p, t = p * mask, t * mask  # black outside the disc, as fundus images are
+    ours = M.ssim(p, t, mask)
+    for i in range(2):
+        smap, _ = _sk_map(p[i], t[i])
+        eroded = binary_erosion(mask[i, 0].numpy() > 0.5, structure=np.ones((11, 11)),
+                                border_value=0)
+        assert np.array_equal(M.eroded_fov(mask[i:i + 1])[0, 0].numpy() > 0.5, eroded)
+        assert ours[i].item() == pytest.approx(float(smap[eroded].mean()), abs=1e-5)
+    # The rim (windows reaching the shared black border) counts no more: the old number, over
+    # every FOV pixel, flattered the pair.
+    assert (M.ssim_torchmetrics(p, t, mask) > ours + 0.01).all()
+
+
+def test_ssim_undefined_is_nan_with_reason():
+    p, t = _pair(size=64)
+    thin = torch.zeros(2, 1, 64, 64)
+    thin[..., 30:36, :] = 1  # 6 px high: no 11-px window fits
+    assert torch.isnan(M.ssim(p, t, thin)).all()
+    assert "no 11-px window" in M.ssim_unsupported_reason(64, 64, thin[0])
+    small_p, small_t = _pair(size=8)
+    assert torch.isnan(M.ssim(small_p, small_t)).all()
+    assert "smaller than the 11-px window" in M.ssim_unsupported_reason(8, 8)
+    assert M.ssim_unsupported_reason(64, 64, _disc(1, 64, 30)[0]) is None
 
 
 def test_ms_ssim_small_images_nan_with_reason_and_masked_agrees():
@@ -102,3 +127,64 @@ def test_backbone_names_never_fid_without_inception(monkeypatch, tmp_path):
     monkeypatch.setenv(M.INCEPTION_ENV, str(tmp_path / "nope.pt"))
     with pytest.raises(FileNotFoundError, match="MEDQ_INCEPTION"):
         M.feature_extractor()
+
+
+def test_frechet_clamped_and_kid_interval():
+    rng = np.random.default_rng(1)
+    a, c = rng.normal(size=(39, 16)), rng.normal(loc=0.5, size=(39, 16))
+    assert M.frechet_distance(a, a) == 0.0  # sqrtm round-off made it slightly negative
+    value, lo, hi = M.kid_interval(a, c, seed=0, n_boot=300)
+    assert value == pytest.approx(M.kid(a, c, seed=0), rel=1e-9)  # clean-fid's, whole set
+    assert lo < value < hi and hi - lo > 0  # a real spread, unlike 100 identical "subsets"
+    assert M.kid_interval(a, c, seed=0, n_boot=300) == (value, lo, hi)  # seeded
+    assert all(math.isnan(v) for v in M.kid_interval(a[:1], c))
+
+
+def _degraded_series(images: torch.Tensor, kind: str) -> list[torch.Tensor]:
+    from medq.data.tasks import _gauss_blur
+
+    g = torch.Generator().manual_seed(0)
+    if kind == "blur":
+        return [torch.stack([_gauss_blur(im, s) for im in images]) for s in (0.8, 1.6, 3.2)]
+    return [(images + s * torch.randn(images.shape, generator=g)).clamp(0, 1)
+            for s in (0.03, 0.1, 0.3)]
+
+
+def _assert_distance_grows(images: torch.Tensor):
+    """The stand-in backbone's Frechet distance and KID to the clean set grow with blur sigma and
+    noise level: what "useful to rank modes" claims."""
+    bb = M.feature_extractor("randresnet18")
+
+    def feats(x):
+        x299 = torch.nn.functional.interpolate(x, size=(299, 299), mode="bicubic",
+                                               align_corners=False)
+        return bb((x299.clamp(0, 1) * 255)).double().numpy()
+
+    clean = feats(images)
+    for kind in ("blur", "noise"):
+        fds = [M.frechet_distance(feats(x), clean) for x in _degraded_series(images, kind)]
+        kids = [M.kid_interval(feats(x), clean, n_boot=1)[0]
+                for x in _degraded_series(images, kind)]
+        assert fds == sorted(fds) and fds[0] < fds[-1], (kind, fds)
+        assert kids == sorted(kids), (kind, kids)
+
+
+@pytest.mark.slow
+def test_random_backbone_distance_grows_with_degradation_synthetic(tmp_path):
+    from medq.config import DataConfig
+    from medq.data import build_dataset
+
+    ds = build_dataset(DataConfig(num_images=16, cache_dir=str(tmp_path)), 64, "all", tasks=["sr4"])
+    _assert_distance_grows(torch.stack([ds[i]["target"] for i in range(16)]))
+
+
+@pytest.mark.slow
+def test_random_backbone_distance_grows_with_degradation_real(fundus_samples):
+    from PIL import Image
+
+    paths = sorted((fundus_samples / "drive-train" / "images").glob("*"))[:16]
+    if len(paths) < 10:
+        pytest.skip("DRIVE training images not present")
+    imgs = [torch.from_numpy(np.asarray(
+        Image.open(p).convert("RGB").resize((128, 128), Image.BICUBIC)).copy()) for p in paths]
+    _assert_distance_grows(torch.stack(imgs).permute(0, 3, 1, 2).float() / 255)

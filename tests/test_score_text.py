@@ -76,3 +76,21 @@ def test_unusable_inputs_exit_2(tmp_path, capsys):
     good = write_jsonl(tmp_path / "g.jsonl", [{"id": 1, "token_ids": [1]}])
     assert run(["--jsonl", str(good), "--vocab", str(tmp_path / "v.json")]) == 2
     assert run(["--jsonl", str(good), "--vocab-size", "0"]) == 2
+
+
+def test_reports_scored_against_the_truth_beside_their_floors(tmp_path, capsys):
+    from medq.data.text import report
+
+    grades = [0, 0, 1, 2, 3, 4, 0, 2]
+    truth = write_jsonl(tmp_path / "t.jsonl", [{"id": f"i{k}", "report": report(0, g, [])}
+                                               for k, g in enumerate(grades)])
+    same = write_jsonl(tmp_path / "g.jsonl", [{"id": f"i{k}", "text": report(0, 3, [])}
+                                              for k in range(len(grades))])
+    assert run(["--jsonl", str(same), "--vocab-size", "10", "--truth", str(truth),
+                "--out", str(tmp_path / "o.json")]) == 0
+    out = capsys.readouterr().out
+    assert "DR grade kappa (quadratic) 0.000  floor 0.000" in out  # one report for every image
+    assert json.loads((tmp_path / "o.json").read_text())["reports"]["quality_accuracy"] == 1.0
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "i0", "report": 3}])
+    assert run(["--jsonl", str(same), "--vocab-size", "10", "--truth", str(bad)]) == 2
+    assert f"--truth {bad}:1: expected" in capsys.readouterr().err
