@@ -121,13 +121,14 @@ def time_steps(cfg, steps: int, device, *, measure_memory: bool = False,
     if measure_memory:
         return times, peak_step_memory(step, device)
     if count_flops:
-        return times, step_flops(step, task)
+        return times, step_flops(step, task, min(steps, 3))
     return times
 
 
-def step_flops(step, task) -> dict[str, float]:
-    """FLOPs of one call of ``step()`` by component: {"transformer", "vae encode", "vae decode",
-    "loss (ssim)", "other", "total"}; forward and backward, see the module docstring."""
+def step_flops(step, task, steps: int = 1) -> dict[str, float]:
+    """FLOPs per call of ``step()`` (mean over ``steps`` calls: the max_t gates vary per step) by
+    component: {"transformer", "vae encode", "vae decode", "loss (ssim)", "other", "total"};
+    forward and backward, see the module docstring."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -158,16 +159,17 @@ def step_flops(step, task) -> dict[str, float]:
     image_space.ssim_loss = counting_ssim_loss
     try:
         with FlopCounterMode(display=False) as counter:
-            step()
+            for _ in range(steps):
+                step()
     finally:
         image_space.ssim_loss = real_ssim_loss
         for attr, inner in wrapped.items():
             setattr(vae, attr, inner)
-    counts = {name: float(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
+    counts = {name: sum(ops.values()) / steps for name, ops in counter.get_flop_counts().items()}
     out = {"transformer": counts.get(type(task.model).__name__, 0.0),
            "vae encode": counts.get("vae_encode", 0.0),
            "vae decode": counts.get("vae_decode", 0.0),
-           "loss (ssim)": float(SSIM_FLOPS_PER_PIXEL * sum(ssim_pixels))}
+           "loss (ssim)": SSIM_FLOPS_PER_PIXEL * sum(ssim_pixels) / steps}
     counted = counts.get("Global", 0.0)
     out["other"] = max(0.0, counted - out["transformer"] - out["vae encode"] - out["vae decode"])
     out["total"] = counted + out["loss (ssim)"]
@@ -248,7 +250,7 @@ def main(args) -> int:
             verdict = "meets" if ratio <= TARGET_RATIO else "MISSES"
             print(f"ssim_v3 / pixel ({label}) = {ratio:.2f}: {verdict} the target <= {TARGET_RATIO}")
     if flops:
-        print(f"\nModel FLOPs per training step (as set; forward + backward; GFLOP) and "
+        print(f"\nModel FLOPs per training step (as set, mean of up to 3 steps; forward + backward; GFLOP) and "
               f"utilisation = FLOPs / step time / {machine.gflops:.1f} calibration GFLOPS")
         parts = ("transformer", "vae encode", "vae decode", "loss (ssim)", "other")
         print(f"{'preset':<18}" + "".join(f"{p:>13}" for p in parts)
