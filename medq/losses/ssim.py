@@ -248,9 +248,10 @@ class _SSIM(torch.autograd.Function):
         xp, yp = x.view(n * c, hh, ww), y.view(n * c, hh, ww)
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         values = x.new_empty(n * c)
-        d = x.new_empty(2 + need_x + need_y, n * c, h, w) if need_x or need_y else None
+        d = None
         compiled = _use_compiled(x)
-        for a, b in _blocks(n * c, hh, ww):
+        blocks = list(_blocks(n * c, hh, ww))
+        for a, b in blocks:
             if isinstance(weight, float):
                 wc = weight / c
             else:
@@ -264,7 +265,11 @@ class _SSIM(torch.autograd.Function):
             if out is None:
                 out = _forward_block(xp[a:b], yp[a:b], wc, taps, c1, c2, need_x, need_y)
             values[a:b], db = out
-            if d is not None:
+            if db is not None and len(blocks) == 1:
+                d = db  # no copy into a preallocated buffer: one pass less, one map set less
+            elif db is not None:
+                if d is None:
+                    d = x.new_empty(2 + need_x + need_y, n * c, h, w)
                 d[:, a:b] = db
         if d is not None:
             ctx.save_for_backward(x, y, d)
@@ -278,10 +283,17 @@ class _SSIM(torch.autograd.Function):
         xp, yp = x.view(n * c, hh, ww), y.view(n * c, hh, ww)
         per_plane = grad.repeat_interleave(c).view(1, -1, 1, 1)
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        compiled = _use_compiled(x)
+        blocks = list(_blocks(n * c, hh, ww))
+        if compiled and len(blocks) == 1:  # the kernel's outputs are the gradients, no copy
+            out = _call_compiled(1, d, per_plane[0], xp, yp, ctx.taps, need_x, need_y)
+            if out is not None:
+                return (None if out[0] is None else out[0].view_as(x),
+                        None if out[1] is None else out[1].view_as(y), None, None, None, None)
+            compiled = False
         gx = torch.empty_like(xp) if need_x else None
         gy = torch.empty_like(yp) if need_y else None
-        compiled = _use_compiled(x)
-        for a, b in _blocks(n * c, hh, ww):
+        for a, b in blocks:
             if compiled:
                 out = _call_compiled(1, d[:, a:b], per_plane[0, a:b], xp[a:b], yp[a:b], ctx.taps,
                                      need_x, need_y)
