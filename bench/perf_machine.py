@@ -1,4 +1,4 @@
-"""The machine a ``bench perf`` table was measured on, a calibration, and the flag checks they share.
+"""The machine a ``bench perf`` table was measured on, its calibration, and shared flag checks.
 
 Every table starts with ``machine_line()``: CPU model, torch threads, torch version, a ~1 s float32
 1024x1024 matmul calibration in GFLOPS (at the table's thread count), a copy bandwidth (memory-

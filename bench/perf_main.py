@@ -1,4 +1,4 @@
-"""``python -m bench perf main``: stage times of the last ``make train-v3 && make eval``, from its files.
+"""``python -m bench perf main``: stage times of the last ``make train-v3 && make eval``.
 
     python -m bench perf main                          # runs/ and reports/ of this checkout
     python -m bench perf main --runs-dir /x/runs --reports /x/reports

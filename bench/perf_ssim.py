@@ -1,7 +1,7 @@
 """``python -m bench perf ssim``: our SSIM loss against the reference libraries.
 
     python -m bench perf ssim                # shapes (8,3,256,256), (4,3,512,512), (1,3,1024,1024)
-    python -m bench perf ssim --busy-core    # the same with one core kept busy by a spinning process
+    python -m bench perf ssim --busy-core    # the same, one core kept busy by a spinning process
     python -m bench perf ssim --quick        # smaller shapes, fewer repeats (a smoke run)
     python -m bench perf ssim --shapes 2x3x128x128,1x1x300x200 --repeats 5 --threads 1
 
@@ -160,7 +160,8 @@ def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
             shape = ()
         if len(shape) != 4 or min(shape) < 1:
             raise argparse.ArgumentTypeError(
-                f"shape {item.strip()!r} is not NxCxHxW with 4 positive integers (e.g. 8x3x256x256)")
+                f"shape {item.strip()!r} is not NxCxHxW with 4 positive integers "
+                f"(e.g. 8x3x256x256)")
         if min(shape[2:]) < 11:
             raise argparse.ArgumentTypeError(
                 f"shape {item.strip()!r}: H and W must be >= 11 (one SSIM window)")
@@ -182,7 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=thread_count, default=None,
                         help="torch threads (default: min(2, CPU count))")
     parser.add_argument("--impls", default=",".join(IMPLS),
-                        help=f"comma-separated implementations (default: all of {', '.join(IMPLS)})")
+                        help=f"comma-separated implementations (default: {', '.join(IMPLS)})")
     parser.add_argument("--busy-core", action="store_true",
                         help="keep one core busy with a spinning process during the measurement")
     parser.add_argument("--no-memory", action="store_true",

@@ -4,7 +4,7 @@
     python -m bench perf train --steps 10 --presets pixel,ssim_v3,mixed,ssim_v1
     python -m bench perf train --full                         # the presets' own model size
     python -m bench perf train --chunks 1,2,4,8 --set optim.batch_size=8
-    python -m bench perf train --full --presets pixel,ssim_v3 --chunks '' --threads 2   # utilisation
+    python -m bench perf train --full --presets pixel,ssim_v3 --chunks ''   # FLOPs, utilisation
 
 Step = the loop's step (losses under autocast, backward, clip, AdamW), median over ``--steps``
 after one warm-up step, weights random (init does not change the cost). Target: an ssim_v3 step
@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--threads", type=thread_count, default=None,
                         help="torch threads (default: torch's default)")
-    parser.add_argument("--no-flops", action="store_true", help="skip the FLOPs / utilisation table")
+    parser.add_argument("--no-flops", action="store_true",
+                        help="skip the FLOPs / utilisation table")
 
 
 def _config(preset: str, args, out_dir: Path, extra=()):
@@ -250,8 +251,8 @@ def main(args) -> int:
             verdict = "meets" if ratio <= TARGET_RATIO else "MISSES"
             print(f"ssim_v3 / pixel ({label}) = {ratio:.2f}: {verdict} the target <= {TARGET_RATIO}")
     if flops:
-        print(f"\nModel FLOPs per training step (as set, mean of up to 3 steps; forward + backward; GFLOP) and "
-              f"utilisation = FLOPs / step time / {machine.gflops:.1f} calibration GFLOPS")
+        print(f"\nModel FLOPs per training step (as set, mean of up to 3 steps; forward + backward; "
+              f"GFLOP) and utilisation = FLOPs / step time / {machine.gflops:.1f} calibration GFLOPS")
         parts = ("transformer", "vae encode", "vae decode", "loss (ssim)", "other")
         print(f"{'preset':<18}" + "".join(f"{p:>13}" for p in parts)
               + f"{'total':>10}{'ms/step':>9}{'GFLOPS':>8}{'util.':>7}")
