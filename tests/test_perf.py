@@ -156,3 +156,12 @@ def test_perf_infer_reports_images_per_second(capsys):
     assert rc == 0 and out.startswith("machine: ")
     rate, s_per_image, gflop, gflops = map(float, out.splitlines()[-1].split()[:4])
     assert rate > 0 and s_per_image == pytest.approx(1 / rate, rel=3e-2) and gflop > 0
+
+
+def test_perf_data_starts_with_the_machine_and_rejects_zero_sizes(capsys):
+    assert bench_main.main(["perf", "data", "--sizes", "32", "--images", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("machine: ") and "1 torch threads" in out
+    with pytest.raises(SystemExit):
+        bench_main.main(["perf", "data", "--sizes", "0"])
+    assert "--sizes must be 1..4096" in capsys.readouterr().err
