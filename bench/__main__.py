@@ -5,7 +5,9 @@
     python -m bench score-text --jsonl FILE (--vocab-size N | --vocab FILE)
     python -m bench perf ssim                 # our SSIM kernel against the reference libraries
     python -m bench perf data                 # synthetic fundus images per second
-    python -m bench perf train                # step time per preset, memory per decode chunk
+    python -m bench perf train                # step time, FLOPs, utilisation per preset
+    python -m bench perf infer                # inference images per second and utilisation
+    python -m bench perf main                 # stage times of the last train-v3 + eval job
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``.
 """

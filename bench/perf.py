@@ -10,7 +10,9 @@ import sys
 TARGETS = {
     "ssim": "forward+backward time and peak memory of our SSIM loss against the reference libraries",
     "data": "synthetic fundus images per second",
-    "train": "step time per preset and peak memory per decode chunk size",
+    "train": "step time, model FLOPs and utilisation per preset; peak memory per decode chunk",
+    "infer": "inference harness images per second and utilisation at the default config",
+    "main": "stage times of the last make train-v3 && make eval, read from its files",
 }
 
 

@@ -14,16 +14,18 @@ import time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
-    p.add_argument("--images", type=int, default=20, help="images generated per size")
+    from bench.perf_machine import positive_int
+
+    p.add_argument("--sizes", type=positive_int(4096, "--sizes"), nargs="+", default=[64, 128, 256])
+    p.add_argument("--images", type=positive_int(100000, "--images"), default=20,
+                   help="images generated per size")
 
 
 def main(args) -> int:
-    import torch
-
+    from bench.perf_machine import print_machine
     from medq.data import generate_fundus
 
-    torch.set_num_threads(1)
+    print_machine(1)  # the generator is single-threaded: calibrate one thread
     print(f"{'size':>6} {'images':>7} {'wall s':>8} {'cpu s':>8} {'img/s wall':>11} {'img/s cpu':>10}")
     for size in args.sizes:
         generate_fundus(0, size)  # warm-up (grid cache, imports)

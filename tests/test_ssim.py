@@ -249,3 +249,73 @@ def test_plane_blocks_do_not_change_value_or_gradient(monkeypatch, masked):
     for other in out[:2]:
         for a, b in zip(other, out[2]):
             torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+
+
+def _value_and_grads(x, y, mask, weights):
+    xr, yr = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    v = ssim(xr, yr, mask=mask, reduction="none")
+    (v * weights).sum().backward()
+    return v.detach(), xr.grad, yr.grad
+
+
+@pytest.mark.slow  # compiles C++ kernels on the first run (~10-60 s; cached on disk afterwards)
+def test_compiled_kernel_equals_eager_and_skimage(monkeypatch):
+    """The torch.compile'd map and backward give the eager kernel's value and both gradients
+    (uniform and masked weights, one or several blocks) and stay within 1e-6 of scikit-image."""
+    ssim_module = importlib.import_module("medq.losses.ssim")
+    x, y = pair((3, 2, 40, 36), smooth=True)
+    mask = torch.ones(3, 1, 40, 36)
+    mask[1, :, :, :9] = 0
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    real = ssim_module._call_compiled
+    for m, block in ((None, 2 * 40 * 36), (mask, 2 * 40 * 36), (mask, 1 << 30)):
+        # one image per block, or all planes in one block (its outputs are used without a copy)
+        monkeypatch.setattr(ssim_module, "BLOCK_ELEMENTS", block)
+        monkeypatch.setattr(ssim_module, "COMPILE_MIN_ELEMENTS", 1 << 40)
+        eager = _value_and_grads(x, y, m, weights)
+        monkeypatch.setattr(ssim_module, "COMPILE_MIN_ELEMENTS", 0)
+        calls = []
+        monkeypatch.setattr(ssim_module, "_call_compiled",
+                            lambda *a: calls.append(a[0]) or real(*a))
+        compiled = _value_and_grads(x, y, m, weights)
+        assert sorted(set(calls)) == [0, 1] and not ssim_module._compile_state["failed"]
+        for a, b in zip(compiled, eager):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        value = ssim(x, y, reduction="none")
+    np.testing.assert_allclose(value.numpy(), [sk_ssim(a, b) for a, b in zip(x, y)], atol=1e-6)
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+    ssim_module = importlib.import_module("medq.losses.ssim")
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler\nsecond line")
+
+    x, y = pair((2, 3, 24, 24), smooth=True)
+    weights = torch.tensor([1.0, 2.0])
+    eager = _value_and_grads(x, y, None, weights)
+    monkeypatch.setattr(ssim_module, "COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setitem(ssim_module._compile_state, "failed", False)
+    monkeypatch.setattr(ssim_module, "_compiled", lambda: (broken, broken))
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .RuntimeError: no C.. compiler"):
+        fallback = _value_and_grads(x, y, None, weights)
+    assert ssim_module._compile_state["failed"]
+    for a, b in zip(fallback, eager):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning, no second attempt
+        _value_and_grads(x, y, None, weights)
+
+
+def test_compiled_path_is_only_for_large_float32_cpu_inputs(monkeypatch):
+    ssim_module = importlib.import_module("medq.losses.ssim")
+    monkeypatch.setitem(ssim_module._compile_state, "failed", False)
+    monkeypatch.delenv("MEDQ_SSIM_COMPILE", raising=False)
+    big = torch.zeros(1, 1, 1, ssim_module.COMPILE_MIN_ELEMENTS)
+    assert ssim_module._use_compiled(big)
+    assert not ssim_module._use_compiled(big[..., 1:])
+    assert not ssim_module._use_compiled(big.double())
+    monkeypatch.setenv("MEDQ_SSIM_COMPILE", "0")
+    assert not ssim_module._use_compiled(big)

@@ -24,12 +24,24 @@ the result is cast back to the input dtype. The backward pass is hand-written: i
 forward's per-pixel derivative maps (dS/dmu, dS/dE[x^2], dS/dE[xy]) and applies the adjoint of the
 valid correlation (a 'full' correlation with the same symmetric taps), which saves time and memory
 compared with autograd through five convolutions.
+
+Speed (CPU, float32, at least ``COMPILE_MIN_ELEMENTS`` input elements): the map and its derivative
+maps are computed by two ``torch.compile``d functions (inductor's C++ backend: each separable
+filter pass becomes one fused, vectorised loop instead of 2 x window_size whole-tensor passes, and
+the pointwise algebra fuses into the vertical pass). Eager PyTorch runs ~25 memory-bound ops per
+pass, each an OpenMP region with a barrier; on a loaded machine every barrier waits for a
+descheduled thread, which is why the eager kernel lost its lead under load. The first call in a
+process compiles (~10-40 s; inductor caches the result on disk, later processes load it in a few
+seconds). Without a working C++ compiler, or with ``MEDQ_SSIM_COMPILE=0``, the eager kernel below
+runs instead (same numerics within float32 rounding).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +143,94 @@ def _forward_block(x, y, wc, taps, c1, c2, need_x, need_y):
     return value, d.mul_(wc)
 
 
+COMPILE_MIN_ELEMENTS = 1 << 16
+"""Inputs with fewer elements (N*C*H*W) run the eager kernel: at that size a call costs well
+under a millisecond either way and the one-off compile would dominate (tiny test configs)."""
+_compile_state = {"failed": False}
+
+
+def _correlate_sum(src: torch.Tensor, taps: tuple[float, ...], dim: int, n: int) -> torch.Tensor:
+    """Valid 1-D correlation along ``dim`` to length ``n``, written out-of-place so that inductor
+    fuses the len(taps) shifted reads into one loop (in-place ``add_`` would force buffers)."""
+    out = src.narrow(dim, 0, n) * taps[0]
+    for k in range(1, len(taps)):
+        out = out + src.narrow(dim, k, n) * taps[k]
+    return out
+
+
+def _fused_forward(x, y, wc, taps: tuple[float, ...], c1: float, c2: float, need_x: bool,
+                   need_y: bool):
+    """The compile-friendly twin of ``_forward_block``: planes x, y (P, H, W), map weights
+    wc (P, h, w) or a 0-dim tensor -> weighted S sums (P,) and the weighted derivative maps
+    (k, P, h, w) in the same order (None when no gradient is needed). Pure, out-of-place."""
+    k = len(taps)
+    h, w = x.shape[-2] - k + 1, x.shape[-1] - k + 1
+
+    def filt(a):
+        return _correlate_sum(_correlate_sum(a, taps, -1, w), taps, -2, h)
+
+    mu_x, mu_y = filt(x), filt(y)
+    exx, eyy, exy = filt(x * x), filt(y * y), filt(x * y)
+    mxy, mxx, myy = mu_x * mu_y, mu_x * mu_x, mu_y * mu_y
+    a1 = 2 * mxy + c1
+    a2 = 2 * (exy - mxy) + c2
+    b1 = mxx + myy + c1
+    b2 = exx - mxx + eyy - myy + c2
+    inv_d = 1 / (b1 * b2)
+    s = a1 * a2 * inv_d
+    value = (s * wc).sum(dim=(-2, -1))
+    if not (need_x or need_y):
+        return value, None
+    diff = 2 * (a2 - a1) * inv_d  # see _forward_block for the derivative formulas
+    sb = 2 * (s / b2 - s / b1)
+    maps = [2 * a1 * inv_d, -s / b2]
+    if need_x:
+        maps.append(sb * mu_x + diff * mu_y)
+    if need_y:
+        maps.append(sb * mu_y + diff * mu_x)
+    return value, torch.stack(maps) * wc
+
+
+def _fused_backward(d, scale, x, y, taps: tuple[float, ...], need_x: bool, need_y: bool):
+    """The compile-friendly twin of the eager backward: derivative maps d (k, P, h, w) scaled by
+    the incoming gradient ``scale`` (P, 1, 1) -> input gradients (P, H, W) (None when not
+    needed). The adjoint filter is a valid correlation of the zero-padded maps (symmetric taps)."""
+    r = len(taps) - 1
+    g = F.pad(d * scale, (r, r, r, r))
+    g = _correlate_sum(_correlate_sum(g, taps, -1, x.shape[-1]), taps, -2, x.shape[-2])
+    gx = g[2] + 2 * g[1] * x + g[0] * y if need_x else None
+    gy = g[2 + need_x] + 2 * g[1] * y + g[0] * x if need_y else None
+    return gx, gy
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled():
+    """(forward, backward) compiled once per process; dynamic shapes, so that new image sizes
+    and block sizes reuse the same kernels instead of recompiling."""
+    return (torch.compile(_fused_forward, dynamic=True, fullgraph=True),
+            torch.compile(_fused_backward, dynamic=True, fullgraph=True))
+
+
+def _use_compiled(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32
+            and x.numel() >= COMPILE_MIN_ELEMENTS and not _compile_state["failed"]
+            and os.environ.get("MEDQ_SSIM_COMPILE", "1") != "0")
+
+
+def _call_compiled(which: int, *args):
+    """Run compiled kernel ``which`` (0 forward, 1 backward); None if compiling failed (then
+    warn once and never try again in this process: the caller runs the eager kernel)."""
+    try:
+        return _compiled()[which](*args)
+    except Exception as e:  # noqa: BLE001 - any compiler failure means "use the eager kernel"
+        _compile_state["failed"] = True
+        warnings.warn(f"medq ssim: torch.compile failed ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); using the eager kernel. "
+                      f"Set MEDQ_SSIM_COMPILE=0 to skip the attempt.", RuntimeWarning,
+                      stacklevel=3)
+        return None
+
+
 def _blocks(p: int, h: int, w: int):
     step = max(1, BLOCK_ELEMENTS // (h * w))
     for a in range(0, p, step):
@@ -148,15 +248,28 @@ class _SSIM(torch.autograd.Function):
         xp, yp = x.view(n * c, hh, ww), y.view(n * c, hh, ww)
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         values = x.new_empty(n * c)
-        d = x.new_empty(2 + need_x + need_y, n * c, h, w) if need_x or need_y else None
-        for a, b in _blocks(n * c, hh, ww):
+        d = None
+        compiled = _use_compiled(x)
+        blocks = list(_blocks(n * c, hh, ww))
+        for a, b in blocks:
             if isinstance(weight, float):
                 wc = weight / c
             else:
                 image = torch.arange(a, b, device=x.device) // c
                 wc = weight.view(n, h, w).index_select(0, image) / c
-            values[a:b], db = _forward_block(xp[a:b], yp[a:b], wc, taps, c1, c2, need_x, need_y)
-            if d is not None:
+            out = None
+            if compiled:  # a float weight would specialise (recompile) per value: pass a tensor
+                wct = x.new_tensor(wc) if isinstance(wc, float) else wc
+                out = _call_compiled(0, xp[a:b], yp[a:b], wct, taps, c1, c2, need_x, need_y)
+                compiled = out is not None
+            if out is None:
+                out = _forward_block(xp[a:b], yp[a:b], wc, taps, c1, c2, need_x, need_y)
+            values[a:b], db = out
+            if db is not None and len(blocks) == 1:
+                d = db  # no copy into a preallocated buffer: one pass less, one map set less
+            elif db is not None:
+                if d is None:
+                    d = x.new_empty(2 + need_x + need_y, n * c, h, w)
                 d[:, a:b] = db
         if d is not None:
             ctx.save_for_backward(x, y, d)
@@ -170,9 +283,27 @@ class _SSIM(torch.autograd.Function):
         xp, yp = x.view(n * c, hh, ww), y.view(n * c, hh, ww)
         per_plane = grad.repeat_interleave(c).view(1, -1, 1, 1)
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        compiled = _use_compiled(x)
+        blocks = list(_blocks(n * c, hh, ww))
+        if compiled and len(blocks) == 1:  # the kernel's outputs are the gradients, no copy
+            out = _call_compiled(1, d, per_plane[0], xp, yp, ctx.taps, need_x, need_y)
+            if out is not None:
+                return (None if out[0] is None else out[0].view_as(x),
+                        None if out[1] is None else out[1].view_as(y), None, None, None, None)
+            compiled = False
         gx = torch.empty_like(xp) if need_x else None
         gy = torch.empty_like(yp) if need_y else None
-        for a, b in _blocks(n * c, hh, ww):
+        for a, b in blocks:
+            if compiled:
+                out = _call_compiled(1, d[:, a:b], per_plane[0, a:b], xp[a:b], yp[a:b], ctx.taps,
+                                     need_x, need_y)
+                compiled = out is not None
+                if compiled:
+                    if need_x:
+                        gx[a:b] = out[0]
+                    if need_y:
+                        gy[a:b] = out[1]
+                    continue
             g = filter_adjoint(d[:, a:b] * per_plane[:, a:b], ctx.taps)
             if need_x:
                 torch.addcmul(g[2], g[1], xp[a:b], value=2, out=gx[a:b]).addcmul_(g[0], yp[a:b])
