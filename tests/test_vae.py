@@ -149,7 +149,7 @@ def test_train_vae_command_writes_skips_and_forces(tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "arch.json", "metrics.json"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["image_size"] == 32 and metrics["psnr_val"] > 0
-    assert load_vae(out).downsample == 4
+    assert load_vae(out).downsample == 2  # ModelConfig.vae_downsample
     before = (out / "model.safetensors").stat().st_mtime_ns
     assert vae_cmd.main(parser.parse_args(argv)) == 0
     assert "already at" in capsys.readouterr().out

@@ -31,6 +31,7 @@ def copy_of_weights(tmp_path) -> Path:
     shutil.copytree(WEIGHTS, out)
     cfg = out / "base" / "config.toml"
     # The copy's base must find the copy's VAE, wherever the copy is.
+    assert 'vae = "weights/vae"' in cfg.read_text()
     cfg.write_text(cfg.read_text().replace('vae = "weights/vae"', f'vae = "{out / "vae"}"'))
     manifest = json.loads((out / "base" / MANIFEST).read_text())
     manifest["sha256"].pop("config.toml")
