@@ -84,10 +84,28 @@ def test_training_forward_shapes_mixed_tasks(cfg, tok, vae):
 
 
 def test_zero_initialised_flow_head_gives_zero_velocity(cfg, tok, vae):
-    model = MiniBagel(cfg, tok.vocab_size)
+    model = MiniBagel(dataclasses.replace(cfg, cond_prior=False), tok.vocab_size)
     fwd = training_forward(model, vae, tok, batch_of(["sr4", "enhance"]), generator=torch.Generator().manual_seed(1))
     assert torch.count_nonzero(fwd.v_hat) == 0
     assert fwd.text_logits.abs().sum() > 0
+
+
+def test_condition_prior_maps_pure_noise_onto_the_condition(cfg, tok, vae):
+    """cond_prior: v_hat = head + (x_t - cond). With an untrained (zero) head, the x0 prediction
+    x_t - t v_hat is (1 - t) x_t + t cond: the condition latent at t = 1, whatever the noise; so the
+    MMSE output of an untrained model is the decoded condition (the bicubic / unchanged input)."""
+    model = MiniBagel(cfg, tok.vocab_size)
+    images = torch.rand(2, 3, 8, 8)
+    ad = MiniBagelAdapter(model, vae, tok, SampleConfig(steps=2), output="mmse")
+    got = ad.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[1, 2])
+    cond = ad._encode_condition(images, (32, 32))
+    assert torch.allclose(got, vae.decode(cond).clamp(0, 1), atol=1e-5)
+    other_noise = ad.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[7, 8])
+    assert torch.allclose(other_noise, got, atol=1e-5)
+    plain = MiniBagelAdapter(MiniBagel(dataclasses.replace(cfg, cond_prior=False), tok.vocab_size),
+                             vae, tok, SampleConfig(steps=2), output="mmse")
+    assert not torch.allclose(plain.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[1, 2]),
+                              got, atol=1e-3)
 
 
 def _run(model, tok, prompts, reports, cond, gen, t):

@@ -160,7 +160,15 @@ def main(args) -> int:
     if train_main(argv):
         return 1
     cfg = load_config("pretrain", overrides=overrides)
-    ckpt = latest_checkpoint(cfg.run_dir / "checkpoints")
+    return export(latest_checkpoint(cfg.run_dir / "checkpoints"), out, cfg, start)
+
+
+def export(ckpt: Path, out: Path, cfg, start: float) -> int:
+    """Copy the shipped files of ``ckpt`` (a finished pretrain run's checkpoint) into
+    ``<out>/base`` with their manifest, atomically; remove the build directory."""
+    if ckpt is None:
+        raise SystemExit(f"error: no complete checkpoint in {cfg.run_dir / 'checkpoints'}")
+    vae_dir, build_dir = Path(cfg.model.vae), Path(cfg.run.out_dir)
     tmp = out / f".tmp-base-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

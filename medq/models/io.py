@@ -24,7 +24,8 @@ from medq.config import ModelConfig
 ARCH_FILE = "arch.json"
 TOKENIZER_FILE = "tokenizer.json"
 ARCH_FIELDS = ("vae_downsample", "latent_channels", "patch_size", "d_model", "n_layers", "n_heads",
-               "mlp_ratio", "max_text_len", "vocab_pad_multiple", "cond_at_gen")
+               "mlp_ratio", "max_text_len", "vocab_pad_multiple", "cond_at_gen",
+               "cond_prior")
 """ModelConfig fields that define the transformer's parameters and sequence layout. ``image_size``
 and ``vae`` are not among them: the same weights run at any multiple of the patch grid."""
 

@@ -16,7 +16,9 @@ themselves) and attention is ``scaled_dot_product_attention`` with a boolean blo
 (B, 1, L, L). Text positions count within the text stream and image positions are 2-D sin-cos
 over the patch grid, so removing a segment (no generated image when writing a report) leaves the
 other tokens' inputs unchanged. Two heads: the text head (padded vocabulary, Qwen2-style) and the
-flow head (``llm2vae``: a zero-initialised linear map to patch velocities, ``v = eps - x0``).
+flow head (``llm2vae``: a zero-initialised linear map to patch velocities, ``v = eps - x0``; with
+``cond_prior`` it predicts the difference from ``x_t - cond``, so an untrained head maps pure noise
+to the condition latent).
 """
 
 from __future__ import annotations
@@ -158,6 +160,8 @@ class MiniBagel(nn.Module):
         n_cond = cond.shape[1] if cond is not None else 0
         logits = self.text_head(h[:, n_cond:n_cond + T])
         v = self.llm2vae(h[:, n_cond + T:]) if gen is not None else None
+        if v is not None and self.cfg.cond_prior and cond is not None:
+            v = v + (gen - cond)  # residual prior: an untrained head flows x_t onto the condition
         return x, logits, v
 
     def num_parameters(self) -> int:
