@@ -292,12 +292,16 @@ def plot_bars(rows: list[dict], out_dir: Path, metrics=("ssim_fov", "psnr_fov"))
             finite = [v for v in means if not math.isnan(v)]
             if finite and m.startswith("ssim"):
                 ax.set_ylim(max(0.0, min(finite) - 0.1), 1.0)
-        fig.tight_layout()
-        path = Path(out_dir) / f"bars_{task}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save_figure(plt, fig, Path(out_dir) / f"bars_{task}.png"))
     return paths
+
+
+def _save_figure(plt, fig, path: Path) -> Path:
+    """Lay out, write (100 dpi) and close ``fig``; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_perception_distortion(rows: list[dict], out_dir: Path) -> list[Path]:
@@ -328,11 +332,7 @@ def plot_perception_distortion(rows: list[dict], out_dir: Path) -> list[Path]:
         ax.set_xlabel(f"{kid_col} (perception: lower is better)")
         ax.set_ylabel("PSNR fov, dB (distortion: higher is better)")
         ax.set_title(f"{task}: perception-distortion plane")
-        fig.tight_layout()
-        path = Path(out_dir) / f"pd_{task}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save_figure(plt, fig, Path(out_dir) / f"pd_{task}.png"))
     return paths
 
 
@@ -356,11 +356,7 @@ def plot_steps(rows: list[dict], out_dir: Path) -> list[Path]:
             ax.set_xlabel("step")
             ax.set_title(f"{task}: {m}")
         axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        path = Path(out_dir) / f"steps_{task}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save_figure(plt, fig, Path(out_dir) / f"steps_{task}.png"))
     return paths
 
 
@@ -392,11 +388,7 @@ def plot_losses(run_dirs: Sequence[Path], out_dir: Path) -> Path | None:
         ax.set_title(run, fontsize=8)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(out_dir) / "losses.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, Path(out_dir) / "losses.png")
 
 
 def write_reports(rows: list[dict], per_image: list[dict], out_dir, *, protocol: dict,
