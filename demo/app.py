@@ -141,8 +141,9 @@ def build_app(demo: Demo, *, login: bool = False) -> gr.Blocks:
                                                      "target", columns=3, object_fit="contain",
                                                format="png", elem_id="panels", allow_preview=True)
                     metrics = gr.Dataframe(label="Per-image metrics (the leaderboard's "
-                                                 "definitions: torchmetrics PSNR/SSIM, data range "
-                                                 "1; FOV = inside the field of view)",
+                                                 "definitions (medq.metrics): PSNR, SSIM = "
+                                                 "scikit-image's, data range 1; SSIM FOV averages "
+                                                 "the windows inside the field of view)",
                                            interactive=False, elem_id="metrics", wrap=True)
                     reports = gr.Markdown(elem_id="reports")
                     with gr.Row():

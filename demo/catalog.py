@@ -97,7 +97,10 @@ def description(label: str, task: str | None = None) -> str:
         text = "no model: on enhancement the input is returned as it is"
     else:
         text = MODE_INFO.get(base, ("", f"the newest run of configs/{base}.toml"))[1]
-    if extra:
+    if extra == "mmse":
+        text += ("; its MMSE output: the x0 prediction from pure noise (the posterior mean: "
+                 "smooth, best PSNR) instead of the Euler sample")
+    elif extra:
         text += f"; its {extra} output (records field {OUTPUT_PREFIX}{extra})"
     return text
 
