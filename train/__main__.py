@@ -1,10 +1,12 @@
-"""``python -m train``: train or fine-tune the mini-BAGEL from a preset; also ``data`` and ``vae``.
+"""``python -m train``: train or fine-tune the mini-BAGEL from a preset; also ``data``, ``vae``, ``probe`` and ``weights``.
 
     python -m train data                                  # make data: generate / cache the images
-    python -m train vae                                   # make vae: train our VAE into runs/vae
+    python -m train weights --check                       # make base: verify the shipped weights/
+    python -m train weights                               # make weights: rebuild weights/ from scratch
+    python -m train vae --set model.vae=runs/vae          # train a VAE of your own
     python -m train probe --preset pixel                  # gradient pull of each loss term (weights)
-    python -m train --preset pretrain                     # make base: the base model, from scratch
-    python -m train --preset ssim_v3                      # make train-v3: fine-tune base's EMA
+    python -m train --preset pretrain                     # a base model of your own, from scratch
+    python -m train --preset ssim_v3                      # make train-v3: fine-tune weights/base's EMA
     python -m train --preset ssim_v3 --dry-run            # print the resolved config, write nothing
     python -m train --preset pixel --set optim.max_steps=50 --set run.device=cpu
     python -m train --preset pretrain --with model/small  # overlay configs/model/small.toml
@@ -44,7 +46,7 @@ log = logging.getLogger("train")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="subcommands: `python -m train data --help`, `python -m train vae --help`, `python -m train probe --help`. "
+        epilog="subcommands: `python -m train data --help`, `python -m train vae --help`, `python -m train probe --help`, `python -m train weights --help`. "
                f"presets: {', '.join(available_presets())}")
     p.add_argument("--preset", default=None,
                    help="configs/<NAME>.toml or a path to a saved config.toml (default: base)")
