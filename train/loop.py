@@ -132,7 +132,7 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
     opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, partial(warmup_cosine, warmup_steps=o.warmup_steps, max_steps=o.max_steps))
-    ema = EMA(model, o.ema_decay)
+    ema = EMA(model, o.ema_decay, warmup=o.ema_warmup)
     gen = torch.Generator(device=device).manual_seed(r.seed * 1000 + dist.rank)
     guard = NonFiniteGuard(r.max_nonfinite)
     start, ckpt = 0, None
@@ -143,6 +143,8 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
         except (OSError, ValueError, RuntimeError, KeyError, EOFError) as e:
             raise CheckpointError(f"{latest}: cannot restore the training state ({type(e).__name__}"
                                   f": {str(e).splitlines()[0] if str(e) else ''})") from None
+        # The EMA was updated once per finite step: that is where its warm-up stands.
+        ema.num_updates = start - guard.skipped
         log.info("resumed from %s (step %d)", latest, start)
     if dist.is_main:
         write_run_json(cfg.run_dir, preset=r.preset, hash_=cfg.hash, status="running", step=start)
