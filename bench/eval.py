@@ -692,6 +692,10 @@ def run_eval(args) -> dict:
         rows += rr
         per_image += pi
         image_size = image_size or size
+    if not args.runs:  # the base model the runs started from (weights/base), as a mode
+        rr, pi = evaluate_init_sources(runs, args, overrides, tasks, data, feats)
+        rows += rr
+        per_image += pi
     # External models and baselines see the same test items as the runs (the runs' image size).
     cfg = base_cfg if image_size is None else load_config(
         "base", overrides=overrides + [f"model.image_size={image_size}"])

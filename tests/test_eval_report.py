@@ -286,3 +286,34 @@ def test_perception_distortion_plot_has_every_mode(tmp_path):
     rows.append({"task": "enhance", "kind": "run", "name": "x", "psnr_fov": 20.0})
     paths = report.plot_perception_distortion(rows, tmp_path)
     assert [p.name for p in paths] == ["pd_sr4.png"] and paths[0].stat().st_size > 5_000
+
+
+def test_the_checkpoint_the_runs_started_from_is_scored_once_as_the_base_model(tmp_path, monkeypatch):
+    """bench eval scores the init checkpoint of the runs (e.g. the shipped weights/base) as the
+    mode `pretrain`, once however many runs share it, and never a checkpoint that is itself a run
+    of --runs-dir (that run is scored as a run)."""
+    import argparse
+
+    import bench.eval as ev
+
+    shipped = tmp_path / "weights" / "base"
+    shipped.mkdir(parents=True)
+    (shipped / "state.json").write_text(json.dumps({"step": 3000}))
+    (shipped / "config.toml").write_text("")
+    runs_dir = tmp_path / "runs"
+    own = runs_dir / "pretrain-1" / "checkpoints" / "step_000004"
+    own.mkdir(parents=True)
+    (own / "state.json").write_text(json.dumps({"step": 4}))
+    runs = []
+    for name, init in (("ssim_v3-a", shipped), ("pixel-b", shipped), ("mixed-c", own)):
+        (runs_dir / name).mkdir(parents=True)
+        (runs_dir / name / "init.json").write_text(json.dumps({"checkpoint": str(init)}))
+        runs.append(runs_dir / name)
+    seen = []
+    monkeypatch.setattr(ev, "evaluate_outputs", lambda base, ckpt, meta, *a, **k: (
+        seen.append((base, meta)) or ([{**meta, "task": "sr4", "status": "ok"}], [])))
+    monkeypatch.setattr("medq.config.load_config", lambda *a, **k: None)
+    args = argparse.Namespace(runs_dir=runs_dir, weights="ema")
+    rows, _ = ev.evaluate_init_sources(runs, args, [], ["sr4"], None, None)
+    assert [b for b, _ in seen] == [shipped]
+    assert rows[0]["preset"] == "pretrain" and rows[0]["step"] == 3000 and rows[0]["weights"] == "ema"
