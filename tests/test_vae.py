@@ -17,9 +17,9 @@ REAL_PSNR_QUICK = 15.0
 """dB reached on 64 px real fundus images by the 40-step in-test training of a narrow VAE
 (measured 16.9 dB; untrained 9.4 dB): proves the recipe fits fundus content quickly."""
 REAL_PSNR_TRAINED = 22.0
-"""dB of the default ``python -m train vae`` VAE (synthetic-trained: 26.0 dB on synthetic val) on
-the real images, which it never saw (measured 23.1 dB; used when runs/vae exists)."""
-RUNS_VAE = Path(__file__).resolve().parents[1] / "runs" / "vae"
+"""dB of the shipped VAE (``weights/vae``, synthetic-trained) on the real images, which it never
+saw."""
+RUNS_VAE = Path(__file__).resolve().parents[1] / "weights" / "vae"
 
 
 @pytest.mark.parametrize("f", [4, 8])
@@ -127,7 +127,7 @@ def test_quick_training_reconstructs_real_fundus_images(fundus_samples):
 
 def test_trained_vae_on_real_fundus_images(fundus_samples):
     if not (RUNS_VAE / "arch.json").is_file():
-        pytest.skip(f"no trained VAE at {RUNS_VAE} (make it with `python -m train vae`)")
+        pytest.fail(f"no shipped VAE at {RUNS_VAE} (restore weights/ or run `make weights`)")
     vae = load_vae(RUNS_VAE)
     real = _real_images(fundus_samples, 64)
     assert reconstruction_psnr(vae, real) > REAL_PSNR_TRAINED
