@@ -702,16 +702,10 @@ def _post_login(url: str, user: str, password: str) -> int:
 def test_login_is_enforced_throttled_and_offers_logout(tmp_path, monkeypatch):
     from gradio_client import Client
 
-    from demo.app import build_app, launch
+    from test_demo_fakes import launch_login_demo
 
-    monkeypatch.setenv("MEDQ_DEMO_AUTH", "ann:s3cret")
-    runs, reports = build_tree(tmp_path, tasks=("sr4",), evaluated=("pixel",))
-    d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
-    app = build_app(d, login=True)
-    port = free_port()
-    launch(app, d, port=port, prevent_thread_lock=True, quiet=True, auth=auth_from_env())
+    app, runs, url = launch_login_demo(tmp_path, monkeypatch)
     try:
-        url = f"http://127.0.0.1:{port}/"
         inside = next(runs.rglob("*_output.png"))
         assert _get(url + "config")[0] in (401, 403)
         assert _get(url + "gradio_api/file=" + str(inside))[0] in (401, 403)

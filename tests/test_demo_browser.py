@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_demo import free_port, server  # noqa: F401  (the launched app on a free localhost port)
+from test_demo import server  # noqa: F401  (the launched app on a free localhost port)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -156,23 +156,14 @@ def test_browser_compares_a_test_image(server, tmp_path):  # noqa: F811
 
 
 def test_browser_login_and_logout(tmp_path, monkeypatch):
-    from demo import handlers
-    from demo.app import build_app, launch
-    from demo.models import ModelPool
-    from demo.security import auth_from_env
-    from test_demo_fakes import build_tree, fake_loader
+    from test_demo_fakes import launch_login_demo
 
     sync_api = pytest.importorskip("playwright.sync_api")
     expect = sync_api.expect
-    monkeypatch.setenv("MEDQ_DEMO_AUTH", "ann:s3cret")
-    runs, reports = build_tree(tmp_path, tasks=("sr4",), evaluated=("pixel",))
-    d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
-    app = build_app(d, login=True)
-    port = free_port()
-    launch(app, d, port=port, prevent_thread_lock=True, quiet=True, auth=auth_from_env())
+    app, _, url = launch_login_demo(tmp_path, monkeypatch)
     try:
         with sync_api.sync_playwright() as p:
-            browser, page, _ = open_page(p, f"http://127.0.0.1:{port}/")
+            browser, page, _ = open_page(p, url)
             try:
                 page.get_by_label("username").fill("ann")
                 page.get_by_label("password").fill("s3cret")

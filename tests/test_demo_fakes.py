@@ -193,3 +193,24 @@ def test_fake_tree_matches_the_records_contract(tmp_path):
         assert key in row
     assert (rec.parent / row["output"]).is_file()
     assert Image.open(rec.parent / row["input"]).size == (SIZE // 4, SIZE // 4)
+
+
+def launch_login_demo(tmp_path: Path, monkeypatch):
+    """The demo on fake runs with login on (user ann, password s3cret), served on a free local
+    port: returns (app, runs directory, base URL). The caller closes ``app``."""
+    import socket
+
+    from demo import handlers
+    from demo.app import build_app, launch
+    from demo.models import ModelPool
+    from demo.security import auth_from_env
+
+    monkeypatch.setenv("MEDQ_DEMO_AUTH", "ann:s3cret")
+    runs, reports = build_tree(tmp_path, tasks=("sr4",), evaluated=("pixel",))
+    d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
+    app = build_app(d, login=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch(app, d, port=port, prevent_thread_lock=True, quiet=True, auth=auth_from_env())
+    return app, runs, f"http://127.0.0.1:{port}/"
