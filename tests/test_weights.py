@@ -84,6 +84,14 @@ def test_truncated_weights_name_the_file_and_the_rebuild_command(copy_of_weights
             init_model(cfg, device="cpu")
 
 
+def test_a_corrupt_manifest_is_named_not_a_traceback(copy_of_weights, capsys):
+    manifest = copy_of_weights / "base" / MANIFEST
+    manifest.write_text("{not json")
+    assert check(copy_of_weights / "base") == 1
+    err = capsys.readouterr().err
+    assert str(manifest) in err and "make weights" in err
+
+
 def test_missing_or_foreign_weights_name_the_rebuild_command(copy_of_weights):
     base = copy_of_weights / "base"
     arch = json.loads((base / "arch.json").read_text())

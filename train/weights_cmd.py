@@ -107,8 +107,14 @@ def check(base: Path) -> int:
         print(f"error: {manifest_path} is missing; rebuild the shipped weights with {REBUILD}",
               file=sys.stderr)
         return 1
-    manifest = json.loads(manifest_path.read_text())
-    for name, digest in manifest["sha256"].items():
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        digests, recorded = dict(manifest["sha256"]), dict(manifest["scores"])
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"error: {manifest_path} is not a readable manifest ({type(e).__name__}: {e}); "
+              f"restore it from git or rebuild with {REBUILD}", file=sys.stderr)
+        return 1
+    for name, digest in digests.items():
         if not (base / name).is_file() or sha256_file(base / name) != digest:
             print(f"error: {base / name} is missing or differs from {manifest_path} (sha256); "
                   f"restore it from git or rebuild with {REBUILD}", file=sys.stderr)
