@@ -27,7 +27,7 @@ the last good ``<out>``) and exits 1. A complete evaluation replaces ``<out>``'s
 (written to a staging directory first). Runs stopped by the non-finite guard (``aborted``) are
 failures unless ``--include-aborted`` scores their last good checkpoint, marked as such. Outputs
 of data other than the embedded test split go to ``eval-<source>-<split>-<sha8>`` directories
-(``infer.records.keyed_eval_dir``), never into ``eval/``.
+(``medq.harness.records.keyed_eval_dir``), never into ``eval/``.
 """
 
 from __future__ import annotations
@@ -45,12 +45,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from bench import report
 from medq import metrics as M
-from medq.stats import bootstrap_ci, holm, paired_comparison, seed_comparison
+from medq.dist import current
+from medq.scoring import (FLOOR, FeatureCache, comparisons, number, output_kinds, protocol, row_ok,
+                          score_task_dir, seed_summary)
 
 log = logging.getLogger("bench.eval")
 STANDARD_PRESETS = ("pixel", "ssim_v3", "mixed")
@@ -60,11 +59,7 @@ BASELINE_NAMES = ("bicubic", "lanczos", "identity", "constant")
 # The constant image (mean of the training targets) is the floor on every task.
 BASELINE_TASKS = {"bicubic": ("sr2", "sr4"), "lanczos": ("sr2", "sr4"), "identity": ("enhance",),
                   "constant": ("sr2", "sr4", "enhance")}
-FLOOR = "constant"
-REFERENCE = {"sr2": "bicubic", "sr4": "bicubic", "enhance": "identity"}
 TASKS = ("sr2", "sr4", "enhance")
-BOOTSTRAP_SEED = 0
-KID_SEED = 0
 
 
 def _seed_count(text: str) -> int:
@@ -118,386 +113,6 @@ def add_arguments(p) -> None:
     p.add_argument("--no-text", action="store_true", help="skip report generation in the harness")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-
-
-# ---------------------------------------------------------------------------------------------
-# distributed helpers: per-image work is sharded r::world, gathered, aggregated on rank 0
-
-
-def _dist() -> tuple[int, int]:
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size()
-    return 0, 1
-
-
-def _gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    import torch.distributed as tdist
-
-    out = [None] * world
-    tdist.all_gather_object(out, obj)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# scoring a list of (id, output, target, mask) files
-
-
-def _load(path: Path, mask: bool = False) -> torch.Tensor:
-    """Image file -> float32 (3, H, W) in [0, 1]; a mask -> (1, H, W)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("L") if mask else im.convert("RGB"))
-    arr = arr[..., None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
-
-
-class FeatureCache:
-    """Features by file content (sha1): the same target PNG in several eval folders is embedded
-    once. One image per forward pass, so the numbers do not depend on batching or sharding."""
-
-    def __init__(self, backbone: M.FeatureBackbone):
-        self.backbone = backbone
-        self.cache: dict[str, np.ndarray] = {}
-
-    def features(self, paths) -> np.ndarray:
-        out = []
-        for p in paths:
-            key = hashlib.sha1(Path(p).read_bytes()).hexdigest()
-            if key not in self.cache:
-                self.cache[key] = M.image_features([p], self.backbone, batch_size=1)[0]
-            out.append(self.cache[key])
-        return np.stack(out) if out else np.zeros((0, self.backbone.dims))
-
-
-def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCache | None = None
-                ) -> tuple[list[dict], list[dict], dict]:
-    """Score ``pairs`` [{"id", "output", "target", "mask" (path or None), **extra}] ->
-    (per-image rows, problems [{"id", "file", "error"}], distribution metrics).
-
-    Sharded across torchrun ranks and gathered; every rank returns the same result. A pair whose
-    files cannot be read or whose sizes differ is a problem, not a crash."""
-    rank, world = _dist()
-    rows, problems, feats = [], [], []
-    for k, pair in enumerate(pairs):
-        if k % world != rank:
-            continue
-        try:
-            out, tgt = _load(Path(pair["output"]))[None], _load(Path(pair["target"]))[None]
-            mask = None
-            if pair.get("mask") is not None:
-                mask = (_load(Path(pair["mask"]), mask=True)[None] > 0.5).float()
-            elif pair.get("mask_tensor") is not None:
-                mask = pair["mask_tensor"][None]
-        except (OSError, ValueError) as e:
-            problems.append({"id": pair["id"], "file": str(pair["output"]), "error": f"unreadable: {e}"})
-            continue
-        if out.shape != tgt.shape or (mask is not None and mask.shape[-2:] != tgt.shape[-2:]):
-            problems.append({"id": pair["id"], "file": str(pair["output"]), "error":
-                             f"size mismatch: output {tuple(out.shape[-2:])} vs target {pair['target']} "
-                             f"{tuple(tgt.shape[-2:])}" + ("" if mask is None else f" vs mask {tuple(mask.shape[-2:])}")})
-            continue
-        vals = M.image_metrics(out, tgt, mask, channel=channel)
-        vals.update(fidelity_metrics(pair, out, tgt, mask))
-        rows.append({"id": str(pair["id"]), **{m: float(v[0]) for m, v in vals.items()},
-                     **{k2: pair.get(k2) for k2 in ("undecodable", "seconds")}})
-        if features is not None:
-            feats.append((str(pair["id"]), features.features([pair["output"]])[0],
-                          features.features([pair["target"]])[0]))
-    gathered = _gather((rows, problems, feats), world)
-    rows = sorted((r for g in gathered for r in g[0]), key=lambda r: r["id"])
-    problems = sorted((p for g in gathered for p in g[1]), key=lambda p: p["id"])
-    feats = sorted((f for g in gathered for f in g[2]), key=lambda f: f[0])
-    dist = {"fd_n": len(feats)}
-    if features is not None:
-        bb = features.backbone
-        fo = np.stack([f[1] for f in feats]) if feats else np.zeros((0, bb.dims))
-        ft = np.stack([f[2] for f in feats]) if feats else np.zeros((0, bb.dims))
-        dist[bb.fd_column] = M.frechet_distance(fo, ft)
-        dist[bb.kid_column], dist[f"{bb.kid_column}_lo"], dist[f"{bb.kid_column}_hi"] = \
-            M.kid_interval(fo, ft, seed=KID_SEED)
-    return rows, problems, dist
-
-
-_TARGET_VESSELS: dict[str, object] = {}
-
-
-def fidelity_metrics(pair: dict, out: torch.Tensor, tgt: torch.Tensor,
-                     mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """LR-consistency PSNR (SR: the output downscaled vs the input PNG) and vessel Dice inside the
-    FOV (``medq.vessels``) of one scored pair -> {name: (1,) tensor}, NaN where undefined. The
-    target's vessel map is cached by file content: every mode shares the targets."""
-    from medq import vessels
-
-    nan = torch.full((1,), math.nan, dtype=torch.float64)
-    res = {"lr_psnr": nan, "vessel_dice": nan}
-    if pair.get("input") is not None and Path(pair["input"]).is_file():
-        res["lr_psnr"] = M.lr_consistency_psnr(out, _load(Path(pair["input"]))[None], mask)
-    if mask is not None:
-        m = mask[0, 0].numpy() > 0.5
-        key = hashlib.sha1(Path(pair["target"]).read_bytes() + m.tobytes()).hexdigest()
-        if key not in _TARGET_VESSELS:
-            _TARGET_VESSELS[key] = vessels.vessel_map(tgt[0].permute(1, 2, 0).numpy(), m)
-        res["vessel_dice"] = vessels.vessel_dice(out, tgt, mask, target_maps=[_TARGET_VESSELS[key]])
-    return res
-
-
-def aggregate(per_image: list[dict]) -> dict:
-    """Mean (NaN ignored) and 95 % bootstrap interval of every scored metric."""
-    out = {}
-    for m in M.SCORED_METRICS:
-        vals = [r[m] for r in per_image if not math.isnan(r[m])]
-        out[m] = math.fsum(vals) / len(vals) if vals else math.nan
-        out[f"{m}_lo"], out[f"{m}_hi"] = bootstrap_ci(vals, seed=BOOTSTRAP_SEED)
-    return out
-
-
-def image_verdict(harness_verdict: dict, pairs: list[dict]):
-    """The harness's verdict (``summarize(...)["verdict"]``) judged again with what only the
-    whole set shows: ``input_dependence`` (does each output match its own target better than the
-    others'?) and the SSIM ratio to the reference inside the eroded FOV, from the PNGs of
-    ``pairs`` [{"input", "output", "target", "mask"}]. Returns a ``medq.verdict.Verdict``."""
-    from medq.baselines import bicubic
-    from medq.verdict import finite_median, input_dependence, verdict
-
-    checks = {k: c["value"] for k, c in harness_verdict.get("checks", {}).items()}
-    try:
-        outs = torch.stack([_load(Path(p["output"])) for p in pairs])
-        tgts = torch.stack([_load(Path(p["target"])) for p in pairs])
-        masks = torch.stack([(_load(Path(p["mask"]), mask=True) > 0.5).float() for p in pairs])
-        size = tuple(tgts.shape[-2:])
-        refs = torch.cat([bicubic(_load(Path(p["input"]))[None], size) for p in pairs])
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-        log.warning("input-dependence check skipped (%s)", e)
-        return verdict(**checks)
-    ratios = (M.ssim(outs, tgts, masks) / M.ssim(refs, tgts, masks)).tolist()
-    checks["ssim_ratio"] = finite_median(ratios)
-    checks["input_dependence"] = input_dependence(outs, tgts, masks)
-    return verdict(**checks)
-
-
-def report_scores(records: list[dict], truth: dict[str, str] | None) -> tuple[dict, list[str]]:
-    """DR-grade kappa, per-finding F1 and quality accuracy of the records' greedy reports against
-    ``truth`` {id: ground-truth report text}, each with its majority-class floor
-    (``medq.text_metrics.score_reports``) -> (leaderboard fields, n/a reasons). Empty for a model
-    without text or without a truth."""
-    from medq.text_metrics import REPORT_SCORE_COLUMNS, score_reports
-
-    if not truth:
-        return {}, []
-    rows = [r for r in records if r.get("text") and str(r["id"]) in truth]
-    if not rows:
-        return {}, []
-    s = score_reports([r.get("report_text") for r in rows], [truth[str(r["id"])] for r in rows])
-    return {k: s[k] for k in REPORT_SCORE_COLUMNS}, s["reasons"]
-
-
-def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *,
-                   channel: str, features: FeatureCache | None,
-                   truth: dict[str, str] | None = None,
-                   output_key: str = "output") -> tuple[dict, list[dict]]:
-    """One leaderboard row (+ per-image rows) from ``<eval>/<task>/records.jsonl`` and its PNGs.
-    ``expected_ids``: the test-split ids of that task (None: whatever the records hold).
-    ``truth``: {id: ground-truth report} to score what the reports say (``report_scores``).
-    ``output_key``: the records field of the image scored: "output" (the sample), or another
-    output kind the harness wrote (``output_<kind>``, e.g. "output_mmse"; ``output_kinds``)."""
-    from infer.records import read_jsonl
-
-    KINDS = ("input", output_key, "target", "mask")
-    records = {str(r["id"]): r for r in read_jsonl(Path(task_dir) / "records.jsonl")}
-    ids = sorted(records) if expected_ids is None else sorted(expected_ids)
-    pairs, missing = [], []
-    for i in ids:
-        r = records.get(i)
-        if r is None or any(not isinstance(r.get(k), str) or not (Path(task_dir) / r[k]).is_file()
-                            for k in KINDS):
-            missing.append(i)
-            continue
-        pairs.append({"id": i, **{k: Path(task_dir) / r[k] for k in ("input", "target", "mask")},
-                      "output": Path(task_dir) / r[output_key],
-                      "undecodable": r.get("undecodable"), "seconds": r.get("seconds")})
-    per_image, problems, dist = score_pairs(pairs, channel=channel, features=features)
-    row = {**meta, **aggregate(per_image), **dist, "n_images": len(per_image)}
-    used = [records[p["id"]] for p in pairs]
-    secs = [float(r["seconds"]) for r in used if r.get("seconds") is not None]
-    row["seconds_per_image"] = math.fsum(secs) / len(secs) if secs else math.nan
-    if used:
-        try:
-            from infer.harness import summarize
-
-            s = summarize(used)
-            v = image_verdict(s["verdict"], pairs)
-            row["verdict"] = v.status
-            row["input_dependence"] = v.checks["input_dependence"]["value"]
-            if s.get("text"):
-                row["undecodable_rate"] = s["text"].get("undecodable_rate")
-                row["report_accuracy"] = s["text"].get("quality_accuracy")
-        except (KeyError, TypeError, ValueError) as e:
-            log.warning("%s: no summary (%s)", task_dir, e)
-    text_scores, notes = report_scores(used, truth)
-    row.update(text_scores)
-    if not ids:
-        row["status"] = "empty: no test images"
-    elif missing or problems:
-        row["status"] = f"incomplete: {len(per_image)} of {len(ids)} scored"
-        if missing:
-            notes.append(f"{len(missing)} outputs missing (e.g. {missing[0]})")
-        notes += [f"{p['id']}: {p['error']}" for p in problems[:3]]
-    else:
-        row["status"] = "ok"
-    if row.get("verdict") == "collapsed":
-        notes.append("collapsed: " + "; ".join(v.reasons))
-    if per_image and math.isnan(row["ms_ssim"]):
-        probe = _load(pairs[0]["target"])
-        notes.append(M.ms_ssim_unsupported_reason(*probe.shape[-2:]) or "MS-SSIM n/a")
-    row["note"] = "; ".join(notes)
-    for r in per_image:
-        r.update(name=meta["name"], task=meta["task"])
-    return row, per_image
-
-
-# ---------------------------------------------------------------------------------------------
-# comparisons and protocol
-
-
-def comparisons(rows: list[dict], per_image: list[dict],
-                metrics=("ssim_fov", "psnr_fov", "vessel_dice")) -> list[dict]:
-    """ssim_v3 - pixel, mixed - pixel, ssim_v3 / pixel - base (the no-image-loss control, when
-    present), and every scored run - the task's reference baseline
-    (``REFERENCE``: bicubic for SR, identity for enhance) and - the constant floor, per task,
-    on the latest checkpoint of
-    each run (the row with the highest step)."""
-    values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
-    for r in per_image:
-        d = values.setdefault((str(r["name"]), str(r["task"])), {})
-        for m in metrics:
-            d.setdefault(m, {})[str(r["id"])] = float(r[m]) if str(r[m]) not in ("", "None") else math.nan
-    out = []
-    for task in sorted({str(r["task"]) for r in rows}):
-        latest: dict[str, dict] = {}
-        for r in rows:
-            if str(r["task"]) != task or (str(r["name"]), task) not in values:
-                continue
-            if str(r.get("kind")) == "run":
-                # the latest checkpoint; of several training seeds, the lowest (seed 0)
-                key = (report._num(r.get("step")), -_seed_of(r))
-                cur = latest.get(str(r.get("preset")))
-                if cur is None or key > (report._num(cur.get("step")), -_seed_of(cur)):
-                    latest[str(r.get("preset"))] = r
-        # ... - base: against the control fine-tune without any image loss, when one was trained
-        # (`python -m train --preset base`): what an image loss adds beyond more training.
-        pairs = [(latest[a], latest[b]) for a, b in (("ssim_v3", "pixel"), ("mixed", "pixel"),
-                                                      ("ssim_v3", "base"), ("pixel", "base"))
-                 if a in latest and b in latest]
-        for ref in (REFERENCE.get(task, "bicubic"), FLOOR):
-            bic = [r for r in rows if str(r["task"]) == task and str(r.get("name")) == ref
-                   and (str(r["name"]), task) in values]
-            if bic:
-                pairs += [(r, bic[0]) for _, r in sorted(latest.items())]
-        for a, b in pairs:
-            for m in metrics:
-                c = paired_comparison(values[(str(a["name"]), task)][m], values[(str(b["name"]), task)][m],
-                                      seed=BOOTSTRAP_SEED)
-                out.append({"task": task, "a": a["name"], "b": b["name"], "metric": m, **c.as_dict()})
-    for c, adj in zip(out, holm([c["p_value"] for c in out])):
-        c["p_holm"] = adj
-    return out
-
-
-SEED_METRICS = ("ssim_fov", "psnr_fov", "lr_psnr", "vessel_dice")
-SEED_PAIRS = (("ssim_v3", "pixel"), ("mixed", "pixel"), ("ssim_v3", "base"), ("pixel", "base"))
-
-
-def seed_summary(rows: list[dict], metrics=SEED_METRICS) -> tuple[list[dict], list[dict]]:
-    """Across training seeds: per (task, preset) with runs of >= 2 seeds, a row with the mean over
-    seeds of each run's image mean (latest checkpoint of each run) and the seed standard
-    deviation (``<metric>_seed_sd``, ddof 1); and comparisons of presets (``SEED_PAIRS``, and each
-    preset against the task's reference and the constant floor, whose value is the same for
-    every seed) on per-seed means (``medq.stats.seed_comparison``: a paired t interval over
-    seeds). -> (rows, comparisons); both empty when no preset has two seeds."""
-    runs: dict[tuple[str, str], dict[float, dict]] = {}
-    for r in rows:
-        if str(r.get("kind")) != "run" or str(r.get("status")) != "ok" or not r.get("preset"):
-            continue
-        by_seed = runs.setdefault((str(r["task"]), str(r["preset"])), {})
-        cur = by_seed.get(_seed_of(r))
-        if cur is None or report._num(r.get("step")) > report._num(cur.get("step")):
-            by_seed[_seed_of(r)] = r
-    if not any(len(v) >= 2 for v in runs.values()):
-        return [], []
-    out_rows, comps = [], []
-    for (task, preset), by_seed in sorted(runs.items()):
-        if len(by_seed) < 2:
-            continue
-        row = {"status": "ok", "name": f"{preset} (mean of {len(by_seed)} seeds)", "kind": "seeds",
-               "run": ", ".join(str(r["name"]) for _, r in sorted(by_seed.items())),
-               "preset": preset,
-               "task": task, "n_seeds": len(by_seed),
-               "step": report._num(next(iter(by_seed.values())).get("step")),
-               "n_images": report._num(next(iter(by_seed.values())).get("n_images"))}
-        for m in metrics:
-            vals = np.asarray([report._num(r.get(m)) for r in by_seed.values()], dtype=np.float64)
-            vals = vals[~np.isnan(vals)]
-            row[m] = float(vals.mean()) if len(vals) else math.nan
-            row[f"{m}_seed_sd"] = float(vals.std(ddof=1)) if len(vals) >= 2 else math.nan
-        out_rows.append(row)
-    for task in sorted({t for t, _ in runs}):
-        presets = {p: v for (t, p), v in runs.items() if t == task}
-        pairs = [(a, b) for a, b in SEED_PAIRS if a in presets and b in presets]
-        fixed = {str(r["name"]): r for r in rows if str(r.get("task")) == task
-                 and str(r.get("kind")) == "baseline" and str(r.get("status")) == "ok"}
-        for ref in (REFERENCE.get(task, "bicubic"), FLOOR):
-            if ref in fixed:
-                pairs += [(p, ref) for p in sorted(presets)]
-        for a, b in pairs:
-            for m in metrics:
-                va = {k: report._num(r.get(m)) for k, r in presets[a].items()}
-                vb = ({k: report._num(r.get(m)) for k, r in presets[b].items()} if b in presets
-                      else {k: report._num(fixed[b].get(m)) for k in va})
-                c = seed_comparison(va, vb)
-                comps.append({"task": task, "a": a, "b": b, "metric": m, **c.as_dict()})
-    return out_rows, comps
-
-
-def _seed_of(row: dict) -> float:
-    v = report._num(row.get("seed"))
-    return 0.0 if math.isnan(v) else v
-
-
-def protocol(rows: list[dict], *, channel: str, backbone: M.FeatureBackbone | None, extra: dict) -> dict:
-    import cleanfid
-    import scipy
-    import torchmetrics
-
-    counts = {}
-    for r in rows:
-        counts.setdefault(str(r["task"]), set()).add(str(r.get("n_images")))
-    return {
-        **extra,
-        "images scored per task": "; ".join(f"{t}: {', '.join(sorted(c))}" for t, c in sorted(counts.items())),
-        "per-image metrics": f"torchmetrics {torchmetrics.__version__}: PSNR (data_range 1, per image, "
-                             f"dim=(1,2,3), capped at {M.PSNR_CAP_DB:g} dB), MS-SSIM (5 scales, "
-                             f"relu-normalised; n/a under {M.MS_SSIM_MIN_SIDE} px); SSIM: "
-                             f"medq.losses.ssim (= scikit-image, Gaussian 11, sigma 1.5, K "
-                             f"0.01/0.03, valid windows), ssim_fov over the windows entirely "
-                             f"inside the field of view (the FOV eroded by half a window, as the "
-                             f"SSIM loss); PSNR and MS-SSIM "
-                             f"FOV variants average inside the mask (medq.metrics); channel "
-                             f"{channel.upper()}"
-                             + (" (BT.601 Y, 16-235)" if channel == "y" else ""),
-        "distribution metrics": "off" if backbone is None else
-        f"clean-fid {getattr(cleanfid, '__version__', '0.1.35')} mode clean, features: "
-        f"{backbone.description}; columns {backbone.fd_column} (clamped at 0), "
-        f"{backbone.kid_column} (unbiased MMD^2 on the whole set; 95 % bootstrap interval over "
-        f"images, seed {KID_SEED})",
-        "intervals and tests": f"95 % percentile bootstrap of the mean (2000 resamples, seed "
-                               f"{BOOTSTRAP_SEED}); Wilcoxon signed-rank (scipy {scipy.__version__})",
-        "torch": torch.__version__,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,27 +224,9 @@ def _error_rows(meta: dict, tasks, status: str) -> list[dict]:
     return [{**meta, "task": t, "status": status} for t in tasks]
 
 
-def output_kinds(task_dir: Path) -> list[str]:
-    """Output kinds besides the sample that a records file carries: fields ``output_<kind>``
-    holding an image path (e.g. ``output_mmse``), sorted. Each is scored as a row of its own,
-    ``<name>/<kind>``, so a mode can appear as ``ssim_v3`` and ``ssim_v3/mmse``."""
-    import re
-
-    from infer.records import read_jsonl
-
-    path = Path(task_dir) / "records.jsonl"
-    if not path.is_file():
-        return []
-    kinds = set()
-    for r in read_jsonl(path):
-        kinds |= {m.group(1) for k, v in r.items() if isinstance(v, str)
-                  for m in [re.fullmatch(r"output_([a-z0-9_]+)", k)] if m}
-    return sorted(kinds)
-
-
 def evaluate_model(model, meta, cfg, out_dir, data: _Data, tasks, args, feats, *,
                    text: bool | None = None) -> tuple[list, list]:
-    from infer.harness import run_harness
+    from medq.harness import run_harness
 
     out_dir = _claim_outputs(out_dir, cfg, args)
     items = data.items(cfg)
@@ -638,7 +235,6 @@ def evaluate_model(model, meta, cfg, out_dir, data: _Data, tasks, args, feats, *
                 text=(not args.no_text) if text is None else text, progress=not args.no_progress,
                 meta={k: meta[k] for k in ("run", "checkpoint", "weights")})
     rows, per_image = [], []
-    rank, _ = _dist()
     for task in tasks:
         expected = [str(it["id"]) for it in items if it["task"] == task]
         print(f"[eval] {meta['name']}: scoring {task} ({len(expected)} images)", flush=True)
@@ -662,7 +258,8 @@ def evaluate_model(model, meta, cfg, out_dir, data: _Data, tasks, args, feats, *
 def run_eval(args) -> dict:
     from medq.config import load_config
 
-    rank, world = _dist()
+    group = current()
+    rank, world = group.rank, group.world
     overrides = _data_overrides(args)
     base_cfg = load_config("base", overrides=overrides)
     tasks = args.tasks.split(",") if args.tasks else list(base_cfg.data.tasks)
@@ -700,7 +297,7 @@ def run_eval(args) -> dict:
     cfg = base_cfg if image_size is None else load_config(
         "base", overrides=overrides + [f"model.image_size={image_size}"])
     for spec in args.models:
-        from infer.load import load_class, model_dir_name
+        from medq.harness.load import load_class, model_dir_name
 
         meta = {"name": spec, "kind": "model", "run": spec, "preset": "", "config_hash": "",
                 "checkpoint": None, "step": None, "weights": None}
@@ -715,7 +312,7 @@ def run_eval(args) -> dict:
         rows += rr
         per_image += pi
     if not args.no_baselines:
-        from infer.load import load_baseline
+        from medq.harness.load import load_baseline
 
         for name in BASELINE_NAMES:
             btasks = [t for t in tasks if t in BASELINE_TASKS[name]]
@@ -819,7 +416,7 @@ def evaluate_outputs(run: Path, checkpoint: str | None, meta: dict, cfg, out_dir
                      data, feats) -> tuple[list, list]:
     """Rows of one checkpoint for each of ``OUTPUTS``; a failure is an error row, never a lost row.
     The MMSE output's report is the sample's (same model, same input), so it is not generated twice."""
-    from infer.load import load_run
+    from medq.harness.load import load_run
 
     rows, per_image = [], []
     for output in OUTPUTS:
@@ -877,12 +474,6 @@ def evaluate_init_sources(runs: list[Path], args, overrides, tasks, data, feats)
 FAILED_DIR = "failed"
 ABORTED_SKIPPED = ("aborted: not scored (stopped by the non-finite guard; --include-aborted "
                    "scores its last good checkpoint)")
-
-
-def row_ok(row: dict) -> bool:
-    """A row from a complete scoring: status ``ok`` (possibly marked, e.g. an aborted run scored
-    on request)."""
-    return str(row.get("status", "")).split(" ", 1)[0] == "ok"
 
 
 def failures(rows: list[dict], data_failures: list[str]) -> list[str]:
@@ -943,13 +534,14 @@ def publish_reports(out: Path, failed: bool, write) -> dict:
 
 
 def _claim_outputs(out_dir: Path, cfg, args) -> Path:
-    """``out_dir`` keyed by the data of this evaluation (``infer.records.keyed_eval_dir``), with
+    """``out_dir`` keyed by the data of this evaluation (``medq.harness.records.keyed_eval_dir``), with
     outputs of other data cleared from it (rank 0; the other ranks wait)."""
-    from infer.records import claim_eval_dir, data_key, keyed_eval_dir
+    from medq.harness.records import claim_eval_dir, data_key, keyed_eval_dir
 
     key = data_key(cfg.data, cfg.model.image_size, args.split)
     out_dir = keyed_eval_dir(out_dir, key)
-    rank, world = _dist()
+    group = current()
+    rank, world = group.rank, group.world
     if rank == 0:
         claim_eval_dir(out_dir, key, replace_stale=True)
     if world > 1:
@@ -975,7 +567,7 @@ def _aborted_checkpoints(run: Path, root: Path, ckpts: list[Path], args) -> list
 
 def print_summary(rows: list[dict], files: dict | None) -> None:
     for r in sorted(rows, key=report.row_key):
-        v = report._num(r.get("ssim_fov"))
+        v = number(r.get("ssim_fov"))
         print(f"  {str(r.get('task', '')):8s} {str(r.get('name', '')):45s} {str(r.get('status', '')):28s} "
               f"ssim_fov {'n/a' if math.isnan(v) else f'{v:.4f}'}  n={r.get('n_images', 0)}")
     if files:
@@ -991,7 +583,7 @@ def main(args) -> int:
     t0 = time.perf_counter()
     try:
         result = run_eval(args)
-        if _dist()[0] == 0:
+        if current().is_main:
             print_summary(result["rows"], result.get("files"))
             print(f"[eval] {len(result['rows'])} rows in {time.perf_counter() - t0:.1f} s")
             for line in result["failures"]:

@@ -4,7 +4,7 @@
     python -m bench perf infer --run runs/ssim_v3-ab12cd34 --images 32 --batch-size 8
     python -m bench perf infer --no-text --threads 1 --tiny   # image editing only, a smoke run
 
-The harness (``infer.harness.run_harness``, as ``bench eval`` calls it: batches of
+The harness (``medq.harness.run_harness``, as ``bench eval`` calls it: batches of
 ``--batch-size``, per-image seeds, PNGs and records written) runs over ``--images`` test-split
 samples into a scratch directory, once as a warm-up on one batch, then timed. Without ``--run``
 the model is the default config (``configs/ssim_v3.toml``) with random weights and an untrained
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _model_and_config(args, scratch: Path):
     """(ImageTextModel, Config) of ``--run``, or the default config with random weights."""
     if args.run is not None:
-        from infer.load import load_run
+        from medq.harness.load import load_run
 
         model, _, info = load_run(args.run)
         return model, info["config"]
@@ -54,7 +54,7 @@ def _model_and_config(args, scratch: Path):
     from bench.perf_train import SCRATCH, TINY, ensure_vae
     from medq.config import load_config
     from medq.models import MiniBagelAdapter
-    from train.task import MiniBagelTask
+    from medq.training.task import MiniBagelTask
 
     base = (TINY if args.tiny else []) + SCRATCH + [
         f"run.out_dir={json.dumps(str(scratch))}",
@@ -81,7 +81,7 @@ def main(args) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from infer.harness import run_harness
+    from medq.harness import run_harness
 
     machine = print_machine(args.threads)
     if args.run is not None and not args.run.is_dir():

@@ -93,8 +93,8 @@ def time_steps(cfg, steps: int, device, *, measure_memory: bool = False,
 
     import torch
 
-    from train.loop import _autocast
-    from train.task import MiniBagelTask
+    from medq.dist import autocast
+    from medq.training.task import MiniBagelTask
 
     torch.manual_seed(cfg.run.seed)
     task = MiniBagelTask(cfg, device)
@@ -104,7 +104,7 @@ def time_steps(cfg, steps: int, device, *, measure_memory: bool = False,
     batches = task.train_batches(0)
 
     def step():
-        with _autocast(cfg.optim.amp, device):
+        with autocast(cfg.optim.amp, device):
             terms, _ = task.losses(next(batches), gen)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
@@ -209,7 +209,7 @@ def peak_step_memory(step, device) -> float:
 def main(args) -> int:
     import torch
 
-    from train.dist import pick_device
+    from medq.dist import pick_device
 
     from bench.perf_machine import print_machine
 

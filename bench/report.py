@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from medq.metrics import SCORED_METRICS
+from medq.scoring import number
 from medq.text_metrics import REPORT_SCORE_COLUMNS
 
 ID_COLUMNS = ["status", "name", "kind", "run", "preset", "config_hash", "checkpoint", "step",
@@ -93,24 +94,17 @@ def write_csvs(rows: list[dict], per_image: list[dict], out_dir: Path) -> tuple[
     return lb, pi
 
 
-def _num(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _cell(r: dict, m: str, digits: int) -> str:
-    v = _num(r.get(m))
+    v = number(r.get(m))
     if math.isnan(v):
         return "n/a"
-    lo, hi = _num(r.get(f"{m}_lo")), _num(r.get(f"{m}_hi"))
+    lo, hi = number(r.get(f"{m}_lo")), number(r.get(f"{m}_hi"))
     ci = "" if math.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]"
     return f"{v:.{digits}f}{ci}"
 
 
 def _fmt(v, spec: str) -> str:
-    v = _num(v)
+    v = number(v)
     return "n/a" if math.isnan(v) else format(v, spec)
 
 
@@ -118,12 +112,12 @@ def _seed_cell(r: dict, m: str, digits: int) -> str:
     """mean +- seed sd for rows averaged over training seeds, else the usual mean [CI]."""
     if str(r.get("kind")) != "seeds":
         return _cell(r, m, digits)
-    v, sd = _num(r.get(m)), _num(r.get(f"{m}_seed_sd"))
+    v, sd = number(r.get(m)), number(r.get(f"{m}_seed_sd"))
     return "n/a" if math.isnan(v) else f"{v:.{digits}f} +- {sd:.{digits}f} (seeds)"
 
 
 def _floor_cell(r: dict, m: str, floor: str) -> str:
-    v = _num(r.get(m))
+    v = number(r.get(m))
     return "n/a" if math.isnan(v) else f"{v:.3f} ({_fmt(r.get(floor), '.3f')})"
 
 
@@ -132,7 +126,7 @@ def _report_table(sub: list[dict]) -> list[str]:
     from medq.text_metrics import REPORT_SCORE_COLUMNS
 
     with_text = [r for r in sub
-                 if any(not math.isnan(_num(r.get(c))) for c in REPORT_SCORE_COLUMNS)]
+                 if any(not math.isnan(number(r.get(c))) for c in REPORT_SCORE_COLUMNS)]
     if not with_text:
         return []
     names = [c for c in REPORT_SCORE_COLUMNS if c.startswith("findings_f1_")
@@ -173,8 +167,8 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
            "measured (see notes).", ""]
     for task in sorted({r["task"] for r in rows}):
         sub = [r for r in rows if r["task"] == task]
-        sub.sort(key=lambda r: (math.isnan(_num(r.get(MAIN_METRIC))), -_num(r.get(MAIN_METRIC))
-                                if not math.isnan(_num(r.get(MAIN_METRIC))) else 0, row_key(r)))
+        sub.sort(key=lambda r: (math.isnan(number(r.get(MAIN_METRIC))), -number(r.get(MAIN_METRIC))
+                                if not math.isnan(number(r.get(MAIN_METRIC))) else 0, row_key(r)))
         head = ["name", "status", "seed", "step", "n", "SSIM fov", "PSNR fov", "LR-PSNR",
                 "vessel Dice", "SSIM", "PSNR", "MS-SSIM fov", *fd_cols, "undecodable",
                 "input dep.", "verdict", "s/img"]
@@ -188,7 +182,7 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
                      _seed_cell(r, "lr_psnr", 2), _seed_cell(r, "vessel_dice", 3),
                      _cell(r, "ssim", 4), _cell(r, "psnr", 2), _cell(r, "ms_ssim_fov", 4)]
             for c in fd_cols:
-                v, lo, hi = _num(r.get(c)), _num(r.get(f"{c}_lo")), _num(r.get(f"{c}_hi"))
+                v, lo, hi = number(r.get(c)), number(r.get(f"{c}_lo")), number(r.get(f"{c}_hi"))
                 cells.append("n/a" if math.isnan(v) else f"{v:.4g}" + (
                     "" if math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]"))
             cells += [_fmt(r.get("undecodable_rate"), ".3f"),
@@ -229,7 +223,7 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
                 "| task | a - b | metric | seeds | mean diff | seed sd | 95 % CI (t) | note |",
                 "|---|---|---|---|---|---|---|---|"]
         for c in seed_comparisons:
-            ci = ("n/a" if math.isnan(_num(c.get("ci_low")))
+            ci = ("n/a" if math.isnan(number(c.get("ci_low")))
                   else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]")
             out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n_seeds']} "
                        f"| {_fmt(c.get('mean_diff'), '+.4g')} | {_fmt(c.get('sd_diff'), '.3g')} "
@@ -274,16 +268,16 @@ def plot_bars(rows: list[dict], out_dir: Path, metrics=("ssim_fov", "psnr_fov"))
     plt = _plt()
     paths = []
     for task in sorted({r["task"] for r in rows}):
-        sub = sorted([r for r in rows if r["task"] == task and not math.isnan(_num(r.get(metrics[0])))],
+        sub = sorted([r for r in rows if r["task"] == task and not math.isnan(number(r.get(metrics[0])))],
                      key=row_key)
         if not sub:
             continue
         fig, axes = plt.subplots(1, len(metrics), figsize=(4 + 1.2 * len(sub), 4), squeeze=False)
         for ax, m in zip(axes[0], metrics):
-            means = [_num(r.get(m)) for r in sub]
-            err = [[max(0.0, v - _num(r.get(f"{m}_lo"))) if not math.isnan(_num(r.get(f"{m}_lo"))) else 0
+            means = [number(r.get(m)) for r in sub]
+            err = [[max(0.0, v - number(r.get(f"{m}_lo"))) if not math.isnan(number(r.get(f"{m}_lo"))) else 0
                     for v, r in zip(means, sub)],
-                   [max(0.0, _num(r.get(f"{m}_hi")) - v) if not math.isnan(_num(r.get(f"{m}_hi"))) else 0
+                   [max(0.0, number(r.get(f"{m}_hi")) - v) if not math.isnan(number(r.get(f"{m}_hi"))) else 0
                     for v, r in zip(means, sub)]]
             ax.bar(range(len(sub)), means, yerr=err, capsize=4, color="tab:blue")
             ax.set_xticks(range(len(sub)))
@@ -315,14 +309,14 @@ def plot_perception_distortion(rows: list[dict], out_dir: Path) -> list[Path]:
         sub = [r for r in rows if r["task"] == task and str(r.get("kind")) != "seeds"]
         kid_col = next((k for r in sub for k in sorted(r) if k.startswith("kid_")
                         and not k.endswith(("_lo", "_hi"))), None)
-        pts = [r for r in sub if kid_col and not math.isnan(_num(r.get(kid_col)))
-               and not math.isnan(_num(r.get("psnr_fov")))]
+        pts = [r for r in sub if kid_col and not math.isnan(number(r.get(kid_col)))
+               and not math.isnan(number(r.get("psnr_fov")))]
         if not pts:
             continue
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for r in sorted(pts, key=row_key):
-            x, y = _num(r.get(kid_col)), _num(r.get("psnr_fov"))
-            lo, hi = _num(r.get(f"{kid_col}_lo")), _num(r.get(f"{kid_col}_hi"))
+            x, y = number(r.get(kid_col)), number(r.get("psnr_fov"))
+            lo, hi = number(r.get(f"{kid_col}_lo")), number(r.get(f"{kid_col}_hi"))
             base = str(r.get("kind")) == "baseline"
             xerr = None if math.isnan(lo) else [[max(0.0, x - lo)], [max(0.0, hi - x)]]
             ax.errorbar([x], [y], xerr=xerr, fmt="s" if base else "o", capsize=3,
@@ -343,7 +337,7 @@ def plot_steps(rows: list[dict], out_dir: Path) -> list[Path]:
     for task in sorted({r["task"] for r in rows}):
         by_run: dict[str, list[dict]] = {}
         for r in rows:
-            if r["task"] == task and r.get("kind") == "run" and not math.isnan(_num(r.get("step"))):
+            if r["task"] == task and r.get("kind") == "run" and not math.isnan(number(r.get("step"))):
                 by_run.setdefault(f"{r['run']}/{r.get('weights')}", []).append(r)
         by_run = {k: v for k, v in by_run.items() if len(v) > 1}
         if not by_run:
@@ -351,8 +345,8 @@ def plot_steps(rows: list[dict], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, m in zip(axes, ("psnr_fov", "ssim_fov")):
             for run, rs in sorted(by_run.items()):
-                rs = sorted(rs, key=lambda r: _num(r["step"]))
-                ax.plot([_num(r["step"]) for r in rs], [_num(r.get(m)) for r in rs], marker="o", label=run)
+                rs = sorted(rs, key=lambda r: number(r["step"]))
+                ax.plot([number(r["step"]) for r in rs], [number(r.get(m)) for r in rs], marker="o", label=run)
             ax.set_xlabel("step")
             ax.set_title(f"{task}: {m}")
         axes[0].legend(fontsize=7)
@@ -368,7 +362,7 @@ def plot_losses(run_dirs: Sequence[Path], out_dir: Path) -> Path | None:
         curves: dict[str, list[tuple[float, float]]] = {}
         for r in rows:
             if str(r.get("key", "")).startswith("loss/"):
-                v, s = _num(r.get("value")), _num(r.get("step"))
+                v, s = number(r.get("value")), number(r.get("step"))
                 # An exact 0 is a gated image term with no sample under its max_t in that log
                 # window (not a perfect loss): left out, or the log axis plunges to the floor.
                 if not (math.isnan(v) or math.isnan(s)) and v > 0:

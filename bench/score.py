@@ -8,8 +8,7 @@ one trailing ``_pred`` / ``_output`` / ``_sr`` from the prediction's stem and on
 ``_target`` / ``_gt`` / ``_hr`` from the target's (extensions are ignored: ``12_left_pred.png``
 matches ``12_left.jpeg``). A mask matches the target's key with an optional ``_mask`` suffix.
 Unmatched files on either side are listed, never dropped silently. Without ``--mask`` the field
-of view is detected from the target (``medq.data.fov_mask`` when present, else the brightness
-threshold of ``infer.images``).
+of view is detected from the target (``medq.data.fov_mask``).
 
 Sizes: a prediction whose size differs from its target is an error naming both files, unless
 ``--resize pred-to-target`` (bicubic, antialiased) is given. Unreadable files, decompression
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 
 from bench import report
-from bench.eval import FeatureCache, _load, aggregate, comparisons, protocol, score_pairs
+from medq.scoring import FeatureCache, aggregate, comparisons, load_image, protocol, score_pairs
 from medq import metrics as M
 
 log = logging.getLogger("bench.score")
@@ -92,7 +91,7 @@ def detect_mask(target: torch.Tensor) -> torch.Tensor:
 
 def _prepare(pairs, args, tmp: Path) -> tuple[list[dict], list[dict]]:
     """Pair dicts for ``score_pairs``; size mismatches become problems (or resized copies)."""
-    from infer.images import save_png
+    from medq.harness.images import save_png
     from medq.baselines import bicubic
 
     out, problems = [], []
@@ -125,21 +124,21 @@ def _prepare(pairs, args, tmp: Path) -> tuple[list[dict], list[dict]]:
 
 
 def _load_checked(path: Path) -> torch.Tensor:
-    """``bench.eval._load`` after refusing a decompression bomb (``medq.data.imageio``'s check,
+    """``medq.scoring.load_image`` after refusing a decompression bomb (``medq.data.imageio``'s check,
     a DataError naming the file) instead of letting Pillow allocate it or raise its own error."""
     from PIL import Image
 
-    from medq.data.imageio import _check_pixels
+    from medq.data.imageio import check_pixels
 
     try:
         with warnings.catch_warnings():  # refused just below, naming the file
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
         with im:
-            _check_pixels(im, Path(path))
+            check_pixels(im, Path(path))
     except Image.DecompressionBombError as e:
         raise ValueError(f"{path}: refused as a decompression bomb ({e})") from None
-    return _load(path)
+    return load_image(path)
 
 
 def metric_counts(per_image: list[dict], pairs: list[dict]) -> tuple[dict[str, int], list[str]]:
@@ -159,7 +158,7 @@ def metric_counts(per_image: list[dict], pairs: list[dict]) -> tuple[dict[str, i
         for i in dropped[:3]:
             pair = by_id.get(str(i), {})
             if m.endswith("_fov") and pair.get("target") is not None:
-                t = (_load(Path(pair["target"])).permute(1, 2, 0) * 255).round().byte().numpy()
+                t = (load_image(Path(pair["target"])).permute(1, 2, 0) * 255).round().byte().numpy()
                 why.append(f"{i} ({describe_flat(t)})")
             else:
                 why.append(str(i))
@@ -206,7 +205,7 @@ def run_score(args) -> dict:
     notes += [f"{len(found['unmatched_target'])} unmatched targets"] if found["unmatched_target"] else []
     notes += [f"{p['id']}: {p['error']}" for p in problems[:3]]
     if per_image and row["ms_ssim"] != row["ms_ssim"]:
-        notes.append(M.ms_ssim_unsupported_reason(*_load(pairs[0]["target"]).shape[-2:]) or "MS-SSIM n/a")
+        notes.append(M.ms_ssim_unsupported_reason(*load_image(pairs[0]["target"]).shape[-2:]) or "MS-SSIM n/a")
     counts, partial = metric_counts(per_image, pairs)
     notes += partial
     if partial and row["status"] == "ok":

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infer.records import RECORDS, read_jsonl
+from medq.harness.records import RECORDS, read_jsonl
 from medq.checkpoint import read_run_json
 
 log = logging.getLogger(__name__)

@@ -92,7 +92,7 @@ def _from_test_set(demo: Demo, task: str, sample_id: str) -> dict:
 def _from_upload(demo: Demo, task: str, path, enhance_kind: str) -> dict:
     import torch
 
-    from infer.images import prepare
+    from medq.harness.images import prepare
 
     rgb = read_upload(path)
     height, width = rgb.shape[:2]

@@ -3,7 +3,7 @@
 Models are loaded once per mode and kept (``ModelPool``): the tiny CPU models edit one image in
 seconds, loading is what costs. Any ``medq.protocol.ImageTextModel`` works, so tests pass fakes.
 Running is the harness's own code, never a copy: ``run_on_test_image`` calls
-``infer.harness.run_harness`` on the one item, ``run_on_upload`` calls ``infer.harness.edit_one``;
+``medq.harness.run_harness`` on the one item, ``run_on_upload`` calls ``medq.harness.edit_one``;
 both write the report from the model's *input* (what it sees), decoded with ``safe_decode``.
 """
 
@@ -47,7 +47,7 @@ def load_mode_model(mode) -> ImageTextModel:
             raise ValueError(f"mode {mode.label!r}: no such baseline (known: "
                              f"{', '.join(BASELINES)})")
         return BASELINES[mode.label]()
-    from infer.load import load_run
+    from medq.harness.load import load_run
 
     model, _, _ = load_run(Path(mode.root), weights="ema")
     return model
@@ -89,13 +89,13 @@ def _hwc(img: torch.Tensor) -> np.ndarray:
 
 def run_on_test_image(model: ImageTextModel, row: dict, inp: np.ndarray, target: np.ndarray,
                       mask: np.ndarray, task: str) -> Edited:
-    """A test image through ``infer.harness.run_harness`` itself, exactly as ``make eval`` runs
+    """A test image through ``medq.harness.run_harness`` itself, exactly as ``make eval`` runs
     it: the row's instruction and seed (so ``derive_seed(seed, id)``), report of the input, greedy,
     ``safe_decode``. ``row``: any records row of this image (id, instruction, seed); ``inp``
     (h, w, 3), ``target`` (H, W, 3), ``mask`` (H, W) as read from its PNGs. The harness writes
     into a temporary folder, which is removed."""
-    from infer.harness import run_harness
-    from infer.records import read_jsonl
+    from medq.harness import run_harness
+    from medq.harness.records import read_jsonl
 
     item = {"id": str(row["id"]), "task": task, "instruction": row["instruction"],
             "input": _chw(inp), "target": _chw(target),
@@ -116,12 +116,12 @@ def run_on_test_image(model: ImageTextModel, row: dict, inp: np.ndarray, target:
 
 def run_on_upload(model: ImageTextModel, image: np.ndarray, task: str, size: int,
                   instruction: str, name: str) -> tuple[Edited, dict]:
-    """An uploaded photograph (h, w, 3) float in [0, 1] through ``infer.harness.edit_one``: the
+    """An uploaded photograph (h, w, 3) float in [0, 1] through ``medq.harness.edit_one``: the
     any-size policy (field-of-view square at ``size``), the report written from the model's
     input with ``safe_decode``, greedy as in the harness. Returns the result and the prepared
     {"input", "target", "mask"} as (H, W, 3) / (H, W) arrays."""
-    from infer.harness import edit_one
-    from infer.text import decoding, supports_sampling
+    from medq.harness import edit_one
+    from medq.harness.text import decoding, supports_sampling
 
     greedy = decoding(model, temperature=0.0, top_p=1.0) if supports_sampling(model) \
         else contextlib.nullcontext()

@@ -105,7 +105,7 @@ class ReferenceReports:
         for field in REFERENCE_FIELDS:
             if row and isinstance(row.get(field), str):
                 return row[field]
-        from infer.harness import data_fingerprint
+        from medq.harness import data_fingerprint
 
         want = (row or {}).get("data_sha256")
         for path in self.config_paths:

@@ -36,11 +36,11 @@ from pathlib import Path
 
 import torch
 
-from infer.harness import run_harness, summarize
-from infer.load import load_baseline, load_class, load_run, model_dir_name
-from infer.records import (DataMismatchError, claim_eval_dir, data_key, keyed_eval_dir,
+from medq.harness import run_harness, summarize
+from medq.harness.load import load_baseline, load_class, load_run, model_dir_name
+from medq.harness.records import (DataMismatchError, claim_eval_dir, data_key, keyed_eval_dir,
                            read_records, write_json_atomic)
-from infer.text import DEFAULT_SAMPLED_TEMPERATURE, InferError
+from medq.harness.text import DEFAULT_SAMPLED_TEMPERATURE, InferError
 from medq.config import ConfigError, load_config
 
 log = logging.getLogger("infer")

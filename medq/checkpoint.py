@@ -42,6 +42,18 @@ from typing import Callable, Iterator
 
 from medq.models.io import fingerprint  # one fingerprint everywhere (init.json, logs, reports)
 
+# The shipped weights (``weights/``, checked by ``python -m train weights --check``).
+SHIPPED_FILES = ("ema.safetensors", "arch.json", "tokenizer.json", "config.toml", "state.json")
+MANIFEST = "manifest.json"
+REBUILD = "make weights   (python -m train weights)"
+
+
+def is_shipped(spec: str) -> bool:
+    """Whether a ``model.vae`` / ``init.from`` value names a directory of the shipped weights."""
+    path = Path(spec)
+    return bool(spec) and (path.parent.name == "weights" or (path.parent / MANIFEST).is_file()
+                           or (path / MANIFEST).is_file())
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"

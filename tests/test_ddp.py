@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from train.data_order import batch_indices
+from medq.training.data_order import batch_indices
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.image_size=32",
@@ -28,8 +28,8 @@ WORKER = textwrap.dedent("""
     from torch import nn
     from safetensors.torch import load_file, save_file
     from medq.config import load_config
-    from train.data_order import batch_indices
-    from train.dist import broadcast_parameters, init_dist, shutdown
+    from medq.training.data_order import batch_indices
+    from medq.dist import broadcast_parameters, init_dist, shutdown_group
     from train.loop import train
 
     torch.set_num_threads(1)
@@ -68,7 +68,7 @@ WORKER = textwrap.dedent("""
     (out / f"rank{{dist.rank}}.json").write_text(json.dumps({{
         "fingerprint": result["fingerprint"], "seen": task.seen, "world": dist.world,
         "status": result["status"]}}))
-    shutdown(dist)
+    shutdown_group()
 """)
 
 

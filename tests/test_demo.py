@@ -306,8 +306,8 @@ def test_demo_output_and_report_equal_the_harness_records(tmp_path):
     report from the input, never the target)."""
     import torch
 
-    from infer.harness import run_harness
-    from infer.records import read_jsonl
+    from medq.harness import run_harness
+    from medq.harness.records import read_jsonl
     from test_demo_fakes import instruction_of
 
     runs, reports_dir = build_tree(tmp_path, evaluated=("pixel",))
@@ -336,7 +336,7 @@ def test_demo_output_and_report_equal_the_harness_records(tmp_path):
 def test_upload_output_and_report_equal_edit_one(app_demo, tmp_path):
     import torch
 
-    from infer.harness import edit_one
+    from medq.harness import edit_one
     from medq.data.text import instruction
 
     photo = tmp_path / "photo.png"
@@ -379,7 +379,7 @@ def test_reference_reports_rebuilt_from_the_runs_data_config(tmp_path):
     """Records without a reference field: the report of the item of the run's own data config,
     and only for the very same pixels (data_sha256)."""
     from demo.reports import ReferenceReports
-    from infer.harness import data_fingerprint
+    from medq.harness import data_fingerprint
     from medq.config import dump_toml, load_config
     from medq.data import build_dataset
 
@@ -730,7 +730,7 @@ def test_records_with_a_corrupt_line_still_show_the_valid_rows(tmp_path, caplog)
     file and line and skipped; rows without an existing output PNG are not offered."""
     import json as _json
 
-    from infer.images import save_png
+    from medq.harness.images import save_png
 
     task = tmp_path / "eval" / "sr4"
     import torch

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from bench import eval as E
-from infer.records import (DataMismatchError, claim_eval_dir, data_key, eval_dir_name,
+from medq import scoring as S
+from medq.harness.records import (DataMismatchError, claim_eval_dir, data_key, eval_dir_name,
                            keyed_eval_dir, read_jsonl)
 from medq.config import DataConfig
 from test_data_bad_input import fundus
@@ -118,7 +119,7 @@ def test_aborted_run_is_a_failure_unless_asked_and_never_scores_a_bad_checkpoint
     args.include_aborted = True
     rows, _, _ = E.evaluate_run(run, args, [], ["sr4"], None, None)
     assert rows[0]["status"] == "aborted: no good checkpoint"
-    assert E.row_ok({"status": "ok (aborted run, scored on request)"})
+    assert S.row_ok({"status": "ok (aborted run, scored on request)"})
 
 
 def test_publish_reports_atomic_failed_beside_and_stale_files_removed(tmp_path):

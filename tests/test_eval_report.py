@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from bench import eval as E
+from medq import scoring as S
 from bench import report
-from infer.images import save_png
-from infer.records import FIELDS
+from medq.harness.images import save_png
+from medq.harness.records import FIELDS
 
 IDS = [f"img{k:02d}" for k in range(6)]
 
@@ -48,7 +49,7 @@ def _score_all(tmp_path, feats=None):
         d = tmp_path / name / "sr4"
         if not d.exists():
             _fake_eval(d, noise)
-        row, pi = E.score_task_dir(d, IDS, _meta(name, kind, preset), channel="rgb", features=feats)
+        row, pi = S.score_task_dir(d, IDS, _meta(name, kind, preset), channel="rgb", features=feats)
         rows.append(row)
         per_image += pi
     return rows, per_image
@@ -61,7 +62,7 @@ def test_scores_statuses_and_reports(tmp_path):
     assert by["ssim_v3-1"]["ssim_fov"] > by["pixel-1"]["ssim_fov"] > by["bicubic"]["ssim_fov"]
     assert by["bicubic"]["ssim_fov_lo"] <= by["bicubic"]["ssim_fov"] <= by["bicubic"]["ssim_fov_hi"]
     assert "MS-SSIM n/a" in by["bicubic"]["note"]
-    comps = E.comparisons(rows, per_image)
+    comps = S.comparisons(rows, per_image)
     pairs = {(c["a"], c["b"], c["metric"]) for c in comps}
     assert ("ssim_v3-1", "pixel-1", "ssim_fov") in pairs and ("pixel-1", "bicubic", "psnr_fov") in pairs
     files = report.write_reports(rows, per_image, tmp_path / "reports", protocol={"seeds": "0"},
@@ -79,9 +80,9 @@ def test_scores_statuses_and_reports(tmp_path):
 def test_incomplete_and_empty_and_no_checkpoint(tmp_path):
     d = tmp_path / "r" / "sr4"
     _fake_eval(d, 0.1, drop={"img03"})
-    row, pi = E.score_task_dir(d, IDS + ["img99"], _meta("r"), channel="rgb", features=None)
+    row, pi = S.score_task_dir(d, IDS + ["img99"], _meta("r"), channel="rgb", features=None)
     assert row["status"] == "incomplete: 5 of 7 scored" and len(pi) == 5 and "missing" in row["note"]
-    row, pi = E.score_task_dir(tmp_path / "none" / "sr4", [], _meta("e"), channel="rgb", features=None)
+    row, pi = S.score_task_dir(tmp_path / "none" / "sr4", [], _meta("e"), channel="rgb", features=None)
     assert row["status"].startswith("empty") and pi == []
     run = tmp_path / "runs" / "pixel-deadbeef"
     (run / "checkpoints").mkdir(parents=True)
@@ -97,7 +98,7 @@ def test_incomplete_and_empty_and_no_checkpoint(tmp_path):
 def _repeat_identical(tmp_path, backbone):
     texts = []
     for k in range(2):
-        rows, per_image = _score_all(tmp_path, backbone and E.FeatureCache(backbone))
+        rows, per_image = _score_all(tmp_path, backbone and S.FeatureCache(backbone))
         for r in rows:
             r["seconds_per_image"] = 0.1 * (k + 1)  # timing differs between repeats by design
         lb, pi = report.write_csvs(rows, per_image, tmp_path / f"rep{k}")
@@ -114,7 +115,7 @@ def test_leaderboard_csv_byte_identical_on_repeat(tmp_path):
 
 @pytest.mark.slow
 def test_leaderboard_with_features_byte_identical_on_repeat(tmp_path):
-    text = _repeat_identical(tmp_path, E.M.feature_extractor("randresnet18"))
+    text = _repeat_identical(tmp_path, S.M.feature_extractor("randresnet18"))
     assert "fd_randresnet18" in text.splitlines()[0] and "kid_randresnet18" in text.splitlines()[0]
 
 
@@ -199,12 +200,12 @@ def test_comparisons_against_the_no_image_loss_control(tmp_path):
     rows, per_image = _score_all(tmp_path)
     d = tmp_path / "base-1" / "sr4"
     _fake_eval(d, 0.05, seed=1)
-    row, pi = E.score_task_dir(d, IDS, _meta("base-1", "run", "base"), channel="rgb", features=None)
-    comps = E.comparisons(rows + [row], per_image + pi)
+    row, pi = S.score_task_dir(d, IDS, _meta("base-1", "run", "base"), channel="rgb", features=None)
+    comps = S.comparisons(rows + [row], per_image + pi)
     pairs = {(c["a"], c["b"]) for c in comps}
     assert {("ssim_v3-1", "base-1"), ("pixel-1", "base-1"), ("ssim_v3-1", "pixel-1")} <= pairs
     assert ("base-1", "bicubic") in pairs
-    assert not {("ssim_v3-1", "base-1")} <= {(c["a"], c["b"]) for c in E.comparisons(rows, per_image)}
+    assert not {("ssim_v3-1", "base-1")} <= {(c["a"], c["b"]) for c in S.comparisons(rows, per_image)}
 
 
 def _seed_rows():
@@ -223,7 +224,7 @@ def _seed_rows():
 
 def test_seed_rows_and_comparisons_on_per_seed_means(tmp_path):
     rows = _seed_rows()
-    srows, scomps = E.seed_summary(rows)
+    srows, scomps = S.seed_summary(rows)
     by = {r["preset"]: r for r in srows}
     assert by["pixel"]["n_seeds"] == 3 and by["pixel"]["ssim_fov"] == pytest.approx(0.601)
     assert by["pixel"]["ssim_fov_seed_sd"] == pytest.approx(0.001)
@@ -234,7 +235,7 @@ def test_seed_rows_and_comparisons_on_per_seed_means(tmp_path):
     assert c[("pixel", "bicubic", "ssim_fov")]["mean_diff"] == pytest.approx(0.601 - 0.67)
     md = report.markdown(rows + srows, [], {"x": "y"}, scomps)
     assert "+- 0.0010 (seeds)" in md and "paired t over 3 seeds" in md
-    assert E.seed_summary([r for r in rows if r.get("seed") in (0, None)]) == ([], [])
+    assert S.seed_summary([r for r in rows if r.get("seed") in (0, None)]) == ([], [])
     assert "One training seed per mode" in report.markdown(rows, [], {})
 
 
@@ -265,12 +266,12 @@ def test_extra_output_kind_is_a_row_of_its_own_and_compared(tmp_path):
     for r in recs:  # an MMSE output: the target itself (a perfect posterior mean)
         r["output_mmse"] = r["target"]
     (d / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    assert E.output_kinds(d) == ["mmse"]
+    assert S.output_kinds(d) == ["mmse"]
     meta = {**_meta("ssim_v3-1/mmse", "run", "ssim_v3/mmse"), "output": "mmse"}
-    row, pi = E.score_task_dir(d, IDS, meta, channel="rgb", features=None, output_key="output_mmse")
+    row, pi = S.score_task_dir(d, IDS, meta, channel="rgb", features=None, output_key="output_mmse")
     assert row["status"] == "ok" and row["output"] == "mmse"
     assert row["ssim_fov"] == pytest.approx(1.0)
-    comps = E.comparisons(rows + [row], per_image + pi)
+    comps = S.comparisons(rows + [row], per_image + pi)
     assert ("ssim_v3-1/mmse", "bicubic") in {(c["a"], c["b"]) for c in comps}
     assert all(0 <= c["p_holm"] <= 1 and c["p_holm"] >= c["p_value"] for c in comps)
 

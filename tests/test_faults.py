@@ -260,10 +260,10 @@ def test_write_error_during_training_is_one_line(tmp_path, monkeypatch, capsys):
         def __init__(self, *a, **k):
             pass
 
-    monkeypatch.setattr("train.task.MiniBagelTask", FakeTask)
+    monkeypatch.setattr("medq.training.task.MiniBagelTask", FakeTask)
     cfg = tiny_cfg(tmp_path)
     args = cli.build_parser().parse_args(["--no-progress"])
-    from train.dist import Dist
+    from medq.dist import Dist
 
     assert cli._train(cfg, args, torch.device("cpu"), Dist()) == 2
     err = capsys.readouterr().err

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from infer.harness import derive_seed, edit_one, run_harness, summarize
-from infer.records import FIELDS, KINDS, read_records
-from infer.text import InferError
+from medq.harness import derive_seed, edit_one, run_harness, summarize
+from medq.harness.records import FIELDS, KINDS, read_records
+from medq.harness.text import InferError
 from medq.baselines import Bicubic
 from medq.protocol import ImageTextModel
 from test_infer_fakes import VOCAB, PROMPT, NoisySeeded, RandomCollapsed, TextBicubic, make_items, parse_report

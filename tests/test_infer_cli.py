@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from infer.__main__ import main
-from infer.load import load_class, parse_model_args
-from infer.text import InferError
+from medq.harness.load import load_class, parse_model_args
+from medq.harness.text import InferError
 from medq.config import Config, dump_toml, load_config
 
 torch.set_num_threads(1)

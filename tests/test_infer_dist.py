@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infer.records import read_records
+from medq.harness.records import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -21,7 +21,7 @@ WORKER = textwrap.dedent("""
     sys.path[:0] = [{repo!r}, {tests!r}]
     import torch, torch.distributed as tdist
     torch.set_num_threads(1)
-    from infer.harness import run_harness
+    from medq.harness import run_harness
     from test_infer_fakes import PROMPT, NoisySeeded, make_items, parse_report
     if {dist}:
         tdist.init_process_group("gloo")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from infer.harness import edit_one, run_harness, summarize
-from infer.images import prepare
-from infer.records import read_records
+from medq.harness import edit_one, run_harness, summarize
+from medq.harness.images import prepare
+from medq.harness.records import read_records
 from medq.baselines import Bicubic
 from test_infer_fakes import PROMPT, TextBicubic, parse_report
 

@@ -141,11 +141,11 @@ def test_frechet_clamped_and_kid_interval():
 
 
 def _degraded_series(images: torch.Tensor, kind: str) -> list[torch.Tensor]:
-    from medq.data.tasks import _gauss_blur
+    from medq.data.tasks import gauss_blur
 
     g = torch.Generator().manual_seed(0)
     if kind == "blur":
-        return [torch.stack([_gauss_blur(im, s) for im in images]) for s in (0.8, 1.6, 3.2)]
+        return [torch.stack([gauss_blur(im, s) for im in images]) for s in (0.8, 1.6, 3.2)]
     return [(images + s * torch.randn(images.shape, generator=g)).clamp(0, 1)
             for s in (0.03, 0.1, 0.3)]
 

@@ -7,7 +7,7 @@ import torch
 
 from bench import report
 from bench import score as S
-from infer.images import save_png
+from medq.harness.images import save_png
 
 
 def _img(seed, size=32):

@@ -50,9 +50,9 @@ def test_dice_against_drive_manual_annotations_working_size(fundus_samples):
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    from medq.data.tasks import _gauss_blur
+    from medq.data.tasks import gauss_blur
 
-    return torch.stack([_gauss_blur(im, sigma) for im in x]) if sigma > 0 else x
+    return torch.stack([gauss_blur(im, sigma) for im in x]) if sigma > 0 else x
 
 
 def _monotone_under_blur(targets, masks):

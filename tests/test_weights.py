@@ -12,7 +12,7 @@ import pytest
 
 from medq.config import load_config
 from medq.models import CheckpointMismatchError
-from train.task import init_model, shipped_weights_hint
+from medq.training.task import init_model, shipped_weights_hint
 from train.weights_cmd import MANIFEST, SHIPPED_FILES, check, is_shipped
 
 REPO = Path(__file__).resolve().parents[1]

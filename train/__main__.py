@@ -122,7 +122,7 @@ def run_one(cfg, args) -> int:
     """One run: its directory is locked (``medq.checkpoint.run_lock``) from before the first write
     to the end; a start that fails before training leaves no directory it created behind."""
     from medq.checkpoint import RunLockedError, acquire_run_lock, release_run_lock
-    from train.dist import DeviceError, pick_device
+    from medq.dist import DeviceError, pick_device
 
     try:
         device = pick_device(cfg.run.device)
@@ -156,7 +156,7 @@ def run_one(cfg, args) -> int:
 
 def _run_one(cfg, args, device) -> int:
     from medq.checkpoint import latest_checkpoint, read_run_json
-    from train.dist import init_dist
+    from medq.dist import init_dist
 
     dist = init_dist(device)
     main_rank = dist.is_main
@@ -225,7 +225,7 @@ def _train(cfg, args, device, dist) -> int:
     from medq.models import CheckpointMismatchError
     from train.loop import train
     from train.monitors import NonFiniteError
-    from train.task import MiniBagelTask
+    from medq.training.task import MiniBagelTask
 
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and (args.overrides or args.overlays or args.sweep):
         print("note: --set/--with/--sweep change the config, hence the run directory; the saved "
               "run is resumed only if they resolve to the same hash", file=sys.stderr)
-    from train.dist import shutdown_group
+    from medq.dist import shutdown_group
 
     rc = 0
     try:

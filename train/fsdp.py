@@ -25,7 +25,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
-from train.dist import Dist
+from medq.dist import Dist
 
 log = logging.getLogger("train")
 

@@ -4,7 +4,7 @@
 
 Each iteration: (1) log the averages since the last log, (2) validate + collapse monitor,
 (3) save the state, (4) stop if done, (5) one optimisation step. Everything model-specific (data,
-forward, losses, validation, weight files) is the ``task`` (``train.task.MiniBagelTask``; the tests
+forward, losses, validation, weight files) is the ``task`` (``medq.training.task.MiniBagelTask``; the tests
 use a tiny module), so this file stays the whole story of a step.
 
 A step: losses under autocast -> gradient probe (every run.probe_every steps, before backward,
@@ -40,7 +40,7 @@ from medq.checkpoint import (LATEST, CheckpointError, apply_retention, clean_tem
 from medq.config import Config, dump_toml
 from medq.ema import EMA
 from medq.schedule import warmup_cosine
-from train.dist import Dist, all_true, average_gradients, barrier, gather
+from medq.dist import Dist, all_true, autocast, average_gradients, barrier, gather
 from train.fsdp import (FullTensors, full_optimizer_state, full_state, full_tensor,
                         load_full_optimizer_state, reshard, shard_model)
 from train.logger import Logger
@@ -178,7 +178,7 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
                 break
             batch = next(batches)                                                   # 5. step
             model.train()
-            with _autocast(o.amp, device):
+            with autocast(o.amp, device):
                 terms, activations = task.losses(batch, gen)
             if (step + 1) % r.probe_every == 0:
                 logger.log_dict(probe_gradients(terms, activations, cfg.loss))
@@ -224,12 +224,6 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
     return {"status": status, "step": step, "skipped": guard.skipped, "run_dir": cfg.run_dir,
             "checkpoint": ckpt or latest_checkpoint(ckpt_root),
             "fingerprint": final, "last": dict(logger.last)}
-
-
-def _autocast(amp: str, device: torch.device):
-    # auto = bf16 only on CUDA that runs it natively; CPU bf16 autocast is slower than float32.
-    on = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
 def _validate(task: Task, model: torch.nn.Module, dist: Dist, sharded: bool = False

@@ -55,8 +55,8 @@ def measure(task, batches: int, seed: int = 0) -> dict[str, dict[str, list[float
 def main(args) -> int:
     from medq.config import ConfigError, load_config
     from medq.models import CheckpointMismatchError
-    from train.dist import pick_device
-    from train.task import MiniBagelTask
+    from medq.dist import pick_device
+    from medq.training.task import MiniBagelTask
 
     if args.batches < 1:
         raise SystemExit(f"--batches {args.batches}: must be >= 1")
@@ -68,7 +68,7 @@ def main(args) -> int:
         print(f"note: preset {args.preset!r} starts from random weights (init.scratch)")
     try:
         device = pick_device(cfg.run.device)
-    except ValueError as e:  # train.dist.DeviceError: cuda without a GPU
+    except ValueError as e:  # medq.dist.DeviceError: cuda without a GPU
         raise SystemExit(f"error: {e}") from None
     try:  # the init weights and the VAE, as training would load them
         task = MiniBagelTask(cfg, device, write_init=False)

@@ -33,9 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-SHIPPED_FILES = ("ema.safetensors", "arch.json", "tokenizer.json", "config.toml", "state.json")
-MANIFEST = "manifest.json"
-REBUILD = "make weights   (python -m train weights)"
+from medq.checkpoint import MANIFEST, REBUILD, SHIPPED_FILES, is_shipped  # noqa: F401 - re-used
+
 SCORE_IMAGES = 8
 
 
@@ -53,13 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write nothing: load <out>/base strictly, re-score it and compare with its "
                         "manifest (exit 1 on a difference)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-
-
-def is_shipped(spec: str) -> bool:
-    """Whether a ``model.vae`` / ``init.from`` value names a directory of the shipped weights."""
-    path = Path(spec)
-    return bool(spec) and (path.parent.name == "weights" or (path.parent / MANIFEST).is_file()
-                           or (path / MANIFEST).is_file())
 
 
 def sha256_file(path: Path) -> str:

@@ -53,7 +53,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def _check_pixels(img: Image.Image, path: Path) -> None:
+def check_pixels(img: Image.Image, path: Path) -> None:
     """Refuse an image whose header promises more than ``Image.MAX_IMAGE_PIXELS`` pixels before
     decoding it (Pillow only warns below twice that limit, and would allocate it)."""
     limit = Image.MAX_IMAGE_PIXELS
@@ -108,7 +108,7 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
         with img:
-            _check_pixels(img, path)
+            check_pixels(img, path)
             if max_side is not None and img.format == "JPEG" and max(img.size) > 2 * max_side:
                 img.draft("RGB", (max_side, max_side))
             img.load()

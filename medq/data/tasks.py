@@ -47,7 +47,7 @@ def id_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
-def _gauss_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def gauss_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     r = max(1, int(3 * sigma + 0.5))
     k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
     k = (k / k.sum()).to(x)
@@ -67,7 +67,7 @@ def degrade(image: torch.Tensor, mask: torch.Tensor, kind: str, grade: int, seed
     H = image.shape[-1]
     if kind == "blur":
         sigma = H / 256 * (1.5 + 1.0 * u if grade == 1 else 3.5 + 2.0 * u)
-        y = _gauss_blur(image, max(0.6, sigma))
+        y = gauss_blur(image, max(0.6, sigma))
     elif kind == "haze":
         a = 0.25 + 0.1 * u if grade == 1 else 0.5 + 0.15 * u
         veil = torch.tensor([0.85, 0.75, 0.65]).view(3, 1, 1)

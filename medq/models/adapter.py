@@ -52,7 +52,7 @@ class MiniBagelAdapter:
 
     seed_per_image = True
     """``edit`` / ``generate_report`` accept one seed per image, so the harness can batch them and
-    still give each image the output it would get alone (``infer.text.call_per_image_seeds``)."""
+    still give each image the output it would get alone (``medq.harness.text.call_per_image_seeds``)."""
 
     OUTPUTS = ("sample", "mmse")
 
@@ -73,7 +73,7 @@ class MiniBagelAdapter:
 
     @property
     def settings(self) -> dict:
-        """What the harness records about how this model generates (``infer.harness``)."""
+        """What the harness records about how this model generates (``medq.harness.run``)."""
         import dataclasses
 
         return {"sample": dataclasses.asdict(self.sample_cfg), "output": self.output}

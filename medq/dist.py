@@ -1,4 +1,7 @@
-"""torch.distributed for the trainer: process group set-up, gradient averaging, agreement.
+"""torch.distributed for every stage: process group set-up, rank and world, gathering, gradient
+averaging, agreement; the device and autocast choice of a process. One set of helpers for the
+trainer (``train/``), the inference harness (``medq.harness``) and ``bench eval``: each asks
+``current()`` which process group it runs in (a single process is ``Dist()``, rank 0 of 1).
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the group uses NCCL on CUDA and gloo on CPU. Gradients are
 averaged with one flattened all-reduce per step instead of wrapping the model in
@@ -30,6 +33,13 @@ class Dist:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+
+def current() -> Dist:
+    """The process group this process has joined (whoever initialised it), or ``Dist()``."""
+    if tdist.is_available() and tdist.is_initialized():
+        return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist()
 
 
 def init_dist(device: torch.device) -> Dist:
@@ -105,11 +115,6 @@ def barrier(d: Dist) -> None:
         tdist.barrier()
 
 
-def shutdown(d: Dist) -> None:
-    if d.active:
-        shutdown_group()
-
-
 def shutdown_group() -> None:
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
@@ -122,3 +127,10 @@ def gather(obj, d: Dist) -> list:
     out = [None] * d.world
     tdist.all_gather_object(out, obj)
     return out
+
+
+def autocast(amp: str, device: torch.device):
+    """The autocast context of ``optim.amp``: auto = bf16 only on CUDA that runs it natively (CPU
+    bf16 autocast is slower than float32); bf16 = always; off = never."""
+    on = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)

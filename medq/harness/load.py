@@ -14,7 +14,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from infer.text import InferError
+from medq.harness.text import InferError
 from medq.baselines import BASELINES
 from medq.protocol import ImageTextModel
 

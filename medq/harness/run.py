@@ -1,15 +1,15 @@
 """The inference harness: any ``ImageTextModel`` over a dataset -> PNGs + ``records.jsonl``.
 
-    from infer.harness import run_harness, summarize, edit_one
+    from medq.harness import run_harness, summarize, edit_one
     paths = run_harness(model, items, "runs/x/eval/step_000300-ema", tasks=["sr4"], seed=0,
                         batch_size=8)                  # {"sr4": Path(".../sr4/records.jsonl")}
-    summary = summarize(read_records("runs/x/eval/step_000300-ema"))   # infer.summary
+    summary = summarize(read_records("runs/x/eval/step_000300-ema"))   # medq.harness.summary
     out = edit_one(model, image, "sr4", size=64)      # the demo: one image of any size
 
 ``items``: ``medq.data.build_dataset(...)`` or any sequence/iterable of data items (dicts with id,
 task, instruction, input (3, h, w), target (3, H, W), mask (1, H, W), quality). Per task it writes
 ``<out_dir>/<task>/images/<id>_{input,output,target,mask}.png`` and ``<out_dir>/<task>/records.jsonl``
-(fields: ``infer.records.FIELDS`` plus ``model``, ``sample_seed``, ``data_sha256``, ``collapsed``,
+(fields: ``medq.harness.records.FIELDS`` plus ``model``, ``sample_seed``, ``data_sha256``, ``collapsed``,
 ``check`` (image sanity statistics) and ``sampled`` (the sampled report, or null)).
 
 - Deterministic: each sample's seed is ``derive_seed(seed, id)``; a model without
@@ -37,16 +37,16 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
-import torch.distributed as tdist
 from tqdm import tqdm
 
-from infer.images import prepare, save_png, to_uint8
-from infer.records import (KINDS, PART_GLOB, RECORDS, existing_rows, is_finished, merge, part_path,
+from medq.harness.images import prepare, save_png, to_uint8
+from medq.harness.records import (KINDS, PART_GLOB, RECORDS, existing_rows, is_finished, merge, part_path,
                            read_jsonl, write_jsonl_atomic)
-from infer.text import (InferError, call_per_image_seeds, decoding, generate_reports,
+from medq.harness.text import (InferError, call_per_image_seeds, decoding, generate_reports,
                         supports_sampling, text_fields)
-from infer.summary import summarize  # noqa: F401 - part of this module's API
+from medq.harness.summary import summarize  # noqa: F401 - part of this module's API
 from medq.baselines import bicubic
+from medq.dist import barrier, current
 from medq.protocol import ImageTextModel
 from medq.verdict import image_checks
 
@@ -78,17 +78,6 @@ def data_fingerprint(item: dict) -> str:
         h.update(str(tuple(item[key].shape)).encode())
         h.update(to_uint8(item[key]).tobytes())
     return h.hexdigest()[:16]
-
-
-def _dist() -> tuple[int, int]:
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size()
-    return 0, 1
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        tdist.barrier()
 
 
 def _shard(items, rank: int, world: int) -> Iterable[dict]:
@@ -187,7 +176,8 @@ def run_harness(model: ImageTextModel, items, out_dir, *, tasks: Sequence[str] |
     meta = {"run": model.name, "checkpoint": None, "weights": None, **(meta or {})}
     settings = _jsonable({"model": model.name, **model_settings(model), "text": has_text,
                           "sampled": sampled, "prompt": prompt if has_text else None})
-    rank, world = _dist()
+    dist = current()
+    rank, world = dist.rank, dist.world
     wanted = set(tasks) if tasks else None
 
     done: dict[str, dict[str, dict]] = {}       # task -> id -> finished row with these settings
@@ -230,13 +220,13 @@ def run_harness(model: ImageTextModel, items, out_dir, *, tasks: Sequence[str] |
             bar.update(len(batch))
     finally:
         bar.close()
-    _barrier(world)
+    barrier(dist)
     if rank == 0:
         # Every task directory with part files, including tasks only other ranks saw.
         for d in sorted(p for p in out_dir.glob("*") if p.is_dir()):
             if any(d.glob(PART_GLOB)) or d.name in done:
                 merge(d)
-    _barrier(world)
+    barrier(dist)
     return {d.name: d / RECORDS for d in sorted(out_dir.glob("*"))
             if (d / RECORDS).is_file() and (wanted is None or d.name in wanted)}
 
@@ -308,7 +298,7 @@ def edit_one(model: ImageTextModel, image: torch.Tensor, task: str, *, size: int
              prompt: str | None = None, name: str = "image") -> dict:
     """One image of any size (3, h, w) in [0, 1] through ``model`` (for the demo).
 
-    The image follows the any-size policy (``infer.images.prepare``: field-of-view square resized
+    The image follows the any-size policy (``medq.harness.images.prepare``: field-of-view square resized
     to ``size``; SR input = its bicubic downscale; enhance input = the image). ``instruction``
     defaults to ``default_instruction(task)``. Returns {"input", "output", "target", "mask"}
     (float32 CHW in [0, 1]), "seconds", "check" (image sanity statistics) and, with ``report``,

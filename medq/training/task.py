@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from medq.checkpoint import fingerprint, resolve_init
 from medq.config import Config
-from train.data_order import batch_indices
-from train.dist import Dist, barrier, broadcast_parameters
+from medq.training.data_order import batch_indices
+from medq.dist import Dist, barrier, broadcast_parameters
 
 log = logging.getLogger("train")
 
@@ -72,7 +72,7 @@ def shipped_weights_hint(spec: str):
     """Re-raise a load error of the shipped weights (``weights/``) with what to do about it: a
     missing, truncated or foreign file there is never a reason to start from random weights."""
     from medq.models import CheckpointMismatchError
-    from train.weights_cmd import REBUILD, is_shipped
+    from medq.checkpoint import REBUILD, is_shipped
 
     try:
         yield

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from infer.records import temp_name
+from medq.harness.records import temp_name
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
