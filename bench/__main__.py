@@ -9,13 +9,13 @@
     python -m bench perf infer                # inference images per second and utilisation
     python -m bench perf main                 # stage times of the last train-v3 + eval job
 
-Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``.
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``,
+imported only when chosen (``medq.cli.run_subcommand``).
 """
 
-import argparse
-import importlib
-import inspect
 import sys
+
+from medq.cli import run_subcommand
 
 SUBCOMMANDS = {
     "eval": ("bench.eval", "score every run and the baselines; write reports/"),
@@ -26,27 +26,8 @@ SUBCOMMANDS = {
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    # Only the chosen subcommand's module is imported: `bench score` must not pay for (or break
-    # on) the imports of `bench eval`. The others get a stub parser so --help still lists them.
-    chosen = next((a for a in argv if not a.startswith("-")), None)
-    module = None
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        if name != chosen:
-            sub.add_parser(name, help=help_text)
-            continue
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text, description=module.__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        if "argv" in inspect.signature(module.add_arguments).parameters:
-            module.add_arguments(p, argv=argv)
-        else:
-            module.add_arguments(p)
-    args = parser.parse_args(argv)
-    return module.main(args) or 0
+    return run_subcommand("python -m bench", __doc__, SUBCOMMANDS,
+                          sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from medq.files import write_text_atomic
 from medq.metrics import SCORED_METRICS
 from medq.scoring import number
 from medq.text_metrics import REPORT_SCORE_COLUMNS
@@ -51,13 +51,6 @@ def fmt(v) -> str:
     return str(v)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -89,8 +82,8 @@ def write_csvs(rows: list[dict], per_image: list[dict], out_dir: Path) -> tuple[
     rows = sorted(rows, key=row_key)
     per_image = sorted(per_image, key=lambda r: (str(r["task"]), str(r["name"]), str(r["id"])))
     lb, pi = out_dir / "leaderboard.csv", out_dir / "per_image.csv"
-    _atomic_write(lb, csv_text(rows, leaderboard_columns(rows)))
-    _atomic_write(pi, csv_text(per_image, PER_IMAGE_COLUMNS))
+    write_text_atomic(lb, csv_text(rows, leaderboard_columns(rows)))
+    write_text_atomic(pi, csv_text(per_image, PER_IMAGE_COLUMNS))
     return lb, pi
 
 
@@ -246,7 +239,7 @@ def write_markdown(rows: list[dict], comparisons: list[dict], protocol: dict, ou
                    seed_comparisons: Sequence[dict] = ()) -> Path:
     path = Path(out_dir) / "leaderboard.md"
     text = markdown(sorted(rows, key=row_key), comparisons, protocol, seed_comparisons)
-    _atomic_write(path, text)
+    write_text_atomic(path, text)
     return path
 
 

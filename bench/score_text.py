@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,8 +213,7 @@ def main(args) -> int:
         result["reports"] = score_against_truth(scored, truth)
         print(format_report_scores(result["reports"]))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".tmp-{os.getpid()}-{args.out.name}")
-        tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)
+        from medq.files import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
     return 0

@@ -160,16 +160,15 @@ class PngStore:
     def __call__(self, image: np.ndarray) -> str:
         import hashlib
         import io
-        import os
+
+        from medq.files import write_bytes_atomic
 
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format="PNG")
         data = buf.getvalue()
         path = self.root / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
         if not path.exists():
-            tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            write_bytes_atomic(path, data)
         return str(path)
 
 

@@ -40,7 +40,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from medq.models.io import fingerprint  # one fingerprint everywhere (init.json, logs, reports)
+from medq.files import TMP_PREFIX, fsync_path, write_text_atomic
+from medq.models.io import fingerprint  # noqa: F401 - one fingerprint everywhere (init.json, logs, reports)
 
 # The shipped weights (``weights/``, checked by ``python -m train weights --check``).
 SHIPPED_FILES = ("ema.safetensors", "arch.json", "tokenizer.json", "config.toml", "state.json")
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 LATEST = "latest"
 BEST = "best.json"
-TMP_PREFIX = ".tmp-"
 SLOW_SAVE_ENV = "MEDQ_TEST_SLOW_SAVE"
 BROKEN_PREFIX = "broken-"
 LOCK_FILE = "run.lock"
@@ -82,22 +82,6 @@ def step_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
 
 
 def save_checkpoint(root: Path, step: int, writers: dict[str, Callable[[Path], None]],
@@ -124,8 +108,8 @@ def save_checkpoint(root: Path, step: int, writers: dict[str, Callable[[Path], N
         with open(tmp / STATE_FILE, "w") as f:
             json.dump({**state, "step": step}, f, indent=1)
         for file in tmp.iterdir():
-            _fsync_path(file)
-        _fsync_path(tmp)
+            fsync_path(file)
+        fsync_path(tmp)
         final = root / name
         if final.exists():
             # A previous run crashed between the rename and the pointer update, then resumed from
@@ -134,11 +118,11 @@ def save_checkpoint(root: Path, step: int, writers: dict[str, Callable[[Path], N
             os.replace(final, old)
             shutil.rmtree(old)
         os.replace(tmp, final)
-        _fsync_path(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(root / LATEST, name + "\n")
+    write_text_atomic(root / LATEST, name + "\n", fsync=True)
     return final
 
 
@@ -188,7 +172,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def point_latest(root: Path, ckpt: Path) -> None:
     """Make ``root/latest`` name ``ckpt`` (atomically)."""
-    _write_text_atomic(Path(root) / LATEST, Path(ckpt).name + "\n")
+    write_text_atomic(Path(root) / LATEST, Path(ckpt).name + "\n", fsync=True)
 
 
 def is_good(ckpt: Path) -> bool:
@@ -277,7 +261,7 @@ def usable_checkpoint(root: Path, required: tuple[str, ...] = ()) -> tuple[Path 
             if aside.exists():
                 shutil.rmtree(aside, ignore_errors=True)
             os.replace(ckpt, aside)
-            _fsync_path(root)
+            fsync_path(root)
             log.warning("%s; moved to %s, falling back to the previous complete checkpoint", msg,
                         aside)
             broken.append(msg)
@@ -307,8 +291,9 @@ def update_best(root: Path, ckpt: Path, val_loss: float) -> bool:
     best = read_best(root)
     if best is not None and best["val_loss"] <= val_loss:
         return False
-    _write_text_atomic(Path(root) / BEST, json.dumps({"name": Path(ckpt).name,
-                                                      "val_loss": float(val_loss)}) + "\n")
+    write_text_atomic(Path(root) / BEST, json.dumps({"name": Path(ckpt).name,
+                                                      "val_loss": float(val_loss)}) + "\n",
+                      fsync=True)
     return True
 
 
@@ -337,7 +322,7 @@ def apply_retention(root: Path, keep_last: int) -> list[Path]:
         if p.name not in keep:
             doomed = root / f"{TMP_PREFIX}del-{p.name}-{os.getpid()}"
             os.replace(p, doomed)
-            _fsync_path(root)
+            fsync_path(root)
             if _pause():
                 time.sleep(_pause())
             shutil.rmtree(doomed)
@@ -418,8 +403,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 def write_run_json(run_dir: Path, *, preset: str, hash_: str, status: str, step: int) -> None:
     """``run.json``: status is running | finished | collapsed (stopped by the monitor) | aborted."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(Path(run_dir) / "run.json", json.dumps(
-        {"preset": preset, "hash": hash_, "status": status, "step": step}, indent=1) + "\n")
+    write_text_atomic(Path(run_dir) / "run.json", json.dumps(
+        {"preset": preset, "hash": hash_, "status": status, "step": step}, indent=1) + "\n",
+        fsync=True)
 
 
 def read_run_json(run_dir: Path) -> dict | None:

@@ -107,9 +107,3 @@ class EMA:
                                           shadow.placements, src_data_rank=None)
             shadow.copy_(value)
 
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Write the EMA values into ``model`` (e.g. to validate or export the EMA weights)."""
-        params = dict(model.named_parameters())
-        for n in self.trainable:
-            params[n].copy_(self.shadow[n].to(params[n].dtype))

@@ -1,7 +1,6 @@
-"""Image-quality metrics: a functional core, a per-image accumulator, and FID/KID feature backbones.
+"""Image-quality metrics: a functional core (per-image values) and FID/KID feature backbones.
 
     m = image_metrics(pred, target, mask)          # {"psnr": (N,), "ssim": (N,), ..., "ms_ssim_fov": (N,)}
-    acc = MetricAccumulator(); acc.update(ids, pred, target, mask); acc.mean("ssim_fov")
     bb = feature_extractor()                       # Inception if on disk, else a named stand-in
     feats = image_features(png_paths, bb)          # (N, D) through clean-fid's "clean" pipeline
     frechet_distance(f_pred, f_target); kid(f_pred, f_target, seed=0)
@@ -48,7 +47,7 @@ import math
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -56,8 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure,
-                                           peak_signal_noise_ratio,
-                                           structural_similarity_index_measure)
+                                           peak_signal_noise_ratio)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,6 @@ IMAGE_METRICS = ("psnr", "ssim", "ms_ssim", "psnr_fov", "ssim_fov", "ms_ssim_fov
 # Scored by the leaderboard beside IMAGE_METRICS: LR consistency (SR only) and vessel Dice.
 FIDELITY_METRICS = ("lr_psnr", "vessel_dice")
 SCORED_METRICS = IMAGE_METRICS + FIDELITY_METRICS
-HIGHER_IS_BETTER = {name: True for name in SCORED_METRICS}
 INCEPTION_ENV = "MEDQ_INCEPTION"
 INCEPTION_FILE = "inception-2015-12-05.pt"
 
@@ -146,24 +143,6 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
         return value
     empty = eroded_fov(mask).sum(dim=(1, 2, 3)) == 0
     return torch.where(empty, torch.full_like(value, math.nan), value)
-
-
-def ssim_torchmetrics(pred: torch.Tensor, target: torch.Tensor,
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The leaderboard's SSIM before the eroded-FOV fix, kept only to measure the change:
-    torchmetrics (reflect padding) -> (N,); with a mask its full map averaged over every mask
-    pixel, rim included. Not a leaderboard column."""
-    _check_pair(pred, target, mask)
-    kw = dict(gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW, data_range=1.0,
-              k1=SSIM_K1, k2=SSIM_K2)
-    if mask is None:
-        return structural_similarity_index_measure(pred.float(), target.float(), reduction="none", **kw)
-    _, smap = structural_similarity_index_measure(pred.float(), target.float(), reduction="none",
-                                                  return_full_image=True, **kw)
-    m = (mask > 0.5).float().expand_as(smap)
-    count = m.sum(dim=(1, 2, 3))
-    value = (smap * m).sum(dim=(1, 2, 3)) / count.clamp(min=1)
-    return torch.where(count > 0, value, torch.full_like(value, math.nan))
 
 
 def lr_consistency_psnr(output: torch.Tensor, lr_input: torch.Tensor,
@@ -281,36 +260,6 @@ def image_metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor |
             out.update(psnr_fov=psnr(pred, target, mask), ssim_fov=ssim(pred, target, mask),
                        ms_ssim_fov=ms_ssim(pred, target, mask))
     return {k: v.double().cpu() for k, v in out.items()}
-
-
-@dataclass
-class MetricAccumulator:
-    """Keeps every per-image value (for intervals and paired tests); ``mean`` ignores NaN."""
-
-    channel: str = "rgb"
-    ids: list[str] = field(default_factory=list)
-    values: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in IMAGE_METRICS})
-    higher_is_better: dict[str, bool] = field(default_factory=lambda: dict(HIGHER_IS_BETTER))
-
-    def update(self, ids: Sequence[str], pred: torch.Tensor, target: torch.Tensor,
-               mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        if len(ids) != pred.shape[0]:
-            raise ValueError(f"{len(ids)} ids for {pred.shape[0]} images")
-        batch = image_metrics(pred, target, mask, channel=self.channel)
-        self.ids.extend(str(i) for i in ids)
-        for k, v in batch.items():
-            self.values[k].extend(float(x) for x in v)
-        return batch
-
-    def rows(self) -> list[dict]:
-        return [{"id": i, **{k: self.values[k][j] for k in IMAGE_METRICS}} for j, i in enumerate(self.ids)]
-
-    def mean(self, name: str) -> float:
-        vals = [v for v in self.values[name] if not math.isnan(v)]
-        return math.fsum(vals) / len(vals) if vals else math.nan
-
-    def compute(self) -> dict[str, float]:
-        return {k: self.mean(k) for k in IMAGE_METRICS}
 
 
 # ---------------------------------------------------------------------------------------------

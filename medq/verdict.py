@@ -101,9 +101,13 @@ def verdict(*, undecodable_rate: float | None = None, output_std_ratio: float | 
     return Verdict(status, reasons, checks)
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """The leaderboard's PSNR (``medq.metrics.psnr``) of (3, H, W) images; None at its cap
+    (identical images: no gap to measure)."""
+    from medq.metrics import PSNR_CAP_DB, psnr
+
+    value = float(psnr(a.float()[None], b.float()[None])[0])
+    return None if value >= PSNR_CAP_DB else value
 
 
 def _ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> float | None:
@@ -132,7 +136,7 @@ def image_checks(output: torch.Tensor, target: torch.Tensor, reference: torch.Te
     tgt = target.float()[None]
     return {"output_std": float(clean.std()), "target_std": float(target.float().std()),
             "nonfinite": nonfinite, "numel": output.numel(),
-            "psnr": None if math.isinf(p) else p, "psnr_reference": None if math.isinf(p_ref) else p_ref,
+            "psnr": p, "psnr_reference": p_ref,
             "ssim": _ssim(clean, tgt[0], mask), "ssim_reference": _ssim(ref, tgt[0], mask)}
 
 

@@ -31,7 +31,7 @@ def test_error_mode_never_reuses_the_cache_of_a_skip_build(tmp_path):
         build_dataset(error, 32, "all", tasks=["sr2"])
 
 
-def _png_header_only(path, width: int, height: int) -> None:
+def png_header_only(path, width: int, height: int) -> None:
     """A PNG whose header promises width x height RGB pixels, with almost no data."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + data))
@@ -44,7 +44,7 @@ def _png_header_only(path, width: int, height: int) -> None:
 @pytest.mark.parametrize("side", [12000, 100000])  # above the limit (warned by Pillow), above 2x
 def test_decompression_bomb_is_a_data_error_naming_the_file(tmp_path, side):
     path = tmp_path / "bomb.png"
-    _png_header_only(path, side, side)
+    png_header_only(path, side, side)
     with pytest.raises(DataError, match=r"bomb\.png: .*decompression bomb"):
         load_rgb(path)
 

@@ -4,10 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medq.losses import (clamp_gradient, image_space_loss, image_space_loss_from_x0,
-                         image_space_loss_packed, scale_gradient, unpatchify)
+from medq.losses import (clamp_gradient, image_space_loss_from_x0, image_space_loss_packed,
+                         scale_gradient, unpatchify)
 
 C, P, UP = 4, 2, 4  # latent channels, patch size, decoder upsampling
+
+
+def image_space_loss(v_hat, x_t, t, target, decode, **kwargs):
+    """The objective on batched latents, as the packed entry computes it: x0_hat = x_t - t v_hat."""
+    return image_space_loss_from_x0(x_t - t.view(-1, 1, 1, 1) * v_hat, t, target, decode, **kwargs)
 
 
 class FakeDecoder(torch.nn.Module):

@@ -104,12 +104,12 @@ def test_bench_help_shows_the_subcommand_docs_and_imports_only_it():
 
 
 def test_bomb_and_too_small_images_are_problems_not_crashes(tmp_path):
-    from test_faults_data import _png_header_only
+    from test_faults_data import png_header_only
 
     save_png(tmp_path / "tgt" / "a.png", _img(0))
     save_png(tmp_path / "pred" / "a.png", _img(0))
     save_png(tmp_path / "tgt" / "bomb.png", _img(1))
-    _png_header_only(tmp_path / "pred" / "bomb.png", 100000, 100000)
+    png_header_only(tmp_path / "pred" / "bomb.png", 100000, 100000)
     save_png(tmp_path / "tgt" / "tiny.png", _img(2, size=8))
     save_png(tmp_path / "pred" / "tiny.png", _img(2, size=8))
     out = S.run_score(_args(tmp_path))
@@ -160,7 +160,7 @@ def test_unwritable_or_full_out_is_one_line_and_leaves_no_temp_file(tmp_path, ca
         tmp.write_text(text[:10])
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
 
-    monkeypatch.setattr(report, "_atomic_write", full)
+    monkeypatch.setattr(report, "write_text_atomic", full)
     assert S.main(_args(tmp_path)) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert not list((tmp_path / "reports").glob(".tmp-*"))

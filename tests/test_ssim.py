@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from medq.losses import ms_ssim, ssim, ssim_loss
+from medq.losses import ssim, ssim_loss
 from medq.losses.ssim import gaussian_taps
 
 
@@ -214,21 +214,6 @@ def test_gradient_in_y_by_symmetry():
     ssim(y2, x).backward()
     torch.testing.assert_close(yr.grad, y2.grad)
     assert torch.count_nonzero(xr.grad) > 0
-
-
-def test_ms_ssim_agrees_with_pytorch_msssim_and_never_nans():
-    pytorch_msssim = pytest.importorskip("pytorch_msssim")
-    x, y = pair((2, 3, 176, 170), smooth=True, noise=0.05)
-    torch.testing.assert_close(ms_ssim(x, y, reduction="none"),
-                               pytorch_msssim.ms_ssim(x, y, data_range=1.0, size_average=False),
-                               atol=1e-5, rtol=0)
-    # anti-correlated images make the contrast-structure terms negative: floored, no NaN
-    xr = x.clone().requires_grad_(True)
-    v = ms_ssim(xr, 1 - x)
-    v.backward()
-    assert torch.isfinite(v) and torch.isfinite(xr.grad).all()
-    with pytest.raises(ValueError, match="too small"):
-        ms_ssim(x[..., :160, :160], y[..., :160, :160])
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from medq.models import CheckpointMismatchError, DiffusersVAE, build_vae, load_vae, save_vae
-from medq.models.vae_train import psnr, reconstruction_psnr, smooth_random_images, train_vae
+from medq.metrics import psnr
+from medq.models.vae_train import reconstruction_psnr, smooth_random_images, train_vae
 
 REAL_PSNR_QUICK = 15.0
 """dB reached on 64 px real fundus images by the 40-step in-test training of a narrow VAE

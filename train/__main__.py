@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import itertools
 import json
 import logging
@@ -32,14 +31,17 @@ import os
 import sys
 from pathlib import Path
 
+from medq.cli import run_subcommand
 from medq.config import ConfigError, available_presets, dump_toml, load_config
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 # What a run directory holds before its first training step; a failed start removes a directory
 # it created that holds no more than these.
 START_FILES = {"config.toml", "run.lock", "run.json", "init.json"}
-SUBCOMMANDS = {"data": "train.data_cmd", "vae": "train.vae_cmd", "probe": "train.probe_cmd",
-               "weights": "train.weights_cmd"}
+SUBCOMMANDS = {"data": ("train.data_cmd", "generate / cache the images"),
+               "vae": ("train.vae_cmd", "train a VAE of your own"),
+               "probe": ("train.probe_cmd", "gradient pull of each loss term"),
+               "weights": ("train.weights_cmd", "rebuild or --check the shipped weights/")}
 log = logging.getLogger("train")
 
 
@@ -263,13 +265,11 @@ def _train(cfg, args, device, dist) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        # Imported only when asked for: each subcommand is its own module with its own options.
-        module = importlib.import_module(SUBCOMMANDS[argv[0]])
-        sub = argparse.ArgumentParser(prog=f"python -m train {argv[0]}", description=module.__doc__,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(sub)
-        return module.main(sub.parse_args(argv[1:])) or 0
+    return run_subcommand("python -m train", __doc__, SUBCOMMANDS, argv, default=train_main)
+
+
+def train_main(argv: list[str]) -> int:
+    """``python -m train [--preset NAME] ...``: train one run, or a sweep of them."""
     args = build_parser().parse_args(argv)
     if args.stop_at is not None and args.stop_at < 1:
         raise SystemExit(f"--stop-at {args.stop_at}: expected a step >= 1")

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
+
+from medq.files import atomic_dir
 
 log = logging.getLogger("train.vae")
 
@@ -106,13 +106,9 @@ def main(args) -> int:
                     "batch_size": args.batch_size, "lr": args.lr, "kl_weight": args.kl_weight,
                     "params": sum(p.numel() for p in vae.parameters()), "arch": vae.arch,
                     "psnr": "mean per-image PSNR (dB, data range 1) of decode(encode(x)) clamped to [0, 1]"})
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_vae(vae, tmp)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        save_vae(vae, tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(f"VAE saved to {out}: val PSNR {metrics['psnr_val']:.2f} dB, train PSNR "
           f"{metrics['psnr_train']:.2f} dB, {seconds:.0f} s on {source}")
     return 0

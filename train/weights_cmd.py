@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from medq.checkpoint import MANIFEST, REBUILD, SHIPPED_FILES, is_shipped  # noqa: F401 - re-used
+from medq.files import atomic_dir
 
 SCORE_IMAGES = 8
 
@@ -167,9 +167,16 @@ def export(ckpt: Path, out: Path, cfg, start: float) -> int:
     if ckpt is None:
         raise SystemExit(f"error: no complete checkpoint in {cfg.run_dir / 'checkpoints'}")
     vae_dir, build_dir = Path(cfg.model.vae), Path(cfg.run.out_dir)
-    tmp = out / f".tmp-base-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_dir(out / "base") as tmp:
+        manifest = _write_shipped(ckpt, tmp, cfg, vae_dir, start)
+    shutil.rmtree(build_dir, ignore_errors=True)
+    print(f"shipped weights in {out}: VAE val PSNR {manifest['vae']['psnr_val']:.2f} dB, base step "
+          f"{manifest['step']}, scores {manifest['scores']}, {manifest['build_seconds']:.0f} s")
+    return 0
+
+
+def _write_shipped(ckpt: Path, tmp: Path, cfg, vae_dir: Path, start: float) -> dict:
+    """The shipped files of ``ckpt`` and their manifest into ``tmp``; returns the manifest."""
     for name in SHIPPED_FILES:
         shutil.copy2(ckpt / name, tmp / name)
     scores = score_base(ckpt, SCORE_IMAGES)  # the same files (a .tmp- directory is never loaded)
@@ -186,14 +193,7 @@ def export(ckpt: Path, out: Path, cfg, start: float) -> int:
         "build_seconds": round(time.perf_counter() - start, 1),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    final = out / "base"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    shutil.rmtree(build_dir, ignore_errors=True)
-    print(f"shipped weights in {out}: VAE val PSNR {manifest['vae']['psnr_val']:.2f} dB, base step "
-          f"{manifest['step']}, scores {scores}, {manifest['build_seconds']:.0f} s")
-    return 0
+    return manifest
 
 
 def _namespace(add_arguments, argv: list[str]) -> argparse.Namespace:

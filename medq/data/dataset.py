@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medq.data import text
+from medq.files import atomic_path
 from medq.data.imageio import DataError
 from medq.data.readers import prepare, read_drive, read_eyeq, read_folder
 from medq.data.split import split_ids
@@ -33,9 +33,8 @@ LESION_BITS = ("microaneurysms", "haemorrhages", "hard exudates", "new vessels")
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix="" if path.suffix == ".npz" else ".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def synthetic_images(seed: int, size: int, count: int, cache_dir: str | Path | None) -> dict:

@@ -1,4 +1,4 @@
-"""PNG files, per-image sanity statistics and the any-size preprocessing policy.
+"""PNG files and the any-size preprocessing policy.
 
 Policy for images of any size (used by ``edit_one`` and stated in ``python -m infer --help``): an
 image is cropped to the square around its field of view (the bright disc found by
@@ -11,14 +11,13 @@ prepare files the same way.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from medq.harness.records import temp_name
+from medq.files import atomic_path
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -31,24 +30,9 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 def save_png(path: Path, image: torch.Tensor) -> Path:
     """Write (3, H, W) or (1, H, W) in [0, 1] as PNG via a temp file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
     return path
-
-
-def load_png(path: Path) -> torch.Tensor:
-    """PNG -> float32 (C, H, W) in [0, 1] (C = 3 for RGB, 1 for a mask)."""
-    arr = np.asarray(Image.open(path))
-    arr = arr[..., None] if arr.ndim == 2 else arr[..., :3]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of (3, H, W) images in [0, 1] (data range 1); inf for identical images."""
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def prepare(image: torch.Tensor, size: int, task: str, *, name: str = "image") -> dict:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Iterable
+
+from medq.files import write_json_atomic, write_jsonl_atomic  # noqa: F401 - this module's API
 
 log = logging.getLogger(__name__)
 
@@ -33,33 +33,6 @@ KINDS = ("input", "output", "target", "mask")
 FIELDS = ("id", "task", "instruction", "run", "checkpoint", "weights", "seed", "settings", *KINDS, "seconds",
           "text", "report_text", "report_ids", "undecodable", "undecodable_positions",
           "quality_label", "report_quality")
-
-
-def temp_name(path: Path) -> Path:
-    """A sibling temp path that no reader globs for (leading dot, pid)."""
-    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
-
-
-def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def write_json_atomic(path: Path, obj) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -116,18 +116,6 @@ def image_space_loss_from_x0(x0_hat: torch.Tensor, t: torch.Tensor, target: torc
     return torch.cat(losses).float().mean()
 
 
-def image_space_loss(v_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                     target: torch.Tensor, decode: Decode, **kwargs) -> torch.Tensor:
-    """Batched entry: ``v_hat``, ``x_t`` (N, C, h, w) latents, ``t`` (N,); x0_hat = x_t - t v_hat.
-
-    Other arguments as ``image_space_loss_from_x0``; returns a 0-dim loss."""
-    if v_hat.shape != x_t.shape or v_hat.dim() != 4:
-        raise ValueError(f"image_space_loss: v_hat {tuple(v_hat.shape)} and x_t "
-                         f"{tuple(x_t.shape)} must both be (N, C, h, w)")
-    x0_hat = x_t - t.to(x_t.dtype).view(-1, 1, 1, 1) * v_hat
-    return image_space_loss_from_x0(x0_hat, t, target, decode, **kwargs)
-
-
 def unpatchify(tokens: torch.Tensor, shapes: Sequence[tuple[int, int]], patch_size: int
                ) -> torch.Tensor:
     """BAGEL packed latent tokens (L, p*p*C) -> latents (N, C, max_h*p, max_w*p), zero padded
@@ -156,7 +144,7 @@ def image_space_loss_packed(packed_v_hat: torch.Tensor, packed_x_t: torch.Tensor
     """Packed entry for a BAGEL-style trainer: ``packed_v_hat``, ``packed_x_t`` (L, p*p*C) latent
     tokens of all images, ``packed_t`` (L,) one timestep per token (constant within an image),
     ``shapes`` [(h_patches, w_patches), ...] per image, ``patch_size`` p. Same result as
-    ``image_space_loss`` on the unpatchified latents (zero padded bottom/right to the largest).
+    ``image_space_loss_from_x0`` on x0_hat = x_t - t v_hat of the unpatchified latents (zero padded bottom/right to the largest).
     Other arguments as ``image_space_loss_from_x0``."""
     if packed_v_hat.shape != packed_x_t.shape or packed_t.shape != packed_v_hat.shape[:1]:
         raise ValueError(f"image_space_loss_packed: v_hat {tuple(packed_v_hat.shape)}, x_t "

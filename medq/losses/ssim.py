@@ -46,10 +46,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-"""Wang, Simoncelli, Bovik 2003, Table/eq. 7: weights of the 5 scales (finest first)."""
-MS_SSIM_EPS = 1e-6
-"""Floor of each scale's term before the fractional power: x**w at x <= 0 NaNs (value and grad)."""
 
 
 @functools.lru_cache(maxsize=16)
@@ -376,49 +372,3 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11, sigma: floa
 def ssim_loss(x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
     """``1 - ssim(x, y, **kwargs)``: in [0, 2], 0 for identical images. Same arguments/shapes."""
     return 1.0 - ssim(x, y, **kwargs)
-
-
-def _ssim_cs_autograd(x, y, taps, c1, c2):
-    """Per-(N, C) mean SSIM and contrast-structure term with plain autograd (for MS-SSIM)."""
-    mu_x, mu_y, exx, eyy, exy = filter_valid(torch.stack((x, y, x * x, y * y, x * y)), taps)
-    sxx, syy, sxy = exx - mu_x * mu_x, eyy - mu_y * mu_y, exy - mu_x * mu_y
-    cs = (2 * sxy + c2) / (sxx + syy + c2)
-    s = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1) * cs
-    return s.mean(dim=(-2, -1)), cs.mean(dim=(-2, -1))
-
-
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11, sigma: float = 1.5,
-            k1: float = 0.01, k2: float = 0.03, data_range: float = 1.0,
-            weights: tuple[float, ...] = MS_SSIM_WEIGHTS, reduction: str = "mean") -> torch.Tensor:
-    """Multi-scale SSIM (Wang et al. 2003) of (N, C, H, W) images; (N,) or mean, dtype of x.
-
-    MS = prod_{j<M} cs_j^{w_j} * ssim_M^{w_M} per channel, then the channel mean; scales are 2x2
-    average pools with one pixel of zero padding on odd sides (as pytorch-msssim, whose values this
-    matches). Minimum size: min(H, W) > (window_size - 1) * 2^(M-1) (160 px for 5 scales, window
-    11), so the coarsest scale still holds one valid window. Each term is floored at
-    ``MS_SSIM_EPS`` before its fractional power, so value and gradient never NaN. No mask.
-    """
-    _check(x, y, window_size, "ms_ssim")
-    need = (window_size - 1) * 2 ** (len(weights) - 1)
-    if min(x.shape[-2:]) <= need:
-        raise ValueError(f"ms_ssim: images {tuple(x.shape[-2:])} too small for {len(weights)} "
-                         f"scales with window {window_size}: need min(H, W) > {need}")
-    dtype = x.dtype
-    with torch.autocast(x.device.type, enabled=False):
-        xf, yf = _compute_dtype(x), _compute_dtype(y)
-        taps = gaussian_taps(window_size, float(sigma))
-        c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-        w = torch.tensor(weights, dtype=xf.dtype, device=x.device)
-        terms = []
-        for j in range(len(weights)):
-            s, cs = _ssim_cs_autograd(xf, yf, taps, c1, c2)
-            if j < len(weights) - 1:
-                terms.append(cs)
-                pad = [d % 2 for d in xf.shape[-2:]]
-                xf, yf = F.avg_pool2d(xf, 2, padding=pad), F.avg_pool2d(yf, 2, padding=pad)
-            else:
-                terms.append(s)
-        stacked = torch.stack(terms, dim=0).clamp_min(MS_SSIM_EPS)
-        value = stacked.pow(w.view(-1, 1, 1)).prod(dim=0).mean(dim=1)
-    value = value.to(dtype)
-    return value.mean() if reduction == "mean" else value

@@ -17,13 +17,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from medq.metrics import psnr
 from medq.models.vae import SmallVAE
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [0, 1] (data range 1): (N, 3, H, W) x 2 -> (N,)."""
-    mse = (a.float() - b.float()).square().flatten(1).mean(1).clamp_min(1e-12)
-    return 10 * torch.log10(1.0 / mse)
 
 
 @torch.no_grad()

@@ -1,0 +1,49 @@
+"""The one subcommand dispatcher of every stage (``python -m train data``, ``python -m bench eval``,
+``python -m bench perf ssim``). The only argparse in ``medq/``: the stages' own options stay in
+their modules.
+
+A subcommand is a module with ``add_arguments(parser)`` and ``main(args) -> int``, imported only
+when chosen (``bench score`` must not pay for, or break on, the imports of ``bench eval``); its
+docstring is its ``--help`` text. A module with a ``SUBCOMMANDS`` table instead is a group
+(``bench perf``), dispatched the same way one level down.
+
+    SUBCOMMANDS = {"eval": ("bench.eval", "score every run and the baselines")}
+    sys.exit(run_subcommand("python -m bench", __doc__, SUBCOMMANDS, sys.argv[1:]))
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable, Sequence
+
+
+def _parser(prog: str, description: str | None, **kwargs) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+def run_subcommand(prog: str, description: str | None, subcommands: dict[str, tuple[str, str]],
+                   argv: Sequence[str], default: Callable[[list[str]], int] | None = None) -> int:
+    """Run the subcommand ``argv[0]`` names (``subcommands``: name -> (module, one-line help))
+    with the rest of ``argv``. Any other first word: ``default(argv)`` when given (``python -m
+    train --preset ...``), else the usage listing every subcommand (exit 0 for ``--help``, 2
+    otherwise, through argparse)."""
+    argv = list(argv)
+    if argv and argv[0] in subcommands:
+        name, rest = argv[0], argv[1:]
+        module = importlib.import_module(subcommands[name][0])
+        if hasattr(module, "SUBCOMMANDS"):
+            return run_subcommand(f"{prog} {name}", module.__doc__, module.SUBCOMMANDS, rest)
+        parser = _parser(f"{prog} {name}", module.__doc__)
+        module.add_arguments(parser)
+        return module.main(parser.parse_args(rest)) or 0
+    if default is not None:
+        return default(argv)
+    listing = "\n".join(f"  {name:12s} {help_text}" for name, (_, help_text) in subcommands.items())
+    parser = _parser(prog, description, epilog=f"subcommands (`{prog} NAME --help`):\n{listing}")
+    parser.add_argument("command", choices=list(subcommands), metavar="NAME",
+                        help=f"one of: {', '.join(subcommands)}")
+    parser.parse_args(argv[:1])
+    parser.error(f"{argv[0]!r}: expected one of {', '.join(subcommands)}")
+    return 2
