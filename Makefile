@@ -1,6 +1,7 @@
 # medq-bench: every target installs what it needs first (through the stamp file).
 #
-#   make train-v3 && make eval     the main job: data -> shipped VAE + base model (weights/, checked)
+#   make train-v3 && make eval     the main job: data -> shipped VAE + base model (weights/, checked
+#                                  by make check-weights)
 #                                  -> SSIM v3 fine-tune, then pixel / v3 / mixed + baselines scored
 #                                  into reports/
 #   make weights                   rebuild weights/ (VAE + long base run) from scratch (~40 min)
@@ -31,7 +32,7 @@ else
 EVAL_DATA :=
 endif
 
-.PHONY: install test test-fast data vae base weights train-v3 train-pixel train-mixed train-all eval demo \
+.PHONY: install test test-fast lint data check-weights base vae weights train-v3 train-pixel train-mixed train-all eval demo \
         bench-ssim bench-data bench-train clean
 
 $(STAMP): pyproject.toml
@@ -52,29 +53,32 @@ data: $(STAMP)
 	$(PY) -m train data
 
 # The VAE and the base model are shipped in weights/ (a base trained far longer than the main job's
-# budget allows, as the original fine-tuned a fully pretrained BAGEL); `base` verifies them (sha256,
-# strict load, recorded scores) instead of training them. `weights` rebuilds both from scratch.
-vae: base
-
-base: data
+# budget allows, as the original fine-tuned a fully pretrained BAGEL); `check-weights` verifies them
+# (sha256, strict load, recorded scores) instead of training them. `weights` rebuilds both from
+# scratch (the `pretrain` preset trains the base model).
+check-weights: data
 	$(PY) -m train weights --check
+
+# Old names of check-weights ("base" now means only the base model, weights/base).
+base vae: check-weights
+	@echo "note: make $@ is now called make check-weights"
 
 weights: $(STAMP)
 	$(PY) -m train weights
 
-train-v3: base
+train-v3: check-weights
 	$(PY) -m train --preset ssim_v3 $(SET)
 
-train-pixel: base
+train-pixel: check-weights
 	$(PY) -m train --preset pixel $(SET)
 
-train-mixed: base
+train-mixed: check-weights
 	$(PY) -m train --preset mixed $(SET)
 
-train-all: base
+train-all: check-weights
 	for p in pixel ssim_v3 mixed ssim_v3_relaxed ssim_v1; do $(PY) -m train --preset $$p $(SET) || exit 1; done
 
-eval: base
+eval: check-weights
 	$(PY) -m bench eval --seeds $(SEEDS) $(EVAL_DATA) $(SET)
 
 demo: $(STAMP)
@@ -86,7 +90,7 @@ bench-ssim: $(STAMP)
 bench-data: $(STAMP)
 	$(PY) -m bench perf data
 
-bench-train: base
+bench-train: check-weights
 	$(PY) -m bench perf train
 
 clean:

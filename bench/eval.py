@@ -261,7 +261,7 @@ def run_eval(args) -> dict:
     group = current()
     rank, world = group.rank, group.world
     overrides = _data_overrides(args)
-    base_cfg = load_config("base", overrides=overrides)
+    base_cfg = load_config("control", overrides=overrides)
     tasks = args.tasks.split(",") if args.tasks else list(base_cfg.data.tasks)
     if args.model_args and not args.models:
         raise ValueError(f"--model-arg {args.model_args[0]!r} given without --model MODULE:CLASS")

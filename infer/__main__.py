@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="step_N", help="--run: this checkpoint instead of the latest")
     p.add_argument("--model-arg", action="append", default=[], metavar="K=V",
                    help="--model: constructor keyword argument (TOML literal or string; repeatable)")
-    p.add_argument("--preset", default="base",
+    p.add_argument("--preset", default="control",
                    help="config for --model/--baseline (data, image size); --run uses the run's own")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set data.num_images=24 (model.* is fixed for --run)")

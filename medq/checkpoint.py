@@ -453,7 +453,7 @@ def resolve_init(spec: str, out_dir: Path) -> Path:
         raise FileNotFoundError(
             f"init.from = {spec!r}: no finished run of preset {spec!r} in {out_dir} (looked for "
             f"{Path(out_dir) / (spec + '-*') / 'run.json'} with status 'finished'); run "
-            f"`make base` / `python -m train --preset {spec}` first")
+            f"`make check-weights` / `python -m train --preset {spec}` first")
     ckpt = latest_checkpoint(runs[0] / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"init.from = {spec!r}: finished run {runs[0]} has no complete "

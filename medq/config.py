@@ -1,15 +1,22 @@
 """Typed configuration: one dataclass per concern, TOML presets, dotted overrides, a stable hash.
 
-The dataclass defaults below ARE the base configuration (a fine-tune of the base model with CE +
-latent MSE). A preset in ``configs/<name>.toml`` states only what differs from it; overlays such as
-``configs/model/small.toml`` are applied the same way. Every value lives in exactly one place:
+The dataclass defaults below ARE the ``control`` preset (a fine-tune of the base model, the shipped
+``weights/base``, with CE + latent MSE and no image loss). A preset in ``configs/<name>.toml``
+states only what differs from it; overlays such as ``configs/model/small.toml`` are applied the
+same way. "Base" means one thing: the base model that every fine-tune starts from (``pretrain``
+trains one; ``make check-weights`` verifies the shipped one). Every value lives in exactly one place:
 derived values (``LossConfig.needs_vae``) are properties, never fields.
 
     cfg = load_config("ssim_v3", overrides=["loss.ssim_weight=0.2"])
     cfg.run_name        # 'ssim_v3-1a2b3c4d': preset + short hash of every value
     dump_toml(cfg)      # the resolved config, as written into the run directory
 
-Errors name the key, the value and the rule (``ConfigError``).
+Errors name the key, the value and the rule (``ConfigError``); each section checks itself when
+it is made, so ``LossConfig(ssim_weight=-1)`` is refused on its own.
+
+The hash covers every value, defaults included: adding a field changes every run's hash, so a
+run made before starts anew in another directory. ``python -m train`` then names the older run
+of the same preset and the keys that differ (``older_runs``, ``config_changes``).
 """
 
 from __future__ import annotations
@@ -19,16 +26,47 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):
     """A configuration key, type or value is wrong; the message says which and why."""
+
+
+# TOML and command-line names that are Python keywords.
+_ALIASES = {"from": "from_"}
+_UNALIASES = {v: k for k, v in _ALIASES.items()}
+
+Task = Literal["sr2", "sr4", "enhance"]
+
+
+def _check(cond: bool, key: str, value, rule: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key} = {value!r}: {rule}")
+
+
+def _check_section(section, name: str) -> None:
+    """The checks every section runs at construction (its ``__post_init__``): each ``Literal``
+    field holds one of its choices, each ``list[Literal]`` field a non-empty list of them."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        typ, value = hints[f.name], getattr(section, f.name)
+        key = f"{name}.{_UNALIASES.get(f.name, f.name)}"
+        if typing.get_origin(typ) is Literal:
+            choices = typing.get_args(typ)
+            _check(value in choices and type(value) is type(choices[0]), key, value,
+                   f"must be one of {', '.join(map(str, choices))}")
+        elif typing.get_origin(typ) is list and typing.get_origin(typing.get_args(typ)[0]) is Literal:
+            choices = typing.get_args(typing.get_args(typ)[0])
+            _check(isinstance(value, list) and len(value) > 0 and all(v in choices for v in value),
+                   key, value, f"must be a non-empty list of {', '.join(map(str, choices))}")
 
 
 @dataclass
@@ -40,7 +78,7 @@ class ModelConfig:
     vae: str = "weights/vae"
     """Directory of the VAE: ours (shipped in ``weights/vae``, rebuilt by ``make weights``; or
     ``python -m train vae``) or a diffusers AutoencoderKL."""
-    vae_downsample: int = 2
+    vae_downsample: Literal[2, 4, 8] = 2
     """Spatial downsampling factor of our VAE (2, 4 or 8); a diffusers VAE states its own. At
     64 px, 2 x with 8 channels reconstructs the test targets at 33+ dB in the FOV where 4 x with
     4 or 16 channels stays near 30 dB (bicubic x2 scores 28.7): the VAE must not be the ceiling."""
@@ -73,12 +111,23 @@ class ModelConfig:
     """Text head rows are the vocabulary size rounded up to this (Qwen2-style padding): the
     padding ids decode to nothing, which is how a collapsed model shows itself."""
 
+    def __post_init__(self) -> None:
+        _check_section(self, "model")
+        for name in ("image_size", "d_model", "n_layers", "n_heads", "patch_size",
+                     "latent_channels", "max_text_len", "vocab_pad_multiple"):
+            _check(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "must be >= 1")
+        _check(self.d_model % self.n_heads == 0, "model.d_model", self.d_model,
+               f"must be divisible by model.n_heads = {self.n_heads}")
+        unit = self.vae_downsample * self.patch_size
+        _check(self.image_size % unit == 0, "model.image_size", self.image_size,
+               f"must be a multiple of vae_downsample * patch_size = {unit}")
+
 
 @dataclass
 class DataConfig:
     """Where images come from and which tasks are made of them; see ``medq.data``."""
 
-    source: str = "synthetic"
+    source: Literal["synthetic", "eyeq", "drive", "folder"] = "synthetic"
     """synthetic (embedded generator) | eyeq | drive | folder."""
     root: str = ""
     """Image folder for eyeq / drive / folder sources."""
@@ -89,17 +138,30 @@ class DataConfig:
     the VAE and the base model learned the training images, not fundus photographs."""
     seed: int = 0
     """Seed of the synthetic generator and of the degradations."""
-    tasks: list[str] = field(default_factory=lambda: ["sr4", "sr2", "enhance"])
+    tasks: list[Task] = field(default_factory=lambda: ["sr4", "sr2", "enhance"])
     """Image tasks trained and evaluated: sr2, sr4, enhance. Every sample also has a report."""
-    target_quality: list[int] = field(default_factory=lambda: [0])
+    target_quality: list[Literal[0, 1, 2]] = field(default_factory=lambda: [0])
     """EyeQ quality grades allowed as targets (0 Good, 1 Usable, 2 Reject)."""
     val_fraction: float = 0.03
     test_fraction: float = 0.03
     cache_dir: str = "runs/_cache"
     """Generated and preprocessed images are cached here."""
-    on_bad_input: str = "error"
+    on_bad_input: Literal["error", "skip"] = "error"
     """error: stop at the first unreadable image, naming it | skip: skip and list it in a report."""
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check_section(self, "data")
+        _check(self.source == "synthetic" or bool(self.root), "data.root", self.root,
+               f"must name an image folder when data.source = {self.source!r}")
+        _check(self.source != "eyeq" or bool(self.labels), "data.labels", self.labels,
+               "must name the EyeQ label CSV when data.source = 'eyeq'")
+        _check(self.num_images >= 3, "data.num_images", self.num_images,
+               "must be >= 3 (train/val/test)")
+        for name in ("val_fraction", "test_fraction"):
+            _check(0 < getattr(self, name) < 0.5, f"data.{name}", getattr(self, name),
+                   "must be in (0, 0.5)")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
 
 
 @dataclass
@@ -112,8 +174,7 @@ class LossConfig:
     """MSE between predicted and true flow velocity in latent space."""
     pixel_weight: float = 0.0
     """Pixel loss between the VAE-decoded x0_hat and the target image."""
-    pixel_kind: str = "l2"
-    """l1 | l2."""
+    pixel_kind: Literal["l1", "l2"] = "l2"
     pixel_max_t: float = 0.3
     """Only samples with t <= pixel_max_t enter the pixel loss (x0_hat is trustworthy there)."""
     ssim_weight: float = 0.0
@@ -134,6 +195,26 @@ class LossConfig:
     instruction_dropout: float = 0.0
     """Probability of training a sample with an empty instruction: the unconditional branch that
     text guidance (``sample.text_guidance > 1``) needs. 0 keeps every instruction."""
+
+    def __post_init__(self) -> None:
+        _check_section(self, "loss")
+        for name in ("ce_weight", "mse_weight", "pixel_weight", "ssim_weight"):
+            _check(getattr(self, name) >= 0, f"loss.{name}", getattr(self, name),
+                   "loss weights must be >= 0")
+        for name in ("pixel_max_t", "ssim_max_t"):
+            _check(0 < getattr(self, name) <= 1, f"loss.{name}", getattr(self, name),
+                   "must be in (0, 1]")
+        _check(self.ssim_window >= 3 and self.ssim_window % 2 == 1, "loss.ssim_window",
+               self.ssim_window, "must be odd and >= 3")
+        _check(self.ssim_sigma > 0, "loss.ssim_sigma", self.ssim_sigma, "must be > 0")
+        _check(self.ssim_grad_scale > 0, "loss.ssim_grad_scale", self.ssim_grad_scale,
+               "must be > 0")
+        _check(self.ssim_grad_clamp >= 0, "loss.ssim_grad_clamp", self.ssim_grad_clamp,
+               "must be > 0, or 0 for off")
+        _check(self.decode_chunk >= 1, "loss.decode_chunk", self.decode_chunk, "must be >= 1")
+        _check(self.timestep_shift > 0, "loss.timestep_shift", self.timestep_shift, "must be > 0")
+        _check(0 <= self.instruction_dropout < 1, "loss.instruction_dropout",
+               self.instruction_dropout, "must be in [0, 1)")
 
     @property
     def needs_vae(self) -> bool:
@@ -162,8 +243,22 @@ class OptimConfig:
     ema_warmup: bool = True
     """Warm the EMA up: update n uses decay min(ema_decay, (1 + n) / (10 + n)) (``medq.ema``).
     Without it a 300-step fine-tune's EMA still holds 22 % of its starting weights."""
-    amp: str = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"
     """auto (bf16 where the hardware runs it fast, i.e. CUDA) | bf16 | off."""
+
+    def __post_init__(self) -> None:
+        _check_section(self, "optim")
+        _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", self.lr,
+               "must be a finite number > 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+               self.betas, "must be two numbers in [0, 1)")
+        _check(self.max_steps >= 1, "optim.max_steps", self.max_steps, "must be >= 1")
+        _check(0 <= self.warmup_steps <= self.max_steps, "optim.warmup_steps", self.warmup_steps,
+               f"must be in [0, optim.max_steps = {self.max_steps}]")
+        _check(self.batch_size >= 1, "optim.batch_size", self.batch_size, "must be >= 1")
+        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0 (0 = off)")
+        _check(0 <= self.ema_decay < 1, "optim.ema_decay", self.ema_decay, "must be in [0, 1)")
 
 
 @dataclass
@@ -175,10 +270,19 @@ class InitConfig:
     ``run.out_dir`` is used (e.g. 'pretrain'). Written ``from`` in TOML and on the command line.
     Default: the shipped base model (``weights/base``, EMA weights of a long ``pretrain`` run,
     rebuilt by ``make weights``)."""
-    weights: str = "ema"
-    """ema | model: which weights of that checkpoint are loaded."""
+    weights: Literal["ema", "model"] = "ema"
+    """Which weights of that checkpoint are loaded."""
     scratch: bool = False
     """Start from random weights. Must be stated: the v2 accident was an unnoticed scratch start."""
+
+    def __post_init__(self) -> None:
+        _check_section(self, "init")
+        _check(not (self.scratch and self.from_), "init.from", self.from_,
+               "must be empty when init.scratch = true (random weights and a checkpoint exclude "
+               "each other)")
+        _check(self.scratch or bool(self.from_), "init.scratch", self.scratch,
+               "init.from is empty: name a checkpoint, or set init.scratch = true to train from "
+               "random weights on purpose (an unnoticed scratch start was the v2 accident)")
 
 
 @dataclass
@@ -197,12 +301,24 @@ class SampleConfig:
     """0 = greedy text decoding."""
     top_p: float = 1.0
 
+    def __post_init__(self) -> None:
+        _check_section(self, "sample")
+        _check(self.steps >= 1, "sample.steps", self.steps, "must be >= 1")
+        _check(self.shift > 0, "sample.shift", self.shift, "must be > 0")
+        _check(self.text_guidance >= 1, "sample.text_guidance", self.text_guidance,
+               "must be >= 1 (1 = off)")
+        _check(self.max_new_tokens >= 1, "sample.max_new_tokens", self.max_new_tokens,
+               "must be >= 1")
+        _check(self.temperature >= 0, "sample.temperature", self.temperature,
+               "must be >= 0 (0 = greedy)")
+        _check(0 < self.top_p <= 1, "sample.top_p", self.top_p, "must be in (0, 1]")
+
 
 @dataclass
 class RunConfig:
     """Bookkeeping of one run: where it writes, how often it logs, checks and saves."""
 
-    preset: str = "base"
+    preset: str = "control"
     """Name of the preset this run was made from (set by the loader)."""
     out_dir: str = "runs"
     seed: int = 0
@@ -229,6 +345,19 @@ class RunConfig:
     models that do not fit one device. Checkpoints hold full tensors either way. Ignored, with a
     warning, in a single process."""
 
+    def __post_init__(self) -> None:
+        _check_section(self, "run")
+        for name in ("log_every", "val_every", "ckpt_every", "probe_every", "max_nonfinite"):
+            _check(getattr(self, name) >= 1, f"run.{name}", getattr(self, name), "must be >= 1")
+        _check(self.keep_last >= 1, "run.keep_last", self.keep_last, "must be >= 1")
+        _check(self.threads >= 0, "run.threads", self.threads, "must be >= 0")
+
+
+NOT_HASHED = (("run", "out_dir"), ("run", "preset"), ("run", "fsdp"))
+"""Values that do not change what is computed: where a run is written, its name, and how the work
+is spread over processes (like the number of ranks, which is no config value either: a run may
+be resumed with or without FSDP, and runs made before the option existed keep their hash)."""
+
 
 @dataclass
 class Config:
@@ -239,20 +368,15 @@ class Config:
     init: InitConfig = field(default_factory=InitConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-    def __post_init__(self) -> None:
-        validate(self)
+    """Each section checks itself when it is made (``__post_init__``): a ``LossConfig`` with a
+    negative weight is refused on its own, not only inside a ``Config``."""
 
     @property
     def hash(self) -> str:
         """sha256 of every value that changes what is computed (not where it is written)."""
         d = to_dict(self)
-        d["run"].pop("out_dir")
-        d["run"].pop("preset")
-        # How the work is spread over processes (like the number of ranks, which is no config
-        # value either) is not what is computed: a run may be resumed with or without FSDP, and
-        # runs made before the option existed keep their hash and directory.
-        d["run"].pop("fsdp")
+        for section, key in NOT_HASHED:
+            d[section].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -264,88 +388,8 @@ class Config:
         return Path(self.run.out_dir) / self.run_name
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}
-SECTIONS = {name: typing.get_type_hints(Config)[name] for name in SECTIONS}
-
-# TOML and command-line names that are Python keywords.
-_ALIASES = {"from": "from_"}
-_UNALIASES = {v: k for k, v in _ALIASES.items()}
-
-
-def _check(cond: bool, key: str, value, rule: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key} = {value!r}: {rule}")
-
-
-def validate(cfg: Config) -> None:
-    """All range rules in one place. Raises ConfigError naming key, value and rule."""
-    m, d, lo, o, i, s, r = cfg.model, cfg.data, cfg.loss, cfg.optim, cfg.init, cfg.sample, cfg.run
-    for name in ("image_size", "d_model", "n_layers", "n_heads", "patch_size", "latent_channels",
-                 "max_text_len", "vocab_pad_multiple"):
-        _check(getattr(m, name) >= 1, f"model.{name}", getattr(m, name), "must be >= 1")
-    _check(m.vae_downsample in (2, 4, 8), "model.vae_downsample", m.vae_downsample, "must be 2, 4 or 8")
-    _check(m.d_model % m.n_heads == 0, "model.d_model", m.d_model,
-           f"must be divisible by model.n_heads = {m.n_heads}")
-    _check(m.image_size % (m.vae_downsample * m.patch_size) == 0, "model.image_size", m.image_size,
-           f"must be a multiple of vae_downsample * patch_size = {m.vae_downsample * m.patch_size}")
-    _check(d.source in ("synthetic", "eyeq", "drive", "folder"), "data.source", d.source,
-           "must be one of synthetic, eyeq, drive, folder")
-    _check(d.source == "synthetic" or bool(d.root), "data.root", d.root,
-           f"must name an image folder when data.source = {d.source!r}")
-    _check(d.source != "eyeq" or bool(d.labels), "data.labels", d.labels,
-           "must name the EyeQ label CSV when data.source = 'eyeq'")
-    _check(d.num_images >= 3, "data.num_images", d.num_images, "must be >= 3 (train/val/test)")
-    _check(len(d.tasks) > 0 and all(t in ("sr2", "sr4", "enhance") for t in d.tasks), "data.tasks",
-           d.tasks, "must be a non-empty list of sr2, sr4, enhance")
-    _check(all(q in (0, 1, 2) for q in d.target_quality) and d.target_quality, "data.target_quality",
-           d.target_quality, "must be a non-empty list of 0 (Good), 1 (Usable), 2 (Reject)")
-    for name in ("val_fraction", "test_fraction"):
-        _check(0 < getattr(d, name) < 0.5, f"data.{name}", getattr(d, name), "must be in (0, 0.5)")
-    _check(d.on_bad_input in ("error", "skip"), "data.on_bad_input", d.on_bad_input,
-           "must be error or skip")
-    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
-    for name in ("ce_weight", "mse_weight", "pixel_weight", "ssim_weight"):
-        _check(getattr(lo, name) >= 0, f"loss.{name}", getattr(lo, name), "loss weights must be >= 0")
-    for name in ("pixel_max_t", "ssim_max_t"):
-        _check(0 < getattr(lo, name) <= 1, f"loss.{name}", getattr(lo, name), "must be in (0, 1]")
-    _check(lo.pixel_kind in ("l1", "l2"), "loss.pixel_kind", lo.pixel_kind, "must be l1 or l2")
-    _check(lo.ssim_window >= 3 and lo.ssim_window % 2 == 1, "loss.ssim_window", lo.ssim_window,
-           "must be odd and >= 3")
-    _check(lo.ssim_sigma > 0, "loss.ssim_sigma", lo.ssim_sigma, "must be > 0")
-    _check(lo.ssim_grad_scale > 0, "loss.ssim_grad_scale", lo.ssim_grad_scale, "must be > 0")
-    _check(lo.ssim_grad_clamp >= 0, "loss.ssim_grad_clamp", lo.ssim_grad_clamp,
-           "must be > 0, or 0 for off")
-    _check(lo.decode_chunk >= 1, "loss.decode_chunk", lo.decode_chunk, "must be >= 1")
-    _check(lo.timestep_shift > 0, "loss.timestep_shift", lo.timestep_shift, "must be > 0")
-    _check(0 <= lo.instruction_dropout < 1, "loss.instruction_dropout", lo.instruction_dropout,
-           "must be in [0, 1)")
-    _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a finite number > 0")
-    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
-           "must be two numbers in [0, 1)")
-    _check(o.max_steps >= 1, "optim.max_steps", o.max_steps, "must be >= 1")
-    _check(0 <= o.warmup_steps <= o.max_steps, "optim.warmup_steps", o.warmup_steps,
-           f"must be in [0, optim.max_steps = {o.max_steps}]")
-    _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be >= 1")
-    _check(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0 = off)")
-    _check(0 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay, "must be in [0, 1)")
-    _check(o.amp in ("auto", "bf16", "off"), "optim.amp", o.amp, "must be auto, bf16 or off")
-    _check(i.weights in ("ema", "model"), "init.weights", i.weights, "must be ema or model")
-    _check(not (i.scratch and i.from_), "init.from", i.from_,
-           "must be empty when init.scratch = true (random weights and a checkpoint exclude each other)")
-    _check(i.scratch or bool(i.from_), "init.scratch", i.scratch,
-           "init.from is empty: name a checkpoint, or set init.scratch = true to train from random "
-           "weights on purpose (an unnoticed scratch start was the v2 accident)")
-    _check(s.steps >= 1, "sample.steps", s.steps, "must be >= 1")
-    _check(s.shift > 0, "sample.shift", s.shift, "must be > 0")
-    _check(s.text_guidance >= 1, "sample.text_guidance", s.text_guidance, "must be >= 1 (1 = off)")
-    _check(s.max_new_tokens >= 1, "sample.max_new_tokens", s.max_new_tokens, "must be >= 1")
-    _check(s.temperature >= 0, "sample.temperature", s.temperature, "must be >= 0 (0 = greedy)")
-    _check(0 < s.top_p <= 1, "sample.top_p", s.top_p, "must be in (0, 1]")
-    for name in ("log_every", "val_every", "ckpt_every", "probe_every", "max_nonfinite"):
-        _check(getattr(r, name) >= 1, f"run.{name}", getattr(r, name), "must be >= 1")
-    _check(r.keep_last >= 1, "run.keep_last", r.keep_last, "must be >= 1")
-    _check(r.threads >= 0, "run.threads", r.threads, "must be >= 0")
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name]
+                             for f in dataclasses.fields(Config)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,10 +425,17 @@ def _closest(key: str, valid: list[str]) -> str:
 def _coerce(key: str, value, typ):
     """Check ``value`` against the field type; ints are accepted for floats."""
     origin = typing.get_origin(typ)
+    if origin is Literal:
+        choices = typing.get_args(typ)
+        if isinstance(value, bool) or value not in choices:
+            raise ConfigError(f"{key} = {value!r}: must be one of {', '.join(map(str, choices))}")
+        return value
     if origin is list:
         (item,) = typing.get_args(typ)
         if not isinstance(value, list):
-            raise ConfigError(f"{key} = {value!r}: expected a list of {item.__name__}")
+            what = "one of " + ", ".join(map(str, typing.get_args(item))) \
+                if typing.get_origin(item) is Literal else item.__name__
+            raise ConfigError(f"{key} = {value!r}: expected a list of {what}")
         return [_coerce(f"{key}[{j}]", v, item) for j, v in enumerate(value)]
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -447,24 +498,31 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
 
 
-def load_config(preset: str = "base", overrides: list[str] = (), overlays: list[str] = (),
+CONTROL = "control"
+RENAMED_PRESETS = {"base": CONTROL}
+"""Presets renamed by issue 16 ("base" meant the defaults, the base model and a model size)."""
+
+
+def load_config(preset: str = CONTROL, overrides: list[str] = (), overlays: list[str] = (),
                 config_dir: Path = CONFIG_DIR) -> Config:
     """Resolve defaults <- preset file <- overlay files (e.g. 'model/small') <- overrides.
 
-    ``preset`` is a name in ``configs/`` ('base' means the defaults alone) or a path to a TOML
-    file (e.g. a run's saved ``config.toml``, which loads back to an equal Config)."""
+    ``preset`` is a name in ``configs/`` (``control``, an empty file, is the defaults alone) or a
+    path to a TOML file (e.g. a run's saved ``config.toml``, which loads back to an equal
+    Config)."""
     d = to_dict(Config())
     path = Path(preset)
     if path.suffix == ".toml" and path.exists():
         data = _read_toml(path)
         name = data.get("run", {}).get("preset", path.stem)
         d = merge(d, data, str(path))
-    elif preset == "base":
-        name = "base"
     else:
         file = config_dir / f"{preset}.toml"
+        if preset in RENAMED_PRESETS and not file.exists():
+            raise ConfigError(f"preset {preset!r} is now called {RENAMED_PRESETS[preset]!r} "
+                              f"(configs/{RENAMED_PRESETS[preset]}.toml)")
         if not file.exists():
-            near = _closest(preset, available_presets() + ["base"])
+            near = _closest(preset, available_presets())
             raise ConfigError(f"unknown preset {preset!r} (no {file}){near}")
         d = merge(d, _read_toml(file), str(file))
         name = preset
@@ -499,3 +557,42 @@ def _toml_value(v) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")
+
+
+# ---------------------------------------------------------------------------------------------
+# orphaned runs: the hash covers every value, so a new field gives every preset a new directory
+
+
+def older_runs(cfg: Config) -> list[Path]:
+    """Run directories of ``cfg``'s preset in ``run.out_dir`` under another hash, newest first."""
+    out = Path(cfg.run.out_dir)
+    if not out.is_dir():
+        return []
+    name = re.compile(rf"{re.escape(cfg.run.preset)}-[0-9a-f]{{8}}")
+    found = [p for p in out.iterdir() if name.fullmatch(p.name) and p.name != cfg.run_name
+             and (p / "config.toml").is_file()]
+    return sorted(found, key=lambda p: (p / "config.toml").stat().st_mtime, reverse=True)
+
+
+def config_changes(saved: Path, cfg: Config) -> list[str]:
+    """What differs between a run's saved ``config.toml`` and ``cfg``, one line per hashed key:
+    ``loss.ssim_weight: 0.1 -> 0.2``, ``run.new_key = 1 (not in the saved config)``,
+    ``x.old_key (no longer a key)``."""
+    try:
+        old = tomllib.loads(Path(saved).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        return [f"{saved} is unreadable ({e})"]
+    new, lines = to_dict(cfg), []
+    for section in sorted(set(old) | set(new)):
+        o, n = old.get(section, {}), new.get(section, {})
+        for key in sorted(set(o) | set(n)):
+            full = f"{section}.{key}"
+            if (section, key) in NOT_HASHED:
+                continue
+            if key not in o:
+                lines.append(f"{full} = {_toml_value(n[key])} (not in the saved config)")
+            elif key not in n:
+                lines.append(f"{full} (no longer a key)")
+            elif o[key] != n[key]:
+                lines.append(f"{full}: {_toml_value(o[key])} -> {_toml_value(n[key])}")
+    return lines

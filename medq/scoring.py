@@ -291,10 +291,10 @@ def comparisons(rows: list[dict], per_image: list[dict],
                 cur = latest.get(str(r.get("preset")))
                 if cur is None or key > (number(cur.get("step")), -seed_of(cur)):
                     latest[str(r.get("preset"))] = r
-        # ... - base: against the control fine-tune without any image loss, when one was trained
-        # (`python -m train --preset base`): what an image loss adds beyond more training.
+        # ... - control: against the control fine-tune without any image loss, when one was trained
+        # (`python -m train --preset control`): what an image loss adds beyond more training.
         pairs = [(latest[a], latest[b]) for a, b in (("ssim_v3", "pixel"), ("mixed", "pixel"),
-                                                      ("ssim_v3", "base"), ("pixel", "base"))
+                                                      ("ssim_v3", "control"), ("pixel", "control"))
                  if a in latest and b in latest]
         for ref in (REFERENCE.get(task, "bicubic"), FLOOR):
             bic = [r for r in rows if str(r["task"]) == task and str(r.get("name")) == ref
@@ -314,7 +314,7 @@ def comparisons(rows: list[dict], per_image: list[dict],
 SEED_METRICS = ("ssim_fov", "psnr_fov", "lr_psnr", "vessel_dice")
 
 
-SEED_PAIRS = (("ssim_v3", "pixel"), ("mixed", "pixel"), ("ssim_v3", "base"), ("pixel", "base"))
+SEED_PAIRS = (("ssim_v3", "pixel"), ("mixed", "pixel"), ("ssim_v3", "control"), ("pixel", "control"))
 
 
 def seed_summary(rows: list[dict], metrics=SEED_METRICS) -> tuple[list[dict], list[dict]]:

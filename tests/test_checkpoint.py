@@ -134,7 +134,7 @@ def test_resolve_init_checkpoint_run_and_preset(tmp_path):
         resolve_init("pretrain", out)
     msg = str(e.value)
     assert "no finished run of preset 'pretrain'" in msg
-    assert "python -m train --preset pretrain" in msg and "make base" in msg
+    assert "python -m train --preset pretrain" in msg and "make check-weights" in msg
     old = make_run(out, "pretrain", "bbbbbbbb", "finished")
     time.sleep(0.02)
     new = make_run(out, "pretrain", "cccccccc", "finished")

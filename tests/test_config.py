@@ -1,15 +1,17 @@
 """Config: presets, overrides, errors that name key/value/rule, the derived VAE flag, the hash."""
 
 import dataclasses
+import json
 
 import pytest
 
-from medq.config import (Config, ConfigError, available_presets, dump_toml, load_config, to_dict)
+from medq.config import (Config, ConfigError, DataConfig, InitConfig, LossConfig, OptimConfig,
+                         available_presets, dump_toml, load_config, to_dict)
 
 PRESETS = ["pretrain", "pixel", "ssim_v1", "ssim_v2", "ssim_v2_as_run", "ssim_v3",
            "ssim_v3_relaxed", "mixed"]
 
-# DESIGN.md section 1: (weight, max_t, grad scale, init from EMA)
+# docs/BACKGROUND.md, the failure table: (weight, max_t, grad scale, init from EMA)
 SSIM_TABLE = {
     "ssim_v1": (1.0, 0.3, 1.0, True),
     "ssim_v2": (0.1, 0.1, 0.1, True),
@@ -177,3 +179,49 @@ def test_every_field_has_a_default_and_config_sections_are_dataclasses():
     cfg = Config()
     for section in dataclasses.fields(cfg):
         assert dataclasses.is_dataclass(getattr(cfg, section.name))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: LossConfig(ssim_weight=-1), r"loss.ssim_weight = -1: loss weights must be >= 0"),
+    (lambda: DataConfig(source="eyeq2"), r"data.source = 'eyeq2': must be one of synthetic, eyeq"),
+    (lambda: DataConfig(tasks=[]), r"data.tasks = \[\]: must be a non-empty list of sr2, sr4"),
+    (lambda: OptimConfig(amp="fp8"), r"optim.amp = 'fp8': must be one of auto, bf16, off"),
+    (lambda: InitConfig(from_=""), r"init.scratch = False: init.from is empty"),
+])
+def test_each_section_checks_itself_when_made(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_a_choice_outside_its_literal_is_refused_at_the_override():
+    with pytest.raises(ConfigError, match=r"loss.pixel_kind = 'l3': must be one of l1, l2"):
+        load_config("pixel", overrides=["loss.pixel_kind=l3"])
+
+
+def test_the_old_base_preset_name_says_what_it_is_called_now():
+    with pytest.raises(ConfigError, match="'base' is now called 'control'"):
+        load_config("base")
+    assert load_config("control").run.preset == "control" and load_config().hash == Config().hash
+
+
+def test_a_new_run_names_the_older_run_of_its_preset_and_the_changed_keys(tmp_path):
+    from medq.config import config_changes, older_runs
+    from train.__main__ import orphan_notes
+
+    out = f"run.out_dir={json.dumps(str(tmp_path))}"
+    old = load_config("ssim_v3", overrides=[out])
+    old.run_dir.mkdir()
+    text = dump_toml(old).replace("ssim_weight = 0.1", "ssim_weight = 0.3")
+    (old.run_dir / "config.toml").write_text(text.replace("timestep_shift = 1.0\n", ""))
+    new = load_config("ssim_v3", overrides=[out])
+    assert older_runs(new) == []  # its own directory is not an older run
+    (tmp_path / "ssim_v3-0123abcd").mkdir()
+    (tmp_path / "ssim_v3-0123abcd" / "config.toml").write_text(
+        (old.run_dir / "config.toml").read_text())
+    assert older_runs(new) == [tmp_path / "ssim_v3-0123abcd"]
+    changes = config_changes(tmp_path / "ssim_v3-0123abcd" / "config.toml", new)
+    assert changes == ["loss.ssim_weight: 0.3 -> 0.1",
+                       "loss.timestep_shift = 1.0 (not in the saved config)"]
+    notes = orphan_notes(new)
+    assert "ssim_v3-0123abcd has the same preset under another config hash" in notes[0]
+    assert notes[1:] == [f"  {c}" for c in changes]

@@ -142,7 +142,7 @@ def tiny_trainer(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_trainer")
     vae = root / "vae"
-    save_vae(build_vae(load_config("base", overrides=TINY).model, channels=8), vae)
+    save_vae(build_vae(load_config("control", overrides=TINY).model, channels=8), vae)
     common = TINY + [f"model.vae={json.dumps(str(vae))}",
                      f"data.cache_dir={json.dumps(str(root / 'cache'))}"]
     ddp = common + [f"run.out_dir={json.dumps(str(root / 'ddp'))}"]

@@ -383,7 +383,7 @@ def test_reference_reports_rebuilt_from_the_runs_data_config(tmp_path):
     from medq.config import dump_toml, load_config
     from medq.data import build_dataset
 
-    cfg = load_config("base", [f"data.cache_dir={tmp_path / 'cache'}", "data.num_images=6",
+    cfg = load_config("control", [f"data.cache_dir={tmp_path / 'cache'}", "data.num_images=6",
                                "model.image_size=32"])
     path = tmp_path / "config.toml"
     path.write_text(dump_toml(cfg))

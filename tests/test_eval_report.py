@@ -198,14 +198,14 @@ def test_step_plot_only_for_runs_with_several_checkpoints(tmp_path):
 
 def test_comparisons_against_the_no_image_loss_control(tmp_path):
     rows, per_image = _score_all(tmp_path)
-    d = tmp_path / "base-1" / "sr4"
+    d = tmp_path / "control-1" / "sr4"
     _fake_eval(d, 0.05, seed=1)
-    row, pi = S.score_task_dir(d, IDS, _meta("base-1", "run", "base"), channel="rgb", features=None)
+    row, pi = S.score_task_dir(d, IDS, _meta("control-1", "run", "control"), channel="rgb", features=None)
     comps = S.comparisons(rows + [row], per_image + pi)
     pairs = {(c["a"], c["b"]) for c in comps}
-    assert {("ssim_v3-1", "base-1"), ("pixel-1", "base-1"), ("ssim_v3-1", "pixel-1")} <= pairs
-    assert ("base-1", "bicubic") in pairs
-    assert not {("ssim_v3-1", "base-1")} <= {(c["a"], c["b"]) for c in S.comparisons(rows, per_image)}
+    assert {("ssim_v3-1", "control-1"), ("pixel-1", "control-1"), ("ssim_v3-1", "pixel-1")} <= pairs
+    assert ("control-1", "bicubic") in pairs
+    assert not {("ssim_v3-1", "control-1")} <= {(c["a"], c["b"]) for c in S.comparisons(rows, per_image)}
 
 
 def _seed_rows():

@@ -140,7 +140,7 @@ def test_random_model_is_collapsed_and_never_crashes_on_none_pieces(tmp_path):
 def test_random_minibagel_is_collapsed(tmp_path):
     import medq.models as M
     from medq.config import load_config
-    cfg = load_config("base", overrides=["model.d_model=32", "model.n_layers=1", "model.n_heads=2",
+    cfg = load_config("control", overrides=["model.d_model=32", "model.n_layers=1", "model.n_heads=2",
                                          "sample.steps=2", "model.image_size=32"])
     tok = M.Tokenizer(words=VOCAB[1:] + ["do", "sr4", "describe"])
     torch.manual_seed(0)

@@ -70,8 +70,8 @@ def _fake_checkpoint(root, cfg_saved: Config, cfg_weights: Config):
 
 
 def test_checkpoint_of_another_architecture(tmp_path, capsys):
-    small = load_config("base", overrides=["model.d_model=32", "model.n_layers=1", "model.n_heads=2"])
-    other = load_config("base", overrides=["model.d_model=64", "model.n_layers=1", "model.n_heads=2"])
+    small = load_config("control", overrides=["model.d_model=32", "model.n_layers=1", "model.n_heads=2"])
+    other = load_config("control", overrides=["model.d_model=64", "model.n_layers=1", "model.n_heads=2"])
     _fake_checkpoint(tmp_path / "run", other, small)
     err = err_of(capsys, ["--run", str(tmp_path / "run"), "--no-progress"])
     assert "CheckpointMismatchError" in err and "cannot load ema weights" in err
@@ -101,7 +101,7 @@ def test_random_weights_run_is_collapsed_through_the_cli(tmp_path, capsys):
     import medq.data as data
     import medq.models as M
     vae_dir = tmp_path / "vae"
-    cfg = load_config("base", overrides=[
+    cfg = load_config("control", overrides=[
         "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.image_size=32",
         "sample.steps=2", "data.num_images=12", f"model.vae={json.dumps(str(vae_dir))}",
         f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}"])

@@ -59,7 +59,7 @@ def test_harness_over_real_samples(fundus_samples, tmp_path):
 def test_dataset_readers_through_harness(fundus_samples, tmp_path):
     import medq.data as data
     from medq.config import load_config
-    cfg = load_config("base", overrides=["data.source=drive", f"data.root=\"{fundus_samples / 'drive'}\"",
+    cfg = load_config("control", overrides=["data.source=drive", f"data.root=\"{fundus_samples / 'drive'}\"",
                                          f"data.cache_dir=\"{tmp_path / 'cache'}\"", "data.tasks=[\"sr4\"]"])
     ds = data.build_dataset(cfg.data, cfg.model.image_size, "test")
     paths = run_harness(Bicubic(), ds, tmp_path / "out", progress=False)

@@ -321,7 +321,7 @@ def test_arch_json_mismatch_names_the_fields(cfg, tok, tmp_path):
         load_model(tmp_path, expect_arch=dataclasses.replace(cfg, d_model=64, n_layers=4))
 
 
-@pytest.mark.parametrize("overlay,params", [("model/small", (10e6, 30e6)), ("model/base", (80e6, 200e6))])
+@pytest.mark.parametrize("overlay,params", [("model/small", (10e6, 30e6)), ("model/large", (80e6, 200e6))])
 def test_shipped_model_sizes_build(overlay, params, tok):
     c = load_config("pretrain", overlays=[overlay]).model
     with torch.device("meta"):

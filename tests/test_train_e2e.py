@@ -26,7 +26,7 @@ TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.image_
 def tiny(tmp_path) -> list[str]:
     """Overrides of a tiny run in ``tmp_path`` with an untrained VAE saved there."""
     vae = tmp_path / "vae"
-    save_vae(build_vae(load_config("base", overrides=TINY).model, channels=8), vae)
+    save_vae(build_vae(load_config("control", overrides=TINY).model, channels=8), vae)
     return TINY + [f"model.vae={json.dumps(str(vae))}",
                    f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
                    f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]
@@ -121,7 +121,7 @@ def test_probe_command_measures_each_term_and_writes_nothing(tiny, capsys):
     runs = sorted(p.name for p in Path(json.loads(tiny[-2].split("=", 1)[1])).iterdir())
     capsys.readouterr()
     probe = tiny + ["loss.pixel_weight=1.0", "loss.pixel_max_t=1.0", "loss.ssim_weight=1.0", "loss.ssim_max_t=1.0"]
-    assert main(["probe", "--preset", "base", "--batches", "2", *sets(probe), *FROM_TINY_BASE]) == 0
+    assert main(["probe", "--preset", "control", "--batches", "2", *sets(probe), *FROM_TINY_BASE]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.split() and line.split()[0] in ("mse", "pixel", "ssim")}

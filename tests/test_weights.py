@@ -40,7 +40,7 @@ def copy_of_weights(tmp_path) -> Path:
 
 
 def test_the_presets_fine_tune_the_shipped_weights():
-    for preset in ("pixel", "ssim_v3", "mixed", "ssim_v1", "ssim_v3_relaxed", "base"):
+    for preset in ("pixel", "ssim_v3", "mixed", "ssim_v1", "ssim_v3_relaxed", "control"):
         cfg = load_config(preset)
         assert cfg.init.from_ == "weights/base" and cfg.model.vae == "weights/vae", preset
         assert is_shipped(cfg.init.from_) and is_shipped(cfg.model.vae)

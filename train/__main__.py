@@ -1,7 +1,7 @@
 """``python -m train``: train or fine-tune the mini-BAGEL from a preset; also ``data``, ``vae``, ``probe`` and ``weights``.
 
     python -m train data                                  # make data: generate / cache the images
-    python -m train weights --check                       # make base: verify the shipped weights/
+    python -m train weights --check                       # make check-weights: verify weights/
     python -m train weights                               # make weights: rebuild weights/ from scratch
     python -m train vae --set model.vae=runs/vae          # train a VAE of your own
     python -m train probe --preset pixel                  # gradient pull of each loss term (weights)
@@ -120,6 +120,24 @@ def start_warnings(cfg) -> list[str]:
     return out
 
 
+def orphan_notes(cfg, most: int = 6) -> list[str]:
+    """For a new run directory: the newest run of the same preset under another hash and the keys
+    that differ, so a config change (or a new field, which changes every hash) never silently
+    leaves the old run behind."""
+    from medq.config import config_changes, older_runs
+
+    older = older_runs(cfg)
+    if not older:
+        return []
+    changes = config_changes(older[0] / "config.toml", cfg)
+    lines = [f"note: {cfg.run_dir} is a new run; {older[0]} has the same preset under another "
+             f"config hash and is not resumed ({len(changes)} difference(s)):"]
+    lines += [f"  {c}" for c in changes[:most]]
+    if len(changes) > most:
+        lines.append(f"  ... and {len(changes) - most} more")
+    return lines
+
+
 def run_one(cfg, args) -> int:
     """One run: its directory is locked (``medq.checkpoint.run_lock``) from before the first write
     to the end; a start that fails before training leaves no directory it created behind."""
@@ -170,6 +188,9 @@ def _run_one(cfg, args, device) -> int:
         for w in start_warnings(cfg):
             print(w, file=sys.stderr, flush=True)
             log.warning("init.scratch with an image-space loss (the v2 accident), on purpose")
+        if not (cfg.run_dir / "run.json").is_file():
+            for line in orphan_notes(cfg):
+                print(line, file=sys.stderr, flush=True)
     if args.dry_run:
         return 0
     info = read_run_json(cfg.run_dir)
@@ -280,7 +301,7 @@ def train_main(argv: list[str]) -> int:
         if not Path(preset).is_file():
             raise SystemExit(f"--resume {args.resume}: no config.toml in that run directory")
     try:
-        configs = [load_config(preset or "base", overrides=args.overrides + grid, overlays=args.overlays)
+        configs = [load_config(preset or "control", overrides=args.overrides + grid, overlays=args.overlays)
                    for grid in sweep_overrides(args.sweep)]
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None

@@ -2,7 +2,7 @@
 
     python -m train vae                                  # runs/vae (skipped when already there)
     python -m train vae --force --steps 400              # retrain
-    python -m train vae --with model/base                # 8x VAE at 256 px into the same model.vae
+    python -m train vae --with model/large                # 8x VAE at 256 px into the same model.vae
     python -m train vae --set model.vae=runs/vae8 --set model.vae_downsample=8
 
 Writes ``model.safetensors``, ``arch.json`` and ``metrics.json`` (reconstruction PSNR on the val
@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set model.vae=runs/vae8 (repeatable)")
     p.add_argument("--with", dest="overlays", action="append", default=[], metavar="OVERLAY",
-                   help="overlay under configs/, e.g. model/base (repeatable)")
+                   help="overlay under configs/, e.g. model/large (repeatable)")
     p.add_argument("--steps", type=int, default=1000,
                    help="optimizer steps (default 1000: ~1.5 min on 2 CPU cores, val PSNR ~29.5 dB at 64 px)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
@@ -71,7 +71,7 @@ def main(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        cfg = load_config("base", overrides=args.overrides, overlays=args.overlays)
+        cfg = load_config("control", overrides=args.overrides, overlays=args.overlays)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     out = Path(cfg.model.vae)
