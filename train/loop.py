@@ -24,6 +24,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -130,22 +131,22 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
         shard_model(model, dist)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, partial(warmup_cosine, warmup_steps=o.warmup_steps, max_steps=o.max_steps))
-    ema = EMA(model, o.ema_decay, warmup=o.ema_warmup)
-    gen = torch.Generator(device=device).manual_seed(r.seed * 1000 + dist.rank)
-    guard = NonFiniteGuard(r.max_nonfinite)
+    state = TrainState(
+        task=task, dist=dist, sharded=sharded, opt=opt,
+        sched=torch.optim.lr_scheduler.LambdaLR(
+            opt, partial(warmup_cosine, warmup_steps=o.warmup_steps, max_steps=o.max_steps)),
+        ema=EMA(model, o.ema_decay, warmup=o.ema_warmup),
+        gen=torch.Generator(device=device).manual_seed(r.seed * 1000 + dist.rank),
+        guard=NonFiniteGuard(r.max_nonfinite))
     start, ckpt = 0, None
     if latest is not None:
         try:
-            start, guard = _restore(latest, task, ema, opt, sched, gen, dist, r.max_nonfinite,
-                                    sharded)
+            start = state.restore(latest)
         except (OSError, ValueError, RuntimeError, KeyError, EOFError) as e:
             raise CheckpointError(f"{latest}: cannot restore the training state ({type(e).__name__}"
                                   f": {str(e).splitlines()[0] if str(e) else ''})") from None
-        # The EMA was updated once per finite step: that is where its warm-up stands.
-        ema.num_updates = start - guard.skipped
         log.info("resumed from %s (step %d)", latest, start)
+    sched, ema, gen, guard = state.sched, state.ema, state.gen, state.guard
     if dist.is_main:
         write_run_json(cfg.run_dir, preset=r.preset, hash_=cfg.hash, status="running", step=start)
     logger = Logger(cfg.run_dir / "logs", enabled=dist.is_main, start_step=start)
@@ -164,7 +165,7 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
                 t_last, n_last = now, step
             val = None
             if fresh and (step % r.val_every == 0 or done):                         # 2. validate
-                val = _validate(task, model, dist, sharded)
+                val = state.validate()
                 warnings = collapse_warnings(val) if dist.is_main else []
                 for w in warnings:
                     log.warning("step %d: COLLAPSE MONITOR: %s", step, w)
@@ -172,8 +173,7 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
                 if not all_true(not (warnings and r.collapse_stop), dist, device):
                     status, done = "collapsed", True
             if fresh and (step % r.ckpt_every == 0 or done):                        # 3. save
-                ckpt = _save(cfg, task, ema, opt, sched, gen, guard, step, dist, ckpt_root, val,
-                             sharded)
+                ckpt = state.save(cfg, step, ckpt_root, val)
             if done:                                                                # 4. done?
                 break
             batch = next(batches)                                                   # 5. step
@@ -184,8 +184,7 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
                 logger.log_dict(probe_gradients(terms, activations, cfg.loss))
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
-            if not sharded:  # FSDP's backward has reduce-scattered and averaged them already
-                average_gradients(params, dist)
+            state.average_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else math.inf)
             grad_norm = full_tensor(grad_norm)  # under FSDP a DTensor; the global norm either way
             finite = all_true(bool(torch.isfinite(terms["total"].detach()) & torch.isfinite(grad_norm)),
@@ -212,9 +211,7 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
         logger.close()
     if status == "running" and step >= o.max_steps:
         status = "finished"
-    # Full weights under FSDP (gathered tensor by tensor as the fingerprint reads them): a rank's
-    # shard would differ from the others' even when nothing went wrong.
-    final = fingerprint(FullTensors(model.state_dict()) if sharded else model.state_dict())
+    final = state.fingerprint()
     ranks = gather(final, dist)
     if len(set(ranks)) > 1:  # averaged gradients and one seed keep them equal; anything else is a bug
         raise RuntimeError(f"ranks diverged: weight fingerprints {ranks} at step {step}")
@@ -226,27 +223,128 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
             "fingerprint": final, "last": dict(logger.last)}
 
 
-def _validate(task: Task, model: torch.nn.Module, dist: Dist, sharded: bool = False
-              ) -> dict[str, float]:
-    """Validation on rank 0 only, isolated from the training RNG streams (resume stays exact).
+@dataclass
+class TrainState:
+    """Everything a step changes besides the model weights, and the one place that knows whether
+    the model is FSDP-sharded (``run.fsdp`` under torchrun): what a checkpoint saves, a resume
+    restores, and how gradients, validation and the final fingerprint treat the ranks.
 
-    Under FSDP every rank validates and rank 0's results are returned: each forward all-gathers
-    the parameters of each unit, a collective that every rank must join. The ranks see the same
-    validation batches, seeds and gathered weights, so they compute the same values and take the
-    same branches (e.g. where greedy report generation stops). The alternative, an unsharded copy
-    on rank 0, would need the whole model on one device, which is what FSDP is there to avoid."""
-    if not (dist.is_main or sharded):
-        return {}
-    devices = [task.device] if task.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = task.validate(model)
-        finally:
-            model.train()
-            reshard(model)
-    return out if dist.is_main else {}
+    Under FSDP the weights, the EMA and the optimizer state are gathered into full tensors to be
+    saved (every rank joins, rank 0 writes) and cut back into shards when loaded; the files are
+    those of an unsharded run."""
+
+    task: Task
+    dist: Dist
+    sharded: bool
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA
+    gen: torch.Generator
+    guard: NonFiniteGuard
+
+    def average_gradients(self, params: list[torch.Tensor]) -> None:
+        """All-reduce and average the gradients across ranks; under FSDP the backward has
+        reduce-scattered and averaged them already."""
+        if not self.sharded:
+            average_gradients(params, self.dist)
+
+    def validate(self) -> dict[str, float]:
+        """Validation on rank 0 only, isolated from the training RNG streams (resume stays exact).
+
+        Under FSDP every rank validates and rank 0's results are returned: each forward
+        all-gathers the parameters of each unit, a collective that every rank must join. The ranks
+        see the same validation batches, seeds and gathered weights, so they compute the same
+        values and take the same branches (e.g. where greedy report generation stops). The
+        alternative, an unsharded copy on rank 0, would need the whole model on one device, which
+        is what FSDP is there to avoid."""
+        dist, task, model = self.dist, self.task, self.task.model
+        if not (dist.is_main or self.sharded):
+            return {}
+        devices = [task.device] if task.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            model.eval()
+            try:
+                with torch.no_grad():
+                    out = task.validate(model)
+            finally:
+                model.train()
+                reshard(model)
+        return out if dist.is_main else {}
+
+    def fingerprint(self) -> str:
+        """Of the full weights: under FSDP gathered tensor by tensor as the fingerprint reads
+        them (a rank's shard would differ from the others' even when nothing went wrong)."""
+        state = self.task.model.state_dict()
+        return fingerprint(FullTensors(state) if self.sharded else state)
+
+    def save(self, cfg: Config, step: int, ckpt_root: Path, val: dict | None) -> Path | None:
+        """Rank 0 writes the checkpoint (every rank's RNG streams included); all ranks wait for
+        it. Under FSDP every rank first takes part in gathering the full weights, EMA and
+        optimizer state (collectives), which rank 0 alone keeps and writes."""
+        task, dist, guard = self.task, self.dist, self.guard
+        rngs = gather(_rng_state(self.gen), dist)
+        ckpt = None
+        if self.sharded:
+            weights = full_state(task.model.state_dict(), dist)
+            ema_state = full_state(self.ema.state_dict(task.model), dist)
+            optim_state = full_optimizer_state(task.model, self.opt)
+            save_weights = partial(task.save_model, state=weights)
+        else:
+            weights = task.model.state_dict()
+            ema_state, optim_state = self.ema.state_dict(task.model), self.opt.state_dict()
+            save_weights = task.save_model
+        if dist.is_main:
+            writers = {
+                "model": save_weights,
+                "ema": lambda d: save_file(ema_state, str(d / "ema.safetensors")),
+                "optim": lambda d: torch.save({"optimizer": optim_state,
+                                               "scheduler": self.sched.state_dict(),
+                                               "rng": rngs}, d / "optim.pt"),
+                "config": lambda d: (d / "config.toml").write_text(dump_toml(cfg)),
+            }
+        # "good": the last step was finite and so is every weight (a finite step at a huge lr can
+        # still leave NaN or huge weights: NaN ones are caught here, the streak that follows by
+        # the guard's count)
+        good = guard.in_a_row == 0 and _all_finite(weights)
+        if dist.is_main:
+            state = {"preset": cfg.run.preset, "hash": cfg.hash, "world": dist.world,
+                     "data_seed": cfg.run.seed, "good": good, **guard.state()}
+            if val and "val/total" in val:
+                state["val_total"] = val["val/total"]
+            ckpt = save_checkpoint(ckpt_root, step, writers, state)
+            if good and "val_total" in state and math.isfinite(state["val_total"]):
+                update_best(ckpt_root, ckpt, state["val_total"])
+            apply_retention(ckpt_root, cfg.run.keep_last)
+            write_run_json(cfg.run_dir, preset=cfg.run.preset, hash_=cfg.hash, status="running",
+                           step=step)
+            log.info("saved %s%s", ckpt, "" if good else " (not good: inside a non-finite streak)")
+        barrier(dist)
+        return ckpt
+
+    def restore(self, ckpt: Path) -> int:
+        """Everything of ``ckpt`` but the model weights (loaded before the model was sharded);
+        returns its step. The guard takes the checkpoint's counts, the EMA its warm-up position
+        (one update per finite step)."""
+        task, dist = self.task, self.dist
+        self.ema.load_state_dict(load_file(str(ckpt / "ema.safetensors"), device=str(task.device)))
+        # Our own file of optimizer moments, schedule and RNG states; weights_only keeps it
+        # data-only.
+        blob = torch.load(ckpt / "optim.pt", map_location=task.device, weights_only=True)
+        if self.sharded:
+            load_full_optimizer_state(task.model, self.opt, blob["optimizer"])
+        else:
+            self.opt.load_state_dict(blob["optimizer"])
+        self.sched.load_state_dict(blob["scheduler"])
+        if dist.rank < len(blob["rng"]):
+            _set_rng_state(blob["rng"][dist.rank], self.gen)
+        else:
+            log.warning("%s has RNG states of %d ranks; rank %d starts fresh streams",
+                        ckpt, len(blob["rng"]), dist.rank)
+        state = read_state(ckpt)
+        self.guard = NonFiniteGuard(self.guard.limit, state.get("skipped", 0),
+                                    state.get("nonfinite_in_a_row", 0))
+        self.ema.num_updates = state["step"] - self.guard.skipped
+        return state["step"]
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -277,52 +375,6 @@ def _set_rng_state(s: dict, gen: torch.Generator) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def _save(cfg, task, ema, opt, sched, gen, guard, step, dist, ckpt_root, val,
-          sharded: bool = False) -> Path | None:
-    """Rank 0 writes the checkpoint (every rank's RNG streams included); all ranks wait for it.
-
-    Under FSDP every rank first takes part in gathering the full weights, EMA and optimizer state
-    (collectives), which rank 0 alone keeps and writes: the files are those of an unsharded run."""
-    rngs = gather(_rng_state(gen), dist)
-    ckpt = None
-    if sharded:
-        weights = full_state(task.model.state_dict(), dist)
-        ema_state = full_state(ema.state_dict(task.model), dist)
-        optim_state = full_optimizer_state(task.model, opt)
-        save_weights = partial(task.save_model, state=weights)
-    else:
-        ema_state = optim_state = None
-        save_weights = task.save_model
-    if dist.is_main:
-        writers = {
-            "model": save_weights,
-            "ema": lambda d: save_file(ema_state if sharded else ema.state_dict(task.model),
-                                       str(d / "ema.safetensors")),
-            "optim": lambda d: torch.save({"optimizer": optim_state if sharded else opt.state_dict(),
-                                           "scheduler": sched.state_dict(), "rng": rngs},
-                                          d / "optim.pt"),
-            "config": lambda d: (d / "config.toml").write_text(dump_toml(cfg)),
-        }
-    # "good": the last step was finite and so is every weight (a finite step at a huge lr can
-    # still leave NaN or huge weights: NaN ones are caught here, the streak that follows by the
-    # guard's count)
-    good = guard.in_a_row == 0 and _all_finite(weights if sharded else task.model.state_dict())
-    if dist.is_main:
-        state = {"preset": cfg.run.preset, "hash": cfg.hash, "world": dist.world,
-                 "data_seed": cfg.run.seed, "good": good, **guard.state()}
-        if val and "val/total" in val:
-            state["val_total"] = val["val/total"]
-        ckpt = save_checkpoint(ckpt_root, step, writers, state)
-        if good and "val_total" in state and math.isfinite(state["val_total"]):
-            update_best(ckpt_root, ckpt, state["val_total"])
-        apply_retention(ckpt_root, cfg.run.keep_last)
-        write_run_json(cfg.run_dir, preset=cfg.run.preset, hash_=cfg.hash, status="running",
-                       step=step)
-        log.info("saved %s%s", ckpt, "" if good else " (not good: inside a non-finite streak)")
-    barrier(dist)
-    return ckpt
-
-
 def _all_finite(state: dict[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
 
@@ -338,24 +390,3 @@ def _latest_to_last_good(ckpt_root: Path) -> None:
         point_latest(ckpt_root, good)
         log.warning("non-finite abort: %s now names the last good checkpoint %s",
                     ckpt_root / LATEST, good.name)
-
-
-def _restore(ckpt, task, ema, opt, sched, gen, dist, max_nonfinite,
-             sharded: bool = False) -> tuple[int, NonFiniteGuard]:
-    """Everything of ``ckpt`` but the model weights (loaded before the model was sharded)."""
-    ema.load_state_dict(load_file(str(ckpt / "ema.safetensors"), device=str(task.device)))
-    # Our own file of optimizer moments, schedule and RNG states; weights_only keeps it data-only.
-    blob = torch.load(ckpt / "optim.pt", map_location=task.device, weights_only=True)
-    if sharded:
-        load_full_optimizer_state(task.model, opt, blob["optimizer"])
-    else:
-        opt.load_state_dict(blob["optimizer"])
-    sched.load_state_dict(blob["scheduler"])
-    if dist.rank < len(blob["rng"]):
-        _set_rng_state(blob["rng"][dist.rank], gen)
-    else:
-        log.warning("%s has RNG states of %d ranks; rank %d starts fresh streams",
-                    ckpt, len(blob["rng"]), dist.rank)
-    state = read_state(ckpt)
-    return state["step"], NonFiniteGuard(max_nonfinite, state.get("skipped", 0),
-                                         state.get("nonfinite_in_a_row", 0))
