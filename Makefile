@@ -6,7 +6,9 @@
 #                                  into reports/
 #   make weights                   rebuild weights/ (VAE + long base run) from scratch (~40 min)
 #   make eval SEEDS=3              every standard mode trained and scored with 3 training seeds
-#   make test                      the test suite (what CI runs)
+#   make test                      the test suite (what CI runs, after make lint)
+#   make test-fast                 the tests that neither train nor serve (< 1 min)
+#   make lint                      ruff (configured in pyproject.toml)
 #   make demo                      the clinicians' page on http://127.0.0.1:7860
 #
 # Real data:  make eval DATA=eyeq EYEQ_ROOT=/data/EyeQ/original_img LABELS=/data/EyeQ/Label_EyeQ_test.csv
@@ -46,8 +48,13 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
+# Every test that trains, serves or runs a whole evaluation is marked slow; the rest takes under
+# a minute on the 2-core CPU.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 data: $(STAMP)
 	$(PY) -m train data

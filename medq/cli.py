@@ -23,6 +23,33 @@ def _parser(prog: str, description: str | None, **kwargs) -> argparse.ArgumentPa
                                    formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
+def resolve(prog: str, subcommands: dict[str, tuple[str, str]], argv: Sequence[str]
+            ) -> tuple[object, argparse.ArgumentParser, list[str]] | None:
+    """The module of the subcommand ``argv`` names (following groups down), its parser and the
+    rest of ``argv``; None when ``argv[0]`` names no subcommand. Parses nothing, runs nothing
+    (the README test parses every documented command with it)."""
+    argv = list(argv)
+    if not argv or argv[0] not in subcommands:
+        return None
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(subcommands[name][0])
+    if hasattr(module, "SUBCOMMANDS"):
+        return resolve(f"{prog} {name}", module.SUBCOMMANDS, rest) or (module, _listing(
+            f"{prog} {name}", module.__doc__, module.SUBCOMMANDS), rest)
+    parser = _parser(f"{prog} {name}", module.__doc__)
+    module.add_arguments(parser)
+    return module, parser, rest
+
+
+def _listing(prog: str, description: str | None, subcommands: dict[str, tuple[str, str]]
+             ) -> argparse.ArgumentParser:
+    listing = "\n".join(f"  {name:12s} {help_text}" for name, (_, help_text) in subcommands.items())
+    parser = _parser(prog, description, epilog=f"subcommands (`{prog} NAME --help`):\n{listing}")
+    parser.add_argument("command", choices=list(subcommands), metavar="NAME",
+                        help=f"one of: {', '.join(subcommands)}")
+    return parser
+
+
 def run_subcommand(prog: str, description: str | None, subcommands: dict[str, tuple[str, str]],
                    argv: Sequence[str], default: Callable[[list[str]], int] | None = None) -> int:
     """Run the subcommand ``argv[0]`` names (``subcommands``: name -> (module, one-line help))
@@ -30,20 +57,16 @@ def run_subcommand(prog: str, description: str | None, subcommands: dict[str, tu
     train --preset ...``), else the usage listing every subcommand (exit 0 for ``--help``, 2
     otherwise, through argparse)."""
     argv = list(argv)
-    if argv and argv[0] in subcommands:
-        name, rest = argv[0], argv[1:]
-        module = importlib.import_module(subcommands[name][0])
-        if hasattr(module, "SUBCOMMANDS"):
-            return run_subcommand(f"{prog} {name}", module.__doc__, module.SUBCOMMANDS, rest)
-        parser = _parser(f"{prog} {name}", module.__doc__)
-        module.add_arguments(parser)
-        return module.main(parser.parse_args(rest)) or 0
+    found = resolve(prog, subcommands, argv)
+    if found is not None:
+        module, parser, rest = found
+        if not hasattr(module, "SUBCOMMANDS"):
+            return module.main(parser.parse_args(rest)) or 0
+        parser.parse_args(rest[:1])  # a group without (or with an unknown) subcommand
+        parser.error(f"{rest[0]!r}: expected one of {', '.join(module.SUBCOMMANDS)}")
     if default is not None:
         return default(argv)
-    listing = "\n".join(f"  {name:12s} {help_text}" for name, (_, help_text) in subcommands.items())
-    parser = _parser(prog, description, epilog=f"subcommands (`{prog} NAME --help`):\n{listing}")
-    parser.add_argument("command", choices=list(subcommands), metavar="NAME",
-                        help=f"one of: {', '.join(subcommands)}")
+    parser = _listing(prog, description, subcommands)
     parser.parse_args(argv[:1])
     parser.error(f"{argv[0]!r}: expected one of {', '.join(subcommands)}")
     return 2

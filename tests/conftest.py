@@ -1,13 +1,24 @@
-"""Shared test fixtures: the real fundus samples next to the checkout (or at
-``$MEDQ_FUNDUS_SAMPLES``), skipped when absent."""
+"""Shared test fixtures.
 
+- ``fundus_samples``: the real fundus samples next to the checkout (or at
+  ``$MEDQ_FUNDUS_SAMPLES``), skipped when absent.
+- ``tiny_overrides`` / ``tiny``: the tiny mini-BAGEL of ``configs/tiny.toml`` as ``--set``
+  overrides, with an untrained VAE of its geometry (made once per session); ``tiny`` adds a run
+  directory and data cache in the test's ``tmp_path``.
+
+Helpers that are not fixtures live in ``tests/fakes/`` (not collected by pytest).
+"""
+
+import json
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FUNDUS_SAMPLES = Path(os.environ.get("MEDQ_FUNDUS_SAMPLES", REPO.parent / "shared" / "fundus-samples"))
+TINY_TOML = REPO / "configs" / "tiny.toml"
 
 
 @pytest.fixture
@@ -17,3 +28,29 @@ def fundus_samples() -> Path:
     if not FUNDUS_SAMPLES.is_dir():
         pytest.skip(f"real fundus samples not present at {FUNDUS_SAMPLES}")
     return FUNDUS_SAMPLES
+
+
+def toml_overrides(path: Path) -> list[str]:
+    """A config TOML file as ``section.key=value`` overrides (for ``--set`` and ``load_config``)."""
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    return [f"{section}.{key}={json.dumps(value)}" for section, values in data.items()
+            for key, value in values.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tmp_path_factory) -> list[str]:
+    """``configs/tiny.toml`` plus ``model.vae`` = an untrained VAE of its geometry."""
+    from medq.config import load_config
+    from medq.models import build_vae, save_vae
+
+    tiny = toml_overrides(TINY_TOML)
+    vae = tmp_path_factory.mktemp("tiny_vae") / "vae"
+    save_vae(build_vae(load_config("control", overlays=[str(TINY_TOML)]).model, channels=8), vae)
+    return tiny + [f"model.vae={json.dumps(str(vae))}"]
+
+
+@pytest.fixture
+def tiny(tmp_path, tiny_overrides) -> list[str]:
+    """``tiny_overrides`` writing runs to ``tmp_path/runs`` and the data cache to ``tmp_path/cache``."""
+    return tiny_overrides + [f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
+                             f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]

@@ -1,20 +1,13 @@
 """Bad input corpus (generated here, never committed): clear DataErrors, skip reports, conversions."""
 
-import json
 
 import numpy as np
 import pytest
+from fakes.images import fundus
 from PIL import Image
 
 from medq.config import DataConfig
 from medq.data import DataError, build_dataset, load_rgb
-
-
-def fundus(h=96, w=96) -> np.ndarray:
-    yy, xx = np.mgrid[:h, :w]
-    img = np.zeros((h, w, 3), np.uint8)
-    img[(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (0.45 * min(h, w)) ** 2] = (200, 100, 50)
-    return img
 
 
 @pytest.fixture

@@ -14,11 +14,6 @@ import pytest
 from medq.training.data_order import batch_indices
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.image_size=32",
-        "model.vae_downsample=4", "model.patch_size=2", "data.num_images=12", "optim.batch_size=4",
-        "optim.max_steps=4", "optim.warmup_steps=1", "run.log_every=1", "run.val_every=2",
-        "run.ckpt_every=2", "run.probe_every=2", "sample.steps=2", "sample.max_new_tokens=4",
-        "run.threads=1"]  # as tests/test_train_e2e.py
 
 WORKER = textwrap.dedent("""
     import json, os, sys
@@ -134,17 +129,13 @@ def _launch_trainer(overrides: list[str], *extra: str) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def tiny_trainer(tmp_path_factory):
-    """The tiny VAE and data cache, and one finished 4-step DDP run of the real trainer on them
-    (shared: the FSDP test compares its weights with this run's)."""
+def tiny_trainer(tmp_path_factory, tiny_overrides):
+    """The tiny config (``configs/tiny.toml``, its VAE) and one finished 4-step DDP run of the real
+    trainer on it (shared: the FSDP test compares its weights with this run's)."""
     from medq.config import load_config
-    from medq.models import build_vae, save_vae
 
     root = tmp_path_factory.mktemp("tiny_trainer")
-    vae = root / "vae"
-    save_vae(build_vae(load_config("control", overrides=TINY).model, channels=8), vae)
-    common = TINY + [f"model.vae={json.dumps(str(vae))}",
-                     f"data.cache_dir={json.dumps(str(root / 'cache'))}"]
+    common = tiny_overrides + [f"data.cache_dir={json.dumps(str(root / 'cache'))}"]
     ddp = common + [f"run.out_dir={json.dumps(str(root / 'ddp'))}"]
     _launch_trainer(ddp)
     return {"root": root, "common": common, "ddp": load_config("pretrain", overrides=ddp)}

@@ -24,7 +24,7 @@ import demo  # noqa: F401  (switches Gradio analytics off before gradio is impor
 from demo import catalog, handlers, imaging
 from demo.models import ModelPool
 from demo.security import UploadError, auth_from_env, read_upload
-from test_demo_fakes import FAKE_MODES, SIZE, FakeModel, build_tree, fake_loader, fundus
+from fakes.demo import FAKE_MODES, SIZE, FakeModel, build_tree, fake_loader, fundus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_test_images_keep_their_instruction_uploads_get_the_chosen_one(app_demo,
     enhancement control says (the control is hidden for test images). For an upload the chosen
     degradation applies."""
     from medq.data.text import instruction
-    from test_demo_fakes import instruction_of
+    from fakes.demo import instruction_of
 
     cmp = handlers.compare(app_demo, "enhance", ["ssim_v3_relaxed"], sample_id="eyeq_0001",
                            enhance_kind="blur")
@@ -308,7 +308,7 @@ def test_demo_output_and_report_equal_the_harness_records(tmp_path):
 
     from medq.harness import run_harness
     from medq.harness.records import read_jsonl
-    from test_demo_fakes import instruction_of
+    from fakes.demo import instruction_of
 
     runs, reports_dir = build_tree(tmp_path, evaluated=("pixel",))
     d = handlers.Demo.from_folders(runs, reports_dir, pool=ModelPool(fake_loader))
@@ -352,7 +352,7 @@ def test_upload_output_and_report_equal_edit_one(app_demo, tmp_path):
 
 
 def test_reference_report_beside_each_report_with_agreement_per_finding(app_demo):
-    from test_demo_fakes import reference_of
+    from fakes.demo import reference_of
 
     cmp = handlers.compare(app_demo, "sr4", ["pixel", "bicubic"], sample_id="eyeq_0002")
     assert cmp["reference"] == reference_of(1)
@@ -702,7 +702,7 @@ def _post_login(url: str, user: str, password: str) -> int:
 def test_login_is_enforced_throttled_and_offers_logout(tmp_path, monkeypatch):
     from gradio_client import Client
 
-    from test_demo_fakes import launch_login_demo
+    from fakes.demo import launch_login_demo
 
     app, runs, url = launch_login_demo(tmp_path, monkeypatch)
     try:
@@ -744,3 +744,17 @@ def test_records_with_a_corrupt_line_still_show_the_valid_rows(tmp_path, caplog)
         found = catalog.read_task_records(tmp_path / "eval")
     assert list(found) == ["sr4"] and list(found["sr4"]) == ["a"]
     assert "records.jsonl:2: not JSON" in caplog.text
+
+
+def test_fake_tree_matches_the_records_contract(tmp_path):
+    from PIL import Image
+
+    runs, _ = build_tree(tmp_path)
+    rec = runs / "pixel-00000000" / "eval" / "step_000300-ema" / "sr4" / "records.jsonl"
+    row = json.loads(rec.read_text().splitlines()[0])
+    for key in ("id", "task", "run", "checkpoint", "weights", "seed", "settings", "input", "output",
+                "target", "mask", "seconds", "report_text", "report_ids", "undecodable",
+                "undecodable_positions", "quality_label", "report_quality"):
+        assert key in row
+    assert (rec.parent / row["output"]).is_file()
+    assert Image.open(rec.parent / row["input"]).size == (SIZE // 4, SIZE // 4)

@@ -156,7 +156,7 @@ def test_browser_compares_a_test_image(server, tmp_path):  # noqa: F811
 
 
 def test_browser_login_and_logout(tmp_path, monkeypatch):
-    from test_demo_fakes import launch_login_demo
+    from fakes.demo import launch_login_demo
 
     sync_api = pytest.importorskip("playwright.sync_api")
     expect = sync_api.expect

@@ -17,7 +17,7 @@ from medq import scoring as S
 from medq.harness.records import (DataMismatchError, claim_eval_dir, data_key, eval_dir_name,
                            keyed_eval_dir, read_jsonl)
 from medq.config import DataConfig
-from test_data_bad_input import fundus
+from fakes.images import fundus
 
 
 def _folder(tmp_path: Path, bad: bool) -> Path:
@@ -39,6 +39,7 @@ def _eval(tmp_path, *extra: str) -> int:
                  "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}", *extra])
 
 
+@pytest.mark.slow  # runs two whole evaluations
 def test_bad_data_source_fails_the_eval_and_keeps_the_good_reports(tmp_path, capsys):
     good, bad = _folder(tmp_path, bad=False), _folder(tmp_path, bad=True)
     assert _eval(tmp_path, "--data", "folder", "--root", str(good), "--split", "all") == 0

@@ -126,7 +126,7 @@ def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, caps
     from bench.__main__ import main
 
     argv = ["eval", "--skip-train", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "reports"),
-            "--model", "test_infer_fakes:TextBicubic", "--tasks", "sr4,enhance", "--test-images", "6",
+            "--model", "fakes.infer:TextBicubic", "--tasks", "sr4,enhance", "--test-images", "6",
             "--set", "data.num_images=60", "--set", "data.test_fraction=0.1",
             "--set", "model.image_size=32",
             "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
@@ -153,6 +153,7 @@ def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, caps
     assert "text-bicubic" in (tmp_path / "reports" / "leaderboard.md").read_text()
 
 
+@pytest.mark.slow  # runs the whole evaluation on the real DRIVE photographs
 def test_eval_on_the_real_drive_samples(tmp_path, fundus_samples):
     """make eval DATA=folder-style on real photographs: every image of the folder (--split all),
     field-of-view masks from DRIVE, the baselines and a protocol model scored."""
@@ -160,7 +161,7 @@ def test_eval_on_the_real_drive_samples(tmp_path, fundus_samples):
 
     argv = ["eval", "--skip-train", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "reports"),
             "--data", "drive", "--root", str(fundus_samples / "drive"), "--split", "all",
-            "--model", "test_infer_fakes:TextBicubic", "--tasks", "sr4,enhance",
+            "--model", "fakes.infer:TextBicubic", "--tasks", "sr4,enhance",
             "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
             "--backbone", "randresnet18", "--no-progress", "--no-plots"]
     assert main(argv) == 0

@@ -3,17 +3,14 @@ decompression bombs, EXIF orientation, an all-white image called black."""
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
+from fakes.images import fundus, png_header_only
 from PIL import Image
 
 from medq.config import DataConfig
 from medq.data import DataError, build_dataset, load_rgb
 from medq.data.fov import NoFieldOfView, require_fov
-from test_data_bad_input import fundus
 
 
 def test_error_mode_never_reuses_the_cache_of_a_skip_build(tmp_path):
@@ -29,16 +26,6 @@ def test_error_mode_never_reuses_the_cache_of_a_skip_build(tmp_path):
                        on_bad_input="error")
     with pytest.raises(DataError, match=r"broken\.png: not an image"):
         build_dataset(error, 32, "all", tasks=["sr2"])
-
-
-def png_header_only(path, width: int, height: int) -> None:
-    """A PNG whose header promises width x height RGB pixels, with almost no data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("side", [12000, 100000])  # above the limit (warned by Pillow), above 2x

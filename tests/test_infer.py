@@ -14,7 +14,7 @@ from medq.harness.records import FIELDS, KINDS, read_records
 from medq.harness.text import InferError
 from medq.baselines import Bicubic
 from medq.protocol import ImageTextModel
-from test_infer_fakes import VOCAB, PROMPT, NoisySeeded, RandomCollapsed, TextBicubic, make_items, parse_report
+from fakes.infer import VOCAB, PROMPT, NoisySeeded, RandomCollapsed, TextBicubic, make_items, parse_report
 
 torch.set_num_threads(1)
 
@@ -209,7 +209,7 @@ def test_tasks_filter_and_records_sorted(tmp_path):
 
 
 def test_edit_one_any_size_with_report():
-    from test_infer_fakes import disc_image
+    from fakes.infer import disc_image
     img = torch.nn.functional.interpolate(disc_image(1, 90)[None], size=(90, 130))[0]   # not square
     out = edit_one(TextBicubic(), img, "sr2", size=32, report=True, prompt=PROMPT)
     assert out["input"].shape == (3, 16, 16) and out["output"].shape == (3, 32, 32)

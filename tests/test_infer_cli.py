@@ -129,7 +129,7 @@ def test_random_weights_run_is_collapsed_through_the_cli(tmp_path, capsys):
 def test_own_model_class_end_to_end(tmp_path, capsys):
     import medq.data as data
     out = tmp_path / "out"
-    argv = ["--model", "test_infer_fakes:TextBicubic", "--set", "data.num_images=12",
+    argv = ["--model", "fakes.infer:TextBicubic", "--set", "data.num_images=12",
             "--set", "data.test_fraction=0.2", "--set", "model.image_size=32", "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'c'))}",
             "--limit", "2", "--out", str(out), "--no-progress"]
     assert main(argv) == 0

@@ -22,7 +22,7 @@ WORKER = textwrap.dedent("""
     import torch, torch.distributed as tdist
     torch.set_num_threads(1)
     from medq.harness import run_harness
-    from test_infer_fakes import PROMPT, NoisySeeded, make_items, parse_report
+    from fakes.infer import PROMPT, NoisySeeded, make_items, parse_report
     if {dist}:
         tdist.init_process_group("gloo")
     run_harness(NoisySeeded(), make_items(5), {out!r}, seed=4, batch_size=2, progress=False,

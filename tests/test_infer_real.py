@@ -11,7 +11,7 @@ from medq.harness import edit_one, run_harness, summarize
 from medq.harness.images import prepare
 from medq.harness.records import read_records
 from medq.baselines import Bicubic
-from test_infer_fakes import PROMPT, TextBicubic, parse_report
+from fakes.infer import PROMPT, TextBicubic, parse_report
 
 torch.set_num_threads(1)
 

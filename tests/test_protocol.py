@@ -8,7 +8,7 @@ import pytest
 
 from medq.protocol import DecodeResult, ImageTextModel, decode_with_vocab
 from medq.textcheck import check_ids, load_vocab, safe_decode, text_stats
-from test_infer_fakes import VOCAB, RandomCollapsed, TextBicubic
+from fakes.infer import VOCAB, RandomCollapsed, TextBicubic
 
 
 def test_decode_with_vocab_flags_padding_holes_and_negatives():

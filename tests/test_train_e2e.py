@@ -11,26 +11,11 @@ from safetensors.torch import load_file
 
 from medq.checkpoint import latest_checkpoint, load_for_inference
 from medq.config import load_config
-from medq.models import build_vae, fingerprint, save_vae
+from medq.models import fingerprint
 from train.__main__ import main
 from train.logger import read_metrics
 
-TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.image_size=32",
-        "model.vae_downsample=4", "model.patch_size=2", "data.num_images=12", "optim.batch_size=4",
-        "optim.max_steps=4", "optim.warmup_steps=1", "run.log_every=1", "run.val_every=2",
-        "run.ckpt_every=2", "run.probe_every=2", "sample.steps=2", "sample.max_new_tokens=4",
-        "run.threads=1"]
-
-
-@pytest.fixture
-def tiny(tmp_path) -> list[str]:
-    """Overrides of a tiny run in ``tmp_path`` with an untrained VAE saved there."""
-    vae = tmp_path / "vae"
-    save_vae(build_vae(load_config("control", overrides=TINY).model, channels=8), vae)
-    return TINY + [f"model.vae={json.dumps(str(vae))}",
-                   f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
-                   f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]
-
+pytestmark = pytest.mark.slow  # every test here trains the real mini-BAGEL through the CLI
 
 def sets(overrides: list[str]) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]

@@ -183,18 +183,6 @@ def build_tree(root: Path, tasks=("sr4", "enhance"), targets: dict[str, np.ndarr
     return runs, reports
 
 
-def test_fake_tree_matches_the_records_contract(tmp_path):
-    runs, _ = build_tree(tmp_path)
-    rec = runs / "pixel-00000000" / "eval" / "step_000300-ema" / "sr4" / "records.jsonl"
-    row = json.loads(rec.read_text().splitlines()[0])
-    for key in ("id", "task", "run", "checkpoint", "weights", "seed", "settings", "input", "output",
-                "target", "mask", "seconds", "report_text", "report_ids", "undecodable",
-                "undecodable_positions", "quality_label", "report_quality"):
-        assert key in row
-    assert (rec.parent / row["output"]).is_file()
-    assert Image.open(rec.parent / row["input"]).size == (SIZE // 4, SIZE // 4)
-
-
 def launch_login_demo(tmp_path: Path, monkeypatch):
     """The demo on fake runs with login on (user ann, password s3cret), served on a free local
     port: returns (app, runs directory, base URL). The caller closes ``app``."""
