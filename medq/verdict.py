@@ -7,7 +7,7 @@
 
 Each input may be ``None`` (not measured: e.g. a baseline has no text, ``score-text`` has no
 images); a check that was not measured neither passes nor fails. With nothing measured the status
-is ``unknown``. The failure modes are those of the original runs (DESIGN.md section 1): v2's
+is ``unknown``. The failure modes are those of the original runs (docs/BACKGROUND.md, the failure table): v2's
 model sampled padding ids (``TypeError: ... NoneType found``) and produced garbage images.
 """
 

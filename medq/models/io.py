@@ -64,7 +64,8 @@ class LoadReport:
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:
     """sha256 over the sorted key names, dtypes, shapes and raw bytes of each tensor; first 16 hex
-    digits. The same digest as ``medq.checkpoint.fingerprint``, so logs and reports agree."""
+    digits. The one fingerprint of weights everywhere (``medq.checkpoint`` re-exports this
+    function): init.json, the logs, the reports and the end-of-run check that ranks agree."""
     h = hashlib.sha256()
     for k in sorted(state):
         t = state[k].detach().cpu().contiguous()
