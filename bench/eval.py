@@ -47,7 +47,7 @@ from pathlib import Path
 
 from bench import report
 from medq import metrics as M
-from medq.dist import current
+from medq.dist import barrier, current, init_dist, shutdown_group
 from medq.scoring import (FLOOR, FeatureCache, comparisons, number, output_kinds, protocol, row_ok,
                           score_task_dir, seed_summary)
 
@@ -259,13 +259,13 @@ def run_eval(args) -> dict:
     from medq.config import load_config
 
     group = current()
-    rank, world = group.rank, group.world
+    rank = group.rank
     overrides = _data_overrides(args)
-    base_cfg = load_config("control", overrides=overrides)
-    tasks = args.tasks.split(",") if args.tasks else list(base_cfg.data.tasks)
+    eval_cfg = load_config("control", overrides=overrides)
+    tasks = args.tasks.split(",") if args.tasks else list(eval_cfg.data.tasks)
     if args.model_args and not args.models:
         raise ValueError(f"--model-arg {args.model_args[0]!r} given without --model MODULE:CLASS")
-    if args.split == "all" and base_cfg.data.source == "synthetic":
+    if args.split == "all" and eval_cfg.data.source == "synthetic":
         raise ValueError("--split all on the embedded synthetic data would score the training images; "
                          "use the test split, or --split all with --data eyeq/drive/folder of held-out images")
     bad = [t for t in tasks if t not in TASKS]
@@ -275,9 +275,7 @@ def run_eval(args) -> dict:
     runs = _run_dirs(args.runs_dir, args.runs)
     if rank == 0 and not args.runs:
         rows += train_missing(args, runs)
-    if world > 1:
-        import torch.distributed as tdist
-        tdist.barrier()
+    barrier(group)
     runs = _run_dirs(args.runs_dir, args.runs)
     backbone = M.feature_extractor(args.backbone)
     feats = FeatureCache(backbone)
@@ -294,7 +292,7 @@ def run_eval(args) -> dict:
         rows += rr
         per_image += pi
     # External models and baselines see the same test items as the runs (the runs' image size).
-    cfg = base_cfg if image_size is None else load_config(
+    cfg = eval_cfg if image_size is None else load_config(
         "base", overrides=overrides + [f"model.image_size={image_size}"])
     for spec in args.models:
         from medq.harness.load import load_class, model_dir_name
@@ -332,9 +330,9 @@ def run_eval(args) -> dict:
     result = {"rows": rows, "per_image": per_image, "backbone": backbone, "runs": runs}
     result["failures"] = failures(rows, list(data.failures.values()))
     if rank == 0:
-        extra = {"split": args.split, "data": f"source {base_cfg.data.source}"
-                 + (f", root {base_cfg.data.root}" if base_cfg.data.root else "")
-                 + (f", labels {base_cfg.data.labels}" if base_cfg.data.labels else ""),
+        extra = {"split": args.split, "data": f"source {eval_cfg.data.source}"
+                 + (f", root {eval_cfg.data.root}" if eval_cfg.data.root else "")
+                 + (f", labels {eval_cfg.data.labels}" if eval_cfg.data.labels else ""),
                  "test images cap": args.test_images or "none", "weights": args.weights,
                  "seeds": "inference: each run's sample.seed, per image derive_seed(seed, id)"}
         srows, scomps = seed_summary(rows)
@@ -541,12 +539,9 @@ def _claim_outputs(out_dir: Path, cfg, args) -> Path:
     key = data_key(cfg.data, cfg.model.image_size, args.split)
     out_dir = keyed_eval_dir(out_dir, key)
     group = current()
-    rank, world = group.rank, group.world
-    if rank == 0:
+    if group.is_main:
         claim_eval_dir(out_dir, key, replace_stale=True)
-    if world > 1:
-        import torch.distributed as tdist
-        tdist.barrier()
+    barrier(group)
     return out_dir
 
 
@@ -576,10 +571,9 @@ def print_summary(rows: list[dict], files: dict | None) -> None:
 
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import torch.distributed as tdist
-        tdist.init_process_group("gloo")
+    import torch
+
+    init_dist(torch.device("cpu"))  # gloo under torchrun; nothing in a single process
     t0 = time.perf_counter()
     try:
         result = run_eval(args)
@@ -600,7 +594,4 @@ def main(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        if world > 1:
-            import torch.distributed as tdist
-            if tdist.is_initialized():
-                tdist.destroy_process_group()
+        shutdown_group()

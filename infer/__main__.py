@@ -34,7 +34,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 
 from medq.harness import run_harness, summarize
 from medq.harness.load import load_baseline, load_class, load_run, model_dir_name
@@ -42,6 +41,7 @@ from medq.harness.records import (DataMismatchError, claim_eval_dir, data_key, k
                            read_records, write_json_atomic)
 from medq.harness.text import DEFAULT_SAMPLED_TEMPERATURE, InferError
 from medq.config import ConfigError, load_config
+from medq.dist import barrier, current, init_dist, pick_device, shutdown_group
 
 log = logging.getLogger("infer")
 
@@ -83,17 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(spec: str) -> torch.device:
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if spec in ("auto", "cuda"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", local)
-        if spec == "cuda":
-            raise InferError("--device cuda: CUDA is not available")
-        return torch.device("cpu")
-    return torch.device(spec)
-
-
 def _data_overrides(args) -> list[str]:
     out = list(args.overrides)
     for flag, key in (("data", "source"), ("root", "root"), ("labels", "labels")):
@@ -122,7 +111,7 @@ def run(args) -> int:
         if any(o.split("=", 1)[0].strip().startswith("model.") for o in overrides):
             raise InferError("--set model.*: the architecture of --run comes from its checkpoint "
                              "and cannot be overridden")
-        device = _device(args.device or "auto")
+        device = pick_device(args.device or "auto")
         model, meta, info = load_run(args.run, weights=args.weights, checkpoint=args.checkpoint,
                                      device=device)
         log.info("loaded %s (%s weights, fingerprint %s)", info["checkpoint"], args.weights,
@@ -149,9 +138,7 @@ def run(args) -> int:
         out = keyed_eval_dir(out, key)
     if int(os.environ.get("RANK", "0")) == 0:
         claim_eval_dir(out, key, replace_stale=args.out is None)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # nobody writes before rank 0 has cleared
-        import torch.distributed as tdist
-        tdist.barrier()
+    barrier(current())  # nobody writes before rank 0 has cleared
     dataset = build_dataset(cfg.data, cfg.model.image_size, args.split)
     if len(dataset) == 0:
         raise InferError(f"the {args.split} split of data.source = {cfg.data.source!r} is empty "
@@ -202,10 +189,7 @@ def format_summary(s: dict, out) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import torch.distributed as tdist
-        tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    init_dist(pick_device("auto"))  # under torchrun: NCCL on CUDA, else gloo
     try:
         return run(args)
     except (InferError, ConfigError, FileNotFoundError, DataMismatchError) as e:
@@ -216,10 +200,7 @@ def main(argv=None) -> int:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     finally:
-        if world > 1:
-            import torch.distributed as tdist
-            if tdist.is_initialized():
-                tdist.destroy_process_group()
+        shutdown_group()
 
 
 if __name__ == "__main__":
