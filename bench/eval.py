@@ -3,7 +3,8 @@
     python -m bench eval                                  # pixel vs ssim_v3 vs mixed + baselines
     python -m bench eval --skip-train --tasks sr4 --test-images 16
     python -m bench eval --runs 'ssim_v3-*' --all-checkpoints       # step curves
-    python -m bench eval --data eyeq --eyeq-root /data/EyeQ/original_img --labels /data/Label_EyeQ_test.csv --split all
+    python -m bench eval --data eyeq --eyeq-root /data/EyeQ/original_img \
+        --labels /data/Label_EyeQ_test.csv --split all
     python -m bench eval --data folder --root /data/my_fundus_pngs --split all --skip-train
     python -m bench eval --skip-train --model my_pkg.wrap:BagelWrapper --model-arg ckpt=/models/x
     torchrun --nproc_per_node=2 -m bench eval --skip-train          # sharded, merged on rank 0
@@ -33,7 +34,6 @@ of data other than the embedded test split go to ``eval-<source>-<split>-<sha8>`
 from __future__ import annotations
 
 import argparse
-
 import fnmatch
 import hashlib
 import json
@@ -48,14 +48,24 @@ from pathlib import Path
 from bench import report
 from medq import metrics as M
 from medq.dist import barrier, current, init_dist, shutdown_group
-from medq.scoring import (FLOOR, FeatureCache, comparisons, number, output_kinds, protocol, row_ok,
-                          score_task_dir, seed_summary)
+from medq.scoring import (
+    FLOOR,
+    FeatureCache,
+    comparisons,
+    number,
+    output_kinds,
+    protocol,
+    row_ok,
+    score_task_dir,
+    seed_summary,
+)
 
 log = logging.getLogger("bench.eval")
 STANDARD_PRESETS = ("pixel", "ssim_v3", "mixed")
 BASELINE_NAMES = ("bicubic", "lanczos", "identity", "constant")
 # Each baseline only where it is the honest reference: upsampling for SR, the unchanged input for
-# enhancement (where bicubic/Lanczos of a same-size input would be identity again, three equal rows).
+# enhancement (where bicubic/Lanczos of a same-size input would be identity again, three equal
+# rows).
 # The constant image (mean of the training targets) is the floor on every task.
 BASELINE_TASKS = {"bicubic": ("sr2", "sr4"), "lanczos": ("sr2", "sr4"), "identity": ("enhance",),
                   "constant": ("sr2", "sr4", "enhance")}
@@ -78,22 +88,35 @@ def _seed_count(text: str) -> int:
 def add_arguments(p) -> None:
     p.add_argument("--runs", action="append", default=[], metavar="GLOB",
                    help="run directory names to score (fnmatch, repeatable; default all)")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default runs)")
-    p.add_argument("--tasks", help="comma-separated subset of sr2,sr4,enhance (default: data.tasks)")
+    p.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), help="where runs live (default runs)"
+    )
+    p.add_argument(
+        "--tasks", help="comma-separated subset of sr2,sr4,enhance (default: data.tasks)"
+    )
     p.add_argument("--test-images", type=int, metavar="N", help="at most N test images per task")
     p.add_argument("--skip-train", action="store_true", help="do not train missing standard runs")
     p.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
                    help="training seeds per standard mode (run.seed 0..N-1; default 1): trains the "
                         "missing ones, reports per-seed rows, the mean +- seed std, and compares "
                         "modes on per-seed means")
-    p.add_argument("--all-checkpoints", action="store_true", help="score every checkpoint, not only the latest")
+    p.add_argument(
+        "--all-checkpoints", action="store_true", help="score every checkpoint, not only the latest"
+    )
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     p.add_argument("--include-aborted", action="store_true",
                    help="also score runs stopped by the non-finite guard (their last good "
                         "checkpoint), marked as such; by default they fail the evaluation unscored")
     p.add_argument("--no-baselines", action="store_true")
-    p.add_argument("--model", dest="models", action="append", default=[], metavar="MODULE:CLASS",
-                   help="also evaluate this ImageTextModel (repeatable; outputs in <runs-dir>/_models/<name>/eval)")
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="MODULE:CLASS",
+        help="also evaluate this ImageTextModel (repeatable; outputs in "
+        "<runs-dir>/_models/<name>/eval)",
+    )
     p.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="K=V",
                    help="constructor keyword argument for every --model (TOML literal or string)")
     p.add_argument("--out", type=Path, default=Path("reports"))
@@ -103,12 +126,22 @@ def add_arguments(p) -> None:
     p.add_argument("--eyeq-root", help="EyeQ image folder (with --data eyeq)")
     p.add_argument("--root", help="image folder (with --data folder / drive)")
     p.add_argument("--labels", help="EyeQ label CSV (with --data eyeq)")
-    p.add_argument("--split", choices=["test", "all"], default="test",
-                   help="which images to evaluate: the test split (default), or all of them (a folder "
-                        "or label CSV of held-out images, e.g. EyeQ's test CSV; never the training data)")
-    p.add_argument("--channel", choices=["rgb", "y"], default="rgb", help="metrics on RGB or on Y (BT.601)")
-    p.add_argument("--backbone", choices=["auto", "inception", "randresnet18"], default="auto",
-                   help="FID/KID features (auto: Inception if $MEDQ_INCEPTION or clean-fid's file exists)")
+    p.add_argument(
+        "--split",
+        choices=["test", "all"],
+        default="test",
+        help="which images to evaluate: the test split (default), or all of them (a folder "
+        "or label CSV of held-out images, e.g. EyeQ's test CSV; never the training data)",
+    )
+    p.add_argument(
+        "--channel", choices=["rgb", "y"], default="rgb", help="metrics on RGB or on Y (BT.601)"
+    )
+    p.add_argument(
+        "--backbone",
+        choices=["auto", "inception", "randresnet18"],
+        default="auto",
+        help="FID/KID features (auto: Inception if $MEDQ_INCEPTION or clean-fid's file exists)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-text", action="store_true", help="skip report generation in the harness")
     p.add_argument("--no-plots", action="store_true")
@@ -131,8 +164,17 @@ def _data_overrides(args) -> list[str]:
 def _run_dirs(runs_dir: Path, globs: list[str]) -> list[Path]:
     if not runs_dir.is_dir():
         return []
-    found = [p for p in sorted(runs_dir.iterdir()) if p.is_dir() and not p.name.startswith(("_", "."))
-             and ((p / "run.json").is_file() or (p / "config.toml").is_file() or (p / "checkpoints").is_dir())]
+    found = [
+        p
+        for p in sorted(runs_dir.iterdir())
+        if p.is_dir()
+        and not p.name.startswith(("_", "."))
+        and (
+            (p / "run.json").is_file()
+            or (p / "config.toml").is_file()
+            or (p / "checkpoints").is_dir()
+        )
+    ]
     return [p for p in found if not globs or any(fnmatch.fnmatch(p.name, g) for g in globs)]
 
 
@@ -212,8 +254,10 @@ class _Data:
             counts, kept = {}, []
             for i in range(len(ds)):
                 it = ds[i]
-                if it["task"] in self.tasks and (self.args.test_images is None
-                                                 or counts.get(it["task"], 0) < self.args.test_images):
+                if it["task"] in self.tasks and (
+                    self.args.test_images is None
+                    or counts.get(it["task"], 0) < self.args.test_images
+                ):
                     counts[it["task"]] = counts.get(it["task"], 0) + 1
                     kept.append(it)
             self.cache[key] = kept
@@ -231,9 +275,17 @@ def evaluate_model(model, meta, cfg, out_dir, data: _Data, tasks, args, feats, *
     out_dir = _claim_outputs(out_dir, cfg, args)
     items = data.items(cfg)
     print(f"[eval] {meta['name']}: inference on {len(items)} test samples -> {out_dir}", flush=True)
-    run_harness(model, items, out_dir, tasks=tasks, seed=cfg.sample.seed, batch_size=args.batch_size,
-                text=(not args.no_text) if text is None else text, progress=not args.no_progress,
-                meta={k: meta[k] for k in ("run", "checkpoint", "weights")})
+    run_harness(
+        model,
+        items,
+        out_dir,
+        tasks=tasks,
+        seed=cfg.sample.seed,
+        batch_size=args.batch_size,
+        text=(not args.no_text) if text is None else text,
+        progress=not args.no_progress,
+        meta={k: meta[k] for k in ("run", "checkpoint", "weights")},
+    )
     rows, per_image = [], []
     for task in tasks:
         expected = [str(it["id"]) for it in items if it["task"] == task]
@@ -266,8 +318,10 @@ def run_eval(args) -> dict:
     if args.model_args and not args.models:
         raise ValueError(f"--model-arg {args.model_args[0]!r} given without --model MODULE:CLASS")
     if args.split == "all" and eval_cfg.data.source == "synthetic":
-        raise ValueError("--split all on the embedded synthetic data would score the training images; "
-                         "use the test split, or --split all with --data eyeq/drive/folder of held-out images")
+        raise ValueError(
+            "--split all on the embedded synthetic data would score the training images; "
+            "use the test split, or --split all with --data eyeq/drive/folder of held-out images"
+        )
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise ValueError(f"--tasks: unknown {', '.join(bad)}; expected sr2, sr4, enhance")
@@ -302,8 +356,16 @@ def run_eval(args) -> dict:
         try:
             model = load_class(spec, args.model_args)
             meta.update(name=model.name, run=model.name)
-            rr, pi = evaluate_model(model, meta, cfg, args.runs_dir / "_models" / model_dir_name(model.name) / "eval",
-                                    data, tasks, args, feats)
+            rr, pi = evaluate_model(
+                model,
+                meta,
+                cfg,
+                args.runs_dir / "_models" / model_dir_name(model.name) / "eval",
+                data,
+                tasks,
+                args,
+                feats,
+            )
         except Exception as e:  # noqa: BLE001 - one failing model must not lose the other rows
             log.exception("model %s failed", spec)
             rr, pi = _error_rows(meta, tasks, f"error: {type(e).__name__}: {e}"), []
@@ -320,8 +382,16 @@ def run_eval(args) -> dict:
                     "checkpoint": None, "step": None, "weights": None}
             try:
                 model = _constant_baseline(cfg, args) if name == FLOOR else load_baseline(name)
-                rr, pi = evaluate_model(model, meta, cfg,
-                                        args.runs_dir / "_baselines" / name / "eval", data, btasks, args, feats)
+                rr, pi = evaluate_model(
+                    model,
+                    meta,
+                    cfg,
+                    args.runs_dir / "_baselines" / name / "eval",
+                    data,
+                    btasks,
+                    args,
+                    feats,
+                )
             except Exception as e:  # noqa: BLE001 - one failing model must not lose the other rows
                 log.exception("baseline %s failed", name)
                 rr, pi = _error_rows(meta, btasks, f"error: {type(e).__name__}: {e}"), []
@@ -375,7 +445,11 @@ def evaluate_run(run: Path, args, overrides, tasks, data, feats) -> tuple[list, 
             "config_hash": str(info.get("hash", ""))[:8], "checkpoint": None, "step": None,
             "weights": args.weights}
     root = run / "checkpoints"
-    ckpts = list_checkpoints(root) if args.all_checkpoints else [c for c in [latest_checkpoint(root)] if c]
+    ckpts = (
+        list_checkpoints(root)
+        if args.all_checkpoints
+        else [c for c in [latest_checkpoint(root)] if c]
+    )
     if info.get("status") == "aborted":
         ckpts = _aborted_checkpoints(run, root, ckpts, args)
         if not ckpts:
@@ -395,8 +469,17 @@ def evaluate_run(run: Path, args, overrides, tasks, data, feats) -> tuple[list, 
             continue
         size = cfg.model.image_size
         m["seed"] = cfg.run.seed
-        rr, pi = evaluate_outputs(run, ckpt.name, m, cfg, run / "eval" / f"{ckpt.name}-{args.weights}",
-                                  args, tasks, data, feats)
+        rr, pi = evaluate_outputs(
+            run,
+            ckpt.name,
+            m,
+            cfg,
+            run / "eval" / f"{ckpt.name}-{args.weights}",
+            args,
+            tasks,
+            data,
+            feats,
+        )
         if info.get("status") == "aborted":
             rr = [{**r, "status": f"{r['status']} (aborted run, scored on request)"} for r in rr]
         rows += rr
@@ -413,7 +496,8 @@ The MMSE rows are a mode of their own (``<preset>/mmse``) so that comparisons ke
 def evaluate_outputs(run: Path, checkpoint: str | None, meta: dict, cfg, out_dir: Path, args, tasks,
                      data, feats) -> tuple[list, list]:
     """Rows of one checkpoint for each of ``OUTPUTS``; a failure is an error row, never a lost row.
-    The MMSE output's report is the sample's (same model, same input), so it is not generated twice."""
+    The MMSE output's report is the sample's (same model, same input), so it is not generated
+    twice."""
     from medq.harness.load import load_run
 
     rows, per_image = [], []
@@ -422,8 +506,17 @@ def evaluate_outputs(run: Path, checkpoint: str | None, meta: dict, cfg, out_dir
         m = {**meta, "name": meta["name"] + suffix, "preset": meta["preset"] + suffix}
         try:
             model, _, _ = load_run(run, weights=args.weights, checkpoint=checkpoint, output=output)
-            rr, pi = evaluate_model(model, m, cfg, Path(f"{out_dir}{suffix.replace('/', '-')}"), data,
-                                    tasks, args, feats, text=False if output != "sample" else None)
+            rr, pi = evaluate_model(
+                model,
+                m,
+                cfg,
+                Path(f"{out_dir}{suffix.replace('/', '-')}"),
+                data,
+                tasks,
+                args,
+                feats,
+                text=False if output != "sample" else None,
+            )
         except Exception as e:  # noqa: BLE001 - one failing run must not lose the other rows
             log.exception("run %s failed", m["name"])
             rr, pi = _error_rows(m, tasks, f"error: {type(e).__name__}: {e}"), []
@@ -432,7 +525,9 @@ def evaluate_outputs(run: Path, checkpoint: str | None, meta: dict, cfg, out_dir
     return rows, per_image
 
 
-def evaluate_init_sources(runs: list[Path], args, overrides, tasks, data, feats) -> tuple[list, list]:
+def evaluate_init_sources(
+    runs: list[Path], args, overrides, tasks, data, feats
+) -> tuple[list, list]:
     """The checkpoints the evaluated runs were fine-tuned from (their ``init.json``) that are not
     runs of ``--runs-dir`` themselves, e.g. the shipped base model ``weights/base``: a fine-tune
     that does not beat its starting point learned nothing from its loss."""
@@ -452,15 +547,27 @@ def evaluate_init_sources(runs: list[Path], args, overrides, tasks, data, feats)
         meta = {"name": f"{base}@step_{step:06d}/ema", "kind": "run", "run": str(base),
                 "preset": "pretrain", "config_hash": "", "checkpoint": f"step_{step:06d}",
                 "step": step, "weights": "ema"}
-        out = Path(args.runs_dir) / "_init" / hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:8]
+        out = (
+            Path(args.runs_dir)
+            / "_init"
+            / hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:8]
+        )
         try:
             cfg = load_config(str(base / "config.toml"), overrides=overrides)
         except Exception as e:  # noqa: BLE001 - one failing source must not lose the other rows
             rows += _error_rows(meta, tasks, f"error: {type(e).__name__}: {e}")
             continue
-        rr, pi = evaluate_outputs(base, None, meta, cfg, out / "eval",
-                                  argparse.Namespace(**{**vars(args), "weights": "ema"}), tasks, data,
-                                  feats)
+        rr, pi = evaluate_outputs(
+            base,
+            None,
+            meta,
+            cfg,
+            out / "eval",
+            argparse.Namespace(**{**vars(args), "weights": "ema"}),
+            tasks,
+            data,
+            feats,
+        )
         rows += rr
         per_image += pi
     return rows, per_image
@@ -532,7 +639,8 @@ def publish_reports(out: Path, failed: bool, write) -> dict:
 
 
 def _claim_outputs(out_dir: Path, cfg, args) -> Path:
-    """``out_dir`` keyed by the data of this evaluation (``medq.harness.records.keyed_eval_dir``), with
+    """``out_dir`` keyed by the data of this evaluation (``medq.harness.records.keyed_eval_dir``),
+    with
     outputs of other data cleared from it (rank 0; the other ranks wait)."""
     from medq.harness.records import claim_eval_dir, data_key, keyed_eval_dir
 
@@ -563,10 +671,16 @@ def _aborted_checkpoints(run: Path, root: Path, ckpts: list[Path], args) -> list
 def print_summary(rows: list[dict], files: dict | None) -> None:
     for r in sorted(rows, key=report.row_key):
         v = number(r.get("ssim_fov"))
-        print(f"  {str(r.get('task', '')):8s} {str(r.get('name', '')):45s} {str(r.get('status', '')):28s} "
-              f"ssim_fov {'n/a' if math.isnan(v) else f'{v:.4f}'}  n={r.get('n_images', 0)}")
+        print(
+            f"  {str(r.get('task', '')):8s} {str(r.get('name', '')):45s} "
+            f"{str(r.get('status', '')):28s} "
+            f"ssim_fov {'n/a' if math.isnan(v) else f'{v:.4f}'}  n={r.get('n_images', 0)}"
+        )
     if files:
-        print(f"[eval] wrote {files['leaderboard_csv']}, {files['per_image_csv']}, {files['markdown']}")
+        print(
+            f"[eval] wrote {files['leaderboard_csv']}, {files['per_image_csv']}, "
+            f"{files['markdown']}"
+        )
 
 
 def main(args) -> int:

@@ -1,4 +1,5 @@
-"""``python -m bench perf WHAT``: performance tables of the project's own kernels (never timed tests).
+"""``python -m bench perf WHAT``: performance tables of the project's own kernels (never timed
+tests).
 
 Each target is a module ``bench.perf_<what>`` exposing ``add_arguments(parser)`` and ``main(args)``;
 ``python -m bench`` dispatches to it (``medq.cli.run_subcommand``).

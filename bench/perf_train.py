@@ -48,11 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--presets", default="pixel,ssim_v3,mixed", help="comma-separated presets")
     parser.add_argument("--steps", type=positive_int(1000, "--steps"), default=5,
                         help="timed steps per preset (after 1 warm-up)")
-    parser.add_argument("--chunks", default="1,2,4", help="loss.decode_chunk values of the memory table "
-                        "('' skips it)")
+    parser.add_argument(
+        "--chunks",
+        default="1,2,4",
+        help="loss.decode_chunk values of the memory table ('' skips it)",
+    )
     parser.add_argument("--mem-batch", type=positive_int(4096, "--mem-batch"), default=16,
                         help="optim.batch_size of the memory table")
-    parser.add_argument("--full", action="store_true", help="the presets' model size, not the tiny one")
+    parser.add_argument(
+        "--full", action="store_true", help="the presets' model size, not the tiny one"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out-dir", default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--threads", type=thread_count, default=None,
@@ -209,9 +214,8 @@ def peak_step_memory(step, device) -> float:
 def main(args) -> int:
     import torch
 
-    from medq.dist import pick_device
-
     from bench.perf_machine import print_machine
+    from medq.dist import pick_device
 
     machine = print_machine(args.threads)
     tmp = tempfile.TemporaryDirectory(prefix="perf-train-") if args.out_dir is None else None
@@ -234,10 +238,13 @@ def main(args) -> int:
         rows.append((preset, cfg.loss.needs_vae, t, t_all))
     base = {r[0]: r for r in rows}.get("pixel")
     size = "full" if args.full else "tiny"
-    print(f"\nTraining step time ({size} config: d_model={first.model.d_model}, n_layers="
-          f"{first.model.n_layers}, image {first.model.image_size}px, batch {first.optim.batch_size}; "
-          f"{device}, {torch.get_num_threads()} threads, median of {args.steps} steps). 'as set': the "
-          f"preset's max_t gates; 'all decoded': max_t = 1, every sample through the VAE decoder")
+    print(
+        f"\nTraining step time ({size} config: d_model={first.model.d_model}, n_layers="
+        f"{first.model.n_layers}, image {first.model.image_size}px, batch "
+        f"{first.optim.batch_size}; {device}, {torch.get_num_threads()} threads, median of "
+        f"{args.steps} steps). 'as set': the "
+        f"preset's max_t gates; 'all decoded': max_t = 1, every sample through the VAE decoder"
+    )
     print(f"{'preset':<18}{'VAE in graph':>14}{'ms as set':>11}{'x pixel':>9}{'ms all decoded':>16}"
           f"{'x pixel':>9}")
     for preset, needs_vae, t, t_all in rows:
@@ -249,14 +256,18 @@ def main(args) -> int:
         for label, i in (("as set", 2), ("all decoded", 3)):
             ratio = v3[i] / base[i]
             verdict = "meets" if ratio <= TARGET_RATIO else "MISSES"
-            print(f"ssim_v3 / pixel ({label}) = {ratio:.2f}: {verdict} the target <= {TARGET_RATIO}")
+            print(
+                f"ssim_v3 / pixel ({label}) = {ratio:.2f}: {verdict} the target <= {TARGET_RATIO}"
+            )
     if flops:
-        print(f"\nModel FLOPs per training step (as set, mean of up to 3 steps; forward + backward; "
-              f"GFLOP) and utilisation = FLOPs / step time / {machine.gflops:.1f} calibration GFLOPS")
+        print(
+            f"\nModel FLOPs per training step (as set, mean of up to 3 steps; forward + backward; "
+            f"GFLOP) and utilisation = FLOPs / step time / {machine.gflops:.1f} calibration GFLOPS"
+        )
         parts = ("transformer", "vae encode", "vae decode", "loss (ssim)", "other")
         print(f"{'preset':<18}" + "".join(f"{p:>13}" for p in parts)
               + f"{'total':>10}{'ms/step':>9}{'GFLOPS':>8}{'util.':>7}")
-        for preset, needs_vae, t, _ in rows:
+        for preset, _needs_vae, t, _ in rows:
             f = flops[preset]
             achieved = f["total"] / (t / 1e3) / 1e9
             print(f"{preset:<18}" + "".join(f"{f[p] / 1e9:>13.3f}" for p in parts)
@@ -271,8 +282,11 @@ def main(args) -> int:
     chunks = [int(c) for c in args.chunks.split(",") if c]
     if chunks:
         kind = "CUDA allocated" if device.type == "cuda" else "CPU, profiler allocation events"
-        print(f"\nPeak memory of one step against loss.decode_chunk (ssim_v3, batch {args.mem_batch}, "
-              f"ssim_max_t = 1: every sample decoded; {kind})")
+        print(
+            f"\nPeak memory of one step against loss.decode_chunk (ssim_v3, batch "
+            f"{args.mem_batch}, "
+            f"ssim_max_t = 1: every sample decoded; {kind})"
+        )
         print(f"{'decode_chunk':>12}{'peak MiB':>12}{'ms/step':>10}")
         for chunk in chunks:
             extra = vae + [f"loss.decode_chunk={chunk}", "loss.ssim_max_t=1.0",

@@ -1,4 +1,5 @@
-"""Writing the leaderboard: CSV (byte-stable), Markdown (sorted, with comparisons and protocol), plots.
+"""Writing the leaderboard: CSV (byte-stable), Markdown (sorted, with comparisons and protocol),
+plots.
 
     write_reports(rows, per_image, out_dir, protocol=..., comparisons=..., runs=[run dirs])
     merge_csv(path, new_rows, key=("name", "task"))     # bench score: replace same name+task
@@ -36,7 +37,9 @@ def leaderboard_columns(rows: Iterable[dict]) -> list[str]:
     backbone: fid_inception / fd_randresnet18, kid_* with its interval), in sorted order, and the
     seed columns of rows averaged over training seeds (n_seeds, <metric>_seed_sd)."""
     rows = list(rows)
-    extra = sorted({k for r in rows for k in r if k.startswith(("fid_", "fd_", "kid_")) and k != "fd_n"})
+    extra = sorted(
+        {k for r in rows for k in r if k.startswith(("fid_", "fd_", "kid_")) and k != "fd_n"}
+    )
     extra += sorted({k for r in rows for k in r if k == "n_seeds" or k.endswith("_seed_sd")})
     return ID_COLUMNS + METRIC_COLUMNS + extra + list(REPORT_SCORE_COLUMNS) + TAIL_COLUMNS
 
@@ -227,11 +230,16 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
                    "scores three): every difference above is a single-seed observation.")
     out += ["", "## Protocol", ""]
     out += [f"- **{k}**: {v}" for k, v in protocol.items()]
-    out += ["", "FID (and any Frechet distance) on a few hundred images or fewer is strongly biased "
-            "upwards and its bias depends on the sample count: compare FID values only at equal "
-            "image counts, and prefer KID, whose estimator is unbiased, for small test sets.",
-            "", "Perception-distortion planes (PSNR fov against KID, every mode and baseline): "
-            "`pd_<task>.png`.", ""]
+    out += [
+        "",
+        "FID (and any Frechet distance) on a few hundred images or fewer is strongly biased "
+        "upwards and its bias depends on the sample count: compare FID values only at equal "
+        "image counts, and prefer KID, whose estimator is unbiased, for small test sets.",
+        "",
+        "Perception-distortion planes (PSNR fov against KID, every mode and baseline): "
+        "`pd_<task>.png`.",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -261,17 +269,29 @@ def plot_bars(rows: list[dict], out_dir: Path, metrics=("ssim_fov", "psnr_fov"))
     plt = _plt()
     paths = []
     for task in sorted({r["task"] for r in rows}):
-        sub = sorted([r for r in rows if r["task"] == task and not math.isnan(number(r.get(metrics[0])))],
-                     key=row_key)
+        sub = sorted(
+            [r for r in rows if r["task"] == task and not math.isnan(number(r.get(metrics[0])))],
+            key=row_key,
+        )
         if not sub:
             continue
         fig, axes = plt.subplots(1, len(metrics), figsize=(4 + 1.2 * len(sub), 4), squeeze=False)
         for ax, m in zip(axes[0], metrics):
             means = [number(r.get(m)) for r in sub]
-            err = [[max(0.0, v - number(r.get(f"{m}_lo"))) if not math.isnan(number(r.get(f"{m}_lo"))) else 0
-                    for v, r in zip(means, sub)],
-                   [max(0.0, number(r.get(f"{m}_hi")) - v) if not math.isnan(number(r.get(f"{m}_hi"))) else 0
-                    for v, r in zip(means, sub)]]
+            err = [
+                [
+                    max(0.0, v - number(r.get(f"{m}_lo")))
+                    if not math.isnan(number(r.get(f"{m}_lo")))
+                    else 0
+                    for v, r in zip(means, sub)
+                ],
+                [
+                    max(0.0, number(r.get(f"{m}_hi")) - v)
+                    if not math.isnan(number(r.get(f"{m}_hi")))
+                    else 0
+                    for v, r in zip(means, sub)
+                ],
+            ]
             ax.bar(range(len(sub)), means, yerr=err, capsize=4, color="tab:blue")
             ax.set_xticks(range(len(sub)))
             ax.set_xticklabels([str(r["name"]) for r in sub], rotation=30, ha="right", fontsize=7)
@@ -324,13 +344,18 @@ def plot_perception_distortion(rows: list[dict], out_dir: Path) -> list[Path]:
 
 
 def plot_steps(rows: list[dict], out_dir: Path) -> list[Path]:
-    """PSNR and SSIM (FOV) against training step, one line per run, where a run has > 1 checkpoint."""
+    """PSNR and SSIM (FOV) against training step, one line per run, where a run has > 1
+    checkpoint."""
     plt = _plt()
     paths = []
     for task in sorted({r["task"] for r in rows}):
         by_run: dict[str, list[dict]] = {}
         for r in rows:
-            if r["task"] == task and r.get("kind") == "run" and not math.isnan(number(r.get("step"))):
+            if (
+                r["task"] == task
+                and r.get("kind") == "run"
+                and not math.isnan(number(r.get("step")))
+            ):
                 by_run.setdefault(f"{r['run']}/{r.get('weights')}", []).append(r)
         by_run = {k: v for k, v in by_run.items() if len(v) > 1}
         if not by_run:
@@ -339,7 +364,12 @@ def plot_steps(rows: list[dict], out_dir: Path) -> list[Path]:
         for ax, m in zip(axes, ("psnr_fov", "ssim_fov")):
             for run, rs in sorted(by_run.items()):
                 rs = sorted(rs, key=lambda r: number(r["step"]))
-                ax.plot([number(r["step"]) for r in rs], [number(r.get(m)) for r in rs], marker="o", label=run)
+                ax.plot(
+                    [number(r["step"]) for r in rs],
+                    [number(r.get(m)) for r in rs],
+                    marker="o",
+                    label=run,
+                )
             ax.set_xlabel("step")
             ax.set_title(f"{task}: {m}")
         axes[0].legend(fontsize=7)
@@ -369,8 +399,12 @@ def plot_losses(run_dirs: Sequence[Path], out_dir: Path) -> Path | None:
     for ax, (run, curves) in zip(axes[0], series.items()):
         for key, pts in sorted(curves.items()):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key,
-                     **({"marker": ".", "linestyle": ":"} if key in ("loss/ssim", "loss/pixel") else {}))
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                label=key,
+                **({"marker": ".", "linestyle": ":"} if key in ("loss/ssim", "loss/pixel") else {}),
+            )
         ax.set_yscale("log")
         ax.set_title(run, fontsize=8)
         ax.set_xlabel("step")

@@ -17,8 +17,9 @@ scored. Where a metric leaves images out (``*_fov`` on a target without a field 
 all black or all white), the row says ``partial``, and the note gives n for that metric and why.
 Nothing scored: no row is written and the exit code is 1. An output folder that cannot be
 written (permissions, full disk) is one error line, exit 2, and no temp file left. Rows go into
-``<out>/leaderboard.csv`` and ``per_image.csv`` (replacing rows with the same name and task, keeping the others) with the same metrics as
-``bench eval``; ``leaderboard.md`` is rewritten from the merged rows.
+``<out>/leaderboard.csv`` and ``per_image.csv`` (replacing rows with the same name and task,
+keeping the others) with the same metrics as ``bench eval``; ``leaderboard.md`` is rewritten
+from the merged rows.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from pathlib import Path
 import torch
 
 from bench import report
-from medq.scoring import FeatureCache, aggregate, comparisons, load_image, protocol, score_pairs
 from medq import metrics as M
+from medq.scoring import FeatureCache, aggregate, comparisons, load_image, protocol, score_pairs
 
 log = logging.getLogger("bench.score")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
@@ -53,7 +54,9 @@ def add_arguments(p) -> None:
     p.add_argument("--task", default="sr4", help="task label of the rows (default sr4)")
     p.add_argument("--resize", choices=["none", "pred-to-target"], default="none")
     p.add_argument("--channel", choices=["rgb", "y"], default="rgb")
-    p.add_argument("--backbone", choices=["auto", "inception", "randresnet18", "none"], default="auto")
+    p.add_argument(
+        "--backbone", choices=["auto", "inception", "randresnet18", "none"], default="auto"
+    )
     p.add_argument("--out", type=Path, default=Path("reports"))
 
 
@@ -71,7 +74,8 @@ def _files(folder: Path, suffix: re.Pattern) -> dict[str, Path]:
 
 
 def match(pred_dir: Path, target_dir: Path, mask_dir: Path | None = None) -> dict:
-    """{"pairs": [(key, pred, target, mask|None)], "unmatched_pred": [...], "unmatched_target": [...],
+    """{"pairs": [(key, pred, target, mask|None)], "unmatched_pred": [...],
+    "unmatched_target": [...],
     "unmatched_mask": [...]}, all sorted by key."""
     preds, targets = _files(pred_dir, PRED_SUFFIX), _files(target_dir, TARGET_SUFFIX)
     masks = _files(mask_dir, MASK_SUFFIX) if mask_dir is not None else {}
@@ -91,8 +95,8 @@ def detect_mask(target: torch.Tensor) -> torch.Tensor:
 
 def _prepare(pairs, args, tmp: Path) -> tuple[list[dict], list[dict]]:
     """Pair dicts for ``score_pairs``; size mismatches become problems (or resized copies)."""
-    from medq.harness.images import save_png
     from medq.baselines import bicubic
+    from medq.harness.images import save_png
 
     out, problems = [], []
     for key, pred, target, mask in pairs:
@@ -124,7 +128,8 @@ def _prepare(pairs, args, tmp: Path) -> tuple[list[dict], list[dict]]:
 
 
 def _load_checked(path: Path) -> torch.Tensor:
-    """``medq.scoring.load_image`` after refusing a decompression bomb (``medq.data.imageio``'s check,
+    """``medq.scoring.load_image`` after refusing a decompression bomb (``medq.data.imageio``'s
+    check,
     a DataError naming the file) instead of letting Pillow allocate it or raise its own error."""
     from PIL import Image
 
@@ -195,17 +200,38 @@ def run_score(args) -> dict:
     problems += more
     for p in problems:
         print(f"[score] {p['id']}: {p['error']}")
-    meta = {"name": name, "kind": "external", "run": str(args.pred), "preset": "", "config_hash": "",
-            "checkpoint": None, "step": None, "weights": None, "task": args.task}
+    meta = {
+        "name": name,
+        "kind": "external",
+        "run": str(args.pred),
+        "preset": "",
+        "config_hash": "",
+        "checkpoint": None,
+        "step": None,
+        "weights": None,
+        "task": args.task,
+    }
     row = {**meta, **aggregate(per_image), **dist, "n_images": len(per_image)}
     n_total = len(found["pairs"]) + len(found["unmatched_pred"]) + len(found["unmatched_target"])
-    row["status"] = ("empty: nothing scored" if not per_image else
-                     "ok" if len(per_image) == n_total else f"incomplete: {len(per_image)} of {n_total} scored")
-    notes = [f"{len(found['unmatched_pred'])} unmatched predictions"] if found["unmatched_pred"] else []
-    notes += [f"{len(found['unmatched_target'])} unmatched targets"] if found["unmatched_target"] else []
+    row["status"] = (
+        "empty: nothing scored"
+        if not per_image
+        else "ok"
+        if len(per_image) == n_total
+        else f"incomplete: {len(per_image)} of {n_total} scored"
+    )
+    notes = (
+        [f"{len(found['unmatched_pred'])} unmatched predictions"] if found["unmatched_pred"] else []
+    )
+    notes += (
+        [f"{len(found['unmatched_target'])} unmatched targets"] if found["unmatched_target"] else []
+    )
     notes += [f"{p['id']}: {p['error']}" for p in problems[:3]]
     if per_image and row["ms_ssim"] != row["ms_ssim"]:
-        notes.append(M.ms_ssim_unsupported_reason(*load_image(pairs[0]["target"]).shape[-2:]) or "MS-SSIM n/a")
+        notes.append(
+            M.ms_ssim_unsupported_reason(*load_image(pairs[0]["target"]).shape[-2:])
+            or "MS-SSIM n/a"
+        )
     counts, partial = metric_counts(per_image, pairs)
     notes += partial
     if partial and row["status"] == "ok":
@@ -239,9 +265,17 @@ def _write_reports(args, name: str, row: dict, per_image: list[dict], backbone) 
     rows = report.merge_rows(report.read_csv(args.out / "leaderboard.csv"), [row])
     pis = report.merge_rows(report.read_csv(args.out / "per_image.csv"), per_image)
     report.write_csvs(rows, pis, args.out)
-    report.write_markdown(rows, comparisons(rows, pis), protocol(
-        rows, channel=args.channel, backbone=backbone,
-        extra={"external": f"{name}: {args.pred} vs {args.target} (resize {args.resize})"}), args.out)
+    report.write_markdown(
+        rows,
+        comparisons(rows, pis),
+        protocol(
+            rows,
+            channel=args.channel,
+            backbone=backbone,
+            extra={"external": f"{name}: {args.pred} vs {args.target} (resize {args.resize})"},
+        ),
+        args.out,
+    )
 
 
 def main(args) -> int:

@@ -115,7 +115,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jsonl", type=Path, required=True, help="generations, one JSON object a line")
     vocab = p.add_mutually_exclusive_group(required=True)
     vocab.add_argument("--vocab-size", type=int, help="number of decodable ids")
-    vocab.add_argument("--vocab", type=Path, help="tokenizer vocabulary: JSON list, JSON token->id, or lines")
+    vocab.add_argument(
+        "--vocab", type=Path, help="tokenizer vocabulary: JSON list, JSON token->id, or lines"
+    )
     p.add_argument("--truth", type=Path, help="ground-truth reports, JSONL {\"id\", \"report\"}: "
                    "score DR grade (kappa), findings (F1) and quality beside their floors")
     p.add_argument("--out", type=Path, help="also write the scores as JSON here")
@@ -203,7 +205,10 @@ def main(args) -> int:
     for err in scored.errors:
         print(f"warning: {err}", file=sys.stderr)
     if not scored.results and not scored.texts:
-        print(f"error: {args.jsonl}: no valid line to score ({len(scored.errors)} bad)", file=sys.stderr)
+        print(
+            f"error: {args.jsonl}: no valid line to score ({len(scored.errors)} bad)",
+            file=sys.stderr,
+        )
         return 2
     result = score(scored)
     result["vocab"] = str(args.vocab) if args.vocab else None

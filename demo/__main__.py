@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from demo.app import build_app, launch      # after demo/__init__ switched analytics off
+    from demo.app import build_app, launch  # after demo/__init__ switched analytics off
     from demo.handlers import Demo
     from demo.security import auth_from_env
 

@@ -19,8 +19,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medq.harness.records import RECORDS, read_jsonl
 from medq.checkpoint import read_run_json
+from medq.harness.records import RECORDS, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def working_size(modes: dict[str, Mode], default: int = 64) -> int:
                     mode.root.glob("checkpoints/*/config.toml"))
                 if cfgs:
                     return int(load_config(str(cfgs[0])).model.image_size)
-            except Exception as e:  # a run's config from another version must not stop the page
+            except Exception as e:  # noqa: BLE001 - a run's config from another version must not stop the page
                 log.warning("%s: cannot read model.image_size: %s", mode.root, e)
     return default
 

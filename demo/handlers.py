@@ -20,8 +20,14 @@ import numpy as np
 import pandas as pd
 
 from demo import catalog, imaging, reports
-from demo.models import (ENHANCE_KINDS, ModelPool, instruction_for, load_mode_model,
-                         run_on_test_image, run_on_upload)
+from demo.models import (
+    ENHANCE_KINDS,
+    ModelPool,
+    instruction_for,
+    load_mode_model,
+    run_on_test_image,
+    run_on_upload,
+)
 from demo.security import UploadError, read_upload
 
 Progress = Callable[[float, str], None]
@@ -180,7 +186,7 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
                 else:
                     edited = run_on_test_image(model, base["row"], base["input"], base["target"],
                                                base["mask"], task)
-            except Exception as e:  # one broken run must not take the page down with it
+            except Exception as e:  # noqa: BLE001 - one broken run must not take the page down
                 errors[label] = f"{type(e).__name__}: {e}"
                 continue
             found = _computed(edited)
@@ -400,7 +406,7 @@ def leaderboard(reports_dir: Path) -> tuple[pd.DataFrame, str, list[tuple[str, s
     """The Results tab: ``catalog.results_table`` of reports/leaderboard.csv, leaderboard.md, and
     the plots reports/*.png as (path, caption)."""
     reports_dir = Path(reports_dir)
-    csv, md = reports_dir / "leaderboard.csv", reports_dir / "leaderboard.md"
+    md = reports_dir / "leaderboard.md"
     rows = catalog.read_leaderboard(reports_dir)
     table = catalog.results_table(rows) if rows else pd.DataFrame(
         {"Results": ["no leaderboard yet: run `make eval`"]})

@@ -179,8 +179,8 @@ def colour_bar(vmin: float = 0.0, vmax: float = 1.0, cmap: str = "inferno", widt
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import Normalize
     from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width / 100, 0.9), dpi=100)

@@ -95,7 +95,7 @@ class ReferenceReports:
 
             cfg = load_config(str(path))
             self._datasets[key] = build_dataset(cfg.data, cfg.model.image_size, "all", tasks=[task])
-        except Exception as e:  # a run from another version must not stop the page
+        except Exception as e:  # noqa: BLE001 - a run from another version must not stop the page
             log.warning("%s: cannot rebuild its test data for reference reports (%s)", path, e)
             self._failed.add(key)
         return self._datasets.get(key)

@@ -1,10 +1,12 @@
 """``python -m infer``: reports and SR / enhance outputs of one model over the test split.
 
-    python -m infer --run runs/ssim_v3-1a2b3c4d                       # latest checkpoint, EMA weights
+    python -m infer --run runs/ssim_v3-1a2b3c4d               # latest checkpoint, EMA weights
     python -m infer --run runs/ssim_v3-1a2b3c4d --weights model --checkpoint step_300
     python -m infer --baseline bicubic                     # bicubic | lanczos | identity | constant
-    python -m infer --model my_pkg.wrap:BagelWrapper --model-arg ckpt=/models/bagel --model-arg steps=50
-    python -m infer --run runs/X --data eyeq --root /data/EyeQ/original_img --labels /data/Label_EyeQ_test.csv
+    python -m infer --model my_pkg.wrap:BagelWrapper --model-arg ckpt=/models/bagel \
+        --model-arg steps=50
+    python -m infer --run runs/X --data eyeq --root /data/EyeQ/original_img \
+        --labels /data/Label_EyeQ_test.csv
     python -m infer --baseline bicubic --data drive --root ../shared/fundus-samples/drive
     torchrun --nproc_per_node=2 -m infer --run runs/X                # sharded, merged by rank 0
 
@@ -34,14 +36,19 @@ import os
 import sys
 from pathlib import Path
 
-
-from medq.harness import run_harness, summarize
-from medq.harness.load import load_baseline, load_class, load_run, model_dir_name
-from medq.harness.records import (DataMismatchError, claim_eval_dir, data_key, keyed_eval_dir,
-                           read_records, write_json_atomic)
-from medq.harness.text import DEFAULT_SAMPLED_TEMPERATURE, InferError
 from medq.config import ConfigError, load_config
 from medq.dist import barrier, current, init_dist, pick_device, shutdown_group
+from medq.harness import run_harness, summarize
+from medq.harness.load import load_baseline, load_class, load_run, model_dir_name
+from medq.harness.records import (
+    DataMismatchError,
+    claim_eval_dir,
+    data_key,
+    keyed_eval_dir,
+    read_records,
+    write_json_atomic,
+)
+from medq.harness.text import DEFAULT_SAMPLED_TEMPERATURE, InferError
 
 log = logging.getLogger("infer")
 
@@ -51,34 +58,66 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, help="run directory (or a checkpoint directory) of ours")
-    src.add_argument("--model", metavar="MODULE:CLASS", help="any ImageTextModel, imported by dotted path")
+    src.add_argument(
+        "--model", metavar="MODULE:CLASS", help="any ImageTextModel, imported by dotted path"
+    )
     src.add_argument("--baseline", choices=["bicubic", "lanczos", "identity", "constant"])
-    p.add_argument("--weights", choices=["ema", "model"], default="ema", help="--run: which weights (default ema)")
-    p.add_argument("--checkpoint", metavar="step_N", help="--run: this checkpoint instead of the latest")
-    p.add_argument("--model-arg", action="append", default=[], metavar="K=V",
-                   help="--model: constructor keyword argument (TOML literal or string; repeatable)")
-    p.add_argument("--preset", default="control",
-                   help="config for --model/--baseline (data, image size); --run uses the run's own")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set data.num_images=24 (model.* is fixed for --run)")
+    p.add_argument(
+        "--weights",
+        choices=["ema", "model"],
+        default="ema",
+        help="--run: which weights (default ema)",
+    )
+    p.add_argument(
+        "--checkpoint", metavar="step_N", help="--run: this checkpoint instead of the latest"
+    )
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="--model: constructor keyword argument (TOML literal or string; repeatable)",
+    )
+    p.add_argument(
+        "--preset",
+        default="control",
+        help="config for --model/--baseline (data, image size); --run uses the run's own",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set data.num_images=24 (model.* is fixed for --run)",
+    )
     p.add_argument("--data", choices=["synthetic", "eyeq", "drive", "folder"], help="data.source")
     p.add_argument("--root", help="data.root: image folder for eyeq / drive / folder")
     p.add_argument("--labels", help="data.labels: EyeQ label CSV")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                    help="data split (default test; 'all' for a small folder of images)")
-    p.add_argument("--tasks", help="comma-separated subset of sr2,sr4,enhance (default: data.tasks)")
+    p.add_argument(
+        "--tasks", help="comma-separated subset of sr2,sr4,enhance (default: data.tasks)"
+    )
     p.add_argument("--out", type=Path, help="output directory (default: see above)")
-    p.add_argument("--seed", type=int, help="base seed (default sample.seed); per sample: (seed, id)")
+    p.add_argument(
+        "--seed", type=int, help="base seed (default sample.seed); per sample: (seed, id)"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, help="at most this many samples per task")
     p.add_argument("--no-text", action="store_true", help="skip report generation")
     p.add_argument("--no-sampled", action="store_true", help="greedy reports only")
-    p.add_argument("--temperature", type=float,
-                   help=f"sampled reports (default sample.temperature, or {DEFAULT_SAMPLED_TEMPERATURE} "
-                        f"when that is 0 = greedy)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help=f"sampled reports (default sample.temperature, or {DEFAULT_SAMPLED_TEMPERATURE} "
+        f"when that is 0 = greedy)",
+    )
     p.add_argument("--top-p", type=float, help="sampled reports (default sample.top_p)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default run.device)")
-    p.add_argument("--fail-on-collapse", action="store_true", help="exit 1 when the verdict is collapsed")
+    p.add_argument(
+        "--fail-on-collapse", action="store_true", help="exit 1 when the verdict is collapsed"
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -125,7 +164,9 @@ def run(args) -> int:
             out = args.out or Path(cfg.run.out_dir) / "_baselines" / model.name / "eval"
         else:
             model = load_class(args.model, args.model_arg)
-            out = args.out or Path(cfg.run.out_dir) / "_models" / model_dir_name(model.name) / "eval"
+            out = (
+                args.out or Path(cfg.run.out_dir) / "_models" / model_dir_name(model.name) / "eval"
+            )
         meta = {"run": model.name, "checkpoint": None, "weights": None}
     tasks = args.tasks.split(",") if args.tasks else list(cfg.data.tasks)
     bad = [t for t in tasks if t not in ("sr2", "sr4", "enhance")]
@@ -146,8 +187,14 @@ def run(args) -> int:
     items = _limited(dataset, set(tasks), args.limit)
     temperature = args.temperature if args.temperature is not None else (
         cfg.sample.temperature or DEFAULT_SAMPLED_TEMPERATURE)
-    sampled = None if args.no_sampled else {
-        "temperature": temperature, "top_p": args.top_p if args.top_p is not None else cfg.sample.top_p}
+    sampled = (
+        None
+        if args.no_sampled
+        else {
+            "temperature": temperature,
+            "top_p": args.top_p if args.top_p is not None else cfg.sample.top_p,
+        }
+    )
     paths = run_harness(model, items, out, tasks=tasks,
                         seed=cfg.sample.seed if args.seed is None else args.seed,
                         batch_size=args.batch_size, text=not args.no_text, sampled=sampled,
@@ -158,9 +205,12 @@ def run(args) -> int:
     summary = summarize(rows)
     if args.run is not None:
         report = info["load_report"]
-        summary["load"] = {"checkpoint": str(info["checkpoint"]), "weights": args.weights,
-                           "fingerprint": info["fingerprint"],
-                           "report": report.to_dict() if hasattr(report, "to_dict") else str(report)}
+        summary["load"] = {
+            "checkpoint": str(info["checkpoint"]),
+            "weights": args.weights,
+            "fingerprint": info["fingerprint"],
+            "report": report.to_dict() if hasattr(report, "to_dict") else str(report),
+        }
     write_json_atomic(Path(out) / "summary.json", summary)
     print(format_summary(summary, out))
     collapsed = summary["verdict"]["status"] == "collapsed"
@@ -176,12 +226,21 @@ def format_summary(s: dict, out) -> str:
     lines = [f"model {s['model']}  ({s['n']} samples: "
              + ", ".join(f"{k} {n}" for k, n in sorted(s["tasks"].items())) + f")  -> {out}"]
     for label, st in (("greedy", t), ("sampled", ts)):
-        lines.append(f"  text {label:8s} undecodable rate {_fmt(st and st['undecodable_rate'])}  "
-                     f"samples with any {_fmt(st and st['frac_samples_with_undecodable'])}"
-                     + (f"  quality accuracy {_fmt(st.get('quality_accuracy'))}" if st and label == "greedy" else ""))
-    lines.append(f"  images  psnr {_fmt(im['psnr'], '.2f')} dB (reference {_fmt(im['psnr_reference'], '.2f')}, "
-                 f"gap {_fmt(im['psnr_gap_db'], '+.2f')})  std ratio {_fmt(im['output_std_ratio'], '.3f')}  "
-                 f"non-finite {_fmt(im['nonfinite_frac'])}")
+        lines.append(
+            f"  text {label:8s} undecodable rate {_fmt(st and st['undecodable_rate'])}  "
+            f"samples with any {_fmt(st and st['frac_samples_with_undecodable'])}"
+            + (
+                f"  quality accuracy {_fmt(st.get('quality_accuracy'))}"
+                if st and label == "greedy"
+                else ""
+            )
+        )
+    lines.append(
+        f"  images  psnr {_fmt(im['psnr'], '.2f')} dB "
+        f"(reference {_fmt(im['psnr_reference'], '.2f')}, "
+        f"gap {_fmt(im['psnr_gap_db'], '+.2f')})  std ratio {_fmt(im['output_std_ratio'], '.3f')}  "
+        f"non-finite {_fmt(im['nonfinite_frac'])}"
+    )
     lines.append(f"  verdict {v['status'].upper()}" + "".join(f"\n    - {r}" for r in v["reasons"]))
     return "\n".join(lines)
 

@@ -157,15 +157,19 @@ def _pointer_target(root: Path) -> str | None:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The checkpoint ``root/latest`` names, if complete; else the newest complete one; else None."""
+    """The checkpoint ``root/latest`` names, if complete; else the newest complete one; else
+    None."""
     root = Path(root)
     name = _pointer_target(root)
     if name is not None:
         ckpt = root / name
         if is_complete(ckpt):
             return ckpt
-        log.warning("%s names %s, which is not a complete checkpoint; using the newest complete one",
-                    root / LATEST, ckpt)
+        log.warning(
+            "%s names %s, which is not a complete checkpoint; using the newest complete one",
+            root / LATEST,
+            ckpt,
+        )
     found = list_checkpoints(root)
     return found[-1] if found else None
 
@@ -273,7 +277,8 @@ def read_state(ckpt: Path) -> dict:
 
 
 def clean_temp(root: Path) -> list[Path]:
-    """Remove half-written checkpoint directories and pointer temp files; return what was removed."""
+    """Remove half-written checkpoint directories and pointer temp files; return what was
+    removed."""
     root = Path(root)
     removed = []
     if root.is_dir():

@@ -4,8 +4,8 @@ The dataclass defaults below ARE the ``control`` preset (a fine-tune of the base
 ``weights/base``, with CE + latent MSE and no image loss). A preset in ``configs/<name>.toml``
 states only what differs from it; overlays such as ``configs/model/small.toml`` are applied the
 same way. "Base" means one thing: the base model that every fine-tune starts from (``pretrain``
-trains one; ``make check-weights`` verifies the shipped one). Every value lives in exactly one place:
-derived values (``LossConfig.needs_vae``) are properties, never fields.
+trains one; ``make check-weights`` verifies the shipped one). Every value lives in exactly one
+place: derived values (``LossConfig.needs_vae``) are properties, never fields.
 
     cfg = load_config("ssim_v3", overrides=["loss.ssim_weight=0.2"])
     cfg.run_name        # 'ssim_v3-1a2b3c4d': preset + short hash of every value
@@ -63,7 +63,9 @@ def _check_section(section, name: str) -> None:
             choices = typing.get_args(typ)
             _check(value in choices and type(value) is type(choices[0]), key, value,
                    f"must be one of {', '.join(map(str, choices))}")
-        elif typing.get_origin(typ) is list and typing.get_origin(typing.get_args(typ)[0]) is Literal:
+        elif (
+            typing.get_origin(typ) is list and typing.get_origin(typing.get_args(typ)[0]) is Literal
+        ):
             choices = typing.get_args(typing.get_args(typ)[0])
             _check(isinstance(value, list) and len(value) > 0 and all(v in choices for v in value),
                    key, value, f"must be a non-empty list of {', '.join(map(str, choices))}")
@@ -453,7 +455,9 @@ def merge(base: dict, patch: dict, where: str) -> dict:
     out = {k: dict(v) for k, v in base.items()}
     for section, values in patch.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{where}: unknown section {section!r}{_closest(section, list(SECTIONS))}")
+            raise ConfigError(
+                f"{where}: unknown section {section!r}{_closest(section, list(SECTIONS))}"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: [{section}] must be a table of key = value")
         types = _field_types(SECTIONS[section])
@@ -477,7 +481,9 @@ def parse_override(text: str) -> dict:
     """``loss.ssim_weight=0.2`` -> {'loss': {'ssim_weight': 0.2}}. Values are TOML literals; a
     bare word that is not a TOML literal is taken as a string (``data.source=eyeq``)."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"override {text!r}: expected section.key=value, e.g. loss.ssim_weight=0.2")
+        raise ConfigError(
+            f"override {text!r}: expected section.key=value, e.g. loss.ssim_weight=0.2"
+        )
     key, raw = text.split("=", 1)
     section, name = key.strip().split(".", 1)
     try:

@@ -38,7 +38,9 @@ class Dist:
 def current() -> Dist:
     """The process group this process has joined (whoever initialised it), or ``Dist()``."""
     if tdist.is_available() and tdist.is_initialized():
-        return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return Dist(
+            tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+        )
     return Dist()
 
 
@@ -132,5 +134,7 @@ def gather(obj, d: Dist) -> list:
 def autocast(amp: str, device: torch.device):
     """The autocast context of ``optim.amp``: auto = bf16 only on CUDA that runs it natively (CPU
     bf16 autocast is slower than float32); bf16 = always; off = never."""
-    on = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    on = amp == "bf16" or (
+        amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)

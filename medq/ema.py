@@ -83,7 +83,11 @@ class EMA:
         out = {}
         for k, v in model.state_dict().items():
             # A copy per key: safetensors refuses tensors that share memory.
-            out[k] = self.shadow[self.alias[k]].to(v.dtype).clone() if k in self.alias else v.detach().clone()
+            out[k] = (
+                self.shadow[self.alias[k]].to(v.dtype).clone()
+                if k in self.alias
+                else v.detach().clone()
+            )
         return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:

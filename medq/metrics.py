@@ -1,6 +1,6 @@
 """Image-quality metrics: a functional core (per-image values) and FID/KID feature backbones.
 
-    m = image_metrics(pred, target, mask)          # {"psnr": (N,), "ssim": (N,), ..., "ms_ssim_fov": (N,)}
+    m = image_metrics(pred, target, mask)  # {"psnr": (N,), "ssim": (N,), ..., "ms_ssim_fov": (N,)}
     bb = feature_extractor()                       # Inception if on disk, else a named stand-in
     feats = image_features(png_paths, bb)          # (N, D) through clean-fid's "clean" pipeline
     frechet_distance(f_pred, f_target); kid(f_pred, f_target, seed=0)
@@ -54,8 +54,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure,
-                                           peak_signal_noise_ratio)
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    peak_signal_noise_ratio,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,9 @@ def rgb_to_y(images: torch.Tensor) -> torch.Tensor:
     return (images * w).sum(1, keepdim=True) / 255.0 + 16.0 / 255.0
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def psnr(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """PSNR in dB per image, (N, C, H, W) x2 [+ mask (N, 1, H, W)] -> (N,), data range 1, capped at
     ``PSNR_CAP_DB``. With a mask: MSE over the masked pixels (all channels); NaN if it is empty."""
     _check_pair(pred, target, mask)
@@ -100,7 +104,9 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
     m = (mask > 0.5).float().expand_as(pred)
     count = m.sum(dim=(1, 2, 3))
     mse = (((pred - target) ** 2) * m).sum(dim=(1, 2, 3)) / count.clamp(min=1)
-    value = (10 * torch.log10(1.0 / mse.clamp(min=10 ** (-PSNR_CAP_DB / 10)))).clamp(max=PSNR_CAP_DB)
+    value = (10 * torch.log10(1.0 / mse.clamp(min=10 ** (-PSNR_CAP_DB / 10)))).clamp(
+        max=PSNR_CAP_DB
+    )
     return torch.where(count > 0, value, torch.full_like(value, math.nan))
 
 
@@ -124,7 +130,9 @@ def ssim_unsupported_reason(height: int, width: int,
     return None
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def ssim(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """SSIM per image, (N, C, H, W) x2 [+ mask (N, 1, H, W)] -> (N,): ``medq.losses.ssim``
     (scikit-image's definition, valid windows). With a mask: the map averaged over the windows
     entirely inside the mask (``eroded_fov``). NaN for images smaller than the window and for a
@@ -226,7 +234,9 @@ def masked_ms_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor)
     return torch.prod(stack ** betas, dim=0)
 
 
-def ms_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def ms_ssim(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """MS-SSIM per image -> (N,): torchmetrics (relu-normalised) without a mask,
     ``masked_ms_ssim`` with one; NaN for images under ``MS_SSIM_MIN_SIDE`` px."""
     _check_pair(pred, target, mask)
@@ -235,9 +245,18 @@ def ms_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None 
     if mask is not None:
         return masked_ms_ssim(pred, target, mask)
     return multiscale_structural_similarity_index_measure(
-        pred.float(), target.float(), gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW,
-        data_range=1.0, k1=SSIM_K1, k2=SSIM_K2, betas=MS_SSIM_BETAS, normalize="relu",
-        reduction="none")
+        pred.float(),
+        target.float(),
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_WINDOW,
+        data_range=1.0,
+        k1=SSIM_K1,
+        k2=SSIM_K2,
+        betas=MS_SSIM_BETAS,
+        normalize="relu",
+        reduction="none",
+    )
 
 
 def image_metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, *,
@@ -252,7 +271,11 @@ def image_metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor |
     if channel == "y":
         pred, target = rgb_to_y(pred), rgb_to_y(target)
     with torch.no_grad():
-        out = {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "ms_ssim": ms_ssim(pred, target)}
+        out = {
+            "psnr": psnr(pred, target),
+            "ssim": ssim(pred, target),
+            "ms_ssim": ms_ssim(pred, target),
+        }
         if mask is None:
             nan = torch.full((pred.shape[0],), math.nan)
             out.update(psnr_fov=nan, ssim_fov=nan.clone(), ms_ssim_fov=nan.clone())

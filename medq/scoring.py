@@ -94,19 +94,31 @@ def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCac
         if k % world != rank:
             continue
         try:
-            out, tgt = load_image(Path(pair["output"]))[None], load_image(Path(pair["target"]))[None]
+            out, tgt = (
+                load_image(Path(pair["output"]))[None],
+                load_image(Path(pair["target"]))[None],
+            )
             mask = None
             if pair.get("mask") is not None:
                 mask = (load_image(Path(pair["mask"]), mask=True)[None] > 0.5).float()
             elif pair.get("mask_tensor") is not None:
                 mask = pair["mask_tensor"][None]
         except (OSError, ValueError) as e:
-            problems.append({"id": pair["id"], "file": str(pair["output"]), "error": f"unreadable: {e}"})
+            problems.append(
+                {"id": pair["id"], "file": str(pair["output"]), "error": f"unreadable: {e}"}
+            )
             continue
         if out.shape != tgt.shape or (mask is not None and mask.shape[-2:] != tgt.shape[-2:]):
-            problems.append({"id": pair["id"], "file": str(pair["output"]), "error":
-                             f"size mismatch: output {tuple(out.shape[-2:])} vs target {pair['target']} "
-                             f"{tuple(tgt.shape[-2:])}" + ("" if mask is None else f" vs mask {tuple(mask.shape[-2:])}")})
+            problems.append(
+                {
+                    "id": pair["id"],
+                    "file": str(pair["output"]),
+                    "error": f"size mismatch: output {tuple(out.shape[-2:])} vs target "
+                    f"{pair['target']} "
+                    f"{tuple(tgt.shape[-2:])}"
+                    + ("" if mask is None else f" vs mask {tuple(mask.shape[-2:])}"),
+                }
+            )
             continue
         vals = M.image_metrics(out, tgt, mask, channel=channel)
         vals.update(fidelity_metrics(pair, out, tgt, mask))
@@ -278,7 +290,9 @@ def comparisons(rows: list[dict], per_image: list[dict],
     for r in per_image:
         d = values.setdefault((str(r["name"]), str(r["task"])), {})
         for m in metrics:
-            d.setdefault(m, {})[str(r["id"])] = float(r[m]) if str(r[m]) not in ("", "None") else math.nan
+            d.setdefault(m, {})[str(r["id"])] = (
+                float(r[m]) if str(r[m]) not in ("", "None") else math.nan
+            )
     out = []
     for task in sorted({str(r["task"]) for r in rows}):
         latest: dict[str, dict] = {}
@@ -303,9 +317,14 @@ def comparisons(rows: list[dict], per_image: list[dict],
                 pairs += [(r, bic[0]) for _, r in sorted(latest.items())]
         for a, b in pairs:
             for m in metrics:
-                c = paired_comparison(values[(str(a["name"]), task)][m], values[(str(b["name"]), task)][m],
-                                      seed=BOOTSTRAP_SEED)
-                out.append({"task": task, "a": a["name"], "b": b["name"], "metric": m, **c.as_dict()})
+                c = paired_comparison(
+                    values[(str(a["name"]), task)][m],
+                    values[(str(b["name"]), task)][m],
+                    seed=BOOTSTRAP_SEED,
+                )
+                out.append(
+                    {"task": task, "a": a["name"], "b": b["name"], "metric": m, **c.as_dict()}
+                )
     for c, adj in zip(out, holm([c["p_value"] for c in out])):
         c["p_holm"] = adj
     return out
@@ -314,7 +333,12 @@ def comparisons(rows: list[dict], per_image: list[dict],
 SEED_METRICS = ("ssim_fov", "psnr_fov", "lr_psnr", "vessel_dice")
 
 
-SEED_PAIRS = (("ssim_v3", "pixel"), ("mixed", "pixel"), ("ssim_v3", "control"), ("pixel", "control"))
+SEED_PAIRS = (
+    ("ssim_v3", "pixel"),
+    ("mixed", "pixel"),
+    ("ssim_v3", "control"),
+    ("pixel", "control"),
+)
 
 
 def seed_summary(rows: list[dict], metrics=SEED_METRICS) -> tuple[list[dict], list[dict]]:
@@ -373,7 +397,9 @@ def seed_of(row: dict) -> float:
     return 0.0 if math.isnan(v) else v
 
 
-def protocol(rows: list[dict], *, channel: str, backbone: M.FeatureBackbone | None, extra: dict) -> dict:
+def protocol(
+    rows: list[dict], *, channel: str, backbone: M.FeatureBackbone | None, extra: dict
+) -> dict:
     import cleanfid
     import scipy
     import torchmetrics
@@ -383,24 +409,27 @@ def protocol(rows: list[dict], *, channel: str, backbone: M.FeatureBackbone | No
         counts.setdefault(str(r["task"]), set()).add(str(r.get("n_images")))
     return {
         **extra,
-        "images scored per task": "; ".join(f"{t}: {', '.join(sorted(c))}" for t, c in sorted(counts.items())),
-        "per-image metrics": f"torchmetrics {torchmetrics.__version__}: PSNR (data_range 1, per image, "
-                             f"dim=(1,2,3), capped at {M.PSNR_CAP_DB:g} dB), MS-SSIM (5 scales, "
-                             f"relu-normalised; n/a under {M.MS_SSIM_MIN_SIDE} px); SSIM: "
-                             f"medq.losses.ssim (= scikit-image, Gaussian 11, sigma 1.5, K "
-                             f"0.01/0.03, valid windows), ssim_fov over the windows entirely "
-                             f"inside the field of view (the FOV eroded by half a window, as the "
-                             f"SSIM loss); PSNR and MS-SSIM "
-                             f"FOV variants average inside the mask (medq.metrics); channel "
-                             f"{channel.upper()}"
-                             + (" (BT.601 Y, 16-235)" if channel == "y" else ""),
-        "distribution metrics": "off" if backbone is None else
-        f"clean-fid {getattr(cleanfid, '__version__', '0.1.35')} mode clean, features: "
+        "images scored per task": "; ".join(
+            f"{t}: {', '.join(sorted(c))}" for t, c in sorted(counts.items())
+        ),
+        "per-image metrics": f"torchmetrics {torchmetrics.__version__}: PSNR (data_range 1, "
+        "per image, "
+        f"dim=(1,2,3), capped at {M.PSNR_CAP_DB:g} dB), MS-SSIM (5 scales, "
+        f"relu-normalised; n/a under {M.MS_SSIM_MIN_SIDE} px); SSIM: "
+        f"medq.losses.ssim (= scikit-image, Gaussian 11, sigma 1.5, K "
+        f"0.01/0.03, valid windows), ssim_fov over the windows entirely "
+        f"inside the field of view (the FOV eroded by half a window, as the "
+        f"SSIM loss); PSNR and MS-SSIM "
+        f"FOV variants average inside the mask (medq.metrics); channel "
+        f"{channel.upper()}" + (" (BT.601 Y, 16-235)" if channel == "y" else ""),
+        "distribution metrics": "off"
+        if backbone is None
+        else f"clean-fid {getattr(cleanfid, '__version__', '0.1.35')} mode clean, features: "
         f"{backbone.description}; columns {backbone.fd_column} (clamped at 0), "
         f"{backbone.kid_column} (unbiased MMD^2 on the whole set; 95 % bootstrap interval over "
         f"images, seed {KID_SEED})",
         "intervals and tests": f"95 % percentile bootstrap of the mean (2000 resamples, seed "
-                               f"{BOOTSTRAP_SEED}); Wilcoxon signed-rank (scipy {scipy.__version__})",
+        f"{BOOTSTRAP_SEED}); Wilcoxon signed-rank (scipy {scipy.__version__})",
         "torch": torch.__version__,
     }
 

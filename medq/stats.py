@@ -1,6 +1,6 @@
 """Confidence intervals and paired comparisons of per-image metric values.
 
-    lo, hi = bootstrap_ci(values, seed=0)                       # 95 % percentile interval of the mean
+    lo, hi = bootstrap_ci(values, seed=0)           # 95 % percentile interval of the mean
     c = paired_comparison(a_by_id, b_by_id, seed=0)             # a - b on the images both have
     c.mean_diff, c.ci_low, c.ci_high, c.p_value, c.n, c.n_nonzero, c.note
     holm([0.01, 0.04, 0.03])                                    # Holm-adjusted p-values, same order

@@ -7,7 +7,8 @@
 
 Each input may be ``None`` (not measured: e.g. a baseline has no text, ``score-text`` has no
 images); a check that was not measured neither passes nor fails. With nothing measured the status
-is ``unknown``. The failure modes are those of the original runs (docs/BACKGROUND.md, the failure table): v2's
+is ``unknown``. The failure modes are those of the original runs (docs/BACKGROUND.md, the failure
+table): v2's
 model sampled padding ids (``TypeError: ... NoneType found``) and produced garbage images.
 """
 
@@ -152,8 +153,11 @@ def image_statistics(checks: list[dict]) -> dict:
     ratios = [c["output_std"] / c["target_std"] for c in checks if c["target_std"] > 0]
     gaps = [c["psnr"] - c["psnr_reference"] for c in checks
             if c["psnr"] is not None and c["psnr_reference"] is not None]
-    ssim_ratios = [c["ssim"] / c["ssim_reference"] for c in checks
-                   if c.get("ssim") is not None and c.get("ssim_reference") and c["ssim_reference"] > 0]
+    ssim_ratios = [
+        c["ssim"] / c["ssim_reference"]
+        for c in checks
+        if c.get("ssim") is not None and c.get("ssim_reference") and c["ssim_reference"] > 0
+    ]
     numel = sum(c["numel"] for c in checks)
     return {"n": len(checks), "output_std_ratio": finite_median(ratios),
             "psnr": finite_median(c["psnr"] for c in checks),

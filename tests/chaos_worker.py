@@ -22,9 +22,10 @@ import sys
 import time
 import traceback
 
+from test_train_loop import TinyTask
+
 from medq.checkpoint import CheckpointError, RunLockedError
 from medq.config import load_config
-from test_train_loop import TinyTask
 from train.loop import train
 
 STEP_SECONDS = 0.01

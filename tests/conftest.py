@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FUNDUS_SAMPLES = Path(os.environ.get("MEDQ_FUNDUS_SAMPLES", REPO.parent / "shared" / "fundus-samples"))
+FUNDUS_SAMPLES = Path(
+    os.environ.get("MEDQ_FUNDUS_SAMPLES", REPO.parent / "shared" / "fundus-samples")
+)
 TINY_TOML = REPO / "configs" / "tiny.toml"
 
 
@@ -51,6 +53,7 @@ def tiny_overrides(tmp_path_factory) -> list[str]:
 
 @pytest.fixture
 def tiny(tmp_path, tiny_overrides) -> list[str]:
-    """``tiny_overrides`` writing runs to ``tmp_path/runs`` and the data cache to ``tmp_path/cache``."""
+    """``tiny_overrides`` writing runs to ``tmp_path/runs`` and the data cache to
+    ``tmp_path/cache``."""
     return tiny_overrides + [f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
                              f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]

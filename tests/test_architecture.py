@@ -23,7 +23,9 @@ ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
 
 
 def _python_files(*roots: str) -> list[Path]:
-    return sorted(p for r in roots for p in (REPO / r).rglob("*.py") if "__pycache__" not in p.parts)
+    return sorted(
+        p for r in roots for p in (REPO / r).rglob("*.py") if "__pycache__" not in p.parts
+    )
 
 
 def _module_name(path: Path) -> str:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medq.baselines import (BASELINES, Bicubic, Constant, Identity, Lanczos, bicubic,
-                            training_mean_image)
+from medq.baselines import (
+    BASELINES,
+    Bicubic,
+    Constant,
+    Identity,
+    Lanczos,
+    bicubic,
+    training_mean_image,
+)
 from medq.protocol import ImageTextModel
 
 torch.set_num_threads(1)
@@ -15,7 +22,9 @@ torch.set_num_threads(1)
 def smooth(n=2, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(n, 3, 4, 4, generator=g)
-    return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    return torch.nn.functional.interpolate(
+        low, size=(size, size), mode="bilinear", align_corners=False
+    )
 
 
 @pytest.mark.parametrize("name", list(BASELINES))

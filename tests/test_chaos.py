@@ -132,9 +132,10 @@ def test_chaos_kills_a_second_process_and_a_corrupt_checkpoint(tmp_path):
                 assert trainer.wait_for("step", start + rng.randint(1, 2 * CKPT_EVERY))
                 time.sleep(rng.uniform(0.0, 0.02))
             elif kind == "save":  # this trainer's temp checkpoint, half written
-                _wait_for_path(lambda: ckpts().glob(f".tmp-step_*-{trainer.pid}/model.safetensors"))
+                _wait_for_path(lambda pid=trainer.pid:
+                               ckpts().glob(f".tmp-step_*-{pid}/model.safetensors"))
             elif kind == "retention":  # renamed for deletion, not yet deleted
-                _wait_for_path(lambda: ckpts().glob(f".tmp-del-step_*-{trainer.pid}"))
+                _wait_for_path(lambda pid=trainer.pid: ckpts().glob(f".tmp-del-step_*-{pid}"))
             elif kind == "lock":
                 assert trainer.wait_for("step", start + 1)
                 os.kill(trainer.pid, signal.SIGSTOP)  # holds its lock while the second one tries

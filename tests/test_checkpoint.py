@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,9 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from medq.checkpoint import (clean_temp, finished_runs, fingerprint, latest_checkpoint,
-                             list_checkpoints, read_state, resolve_init, save_checkpoint,
-                             write_run_json)
+from medq.checkpoint import (
+    clean_temp,
+    fingerprint,
+    finished_runs,
+    latest_checkpoint,
+    list_checkpoints,
+    read_state,
+    resolve_init,
+    save_checkpoint,
+    write_run_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +77,8 @@ def test_sigkill_during_save_never_exposes_the_half_written_checkpoint(tmp_path)
         from medq.checkpoint import save_checkpoint
         root = Path({str(root)!r})
         def weights(value):
-            return lambda d: save_file({{"w": torch.full((4,), float(value))}}, str(d / "model.safetensors"))
+            return lambda d: save_file({{"w": torch.full((4,), float(value))}},
+                                       str(d / "model.safetensors"))
         def marker(d):
             (d / "second.txt").write_text("second file")
         save_checkpoint(root, 1, {{"model": weights(1)}}, {{}})
@@ -86,7 +93,9 @@ def test_sigkill_during_save_never_exposes_the_half_written_checkpoint(tmp_path)
         deadline = time.monotonic() + 60
         tmp_dirs = []
         while time.monotonic() < deadline:
-            tmp_dirs = [p for p in root.glob(".tmp-step_000002-*") if (p / "model.safetensors").exists()]
+            tmp_dirs = [
+                p for p in root.glob(".tmp-step_000002-*") if (p / "model.safetensors").exists()
+            ]
             if tmp_dirs:
                 break
             time.sleep(0.05)

@@ -7,7 +7,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -101,10 +100,15 @@ def test_bench_help_shows_the_subcommand_docs_and_imports_only_it():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom bench.__main__ import main\n"
-            "try:\n    main(['score-text', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "print('EVAL_IMPORTED' if 'bench.eval' in sys.modules else 'EVAL_NOT_IMPORTED')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys\nfrom bench.__main__ import main\n"
+        "try:\n    main(['score-text', '--help'])\n"
+        "except SystemExit as e:\n    assert e.code == 0\n"
+        "print('EVAL_IMPORTED' if 'bench.eval' in sys.modules else 'EVAL_NOT_IMPORTED')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert "Each line of the JSONL" in out          # the module docstring, not just the options
     assert out.strip().endswith("EVAL_NOT_IMPORTED")
 

@@ -5,8 +5,18 @@ import json
 
 import pytest
 
-from medq.config import (Config, ConfigError, DataConfig, InitConfig, LossConfig, OptimConfig,
-                         available_presets, dump_toml, load_config, to_dict)
+from medq.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    InitConfig,
+    LossConfig,
+    OptimConfig,
+    available_presets,
+    dump_toml,
+    load_config,
+    to_dict,
+)
 
 PRESETS = ["pretrain", "pixel", "ssim_v1", "ssim_v2", "ssim_v2_as_run", "ssim_v3",
            "ssim_v3_relaxed", "mixed"]
@@ -34,15 +44,25 @@ def test_every_shipped_preset_is_known_and_loads():
 def test_ssim_presets_have_the_values_of_the_design_table(name):
     weight, max_t, scale, from_ema = SSIM_TABLE[name]
     cfg = load_config(name)
-    assert (cfg.loss.ssim_weight, cfg.loss.ssim_max_t, cfg.loss.ssim_grad_scale) == (weight, max_t, scale)
+    assert (cfg.loss.ssim_weight, cfg.loss.ssim_max_t, cfg.loss.ssim_grad_scale) == (
+        weight,
+        max_t,
+        scale,
+    )
     if from_ema:
-        assert cfg.init.from_ == "weights/base" and cfg.init.weights == "ema" and not cfg.init.scratch
+        assert (
+            cfg.init.from_ == "weights/base" and cfg.init.weights == "ema" and not cfg.init.scratch
+        )
     else:  # the v2 accident: pretrained weights never loaded
         assert cfg.init.scratch and cfg.init.from_ == ""
 
 
 def test_mixed_is_pixel_term_plus_v3_ssim_term():
-    mixed, pixel, v3 = load_config("mixed").loss, load_config("pixel").loss, load_config("ssim_v3").loss
+    mixed, pixel, v3 = (
+        load_config("mixed").loss,
+        load_config("pixel").loss,
+        load_config("ssim_v3").loss,
+    )
     assert (mixed.pixel_weight, mixed.pixel_kind, mixed.pixel_max_t) == \
         (pixel.pixel_weight, pixel.pixel_kind, pixel.pixel_max_t)
     assert (mixed.ssim_weight, mixed.ssim_max_t, mixed.ssim_grad_scale) == \
@@ -68,11 +88,17 @@ def test_round_trip_load_override_dump_load(tmp_path):
     again = load_config(str(path))
     assert again == cfg
     assert again.hash == cfg.hash and again.run_name == cfg.run_name
-    assert again.loss.ssim_weight == 0.2 and again.data.tasks == ["sr4"] and again.init.from_ == "runs/x"
+    assert (
+        again.loss.ssim_weight == 0.2
+        and again.data.tasks == ["sr4"]
+        and again.init.from_ == "runs/x"
+    )
 
 
 def test_override_types_are_coerced_and_bare_words_are_strings():
-    cfg = load_config("pixel", overrides=["loss.pixel_weight=2", "data.source=folder", "data.root=/x"])
+    cfg = load_config(
+        "pixel", overrides=["loss.pixel_weight=2", "data.source=folder", "data.root=/x"]
+    )
     assert cfg.loss.pixel_weight == 2.0 and isinstance(cfg.loss.pixel_weight, float)
     assert cfg.data.source == "folder"
 
@@ -87,7 +113,9 @@ def test_unknown_key_names_key_and_closest_valid_one():
 def test_unknown_key_in_a_preset_file_names_the_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[optim]\nmax_step = 10\n")
-    with pytest.raises(ConfigError, match=r"bad.toml.*unknown key 'optim.max_step'.*'optim.max_steps'"):
+    with pytest.raises(
+        ConfigError, match=r"bad.toml.*unknown key 'optim.max_step'.*'optim.max_steps'"
+    ):
         load_config(str(bad))
     bad.write_text("[optim]\nlearning_rate = 1e-3\n")
     with pytest.raises(ConfigError, match=r"unknown key 'optim.learning_rate'; valid: optim.lr, "):
@@ -128,7 +156,9 @@ def test_out_of_range_values_name_key_value_and_rule(override, rule):
 def test_scratch_must_be_stated_and_excludes_a_checkpoint():
     with pytest.raises(ConfigError, match="init.scratch = False: init.from is empty.*v2 accident"):
         load_config("ssim_v3", overrides=["init.from=''"])
-    with pytest.raises(ConfigError, match="init.from = 'weights/base': must be empty when init.scratch"):
+    with pytest.raises(
+        ConfigError, match="init.from = 'weights/base': must be empty when init.scratch"
+    ):
         load_config("ssim_v3", overrides=["init.scratch=true"])
 
 
@@ -140,7 +170,7 @@ def test_hash_is_stable_and_changes_with_every_value():
     for section, values in d.items():
         for key, value in values.items():
             if (section, key) in {("run", "out_dir"), ("run", "preset"), ("run", "fsdp")}:
-                continue  # where a run is written / how it is spread over ranks, not what it computes
+                continue  # where a run is written / how it is spread over ranks, not what
             if isinstance(value, bool):
                 new = not value
             elif isinstance(value, (int, float)):

@@ -5,8 +5,18 @@ import pytest
 import torch
 
 from medq.config import DataConfig
-from medq.data import (REPORT_PROMPT, bicubic_resize, build_dataset, collate, generate_fundus,
-                       lanczos_resize, parse_report, report, split_ids, vocabulary)
+from medq.data import (
+    REPORT_PROMPT,
+    bicubic_resize,
+    build_dataset,
+    collate,
+    generate_fundus,
+    lanczos_resize,
+    parse_report,
+    report,
+    split_ids,
+    vocabulary,
+)
 
 WORD = __import__("re").compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
 
@@ -18,7 +28,9 @@ def cfg(tmp_path):
 
 def test_generator_deterministic_and_fundus_like():
     a, b = generate_fundus(3, 64), generate_fundus(3, 64)
-    assert np.array_equal(a.image, b.image) and not np.array_equal(a.image, generate_fundus(4, 64).image)
+    assert np.array_equal(a.image, b.image) and not np.array_equal(
+        a.image, generate_fundus(4, 64).image
+    )
     img, m = a.image.astype(float), a.mask
     assert img[~m].max() == 0  # black outside the field of view
     mean = img[m].mean(0)
@@ -37,7 +49,10 @@ def test_items_follow_contract_and_are_deterministic(cfg):
         it = ds[i]
         tasks[it["task"]] = it
         assert it["target"].shape == (3, 32, 32) and it["mask"].shape == (1, 32, 32)
-        assert it["target"].dtype == torch.float32 and set(it["mask"].unique().tolist()) <= {0.0, 1.0}
+        assert it["target"].dtype == torch.float32 and set(it["mask"].unique().tolist()) <= {
+            0.0,
+            1.0,
+        }
         assert 0 <= it["input"].min() and it["input"].max() <= 1
         assert parse_report(it["report"]) == it["quality"]
     assert tasks["sr4"]["input"].shape == (3, 8, 8) and tasks["sr4"]["scale"] == 4
@@ -45,7 +60,9 @@ def test_items_follow_contract_and_are_deterministic(cfg):
     assert tasks["enhance"]["quality"] in (1, 2) and tasks["enhance"]["scale"] == 1
     again = build_dataset(cfg, 32, "train")[2]
     torch.manual_seed(123)
-    assert torch.equal(again["input"], ds[2]["input"]) and again["instruction"] == ds[2]["instruction"]
+    assert (
+        torch.equal(again["input"], ds[2]["input"]) and again["instruction"] == ds[2]["instruction"]
+    )
 
 
 def test_cache_is_reused(cfg, tmp_path):
@@ -71,11 +88,25 @@ def test_splits_disjoint_and_cover(cfg):
 
 def test_collate_pads_and_keeps_sizes():
     def item(h, w, H, W, q):
-        return {"id": "x", "task": "sr2", "instruction": "i", "report": "r", "input": torch.ones(3, h, w),
-                "target": torch.ones(3, H, W), "mask": torch.ones(1, H, W), "quality": q, "dr_grade": 0, "scale": 2}
+        return {
+            "id": "x",
+            "task": "sr2",
+            "instruction": "i",
+            "report": "r",
+            "input": torch.ones(3, h, w),
+            "target": torch.ones(3, H, W),
+            "mask": torch.ones(1, H, W),
+            "quality": q,
+            "dr_grade": 0,
+            "scale": 2,
+        }
+
     b = collate([item(4, 6, 8, 12, 0), item(8, 8, 16, 16, 2)])
     assert b["input"].shape == (2, 3, 8, 8) and b["target"].shape == (2, 3, 16, 16)
-    assert b["input_size"].tolist() == [[4, 6], [8, 8]] and b["target_size"].tolist() == [[8, 12], [16, 16]]
+    assert b["input_size"].tolist() == [[4, 6], [8, 8]] and b["target_size"].tolist() == [
+        [8, 12],
+        [16, 16],
+    ]
     assert b["input"][0, :, 4:].abs().sum() == 0 and b["mask"][0, :, :, 12:].abs().sum() == 0
     assert b["quality"].tolist() == [0, 2] and b["id"] == ["x", "x"]
 
@@ -121,7 +152,10 @@ def test_tokenizer_builds_from_vocabulary():
     import medq.models.tokenizer as tok
     t = tok.Tokenizer()
     r = report(1, 2, ["haemorrhages"])
-    assert tok.split_words(r) == WORD.findall(r) and len(vocabulary()) + len(tok.SPECIALS) == t.vocab_size
+    assert (
+        tok.split_words(r) == WORD.findall(r)
+        and len(vocabulary()) + len(tok.SPECIALS) == t.vocab_size
+    )
 
 
 def test_split_keeps_both_eyes_of_a_patient_together():

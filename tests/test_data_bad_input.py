@@ -1,11 +1,11 @@
-"""Bad input corpus (generated here, never committed): clear DataErrors, skip reports, conversions."""
-
+"""Bad input corpus (generated here, never committed): clear DataErrors, skip reports,
+conversions."""
 
 import numpy as np
 import pytest
-from fakes.images import fundus
 from PIL import Image
 
+from fakes.images import fundus
 from medq.config import DataConfig
 from medq.data import DataError, build_dataset, load_rgb
 
@@ -24,8 +24,15 @@ def corpus(tmp_path):
     return d
 
 
-@pytest.mark.parametrize("name,reason", [("zero.png", "empty file"), ("truncated.jpg", "cannot decode"),
-                                         ("text.png", "not an image"), ("tiny.png", "8x8 pixels")])
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("zero.png", "empty file"),
+        ("truncated.jpg", "cannot decode"),
+        ("text.png", "not an image"),
+        ("tiny.png", "8x8 pixels"),
+    ],
+)
 def test_unreadable_files_name_file_and_reason(corpus, name, reason):
     with pytest.raises(DataError, match=reason) as e:
         load_rgb(corpus / name)
@@ -41,7 +48,9 @@ def test_folder_error_mode_stops_at_bad_file(corpus, tmp_path):
 def test_folder_skip_mode_reports_every_bad_file(corpus, tmp_path):
     for i in range(3):
         Image.fromarray(fundus()).save(corpus / f"good{i}.png")
-    cfg = DataConfig(source="folder", root=str(corpus), cache_dir=str(tmp_path / "c"), on_bad_input="skip")
+    cfg = DataConfig(
+        source="folder", root=str(corpus), cache_dir=str(tmp_path / "c"), on_bad_input="skip"
+    )
     ds = build_dataset(cfg, 32, "all", tasks=["sr2"])
     assert sorted(ds.ids) == ["good0", "good1", "good2"]
     bad = {b["path"].rsplit("/", 1)[-1] for b in ds.bad_inputs}
@@ -59,7 +68,9 @@ def test_conversions_to_rgb_uint8(tmp_path):
     g16 = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
     Image.fromarray(g16).save(tmp_path / "g16.png")
     out = load_rgb(tmp_path / "g16.png")
-    assert out.dtype == np.uint8 and np.abs(out[:, :, 0].astype(int) - np.round(g16 / 257)).max() <= 1
+    assert (
+        out.dtype == np.uint8 and np.abs(out[:, :, 0].astype(int) - np.round(g16 / 257)).max() <= 1
+    )
     rgba = np.zeros((32, 32, 4), np.uint8)
     rgba[..., :3] = (200, 100, 50)
     rgba[..., 3] = 128
@@ -108,10 +119,14 @@ def test_eyeq_csv_problems(tmp_path):
                                        "2,c.jpeg,0,3\n3,gone.jpeg,0,0\n4,rejected.jpeg,2,0\n")
     with pytest.raises(DataError, match="gone.jpeg"):
         build_dataset(DataConfig(labels=str(labels), **base), 32, "all")
-    ds = build_dataset(DataConfig(labels=str(labels), on_bad_input="skip", **base), 32, "all", tasks=["sr4"])
+    ds = build_dataset(
+        DataConfig(labels=str(labels), on_bad_input="skip", **base), 32, "all", tasks=["sr4"]
+    )
     assert sorted(ds.ids) == ["a", "c"]  # b is Usable: not a target with target_quality [0]
     assert [it["dr_grade"] for it in (ds[ds.ids.index("c")],)] == [3]
-    assert [b["path"].rsplit("/", 1)[-1] for b in ds.bad_inputs] == ["gone.jpeg"]  # not the Reject row
+    assert [b["path"].rsplit("/", 1)[-1] for b in ds.bad_inputs] == [
+        "gone.jpeg"
+    ]  # not the Reject row
     report = next((tmp_path / "c").glob("*/bad_inputs.jsonl"))
     assert "gone.jpeg" in report.read_text()
 
@@ -122,7 +137,9 @@ def test_folder_duplicate_ids_are_an_error(tmp_path):
     Image.fromarray(fundus()).save(d / "eye.png")
     Image.fromarray(fundus()).save(d / "eye.jpg")
     with pytest.raises(DataError, match="duplicate image id 'eye'"):
-        build_dataset(DataConfig(source="folder", root=str(d), cache_dir=str(tmp_path / "c")), 32, "all")
+        build_dataset(
+            DataConfig(source="folder", root=str(d), cache_dir=str(tmp_path / "c")), 32, "all"
+        )
 
 
 def test_items_load_in_dataloader_workers(tmp_path):

@@ -15,7 +15,9 @@ def test_fov_mask_matches_drive_masks(fundus_samples):
         pytest.skip("no DRIVE images in the samples folder")
     for path in images:
         img = load_rgb(path)
-        truth = np.asarray(Image.open(fundus_samples / "drive" / "mask" / f"{path.stem}_mask.gif")) > 0
+        truth = (
+            np.asarray(Image.open(fundus_samples / "drive" / "mask" / f"{path.stem}_mask.gif")) > 0
+        )
         m = fov_mask(img)
         iou = (m & truth).sum() / (m | truth).sum()
         assert iou >= 0.98, f"{path.name}: IoU {iou:.4f}"
@@ -49,8 +51,12 @@ def test_real_sources(fundus_samples, tmp_path):
     it = ds[0]
     assert it["target"].shape == (3, 64, 64) and it["input"].shape == (3, 16, 16)
     assert 0.6 < it["mask"].mean() < 0.85  # a disc inscribed in the square: pi/4
-    eyeq = DataConfig(source="eyeq", root=str(fundus_samples / "eyeq" / "original_img"),
-                      labels=str(fundus_samples / "eyeq" / "Label_EyeQ_train.head.csv"), cache_dir=str(tmp_path))
+    eyeq = DataConfig(
+        source="eyeq",
+        root=str(fundus_samples / "eyeq" / "original_img"),
+        labels=str(fundus_samples / "eyeq" / "Label_EyeQ_train.head.csv"),
+        cache_dir=str(tmp_path),
+    )
     with pytest.raises(DataError, match="10009_left.jpeg"):
         build_dataset(eyeq, 64, "all")
 

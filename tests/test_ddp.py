@@ -1,4 +1,5 @@
-"""Two processes under torchrun on CPU (gloo): disjoint data shards, ranks in sync, rank 0 writes."""
+"""Two processes under torchrun on CPU (gloo): disjoint data shards, ranks in sync, rank 0
+writes."""
 
 from __future__ import annotations
 
@@ -119,10 +120,27 @@ def _launch_trainer(overrides: list[str], *extra: str) -> subprocess.CompletedPr
     args = [a for o in overrides for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", "-m", "train", "--preset", "pretrain",
-         "--no-progress", *args, *extra], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=150)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--rdzv_backend=c10d",
+            "--rdzv_endpoint=localhost:0",
+            "-m",
+            "train",
+            "--preset",
+            "pretrain",
+            "--no-progress",
+            *args,
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("run directory:") == 1  # rank 0 alone prints and writes
     return proc
@@ -175,8 +193,12 @@ def test_torchrun_real_trainer_fsdp_matches_ddp_and_resumes(tiny_trainer):
     assert "resumed from" in second.stderr and "step_000002 (step 2)" in second.stderr
     assert json.loads((cfg.run_dir / "run.json").read_text())["status"] == "finished"
     ckpts = cfg.run_dir / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["best.json", "latest", "step_000002",
-                                                       "step_000004"]  # no second writer's leftovers
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "best.json",
+        "latest",
+        "step_000002",
+        "step_000004",
+    ]  # no second writer's leftovers
     assert sorted(p.name for p in (cfg.run_dir / "logs").iterdir()) == ["metrics.csv", "tb"]
     assert json.loads((ckpts / "step_000004" / "state.json").read_text())["world"] == 2
 

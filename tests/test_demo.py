@@ -91,8 +91,8 @@ def test_test_images_keep_their_instruction_uploads_get_the_chosen_one(app_demo,
     """A test image was degraded for one instruction: every mode gets that one, whatever the
     enhancement control says (the control is hidden for test images). For an upload the chosen
     degradation applies."""
-    from medq.data.text import instruction
     from fakes.demo import instruction_of
+    from medq.data.text import instruction
 
     cmp = handlers.compare(app_demo, "enhance", ["ssim_v3_relaxed"], sample_id="eyeq_0001",
                            enhance_kind="blur")
@@ -116,7 +116,9 @@ def test_metrics_are_the_leaderboards(app_demo):
 
     cmp = handlers.compare(app_demo, "sr4", ["pixel"], sample_id="eyeq_0001")
     out, target = cmp["outputs"]["pixel"]["image"], cmp["target"]
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1)[None]
+    def t(a):
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1)[None]
+
     # The leaderboard's SSIM is scikit-image's valid-window mean (medq.metrics, issue 15)
     ref = structural_similarity(out, target, channel_axis=-1, gaussian_weights=True, sigma=1.5,
                                 use_sample_covariance=False, data_range=1.0)
@@ -306,9 +308,9 @@ def test_demo_output_and_report_equal_the_harness_records(tmp_path):
     report from the input, never the target)."""
     import torch
 
+    from fakes.demo import instruction_of
     from medq.harness import run_harness
     from medq.harness.records import read_jsonl
-    from fakes.demo import instruction_of
 
     runs, reports_dir = build_tree(tmp_path, evaluated=("pixel",))
     d = handlers.Demo.from_folders(runs, reports_dir, pool=ModelPool(fake_loader))
@@ -336,8 +338,8 @@ def test_demo_output_and_report_equal_the_harness_records(tmp_path):
 def test_upload_output_and_report_equal_edit_one(app_demo, tmp_path):
     import torch
 
-    from medq.harness import edit_one
     from medq.data.text import instruction
+    from medq.harness import edit_one
 
     photo = tmp_path / "photo.png"
     Image.fromarray(imaging.to_uint8(fundus(9, 200))).save(photo)
@@ -379,9 +381,9 @@ def test_reference_reports_rebuilt_from_the_runs_data_config(tmp_path):
     """Records without a reference field: the report of the item of the run's own data config,
     and only for the very same pixels (data_sha256)."""
     from demo.reports import ReferenceReports
-    from medq.harness import data_fingerprint
     from medq.config import dump_toml, load_config
     from medq.data import build_dataset
+    from medq.harness import data_fingerprint
 
     cfg = load_config("control", [f"data.cache_dir={tmp_path / 'cache'}", "data.num_images=6",
                                "model.image_size=32"])
@@ -488,9 +490,9 @@ def test_uploads_that_are_not_fundus_photographs_are_refused_with_the_reason(app
 
 def test_16_bit_and_float_uploads_are_converted(app_demo, tmp_path, fundus_samples):
     import tifffile
+    from test_fundus_check import write_png16
 
     from medq.data.imageio import load_rgb
-    from test_fundus_check import write_png16
 
     rgb = load_rgb(sorted((fundus_samples / "drive-train" / "images").glob("*"))[0])
     files = [write_png16(tmp_path / "drive16.png", rgb.astype(np.uint16) * 257)]
@@ -512,7 +514,9 @@ def test_oversized_uploads_are_refused_before_decoding(tmp_path, monkeypatch):
         read_upload(big)
     # Few-kB PNGs that declare 8000x8000 and 60000x60000 pixels: refused from their header,
     # never decoded (the second one is past Pillow's own decompression-bomb limit).
-    chunk = lambda k, d: struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d))
+    def chunk(k, d):
+        return struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d))
+
     decoded = []
     monkeypatch.setattr("medq.data.imageio.load_rgb", lambda *a, **k: decoded.append(a))
     for side, message in ((8000, "declares 8000x8000 pixels \\(64 Mpx\\)"),
@@ -709,7 +713,7 @@ def test_login_is_enforced_throttled_and_offers_logout(tmp_path, monkeypatch):
         inside = next(runs.rglob("*_output.png"))
         assert _get(url + "config")[0] in (401, 403)
         assert _get(url + "gradio_api/file=" + str(inside))[0] in (401, 403)
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - gradio_client raises its own (unexported) error
             Client(url, verbose=False, auth=("ann", "wrong"))
         client = Client(url, verbose=False, auth=("ann", "s3cret"))
         assert client.predict(api_name="/leaderboard")[0]["headers"][0] == "Mode"
@@ -719,7 +723,7 @@ def test_login_is_enforced_throttled_and_offers_logout(tmp_path, monkeypatch):
         # Guessing: after 5 failures the user is locked, the right password too is refused.
         assert [_post_login(url, "ann", f"guess{k}") for k in range(6)] == [400] * 6
         assert _post_login(url, "ann", "s3cret") == 400
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - as above
             Client(url, verbose=False, auth=("ann", "s3cret"))
     finally:
         app.close()

@@ -13,11 +13,17 @@ import pytest
 from PIL import Image
 
 from bench import eval as E
-from medq import scoring as S
-from medq.harness.records import (DataMismatchError, claim_eval_dir, data_key, eval_dir_name,
-                           keyed_eval_dir, read_jsonl)
-from medq.config import DataConfig
 from fakes.images import fundus
+from medq import scoring as S
+from medq.config import DataConfig
+from medq.harness.records import (
+    DataMismatchError,
+    claim_eval_dir,
+    data_key,
+    eval_dir_name,
+    keyed_eval_dir,
+    read_jsonl,
+)
 
 
 def _folder(tmp_path: Path, bad: bool) -> Path:

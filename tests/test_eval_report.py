@@ -1,16 +1,16 @@
-"""bench.eval scoring + bench.report writing from fake records.jsonl and PNGs (no model, no data)."""
+"""medq.scoring + bench.report writing from fake records.jsonl and PNGs (no model, no data)."""
 
 import argparse
-import math
 import csv
 import json
+import math
 
 import pytest
 import torch
 
 from bench import eval as E
-from medq import scoring as S
 from bench import report
+from medq import scoring as S
 from medq.harness.images import save_png
 from medq.harness.records import FIELDS
 
@@ -44,8 +44,11 @@ def _meta(name, kind="baseline", preset=""):
 
 def _score_all(tmp_path, feats=None):
     rows, per_image = [], []
-    for name, noise, kind, preset in (("bicubic", 0.2, "baseline", ""), ("pixel-1", 0.1, "run", "pixel"),
-                                      ("ssim_v3-1", 0.05, "run", "ssim_v3")):
+    for name, noise, kind, preset in (
+        ("bicubic", 0.2, "baseline", ""),
+        ("pixel-1", 0.1, "run", "pixel"),
+        ("ssim_v3-1", 0.05, "run", "ssim_v3"),
+    ):
         d = tmp_path / name / "sr4"
         if not d.exists():
             _fake_eval(d, noise)
@@ -64,13 +67,17 @@ def test_scores_statuses_and_reports(tmp_path):
     assert "MS-SSIM n/a" in by["bicubic"]["note"]
     comps = S.comparisons(rows, per_image)
     pairs = {(c["a"], c["b"], c["metric"]) for c in comps}
-    assert ("ssim_v3-1", "pixel-1", "ssim_fov") in pairs and ("pixel-1", "bicubic", "psnr_fov") in pairs
+    assert ("ssim_v3-1", "pixel-1", "ssim_fov") in pairs and (
+        "pixel-1",
+        "bicubic",
+        "psnr_fov",
+    ) in pairs
     files = report.write_reports(rows, per_image, tmp_path / "reports", protocol={"seeds": "0"},
                                  comparisons=comps)
     md = files["markdown"].read_text()
-    table = [l for l in md.splitlines() if l.startswith("| ssim_v3-1") or l.startswith("| pixel-1")
-             or l.startswith("| bicubic")]
-    assert [l.split("|")[1].strip() for l in table[:3]] == ["ssim_v3-1", "pixel-1", "bicubic"]
+    table = [line for line in md.splitlines()
+             if line.startswith(("| ssim_v3-1", "| pixel-1", "| bicubic"))]
+    assert [line.split("|")[1].strip() for line in table[:3]] == ["ssim_v3-1", "pixel-1", "bicubic"]
     assert "Wilcoxon" in md and "biased" in md and "n/a" in md
     assert files["bars"] and files["bars"][0].stat().st_size > 0
     with open(files["per_image_csv"]) as f:
@@ -81,8 +88,12 @@ def test_incomplete_and_empty_and_no_checkpoint(tmp_path):
     d = tmp_path / "r" / "sr4"
     _fake_eval(d, 0.1, drop={"img03"})
     row, pi = S.score_task_dir(d, IDS + ["img99"], _meta("r"), channel="rgb", features=None)
-    assert row["status"] == "incomplete: 5 of 7 scored" and len(pi) == 5 and "missing" in row["note"]
-    row, pi = S.score_task_dir(tmp_path / "none" / "sr4", [], _meta("e"), channel="rgb", features=None)
+    assert (
+        row["status"] == "incomplete: 5 of 7 scored" and len(pi) == 5 and "missing" in row["note"]
+    )
+    row, pi = S.score_task_dir(
+        tmp_path / "none" / "sr4", [], _meta("e"), channel="rgb", features=None
+    )
     assert row["status"].startswith("empty") and pi == []
     run = tmp_path / "runs" / "pixel-deadbeef"
     (run / "checkpoints").mkdir(parents=True)
@@ -90,7 +101,9 @@ def test_incomplete_and_empty_and_no_checkpoint(tmp_path):
                                               "status": "running", "step": 0}))
     args = argparse.Namespace(all_checkpoints=False, weights="ema")
     rows, pi, _ = E.evaluate_run(run, args, [], ["sr4", "sr2"], None, None)
-    assert [r["status"] for r in rows] == ["no checkpoint"] * 2 and rows[0]["config_hash"] == "deadbeef"
+    assert [r["status"] for r in rows] == ["no checkpoint"] * 2 and rows[0][
+        "config_hash"
+    ] == "deadbeef"
     lb, _ = report.write_csvs(rows + [row], [], tmp_path / "rep")
     assert "no checkpoint" in lb.read_text()
 
@@ -103,7 +116,10 @@ def _repeat_identical(tmp_path, backbone):
             r["seconds_per_image"] = 0.1 * (k + 1)  # timing differs between repeats by design
         lb, pi = report.write_csvs(rows, per_image, tmp_path / f"rep{k}")
         with open(lb) as f:
-            data = [{c: v for c, v in r.items() if c not in report.TIMING_COLUMNS} for r in csv.DictReader(f)]
+            data = [
+                {c: v for c, v in r.items() if c not in report.TIMING_COLUMNS}
+                for r in csv.DictReader(f)
+            ]
         texts.append((json.dumps(data), pi.read_bytes()))
     assert texts[0] == texts[1]
     return lb.read_text()
@@ -125,12 +141,32 @@ def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, caps
     image metrics must equal the bicubic baseline's exactly."""
     from bench.__main__ import main
 
-    argv = ["eval", "--skip-train", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "reports"),
-            "--model", "fakes.infer:TextBicubic", "--tasks", "sr4,enhance", "--test-images", "6",
-            "--set", "data.num_images=60", "--set", "data.test_fraction=0.1",
-            "--set", "model.image_size=32",
-            "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
-            "--backbone", "randresnet18", "--no-progress", "--no-plots"]
+    argv = [
+        "eval",
+        "--skip-train",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "reports"),
+        "--model",
+        "fakes.infer:TextBicubic",
+        "--tasks",
+        "sr4,enhance",
+        "--test-images",
+        "6",
+        "--set",
+        "data.num_images=60",
+        "--set",
+        "data.test_fraction=0.1",
+        "--set",
+        "model.image_size=32",
+        "--set",
+        f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
+        "--backbone",
+        "randresnet18",
+        "--no-progress",
+        "--no-plots",
+    ]
     assert main(argv) == 0
     with open(tmp_path / "reports" / "leaderboard.csv") as f:
         rows = {(r["name"], r["task"]): r for r in csv.DictReader(f)}
@@ -149,7 +185,9 @@ def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, caps
     for metric in ("psnr", "psnr_fov", "ssim", "ssim_fov"):
         assert float(mine[metric]) == pytest.approx(float(ref[metric]), abs=1e-9), metric
     assert float(mine["undecodable_rate"]) == 0 and ref["undecodable_rate"] in ("", "n/a")
-    assert (tmp_path / "runs" / "_models" / "text-bicubic" / "eval" / "sr4" / "records.jsonl").is_file()
+    assert (
+        tmp_path / "runs" / "_models" / "text-bicubic" / "eval" / "sr4" / "records.jsonl"
+    ).is_file()
     assert "text-bicubic" in (tmp_path / "reports" / "leaderboard.md").read_text()
 
 
@@ -159,16 +197,40 @@ def test_eval_on_the_real_drive_samples(tmp_path, fundus_samples):
     field-of-view masks from DRIVE, the baselines and a protocol model scored."""
     from bench.__main__ import main
 
-    argv = ["eval", "--skip-train", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "reports"),
-            "--data", "drive", "--root", str(fundus_samples / "drive"), "--split", "all",
-            "--model", "fakes.infer:TextBicubic", "--tasks", "sr4,enhance",
-            "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
-            "--backbone", "randresnet18", "--no-progress", "--no-plots"]
+    argv = [
+        "eval",
+        "--skip-train",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "reports"),
+        "--data",
+        "drive",
+        "--root",
+        str(fundus_samples / "drive"),
+        "--split",
+        "all",
+        "--model",
+        "fakes.infer:TextBicubic",
+        "--tasks",
+        "sr4,enhance",
+        "--set",
+        f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
+        "--backbone",
+        "randresnet18",
+        "--no-progress",
+        "--no-plots",
+    ]
     assert main(argv) == 0
     with open(tmp_path / "reports" / "leaderboard.csv") as f:
         rows = {(r["name"], r["task"]): r for r in csv.DictReader(f)}
     n_images = len(list((fundus_samples / "drive" / "images").iterdir()))
-    for key in (("bicubic", "sr4"), ("identity", "enhance"), ("text-bicubic", "sr4"), ("text-bicubic", "enhance")):
+    for key in (
+        ("bicubic", "sr4"),
+        ("identity", "enhance"),
+        ("text-bicubic", "sr4"),
+        ("text-bicubic", "enhance"),
+    ):
         assert rows[key]["status"] == "ok" and int(rows[key]["n_images"]) == n_images, key
         assert 0 < float(rows[key]["ssim_fov"]) < 1
     md = (tmp_path / "reports" / "leaderboard.md").read_text()
@@ -182,8 +244,21 @@ def test_split_all_refuses_the_training_data(tmp_path, capsys):
                  "--out", str(tmp_path / "reports")]) == 2
     assert "would score the training images" in capsys.readouterr().err
     assert not (tmp_path / "reports").exists()
-    assert main(["eval", "--skip-train", "--model-arg", "steps=5", "--runs-dir", str(tmp_path / "runs"),
-                 "--out", str(tmp_path / "reports")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--skip-train",
+                "--model-arg",
+                "steps=5",
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--out",
+                str(tmp_path / "reports"),
+            ]
+        )
+        == 2
+    )
     assert "--model-arg 'steps=5' given without --model" in capsys.readouterr().err
     assert not (tmp_path / "reports").exists()
 
@@ -201,12 +276,16 @@ def test_comparisons_against_the_no_image_loss_control(tmp_path):
     rows, per_image = _score_all(tmp_path)
     d = tmp_path / "control-1" / "sr4"
     _fake_eval(d, 0.05, seed=1)
-    row, pi = S.score_task_dir(d, IDS, _meta("control-1", "run", "control"), channel="rgb", features=None)
+    row, pi = S.score_task_dir(
+        d, IDS, _meta("control-1", "run", "control"), channel="rgb", features=None
+    )
     comps = S.comparisons(rows + [row], per_image + pi)
     pairs = {(c["a"], c["b"]) for c in comps}
     assert {("ssim_v3-1", "control-1"), ("pixel-1", "control-1"), ("ssim_v3-1", "pixel-1")} <= pairs
     assert ("control-1", "bicubic") in pairs
-    assert not {("ssim_v3-1", "control-1")} <= {(c["a"], c["b"]) for c in S.comparisons(rows, per_image)}
+    assert not {("ssim_v3-1", "control-1")} <= {
+        (c["a"], c["b"]) for c in S.comparisons(rows, per_image)
+    }
 
 
 def _seed_rows():
@@ -263,7 +342,7 @@ def test_seeds_flag_validated_and_missing_seeds_listed(tmp_path, capsys):
 def test_extra_output_kind_is_a_row_of_its_own_and_compared(tmp_path):
     rows, per_image = _score_all(tmp_path)
     d = tmp_path / "ssim_v3-1" / "sr4"
-    recs = [json.loads(l) for l in (d / "records.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (d / "records.jsonl").read_text().splitlines()]
     for r in recs:  # an MMSE output: the target itself (a perfect posterior mean)
         r["output_mmse"] = r["target"]
     (d / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -290,7 +369,9 @@ def test_perception_distortion_plot_has_every_mode(tmp_path):
     assert [p.name for p in paths] == ["pd_sr4.png"] and paths[0].stat().st_size > 5_000
 
 
-def test_the_checkpoint_the_runs_started_from_is_scored_once_as_the_base_model(tmp_path, monkeypatch):
+def test_the_checkpoint_the_runs_started_from_is_scored_once_as_the_base_model(
+    tmp_path, monkeypatch
+):
     """bench eval scores the init checkpoint of the runs (e.g. the shipped weights/base) as the
     mode `pretrain`, once however many runs share it, and never a checkpoint that is itself a run
     of --runs-dir (that run is scored as a run)."""
@@ -318,4 +399,6 @@ def test_the_checkpoint_the_runs_started_from_is_scored_once_as_the_base_model(t
     args = argparse.Namespace(runs_dir=runs_dir, weights="ema")
     rows, _ = ev.evaluate_init_sources(runs, args, [], ["sr4"], None, None)
     assert [b for b, _ in seen] == [shipped]
-    assert rows[0]["preset"] == "pretrain" and rows[0]["step"] == 3000 and rows[0]["weights"] == "ema"
+    assert (
+        rows[0]["preset"] == "pretrain" and rows[0]["step"] == 3000 and rows[0]["weights"] == "ema"
+    )

@@ -14,12 +14,24 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from medq.checkpoint import (CheckpointError, RunLockedError, acquire_run_lock, apply_retention,
-                             clean_temp, is_good, last_good_checkpoint, latest_checkpoint,
-                             list_checkpoints, release_run_lock, run_lock, save_checkpoint,
-                             usable_checkpoint, verify_checkpoint)
 from test_train_loop import TinyTask, losses_by_step, tiny_cfg
+
+from medq.checkpoint import (
+    CheckpointError,
+    RunLockedError,
+    acquire_run_lock,
+    apply_retention,
+    clean_temp,
+    is_good,
+    last_good_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    release_run_lock,
+    run_lock,
+    save_checkpoint,
+    usable_checkpoint,
+    verify_checkpoint,
+)
 from train.loop import train
 from train.monitors import NonFiniteError
 

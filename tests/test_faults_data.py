@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakes.images import fundus, png_header_only
 from PIL import Image
 
+from fakes.images import fundus, png_header_only
 from medq.config import DataConfig
 from medq.data import DataError, build_dataset, load_rgb
 from medq.data.fov import NoFieldOfView, require_fov

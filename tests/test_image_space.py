@@ -4,8 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medq.losses import (clamp_gradient, image_space_loss_from_x0, image_space_loss_packed,
-                         scale_gradient, unpatchify)
+from medq.losses import (
+    clamp_gradient,
+    image_space_loss_from_x0,
+    image_space_loss_packed,
+    scale_gradient,
+    unpatchify,
+)
 
 C, P, UP = 4, 2, 4  # latent channels, patch size, decoder upsampling
 

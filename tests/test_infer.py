@@ -9,12 +9,20 @@ import pytest
 import torch
 from PIL import Image
 
+from fakes.infer import (
+    PROMPT,
+    VOCAB,
+    NoisySeeded,
+    RandomCollapsed,
+    TextBicubic,
+    make_items,
+    parse_report,
+)
+from medq.baselines import Bicubic
 from medq.harness import derive_seed, edit_one, run_harness, summarize
 from medq.harness.records import FIELDS, KINDS, read_records
 from medq.harness.text import InferError
-from medq.baselines import Bicubic
 from medq.protocol import ImageTextModel
-from fakes.infer import VOCAB, PROMPT, NoisySeeded, RandomCollapsed, TextBicubic, make_items, parse_report
 
 torch.set_num_threads(1)
 
@@ -35,13 +43,20 @@ def test_second_implementation_through_whole_harness(tmp_path):
     assert [r["id"] for r in rows] == ["img000", "img001", "img002", "img003"]
     for r in rows:
         assert all(k in r for k in FIELDS)
-        assert (r["run"], r["checkpoint"], r["weights"], r["seed"]) == ("r", "step_000001", "ema", 3)
+        assert (r["run"], r["checkpoint"], r["weights"], r["seed"]) == (
+            "r",
+            "step_000001",
+            "ema",
+            3,
+        )
         assert r["sample_seed"] == derive_seed(3, r["id"])
         for kind in KINDS:
             assert r[kind] == f"images/{r['id']}_{kind}.png"
             assert (tmp_path / "sr4" / r[kind]).is_file()
         assert r["report_text"] == "quality good image" and r["report_ids"] == [0, 1, 2, 5]
-        assert r["undecodable"] == 0 and r["undecodable_positions"] == [] and r["report_quality"] == 0
+        assert (
+            r["undecodable"] == 0 and r["undecodable_positions"] == [] and r["report_quality"] == 0
+        )
         assert r["settings"]["kind"] == "test" and r["text"] is True
     out_png = np.asarray(Image.open(tmp_path / "sr4" / rows[0]["output"]))
     assert out_png.shape == (32, 32, 3)
@@ -60,10 +75,19 @@ def test_second_implementation_through_whole_harness(tmp_path):
 def test_batching_does_not_change_outputs(tmp_path):
     items = make_items(5, tasks=("sr4",))
     hot = NoisySeeded()
-    hot.temperature = 0.9            # greedy reports are forced to temperature 0, then restored
-    a = run(hot, items, tmp_path / "a", seed=1, batch_size=1, sampled={"temperature": 1.0, "top_p": 1.0})
+    hot.temperature = 0.9  # greedy reports are forced to temperature 0, then restored
+    a = run(
+        hot, items, tmp_path / "a", seed=1, batch_size=1, sampled={"temperature": 1.0, "top_p": 1.0}
+    )
     assert hot.temperature == 0.9
-    b = run(NoisySeeded(), items[::-1], tmp_path / "b", seed=1, batch_size=4, sampled={"temperature": 1.0, "top_p": 1.0})
+    b = run(
+        NoisySeeded(),
+        items[::-1],
+        tmp_path / "b",
+        seed=1,
+        batch_size=4,
+        sampled={"temperature": 1.0, "top_p": 1.0},
+    )
     ra, rb = read_records(a["sr4"]), read_records(b["sr4"])
     for x, y in zip(ra, rb):
         assert x["report_ids"] == y["report_ids"] and x["sampled"]["ids"] == y["sampled"]["ids"]
@@ -140,8 +164,17 @@ def test_random_model_is_collapsed_and_never_crashes_on_none_pieces(tmp_path):
 def test_random_minibagel_is_collapsed(tmp_path):
     import medq.models as M
     from medq.config import load_config
-    cfg = load_config("control", overrides=["model.d_model=32", "model.n_layers=1", "model.n_heads=2",
-                                         "sample.steps=2", "model.image_size=32"])
+
+    cfg = load_config(
+        "control",
+        overrides=[
+            "model.d_model=32",
+            "model.n_layers=1",
+            "model.n_heads=2",
+            "sample.steps=2",
+            "model.image_size=32",
+        ],
+    )
     tok = M.Tokenizer(words=VOCAB[1:] + ["do", "sr4", "describe"])
     torch.manual_seed(0)
     net = M.MiniBagel(cfg.model, tok.vocab_size).eval()
@@ -175,7 +208,9 @@ def test_nan_outputs_are_counted_and_collapse(tmp_path):
     rows = read_records(paths["sr4"])
     assert rows[0]["check"]["nonfinite"] == 12
     s = summarize(rows)
-    assert s["verdict"]["status"] == "collapsed" and "non-finite" in " ".join(s["verdict"]["reasons"])
+    assert s["verdict"]["status"] == "collapsed" and "non-finite" in " ".join(
+        s["verdict"]["reasons"]
+    )
 
 
 class WrongShape(TextBicubic):
@@ -193,7 +228,9 @@ def test_protocol_violations_are_clear_errors(tmp_path):
         run(TextBicubic(), items, tmp_path / "dup")
     bad = make_items(1, tasks=("sr4",))[0]
     bad["input"] = bad["input"][:1]
-    with pytest.raises(InferError, match=r"'img000': input is \(1, 8, 8\), expected a tensor \(3, h, w\)"):
+    with pytest.raises(
+        InferError, match=r"'img000': input is \(1, 8, 8\), expected a tensor \(3, h, w\)"
+    ):
         run(TextBicubic(), [bad], tmp_path / "bad")
     with pytest.raises(InferError, match="missing mask"):
         run(TextBicubic(), [{k: v for k, v in bad.items() if k != "mask"}], tmp_path / "bad")

@@ -1,4 +1,5 @@
-"""python -m infer: bad input gives one clear message and exit 2; --model / --baseline end to end."""
+"""python -m infer: bad input gives one clear message and exit 2; --model / --baseline end to
+end."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 import torch
 
 from infer.__main__ import main
+from medq.config import Config, dump_toml, load_config
 from medq.harness.load import load_class, parse_model_args
 from medq.harness.text import InferError
-from medq.config import Config, dump_toml, load_config
 
 torch.set_num_threads(1)
 
@@ -23,7 +24,9 @@ def err_of(capsys, argv) -> str:
 
 
 def test_missing_run_and_checkpoint(tmp_path, capsys):
-    assert f"--run {tmp_path / 'nope'}: no such directory" in err_of(capsys, ["--run", str(tmp_path / "nope")])
+    assert f"--run {tmp_path / 'nope'}: no such directory" in err_of(
+        capsys, ["--run", str(tmp_path / "nope")]
+    )
     (tmp_path / "r" / "checkpoints" / "step_000100").mkdir(parents=True)
     err = err_of(capsys, ["--run", str(tmp_path / "r"), "--checkpoint", "step_5"])
     assert "step_000005" in err and "available: step_000100" in err
@@ -32,7 +35,9 @@ def test_missing_run_and_checkpoint(tmp_path, capsys):
 
 
 def test_bad_model_specs(capsys):
-    assert "cannot import module 'no_such_pkg.x'" in err_of(capsys, ["--model", "no_such_pkg.x:Model"])
+    assert "cannot import module 'no_such_pkg.x'" in err_of(
+        capsys, ["--model", "no_such_pkg.x:Model"]
+    )
     err = err_of(capsys, ["--model", "medq.baselines:Nope"])
     assert "has no 'Nope'" in err and "Bicubic" in err
     err = err_of(capsys, ["--model", "medq.config:ModelConfig"])
@@ -70,8 +75,12 @@ def _fake_checkpoint(root, cfg_saved: Config, cfg_weights: Config):
 
 
 def test_checkpoint_of_another_architecture(tmp_path, capsys):
-    small = load_config("control", overrides=["model.d_model=32", "model.n_layers=1", "model.n_heads=2"])
-    other = load_config("control", overrides=["model.d_model=64", "model.n_layers=1", "model.n_heads=2"])
+    small = load_config(
+        "control", overrides=["model.d_model=32", "model.n_layers=1", "model.n_heads=2"]
+    )
+    other = load_config(
+        "control", overrides=["model.d_model=64", "model.n_layers=1", "model.n_heads=2"]
+    )
     _fake_checkpoint(tmp_path / "run", other, small)
     err = err_of(capsys, ["--run", str(tmp_path / "run"), "--no-progress"])
     assert "CheckpointMismatchError" in err and "cannot load ema weights" in err
@@ -79,12 +88,28 @@ def test_checkpoint_of_another_architecture(tmp_path, capsys):
 
 
 def test_baseline_end_to_end_and_resume(tmp_path, capsys):
-    import medq.data as data
     out = tmp_path / "out"
-    argv = ["--baseline", "bicubic", "--set", f"run.out_dir={json.dumps(str(tmp_path))}",
-            "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
-            "--set", "data.num_images=12", "--set", "data.test_fraction=0.2",
-            "--set", "model.image_size=32", "--tasks", "sr4", "--limit", "2", "--out", str(out), "--no-progress"]
+    argv = [
+        "--baseline",
+        "bicubic",
+        "--set",
+        f"run.out_dir={json.dumps(str(tmp_path))}",
+        "--set",
+        f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
+        "--set",
+        "data.num_images=12",
+        "--set",
+        "data.test_fraction=0.2",
+        "--set",
+        "model.image_size=32",
+        "--tasks",
+        "sr4",
+        "--limit",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "verdict HEALTHY" in text and "n/a" in text
@@ -98,7 +123,6 @@ def test_baseline_end_to_end_and_resume(tmp_path, capsys):
 
 
 def test_random_weights_run_is_collapsed_through_the_cli(tmp_path, capsys):
-    import medq.data as data
     import medq.models as M
     vae_dir = tmp_path / "vae"
     cfg = load_config("control", overrides=[
@@ -127,11 +151,24 @@ def test_random_weights_run_is_collapsed_through_the_cli(tmp_path, capsys):
 
 
 def test_own_model_class_end_to_end(tmp_path, capsys):
-    import medq.data as data
     out = tmp_path / "out"
-    argv = ["--model", "fakes.infer:TextBicubic", "--set", "data.num_images=12",
-            "--set", "data.test_fraction=0.2", "--set", "model.image_size=32", "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'c'))}",
-            "--limit", "2", "--out", str(out), "--no-progress"]
+    argv = [
+        "--model",
+        "fakes.infer:TextBicubic",
+        "--set",
+        "data.num_images=12",
+        "--set",
+        "data.test_fraction=0.2",
+        "--set",
+        "model.image_size=32",
+        "--set",
+        f"data.cache_dir={json.dumps(str(tmp_path / 'c'))}",
+        "--limit",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "text-bicubic" and summary["text"]["undecodable_rate"] == 0

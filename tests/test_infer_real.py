@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from fakes.infer import PROMPT, TextBicubic, parse_report
+from medq.baselines import Bicubic
 from medq.harness import edit_one, run_harness, summarize
 from medq.harness.images import prepare
 from medq.harness.records import read_records
-from medq.baselines import Bicubic
-from fakes.infer import PROMPT, TextBicubic, parse_report
 
 torch.set_num_threads(1)
 
@@ -23,7 +23,9 @@ def load(path) -> torch.Tensor:
 
 
 def real_images(root):
-    paths = sorted((root / "eyeq" / "original_img").glob("*.jpeg")) + sorted((root / "drive" / "images").glob("*.tif"))
+    paths = sorted((root / "eyeq" / "original_img").glob("*.jpeg")) + sorted(
+        (root / "drive" / "images").glob("*.tif")
+    )
     assert paths, f"no images under {root}"
     return paths
 
@@ -45,7 +47,7 @@ def test_edit_one_on_any_size(fundus_samples, task):
 
 def test_harness_over_real_samples(fundus_samples, tmp_path):
     items = []
-    for k, path in enumerate(real_images(fundus_samples)):
+    for path in real_images(fundus_samples):
         prep = prepare(load(path), 64, "sr4")
         items.append({"id": path.stem, "task": "sr4", "instruction": "x", "quality": 0, **prep})
     paths = run_harness(TextBicubic(), items, tmp_path, batch_size=2, progress=False, prompt=PROMPT,
@@ -59,8 +61,16 @@ def test_harness_over_real_samples(fundus_samples, tmp_path):
 def test_dataset_readers_through_harness(fundus_samples, tmp_path):
     import medq.data as data
     from medq.config import load_config
-    cfg = load_config("control", overrides=["data.source=drive", f"data.root=\"{fundus_samples / 'drive'}\"",
-                                         f"data.cache_dir=\"{tmp_path / 'cache'}\"", "data.tasks=[\"sr4\"]"])
+
+    cfg = load_config(
+        "control",
+        overrides=[
+            "data.source=drive",
+            f"data.root=\"{fundus_samples / 'drive'}\"",
+            f"data.cache_dir=\"{tmp_path / 'cache'}\"",
+            "data.tasks=[\"sr4\"]",
+        ],
+    )
     ds = data.build_dataset(cfg.data, cfg.model.image_size, "test")
     paths = run_harness(Bicubic(), ds, tmp_path / "out", progress=False)
     rows = read_records(paths["sr4"])

@@ -1,4 +1,5 @@
-"""medq.metrics against scikit-image and torchmetrics; masks, Y channel, MS-SSIM size rule, FD/KID."""
+"""medq.metrics against scikit-image and torchmetrics; masks, Y channel, MS-SSIM size rule,
+FD/KID."""
 
 import math
 

@@ -10,9 +10,20 @@ import pytest
 import torch
 
 from medq.config import ModelConfig, SampleConfig, load_config
-from medq.models import (CheckpointMismatchError, MiniBagel, MiniBagelAdapter, Tokenizer, build_vae,
-                         euler_sample, load_model, load_state_verified, padded_vocab_size,
-                         sample_timesteps, save_model, training_forward)
+from medq.models import (
+    CheckpointMismatchError,
+    MiniBagel,
+    MiniBagelAdapter,
+    Tokenizer,
+    build_vae,
+    euler_sample,
+    load_model,
+    load_state_verified,
+    padded_vocab_size,
+    sample_timesteps,
+    save_model,
+    training_forward,
+)
 from medq.models.flow import add_noise, sampling_schedule
 from medq.models.sequence import pack_text, sequence_mask
 from medq.protocol import ImageTextModel
@@ -55,9 +66,16 @@ def batch_of(tasks: list[str], size: int = 32) -> dict:
         inputs[i, :, :s, :s] = targets[i, :, ::scale[t], ::scale[t]]
         in_sizes.append([s, s])
     instr = {"sr4": SR4, "sr2": "super-resolve this fundus image x2", "enhance": ENH}
-    return {"input": inputs, "target": targets, "mask": torch.ones(len(tasks), 1, size, size),
-            "instruction": [instr[t] for t in tasks], "report": [REPORT] * len(tasks), "task": tasks,
-            "input_size": torch.tensor(in_sizes), "target_size": torch.tensor([[size, size]] * len(tasks))}
+    return {
+        "input": inputs,
+        "target": targets,
+        "mask": torch.ones(len(tasks), 1, size, size),
+        "instruction": [instr[t] for t in tasks],
+        "report": [REPORT] * len(tasks),
+        "task": tasks,
+        "input_size": torch.tensor(in_sizes),
+        "target_size": torch.tensor([[size, size]] * len(tasks)),
+    }
 
 
 def test_training_forward_shapes_mixed_tasks(cfg, tok, vae):
@@ -75,17 +93,23 @@ def test_training_forward_shapes_mixed_tasks(cfg, tok, vae):
     # CE covers exactly the report tokens and EOS
     n_report = len(tok.encode(REPORT, eos=True))
     assert ((fwd.text_targets != -100).sum(1) == n_report).all()
-    assert torch.equal(fwd.text_targets[0][fwd.text_targets[0] != -100], torch.tensor(tok.encode(REPORT, eos=True)))
+    assert torch.equal(
+        fwd.text_targets[0][fwd.text_targets[0] != -100], torch.tensor(tok.encode(REPORT, eos=True))
+    )
     n_img = (lat[1] // cfg.patch_size) ** 2
     assert fwd.hidden.shape == (3, 2 * n_img + T, cfg.d_model)
     # the flow bookkeeping agrees with x_t = (1 - t) x0 + t eps, v = eps - x0
     eps = fwd.v_target + fwd.x0
-    assert torch.allclose(fwd.x_t, (1 - fwd.t.view(-1, 1, 1, 1)) * fwd.x0 + fwd.t.view(-1, 1, 1, 1) * eps, atol=1e-5)
+    assert torch.allclose(
+        fwd.x_t, (1 - fwd.t.view(-1, 1, 1, 1)) * fwd.x0 + fwd.t.view(-1, 1, 1, 1) * eps, atol=1e-5
+    )
 
 
 def test_zero_initialised_flow_head_gives_zero_velocity(cfg, tok, vae):
     model = MiniBagel(dataclasses.replace(cfg, cond_prior=False), tok.vocab_size)
-    fwd = training_forward(model, vae, tok, batch_of(["sr4", "enhance"]), generator=torch.Generator().manual_seed(1))
+    fwd = training_forward(
+        model, vae, tok, batch_of(["sr4", "enhance"]), generator=torch.Generator().manual_seed(1)
+    )
     assert torch.count_nonzero(fwd.v_hat) == 0
     assert fwd.text_logits.abs().sum() > 0
 
@@ -118,22 +142,40 @@ def _run(model, tok, prompts, reports, cond, gen, t):
 def test_text_is_causal_and_blind_to_the_generated_image(cfg, tok):
     model = MiniBagel(cfg, tok.vocab_size).eval()
     torch.nn.init.normal_(model.llm2vae.weight)
-    cond, gen, t = torch.randn(1, 16, model.patch_dim), torch.randn(1, 16, model.patch_dim), torch.rand(1)
+    cond, gen, t = (
+        torch.randn(1, 16, model.patch_dim),
+        torch.randn(1, 16, model.patch_dim),
+        torch.rand(1),
+    )
     text, (_, logits, _) = _run(model, tok, [SR4], ["quality is good."], cond, gen, t)
     _, (_, logits2, _) = _run(model, tok, [SR4], ["quality is reject."], cond, gen, t)
-    changed = [i for i, (a, b) in enumerate(zip(text.ids[0], tok.encode(SR4, bos=True, sep=True)
-                                                    + tok.encode("quality is reject.", eos=True))) if a != b]
+    changed = [
+        i
+        for i, (a, b) in enumerate(
+            zip(
+                text.ids[0],
+                tok.encode(SR4, bos=True, sep=True) + tok.encode("quality is reject.", eos=True),
+            )
+        )
+        if a != b
+    ]
     first = changed[0]
     assert torch.allclose(logits[0, :first], logits2[0, :first], atol=1e-6)
     assert not torch.allclose(logits[0, first:], logits2[0, first:], atol=1e-4)
-    _, (_, logits3, _) = _run(model, tok, [SR4], ["quality is good."], cond, torch.randn_like(gen), t)
+    _, (_, logits3, _) = _run(
+        model, tok, [SR4], ["quality is good."], cond, torch.randn_like(gen), t
+    )
     assert torch.allclose(logits, logits3, atol=1e-6)
 
 
 def test_generated_image_has_full_attention_and_ignores_the_report(cfg, tok):
     model = MiniBagel(cfg, tok.vocab_size).eval()
     torch.nn.init.normal_(model.llm2vae.weight)
-    cond, gen, t = torch.randn(1, 16, model.patch_dim), torch.randn(1, 16, model.patch_dim), torch.rand(1)
+    cond, gen, t = (
+        torch.randn(1, 16, model.patch_dim),
+        torch.randn(1, 16, model.patch_dim),
+        torch.rand(1),
+    )
     _, (_, _, v) = _run(model, tok, [SR4], [REPORT], cond, gen, t)
     gen2 = gen.clone()
     gen2[0, -1] += 1.0  # the LAST image token
@@ -170,7 +212,11 @@ def test_padding_does_not_change_a_sample(cfg, tok):
     """Padded batching: a sample's outputs do not depend on the longer samples beside it."""
     model = MiniBagel(cfg, tok.vocab_size).eval()
     torch.nn.init.normal_(model.llm2vae.weight)
-    cond, gen, t = torch.randn(2, 16, model.patch_dim), torch.randn(2, 16, model.patch_dim), torch.rand(2)
+    cond, gen, t = (
+        torch.randn(2, 16, model.patch_dim),
+        torch.randn(2, 16, model.patch_dim),
+        torch.rand(2),
+    )
     text, (_, logits, v) = _run(model, tok, [ENH, SR4 + " " + SR4], [REPORT, REPORT], cond, gen, t)
     text1, (_, logits1, v1) = _run(model, tok, [ENH], [REPORT], cond[:1], gen[:1], t[:1])
     T1 = text1.ids.shape[1]
@@ -180,7 +226,10 @@ def test_padding_does_not_change_a_sample(cfg, tok):
 
 def test_timesteps_and_schedule():
     g = torch.Generator().manual_seed(0)
-    t1, t3 = sample_timesteps(4000, 1.0, g), sample_timesteps(4000, 3.0, torch.Generator().manual_seed(0))
+    t1, t3 = (
+        sample_timesteps(4000, 1.0, g),
+        sample_timesteps(4000, 3.0, torch.Generator().manual_seed(0)),
+    )
     assert bool(((t1 > 0) & (t1 < 1)).all()) and abs(float(t1.mean()) - 0.5) < 0.02
     assert bool((t3 > t1).all())  # the shift moves every t towards noise
     s = sampling_schedule(8, 3.0)
@@ -271,7 +320,9 @@ def test_per_image_seeds_make_outputs_independent_of_the_batch(cfg, tok, vae):
 
 def test_generate_report_stops_at_eos_and_sampling_is_seeded(cfg, tok, vae):
     model = MiniBagel(cfg, tok.vocab_size)
-    ad = MiniBagelAdapter(model, vae, tok, SampleConfig(max_new_tokens=8, temperature=1.0, top_p=0.9))
+    ad = MiniBagelAdapter(
+        model, vae, tok, SampleConfig(max_new_tokens=8, temperature=1.0, top_p=0.9)
+    )
     imgs = torch.rand(3, 3, 32, 32)
     a = ad.generate_report(imgs, [SR4] * 3, seed=5)
     assert a == ad.generate_report(imgs, [SR4] * 3, seed=5)
@@ -289,7 +340,12 @@ def test_save_load_round_trip_is_bit_identical(cfg, tok, tmp_path):
     torch.nn.init.normal_(model.llm2vae.weight)
     save_model(model, tok, tmp_path)
     save_model(model, tok, tmp_path, filename="ema.safetensors")
-    assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "ema.safetensors", "arch.json", "tokenizer.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "model.safetensors",
+        "ema.safetensors",
+        "arch.json",
+        "tokenizer.json",
+    }
     loaded, tok2, report = load_model(tmp_path, expect_arch=cfg)
     assert tok2 == tok and report.ok and report.weights == "model" and len(report.fingerprint) == 16
     a, b = model.state_dict(), loaded.state_dict()
@@ -307,7 +363,10 @@ def test_loading_into_another_architecture_names_the_keys(cfg, tok, tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"missing .*blocks\.2\.qkv\.weight"):
         load_state_verified(deeper, state, source="ckpt/model.safetensors")
     wider = MiniBagel(dataclasses.replace(cfg, d_model=48), tok.vocab_size)
-    with pytest.raises(CheckpointMismatchError, match=r"shape-mismatched \(34\): .*blocks\.0\.qkv\.weight \(96, 32\) vs model \(144, 48\)") as e:
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"shape-mismatched \(34\): .*blocks\.0\.qkv\.weight \(96, 32\) vs model \(144, 48\)",
+    ) as e:
         load_state_verified(wider, state)
     assert "tok_emb.weight (48, 32) vs model (48, 48)" in e.value.mismatched  # the full list
     state["extra.bias"] = torch.zeros(1)
@@ -317,11 +376,16 @@ def test_loading_into_another_architecture_names_the_keys(cfg, tok, tmp_path):
 
 def test_arch_json_mismatch_names_the_fields(cfg, tok, tmp_path):
     save_model(MiniBagel(cfg, tok.vocab_size), tok, tmp_path)
-    with pytest.raises(CheckpointMismatchError, match=r"d_model: file 32 vs expected 64.*n_layers: file 2 vs expected 4"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"d_model: file 32 vs expected 64.*n_layers: file 2 vs expected 4",
+    ):
         load_model(tmp_path, expect_arch=dataclasses.replace(cfg, d_model=64, n_layers=4))
 
 
-@pytest.mark.parametrize("overlay,params", [("model/small", (10e6, 30e6)), ("model/large", (80e6, 200e6))])
+@pytest.mark.parametrize(
+    "overlay,params", [("model/small", (10e6, 30e6)), ("model/large", (80e6, 200e6))]
+)
 def test_shipped_model_sizes_build(overlay, params, tok):
     c = load_config("pretrain", overlays=[overlay]).model
     with torch.device("meta"):
@@ -351,13 +415,18 @@ def test_instruction_dropout_trains_the_unconditional_branch(cfg, tok, vae):
     model = MiniBagel(cfg, tok.vocab_size).eval()
     torch.nn.init.normal_(model.llm2vae.weight)
     b = batch_of(["sr4", "enhance"])
-    run = lambda batch, p: training_forward(model, vae, tok, batch, instruction_dropout=p,
-                                            generator=torch.Generator().manual_seed(5))
+    def run(batch, p):
+        return training_forward(model, vae, tok, batch, instruction_dropout=p,
+                                generator=torch.Generator().manual_seed(5))
+
     kept, dropped = run(b, 0.0), run(b, 0.999999)
     empty = run(dict(b, instruction=["", ""]), 0.0)
     assert torch.allclose(dropped.v_hat, empty.v_hat, atol=1e-6)
     assert not torch.allclose(kept.v_hat, dropped.v_hat, atol=1e-4)
-    assert torch.equal(kept.text_targets[kept.text_targets != -100], dropped.text_targets[dropped.text_targets != -100])
+    assert torch.equal(
+        kept.text_targets[kept.text_targets != -100],
+        dropped.text_targets[dropped.text_targets != -100],
+    )
 
 
 def test_condition_at_the_generated_grid_position(cfg, tok):
@@ -413,10 +482,12 @@ def test_mmse_output_is_the_x0_prediction_from_pure_noise(cfg, tok, vae):
         want = vae.decode(noise - unpatchify(v, p, c, h, w)).clamp(0, 1)
     assert torch.allclose(got, want, atol=1e-5)
     more_steps = MiniBagelAdapter(model, vae, tok, dataclasses.replace(sc, steps=7), output="mmse")
-    assert torch.allclose(more_steps.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6]),
-                          got, atol=1e-6)
-    sampled = MiniBagelAdapter(model, vae, tok, sc).edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32),
-                                                         seed=[5, 6])
+    assert torch.allclose(
+        more_steps.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6]), got, atol=1e-6
+    )
+    sampled = MiniBagelAdapter(model, vae, tok, sc).edit(
+        images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6]
+    )
     assert not torch.allclose(sampled, got, atol=1e-3)
     assert mmse.settings["output"] == "mmse"
     with pytest.raises(ValueError, match="output = 'mean'"):

@@ -33,10 +33,15 @@ def fake(seed=0):
     logits = torch.randn(2, 5, 11, generator=g).requires_grad_(True)
     targets = torch.randint(0, 11, (2, 5), generator=g)
     targets[0, :2] = -100
-    fwd = SimpleNamespace(text_logits=logits, text_targets=targets, v_hat=v_hat,
-                          v_target=torch.randn(N, C, H, H, generator=g),
-                          x_t=torch.randn(N, C, H, H, generator=g), t=torch.tensor([.05, .2, .6, .1]),
-                          hidden=hidden)
+    fwd = SimpleNamespace(
+        text_logits=logits,
+        text_targets=targets,
+        v_hat=v_hat,
+        v_target=torch.randn(N, C, H, H, generator=g),
+        x_t=torch.randn(N, C, H, H, generator=g),
+        t=torch.tensor([0.05, 0.2, 0.6, 0.1]),
+        hidden=hidden,
+    )
     mask = torch.ones(N, 1, 32, 32)
     mask[:, :, :, :3] = 0
     batch = {"target": torch.rand(N, 3, 32, 32, generator=g), "mask": mask,
@@ -55,7 +60,9 @@ def test_base_config_never_decodes():
         terms["total"].item())
     ce = F.cross_entropy(fwd.text_logits.reshape(-1, 11), fwd.text_targets.reshape(-1))
     assert terms["ce"].item() == pytest.approx(ce.item(), rel=1e-6)
-    assert terms["total"].item() == pytest.approx(terms["ce"].item() + terms["mse"].item(), rel=1e-6)
+    assert terms["total"].item() == pytest.approx(
+        terms["ce"].item() + terms["mse"].item(), rel=1e-6
+    )
 
 
 def test_all_terms_weighted_sum_and_x0_hat():

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from fakes.infer import VOCAB, RandomCollapsed, TextBicubic
 from medq.protocol import DecodeResult, ImageTextModel, decode_with_vocab
 from medq.textcheck import check_ids, load_vocab, safe_decode, text_stats
-from fakes.infer import VOCAB, RandomCollapsed, TextBicubic
 
 
 def test_decode_with_vocab_flags_padding_holes_and_negatives():

@@ -1,4 +1,5 @@
-"""bench score: name matching, unmatched files, size mismatches, merge into an existing leaderboard."""
+"""bench score: name matching, unmatched files, size mismatches, merge into an existing
+leaderboard."""
 
 import argparse
 import csv
@@ -35,7 +36,9 @@ def test_match_rule(tmp_path):
     _setup(tmp_path)
     m = S.match(tmp_path / "pred", tmp_path / "tgt")
     assert [p[0] for p in m["pairs"]] == ["0_left", "1_left", "2_left", "3_left"]
-    assert [p.name for p in m["unmatched_pred"]] == ["9_right_pred.png"] and m["unmatched_target"] == []
+    assert [p.name for p in m["unmatched_pred"]] == ["9_right_pred.png"] and m[
+        "unmatched_target"
+    ] == []
 
 
 def test_score_reports_problems_and_scores_the_rest(tmp_path, capsys):
@@ -56,8 +59,10 @@ def test_score_reports_problems_and_scores_the_rest(tmp_path, capsys):
 
 def test_score_replaces_same_name_task_and_keeps_others(tmp_path):
     _setup(tmp_path)
-    existing = [{"status": "ok", "name": "bicubic", "kind": "baseline", "task": "sr4", "ssim_fov": "0.5"},
-                {"status": "ok", "name": "ext", "kind": "external", "task": "sr4", "ssim_fov": "0.1"}]
+    existing = [
+        {"status": "ok", "name": "bicubic", "kind": "baseline", "task": "sr4", "ssim_fov": "0.5"},
+        {"status": "ok", "name": "ext", "kind": "external", "task": "sr4", "ssim_fov": "0.1"},
+    ]
     report.write_csvs(existing, [], tmp_path / "reports")
     S.run_score(_args(tmp_path))
     S.run_score(_args(tmp_path))
@@ -73,13 +78,19 @@ def test_score_replaces_same_name_task_and_keeps_others(tmp_path):
 @pytest.mark.slow  # scores the real DRIVE photographs (FID features)
 def test_score_real_drive_images_with_masks(tmp_path, fundus_samples):
     """Real DRIVE photographs (565 x 584, MS-SSIM defined) against their bicubic 4x round trip."""
-    from medq.baselines import bicubic
     import numpy as np
     from PIL import Image
 
+    from medq.baselines import bicubic
+
     drive = fundus_samples / "drive"
     for tif in sorted((drive / "images").glob("*.tif")):
-        t = torch.from_numpy(np.asarray(Image.open(tif).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+        t = (
+            torch.from_numpy(np.asarray(Image.open(tif).convert("RGB")).copy())
+            .permute(2, 0, 1)
+            .float()
+            / 255
+        )
         h, w = t.shape[-2:]
         save_png(tmp_path / "pred" / f"{tif.stem}_pred.png",
                  bicubic(bicubic(t[None], (h // 4, w // 4)), (h, w))[0])

@@ -49,7 +49,9 @@ def test_scores_valid_lines_and_reports_bad_ones(tmp_path, capsys):
 def test_vocab_file_dict_style_with_holes(tmp_path, capsys):
     vocab = tmp_path / "vocab.json"
     vocab.write_text(json.dumps({"hello": 0, "world": 1, "x": 3}))
-    f = write_jsonl(tmp_path / "g.jsonl", [{"id": 1, "token_ids": [0, 1, 3]}, {"id": 2, "token_ids": [2, 0]}])
+    f = write_jsonl(
+        tmp_path / "g.jsonl", [{"id": 1, "token_ids": [0, 1, 3]}, {"id": 2, "token_ids": [2, 0]}]
+    )
     out = tmp_path / "s.json"
     assert run(["--jsonl", str(f), "--vocab", str(vocab), "--out", str(out)]) == 0
     res = json.loads(out.read_text())

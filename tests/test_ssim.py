@@ -104,7 +104,9 @@ def test_gradcheck_float64(masked):
         mask = torch.zeros(2, 1, 15, 16, dtype=torch.float64)
         mask[0, :, 1:14, 2:15] = 1
         mask[1] = 1
-    fn = lambda a, b: ssim(a, b, mask=mask, reduction="none")
+    def fn(a, b):
+        return ssim(a, b, mask=mask, reduction="none")
+
     assert fn(x, y).dtype == torch.float64
     assert torch.autograd.gradcheck(fn, (x, y))
 
@@ -137,8 +139,9 @@ def test_bf16_autocast_and_inputs_are_computed_in_float32():
     vb = ssim(xb, y.bfloat16())
     vb.backward()
     assert vb.dtype == torch.bfloat16 and torch.isfinite(xb.grad.float()).all()
-    assert vb.float().item() == pytest.approx(ssim(xb.detach().float(), y.bfloat16().float()).item(),
-                                              abs=1e-2)
+    assert vb.float().item() == pytest.approx(
+        ssim(xb.detach().float(), y.bfloat16().float()).item(), abs=1e-2
+    )
 
 
 def test_all_zero_mask_gives_one_and_zero_gradient():
@@ -261,7 +264,7 @@ def test_compiled_kernel_equals_eager_and_skimage(monkeypatch):
         monkeypatch.setattr(ssim_module, "COMPILE_MIN_ELEMENTS", 0)
         calls = []
         monkeypatch.setattr(ssim_module, "_call_compiled",
-                            lambda *a: calls.append(a[0]) or real(*a))
+                            lambda *a, calls=calls: calls.append(a[0]) or real(*a))
         compiled = _value_and_grads(x, y, m, weights)
         assert sorted(set(calls)) == [0, 1] and not ssim_module._compile_state["failed"]
         for a, b in zip(compiled, eager):

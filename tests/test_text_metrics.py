@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from medq.data.text import report
-from medq.text_metrics import (f1, parse_report_fields, quadratic_weighted_kappa,
-                               score_reports)
+from medq.text_metrics import f1, parse_report_fields, quadratic_weighted_kappa, score_reports
 
 
 def _kappa_pairwise(t, p, k=5):

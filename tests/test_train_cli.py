@@ -17,18 +17,33 @@ def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path, capsys):
                "--set", "loss.ssim_weight=0.2", "--dry-run"])
     assert rc == 0
     text = capsys.readouterr().out
-    cfg = load_config("ssim_v3", overrides=[f"run.out_dir={json.dumps(str(out))}", "loss.ssim_weight=0.2"])
+    cfg = load_config(
+        "ssim_v3", overrides=[f"run.out_dir={json.dumps(str(out))}", "loss.ssim_weight=0.2"]
+    )
     assert f"sha256 {cfg.hash}" in text and "ssim_weight = 0.2" in text
     assert str(cfg.run_dir) in text
     assert not out.exists()
 
 
 def test_sweep_runs_the_grid_each_with_its_own_run_dir(tmp_path, capsys):
-    rc = main(["--preset", "ssim_v3", "--set", f"run.out_dir={json.dumps(str(tmp_path))}",
-               "--sweep", "loss.ssim_weight=0.1,0.2", "--sweep", "loss.ssim_max_t=0.1,0.15", "--dry-run"])
+    rc = main(
+        [
+            "--preset",
+            "ssim_v3",
+            "--set",
+            f"run.out_dir={json.dumps(str(tmp_path))}",
+            "--sweep",
+            "loss.ssim_weight=0.1,0.2",
+            "--sweep",
+            "loss.ssim_max_t=0.1,0.15",
+            "--dry-run",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
-    dirs = {line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("run directory: ")}
+    dirs = {
+        line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("run directory: ")
+    }
     assert len(dirs) == 4 and "== sweep 4/4" in text
     assert sweep_overrides(["a.b=1,2", "c.d=x"]) == [["a.b=1", "c.d=x"], ["a.b=2", "c.d=x"]]
     assert split_values('["sr4","sr2"],["enhance"]') == ['["sr4","sr2"]', '["enhance"]']
@@ -38,7 +53,9 @@ def test_v2_as_run_warns_loudly_and_v3_does_not(capsys):
     (warning,) = start_warnings(load_config("ssim_v2_as_run"))
     assert "WARNING" in warning and "RANDOM weights" in warning and warning.startswith("#####")
     assert start_warnings(load_config("ssim_v3")) == []
-    assert start_warnings(load_config("pretrain")) == []  # scratch without an image loss is the base
+    assert (
+        start_warnings(load_config("pretrain")) == []
+    )  # scratch without an image loss is the base
     main(["--preset", "ssim_v2_as_run", "--dry-run"])
     assert "SSIM v2 accident" in capsys.readouterr().err
 

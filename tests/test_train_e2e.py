@@ -35,7 +35,11 @@ def test_base_then_ssim_v3_from_its_ema(tiny, capsys):
             "state.json", "config.toml"} <= {p.name for p in ckpt.iterdir()}
     assert json.loads((base.run_dir / "run.json").read_text())["status"] == "finished"
     assert json.loads((base.run_dir / "init.json").read_text())["scratch"] is True
-    assert (base.run_dir / "config.toml").read_text().startswith(f"# resolved config of run {base.run_name}")
+    assert (
+        (base.run_dir / "config.toml")
+        .read_text()
+        .startswith(f"# resolved config of run {base.run_name}")
+    )
     metrics = read_metrics(base.run_dir / "logs" / "metrics.csv")
     for key in ("loss/ce", "loss/mse", "loss/total", "train/lr", "train/grad_norm", "val/total",
                 "collapse/undecodable_rate", "collapse/psnr", "collapse/psnr_gap_db",
@@ -66,8 +70,19 @@ def test_base_then_ssim_v3_from_its_ema(tiny, capsys):
 def test_init_from_a_different_architecture_fails_naming_it(tiny):
     assert main(["--preset", "pretrain", "--no-progress", *sets(tiny)]) == 0
     with pytest.raises(SystemExit, match="CheckpointMismatchError.*d_model"):
-        main(["--preset", "ssim_v3", "--no-progress", *sets(tiny), *FROM_TINY_BASE, "--set", "model.d_model=64",
-              "--set", "model.n_heads=2"])
+        main(
+            [
+                "--preset",
+                "ssim_v3",
+                "--no-progress",
+                *sets(tiny),
+                *FROM_TINY_BASE,
+                "--set",
+                "model.d_model=64",
+                "--set",
+                "model.n_heads=2",
+            ]
+        )
 
 
 def test_missing_base_run_names_the_command(tiny):
@@ -101,12 +116,20 @@ def test_resume_with_vae_in_graph_equals_uninterrupted(tiny, tmp_path, capsys):
 
 def test_probe_command_measures_each_term_and_writes_nothing(tiny, capsys):
     """``python -m train probe``: the measurement behind pixel_weight. Every image term is forced
-    through its gate (max_t = 1), so each batch reports a pixel and an SSIM gradient next to MSE's."""
+    through its gate (max_t = 1), so each batch reports a pixel and an SSIM gradient next to
+    MSE's."""
     assert main(["--preset", "pretrain", "--no-progress", *sets(tiny)]) == 0
     runs = sorted(p.name for p in Path(json.loads(tiny[-2].split("=", 1)[1])).iterdir())
     capsys.readouterr()
-    probe = tiny + ["loss.pixel_weight=1.0", "loss.pixel_max_t=1.0", "loss.ssim_weight=1.0", "loss.ssim_max_t=1.0"]
-    assert main(["probe", "--preset", "control", "--batches", "2", *sets(probe), *FROM_TINY_BASE]) == 0
+    probe = tiny + [
+        "loss.pixel_weight=1.0",
+        "loss.pixel_max_t=1.0",
+        "loss.ssim_weight=1.0",
+        "loss.ssim_max_t=1.0",
+    ]
+    assert (
+        main(["probe", "--preset", "control", "--batches", "2", *sets(probe), *FROM_TINY_BASE]) == 0
+    )
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.split() and line.split()[0] in ("mse", "pixel", "ssim")}
@@ -117,7 +140,9 @@ def test_probe_command_measures_each_term_and_writes_nothing(tiny, capsys):
 
 
 def test_probe_without_a_base_run_names_the_command(tiny):
-    with pytest.raises(SystemExit, match="no finished run of preset 'pretrain'.*python -m train --preset pretrain"):
+    with pytest.raises(
+        SystemExit, match="no finished run of preset 'pretrain'.*python -m train --preset pretrain"
+    ):
         main(["probe", "--preset", "pixel", *sets(tiny), *FROM_TINY_BASE])
     with pytest.raises(SystemExit, match="--batches 0: must be >= 1"):
         main(["probe", "--preset", "pixel", "--batches", "0", *sets(tiny), *FROM_TINY_BASE])
@@ -126,7 +151,6 @@ def test_probe_without_a_base_run_names_the_command(tiny):
 def test_the_trainer_warms_its_ema_up(tiny, tmp_path):
     """optim.ema_warmup (default): decay min(d, (1+n)/(10+n)), so after 4 steps the EMA is far
     closer to the trained weights than a plain 0.995-EMA, which still holds ~98 % of the start."""
-    import torch
 
     dist = {}
     for warm in (True, False):
@@ -134,6 +158,9 @@ def test_the_trainer_warms_its_ema_up(tiny, tmp_path):
         o.append(f"optim.ema_warmup={str(warm).lower()}")
         assert main(["--preset", "pretrain", "--no-progress", *sets(o)]) == 0
         ckpt = load_config("pretrain", overrides=o).run_dir / "checkpoints" / "step_000004"
-        model, ema = load_file(str(ckpt / "model.safetensors")), load_file(str(ckpt / "ema.safetensors"))
+        model, ema = (
+            load_file(str(ckpt / "model.safetensors")),
+            load_file(str(ckpt / "ema.safetensors")),
+        )
         dist[warm] = sum(float((model[k].float() - ema[k].float()).norm()) for k in ema)
     assert dist[True] < 0.5 * dist[False]

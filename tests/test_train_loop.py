@@ -81,7 +81,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     first = train(cfg_b, TinyTask(), stop_at=3, progress=False)
     assert first["status"] == "running" and first["step"] == 3
     assert json.loads((cfg_b.run_dir / "run.json").read_text())["status"] == "running"
-    # A fresh process state: new task, different global RNG; everything must come from the checkpoint.
+    # A fresh process state: new task, different global RNG; everything must come from the
+    # checkpoint.
     torch.manual_seed(12345)
     task = TinyTask()
     second = train(cfg_b, task, progress=False)
@@ -103,14 +104,27 @@ def test_checkpoint_layout_run_json_and_rerun(tmp_path):
     ckpts = cfg.run_dir / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step_000006"
     files = {p.name for p in (ckpts / "step_000006").iterdir()}
-    assert {"model.safetensors", "ema.safetensors", "optim.pt", "config.toml", "state.json"} <= files
+    assert {
+        "model.safetensors",
+        "ema.safetensors",
+        "optim.pt",
+        "config.toml",
+        "state.json",
+    } <= files
     state = json.loads((ckpts / "step_000006" / "state.json").read_text())
     assert state["step"] == 6 and state["hash"] == cfg.hash and state["skipped"] == 0
     assert json.loads((cfg.run_dir / "run.json").read_text()) == {
         "preset": "pretrain", "hash": cfg.hash, "status": "finished", "step": 6}
     assert read_best(ckpts)["name"] in {"step_000003", "step_000006"}
     metrics = read_metrics(cfg.run_dir / "logs" / "metrics.csv")
-    for key in ("loss/mse", "loss/total", "train/lr", "train/grad_norm", "train/skipped", "val/total"):
+    for key in (
+        "loss/mse",
+        "loss/total",
+        "train/lr",
+        "train/grad_norm",
+        "train/skipped",
+        "val/total",
+    ):
         assert key in metrics, key
     assert list((cfg.run_dir / "logs" / "tb").iterdir())
     # Running a finished run again trains nothing.
@@ -242,8 +256,11 @@ def test_crash_after_last_checkpoint_resumes_without_duplicate_rows(tmp_path):
     (root / "latest").write_text("step_000003\n")
     out = train(cfg, TinyTask(), progress=False)
     assert out["step"] == 6
-    rows = [line.split(",")[0] for line in (cfg.run_dir / "logs" / "metrics.csv").read_text().splitlines()
-            if ",loss/total," in line]
+    rows = [
+        line.split(",")[0]
+        for line in (cfg.run_dir / "logs" / "metrics.csv").read_text().splitlines()
+        if ",loss/total," in line
+    ]
     assert rows == ["1", "2", "3", "4", "5", "6"]
     assert losses_by_step(cfg.run_dir) == before
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medq.models import CheckpointMismatchError, DiffusersVAE, build_vae, load_vae, save_vae
 from medq.metrics import psnr
+from medq.models import CheckpointMismatchError, DiffusersVAE, build_vae, load_vae, save_vae
 from medq.models.vae_train import reconstruction_psnr, smooth_random_images, train_vae
 
 REAL_PSNR_QUICK = 15.0
@@ -98,7 +98,9 @@ def _real_images(root: Path, size: int = 64) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    paths = sorted((root / "eyeq" / "original_img").glob("*.jpeg")) + sorted((root / "drive" / "images").glob("*.tif"))
+    paths = sorted((root / "eyeq" / "original_img").glob("*.jpeg")) + sorted(
+        (root / "drive" / "images").glob("*.tif")
+    )
     out = []
     for p in paths:
         with Image.open(p) as im:
@@ -132,7 +134,9 @@ def test_trained_vae_on_real_fundus_images(fundus_samples):
     vae = load_vae(RUNS_VAE)
     real = _real_images(fundus_samples, 64)
     assert reconstruction_psnr(vae, real) > REAL_PSNR_TRAINED
-    assert float(psnr(real, real.flip(-1)).mean()) < REAL_PSNR_TRAINED  # the threshold is not trivial
+    assert (
+        float(psnr(real, real.flip(-1)).mean()) < REAL_PSNR_TRAINED
+    )  # the threshold is not trivial
 
 
 def test_train_vae_command_writes_skips_and_forces(tmp_path, capsys):
@@ -143,9 +147,23 @@ def test_train_vae_command_writes_skips_and_forces(tmp_path, capsys):
     out = tmp_path / "vae"
     parser = argparse.ArgumentParser()
     vae_cmd.add_arguments(parser)
-    argv = ["--set", f"model.vae={out}", "--set", "model.image_size=32", "--set", "data.num_images=6",
-            "--set", f"data.cache_dir={tmp_path / 'cache'}",
-            "--steps", "2", "--batch-size", "2", "--channels", "8", "--no-progress"]
+    argv = [
+        "--set",
+        f"model.vae={out}",
+        "--set",
+        "model.image_size=32",
+        "--set",
+        "data.num_images=6",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--channels",
+        "8",
+        "--no-progress",
+    ]
     assert vae_cmd.main(parser.parse_args(argv)) == 0
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "arch.json", "metrics.json"}
     metrics = json.loads((out / "metrics.json").read_text())

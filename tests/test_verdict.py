@@ -6,8 +6,14 @@ import math
 
 import pytest
 
-from medq.verdict import (NONFINITE_FRAC_MAX, OUTPUT_STD_RATIO_MIN, PSNR_GAP_MIN_DB, SSIM_RATIO_MIN,
-                          UNDECODABLE_RATE_MAX, verdict)
+from medq.verdict import (
+    NONFINITE_FRAC_MAX,
+    OUTPUT_STD_RATIO_MIN,
+    PSNR_GAP_MIN_DB,
+    SSIM_RATIO_MIN,
+    UNDECODABLE_RATE_MAX,
+    verdict,
+)
 
 
 def test_sane_model_is_healthy():
@@ -82,7 +88,6 @@ def test_input_dependence_flags_a_constant_output_and_not_a_real_one():
 
 
 def test_image_checks_ssim_inside_the_eroded_fov():
-    import torch
 
     from medq.metrics import ssim
     from medq.verdict import image_checks

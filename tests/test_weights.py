@@ -78,8 +78,11 @@ def test_truncated_weights_name_the_file_and_the_rebuild_command(copy_of_weights
     err = capsys.readouterr().err
     assert str(ema) in err and "make weights" in err
     cfg = load_config("ssim_v3", overrides=[f'init.from="{copy_of_weights / "base"}"'])
-    with pytest.raises(CheckpointMismatchError, match=r"ema\.safetensors: not a readable safetensors"
-                                                      r"(.|\n)*make weights"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"ema\.safetensors: not a readable safetensors"
+        r"(.|\n)*make weights",
+    ):
         with shipped_weights_hint(cfg.init.from_):
             init_model(cfg, device="cpu")
 
@@ -120,9 +123,20 @@ def test_the_rebuild_command_writes_weights_that_pass_their_check(tmp_path, monk
     from train.__main__ import main
 
     monkeypatch.chdir(tmp_path)
-    tiny = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.num_images=40",
-            "optim.batch_size=4", "optim.warmup_steps=1", "run.val_every=2", "run.ckpt_every=2", "run.probe_every=2",
-            "sample.max_new_tokens=4", "run.threads=1", f'data.cache_dir="{tmp_path / "cache"}"']
+    tiny = [
+        "model.d_model=32",
+        "model.n_layers=1",
+        "model.n_heads=2",
+        "data.num_images=40",
+        "optim.batch_size=4",
+        "optim.warmup_steps=1",
+        "run.val_every=2",
+        "run.ckpt_every=2",
+        "run.probe_every=2",
+        "sample.max_new_tokens=4",
+        "run.threads=1",
+        f'data.cache_dir="{tmp_path / "cache"}"',
+    ]
     args = ["weights", "--out", str(tmp_path / "w"), "--vae-steps", "3", "--base-steps", "2",
             "--no-progress"] + [a for o in tiny for a in ("--set", o)]
     assert main(args) == 0

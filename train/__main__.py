@@ -1,16 +1,18 @@
-"""``python -m train``: train or fine-tune the mini-BAGEL from a preset; also ``data``, ``vae``, ``probe`` and ``weights``.
+"""``python -m train``: train or fine-tune the mini-BAGEL from a preset; also ``data``, ``vae``,
+``probe`` and ``weights``.
 
     python -m train data                                  # make data: generate / cache the images
     python -m train weights --check                       # make check-weights: verify weights/
-    python -m train weights                               # make weights: rebuild weights/ from scratch
+    python -m train weights                               # make weights: rebuild weights/
     python -m train vae --set model.vae=runs/vae          # train a VAE of your own
-    python -m train probe --preset pixel                  # gradient pull of each loss term (weights)
+    python -m train probe --preset pixel                  # gradient pull of each loss term
     python -m train --preset pretrain                     # a base model of your own, from scratch
-    python -m train --preset ssim_v3                      # make train-v3: fine-tune weights/base's EMA
+    python -m train --preset ssim_v3                      # make train-v3: from weights/base
     python -m train --preset ssim_v3 --dry-run            # print the resolved config, write nothing
     python -m train --preset pixel --set optim.max_steps=50 --set run.device=cpu
     python -m train --preset pretrain --with model/small  # overlay configs/model/small.toml
-    python -m train --preset ssim_v3 --sweep loss.ssim_weight=0.1,0.2 --sweep loss.ssim_max_t=0.1,0.15
+    python -m train --preset ssim_v3 --sweep loss.ssim_weight=0.1,0.2 \
+        --sweep loss.ssim_max_t=0.1,0.15
     python -m train --resume runs/ssim_v3-1a2b3c4d        # continue that run from its config.toml
     torchrun --nproc_per_node=2 -m train --preset pixel   # DDP (gloo on CPU, NCCL on CUDA)
     torchrun --nproc_per_node=2 -m train --preset pixel --set run.fsdp=true   # FSDP2 shards
@@ -47,9 +49,13 @@ log = logging.getLogger("train")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="subcommands: `python -m train data --help`, `python -m train vae --help`, `python -m train probe --help`, `python -m train weights --help`. "
-               f"presets: {', '.join(available_presets())}")
+        prog="python -m train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="subcommands: `python -m train data --help`, `python -m train vae --help`, "
+        "`python -m train probe --help`, `python -m train weights --help`. "
+        f"presets: {', '.join(available_presets())}",
+    )
     p.add_argument("--preset", default=None,
                    help="configs/<NAME>.toml or a path to a saved config.toml (default: base)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -60,9 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the grid of all values, one run (and run dir) each, in sequence")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config(s) and run directories; write nothing")
-    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
-                   help="require a checkpoint to resume from (error if there is none); with RUN_DIR, "
-                        "continue that run from its saved config.toml")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="RUN_DIR",
+        help="require a checkpoint to resume from (error if there is none); with RUN_DIR, "
+        "continue that run from its saved config.toml",
+    )
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="leave after STEP with a checkpoint (the run stays unfinished; re-run to "
                         "continue), e.g. for time-limited jobs")
@@ -104,7 +116,9 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 def banner(text: str) -> str:
     lines = text.splitlines()
     width = max(len(line) for line in lines)
-    return "\n".join(["#" * (width + 4)] + [f"# {line.ljust(width)} #" for line in lines] + ["#" * (width + 4)])
+    return "\n".join(
+        ["#" * (width + 4)] + [f"# {line.ljust(width)} #" for line in lines] + ["#" * (width + 4)]
+    )
 
 
 def start_warnings(cfg) -> list[str]:
@@ -246,9 +260,9 @@ def _train(cfg, args, device, dist) -> int:
 
     from medq.checkpoint import CheckpointError, RunLockedError, write_run_json
     from medq.models import CheckpointMismatchError
+    from medq.training.task import MiniBagelTask
     from train.loop import train
     from train.monitors import NonFiniteError
-    from medq.training.task import MiniBagelTask
 
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -261,11 +275,14 @@ def _train(cfg, args, device, dist) -> int:
         raise SystemExit(f"error: {type(e).__name__}: {e}") from None
     try:
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
-            result = train(cfg, task, dist=dist, stop_at=args.stop_at, progress=not args.no_progress)
+            result = train(
+                cfg, task, dist=dist, stop_at=args.stop_at, progress=not args.no_progress
+            )
     except NonFiniteError as e:
         if dist.is_main:
-            write_run_json(cfg.run_dir, preset=cfg.run.preset, hash_=cfg.hash, status="aborted",
-                           step=e.step)
+            write_run_json(
+                cfg.run_dir, preset=cfg.run.preset, hash_=cfg.hash, status="aborted", step=e.step
+            )
         print(f"error: {e}", file=sys.stderr)
         return 3
     except (CheckpointError, RunLockedError) as e:
@@ -277,7 +294,9 @@ def _train(cfg, args, device, dist) -> int:
         print(_write_error(cfg, e), file=sys.stderr)
         return 2
     if dist.is_main:
-        last = {k: round(v, 5) for k, v in result["last"].items() if k.startswith(("loss/", "val/"))}
+        last = {
+            k: round(v, 5) for k, v in result["last"].items() if k.startswith(("loss/", "val/"))
+        }
         print(f"run {cfg.run_name}: {result['status']} at step {result['step']}, checkpoint "
               f"{result['checkpoint']}, skipped steps {result['skipped']}")
         print(json.dumps(last, indent=1))
@@ -301,8 +320,12 @@ def train_main(argv: list[str]) -> int:
         if not Path(preset).is_file():
             raise SystemExit(f"--resume {args.resume}: no config.toml in that run directory")
     try:
-        configs = [load_config(preset or "control", overrides=args.overrides + grid, overlays=args.overlays)
-                   for grid in sweep_overrides(args.sweep)]
+        configs = [
+            load_config(
+                preset or "control", overrides=args.overrides + grid, overlays=args.overlays
+            )
+            for grid in sweep_overrides(args.sweep)
+        ]
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     if args.resume and (args.overrides or args.overlays or args.sweep):

@@ -49,11 +49,17 @@ def main(args) -> int:
     t = time.perf_counter()
     data = synthetic_images(args.seed, args.size, args.num_images, args.out)
     n = len(data["ids"])
-    print(f"{n} synthetic images at {args.size}px (seed {args.seed}) in {Path(args.out)} "
-          f"({time.perf_counter() - t:.1f} s); DR grades {np.bincount(data['dr'], minlength=5).tolist()}")
+    print(
+        f"{n} synthetic images at {args.size}px (seed {args.seed}) in {Path(args.out)} "
+        f"({time.perf_counter() - t:.1f} s); DR grades "
+        f"{np.bincount(data['dr'], minlength=5).tolist()}"
+    )
     if args.preview is not None:
         tiles = [data["images"][i] for i in range(min(8, n))]
-        rows = [np.concatenate(tiles[i:i + 4], axis=1) for i in range(0, len(tiles) - len(tiles) % 4 or 1, 4)]
+        rows = [
+            np.concatenate(tiles[i : i + 4], axis=1)
+            for i in range(0, len(tiles) - len(tiles) % 4 or 1, 4)
+        ]
         real = _real_samples(args.size)
         if real:
             real += [np.zeros_like(real[0])] * (4 - len(real))

@@ -19,8 +19,11 @@ import logging
 from collections.abc import Mapping
 
 import torch
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
@@ -111,14 +114,18 @@ def full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> 
     return {"state": {ids[name]: s for name, s in state["state"].items()}, "param_groups": groups}
 
 
-def load_full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+def load_full_optimizer_state(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict
+) -> None:
     """Load an ``opt.state_dict()``-layout state with full tensors (every rank passes the same one)
     into the optimizer of the sharded ``model``: each rank keeps its shard."""
     names = {id(p): name for name, p in model.named_parameters()}
     order = [names[id(p)] for g in opt.param_groups for p in g["params"]]
     n_saved = sum(len(g["params"]) for g in state["param_groups"])
     if n_saved != len(order):
-        raise ValueError(f"optimizer state holds {n_saved} parameters, the model trains {len(order)}")
+        raise ValueError(
+            f"optimizer state holds {n_saved} parameters, the model trains {len(order)}"
+        )
     by_name = {"state": {order[i]: s for i, s in state["state"].items()},
                "param_groups": [{**g, "params": [order[i] for i in g["params"]]}
                                 for g in state["param_groups"]]}

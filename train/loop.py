@@ -4,7 +4,8 @@
 
 Each iteration: (1) log the averages since the last log, (2) validate + collapse monitor,
 (3) save the state, (4) stop if done, (5) one optimisation step. Everything model-specific (data,
-forward, losses, validation, weight files) is the ``task`` (``medq.training.task.MiniBagelTask``; the tests
+forward, losses, validation, weight files) is the ``task`` (``medq.training.task.MiniBagelTask``;
+the tests
 use a tiny module), so this file stays the whole story of a step.
 
 A step: losses under autocast -> gradient probe (every run.probe_every steps, before backward,
@@ -34,16 +35,36 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from medq.checkpoint import (LATEST, CheckpointError, apply_retention, clean_temp, fingerprint,
-                             last_good_checkpoint, latest_checkpoint, point_latest, read_run_json,
-                             read_state, run_lock, save_checkpoint, update_best,
-                             usable_checkpoint, write_run_json)
+from medq.checkpoint import (
+    LATEST,
+    CheckpointError,
+    apply_retention,
+    clean_temp,
+    fingerprint,
+    last_good_checkpoint,
+    latest_checkpoint,
+    point_latest,
+    read_run_json,
+    read_state,
+    run_lock,
+    save_checkpoint,
+    update_best,
+    usable_checkpoint,
+    write_run_json,
+)
 from medq.config import Config, dump_toml
+from medq.dist import Dist, all_true, autocast, average_gradients, barrier, gather
 from medq.ema import EMA
 from medq.schedule import warmup_cosine
-from medq.dist import Dist, all_true, autocast, average_gradients, barrier, gather
-from train.fsdp import (FullTensors, full_optimizer_state, full_state, full_tensor,
-                        load_full_optimizer_state, reshard, shard_model)
+from train.fsdp import (
+    FullTensors,
+    full_optimizer_state,
+    full_state,
+    full_tensor,
+    load_full_optimizer_state,
+    reshard,
+    shard_model,
+)
 from train.logger import Logger
 from train.monitors import NonFiniteError, NonFiniteGuard, collapse_warnings, probe_gradients
 
@@ -185,10 +206,15 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             state.average_gradients(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else math.inf)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                params, o.grad_clip if o.grad_clip > 0 else math.inf
+            )
             grad_norm = full_tensor(grad_norm)  # under FSDP a DTensor; the global norm either way
-            finite = all_true(bool(torch.isfinite(terms["total"].detach()) & torch.isfinite(grad_norm)),
-                              dist, device)
+            finite = all_true(
+                bool(torch.isfinite(terms["total"].detach()) & torch.isfinite(grad_norm)),
+                dist,
+                device,
+            )
             logger.log_dict({f"loss/{k}": v for k, v in terms.items()})
             logger.log_dict({"train/lr": sched.get_last_lr()[0], "train/grad_norm": grad_norm})
             try:
@@ -204,7 +230,9 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
             step += 1
             logger.log("train/skipped", guard.skipped)
             bar.update(1)
-            bar.set_postfix({k: f"{float(v.detach()):.4g}" for k, v in terms.items()}, refresh=False)
+            bar.set_postfix(
+                {k: f"{float(v.detach()):.4g}" for k, v in terms.items()}, refresh=False
+            )
     finally:
         logger.flush(step + 1)  # what an abort leaves unflushed: the losses of the failed step
         bar.close()
@@ -213,7 +241,9 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
         status = "finished"
     final = state.fingerprint()
     ranks = gather(final, dist)
-    if len(set(ranks)) > 1:  # averaged gradients and one seed keep them equal; anything else is a bug
+    if (
+        len(set(ranks)) > 1
+    ):  # averaged gradients and one seed keep them equal; anything else is a bug
         raise RuntimeError(f"ranks diverged: weight fingerprints {ranks} at step {step}")
     if dist.is_main:
         write_run_json(cfg.run_dir, preset=r.preset, hash_=cfg.hash, status=status, step=step)
@@ -351,9 +381,15 @@ def _rng_state(gen: torch.Generator) -> dict:
     """Every RNG stream as plain Python values (bytes, lists), which gather and weights_only
     loading both accept."""
     name, keys, *rest = np.random.get_state()
-    return {"torch": _bytes(torch.get_rng_state()), "generator": _bytes(gen.get_state()),
-            "cuda": [_bytes(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-            "numpy": [name, keys.tolist(), *rest], "python": random.getstate()}
+    return {
+        "torch": _bytes(torch.get_rng_state()),
+        "generator": _bytes(gen.get_state()),
+        "cuda": [_bytes(s) for s in torch.cuda.get_rng_state_all()]
+        if torch.cuda.is_available()
+        else [],
+        "numpy": [name, keys.tolist(), *rest],
+        "python": random.getstate(),
+    }
 
 
 def _bytes(t: torch.Tensor) -> bytes:

@@ -18,7 +18,8 @@ RATIOS = (("ssim", "pixel"), ("ssim", "mse"), ("pixel", "mse"))
 
 
 class NonFiniteError(RuntimeError):
-    """Too many consecutive steps with a non-finite loss or gradient (``step``: where it stopped)."""
+    """Too many consecutive steps with a non-finite loss or gradient (``step``: where it
+    stopped)."""
 
     def __init__(self, message: str, step: int):
         super().__init__(message)
@@ -48,7 +49,9 @@ def probe_gradients(terms: dict[str, torch.Tensor], activations: dict[str, torch
             out[f"probe/{where}/{name}/max"] = float(s["max"])
         for a, b in RATIOS:
             if a in stats and b in stats and float(stats[b]["norm"]) > 0:
-                out[f"probe/{where}/{a}_over_{b}"] = float(stats[a]["norm"]) / float(stats[b]["norm"])
+                out[f"probe/{where}/{a}_over_{b}"] = float(stats[a]["norm"]) / float(
+                    stats[b]["norm"]
+                )
     return out
 
 
@@ -69,9 +72,12 @@ class NonFiniteGuard:
                     "%d in total)", step, loss, grad_norm, self.in_a_row, self.skipped)
         if self.in_a_row >= self.limit:
             raise NonFiniteError(
-                f"step {step}: {self.in_a_row} consecutive steps with a non-finite loss or gradient "
-                f"(run.max_nonfinite = {self.limit}); training stopped. The last complete checkpoint "
-                f"is kept; lower optim.lr, or the image-space loss weights / loss.ssim_grad_scale", step)
+                f"step {step}: {self.in_a_row} consecutive steps with a non-finite loss or "
+                f"gradient (run.max_nonfinite = {self.limit}); training stopped. The last "
+                f"complete checkpoint "
+                f"is kept; lower optim.lr, or the image-space loss weights / loss.ssim_grad_scale",
+                step,
+            )
         return False
 
     def state(self) -> dict:

@@ -1,7 +1,8 @@
-"""``python -m train probe``: how hard each loss term pulls on the model at the start of a fine-tune.
+"""``python -m train probe``: how hard each loss term pulls on the model at the start of a
+fine-tune.
 
     python -m train probe --preset pixel                    # the measurement behind pixel_weight
-    python -m train probe --preset ssim_v1 --batches 16     # v1's imbalance (the original saw 200-2000x)
+    python -m train probe --preset ssim_v1 --batches 16     # v1's imbalance (original: 200-2000x)
     python -m train probe --preset mixed --set loss.pixel_kind=l1
 
 Loads the preset's init weights exactly as training would (strictly verified; the base model's EMA
@@ -30,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="pixel", help="preset to measure (default pixel)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--with", dest="overlays", action="append", default=[], metavar="OVERLAY")
-    p.add_argument("--batches", type=int, default=24, help="training batches to measure (default 24, >= 1)")
+    p.add_argument(
+        "--batches", type=int, default=24, help="training batches to measure (default 24, >= 1)"
+    )
 
 
 def measure(task, batches: int, seed: int = 0) -> dict[str, dict[str, list[float]]]:
@@ -54,8 +57,8 @@ def measure(task, batches: int, seed: int = 0) -> dict[str, dict[str, list[float
 
 def main(args) -> int:
     from medq.config import ConfigError, load_config
-    from medq.models import CheckpointMismatchError
     from medq.dist import pick_device
+    from medq.models import CheckpointMismatchError
     from medq.training.task import MiniBagelTask
 
     if args.batches < 1:

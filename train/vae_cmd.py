@@ -27,12 +27,20 @@ def add_arguments(p) -> None:
                    help="config override, e.g. --set model.vae=runs/vae8 (repeatable)")
     p.add_argument("--with", dest="overlays", action="append", default=[], metavar="OVERLAY",
                    help="overlay under configs/, e.g. model/large (repeatable)")
-    p.add_argument("--steps", type=int, default=1000,
-                   help="optimizer steps (default 1000: ~1.5 min on 2 CPU cores, val PSNR ~29.5 dB at 64 px)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=1000,
+        help="optimizer steps (default 1000: ~1.5 min on 2 CPU cores, val PSNR ~29.5 dB at 64 px)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
-    p.add_argument("--channels", type=int, default=32, help="VAE width at half resolution (default 32)")
-    p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term (default 1e-6)")
+    p.add_argument(
+        "--channels", type=int, default=32, help="VAE width at half resolution (default 32)"
+    )
+    p.add_argument(
+        "--kl-weight", type=float, default=1e-6, help="weight of the KL term (default 1e-6)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--force", action="store_true", help="retrain even if the VAE directory exists")
@@ -57,7 +65,9 @@ def load_images(cfg):
             tgt = item["target"]
             imgs.append(tgt)
             if split == "train":
-                imgs.append(resize_bicubic(item["input"][None], tuple(tgt.shape[-2:]))[0].clamp(0, 1))
+                imgs.append(
+                    resize_bicubic(item["input"][None], tuple(tgt.shape[-2:]))[0].clamp(0, 1)
+                )
         out.append(torch.stack(imgs))
     return out[0], out[1], f"medq.data:{cfg.data.source}"
 
@@ -101,11 +111,21 @@ def main(args) -> int:
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
-    metrics.update({"train_seconds": round(seconds, 1), "data": source, "image_size": cfg.model.image_size,
-                    "n_train_images": int(train.shape[0]), "n_val_images": int(val.shape[0]),
-                    "batch_size": args.batch_size, "lr": args.lr, "kl_weight": args.kl_weight,
-                    "params": sum(p.numel() for p in vae.parameters()), "arch": vae.arch,
-                    "psnr": "mean per-image PSNR (dB, data range 1) of decode(encode(x)) clamped to [0, 1]"})
+    metrics.update(
+        {
+            "train_seconds": round(seconds, 1),
+            "data": source,
+            "image_size": cfg.model.image_size,
+            "n_train_images": int(train.shape[0]),
+            "n_val_images": int(val.shape[0]),
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "kl_weight": args.kl_weight,
+            "params": sum(p.numel() for p in vae.parameters()),
+            "arch": vae.arch,
+            "psnr": "mean per-image PSNR (dB, data range 1) of decode(encode(x)) clamped to [0, 1]",
+        }
+    )
     with atomic_dir(out) as tmp:
         save_vae(vae, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))

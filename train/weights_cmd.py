@@ -101,7 +101,8 @@ def check(base: Path) -> int:
         return 1
     try:
         manifest = json.loads(manifest_path.read_text())
-        digests, recorded = dict(manifest["sha256"]), dict(manifest["scores"])
+        digests = dict(manifest["sha256"])
+        dict(manifest["scores"])  # readable too, or the manifest is corrupt
     except (ValueError, KeyError, TypeError) as e:
         print(f"error: {manifest_path} is not a readable manifest ({type(e).__name__}: {e}); "
               f"restore it from git or rebuild with {REBUILD}", file=sys.stderr)

@@ -29,5 +29,7 @@ def collate(items: list[dict]) -> dict:
         if key in ("input", "target", "mask"):
             continue
         values = [it[key] for it in items]
-        batch[key] = torch.tensor(values, dtype=torch.long) if isinstance(values[0], int) else values
+        batch[key] = (
+            torch.tensor(values, dtype=torch.long) if isinstance(values[0], int) else values
+        )
     return batch

@@ -21,12 +21,12 @@ import torch
 from torch.utils.data import Dataset
 
 from medq.data import text
-from medq.files import atomic_path
 from medq.data.imageio import DataError
 from medq.data.readers import prepare, read_drive, read_eyeq, read_folder
 from medq.data.split import split_ids
 from medq.data.synthetic import generate_fundus
 from medq.data.tasks import bicubic_resize, degrade, enhance_spec, id_seed
+from medq.files import atomic_path
 
 log = logging.getLogger(__name__)
 LESION_BITS = ("microaneurysms", "haemorrhages", "hard exudates", "new vessels")
@@ -39,16 +39,23 @@ def _atomic_savez(path: Path, **arrays) -> None:
 
 def synthetic_images(seed: int, size: int, count: int, cache_dir: str | Path | None) -> dict:
     """{"ids", "images" uint8 (N, S, S, 3), "masks" bool (N, S, S), "quality", "dr", "lesions"
-    int bitmask (N,)}, generated or read from ``cache_dir/synthetic-s{seed}-{size}px-n{count}.npz``."""
+    int bitmask (N,)}, generated or read from
+    ``cache_dir/synthetic-s{seed}-{size}px-n{count}.npz``."""
     path = Path(cache_dir) / f"synthetic-s{seed}-{size}px-n{count}.npz" if cache_dir else None
     if path is not None and path.is_file():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
     fs = [generate_fundus(id_seed("synthetic", seed, i), size) for i in range(count)]
-    data = {"ids": np.array([f"syn{seed}_{i:05d}" for i in range(count)]),
-            "images": np.stack([f.image for f in fs]), "masks": np.stack([f.mask for f in fs]),
-            "quality": np.zeros(count, np.int64), "dr": np.array([f.dr_grade for f in fs], np.int64),
-            "lesions": np.array([sum(1 << LESION_BITS.index(x) for x in f.lesions) for f in fs], np.int64)}
+    data = {
+        "ids": np.array([f"syn{seed}_{i:05d}" for i in range(count)]),
+        "images": np.stack([f.image for f in fs]),
+        "masks": np.stack([f.mask for f in fs]),
+        "quality": np.zeros(count, np.int64),
+        "dr": np.array([f.dr_grade for f in fs], np.int64),
+        "lesions": np.array(
+            [sum(1 << LESION_BITS.index(x) for x in f.lesions) for f in fs], np.int64
+        ),
+    }
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_savez(path, **data)
@@ -62,10 +69,15 @@ def real_images(cfg, size: int) -> tuple[dict, list[dict]]:
         records, bad = read_eyeq(cfg.labels, cfg.root, cfg.target_quality)
         if bad and cfg.on_bad_input == "error":
             names = ", ".join(b["path"] for b in bad[:5])
-            raise DataError(f"{cfg.labels}: {len(bad)} image(s) named in the CSV are missing under "
-                            f"{cfg.root}, e.g. {names} (data.on_bad_input=skip skips and lists them)")
+            raise DataError(
+                f"{cfg.labels}: {len(bad)} image(s) named in the CSV are missing under "
+                f"{cfg.root}, e.g. {names} (data.on_bad_input=skip skips and lists them)"
+            )
     else:
-        records, bad = (read_drive(cfg.root) if cfg.source == "drive" else read_folder(cfg.root)), []
+        records, bad = (
+            (read_drive(cfg.root) if cfg.source == "drive" else read_folder(cfg.root)),
+            [],
+        )
     records = [r for r in records if r.quality in cfg.target_quality]
     stamp = [(r.id, str(r.path), r.path.stat().st_mtime_ns, str(r.mask_path)) for r in records]
     # on_bad_input is in the key: a skip build's entry lists only the good files, which an error
@@ -77,7 +89,11 @@ def real_images(cfg, size: int) -> tuple[dict, list[dict]]:
     if cached.is_file():
         with np.load(cached) as z:
             data = {k: z[k] for k in z.files}
-        bad += json.loads((entry / "bad_inputs.json").read_text()) if (entry / "bad_inputs.json").is_file() else []
+        bad += (
+            json.loads((entry / "bad_inputs.json").read_text())
+            if (entry / "bad_inputs.json").is_file()
+            else []
+        )
         if bad and cfg.on_bad_input == "error":  # not written so; an entry from older code
             raise DataError(f"{entry}: cached with {len(bad)} bad input(s), e.g. {bad[0]['path']}: "
                             f"{bad[0]['reason']}")
@@ -95,12 +111,19 @@ def real_images(cfg, size: int) -> tuple[dict, list[dict]]:
         if not ok:
             raise DataError(f"{cfg.root}: no usable image (source {cfg.source}, target_quality "
                             f"{cfg.target_quality}; {len(bad)} bad input(s))")
-        data = {"ids": np.array([r.id for r in ok]), "images": np.stack(imgs), "masks": np.stack(masks),
-                "quality": np.array([r.quality for r in ok]), "dr": np.array([r.dr_grade for r in ok]),
-                "lesions": np.full(len(ok), -1, np.int64)}
+        data = {
+            "ids": np.array([r.id for r in ok]),
+            "images": np.stack(imgs),
+            "masks": np.stack(masks),
+            "quality": np.array([r.quality for r in ok]),
+            "dr": np.array([r.dr_grade for r in ok]),
+            "lesions": np.full(len(ok), -1, np.int64),
+        }
         entry.mkdir(parents=True, exist_ok=True)
         # The bad list first: images.npz is what marks the entry complete.
-        (entry / "bad_inputs.json").write_text(json.dumps([b for b in bad if "named in" not in b["reason"]]))
+        (entry / "bad_inputs.json").write_text(
+            json.dumps([b for b in bad if "named in" not in b["reason"]])
+        )
         _atomic_savez(cached, **data)
     if bad:
         entry.mkdir(parents=True, exist_ok=True)
@@ -142,13 +165,23 @@ class FundusDataset(Dataset):
             kind, in_quality = enhance_spec(image_id, self.seed)
             inp = degrade(target, mask, kind, in_quality, id_seed("degrade", self.seed, image_id))
             instr = text.instruction(kind, pick)
-        return {"id": image_id, "task": task, "instruction": instr,
-                "report": text.report(in_quality, dr, lesions), "input": inp.contiguous(),
-                "target": target, "mask": mask, "quality": in_quality, "dr_grade": dr, "scale": scale}
+        return {
+            "id": image_id,
+            "task": task,
+            "instruction": instr,
+            "report": text.report(in_quality, dr, lesions),
+            "input": inp.contiguous(),
+            "target": target,
+            "mask": mask,
+            "quality": in_quality,
+            "dr_grade": dr,
+            "scale": scale,
+        }
 
 
 def build_dataset(data_cfg, image_size: int, split: str, *, tasks=None) -> FundusDataset:
-    """Dataset of ``split`` ("train" | "val" | "test" | "all") for ``data_cfg`` (medq.config.DataConfig)
+    """Dataset of ``split`` ("train" | "val" | "test" | "all") for ``data_cfg``
+    (medq.config.DataConfig)
     at ``image_size`` pixels. ``tasks`` defaults to ``data_cfg.tasks``. Raises DataError."""
     if split not in ("train", "val", "test", "all"):
         raise ValueError(f"split {split!r}: expected train, val, test or all")
@@ -157,11 +190,18 @@ def build_dataset(data_cfg, image_size: int, split: str, *, tasks=None) -> Fundu
     if bad_tasks:
         raise ValueError(f"tasks {bad_tasks}: expected sr2, sr4, enhance")
     if data_cfg.source == "synthetic":
-        data, bad = synthetic_images(data_cfg.seed, image_size, data_cfg.num_images, data_cfg.cache_dir), []
+        data, bad = (
+            synthetic_images(data_cfg.seed, image_size, data_cfg.num_images, data_cfg.cache_dir),
+            [],
+        )
     else:
         data, bad = real_images(data_cfg, image_size)
     if split != "all":
-        keep = set(split_ids([str(x) for x in data["ids"]], data_cfg.val_fraction, data_cfg.test_fraction)[split])
+        keep = set(
+            split_ids([str(x) for x in data["ids"]], data_cfg.val_fraction, data_cfg.test_fraction)[
+                split
+            ]
+        )
         idx = np.array([i for i, x in enumerate(data["ids"]) if str(x) in keep], dtype=np.int64)
         data = {k: v[idx] for k, v in data.items()}
     return FundusDataset(data, tasks, data_cfg.seed, bad)

@@ -63,7 +63,8 @@ def fov_mask(image):
 
 
 def require_fov(image: np.ndarray, name: str) -> np.ndarray:
-    """``fov_mask`` that raises ``NoFieldOfView`` naming ``name`` when the mask is (nearly) empty."""
+    """``fov_mask`` that raises ``NoFieldOfView`` naming ``name`` when the mask is (nearly)
+    empty."""
     m = fov_mask(image)
     if m.sum() < 0.02 * m.size:
         raise NoFieldOfView(f"{name}: no field of view found ({describe_flat(image)}: "

@@ -130,12 +130,13 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
                                 f"at least {MIN_SIDE}x{MIN_SIDE}") from e
             return rgb
         raise DataError(f"{path}: not an image Pillow can read (unknown or corrupt format)") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from e
 
 
 def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """A field-of-view mask file (any nonzero pixel is inside) resized to ``shape`` (H, W) -> bool."""
+    """A field-of-view mask file (any nonzero pixel is inside) resized to ``shape`` (H, W) ->
+    bool."""
     path = Path(path)
     try:
         with Image.open(path) as img:

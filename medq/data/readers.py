@@ -36,13 +36,17 @@ def _int_field(row: dict, key: str, allowed, where: str) -> int:
         if float(raw) != value:
             raise ValueError
     except ValueError:
-        raise DataError(f"{where}: {key} = {raw!r} is not an integer; expected one of {list(allowed)}") from None
+        raise DataError(
+            f"{where}: {key} = {raw!r} is not an integer; expected one of {list(allowed)}"
+        ) from None
     if value not in allowed:
         raise DataError(f"{where}: {key} = {value} is not one of {list(allowed)}")
     return value
 
 
-def read_eyeq(labels: str | Path, root: str | Path, qualities=(0, 1, 2)) -> tuple[list[Record], list[dict]]:
+def read_eyeq(
+    labels: str | Path, root: str | Path, qualities=(0, 1, 2)
+) -> tuple[list[Record], list[dict]]:
     """(records whose file exists, missing: [{"path", "reason"}]) from an EyeQ label CSV, keeping
     the rows whose quality is in ``qualities`` (files of other rows are not looked for).
 
@@ -56,8 +60,10 @@ def read_eyeq(labels: str | Path, root: str | Path, qualities=(0, 1, 2)) -> tupl
         header = reader.fieldnames or []
         missing_cols = [c for c in EYEQ_COLUMNS if c not in header]
         if missing_cols:
-            raise DataError(f"{labels}: missing column(s) {', '.join(missing_cols)}; expected a header "
-                            f"',image,quality,DR_grade', got {','.join(header)!r}")
+            raise DataError(
+                f"{labels}: missing column(s) {', '.join(missing_cols)}; expected a header "
+                f"',image,quality,DR_grade', got {','.join(header)!r}"
+            )
         records, missing, seen = [], [], {}
         for lineno, row in enumerate(reader, start=2):
             where = f"{labels}, line {lineno}"
@@ -73,7 +79,12 @@ def read_eyeq(labels: str | Path, root: str | Path, qualities=(0, 1, 2)) -> tupl
             if q not in qualities:
                 continue
             if not path.is_file():
-                missing.append({"path": str(path), "reason": f"named in {labels} line {lineno} but not on disk"})
+                missing.append(
+                    {
+                        "path": str(path),
+                        "reason": f"named in {labels} line {lineno} but not on disk",
+                    }
+                )
                 continue
             records.append(Record(Path(name).stem, path, None, q, g))
     return records, missing
@@ -96,7 +107,11 @@ def read_folder(root: str | Path) -> list[Record]:
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    images = [p for p in files if "mask" not in p.stem.lower() and p.parent.name.lower() not in ("mask", "masks")]
+    images = [
+        p
+        for p in files
+        if "mask" not in p.stem.lower() and p.parent.name.lower() not in ("mask", "masks")
+    ]
     records, seen = [], {}
     for p in images:
         rel = p.relative_to(root)
@@ -118,7 +133,9 @@ def read_drive(root: str | Path) -> list[Record]:
     records = read_folder(root / "images" if (root / "images").is_dir() else root)
     no_mask = [str(r.path) for r in records if r.mask_path is None]
     if no_mask:
-        raise DataError(f"{root}: DRIVE images without a mask/<name>_mask.gif: {', '.join(no_mask[:5])}")
+        raise DataError(
+            f"{root}: DRIVE images without a mask/<name>_mask.gif: {', '.join(no_mask[:5])}"
+        )
     return records
 
 
@@ -138,5 +155,10 @@ def prepare(rec: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
             raise DataError(str(e)) from None
     sq, sq_m = crop_to_fov(img, mask)
     out = np.asarray(Image.fromarray(sq).resize((size, size), Image.BICUBIC, reducing_gap=2.0))
-    m = np.asarray(Image.fromarray(sq_m.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)) >= 128
+    m = (
+        np.asarray(
+            Image.fromarray(sq_m.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+        )
+        >= 128
+    )
     return out * m[:, :, None], m

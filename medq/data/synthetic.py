@@ -1,8 +1,8 @@
 """Procedural fundus photographs: deterministic by seed, rendered directly at the target size.
 
 Anatomy (positions in units of the image side S): a circular field of view (radius 0.47 S) on
-black; the macula near the centre (a darker, slightly brown spot); the optic disc 0.27-0.31 S nasal to
-it (bright yellow-white with a paler cup); a vessel tree growing out of the disc: four arcades of
+black; the macula near the centre (a darker, slightly brown spot); the optic disc 0.27-0.31 S nasal
+to it (bright yellow-white with a paler cup); a vessel tree growing out of the disc: four arcades of
 artery/vein pairs, the temporal ones arcing above and below the macula, branching with tapering
 widths (veins darker and wider than arteries); choroidal background texture; illumination falling
 off towards the rim. Optional lesions follow a DR grade 0-4: microaneurysms (grade >= 1),
@@ -57,7 +57,9 @@ class _Canvas:
 
     def __init__(self, size: int, ss: int):
         self.ss, self.size = ss, size
-        self.layers = {k: Image.new("L", (size * ss, size * ss)) for k in ("artery", "vein", "red", "exudate")}
+        self.layers = {
+            k: Image.new("L", (size * ss, size * ss)) for k in ("artery", "vein", "red", "exudate")
+        }
         self.draw = {k: ImageDraw.Draw(v) for k, v in self.layers.items()}
         self.used: set[str] = set()
 
@@ -86,8 +88,21 @@ class _Canvas:
         return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def _grow(canvas: _Canvas, rng, layer: str, pos, heading: float, width: float, curve: float,
-          size: int, centre: float, radius: float, depth: int, macula, wiggle: float = 0.025) -> None:
+def _grow(
+    canvas: _Canvas,
+    rng,
+    layer: str,
+    pos,
+    heading: float,
+    width: float,
+    curve: float,
+    size: int,
+    centre: float,
+    radius: float,
+    depth: int,
+    macula,
+    wiggle: float = 0.025,
+) -> None:
     """Walk a vessel from ``pos``: taper, bend by ``curve`` per step, branch, stop at the rim."""
     step = 0.014 * size
     x, y = pos
@@ -172,11 +187,25 @@ def generate_fundus(seed: int, size: int, dr_grade: int | None = None) -> Fundus
             _grow(cv, rng, layer, start, h0, w0 * S * rng.uniform(0.9, 1.1), bend, S, c, R, 0, mac)
             # Nasal arcade: shorter bend, towards the nasal side.
             h1 = math.atan2(vert * 0.8, -math.cos(temporal)) + rng.normal(0, 0.15)
-            _grow(cv, rng, layer, (disc[0], disc[1] + vert * 0.2 * disc_r), h1,
-                  0.75 * w0 * S, vert * 0.015 * (1 if math.cos(temporal) > 0 else -1), S, c, R, 1, mac)
+            _grow(
+                cv,
+                rng,
+                layer,
+                (disc[0], disc[1] + vert * 0.2 * disc_r),
+                h1,
+                0.75 * w0 * S,
+                vert * 0.015 * (1 if math.cos(temporal) > 0 else -1),
+                S,
+                c,
+                R,
+                1,
+                mac,
+            )
     # Small vessels leaving the disc towards the macula.
     for _ in range(2):
-        _grow(cv, rng, "artery", disc, temporal + rng.normal(0, 0.25), 0.006 * S, 0.0, S, c, R, 3, mac)
+        _grow(
+            cv, rng, "artery", disc, temporal + rng.normal(0, 0.25), 0.006 * S, 0.0, S, c, R, 3, mac
+        )
 
     grade = int(rng.choice(5, p=DR_PROBS)) if dr_grade is None else int(dr_grade)
     lesions = []
@@ -184,7 +213,10 @@ def generate_fundus(seed: int, size: int, dr_grade: int | None = None) -> Fundus
     def inside_point(rmax=0.85):
         while True:
             p = rng.uniform(-rmax, rmax, 2) * R
-            if np.hypot(*p) < rmax * R and np.hypot(c + p[0] - disc[0], c + p[1] - disc[1]) > 1.5 * disc_r:
+            if (
+                np.hypot(*p) < rmax * R
+                and np.hypot(c + p[0] - disc[0], c + p[1] - disc[1]) > 1.5 * disc_r
+            ):
                 return (c + p[0], c + p[1])
 
     if grade >= 1:
@@ -206,8 +238,21 @@ def generate_fundus(seed: int, size: int, dr_grade: int | None = None) -> Fundus
     if grade >= 4:
         lesions.append("new vessels")
         for _ in range(6):
-            _grow(cv, rng, "artery", (disc[0] + rng.normal(0, disc_r * 0.5), disc[1] + rng.normal(0, disc_r * 0.5)),
-                  rng.uniform(0, 2 * math.pi), 0.004 * S, rng.choice((-0.3, 0.3)), S, c, R, 3, mac, wiggle=0.5)
+            _grow(
+                cv,
+                rng,
+                "artery",
+                (disc[0] + rng.normal(0, disc_r * 0.5), disc[1] + rng.normal(0, disc_r * 0.5)),
+                rng.uniform(0, 2 * math.pi),
+                0.004 * S,
+                rng.choice((-0.3, 0.3)),
+                S,
+                c,
+                R,
+                3,
+                mac,
+                wiggle=0.5,
+            )
 
     # Optic disc: yellow-white with a soft edge and a paler cup; drawn under the vessels.
     dd = np.sqrt(((xx - disc[0]) / 0.92) ** 2 + (yy - disc[1]) ** 2) / disc_r
@@ -226,7 +271,10 @@ def generate_fundus(seed: int, size: int, dr_grade: int | None = None) -> Fundus
         img *= 1.0 - np.array([0.55, 0.85, 0.75], np.float32)[:, None, None] * red[None]
     ex = cv.get("exudate")
     if ex is not None:
-        img = img * (1 - 0.8 * ex[None]) + np.array([0.98, 0.90, 0.45], np.float32)[:, None, None] * 0.8 * ex[None]
+        img = (
+            img * (1 - 0.8 * ex[None])
+            + np.array([0.98, 0.90, 0.45], np.float32)[:, None, None] * 0.8 * ex[None]
+        )
 
     # Sensor noise (uniform, std 0.008: 4x cheaper to draw than Gaussian).
     img += 0.028 * (rng.random((1, S, S), dtype=np.float32) - 0.5)

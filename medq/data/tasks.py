@@ -28,7 +28,9 @@ def bicubic_resize(x: torch.Tensor, size) -> torch.Tensor:
     size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
     if tuple(x.shape[-2:]) == size:
         return x.clamp(0, 1)
-    return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(
+        0, 1
+    )
 
 
 def lanczos_resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -52,16 +54,26 @@ def gauss_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
     k = (k / k.sum()).to(x)
     c = x.shape[0]
-    y = F.conv2d(F.pad(x[None], (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    y = F.conv2d(
+        F.pad(x[None], (r, r, 0, 0), mode="replicate"),
+        k.view(1, 1, 1, -1).repeat(c, 1, 1, 1),
+        groups=c,
+    )
+    y = F.conv2d(
+        F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c
+    )
     return y[0]
 
 
-def degrade(image: torch.Tensor, mask: torch.Tensor, kind: str, grade: int, seed: int) -> torch.Tensor:
+def degrade(
+    image: torch.Tensor, mask: torch.Tensor, kind: str, grade: int, seed: int
+) -> torch.Tensor:
     """(3, H, W) clean image, (1, H, W) mask -> (3, H, W) degraded, clamped, zero outside the FOV.
     ``grade`` 1 (Usable) is mild, 2 (Reject) is strong. Deterministic in ``seed``."""
     if kind not in DEGRADATIONS or grade not in (1, 2):
-        raise ValueError(f"degrade: kind {kind!r} must be one of {DEGRADATIONS}, grade {grade} 1 or 2")
+        raise ValueError(
+            f"degrade: kind {kind!r} must be one of {DEGRADATIONS}, grade {grade} 1 or 2"
+        )
     g = torch.Generator().manual_seed(seed % (2 ** 63))
     u = float(torch.rand((), generator=g))
     H = image.shape[-1]
@@ -74,7 +86,9 @@ def degrade(image: torch.Tensor, mask: torch.Tensor, kind: str, grade: int, seed
         y = image * (1 - a) + veil * a
     elif kind == "illumination":
         ang = 2 * np.pi * u
-        yy, xx = torch.meshgrid(torch.linspace(-1, 1, image.shape[-2]), torch.linspace(-1, 1, H), indexing="ij")
+        yy, xx = torch.meshgrid(
+            torch.linspace(-1, 1, image.shape[-2]), torch.linspace(-1, 1, H), indexing="ij"
+        )
         ramp = xx * np.cos(ang) + yy * np.sin(ang)
         depth = 0.35 if grade == 1 else 0.7
         y = image * (1 - depth * (ramp + 1) / 2)[None]

@@ -24,7 +24,8 @@ INSTRUCTIONS = {
                      "even out the lighting of this retinal photo."),
     "noise": ("denoise this fundus image.", "remove the noise from this retinal photo."),
 }
-# Same splitting rule as medq.models.tokenizer.WORD_RE (kept here: medq.data must not import models).
+# Same splitting rule as medq.models.tokenizer.WORD_RE (kept here: medq.data must not import
+# models).
 _WORD_RE = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
 _QUALITY_RE = re.compile(r"\b(" + "|".join(QUALITY_WORDS) + r")\b")
 

@@ -12,8 +12,14 @@ it writes) and the demo (which runs it on one test image or upload), so it lives
     load.py      models by name: our checkpoints (``load_run``), ``module:Class``, baselines
 """
 
-from medq.harness.run import (data_fingerprint, default_instruction, derive_seed, edit_one,
-                              model_settings, run_harness)
+from medq.harness.run import (
+                              data_fingerprint,
+                              default_instruction,
+                              derive_seed,
+                              edit_one,
+                              model_settings,
+                              run_harness,
+)
 from medq.harness.summary import summarize
 
 __all__ = ["data_fingerprint", "default_instruction", "derive_seed", "edit_one", "model_settings",

@@ -54,7 +54,12 @@ def prepare(image: torch.Tensor, size: int, task: str, *, name: str = "image") -
     arr = to_uint8(image)
     sq, sq_m = crop_to_fov(arr, require_fov(arr, name))
     out = np.asarray(Image.fromarray(sq).resize((size, size), Image.BICUBIC, reducing_gap=2.0))
-    m = np.asarray(Image.fromarray(sq_m.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)) >= 128
+    m = (
+        np.asarray(
+            Image.fromarray(sq_m.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+        )
+        >= 128
+    )
     target = torch.from_numpy((out * m[:, :, None]).copy()).permute(2, 0, 1).float() / 255
     mask = torch.from_numpy(m.astype(np.float32))[None]
     inp = target.clone() if scale == 1 else bicubic_resize(target[None], size // scale)[0]

@@ -14,8 +14,8 @@ import re
 import tomllib
 from pathlib import Path
 
-from medq.harness.text import InferError
 from medq.baselines import BASELINES
+from medq.harness.text import InferError
 from medq.protocol import ImageTextModel
 
 PROTOCOL_ATTRS = ("name", "vocab_size", "edit", "generate_report", "decode")
@@ -125,7 +125,9 @@ def load_run(run, *, weights: str = "ema", checkpoint: str | None = None, device
 
     target = checkpoint_dir(Path(run), checkpoint)
     try:
-        net, tokenizer, vae, report, info = load_for_inference(target, weights=weights, device=device)
+        net, tokenizer, vae, report, info = load_for_inference(
+            target, weights=weights, device=device
+        )
         from medq.models import MiniBagelAdapter
     except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError, ImportError) as e:
         # CheckpointMismatchError (missing / unexpected / mis-shaped keys), a config that does not

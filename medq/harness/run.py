@@ -8,8 +8,9 @@
 
 ``items``: ``medq.data.build_dataset(...)`` or any sequence/iterable of data items (dicts with id,
 task, instruction, input (3, h, w), target (3, H, W), mask (1, H, W), quality). Per task it writes
-``<out_dir>/<task>/images/<id>_{input,output,target,mask}.png`` and ``<out_dir>/<task>/records.jsonl``
-(fields: ``medq.harness.records.FIELDS`` plus ``model``, ``sample_seed``, ``data_sha256``, ``collapsed``,
+``<out_dir>/<task>/images/<id>_{input,output,target,mask}.png`` and
+``<out_dir>/<task>/records.jsonl`` (fields: ``medq.harness.records.FIELDS`` plus ``model``,
+``sample_seed``, ``data_sha256``, ``collapsed``,
 ``check`` (image sanity statistics) and ``sampled`` (the sampled report, or null)).
 
 - Deterministic: each sample's seed is ``derive_seed(seed, id)``; a model without
@@ -20,7 +21,8 @@ task, instruction, input (3, h, w), target (3, H, W), mask (1, H, W), quality). 
   after a barrier rank 0 merges them into ``records.jsonl`` sorted by (task, id).
 - Atomic: every file goes to a temp name and is renamed when complete.
 - Text: the primary report is greedy (temperature 0 is forced on models that expose it);
-  ``sampled`` adds a second one. A model with ``has_text = False`` (the baselines) gets null fields and
+  ``sampled`` adds a second one. A model with ``has_text = False`` (the baselines) gets null
+  fields and
   ``"text": false`` (n/a in reports, not 0). A report describes the model's input image
   (what it sees, as in training), so each (task, id) row has its own.
 """
@@ -39,14 +41,29 @@ from typing import Callable, Iterable
 import torch
 from tqdm import tqdm
 
-from medq.harness.images import prepare, save_png, to_uint8
-from medq.harness.records import (KINDS, PART_GLOB, RECORDS, existing_rows, is_finished, merge, part_path,
-                           read_jsonl, write_jsonl_atomic)
-from medq.harness.text import (InferError, call_per_image_seeds, decoding, generate_reports,
-                        supports_sampling, text_fields)
-from medq.harness.summary import summarize  # noqa: F401 - part of this module's API
 from medq.baselines import bicubic
 from medq.dist import barrier, current
+from medq.harness.images import prepare, save_png, to_uint8
+from medq.harness.records import (
+    KINDS,
+    PART_GLOB,
+    RECORDS,
+    existing_rows,
+    is_finished,
+    merge,
+    part_path,
+    read_jsonl,
+    write_jsonl_atomic,
+)
+from medq.harness.summary import summarize  # noqa: F401 - part of this module's API
+from medq.harness.text import (
+    InferError,
+    call_per_image_seeds,
+    decoding,
+    generate_reports,
+    supports_sampling,
+    text_fields,
+)
 from medq.protocol import ImageTextModel
 from medq.verdict import image_checks
 
@@ -118,12 +135,16 @@ ITEM_KEYS = ("id", "task", "instruction", "input", "target", "mask")
 def _check_item(item) -> None:
     """A data item as docs/ARCHITECTURE.md defines it; errors name the sample and the field."""
     if not isinstance(item, dict):
-        raise InferError(f"data item is a {type(item).__name__}, expected a dict with {', '.join(ITEM_KEYS)}")
+        raise InferError(
+            f"data item is a {type(item).__name__}, expected a dict with {', '.join(ITEM_KEYS)}"
+        )
     missing = [k for k in ITEM_KEYS if k not in item]
     if missing:
         raise InferError(f"data item {item.get('id', '?')!r}: missing {', '.join(missing)}")
     if item["task"] not in ("sr2", "sr4", "enhance"):
-        raise InferError(f"data item {item['id']!r}: task {item['task']!r}, expected sr2, sr4 or enhance")
+        raise InferError(
+            f"data item {item['id']!r}: task {item['task']!r}, expected sr2, sr4 or enhance"
+        )
     for key, channels in (("input", 3), ("target", 3), ("mask", 1)):
         t = item[key]
         if not isinstance(t, torch.Tensor) or t.ndim != 3 or t.shape[0] != channels:
@@ -131,8 +152,10 @@ def _check_item(item) -> None:
             raise InferError(f"data item {item['id']!r}: {key} is {shape}, expected a tensor "
                              f"({channels}, h, w)")
     if item["mask"].shape[1:] != item["target"].shape[1:]:
-        raise InferError(f"data item {item['id']!r}: mask {tuple(item['mask'].shape)} does not match "
-                         f"target {tuple(item['target'].shape)}")
+        raise InferError(
+            f"data item {item['id']!r}: mask {tuple(item['mask'].shape)} does not match "
+            f"target {tuple(item['target'].shape)}"
+        )
 
 
 def _batches(items: Iterable[dict], batch_size: int) -> Iterable[list[dict]]:
@@ -239,9 +262,14 @@ def _run_batch(model, batch, seed, has_text, sampled, prompt, parse, meta, setti
     inputs = torch.stack([it["input"].float() for it in batch])
     targets = torch.stack([it["target"].float() for it in batch])
     size = tuple(targets.shape[-2:])
-    chunks = call_per_image_seeds(lambda im, ins, tk, s: model.edit(im, ins, tk, size, seed=s), model,
-                                  inputs, seeds, [it["instruction"] for it in batch],
-                                  [it["task"] for it in batch])
+    chunks = call_per_image_seeds(
+        lambda im, ins, tk, s: model.edit(im, ins, tk, size, seed=s),
+        model,
+        inputs,
+        seeds,
+        [it["instruction"] for it in batch],
+        [it["task"] for it in batch],
+    )
     outputs = torch.cat([torch.as_tensor(c).detach().cpu() for c in chunks])
     if tuple(outputs.shape) != (len(batch), 3, *size):
         raise InferError(f"model {model.name!r}: edit returned shape {tuple(outputs.shape)}, "
@@ -267,15 +295,32 @@ def _run_batch(model, batch, seed, has_text, sampled, prompt, parse, meta, setti
         for kind, img in (("input", item["input"]), ("target", item["target"]),
                           ("mask", item["mask"]), ("output", outputs[k])):
             save_png(d / paths[kind], img)
-        row = {"id": sid, "task": task, "instruction": item["instruction"], **meta, "model": model.name, "seed": seed,
-               "sample_seed": seeds[k], "settings": settings, **paths, "seconds": seconds,
-               "data_sha256": data_fingerprint(item),
-               "text": has_text, **text_fields(greedy[k], parse),
-               "quality_label": int(item["quality"]) if item.get("quality") is not None else None,
-               "check": image_checks(outputs[k], item["target"].float(), reference),
-               "sampled": None if samp[k] is None else {
-                   "text": samp[k].text, "ids": samp[k].ids, "undecodable": samp[k].n_bad,
-                   "undecodable_positions": samp[k].bad_positions, **sampled}}
+        row = {
+            "id": sid,
+            "task": task,
+            "instruction": item["instruction"],
+            **meta,
+            "model": model.name,
+            "seed": seed,
+            "sample_seed": seeds[k],
+            "settings": settings,
+            **paths,
+            "seconds": seconds,
+            "data_sha256": data_fingerprint(item),
+            "text": has_text,
+            **text_fields(greedy[k], parse),
+            "quality_label": int(item["quality"]) if item.get("quality") is not None else None,
+            "check": image_checks(outputs[k], item["target"].float(), reference),
+            "sampled": None
+            if samp[k] is None
+            else {
+                "text": samp[k].text,
+                "ids": samp[k].ids,
+                "undecodable": samp[k].n_bad,
+                "undecodable_positions": samp[k].bad_positions,
+                **sampled,
+            },
+        }
         mine[task].append(row)
         touched.add(task)
     for task in touched:
@@ -289,8 +334,10 @@ def default_instruction(task: str) -> str:
 
     if task in ("sr2", "sr4"):
         return text.instruction(task, 0)
-    raise InferError(f"task {task!r}: give an instruction, e.g. one of "
-                     + "; ".join(repr(text.instruction(k, 0)) for k in ("blur", "haze", "illumination", "noise")))
+    raise InferError(
+        f"task {task!r}: give an instruction, e.g. one of "
+        + "; ".join(repr(text.instruction(k, 0)) for k in ("blur", "haze", "illumination", "noise"))
+    )
 
 
 def edit_one(model: ImageTextModel, image: torch.Tensor, task: str, *, size: int,
@@ -298,7 +345,8 @@ def edit_one(model: ImageTextModel, image: torch.Tensor, task: str, *, size: int
              prompt: str | None = None, name: str = "image") -> dict:
     """One image of any size (3, h, w) in [0, 1] through ``model`` (for the demo).
 
-    The image follows the any-size policy (``medq.harness.images.prepare``: field-of-view square resized
+    The image follows the any-size policy (``medq.harness.images.prepare``: field-of-view square
+    resized
     to ``size``; SR input = its bicubic downscale; enhance input = the image). ``instruction``
     defaults to ``default_instruction(task)``. Returns {"input", "output", "target", "mask"}
     (float32 CHW in [0, 1]), "seconds", "check" (image sanity statistics) and, with ``report``,

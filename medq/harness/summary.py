@@ -4,7 +4,8 @@
     summary["text"]            # TextStats + quality_accuracy (None = n/a: the model writes no text)
     summary["text_sampled"]    # the same for the sampled reports (None when not generated)
     summary["images"]          # medians of output std ratio, PSNR, PSNR gap to the reference
-    summary["verdict"]         # medq.verdict: {"status": healthy | collapsed | unknown, "reasons", "checks"}
+    summary["verdict"]         # medq.verdict: {"status": healthy | collapsed | unknown,
+                               #                "reasons", "checks"}
 
 Text statistics count every row (each report describes that row's input image). The
 undecodable rate given to the verdict is the larger of the greedy and sampled rates: sampling
@@ -30,7 +31,9 @@ def _text_summary(rows: list[dict], key: str) -> dict | None:
     found = []
     for r in rows:
         if key == "report" and r.get("text") and r.get("report_ids") is not None:
-            found.append((_decode_result(r["report_text"], r["report_ids"], r["undecodable_positions"]), r))
+            found.append(
+                (_decode_result(r["report_text"], r["report_ids"], r["undecodable_positions"]), r)
+            )
         elif key == "sampled" and r.get("sampled"):
             s = r["sampled"]
             found.append((_decode_result(s["text"], s["ids"], s["undecodable_positions"]), r))
@@ -55,7 +58,10 @@ def summarize(records: Iterable[dict]) -> dict:
     rows = list(records)
     checks = [r["check"] for r in rows if r.get("check")]
     text, samp = _text_summary(rows, "report"), _text_summary(rows, "sampled")
-    images = {**image_statistics(checks), "seconds_per_sample": finite_median(r.get("seconds") for r in rows)}
+    images = {
+        **image_statistics(checks),
+        "seconds_per_sample": finite_median(r.get("seconds") for r in rows),
+    }
     rates = [s["undecodable_rate"] for s in (text, samp) if s and s["undecodable_rate"] is not None]
     v = verdict(undecodable_rate=max(rates) if rates else None,
                 output_std_ratio=images["output_std_ratio"], psnr_gap_db=images["psnr_gap_db"],
@@ -64,6 +70,15 @@ def summarize(records: Iterable[dict]) -> dict:
     tasks: dict[str, int] = {}
     for r in rows:
         tasks[r["task"]] = tasks.get(r["task"], 0) + 1
-    return {"model": first.get("model"), "run": first.get("run"), "checkpoint": first.get("checkpoint"),
-            "weights": first.get("weights"), "n": len(rows), "tasks": tasks, "text": text,
-            "text_sampled": samp, "images": images, "verdict": v.as_dict()}
+    return {
+        "model": first.get("model"),
+        "run": first.get("run"),
+        "checkpoint": first.get("checkpoint"),
+        "weights": first.get("weights"),
+        "n": len(rows),
+        "tasks": tasks,
+        "text": text,
+        "text_sampled": samp,
+        "images": images,
+        "verdict": v.as_dict(),
+    }

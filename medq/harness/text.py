@@ -28,7 +28,8 @@ DEFAULT_SAMPLED_TEMPERATURE = 1.0
 
 
 class InferError(RuntimeError):
-    """Bad input or a model that breaks the protocol; the message says which and what is expected."""
+    """Bad input or a model that breaks the protocol; the message says which and what is
+    expected."""
 
 
 def _sampling_holder(model):
@@ -69,7 +70,9 @@ def decoding(model, *, temperature: float, top_p: float):
         model.sample_cfg = original
 
 
-def call_per_image_seeds(fn: Callable, model, images: torch.Tensor, seeds: list[int], *args) -> list:
+def call_per_image_seeds(
+    fn: Callable, model, images: torch.Tensor, seeds: list[int], *args
+) -> list:
     """Call ``fn(images, *args, seed)`` so that every image gets its own seed.
 
     A model with ``seed_per_image = True`` takes the list of seeds in one batched call; any other
@@ -84,7 +87,9 @@ def call_per_image_seeds(fn: Callable, model, images: torch.Tensor, seeds: list[
     return out
 
 
-def generate_reports(model, images: torch.Tensor, prompt: str, seeds: list[int]) -> list[DecodeResult]:
+def generate_reports(
+    model, images: torch.Tensor, prompt: str, seeds: list[int]
+) -> list[DecodeResult]:
     """Reports for images (N, 3, H, W): one ``DecodeResult`` per image, undecodable ids flagged."""
     n = images.shape[0]
     chunks = call_per_image_seeds(lambda im, pr, s: model.generate_report(im, pr, seed=s),

@@ -56,7 +56,12 @@ def _chunk_losses(latents, target, mask, sizes, decode, kind, ssim_kwargs) -> to
     out = []
     for i in range(images.shape[0]):
         h, w = int(sizes[i, 0]), int(sizes[i, 1])
-        if h > images.shape[-2] or w > images.shape[-1] or h > target.shape[-2] or w > target.shape[-1]:
+        if (
+            h > images.shape[-2]
+            or w > images.shape[-1]
+            or h > target.shape[-2]
+            or w > target.shape[-1]
+        ):
             raise ValueError(f"target_size ({h}, {w}) exceeds the decoded image "
                              f"{tuple(images.shape[-2:])} or the target {tuple(target.shape[-2:])}")
         msk = None if mask is None else mask[i:i + 1, :, :h, :w]
@@ -123,7 +128,9 @@ def unpatchify(tokens: torch.Tensor, shapes: Sequence[tuple[int, int]], patch_si
     BAGEL's ``einsum("chpwq->hwpqc")`` patchify."""
     p = patch_size
     if tokens.dim() != 2 or tokens.shape[1] % (p * p):
-        raise ValueError(f"unpatchify: tokens {tuple(tokens.shape)} must be (L, p*p*C) with p = {p}")
+        raise ValueError(
+            f"unpatchify: tokens {tuple(tokens.shape)} must be (L, p*p*C) with p = {p}"
+        )
     c = tokens.shape[1] // (p * p)
     total = sum(h * w for h, w in shapes)
     if total != tokens.shape[0]:
@@ -144,7 +151,8 @@ def image_space_loss_packed(packed_v_hat: torch.Tensor, packed_x_t: torch.Tensor
     """Packed entry for a BAGEL-style trainer: ``packed_v_hat``, ``packed_x_t`` (L, p*p*C) latent
     tokens of all images, ``packed_t`` (L,) one timestep per token (constant within an image),
     ``shapes`` [(h_patches, w_patches), ...] per image, ``patch_size`` p. Same result as
-    ``image_space_loss_from_x0`` on x0_hat = x_t - t v_hat of the unpatchified latents (zero padded bottom/right to the largest).
+    ``image_space_loss_from_x0`` on x0_hat = x_t - t v_hat of the unpatchified latents (zero
+    padded bottom/right to the largest).
     Other arguments as ``image_space_loss_from_x0``."""
     if packed_v_hat.shape != packed_x_t.shape or packed_t.shape != packed_v_hat.shape[:1]:
         raise ValueError(f"image_space_loss_packed: v_hat {tuple(packed_v_hat.shape)}, x_t "

@@ -45,7 +45,8 @@ def compose_losses(loss_cfg: LossConfig, fwd: Any, batch: dict, decode: Decode |
     ``fwd``: text_logits (B, T, V), text_targets (B, T), v_hat, v_target, x_t (N, C, h, w) latents,
     t (N,). ``batch``: "target" (N, 3, H, W) in [0, 1], "mask" (N, 1, H, W) (used by SSIM when
     ``ssim_masked``), "target_size" LongTensor (N, 2). ``decode``: latents (K, C, h, w) -> images
-    (K, 3, H, W), required when ``loss_cfg.needs_vae``. MSE is the mean over latent elements (float32);
+    (K, 3, H, W), required when ``loss_cfg.needs_vae``. MSE is the mean over latent elements
+    (float32);
     pixel and SSIM follow ``image_space_loss_from_x0`` (mean over kept samples).
     """
     terms = LossTerms()
@@ -60,8 +61,10 @@ def compose_losses(loss_cfg: LossConfig, fwd: Any, batch: dict, decode: Decode |
         weighted.append(loss_cfg.mse_weight * terms["mse"])
     if loss_cfg.needs_vae:
         if decode is None:
-            raise ValueError(f"compose_losses: pixel_weight = {loss_cfg.pixel_weight} / ssim_weight "
-                             f"= {loss_cfg.ssim_weight} need a VAE decode function, got None")
+            raise ValueError(
+                f"compose_losses: pixel_weight = {loss_cfg.pixel_weight} / ssim_weight "
+                f"= {loss_cfg.ssim_weight} need a VAE decode function, got None"
+            )
         for key in ("target", "target_size"):
             if key not in batch:
                 raise KeyError(f"compose_losses: batch has no {key!r} (keys: {sorted(batch)})")

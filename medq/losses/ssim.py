@@ -19,7 +19,8 @@ the mean of the map over counted pixels. A mask with no counted pixel (all zero,
 window) gives SSIM = 1 (loss 0) with an exactly zero gradient: nothing to compare, no penalty.
 Mask values are thresholded at 0.5.
 
-Precision: always float32 (float64 inputs stay float64) with autocast off (in half precision the C2-sized denominator is wrong);
+Precision: always float32 (float64 inputs stay float64) with autocast off (in half precision the
+C2-sized denominator is wrong);
 the result is cast back to the input dtype. The backward pass is hand-written: it reuses the
 forward's per-pixel derivative maps (dS/dmu, dS/dE[x^2], dS/dE[xy]) and applies the adjoint of the
 valid correlation (a 'full' correlation with the same symmetric taps), which saves time and memory
@@ -45,7 +46,6 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-
 
 
 @functools.lru_cache(maxsize=16)
@@ -81,7 +81,8 @@ def _correlate_adjoint(src: torch.Tensor, taps: tuple[float, ...], dim: int) -> 
 
 
 def filter_valid(src: torch.Tensor, taps: tuple[float, ...]) -> torch.Tensor:
-    """Separable valid Gaussian filter over the last two dims: (..., H, W) -> (..., H-w+1, W-w+1)."""
+    """Separable valid Gaussian filter over the last two dims: (..., H, W) ->
+    (..., H-w+1, W-w+1)."""
     return _correlate_valid(_correlate_valid(src, taps, -1), taps, -2)
 
 

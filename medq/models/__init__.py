@@ -12,10 +12,22 @@
 """
 
 from medq.models.adapter import MiniBagelAdapter
-from medq.models.flow import add_noise, euler_sample, sample_timesteps, sampling_schedule, shift_timesteps
+from medq.models.flow import (
+                            add_noise,
+                            euler_sample,
+                            sample_timesteps,
+                            sampling_schedule,
+                            shift_timesteps,
+)
 from medq.models.forward import TrainForward, training_forward
-from medq.models.io import (CheckpointMismatchError, LoadReport, fingerprint, load_model,
-                            load_state_verified, save_model)
+from medq.models.io import (
+                            CheckpointMismatchError,
+                            LoadReport,
+                            fingerprint,
+                            load_model,
+                            load_state_verified,
+                            save_model,
+)
 from medq.models.tokenizer import Tokenizer, padded_vocab_size
 from medq.models.transformer import MiniBagel, patchify, unpatchify
 from medq.models.vae import DiffusersVAE, SmallVAE, build_vae, load_vae, save_vae

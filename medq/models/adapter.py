@@ -42,17 +42,21 @@ def top_p_sample(logits: torch.Tensor, temperature: float, top_p: float,
     sorted_p, order = probs.sort(dim=-1, descending=True)
     keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely id
     sorted_p = sorted_p * keep
-    pick = torch.multinomial(sorted_p.cpu() / sorted_p.sum(-1, keepdim=True).cpu(), 1, generator=generator)
+    pick = torch.multinomial(
+        sorted_p.cpu() / sorted_p.sum(-1, keepdim=True).cpu(), 1, generator=generator
+    )
     return order.gather(-1, pick.to(order.device)).squeeze(-1)
 
 
 class MiniBagelAdapter:
     """``ImageTextModel`` over a ``MiniBagel``, its frozen VAE and tokenizer; sampling settings
-    from ``SampleConfig`` (Euler steps, shift, text guidance, max_new_tokens, temperature, top_p)."""
+    from ``SampleConfig`` (Euler steps, shift, text guidance, max_new_tokens, temperature,
+    top_p)."""
 
     seed_per_image = True
     """``edit`` / ``generate_report`` accept one seed per image, so the harness can batch them and
-    still give each image the output it would get alone (``medq.harness.text.call_per_image_seeds``)."""
+    still give each image the output it would get alone
+    (``medq.harness.text.call_per_image_seeds``)."""
 
     OUTPUTS = ("sample", "mmse")
 
@@ -61,11 +65,14 @@ class MiniBagelAdapter:
         """``output``: what ``edit`` returns. ``sample``: the Euler sampler from noise (BAGEL's
         output; sharp, pays for it in PSNR). ``mmse``: the model's x0 prediction from pure noise
         at t = 1, ``x0_hat = x_1 - v_hat(x_1, 1)``. Because x_1 = eps exactly at t = 1 and the flow
-        is trained with MSE on v = eps - x0, ``v_hat(x_1, 1)`` estimates ``x_1 - E[x0 | condition]``,
+        is trained with MSE on v = eps - x0, ``v_hat(x_1, 1)`` estimates
+        ``x_1 - E[x0 | condition]``,
         so x0_hat is the posterior mean of the latent (decoded by the VAE): the minimum-MSE
         output in latent space, one forward instead of ``steps``."""
         if output not in self.OUTPUTS:
-            raise ValueError(f"MiniBagelAdapter: output = {output!r}; expected one of {self.OUTPUTS}")
+            raise ValueError(
+                f"MiniBagelAdapter: output = {output!r}; expected one of {self.OUTPUTS}"
+            )
         self.model, self.vae, self.tokenizer = model, vae, tokenizer
         self.sample_cfg = sample_cfg or SampleConfig()
         self.name = name
@@ -112,12 +119,21 @@ class MiniBagelAdapter:
             noise = _noise(cond.shape, seed).to(self.device)
 
             def make_velocity(prompts):
-                text = pack_text(self.tokenizer, prompts, None, cfg.max_text_len, device=self.device)
+                text = pack_text(
+                    self.tokenizer, prompts, None, cfg.max_text_len, device=self.device
+                )
                 mask = sequence_mask(text, cond_tok.shape[1], cond_tok.shape[1])
 
                 def velocity(x, t):
-                    _, _, v = self.model(text.ids, text.pos, mask, cond=cond_tok, gen=patchify(x, p),
-                                         t=t, grid=(h // p, w // p))
+                    _, _, v = self.model(
+                        text.ids,
+                        text.pos,
+                        mask,
+                        cond=cond_tok,
+                        gen=patchify(x, p),
+                        t=t,
+                        grid=(h // p, w // p),
+                    )
                     return unpatchify(v, p, c, h, w)
                 return velocity
 
@@ -126,8 +142,14 @@ class MiniBagelAdapter:
                 z = noise - make_velocity(list(instructions))(noise, t1)
                 return self.vae.decode(z)[..., :H, :W].float().clamp(0, 1)
             uncond = make_velocity([""] * n) if sc.text_guidance > 1 else None
-            z = euler_sample(make_velocity(list(instructions)), noise, steps=sc.steps, shift=sc.shift,
-                             uncond_velocity=uncond, guidance=sc.text_guidance)
+            z = euler_sample(
+                make_velocity(list(instructions)),
+                noise,
+                steps=sc.steps,
+                shift=sc.shift,
+                uncond_velocity=uncond,
+                guidance=sc.text_guidance,
+            )
             out = self.vae.decode(z)[..., :H, :W]
         return out.float().clamp(0, 1)
 
@@ -135,11 +157,14 @@ class MiniBagelAdapter:
                         seed: int | Sequence[int]) -> list[list[int]]:
         """images (N, 3, H, W) -> one id list per image: greedy when ``temperature == 0``, else
         temperature + top-p sampling from a generator seeded with ``seed``. Generation runs over all
-        ``vocab_padded`` rows of the text head, so undecodable ids are returned as emitted; each list
+        ``vocab_padded`` rows of the text head, so undecodable ids are returned as emitted; each
+        list
         stops after its first EOS (included) or at ``max_new_tokens``. ``seed``: one int, or one per
         image (each image then samples from its own generator)."""
         if len(prompts) != images.shape[0]:
-            raise ValueError(f"generate_report: {images.shape[0]} images but {len(prompts)} prompts")
+            raise ValueError(
+                f"generate_report: {images.shape[0]} images but {len(prompts)} prompts"
+            )
         cfg, sc, tok = self.model.cfg, self.sample_cfg, self.tokenizer
         size = (cfg.image_size, cfg.image_size)
         n = images.shape[0]
@@ -154,7 +179,8 @@ class MiniBagelAdapter:
             h, w = cond.shape[-2:]
             p = cfg.patch_size
             cond_tok = patchify(cond, p)
-            # The prompt is the report question (role QUESTION): the context the report was trained in.
+            # The prompt is the report question (role QUESTION): the context the report was
+            # trained in.
             base = pack_text(tok, None, None, cfg.max_text_len, device=self.device,
                              questions=list(prompts))
             room = min(sc.max_new_tokens, 2 * cfg.max_text_len - base.ids.shape[1])
@@ -162,7 +188,9 @@ class MiniBagelAdapter:
             for _ in range(room):
                 text = _append(base, out, tok.pad_id)
                 mask = sequence_mask(text, cond_tok.shape[1], 0)
-                _, logits, _ = self.model(text.ids, text.pos, mask, cond=cond_tok, grid=(h // p, w // p))
+                _, logits, _ = self.model(
+                    text.ids, text.pos, mask, cond=cond_tok, grid=(h // p, w // p)
+                )
                 last = (lengths + torch.tensor([len(o) for o in out], device=self.device) - 1)
                 step_logits = logits[torch.arange(n, device=self.device), last]
                 if sc.temperature == 0:

@@ -31,7 +31,9 @@ def sample_timesteps(n: int, shift: float = 1.0, generator: torch.Generator | No
     return shift_timesteps(torch.sigmoid(z), shift)
 
 
-def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def add_noise(
+    x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x0, eps (N, ...), t (N,) -> (x_t, v_target) with x_t = (1 - t) x0 + t eps, v = eps - x0."""
     tt = t.to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
     return (1 - tt) * x0 + tt * eps, eps - x0

@@ -75,8 +75,9 @@ def training_forward(model, vae, tokenizer, batch: dict, *, timestep_shift: floa
 
     Uses batch["input"] (N, 3, h, w), ["target"] (N, 3, H, W), ["instruction"], ["report"] (lists
     of str), and ["input_size"], ["target_size"] (N, 2) when present. Target and condition are
-    encoded by the frozen ``vae`` under no_grad; t = shift(sigmoid(N(0, 1))); x_t = (1-t) x0 + t eps.
-    ``instruction_dropout``: probability of replacing a sample's instruction by the empty one (trains
+    encoded by the frozen ``vae`` under no_grad; t = shift(sigmoid(N(0, 1)));
+    x_t = (1-t) x0 + t eps. ``instruction_dropout``: probability of replacing a sample's
+    instruction by the empty one (trains
     the unconditional branch used by classifier-free guidance). ``question``: the text the report
     answers (default ``medq.data.REPORT_PROMPT``, the harness's prompt); the report sees it and the
     image, never the editing instruction (``medq.models.sequence``)."""
@@ -85,7 +86,9 @@ def training_forward(model, vae, tokenizer, batch: dict, *, timestep_shift: floa
     m = vae.downsample * cfg.patch_size
     target = pad_to_multiple(batch["target"], m)
     canvas = tuple(target.shape[-2:])
-    cond_img = condition_images(batch["input"], batch.get("input_size"), batch.get("target_size"), canvas)
+    cond_img = condition_images(
+        batch["input"], batch.get("input_size"), batch.get("target_size"), canvas
+    )
     with torch.no_grad():
         x0 = vae.encode(target).float()
         cond = vae.encode(pad_to_multiple(cond_img, m)).float()

@@ -37,7 +37,11 @@ class CheckpointMismatchError(RuntimeError):
 
     def __init__(self, message: str, missing=(), unexpected=(), mismatched=()):
         super().__init__(message)
-        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+        self.missing, self.unexpected, self.mismatched = (
+            list(missing),
+            list(unexpected),
+            list(mismatched),
+        )
 
 
 @dataclass
@@ -94,8 +98,13 @@ def load_state_verified(model: torch.nn.Module, state_dict: dict[str, torch.Tens
         raise CheckpointMismatchError(f"{source}: the weights do not fit {type(model).__name__}: "
                                       + "; ".join(parts), missing, unexpected, mismatched)
     model.load_state_dict(state_dict, strict=True)
-    return LoadReport(source=source, weights=weights, fingerprint=fingerprint(state_dict),
-                      n_tensors=len(state_dict), n_params=sum(int(v.numel()) for v in state_dict.values()))
+    return LoadReport(
+        source=source,
+        weights=weights,
+        fingerprint=fingerprint(state_dict),
+        n_tensors=len(state_dict),
+        n_params=sum(int(v.numel()) for v in state_dict.values()),
+    )
 
 
 def arch_dict(cfg: ModelConfig, vocab_size: int) -> dict:
@@ -108,7 +117,9 @@ def check_arch(found: dict, expected: dict, where: str) -> None:
     diff = [f"{k}: file {found.get(k, '<absent>')!r} vs expected {expected.get(k, '<absent>')!r}"
             for k in sorted(set(found) | set(expected)) if found.get(k) != expected.get(k)]
     if diff:
-        raise CheckpointMismatchError(f"{where}: architecture differs from the expected one: " + "; ".join(diff))
+        raise CheckpointMismatchError(
+            f"{where}: architecture differs from the expected one: " + "; ".join(diff)
+        )
 
 
 def save_model(model, tokenizer, directory: str | Path, *, filename: str = "model.safetensors",
@@ -159,8 +170,9 @@ def load_model(directory: str | Path, *, weights_file: str = "model.safetensors"
     cfg = dataclasses.replace(base, **kwargs)
     model = MiniBagel(cfg, tokenizer.vocab_size)
     weights = "ema" if "ema" in weights_file else "model"
-    report = load_state_verified(model, read_weights(d / weights_file), source=str(d / weights_file),
-                                 weights=weights)
+    report = load_state_verified(
+        model, read_weights(d / weights_file), source=str(d / weights_file), weights=weights
+    )
     return model, tokenizer, report
 
 
@@ -169,6 +181,6 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     ``CheckpointMismatchError`` naming it (safetensors' own error names neither file nor cause)."""
     try:
         return load_file(str(path))
-    except Exception as e:  # SafetensorError, OSError: what the file is, not why the library failed
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: what the file is
         raise CheckpointMismatchError(f"{path}: not a readable safetensors file (truncated, empty "
                                       f"or another format): {e}") from None

@@ -48,8 +48,16 @@ def pack_text(tokenizer, prompts: list[str] | None, reports: list[str] | None, m
     n = len(next(x for x in (prompts, questions, reports) if x is not None))
     rows = []
     for j in range(n):
-        p = tokenizer.encode(prompts[j], bos=True, sep=True, max_len=max_len) if prompts is not None else []
-        q = tokenizer.encode(questions[j], bos=True, sep=True, max_len=max_len) if questions is not None else []
+        p = (
+            tokenizer.encode(prompts[j], bos=True, sep=True, max_len=max_len)
+            if prompts is not None
+            else []
+        )
+        q = (
+            tokenizer.encode(questions[j], bos=True, sep=True, max_len=max_len)
+            if questions is not None
+            else []
+        )
         r = tokenizer.encode(reports[j], eos=True, max_len=max_len) if reports is not None else []
         rows.append((p, q, r))
     T = max(len(p) + len(q) + len(r) for p, q, r in rows)

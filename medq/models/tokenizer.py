@@ -45,7 +45,8 @@ def default_words() -> list[str]:
 
 class Tokenizer:
     """Word-level tokenizer. ``Tokenizer()`` uses ``medq.data.vocabulary()``;
-    ``Tokenizer(words=[...])`` any list of words or phrases (they are split with ``split_words``)."""
+    ``Tokenizer(words=[...])`` any list of words or phrases (they are split with
+    ``split_words``)."""
 
     def __init__(self, words: Iterable[str] | None = None):
         words = default_words() if words is None else list(words)
@@ -57,7 +58,9 @@ class Tokenizer:
             raise ValueError("tokenizer pieces are not unique")
         self.pieces = pieces
         self.index = {p: i for i, p in enumerate(pieces)}
-        self.pad_id, self.bos_id, self.eos_id, self.sep_id, self.unk_id = (self.index[s] for s in SPECIALS)
+        self.pad_id, self.bos_id, self.eos_id, self.sep_id, self.unk_id = (
+            self.index[s] for s in SPECIALS
+        )
         self.special_ids = frozenset(self.index[s] for s in SPECIALS)
 
     @property
@@ -92,7 +95,9 @@ class Tokenizer:
     # -- files --------------------------------------------------------------------------------
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "specials": list(SPECIALS), "pieces": self.pieces}, indent=0)
+        return json.dumps(
+            {"format": FORMAT, "specials": list(SPECIALS), "pieces": self.pieces}, indent=0
+        )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json())
@@ -105,12 +110,16 @@ class Tokenizer:
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: cannot read a tokenizer ({e})") from e
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path}: 'format' is {data.get('format') if isinstance(data, dict) else None!r}, "
-                             f"expected {FORMAT!r}")
+            raise ValueError(
+                f"{path}: 'format' is {data.get('format') if isinstance(data, dict) else None!r}, "
+                f"expected {FORMAT!r}"
+            )
         pieces = data.get("pieces")
         if not isinstance(pieces, list) or not all(isinstance(p, str) for p in pieces) \
                 or pieces[:len(SPECIALS)] != list(SPECIALS):
-            raise ValueError(f"{path}: 'pieces' must be a list of strings starting with {list(SPECIALS)}")
+            raise ValueError(
+                f"{path}: 'pieces' must be a list of strings starting with {list(SPECIALS)}"
+            )
         tok = cls.__new__(cls)
         tok._set_pieces(pieces)
         return tok

@@ -52,7 +52,9 @@ def unpatchify(tokens: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Te
 def sincos_1d(pos: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """pos (...,) float -> (..., dim) [cos | sin] embedding."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=pos.device, dtype=torch.float32) / half
+    )
     args = pos.float()[..., None] * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -75,11 +77,17 @@ class Block(nn.Module):
         self.proj = nn.Linear(d, d)
         self.norm2 = nn.RMSNorm(d)
         hidden = int(d * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        self.mlp = nn.Sequential(
+            nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d)
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, L, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(self.norm1(x))
+            .view(b, L, 3, self.heads, d // self.heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.proj(a.transpose(1, 2).reshape(b, L, d))
         return x + self.mlp(self.norm2(x))
@@ -103,7 +111,9 @@ class MiniBagel(nn.Module):
         # Zero at init so that a model without it and one with it start as the same function.
         self.cond2gen = nn.Linear(self.patch_dim, d) if cfg.cond_at_gen else None
         self.time_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
-        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_layers)
+        )
         self.norm = nn.RMSNorm(d)
         self.text_head = nn.Linear(d, self.vocab_padded, bias=False)
         self.llm2vae = nn.Linear(d, self.patch_dim)

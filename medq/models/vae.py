@@ -47,7 +47,8 @@ class ResBlock(nn.Module):
 class SmallVAE(nn.Module):
     """Convolutional KL autoencoder. ``downsample`` f = 2 ** stages: a 2x space-to-depth
     (pixel-unshuffle, so that no convolution runs at full resolution: the CPU budget) followed by
-    stages - 1 stride-2 convolutions; ``channels`` is the width at half resolution, doubled below."""
+    stages - 1 stride-2 convolutions; ``channels`` is the width at half resolution, doubled
+    below."""
 
     def __init__(self, downsample: int = 4, latent_channels: int = 4, channels: int = 32):
         super().__init__()
@@ -60,16 +61,26 @@ class SmallVAE(nn.Module):
         widths = [channels] + [channels * 2] * stages
         enc: list[nn.Module] = [nn.PixelUnshuffle(2), nn.Conv2d(12, widths[0], 3, padding=1)]
         for i in range(stages):
-            enc += [ResBlock(widths[i]), nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1)]
+            enc += [
+                ResBlock(widths[i]),
+                nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1),
+            ]
         enc += [ResBlock(widths[-1]), nn.GroupNorm(min(8, widths[-1]), widths[-1]), nn.SiLU(),
                 nn.Conv2d(widths[-1], 2 * latent_channels, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
-        dec: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1), ResBlock(widths[-1])]
+        dec: list[nn.Module] = [
+            nn.Conv2d(latent_channels, widths[-1], 3, padding=1),
+            ResBlock(widths[-1]),
+        ]
         for i in reversed(range(stages)):
             dec += [nn.Upsample(scale_factor=2, mode="nearest"),
                     nn.Conv2d(widths[i + 1], widths[i], 3, padding=1), ResBlock(widths[i])]
-        dec += [nn.GroupNorm(min(8, widths[0]), widths[0]), nn.SiLU(), nn.Conv2d(widths[0], 12, 3, padding=1),
-                nn.PixelShuffle(2)]
+        dec += [
+            nn.GroupNorm(min(8, widths[0]), widths[0]),
+            nn.SiLU(),
+            nn.Conv2d(widths[0], 12, 3, padding=1),
+            nn.PixelShuffle(2),
+        ]
         self.decoder = nn.Sequential(*dec)
         # Start with a small posterior variance: sampling noise of std 1 would swamp the
         # reconstruction signal in the first hundred steps of a one-minute training.
@@ -141,7 +152,10 @@ def save_vae(vae: SmallVAE, directory: str | Path) -> None:
     """``model.safetensors`` + ``arch.json`` into ``directory`` (created)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, str(d / WEIGHTS_FILE))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()},
+        str(d / WEIGHTS_FILE),
+    )
     (d / ARCH_FILE).write_text(json.dumps(vae.arch, indent=1))
 
 
@@ -163,11 +177,15 @@ def load_vae(path: str | Path) -> nn.Module:
     elif (d / "config.json").is_file():
         cls = json.loads((d / "config.json").read_text()).get("_class_name")
         if cls != "AutoencoderKL":
-            raise ValueError(f"{d / 'config.json'}: _class_name = {cls!r}, expected 'AutoencoderKL'")
+            raise ValueError(
+                f"{d / 'config.json'}: _class_name = {cls!r}, expected 'AutoencoderKL'"
+            )
         from diffusers import AutoencoderKL
 
         vae = DiffusersVAE(AutoencoderKL.from_pretrained(str(d), local_files_only=True))
     else:
-        raise FileNotFoundError(f"VAE directory {d}: found neither {ARCH_FILE} (ours; train it with "
-                                f"`python -m train vae`) nor config.json (a diffusers AutoencoderKL)")
+        raise FileNotFoundError(
+            f"VAE directory {d}: found neither {ARCH_FILE} (ours; train it with "
+            f"`python -m train vae`) nor config.json (a diffusers AutoencoderKL)"
+        )
     return vae.eval().requires_grad_(False)

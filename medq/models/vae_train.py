@@ -35,23 +35,36 @@ def reconstruction_psnr(vae, images: torch.Tensor, batch_size: int = 32) -> floa
 def calibrate(vae: SmallVAE, images: torch.Tensor, batch_size: int = 64) -> tuple[float, float]:
     """Set ``shift_factor`` = mean and ``scaling_factor`` = 1 / std of the raw latent means over
     ``images``; returns (scale, shift)."""
-    means = torch.cat([vae.moments(images[i:i + batch_size])[0] for i in range(0, len(images), batch_size)])
+    means = torch.cat(
+        [vae.moments(images[i : i + batch_size])[0] for i in range(0, len(images), batch_size)]
+    )
     shift, std = means.mean(), means.std().clamp_min(1e-6)
     vae.shift_factor.fill_(float(shift))
     vae.scaling_factor.fill_(float(1.0 / std))
     return float(1.0 / std), float(shift)
 
 
-def train_vae(vae: SmallVAE, train_images: torch.Tensor, val_images: torch.Tensor, *, steps: int = 600,
-              batch_size: int = 16, lr: float = 2e-3, kl_weight: float = 1e-6, seed: int = 0,
-              on_step: Callable[[int, float], None] | None = None) -> dict:
+def train_vae(
+    vae: SmallVAE,
+    train_images: torch.Tensor,
+    val_images: torch.Tensor,
+    *,
+    steps: int = 600,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    kl_weight: float = 1e-6,
+    seed: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict:
     """Train ``vae`` in place on ``train_images`` (N, 3, H, W) in [0, 1] with random flips,
     AdamW and a cosine learning-rate decay; calibrate; return metrics
     {"psnr_val", "psnr_train", "scaling_factor", "shift_factor", "steps", "final_loss"}."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt,
+        lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
+    )
     vae.train()
     loss_val = float("nan")
     for step in range(steps):

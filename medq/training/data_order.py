@@ -29,9 +29,11 @@ def batch_indices(n: int, batch_size: int, *, rank: int, world: int, seed: int,
                                  drop_last=True)
     per_epoch = len(sampler) // local
     if per_epoch == 0:
-        raise ValueError(f"{n} training samples give {len(sampler)} per rank, fewer than one batch of "
-                         f"{local} (optim.batch_size = {batch_size} over {world} ranks): raise "
-                         f"data.num_images or lower optim.batch_size")
+        raise ValueError(
+            f"{n} training samples give {len(sampler)} per rank, fewer than one batch of "
+            f"{local} (optim.batch_size = {batch_size} over {world} ranks): raise "
+            f"data.num_images or lower optim.batch_size"
+        )
     for epoch in count(start_step // per_epoch):
         sampler.set_epoch(epoch)
         order = list(sampler)

@@ -8,7 +8,6 @@ only when ``cfg.loss.needs_vae`` (an image-space loss is on).
 from __future__ import annotations
 
 import contextlib
-
 import json
 import logging
 from pathlib import Path
@@ -20,8 +19,8 @@ from torch.utils.data import DataLoader
 
 from medq.checkpoint import fingerprint, resolve_init
 from medq.config import Config
-from medq.training.data_order import batch_indices
 from medq.dist import Dist, barrier, broadcast_parameters
+from medq.training.data_order import batch_indices
 
 log = logging.getLogger("train")
 
@@ -71,8 +70,8 @@ def init_model(cfg: Config, device: torch.device):
 def shipped_weights_hint(spec: str):
     """Re-raise a load error of the shipped weights (``weights/``) with what to do about it: a
     missing, truncated or foreign file there is never a reason to start from random weights."""
-    from medq.models import CheckpointMismatchError
     from medq.checkpoint import REBUILD, is_shipped
+    from medq.models import CheckpointMismatchError
 
     try:
         yield
@@ -94,7 +93,9 @@ def _true_size(image: torch.Tensor, batch: dict, key: str, i: int) -> torch.Tens
 class MiniBagelTask:
     """``train.loop.Task`` for ``medq.models.MiniBagel``."""
 
-    def __init__(self, cfg: Config, device: torch.device, dist: Dist = Dist(), write_init: bool = True):
+    def __init__(
+        self, cfg: Config, device: torch.device, dist: Dist = Dist(), write_init: bool = True
+    ):
         from medq import models as M
         from medq.data import build_dataset, collate
 
@@ -106,10 +107,15 @@ class MiniBagelTask:
         broadcast_parameters(self.model, dist)
         if dist.is_main and write_init:  # a measurement (``train probe``) leaves no run directory
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            (cfg.run_dir / "init.json").write_text(json.dumps(self.init_info, indent=1, default=str))
-        log.info("init: %s weights%s, fingerprint %s", self.init_info["weights"],
-                 f" of {self.init_info['checkpoint']}" if not cfg.init.scratch else " (init.scratch)",
-                 self.init_info["fingerprint"])
+            (cfg.run_dir / "init.json").write_text(
+                json.dumps(self.init_info, indent=1, default=str)
+            )
+        log.info(
+            "init: %s weights%s, fingerprint %s",
+            self.init_info["weights"],
+            f" of {self.init_info['checkpoint']}" if not cfg.init.scratch else " (init.scratch)",
+            self.init_info["fingerprint"],
+        )
         # Rank 0 generates / caches the images first; the others then read the cache (two
         # processes writing one cache file would race).
         if not dist.is_main:
@@ -140,9 +146,15 @@ class MiniBagelTask:
         from medq.losses import compose_losses
         from medq.models import training_forward
 
-        fwd = training_forward(self.model, self.vae, self.tokenizer, batch,
-                               timestep_shift=self.cfg.loss.timestep_shift, generator=generator,
-                               instruction_dropout=0.0 if validation else self.cfg.loss.instruction_dropout)
+        fwd = training_forward(
+            self.model,
+            self.vae,
+            self.tokenizer,
+            batch,
+            timestep_shift=self.cfg.loss.timestep_shift,
+            generator=generator,
+            instruction_dropout=0.0 if validation else self.cfg.loss.instruction_dropout,
+        )
         decode = self._decode if self.cfg.loss.needs_vae else None
         out = compose_losses(self.cfg.loss, fwd, batch, decode)
         # Probe points: x0_hat (where the image losses enter; latent MSE does not pass through it),
@@ -183,13 +195,19 @@ class MiniBagelTask:
         probe = to_device(self.probe, self.device)
         # Each image cropped to its true size: the probe mixes tasks, and a padded sr4 input
         # resized as a whole would be a wrong input, not a collapse.
-        inputs = [_true_size(probe["input"][i], probe, "input_size", i) for i in range(len(probe["task"]))]
-        targets = [_true_size(probe["target"][i], probe, "target_size", i) for i in range(len(inputs))]
+        inputs = [
+            _true_size(probe["input"][i], probe, "input_size", i) for i in range(len(probe["task"]))
+        ]
+        targets = [
+            _true_size(probe["target"][i], probe, "target_size", i) for i in range(len(inputs))
+        ]
         report_ids, checks = [], []
         for i, (inp, tgt) in enumerate(zip(inputs, targets)):
             # The model sees the degraded input, as in training; the harness's prompt, so that
             # this rate and the harness's agree.
-            report_ids += adapter.generate_report(inp[None], [REPORT_PROMPT], seed=self.cfg.sample.seed)
+            report_ids += adapter.generate_report(
+                inp[None], [REPORT_PROMPT], seed=self.cfg.sample.seed
+            )
             size = tuple(tgt.shape[-2:])
             out = adapter.edit(inp[None], [probe["instruction"][i]], [probe["task"][i]], size,
                                seed=self.cfg.sample.seed)[0]
@@ -208,7 +226,8 @@ class MiniBagelTask:
     # -- weight files ----------------------------------------------------------------------
 
     def save_model(self, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
-        """model.safetensors (``state``, else the model's own weights), arch.json, tokenizer.json."""
+        """model.safetensors (``state``, else the model's own weights), arch.json,
+        tokenizer.json."""
         from medq.models import save_model
 
         save_model(self.model, self.tokenizer, directory, state=state)

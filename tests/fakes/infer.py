@@ -28,7 +28,9 @@ def disc_image(seed: int, size: int) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     disc = ((xx ** 2 + yy ** 2) < 0.8).float()
     low = torch.rand(1, 3, 4, 4, generator=g)
-    tex = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[0]
+    tex = torch.nn.functional.interpolate(
+        low, size=(size, size), mode="bilinear", align_corners=False
+    )[0]
     color = torch.tensor([0.8, 0.4, 0.2])[:, None, None]
     return ((0.3 + 0.7 * tex) * color * disc).clamp(0, 1)
 
@@ -41,7 +43,10 @@ def make_items(n: int = 5, size: int = 32, tasks=("sr4", "enhance")) -> list[dic
         for task in tasks:
             scale = {"sr2": 2, "sr4": 4, "enhance": 1}[task]
             if scale == 1:
-                inp = (target * 0.7 + 0.05 * torch.rand(target.shape, generator=torch.Generator().manual_seed(k))).clamp(0, 1)
+                inp = (
+                    target * 0.7
+                    + 0.05 * torch.rand(target.shape, generator=torch.Generator().manual_seed(k))
+                ).clamp(0, 1)
             else:
                 inp = bicubic(target[None], (size // scale, size // scale))[0]
             items.append({"id": f"img{k:03d}", "task": task, "instruction": f"do {task}",
@@ -67,7 +72,9 @@ class TextBicubic:
         return bicubic(images, out_size)
 
     def generate_report(self, images, prompts, seed):
-        return [[0, 1, 2, 5] for _ in range(images.shape[0])]      # "<bos>" skipped: "quality good image"
+        return [
+            [0, 1, 2, 5] for _ in range(images.shape[0])
+        ]  # "<bos>" skipped: "quality good image"
 
     def decode(self, ids):
         return decode_with_vocab(ids, VOCAB, skip=frozenset({0}))
@@ -98,7 +105,8 @@ class NoisySeeded:
 
 
 class RandomCollapsed:
-    """What an untrained unified model looks like: ids uniform over the padded head, noise images."""
+    """What an untrained unified model looks like: ids uniform over the padded head, noise
+    images."""
 
     name = "random"
     vocab_size = len(VOCAB)
@@ -110,7 +118,9 @@ class RandomCollapsed:
 
     def generate_report(self, images, prompts, seed):
         g = torch.Generator().manual_seed(seed[0])
-        return [torch.randint(0, PADDED, (40,), generator=g).tolist() for _ in range(images.shape[0])]
+        return [
+            torch.randint(0, PADDED, (40,), generator=g).tolist() for _ in range(images.shape[0])
+        ]
 
     def decode(self, ids):
         # The original bug: "".join over pieces that are None for padding ids.
