@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+
+from medq.files import atomic_path
 
 
 class Logger:
@@ -102,12 +103,8 @@ def _truncate_after(path: Path, step: int) -> None:
 
     kept = [rows[0]] + [r for r in rows[1:] if whole(r)]
     if len(kept) != len(rows):
-        tmp = path.with_name(f".tmp-{path.name}")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path, fsync=True) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
 
 def read_metrics(path: Path) -> dict[str, dict[int, float]]:
