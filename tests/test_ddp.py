@@ -120,21 +120,9 @@ def _launch_trainer(overrides: list[str], *extra: str) -> subprocess.CompletedPr
     args = [a for o in overrides for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--rdzv_backend=c10d",
-            "--rdzv_endpoint=localhost:0",
-            "-m",
-            "train",
-            "--preset",
-            "pretrain",
-            "--no-progress",
-            *args,
-            *extra,
-        ],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
+         "--rdzv_endpoint=localhost:0", "-m", "train", "--preset", "pretrain", "--no-progress",
+         *args, *extra],
         cwd=REPO,
         env=env,
         capture_output=True,

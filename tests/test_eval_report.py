@@ -141,32 +141,12 @@ def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, caps
     image metrics must equal the bicubic baseline's exactly."""
     from bench.__main__ import main
 
-    argv = [
-        "eval",
-        "--skip-train",
-        "--runs-dir",
-        str(tmp_path / "runs"),
-        "--out",
-        str(tmp_path / "reports"),
-        "--model",
-        "fakes.infer:TextBicubic",
-        "--tasks",
-        "sr4,enhance",
-        "--test-images",
-        "6",
-        "--set",
-        "data.num_images=60",
-        "--set",
-        "data.test_fraction=0.1",
-        "--set",
-        "model.image_size=32",
-        "--set",
-        f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
-        "--backbone",
-        "randresnet18",
-        "--no-progress",
-        "--no-plots",
-    ]
+    argv = ["eval", "--skip-train", "--runs-dir", str(tmp_path / "runs"), "--out",
+            str(tmp_path / "reports"), "--model", "fakes.infer:TextBicubic", "--tasks",
+            "sr4,enhance", "--test-images", "6", "--set", "data.num_images=60", "--set",
+            "data.test_fraction=0.1", "--set", "model.image_size=32", "--set",
+            f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}", "--backbone", "randresnet18",
+            "--no-progress", "--no-plots"]
     assert main(argv) == 0
     with open(tmp_path / "reports" / "leaderboard.csv") as f:
         rows = {(r["name"], r["task"]): r for r in csv.DictReader(f)}
@@ -197,30 +177,11 @@ def test_eval_on_the_real_drive_samples(tmp_path, fundus_samples):
     field-of-view masks from DRIVE, the baselines and a protocol model scored."""
     from bench.__main__ import main
 
-    argv = [
-        "eval",
-        "--skip-train",
-        "--runs-dir",
-        str(tmp_path / "runs"),
-        "--out",
-        str(tmp_path / "reports"),
-        "--data",
-        "drive",
-        "--root",
-        str(fundus_samples / "drive"),
-        "--split",
-        "all",
-        "--model",
-        "fakes.infer:TextBicubic",
-        "--tasks",
-        "sr4,enhance",
-        "--set",
-        f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
-        "--backbone",
-        "randresnet18",
-        "--no-progress",
-        "--no-plots",
-    ]
+    argv = ["eval", "--skip-train", "--runs-dir", str(tmp_path / "runs"), "--out",
+            str(tmp_path / "reports"), "--data", "drive", "--root", str(fundus_samples / "drive"),
+            "--split", "all", "--model", "fakes.infer:TextBicubic", "--tasks", "sr4,enhance",
+            "--set", f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}", "--backbone",
+            "randresnet18", "--no-progress", "--no-plots"]
     assert main(argv) == 0
     with open(tmp_path / "reports" / "leaderboard.csv") as f:
         rows = {(r["name"], r["task"]): r for r in csv.DictReader(f)}
@@ -246,16 +207,8 @@ def test_split_all_refuses_the_training_data(tmp_path, capsys):
     assert not (tmp_path / "reports").exists()
     assert (
         main(
-            [
-                "eval",
-                "--skip-train",
-                "--model-arg",
-                "steps=5",
-                "--runs-dir",
-                str(tmp_path / "runs"),
-                "--out",
-                str(tmp_path / "reports"),
-            ]
+            ["eval", "--skip-train", "--model-arg", "steps=5", "--runs-dir", str(tmp_path / "runs"),
+             "--out", str(tmp_path / "reports")]
         )
         == 2
     )

@@ -89,27 +89,10 @@ def test_checkpoint_of_another_architecture(tmp_path, capsys):
 
 def test_baseline_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "out"
-    argv = [
-        "--baseline",
-        "bicubic",
-        "--set",
-        f"run.out_dir={json.dumps(str(tmp_path))}",
-        "--set",
-        f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}",
-        "--set",
-        "data.num_images=12",
-        "--set",
-        "data.test_fraction=0.2",
-        "--set",
-        "model.image_size=32",
-        "--tasks",
-        "sr4",
-        "--limit",
-        "2",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    argv = ["--baseline", "bicubic", "--set", f"run.out_dir={json.dumps(str(tmp_path))}", "--set",
+            f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}", "--set", "data.num_images=12",
+            "--set", "data.test_fraction=0.2", "--set", "model.image_size=32", "--tasks", "sr4",
+            "--limit", "2", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "verdict HEALTHY" in text and "n/a" in text
@@ -152,23 +135,10 @@ def test_random_weights_run_is_collapsed_through_the_cli(tmp_path, capsys):
 
 def test_own_model_class_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
-    argv = [
-        "--model",
-        "fakes.infer:TextBicubic",
-        "--set",
-        "data.num_images=12",
-        "--set",
-        "data.test_fraction=0.2",
-        "--set",
-        "model.image_size=32",
-        "--set",
-        f"data.cache_dir={json.dumps(str(tmp_path / 'c'))}",
-        "--limit",
-        "2",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    argv = ["--model", "fakes.infer:TextBicubic", "--set", "data.num_images=12", "--set",
+            "data.test_fraction=0.2", "--set", "model.image_size=32", "--set",
+            f"data.cache_dir={json.dumps(str(tmp_path / 'c'))}", "--limit", "2", "--out", str(out),
+            "--no-progress"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "text-bicubic" and summary["text"]["undecodable_rate"] == 0

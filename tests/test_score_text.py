@@ -20,17 +20,12 @@ def write_jsonl(path, lines):
 
 
 def test_scores_valid_lines_and_reports_bad_ones(tmp_path, capsys):
-    f = write_jsonl(tmp_path / "g.jsonl", [
-        {"id": "a", "token_ids": [1, 2, 3]},
-        {"id": "b", "token_ids": [1, 200, 5, 300]},
-        "{broken",
-        {"id": "c"},
-        {"id": "d", "token_ids": [1, "x"]},
-        {"id": "e", "token_ids": [1, -100]},
-        {"token_ids": [1]},
-        {"id": "f", "text": "fine text"},
-        {"id": "a", "token_ids": [1]},
-    ])
+    f = write_jsonl(tmp_path / "g.jsonl", [{"id": "a", "token_ids": [1, 2, 3]},
+                                           {"id": "b", "token_ids": [1, 200, 5, 300]}, "{broken",
+                                           {"id": "c"}, {"id": "d", "token_ids": [1, "x"]},
+                                           {"id": "e", "token_ids": [1, -100]}, {"token_ids": [1]},
+                                           {"id": "f", "text": "fine text"},
+                                           {"id": "a", "token_ids": [1]}])
     out = tmp_path / "s.json"
     assert run(["--jsonl", str(f), "--vocab-size", "100", "--out", str(out)]) == 0
     err = capsys.readouterr().err

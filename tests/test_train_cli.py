@@ -27,17 +27,8 @@ def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path, capsys):
 
 def test_sweep_runs_the_grid_each_with_its_own_run_dir(tmp_path, capsys):
     rc = main(
-        [
-            "--preset",
-            "ssim_v3",
-            "--set",
-            f"run.out_dir={json.dumps(str(tmp_path))}",
-            "--sweep",
-            "loss.ssim_weight=0.1,0.2",
-            "--sweep",
-            "loss.ssim_max_t=0.1,0.15",
-            "--dry-run",
-        ]
+        ["--preset", "ssim_v3", "--set", f"run.out_dir={json.dumps(str(tmp_path))}", "--sweep",
+         "loss.ssim_weight=0.1,0.2", "--sweep", "loss.ssim_max_t=0.1,0.15", "--dry-run"]
     )
     assert rc == 0
     text = capsys.readouterr().out

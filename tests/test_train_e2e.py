@@ -71,17 +71,8 @@ def test_init_from_a_different_architecture_fails_naming_it(tiny):
     assert main(["--preset", "pretrain", "--no-progress", *sets(tiny)]) == 0
     with pytest.raises(SystemExit, match="CheckpointMismatchError.*d_model"):
         main(
-            [
-                "--preset",
-                "ssim_v3",
-                "--no-progress",
-                *sets(tiny),
-                *FROM_TINY_BASE,
-                "--set",
-                "model.d_model=64",
-                "--set",
-                "model.n_heads=2",
-            ]
+            ["--preset", "ssim_v3", "--no-progress", *sets(tiny), *FROM_TINY_BASE, "--set",
+             "model.d_model=64", "--set", "model.n_heads=2"]
         )
 
 

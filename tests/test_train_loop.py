@@ -117,14 +117,8 @@ def test_checkpoint_layout_run_json_and_rerun(tmp_path):
         "preset": "pretrain", "hash": cfg.hash, "status": "finished", "step": 6}
     assert read_best(ckpts)["name"] in {"step_000003", "step_000006"}
     metrics = read_metrics(cfg.run_dir / "logs" / "metrics.csv")
-    for key in (
-        "loss/mse",
-        "loss/total",
-        "train/lr",
-        "train/grad_norm",
-        "train/skipped",
-        "val/total",
-    ):
+    for key in ("loss/mse", "loss/total", "train/lr", "train/grad_norm", "train/skipped",
+                "val/total"):
         assert key in metrics, key
     assert list((cfg.run_dir / "logs" / "tb").iterdir())
     # Running a finished run again trains nothing.

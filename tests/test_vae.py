@@ -147,23 +147,9 @@ def test_train_vae_command_writes_skips_and_forces(tmp_path, capsys):
     out = tmp_path / "vae"
     parser = argparse.ArgumentParser()
     vae_cmd.add_arguments(parser)
-    argv = [
-        "--set",
-        f"model.vae={out}",
-        "--set",
-        "model.image_size=32",
-        "--set",
-        "data.num_images=6",
-        "--set",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "--steps",
-        "2",
-        "--batch-size",
-        "2",
-        "--channels",
-        "8",
-        "--no-progress",
-    ]
+    argv = ["--set", f"model.vae={out}", "--set", "model.image_size=32", "--set",
+            "data.num_images=6", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--steps", "2",
+            "--batch-size", "2", "--channels", "8", "--no-progress"]
     assert vae_cmd.main(parser.parse_args(argv)) == 0
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "arch.json", "metrics.json"}
     metrics = json.loads((out / "metrics.json").read_text())

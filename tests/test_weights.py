@@ -123,20 +123,10 @@ def test_the_rebuild_command_writes_weights_that_pass_their_check(tmp_path, monk
     from train.__main__ import main
 
     monkeypatch.chdir(tmp_path)
-    tiny = [
-        "model.d_model=32",
-        "model.n_layers=1",
-        "model.n_heads=2",
-        "data.num_images=40",
-        "optim.batch_size=4",
-        "optim.warmup_steps=1",
-        "run.val_every=2",
-        "run.ckpt_every=2",
-        "run.probe_every=2",
-        "sample.max_new_tokens=4",
-        "run.threads=1",
-        f'data.cache_dir="{tmp_path / "cache"}"',
-    ]
+    tiny = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.num_images=40",
+            "optim.batch_size=4", "optim.warmup_steps=1", "run.val_every=2", "run.ckpt_every=2",
+            "run.probe_every=2", "sample.max_new_tokens=4", "run.threads=1",
+            f'data.cache_dir="{tmp_path / "cache"}"']
     args = ["weights", "--out", str(tmp_path / "w"), "--vae-steps", "3", "--base-steps", "2",
             "--no-progress"] + [a for o in tiny for a in ("--set", o)]
     assert main(args) == 0

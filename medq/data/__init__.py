@@ -15,23 +15,7 @@ from medq.data.synthetic import generate_fundus
 from medq.data.tasks import bicubic_resize, degrade, lanczos_resize
 from medq.data.text import REPORT_PROMPT, parse_report, report, vocabulary
 
-__all__ = [
-    "collate",
-    "FundusDataset",
-    "build_dataset",
-    "real_images",
-    "synthetic_images",
-    "crop_to_fov",
-    "fov_mask",
-    "DataError",
-    "load_rgb",
-    "split_ids",
-    "generate_fundus",
-    "bicubic_resize",
-    "degrade",
-    "lanczos_resize",
-    "REPORT_PROMPT",
-    "parse_report",
-    "report",
-    "vocabulary",
-]
+__all__ = ["collate", "FundusDataset", "build_dataset", "real_images", "synthetic_images",
+           "crop_to_fov", "fov_mask", "DataError", "load_rgb", "split_ids", "generate_fundus",
+           "bicubic_resize", "degrade", "lanczos_resize", "REPORT_PROMPT", "parse_report", "report",
+           "vocabulary"]

@@ -30,25 +30,9 @@ log = logging.getLogger(__name__)
 RECORDS = "records.jsonl"
 PART_GLOB = "records.part-*.jsonl"
 KINDS = ("input", "output", "target", "mask")
-FIELDS = (
-    "id",
-    "task",
-    "instruction",
-    "run",
-    "checkpoint",
-    "weights",
-    "seed",
-    "settings",
-    *KINDS,
-    "seconds",
-    "text",
-    "report_text",
-    "report_ids",
-    "undecodable",
-    "undecodable_positions",
-    "quality_label",
-    "report_quality",
-)
+FIELDS = ("id", "task", "instruction", "run", "checkpoint", "weights", "seed", "settings", *KINDS,
+          "seconds", "text", "report_text", "report_ids", "undecodable", "undecodable_positions",
+          "quality_label", "report_quality")
 
 
 def read_jsonl(path: Path) -> list[dict]:

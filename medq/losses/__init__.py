@@ -11,16 +11,6 @@ from medq.losses.objective import LossTerms, compose_losses, cross_entropy
 from medq.losses.probe import gradient_probe
 from medq.losses.ssim import ssim, ssim_loss
 
-__all__ = [
-    "ssim",
-    "ssim_loss",
-    "scale_gradient",
-    "clamp_gradient",
-    "image_space_loss_from_x0",
-    "image_space_loss_packed",
-    "unpatchify",
-    "gradient_probe",
-    "compose_losses",
-    "cross_entropy",
-    "LossTerms",
-]
+__all__ = ["ssim", "ssim_loss", "scale_gradient", "clamp_gradient", "image_space_loss_from_x0",
+           "image_space_loss_packed", "unpatchify", "gradient_probe", "compose_losses",
+           "cross_entropy", "LossTerms"]
