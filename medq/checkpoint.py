@@ -19,7 +19,10 @@ save was finite and every weight is finite); retention keeps the newest good che
 a doomed directory to ``.tmp-del-*`` before deleting it. ``usable_checkpoint`` checks the files of
 the newest checkpoint (safetensors headers against the file size, ``optim.pt``'s zip directory and
 CRCs, ``state.json``) and falls back to the previous complete one, moving a broken directory to
-``broken-step_*``. ``run_lock`` holds ``<run_dir>/run.lock`` (``fcntl.flock``) for a whole run.
+``broken-step_*``; it never goes past the checkpoint ``latest`` names, and ``set_aside_newer``
+moves complete checkpoints newer than the resume point to ``stale-step_*`` (their metrics rows are
+rewritten by the resumed run). ``run_lock`` holds ``<run_dir>/run.lock`` (``fcntl.flock``) for
+a whole run.
 
 Weights are safetensors only; ``optim.pt`` (optimizer, scheduler, RNG states) is the one pickle,
 and it never holds weights a model is initialised from.
@@ -62,6 +65,7 @@ LATEST = "latest"
 BEST = "best.json"
 SLOW_SAVE_ENV = "MEDQ_TEST_SLOW_SAVE"
 BROKEN_PREFIX = "broken-"
+STALE_PREFIX = "stale-"
 LOCK_FILE = "run.lock"
 STEP_NAME = re.compile(r"step_\d+")
 
@@ -244,16 +248,27 @@ def verify_checkpoint(ckpt: Path, required: tuple[str, ...] = ()) -> None:
             raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
 
 
-def usable_checkpoint(root: Path, required: tuple[str, ...] = ()) -> tuple[Path | None, list[str]]:
-    """The newest complete checkpoint under ``root`` whose files pass ``verify_checkpoint``
-    (``latest`` first, then older ones, newest first) and the messages about broken ones.
+def _step_of(name: str) -> int:
+    return int(name.split("_")[1])
 
-    A broken checkpoint is renamed to ``broken-<name>`` (kept for inspection, never read again) and
-    a warning names the broken file; the next candidate is tried."""
+
+def usable_checkpoint(root: Path, required: tuple[str, ...] = ()) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint under ``root`` whose files pass ``verify_checkpoint``, at or
+    before the one ``latest`` names (``latest`` first, then older ones, newest first), and the
+    messages about broken ones.
+
+    A complete checkpoint newer than ``latest`` is never a candidate: it is history the run has
+    left (a save killed between its rename and the pointer update, after which the run resumed
+    from ``latest`` and rewrote its metrics from there; or a non-finite streak). Resuming from it
+    would skip the metrics rows of the steps in between (``set_aside_newer`` moves such
+    directories away on resume). A broken checkpoint is renamed to ``broken-<name>`` (kept for
+    inspection, never read again) and a warning names the broken file; the next candidate is
+    tried."""
     root = Path(root)
-    first = latest_checkpoint(root)
-    candidates = ([first] if first else []) + [c for c in reversed(list_checkpoints(root))
-                                               if c != first]
+    name = _pointer_target(root)
+    bound = _step_of(name) if name is not None else None
+    candidates = [c for c in reversed(list_checkpoints(root))
+                  if bound is None or _step_of(c.name) <= bound]
     broken = []
     for ckpt in candidates:
         try:
@@ -270,6 +285,28 @@ def usable_checkpoint(root: Path, required: tuple[str, ...] = ()) -> tuple[Path 
                         aside)
             broken.append(msg)
     return None, broken
+
+
+def set_aside_newer(root: Path, ckpt: Path) -> list[Path]:
+    """Rename every complete checkpoint newer than ``ckpt`` (the one a run resumes from) to
+    ``stale-<name>``, with a warning; return the new paths. The resumed run rewrites the metrics
+    history after ``ckpt``, so those directories no longer match it and must never be resumed
+    from, scored or kept by retention (kept on disk for inspection, like ``broken-`` ones)."""
+    root, step = Path(root), _step_of(Path(ckpt).name)
+    moved = []
+    for newer in list_checkpoints(root):
+        if _step_of(newer.name) <= step:
+            continue
+        aside = root / f"{STALE_PREFIX}{newer.name}"
+        if aside.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        os.replace(newer, aside)
+        fsync_path(root)
+        log.warning("%s is newer than %s, which the run resumes from (a save killed before "
+                    "'latest' was updated, or a non-finite streak): moved to %s, never resumed "
+                    "from", newer, Path(ckpt).name, aside)
+        moved.append(aside)
+    return moved
 
 
 def read_state(ckpt: Path) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,7 @@ from medq.checkpoint import (
     release_run_lock,
     run_lock,
     save_checkpoint,
+    set_aside_newer,
     usable_checkpoint,
     verify_checkpoint,
 )
@@ -36,6 +38,10 @@ from train.loop import train
 from train.monitors import NonFiniteError
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def write_file(name: str, text: str):
+    return lambda d: (d / name).write_text(text)
 
 
 def _hold_lock_in_child(run_dir: Path) -> subprocess.Popen:
@@ -130,7 +136,6 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
 
 
 def test_no_checkpoint_left_is_an_error_not_a_silent_restart(tmp_path):
-    import shutil
 
     cfg, _ = _finished_run(tmp_path, "optim.max_steps=9")
     metrics = (cfg.run_dir / "logs" / "metrics.csv").read_text()
@@ -190,7 +195,6 @@ def test_nan_weights_after_a_finite_step_are_not_good(tmp_path):
 
 
 def test_retention_renames_before_deleting(tmp_path, monkeypatch):
-    import shutil
 
     root = tmp_path / "checkpoints"
     for step in (1, 2, 3):
@@ -215,6 +219,55 @@ def test_retention_renames_before_deleting(tmp_path, monkeypatch):
 
 def test_usable_checkpoint_of_an_empty_root(tmp_path):
     assert usable_checkpoint(tmp_path / "none") == (None, [])
+
+
+def test_fallback_never_goes_past_latest(tmp_path, caplog):
+    """A checkpoint newer than ``latest`` (a save killed between its rename and the pointer
+    update) is not a candidate, even when ``latest`` itself is broken: resuming from it would skip
+    the metrics rows the run rewrote after ``latest``."""
+    root = tmp_path / "checkpoints"
+    for step in (2, 4, 6):
+        save_checkpoint(root, step, {"a": write_file("a.txt", str(step))}, {})
+    (root / "latest").write_text("step_000004\n")
+    assert usable_checkpoint(root)[0].name == "step_000004"
+    (root / "step_000004" / "state.json").write_text("{")
+    with caplog.at_level("WARNING"):
+        ckpt, broken = usable_checkpoint(root)
+    assert ckpt.name == "step_000002" and len(broken) == 1
+    assert (root / "step_000006").is_dir()  # left alone here; set_aside_newer moves it on resume
+    moved = set_aside_newer(root, ckpt)
+    assert [p.name for p in moved] == ["stale-step_000006"]
+    assert [p.name for p in list_checkpoints(root)] == ["step_000002"]
+    assert "newer than step_000002" in caplog.text
+
+
+def test_resume_after_an_unpointed_save_a_crash_and_a_corrupt_latest_keeps_every_row(tmp_path):
+    """The chaos test's rare lost row, made deterministic: a save killed after its rename but
+    before ``latest`` moved (step 6 complete, latest -> 4); the next process resumes from 4,
+    rewrites the rows after 4 and crashes computing step 6; ``latest`` (4) is then corrupted. The
+    resume must fall back to 2, never to the orphaned 6, so every step has its row."""
+    extra = ("optim.max_steps=8", "run.ckpt_every=2", "run.val_every=2", "run.keep_last=10")
+    reference = train(tiny_cfg(tmp_path / "ref", *extra), TinyTask(), progress=False)
+    ref = losses_by_step(reference["run_dir"])
+    cfg, _ = _finished_run(tmp_path / "run", *extra)  # stopped at 6: step_2, 4, 6; latest -> 6
+    root = cfg.run_dir / "checkpoints"
+    (root / "latest").write_text("step_000004\n")
+
+    class CrashAt6(TinyTask):
+        def losses(self, batch, generator):
+            if batch["step"] == 6:
+                raise KeyboardInterrupt  # dies computing step 6: rows up to 5 are written
+            return super().losses(batch, generator)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, CrashAt6(), progress=False)
+    assert (root / "stale-step_000006").is_dir() and not (root / "step_000006").exists()
+    model = root / "step_000004" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:100])
+    out = train(cfg, TinyTask(), progress=False)
+    assert out["status"] == "finished" and out["fingerprint"] == reference["fingerprint"]
+    got = losses_by_step(cfg.run_dir)
+    assert sorted(got) == list(range(1, 9)) and all(got[k] == ref[k] for k in got)
 
 
 # ---------------------------------------------------------------------------------------------

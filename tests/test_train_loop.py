@@ -265,3 +265,31 @@ def test_fsdp_in_a_single_process_is_ignored_with_a_warning(tmp_path, caplog):
         fsdp = train(tiny_cfg(tmp_path / "b", "run.fsdp=true"), TinyTask(), progress=False)
     assert "run.fsdp = true ignored: a single process" in caplog.text
     assert fsdp["fingerprint"] == plain["fingerprint"]  # the same training, unsharded
+
+
+def test_metrics_csv_survives_a_kill_at_any_byte(tmp_path):
+    """A kill can cut metrics.csv after any byte (the first flush writes the header and the rows
+    together). Whatever the cut, the resumed run's history reads back whole: every step once,
+    with the uninterrupted values; a torn header is written whole again."""
+    from train.logger import Logger
+
+    def write(log_dir: Path, start: int, stop: int) -> None:
+        logger = Logger(log_dir, start_step=start, tensorboard=False)
+        for step in range(start + 1, stop + 1):
+            logger.log_dict({"loss/total": step / 7, "train/lr": step / 3})
+            logger.flush(step)
+        logger.close()
+
+    write(tmp_path / "full", 0, 6)
+    data = (tmp_path / "full" / "metrics.csv").read_bytes()
+    expected = read_metrics(tmp_path / "full" / "metrics.csv")
+    for cut in range(len(data)):
+        log_dir = tmp_path / f"cut{cut}"
+        log_dir.mkdir()
+        (log_dir / "metrics.csv").write_bytes(data[:cut])
+        # The checkpoint such a kill leaves: the last even step whose rows all precede the cut.
+        rows = data[:cut].decode().split("\r\n")[1:-1]
+        done = [int(r.split(",")[0]) for r in rows]
+        start = max([s for s in set(done) if s % 2 == 0 and done.count(s) == 2] or [0])
+        write(log_dir, start, 6)
+        assert read_metrics(log_dir / "metrics.csv") == expected, (cut, data[:cut])

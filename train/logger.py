@@ -35,7 +35,7 @@ class Logger:
         self._file = open(self.csv_path, "a", newline="")
         self._csv = csv.writer(self._file)
         if new:
-            self._csv.writerow(["step", "key", "value"])
+            self._csv.writerow(HEADER)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(Path(log_dir) / "tb"), purge_step=start_step or None)
@@ -82,9 +82,14 @@ class Logger:
                 self.tb.close()
 
 
+HEADER = ["step", "key", "value"]
+
+
 def _truncate_after(path: Path, step: int) -> None:
     """Keep the header and the rows up to ``step``; a torn last row (a process killed mid-write)
-    is dropped too. Rewritten through a temp file, so a kill here never loses the history."""
+    is dropped too, and a torn header is written whole again (the first flush writes header and
+    rows in one go: a kill there can leave ``st``, and rows appended to it would read as one
+    garbled header). Rewritten through a temp file, so a kill here never loses the history."""
     if not path.exists():
         return
     text = path.read_text()
@@ -101,8 +106,8 @@ def _truncate_after(path: Path, step: int) -> None:
         except ValueError:
             return False
 
-    kept = [rows[0]] + [r for r in rows[1:] if whole(r)]
-    if len(kept) != len(rows):
+    kept = [HEADER] + [r for r in rows[1:] if whole(r)]
+    if kept != rows:
         with atomic_path(path, fsync=True) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 

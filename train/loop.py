@@ -48,6 +48,7 @@ from medq.checkpoint import (
     read_state,
     run_lock,
     save_checkpoint,
+    set_aside_newer,
     update_best,
     usable_checkpoint,
     write_run_json,
@@ -122,8 +123,10 @@ def _resume_point(cfg: Config, ckpt_root: Path, dist: Dist) -> Path | None:
                 f"checkpoint is left in {ckpt_root}" + (f" ({broken[-1]})" if broken else "")
                 + "; starting over would rewrite its metrics history: move the run directory "
                 "away to train anew")
-        if broken and ckpt is not None:
-            point_latest(ckpt_root, ckpt)  # every reader (other ranks, eval) agrees on it
+        if ckpt is not None:
+            set_aside_newer(ckpt_root, ckpt)  # their metrics rows are about to be rewritten
+            if broken:
+                point_latest(ckpt_root, ckpt)  # every reader (other ranks, eval) agrees on it
     finally:
         barrier(dist)  # the other ranks read `latest` only after rank 0 has settled it
     return ckpt
