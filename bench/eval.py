@@ -347,7 +347,7 @@ def run_eval(args) -> dict:
         per_image += pi
     # External models and baselines see the same test items as the runs (the runs' image size).
     cfg = eval_cfg if image_size is None else load_config(
-        "base", overrides=overrides + [f"model.image_size={image_size}"])
+        "control", overrides=overrides + [f"model.image_size={image_size}"])
     for spec in args.models:
         from medq.harness.load import load_class, model_dir_name
 
