@@ -135,6 +135,7 @@ def test_leaderboard_with_features_byte_identical_on_repeat(tmp_path):
     assert "fd_randresnet18" in text.splitlines()[0] and "kid_randresnet18" in text.splitlines()[0]
 
 
+@pytest.mark.slow  # a whole evaluation (harness, scoring, FD features, reports) through the CLI
 def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, capsys):
     """Bring your own model: a protocol implementation written here (bicubic images, a fixed
     report) goes through harness + scoring + reports like a built-in run. It is bicubic, so its
