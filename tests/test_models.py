@@ -459,13 +459,15 @@ def test_condition_at_the_generated_grid_position(cfg, tok):
     assert diff[3] > 1e-3 and torch.all(diff[torch.arange(n) != 3] < 1e-6)
 
 
-def test_mmse_output_is_the_x0_prediction_from_pure_noise(cfg, tok, vae):
-    """output="mmse" returns decode(x_1 - v_hat(x_1, t=1)) for the seeded noise x_1: one forward,
-    independent of the sampler's steps; "sample" runs the Euler sampler (a different image)."""
+@pytest.mark.parametrize("mmse_t", [1.0, 0.9])
+def test_mmse_output_is_the_x0_prediction_from_the_noised_condition(cfg, tok, vae, mmse_t):
+    """output="mmse" returns decode(x_t - t v_hat(x_t, t)) with x_t = (1 - t) cond + t eps for the
+    seeded noise eps and t = sample.mmse_t (t = 1: from pure noise): one forward, independent of
+    the sampler's steps; "sample" runs the Euler sampler (a different image)."""
     model = MiniBagel(cfg, tok.vocab_size)
     torch.nn.init.normal_(model.llm2vae.weight, std=0.05)
     images = torch.rand(2, 3, 8, 8)
-    sc = SampleConfig(steps=3, max_new_tokens=4)
+    sc = SampleConfig(steps=3, max_new_tokens=4, mmse_t=mmse_t)
     mmse = MiniBagelAdapter(model, vae, tok, sc, output="mmse")
     got = mmse.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6])
     cond = mmse._encode_condition(images, (32, 32))
@@ -475,11 +477,12 @@ def test_mmse_output_is_the_x0_prediction_from_pure_noise(cfg, tok, vae):
                          for s in (5, 6)])
     text = pack_text(tok, [SR4, SR4], None, cfg.max_text_len)
     from medq.models.transformer import patchify, unpatchify
+    x_t = (1 - mmse_t) * cond + mmse_t * noise
     with torch.no_grad():
         _, _, v = model(text.ids, text.pos, sequence_mask(text, h * w // p // p, h * w // p // p),
-                        cond=patchify(cond, p), gen=patchify(noise, p), t=torch.ones(2),
+                        cond=patchify(cond, p), gen=patchify(x_t, p), t=torch.full((2,), mmse_t),
                         grid=(h // p, w // p))
-        want = vae.decode(noise - unpatchify(v, p, c, h, w)).clamp(0, 1)
+        want = vae.decode(x_t - mmse_t * unpatchify(v, p, c, h, w)).clamp(0, 1)
     assert torch.allclose(got, want, atol=1e-5)
     more_steps = MiniBagelAdapter(model, vae, tok, dataclasses.replace(sc, steps=7), output="mmse")
     assert torch.allclose(

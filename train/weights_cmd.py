@@ -25,6 +25,7 @@ is refused for ``weights/base`` with that reason.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -74,7 +75,9 @@ def score_base(ckpt: Path, n: int = SCORE_IMAGES) -> dict[str, float]:
 
     model, tok, vae, _, info = load_for_inference(ckpt)
     cfg = info["config"]
-    adapter = MiniBagelAdapter(model, vae, tok, cfg.sample, output="mmse")
+    # The recorded scores are defined from pure noise (t = 1), whatever sample.mmse_t says.
+    adapter = MiniBagelAdapter(model, vae, tok, dataclasses.replace(cfg.sample, mmse_t=1.0),
+                               output="mmse")
     scores = {}
     for task in cfg.data.tasks:
         ds = build_dataset(cfg.data, cfg.model.image_size, "val", tasks=[task])

@@ -119,8 +119,8 @@ def load_run(run, *, weights: str = "ema", checkpoint: str | None = None, device
     """Our mini-BAGEL from a run / checkpoint, strictly verified (``medq.checkpoint.
     load_for_inference``), wrapped as ``MiniBagelAdapter``. Returns (model, meta, info) where
     meta = {"run", "checkpoint", "weights"} for the records and info is load_for_inference's.
-    ``output``: "sample" (the Euler sampler) or "mmse" (the x0 prediction from pure noise; the
-    model's name then ends in ``/mmse``), see ``MiniBagelAdapter``."""
+    ``output``: "sample" (the Euler sampler) or "mmse" (the x0 prediction from the noised
+    condition; the model's name then ends in ``/mmse``), see ``MiniBagelAdapter``."""
     from medq.checkpoint import load_for_inference
 
     target = checkpoint_dir(Path(run), checkpoint)

@@ -63,12 +63,14 @@ class MiniBagelAdapter:
     def __init__(self, model, vae, tokenizer, sample_cfg: SampleConfig | None = None,
                  name: str = "mini-bagel", output: str = "sample"):
         """``output``: what ``edit`` returns. ``sample``: the Euler sampler from noise (BAGEL's
-        output; sharp, pays for it in PSNR). ``mmse``: the model's x0 prediction from pure noise
-        at t = 1, ``x0_hat = x_1 - v_hat(x_1, 1)``. Because x_1 = eps exactly at t = 1 and the flow
-        is trained with MSE on v = eps - x0, ``v_hat(x_1, 1)`` estimates
-        ``x_1 - E[x0 | condition]``,
-        so x0_hat is the posterior mean of the latent (decoded by the VAE): the minimum-MSE
-        output in latent space, one forward instead of ``steps``."""
+        output; sharp, pays for it in PSNR). ``mmse``: the model's x0 prediction, one forward
+        instead of ``steps``, from the condition latent noised to t = ``sample.mmse_t``:
+        ``x_t = (1 - t) cond + t eps``, ``x0_hat = x_t - t v_hat(x_t, t)``, decoded by the VAE.
+        The flow is trained with MSE on v = eps - x0, so ``x0_hat`` is the model's posterior mean
+        E[x0 | x_t, condition]. At t = 1, x_t = eps carries nothing and this is the posterior mean
+        given the condition alone; at t < 1 the noised condition stands in for x_t (an SDEdit-style
+        start), which the model denoises towards the target: at t = 0.9 it scored +1.0 dB and
+        +0.05 SSIM-fov over t = 1 on every task's validation split (issue 14)."""
         if output not in self.OUTPUTS:
             raise ValueError(
                 f"MiniBagelAdapter: output = {output!r}; expected one of {self.OUTPUTS}"
@@ -83,7 +85,11 @@ class MiniBagelAdapter:
         """What the harness records about how this model generates (``medq.harness.run``)."""
         import dataclasses
 
-        return {"sample": dataclasses.asdict(self.sample_cfg), "output": self.output}
+        sample = dataclasses.asdict(self.sample_cfg)
+        if self.output == "sample":
+            # The sampler never reads it: sampled outputs made before it existed stay valid.
+            sample.pop("mmse_t")
+        return {"sample": sample, "output": self.output}
 
     @property
     def vocab_size(self) -> int:
@@ -138,9 +144,10 @@ class MiniBagelAdapter:
                 return velocity
 
             if self.output == "mmse":
-                t1 = torch.ones(n, device=self.device)
-                z = noise - make_velocity(list(instructions))(noise, t1)
-                return self.vae.decode(z)[..., :H, :W].float().clamp(0, 1)
+                t = sc.mmse_t
+                x_t = (1 - t) * cond + t * noise
+                v = make_velocity(list(instructions))(x_t, torch.full((n,), t, device=self.device))
+                return self.vae.decode(x_t - t * v)[..., :H, :W].float().clamp(0, 1)
             uncond = make_velocity([""] * n) if sc.text_guidance > 1 else None
             z = euler_sample(
                 make_velocity(list(instructions)),
