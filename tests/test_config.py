@@ -6,6 +6,7 @@ import json
 import pytest
 
 from medq.config import (
+    NOT_HASHED,
     Config,
     ConfigError,
     DataConfig,
@@ -169,8 +170,10 @@ def test_hash_is_stable_and_changes_with_every_value():
     changed = 0
     for section, values in d.items():
         for key, value in values.items():
-            if (section, key) in {("run", "out_dir"), ("run", "preset"), ("run", "fsdp")}:
-                continue  # where a run is written / how it is spread over ranks, not what
+            if (section, key) in NOT_HASHED:
+                # where a run is written / how it is spread over ranks / which x0 prediction the
+                # MMSE output reads at inference: not what training computes
+                continue
             if isinstance(value, bool):
                 new = not value
             elif isinstance(value, (int, float)):
@@ -190,6 +193,13 @@ def test_hash_is_stable_and_changes_with_every_value():
             assert other.hash != base.hash, f"{section}.{key} does not enter the hash"
             changed += 1
     assert changed > 40
+
+
+def test_not_hashed_values_leave_the_hash_alone():
+    base = load_config("ssim_v3")
+    assert load_config("ssim_v3", overrides=["sample.mmse_t=1.0"]).hash == base.hash
+    assert set(NOT_HASHED) == {("run", "out_dir"), ("run", "preset"), ("run", "fsdp"),
+                               ("sample", "mmse_t")}
 
 
 def test_fsdp_does_not_enter_the_hash():

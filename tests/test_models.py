@@ -120,14 +120,14 @@ def test_condition_prior_maps_pure_noise_onto_the_condition(cfg, tok, vae):
     MMSE output of an untrained model is the decoded condition (the bicubic / unchanged input)."""
     model = MiniBagel(cfg, tok.vocab_size)
     images = torch.rand(2, 3, 8, 8)
-    ad = MiniBagelAdapter(model, vae, tok, SampleConfig(steps=2), output="mmse")
+    ad = MiniBagelAdapter(model, vae, tok, SampleConfig(steps=2, mmse_t=1.0), output="mmse")
     got = ad.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[1, 2])
     cond = ad._encode_condition(images, (32, 32))
     assert torch.allclose(got, vae.decode(cond).clamp(0, 1), atol=1e-5)
     other_noise = ad.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[7, 8])
     assert torch.allclose(other_noise, got, atol=1e-5)
     plain = MiniBagelAdapter(MiniBagel(dataclasses.replace(cfg, cond_prior=False), tok.vocab_size),
-                             vae, tok, SampleConfig(steps=2), output="mmse")
+                             vae, tok, SampleConfig(steps=2, mmse_t=1.0), output="mmse")
     assert not torch.allclose(plain.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[1, 2]),
                               got, atol=1e-3)
 
