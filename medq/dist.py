@@ -117,8 +117,14 @@ def barrier(d: Dist) -> None:
         tdist.barrier()
 
 
-def shutdown_group() -> None:
+def shutdown_group(wait: bool = False) -> None:
+    """Leave the process group. ``wait``: every rank first waits for the others (after a
+    successful run: a rank that destroyed its gloo group while another still finished its last
+    writes was once killed by SIGABRT, "terminate called without an active exception", after a
+    complete FSDP run). Never on an error path, where another rank may never arrive."""
     if tdist.is_available() and tdist.is_initialized():
+        if wait:
+            tdist.barrier()
         tdist.destroy_process_group()
 
 

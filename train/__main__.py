@@ -333,14 +333,15 @@ def train_main(argv: list[str]) -> int:
               "run is resumed only if they resolve to the same hash", file=sys.stderr)
     from medq.dist import shutdown_group
 
-    rc = 0
+    rc, completed = 0, False
     try:
         for i, cfg in enumerate(configs):
             if len(configs) > 1:
                 print(f"== sweep {i + 1}/{len(configs)}: {cfg.run_name}", flush=True)
             rc = run_one(cfg, args) or rc
+        completed = True
     finally:
-        shutdown_group()
+        shutdown_group(wait=completed)
     return rc
 
 
