@@ -8,6 +8,7 @@
     python -m bench perf train                # step time, FLOPs, utilisation per preset
     python -m bench perf infer                # inference images per second and utilisation
     python -m bench perf main                 # stage times of the last train-v3 + eval job
+    python -m bench mmse-t                    # the MMSE output at several t (sample.mmse_t)
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``,
 imported only when chosen (``medq.cli.run_subcommand``).
@@ -22,6 +23,7 @@ SUBCOMMANDS = {
     "score": ("bench.score", "score a folder of external predictions into the leaderboard"),
     "score-text": ("bench.score_text", "undecodable-token statistics of external generations"),
     "perf": ("bench.perf", "performance tables of the project's own kernels"),
+    "mmse-t": ("bench.mmse_t", "the MMSE output at several t: how sample.mmse_t was chosen"),
 }
 
 

@@ -300,10 +300,11 @@ class SampleConfig:
     mmse_t: float = 0.9
     """The MMSE output (``MiniBagelAdapter(output="mmse")``) is the x0 prediction from the
     condition latent noised to this t; 1.0 = from pure noise (the posterior mean given the
-    condition alone). Chosen on the validation split of the shipped base model (issue 14): PSNR-fov
-    / SSIM-fov at t = 1.0, 0.95, 0.9, 0.85, 0.8 on sr4 26.98/0.624, 27.61/0.668, 27.89/0.670,
-    27.94/0.665, 27.91/0.659; sr2 28.86/0.749, 29.77/0.797, 29.89/0.795, 29.82/0.785,
-    29.67/0.774; enhance 27.10/0.712, 27.88/0.766, 28.34/0.777, 28.48/0.776, 28.45/0.770."""
+    condition alone). Chosen on the validation split of the shipped base model (issue 14;
+    ``python -m bench mmse-t``, 62 images per task, PSNR-fov / SSIM-fov at t = 1, 0.95, 0.9, 0.85,
+    0.8): sr4 26.97/0.625, 27.60/0.668, 27.88/0.670, 27.94/0.665, 27.91/0.658; sr2 28.86/0.750,
+    29.76/0.797, 29.89/0.794, 29.81/0.784, 29.67/0.773; enhance 27.12/0.713, 27.88/0.766,
+    28.34/0.777, 28.48/0.775, 28.45/0.769. 0.9 is best or within 0.005 SSIM of it everywhere."""
     seed: int = 0
     max_new_tokens: int = 40
     temperature: float = 0.0

@@ -1,0 +1,43 @@
+"""``python -m bench mmse-t``: the table that chose ``sample.mmse_t``, checked against the scores
+recorded with the shipped base model (``weights/base/manifest.json``, x0 prediction from pure
+noise on the first 8 val images per task)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import mmse_t
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _args(**kw) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    mmse_t.add_arguments(p)
+    return p.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in kw.items()] + ["--no-progress"])
+
+
+def test_t_1_column_reproduces_the_recorded_base_scores(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # the shipped weights and the data cache are found from the repo root
+    assert mmse_t.main(_args(run="weights/base", t="1,0.9", images=8)) == 0
+    out = capsys.readouterr().out
+    recorded = json.loads((REPO / "weights/base/manifest.json").read_text())["scores"]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| task")}
+    assert set(rows) == set(recorded)
+    for task, cells in rows.items():
+        psnr_t1 = float(cells[1].split("/")[0])
+        assert psnr_t1 == pytest.approx(recorded[task], abs=0.01), task
+        assert float(cells[2].split("/")[0]) != psnr_t1  # t = 0.9 is another prediction
+
+
+@pytest.mark.parametrize("text, message", [("1,x", "'x' is not a number"),
+                                           ("0", "'0' must be in (0, 1]"),
+                                           ("1.5", "'1.5' must be in (0, 1]")])
+def test_bad_t_values_are_named(text, message):
+    with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
+        mmse_t.parse_ts(text)
