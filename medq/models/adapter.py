@@ -70,7 +70,7 @@ class MiniBagelAdapter:
         E[x0 | x_t, condition]. At t = 1, x_t = eps carries nothing and this is the posterior mean
         given the condition alone; at t < 1 the noised condition stands in for x_t (an SDEdit-style
         start), which the model denoises towards the target: at t = 0.9 it scored +0.9-1.2 dB and
-        +0.05-0.07 SSIM-fov over t = 1 on every task's validation split (issue 14)."""
+        +0.04-0.06 SSIM-fov over t = 1 on every task's validation split (issue 14)."""
         if output not in self.OUTPUTS:
             raise ValueError(
                 f"MiniBagelAdapter: output = {output!r}; expected one of {self.OUTPUTS}"
