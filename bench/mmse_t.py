@@ -15,13 +15,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import torch
 from tqdm import tqdm
 
-from medq.data import build_dataset
-from medq.harness.load import load_run
-from medq.metrics import psnr, ssim
-from medq.models.forward import resize_bicubic
+from medq.harness.load import InferError, load_run
+from medq.harness.split_scores import split_fov_scores
 
 
 def add_arguments(p) -> None:
@@ -48,36 +45,34 @@ def parse_ts(text: str) -> list[float]:
     return out
 
 
-def fov_scores(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> str:
-    """'PSNR-fov / SSIM-fov' means of a batch (N, 3, H, W) against its targets inside ``mask``."""
-    return f"{psnr(out, target, mask).mean():.2f} / {ssim(out, target, mask).mean():.3f}"
+def _cell(psnr_fov: float, ssim_fov: float) -> str:
+    return f"{psnr_fov:.2f} / {ssim_fov:.3f}"
 
 
 def main(args) -> int:
     ts = parse_ts(args.t)
     if args.images < 1:
         raise SystemExit(f"--images {args.images}: must be >= 1")
-    model, _, info = load_run(args.run, output="mmse")
+    try:
+        model, _, info = load_run(args.run, output="mmse")
+    except InferError as e:
+        raise SystemExit(f"error: {e}") from None
     cfg = info["config"]
-    print(f"MMSE output of {model.name} on the first {args.images} {args.split} images per task "
-          f"(PSNR-fov dB / eroded SSIM-fov); sample.mmse_t of this run: {cfg.sample.mmse_t}")
+    print(f"MMSE output of {args.run} ({info['checkpoint']}) on the first {args.images} "
+          f"{args.split} images per task (PSNR-fov dB / eroded SSIM-fov); sample.mmse_t of this "
+          f"run: {cfg.sample.mmse_t}")
     print("| task | reference | " + " | ".join(f"t = {t:g}" for t in ts) + " |")
     print("|---|---|" + "---|" * len(ts))
     for task in cfg.data.tasks:
-        ds = build_dataset(cfg.data, cfg.model.image_size, args.split, tasks=[task])
-        items = [ds[i] for i in range(min(args.images, len(ds)))]
-        inputs = torch.stack([it["input"] for it in items])
-        target = torch.stack([it["target"] for it in items])
-        mask = torch.stack([it["mask"] for it in items])
-        size = tuple(target.shape[-2:])
-
         cells = []
         for t in tqdm(ts, desc=task, disable=args.no_progress):
             model.sample_cfg = dataclasses.replace(cfg.sample, mmse_t=t)
-            out = model.edit(inputs, [it["instruction"] for it in items], [task] * len(items),
-                             size, seed=list(range(len(items))))
-            cells.append(fov_scores(out, target, mask))
-        reference = resize_bicubic(inputs, size).clamp(0, 1)
-        print(f"| {task} | {fov_scores(reference, target, mask)} | " + " | ".join(cells) + " |",
-              flush=True)
+            try:
+                s = split_fov_scores(model, cfg.data, cfg.model.image_size, args.split,
+                                     args.images, tasks=[task])[task]
+            except ValueError as e:
+                raise SystemExit(f"error: {e}") from None
+            cells.append(_cell(s["psnr_fov"], s["ssim_fov"]))
+        print(f"| {task} | {_cell(s['ref_psnr_fov'], s['ref_ssim_fov'])} | " + " | ".join(cells)
+              + " |", flush=True)
     return 0

@@ -41,3 +41,14 @@ def test_t_1_column_reproduces_the_recorded_base_scores(capsys, monkeypatch):
 def test_bad_t_values_are_named(text, message):
     with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
         mmse_t.parse_ts(text)
+
+
+def test_a_missing_run_and_a_zero_count_are_one_line_errors(tmp_path):
+    from medq.harness.split_scores import split_fov_scores
+
+    with pytest.raises(SystemExit, match="no such directory"):
+        mmse_t.main(_args(run=str(tmp_path / "nope")))
+    with pytest.raises(SystemExit, match="--images 0: must be >= 1"):
+        mmse_t.main(_args(images=0))
+    with pytest.raises(ValueError, match="n = 0"):
+        split_fov_scores(None, None, 64, "val", 0)

@@ -65,12 +65,10 @@ def sha256_file(path: Path) -> str:
 
 def score_base(ckpt: Path, n: int = SCORE_IMAGES) -> dict[str, float]:
     """Mean PSNR-fov (dB) of the base model's x0 prediction from pure noise (``output="mmse"``,
-    seed 0) on the first ``n`` val images of each task: what ``--check`` reproduces."""
-    import torch
-
+    image i with seed i) on the first ``n`` val images of each task: what ``--check`` reproduces
+    (``medq.harness.split_scores``)."""
     from medq.checkpoint import load_for_inference
-    from medq.data import build_dataset
-    from medq.metrics import psnr
+    from medq.harness.split_scores import split_fov_scores
     from medq.models import MiniBagelAdapter
 
     model, tok, vae, _, info = load_for_inference(ckpt)
@@ -78,18 +76,8 @@ def score_base(ckpt: Path, n: int = SCORE_IMAGES) -> dict[str, float]:
     # The recorded scores are defined from pure noise (t = 1), whatever sample.mmse_t says.
     adapter = MiniBagelAdapter(model, vae, tok, dataclasses.replace(cfg.sample, mmse_t=1.0),
                                output="mmse")
-    scores = {}
-    for task in cfg.data.tasks:
-        ds = build_dataset(cfg.data, cfg.model.image_size, "val", tasks=[task])
-        items = [ds[i] for i in range(min(n, len(ds)))]
-        inputs = torch.stack([it["input"] for it in items])
-        size = tuple(items[0]["target"].shape[-2:])
-        out = adapter.edit(inputs, [it["instruction"] for it in items], [task] * len(items), size,
-                           seed=list(range(len(items))))
-        target = torch.stack([it["target"] for it in items])
-        mask = torch.stack([it["mask"] for it in items])
-        scores[task] = round(float(psnr(out, target, mask).mean()), 4)
-    return scores
+    scores = split_fov_scores(adapter, cfg.data, cfg.model.image_size, "val", n)
+    return {task: round(s["psnr_fov"], 4) for task, s in scores.items()}
 
 
 def check(base: Path) -> int:

@@ -10,6 +10,7 @@ it writes) and the demo (which runs it on one test image or upload), so it lives
     records.py   the records.jsonl schema (``FIELDS``): atomic writes, per-rank parts, merge,
                  what counts as finished; which data an evaluation directory holds
     load.py      models by name: our checkpoints (``load_run``), ``module:Class``, baselines
+    split_scores.py  split_fov_scores: in-memory PSNR/SSIM-fov on the first images of a split
 """
 
 from medq.harness.run import (
