@@ -569,7 +569,7 @@ def server(tmp_path_factory):
     (run / "checkpoints" / "step_000300" / "model.safetensors").write_bytes(b"WEIGHTS" * 100)
     (run / "config.toml").write_text("# SECRET-CONFIG\n[data]\nsource = 'synthetic'\n")
     (runs / "_cache").mkdir()
-    (runs / "_cache" / "synthetic-s0-64px-n384.npz").write_bytes(b"PATIENT-IMAGES" * 100)
+    (runs / "_cache" / "synthetic-v2-s0-64px-n2048.npz").write_bytes(b"PATIENT-IMAGES" * 100)
     d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
     app = build_app(d)
     port = free_port()
@@ -653,7 +653,7 @@ def test_only_the_pictures_the_page_shows_are_served(server, tmp_path):
     status, body = _get(url + "gradio_api/file=" + str(cached[0]))
     assert status == 200 and body[:4] == b"\x89PNG"             # positive control
     secrets = [run / "checkpoints" / "step_000300" / "model.safetensors", run / "config.toml",
-               runs / "_cache" / "synthetic-s0-64px-n384.npz", next(runs.rglob("*_output.png")),
+               runs / "_cache" / "synthetic-v2-s0-64px-n2048.npz", next(runs.rglob("*_output.png")),
                next(runs.rglob("records.jsonl")), root / "secret.txt", REPO / "pyproject.toml"]
     for prefix in ("gradio_api/file=", "gradio_api/file/", "file="):
         for target in [*map(str, secrets), "/etc/passwd", f"{runs}/../secret.txt",

@@ -98,7 +98,7 @@ def _touch(path: Path, t: float, text: str = "") -> None:
 def test_perf_main_reads_stage_times_from_files(tmp_path, capsys):
     t0 = 1_700_000_000.0
     runs, reports = tmp_path / "runs", tmp_path / "reports"
-    _touch(runs / "_cache" / "synthetic-s0-64px-n2048.npz", t0)
+    _touch(runs / "_cache" / "synthetic-v2-s0-64px-n2048.npz", t0)
     _touch(runs / "vae" / "metrics.json", t0 + 100, json.dumps({"train_seconds": 93.5}))
     for name, preset, start, end in (("pretrain-aa", "pretrain", 110, 400),
                                      ("ssim_v3-bb", "ssim_v3", 410, 600),

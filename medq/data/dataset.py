@@ -24,7 +24,7 @@ from medq.data import text
 from medq.data.imageio import DataError
 from medq.data.readers import prepare, read_drive, read_eyeq, read_folder
 from medq.data.split import split_ids
-from medq.data.synthetic import generate_fundus
+from medq.data.synthetic import GENERATOR_VERSION, generate_fundus
 from medq.data.tasks import bicubic_resize, degrade, enhance_spec, id_seed
 from medq.files import atomic_path
 
@@ -40,8 +40,9 @@ def _atomic_savez(path: Path, **arrays) -> None:
 def synthetic_images(seed: int, size: int, count: int, cache_dir: str | Path | None) -> dict:
     """{"ids", "images" uint8 (N, S, S, 3), "masks" bool (N, S, S), "quality", "dr", "lesions"
     int bitmask (N,)}, generated or read from
-    ``cache_dir/synthetic-s{seed}-{size}px-n{count}.npz``."""
-    path = Path(cache_dir) / f"synthetic-s{seed}-{size}px-n{count}.npz" if cache_dir else None
+    ``cache_dir/synthetic-v{GENERATOR_VERSION}-s{seed}-{size}px-n{count}.npz``."""
+    name = f"synthetic-v{GENERATOR_VERSION}-s{seed}-{size}px-n{count}.npz"
+    path = Path(cache_dir) / name if cache_dir else None
     if path is not None and path.is_file():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}

@@ -6,7 +6,9 @@ to it (bright yellow-white with a paler cup); a vessel tree growing out of the d
 artery/vein pairs, the temporal ones arcing above and below the macula, branching with tapering
 widths (veins darker and wider than arteries); choroidal background texture; illumination falling
 off towards the rim. Optional lesions follow a DR grade 0-4: microaneurysms (grade >= 1),
-haemorrhages and hard exudates (>= 2), more of them (3), new vessels at the disc (4).
+haemorrhages and hard exudates (>= 2), more of them (3), new vessels at the disc (4). Lesion radii
+scale with S but never fall below ``LESION_MIN_RADIUS_PX``: at 64 px a microaneurysm drawn to scale
+(0.003-0.006 S) is a fifth of a pixel and the grade could not be read from the image at all.
 
 Vessels are drawn as PIL polylines at 2x (4x below 128 px) and box-downsampled, which
 anti-aliases the thin vessels that super-resolution has to recover.
@@ -22,6 +24,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 DR_PROBS = (0.45, 0.15, 0.15, 0.13, 0.12)
+LESION_MIN_RADIUS_PX = 0.8
+"""Smallest lesion radius in pixels: a dot of 1.6 px still shows, in colour, after the 2x
+reduction of the sr2 input (at 256 px and above every lesion is drawn to scale)."""
+GENERATOR_VERSION = 2
+"""Bumped whenever an image of a given (seed, size) changes; part of the data cache key.
+2: lesion radii floored at ``LESION_MIN_RADIUS_PX``."""
 
 
 @dataclass
@@ -210,6 +218,9 @@ def generate_fundus(seed: int, size: int, dr_grade: int | None = None) -> Fundus
     grade = int(rng.choice(5, p=DR_PROBS)) if dr_grade is None else int(dr_grade)
     lesions = []
 
+    def lesion_r(lo: float, hi: float) -> float:
+        return max(rng.uniform(lo, hi) * S, LESION_MIN_RADIUS_PX)
+
     def inside_point(rmax=0.85):
         while True:
             p = rng.uniform(-rmax, rmax, 2) * R
@@ -222,19 +233,19 @@ def generate_fundus(seed: int, size: int, dr_grade: int | None = None) -> Fundus
     if grade >= 1:
         lesions.append("microaneurysms")
         for _ in range(rng.integers(3, 8) * grade):
-            cv.dot("red", inside_point(0.6), rng.uniform(0.003, 0.006) * S)
+            cv.dot("red", inside_point(0.6), lesion_r(0.003, 0.006))
     if grade >= 2:
         lesions += ["haemorrhages", "hard exudates"]
         for _ in range(rng.integers(2, 5) * (grade - 1)):
             p = inside_point(0.8)
             for _ in range(3):
                 q = (p[0] + rng.normal(0, 0.006 * S), p[1] + rng.normal(0, 0.006 * S))
-                cv.dot("red", q, rng.uniform(0.005, 0.011) * S, 170)
+                cv.dot("red", q, lesion_r(0.005, 0.011), 170)
         for _ in range(rng.integers(2, 4) * (grade - 1)):
             p = (mac[0] + rng.normal(0, 0.12 * S), mac[1] + rng.normal(0, 0.10 * S))
             for _ in range(rng.integers(3, 8)):
                 q = (p[0] + rng.normal(0, 0.012 * S), p[1] + rng.normal(0, 0.012 * S))
-                cv.dot("exudate", q, rng.uniform(0.003, 0.007) * S)
+                cv.dot("exudate", q, lesion_r(0.003, 0.007))
     if grade >= 4:
         lesions.append("new vessels")
         for _ in range(6):
