@@ -56,6 +56,16 @@ def test_manifest_lists_every_shipped_file_with_its_digest():
     assert size <= 20 * 2 ** 20, f"shipped weights are {size / 2 ** 20:.1f} MiB (limit 20)"
 
 
+def test_the_shipped_base_reads_the_dr_grade_from_the_image():
+    """Issue 14, item 3: the greedy reports' DR grade agrees with the truth at kappa >= 0.4 on sr2
+    and enhance, above the majority-class floor (0: every report the same grade). The recorded
+    values are what `--check` (the slow test below) reproduces from the weights."""
+    manifest = json.loads((WEIGHTS / "base" / MANIFEST).read_text())
+    assert manifest["report_images"] >= 60
+    for task in ("sr2", "enhance"):
+        assert manifest["report_kappa"][task] >= 0.4, (task, manifest["report_kappa"])
+
+
 @pytest.mark.slow
 def test_shipped_weights_load_strictly_and_score_what_is_recorded(in_repo, capsys):
     assert check(WEIGHTS / "base") == 0

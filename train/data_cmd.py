@@ -1,6 +1,6 @@
 """``python -m train data``: generate (or read from cache) the embedded synthetic fundus dataset.
 
-    python -m train data                                   # 384 images at 64 px into runs/_cache
+    python -m train data                                   # 2048 images at 64 px into runs/_cache
     python -m train data --num-images 384 --size 128 --seed 0 --out runs/_cache
     python -m train data --preview /tmp/preview.png        # grid: synthetic rows, then real samples
 """

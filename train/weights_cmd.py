@@ -16,7 +16,8 @@ What it writes (each directory is written under a temporary name and renamed whe
     weights/base/   ema.safetensors arch.json tokenizer.json config.toml state.json
                     manifest.json: sha256 of every file, the config hash, the command, and the
                     scores ``--check`` reproduces (x0 prediction from pure noise, PSNR in the FOV,
-                    on the first images of the val split of each task)
+                    on the first images of the val split of each task; the DR-grade kappa of the
+                    greedy reports on the val split of sr2 and enhance: the base reads the image)
 
 Only the EMA weights are shipped (what every fine-tune starts from): ``init.weights = "model"``
 is refused for ``weights/base`` with that reason.
@@ -37,6 +38,14 @@ from medq.checkpoint import MANIFEST, REBUILD, SHIPPED_FILES, is_shipped  # noqa
 from medq.files import atomic_dir
 
 SCORE_IMAGES = 8
+REPORT_TASKS = ("sr2", "enhance")
+"""Tasks whose input shows the lesions well enough to grade (sr4's 16 px input does not)."""
+REPORT_IMAGES = 62
+"""Val images per task of the recorded report kappa (all 62 of the default data's val split; a
+kappa over 8 images would swing by 0.2 with one report)."""
+KAPPA_TOLERANCE = 0.1
+"""Greedy decoding flips on a near-tie when float reduction order differs between machines; one
+flipped grade of 62 moves the kappa by less than this."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,6 +89,28 @@ def score_base(ckpt: Path, n: int = SCORE_IMAGES) -> dict[str, float]:
     return {task: round(s["psnr_fov"], 4) for task, s in scores.items()}
 
 
+def read_grades(ckpt: Path, n: int = REPORT_IMAGES) -> dict[str, float | None]:
+    """DR-grade kappa (quadratic-weighted) of the base model's greedy reports of the first ``n``
+    val images of each of ``REPORT_TASKS`` (None when undefined, e.g. one grade on both sides)."""
+    from medq.checkpoint import load_for_inference
+    from medq.harness.split_scores import split_report_scores
+    from medq.models import MiniBagelAdapter
+
+    model, tok, vae, _, info = load_for_inference(ckpt)
+    cfg = info["config"]
+    adapter = MiniBagelAdapter(model, vae, tok, dataclasses.replace(cfg.sample, temperature=0.0))
+    tasks = [t for t in REPORT_TASKS if t in cfg.data.tasks]
+    scores = split_report_scores(adapter, cfg.data, cfg.model.image_size, "val", n, tasks=tasks)
+    return {task: None if s["dr_kappa"] is None else round(s["dr_kappa"], 4)
+            for task, s in scores.items()}
+
+
+def _kappa_differs(got: float | None, want: float | None) -> bool:
+    if got is None or want is None:
+        return got is not want
+    return abs(got - want) > KAPPA_TOLERANCE
+
+
 def check(base: Path) -> int:
     """Verify ``base`` against its manifest: files present with their sha256, strict load, scores
     within 0.05 dB (float reduction order differs between machines)."""
@@ -94,6 +125,7 @@ def check(base: Path) -> int:
         manifest = json.loads(manifest_path.read_text())
         digests = dict(manifest["sha256"])
         dict(manifest["scores"])  # readable too, or the manifest is corrupt
+        dict(manifest["report_kappa"])
     except (ValueError, KeyError, TypeError) as e:
         print(f"error: {manifest_path} is not a readable manifest ({type(e).__name__}: {e}); "
               f"restore it from git or rebuild with {REBUILD}", file=sys.stderr)
@@ -105,6 +137,7 @@ def check(base: Path) -> int:
             return 1
     try:
         scores = score_base(base, manifest["score_images"])
+        kappa = read_grades(base, manifest["report_images"])
     except (CheckpointMismatchError, FileNotFoundError, ValueError) as e:
         print(f"error: {base}: {e}; rebuild with {REBUILD}", file=sys.stderr)
         return 1
@@ -112,9 +145,16 @@ def check(base: Path) -> int:
            if manifest["scores"].get(t) is None or abs(s - manifest["scores"][t]) > 0.05}
     for task, (got, want) in bad.items():
         print(f"error: {base}: {task} scores {got} dB, manifest says {want} dB", file=sys.stderr)
-    if not bad:
-        print(f"{base}: sha256 ok, strict load ok, scores {scores} = manifest")
-    return 1 if bad else 0
+    want_kappa = manifest["report_kappa"]
+    bad_kappa = {t: (k, want_kappa.get(t, "missing")) for t, k in kappa.items()
+                 if t not in want_kappa or _kappa_differs(k, want_kappa[t])}
+    for task, (got, want) in bad_kappa.items():
+        print(f"error: {base}: {task} report DR kappa {got}, manifest says {want}",
+              file=sys.stderr)
+    if not bad and not bad_kappa:
+        print(f"{base}: sha256 ok, strict load ok, scores {scores} = manifest, report DR kappa "
+              f"{kappa} = manifest")
+    return 1 if bad or bad_kappa else 0
 
 
 def main(args) -> int:
@@ -163,7 +203,8 @@ def export(ckpt: Path, out: Path, cfg, start: float) -> int:
         manifest = _write_shipped(ckpt, tmp, cfg, vae_dir, start)
     shutil.rmtree(build_dir, ignore_errors=True)
     print(f"shipped weights in {out}: VAE val PSNR {manifest['vae']['psnr_val']:.2f} dB, base step "
-          f"{manifest['step']}, scores {manifest['scores']}, {manifest['build_seconds']:.0f} s")
+          f"{manifest['step']}, scores {manifest['scores']}, report DR kappa "
+          f"{manifest['report_kappa']}, {manifest['build_seconds']:.0f} s")
     return 0
 
 
@@ -172,6 +213,7 @@ def _write_shipped(ckpt: Path, tmp: Path, cfg, vae_dir: Path, start: float) -> d
     for name in SHIPPED_FILES:
         shutil.copy2(ckpt / name, tmp / name)
     scores = score_base(ckpt, SCORE_IMAGES)  # the same files (a .tmp- directory is never loaded)
+    kappa = read_grades(ckpt, REPORT_IMAGES)
     manifest = {
         "what": "mini-BAGEL base model (pretrain preset), EMA weights, and its VAE",
         "rebuild": REBUILD, "command": " ".join(["python -m train weights"] + sys.argv[2:]),
@@ -181,6 +223,10 @@ def _write_shipped(ckpt: Path, tmp: Path, cfg, vae_dir: Path, start: float) -> d
         "score": "mean PSNR-fov (dB) of the x0 prediction from pure noise, first "
                  f"{SCORE_IMAGES} val images per task (train.weights_cmd.score_base)",
         "score_images": SCORE_IMAGES, "scores": scores,
+        "report_kappa_what": "quadratic-weighted kappa of the DR grade in the greedy reports "
+                             f"against the truth, first {REPORT_IMAGES} val images "
+                             "(train.weights_cmd.read_grades)",
+        "report_images": REPORT_IMAGES, "report_kappa": kappa,
         "sha256": {name: sha256_file(tmp / name) for name in SHIPPED_FILES},
         "build_seconds": round(time.perf_counter() - start, 1),
     }
