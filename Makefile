@@ -4,7 +4,7 @@
 #                                  by make check-weights)
 #                                  -> SSIM v3 fine-tune, then pixel / v3 / mixed + baselines scored
 #                                  into reports/
-#   make weights                   rebuild weights/ (VAE + long base run) from scratch (~40 min)
+#   make weights                   rebuild weights/ (VAE + long base run) from scratch (~60 min)
 #   make eval SEEDS=3              every standard mode trained and scored with 3 training seeds
 #   make test                      the test suite (what CI runs, after make lint)
 #   make test-fast                 the tests that neither train nor serve (< 1 min)
