@@ -11,7 +11,8 @@
 
 Steps: (1) for each of pixel / ssim_v3 / mixed without a finished run in ``runs/``, train it
 (``python -m train --preset NAME`` with the same ``--set`` overrides and the step budget of the
-runs that exist); (2) for every run (latest checkpoint, EMA weights; ``--all-checkpoints`` for all),
+runs that exist; ``--train-jobs`` of them side by side, ``bench/train_jobs.py``); (2) for every
+run (latest checkpoint, EMA weights; ``--all-checkpoints`` for all),
 every ``--model``, and the baselines (bicubic and Lanczos for SR, identity for enhance, the
 constant image = mean of the training targets on every task as the floor), run the
 inference harness on the test split, or on every image with ``--split all`` (finished outputs are
@@ -40,12 +41,12 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench import report
+from bench.train_jobs import TrainJob, default_jobs, run_jobs
 from medq import metrics as M
 from medq.dist import barrier, current, init_dist, shutdown_group
 from medq.scoring import (
@@ -72,6 +73,17 @@ BASELINE_TASKS = {"bicubic": ("sr2", "sr4"), "lanczos": ("sr2", "sr4"), "identit
 TASKS = ("sr2", "sr4", "enhance")
 
 
+def _job_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--train-jobs {text!r}: expected a whole number >= 1") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--train-jobs {n}: expected a whole number >= 1")
+    return n
+
+
 def _seed_count(text: str) -> int:
     import argparse
 
@@ -96,6 +108,10 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--test-images", type=int, metavar="N", help="at most N test images per task")
     p.add_argument("--skip-train", action="store_true", help="do not train missing standard runs")
+    p.add_argument("--train-jobs", type=_job_count, default=default_jobs(), metavar="N",
+                   help="missing runs trained side by side, one torch thread each (default: one "
+                        "per core, here %(default)s); with more than 1 each writes "
+                        "<runs-dir>/_logs/<name>.log instead of a progress bar")
     p.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
                    help="training seeds per standard mode (run.seed 0..N-1; default 1): trains the "
                         "missing ones, reports per-seed rows, the mean +- seed std, and compares "
@@ -208,7 +224,7 @@ def train_missing(args, runs: list[Path]) -> list[dict]:
             budget.append(load_config(str(r / "config.toml")).optim.max_steps)
         except Exception:  # noqa: BLE001 - a damaged config only loses the budget hint
             pass
-    failed = []
+    failed, jobs = [], []
     todo = ([(p, None) for p in STANDARD_PRESETS if p not in have] if seeds <= 1 else
             [(p, k) for p in STANDARD_PRESETS for k in range(seeds) if (p, k) not in have_seed])
     for preset, seed in todo:
@@ -225,10 +241,15 @@ def train_missing(args, runs: list[Path]) -> list[dict]:
         if budget and not any(o.startswith("optim.max_steps=") for o in args.overrides):
             cmd += ["--set", f"optim.max_steps={max(budget)}"]
         print(f"[eval] {what}: no finished run; training it: {' '.join(cmd[1:])}", flush=True)
-        rc = subprocess.call(cmd)
+        jobs.append((TrainJob(what, cmd), preset, seed))
+    codes = run_jobs([j for j, _, _ in jobs], getattr(args, "train_jobs", 1),
+                     Path(args.runs_dir) / "_logs")
+    for job, preset, seed in jobs:
+        rc = codes[job.name]
         if rc != 0:
-            failed.append({"status": f"train failed (exit {rc})", "name": what, "kind": "run",
-                           "preset": preset, "seed": seed, "note": " ".join(cmd[1:])})
+            note = " ".join(job.cmd[1:]) + (f" (log: {job.log})" if job.log else "")
+            failed.append({"status": f"train failed (exit {rc})", "name": job.name, "kind": "run",
+                           "preset": preset, "seed": seed, "note": note})
     return failed
 
 

@@ -87,6 +87,30 @@ def test_input_dependence_flags_a_constant_output_and_not_a_real_one():
     assert input_dependence(targets[:1], targets[:1], masks[:1]) is None
 
 
+def test_a_constant_output_scores_zero_input_dependence_even_when_a_few_targets_are_hard():
+    # Most targets close to the constant, a few far from it: SSIM(constant, target_j) is skewed,
+    # which pushed the old median-of-gaps to about +0.1 for an output that ignores its input.
+    import torch
+
+    from medq.verdict import INPUT_DEPENDENCE_MIN, input_dependence
+
+    targets, masks = _fundus_like(n=12, seed=3)
+    base = targets[:1].expand(12, -1, -1, -1)
+    noise = 0.02 * torch.randn(targets.shape, generator=torch.Generator().manual_seed(4))
+    skewed = (base + noise).clamp(0, 1) * masks
+    skewed[9:] = targets[9:]
+    constant = base.clone()
+    own = torch.stack([_ssim_one(constant[i], skewed[i], masks[i]) for i in range(12)])
+    assert own[:9].min() > own[9:].max() + 0.2  # the skew that broke the median
+    assert abs(input_dependence(constant, skewed, masks)) < 1e-6 < INPUT_DEPENDENCE_MIN
+
+
+def _ssim_one(output, target, mask):
+    from medq.metrics import ssim
+
+    return ssim(output[None], target[None], mask[None])[0]
+
+
 def test_image_checks_ssim_inside_the_eroded_fov():
 
     from medq.metrics import ssim
