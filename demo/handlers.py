@@ -349,8 +349,17 @@ def _score_text(scores: list[tuple[str, str, str]]) -> str:
     if not scores:
         return "report scores: not in reports/leaderboard.csv yet"
     return "report scores on the test set: " + "; ".join(
-        f"{catalog.readable_column(col)} {val or 'n/a'}"
-        + (f" (majority-class floor {floor})" if floor else "") for col, val, floor in scores)
+        f"{catalog.readable_column(col)} {_three_digits(val)}"
+        + (f" (majority-class floor {_three_digits(floor)})" if floor else "")
+        for col, val, floor in scores)
+
+
+def _three_digits(text: str) -> str:
+    """A leaderboard cell as a reader wants it: 0.9214416 -> 0.921; anything else unchanged."""
+    try:
+        return f"{float(text):.3f}"
+    except (TypeError, ValueError):
+        return text or "n/a"
 
 
 def reports_markdown(cmp: dict) -> str:
@@ -370,7 +379,10 @@ def reports_markdown(cmp: dict) -> str:
             lines.append(f"- \u26a0\ufe0f **{name} ignores its input**: {out['ignores_input']}. "
                          "Its pictures and report look plausible whatever it is given.")
         if out["report"] is None and out["undecodable"] is None:
-            lines.append(f"- **{name}**: no text (image-only baseline)")
+            base, _, extra = label.partition(":")
+            why = (f"an image read-out of the same model, which writes its report once: see "
+                   f"**{mode_name(cmp, base)}**" if extra else "image-only baseline")
+            lines.append(f"- **{name}**: no text ({why})")
             continue
         lines.append(f"- **{name}**: {out['report'] or '(empty report)'}")
         if out["findings"]:

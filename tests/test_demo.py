@@ -370,7 +370,7 @@ def test_reference_report_beside_each_report_with_agreement_per_finding(app_demo
     assert "diabetic retinopathy grade: 3 (severe) → **agree**" in md
     assert "haemorrhages: absent → **disagree** (reference: present)" in md
     # Report scores of the leaderboard, each beside its majority-class floor.
-    assert "DR kappa 0.10 (majority-class floor 0.0)" in md
+    assert "DR kappa 0.100 (majority-class floor 0.000)" in md  # three digits, as a reader wants
     other = handlers.compare(app_demo, "sr4", ["pixel"], sample_id="eyeq_0001")
     assert {f["finding"]: f["agree"] for f in other["outputs"]["pixel"]["findings"]}[
         "diabetic retinopathy grade"] is False
@@ -445,6 +445,12 @@ def test_a_second_output_in_the_records_is_a_selectable_mode(tmp_path):
     cmp = handlers.compare(d, "sr4", ["ssim_v3", "ssim_v3:mmse"], sample_id="eyeq_0001")
     assert not np.array_equal(cmp["outputs"]["ssim_v3"]["image"],
                               cmp["outputs"]["ssim_v3:mmse"]["image"])
+    # an MMSE evaluation writes no report (make eval's): the page points at the model's report,
+    # not at an image-only baseline's absence of one
+    cmp["outputs"]["ssim_v3:mmse"].update(report=None, undecodable=None)
+    assert ("**SSIM fine-tune (v3), MMSE output**: no text (an image read-out of the same model, "
+            "which writes its report once: see **SSIM fine-tune (v3)**)"
+            in handlers.reports_markdown(cmp))
     photo = tmp_path / "photo.png"
     Image.fromarray(imaging.to_uint8(fundus(5, 128))).save(photo)
     up = handlers.compare(d, "sr4", ["ssim_v3:mmse"], upload=photo)
