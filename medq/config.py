@@ -301,10 +301,10 @@ class SampleConfig:
     """The MMSE output (``MiniBagelAdapter(output="mmse")``) is the x0 prediction from the
     condition latent noised to this t; 1.0 = from pure noise (the posterior mean given the
     condition alone). Chosen on the validation split of the shipped base model (issue 14;
-    ``python -m bench mmse-t``, 62 images per task, PSNR-fov / SSIM-fov at t = 1, 0.95, 0.9, 0.85,
-    0.8): sr4 26.97/0.625, 27.60/0.668, 27.88/0.670, 27.94/0.665, 27.91/0.658; sr2 28.86/0.750,
-    29.76/0.797, 29.89/0.794, 29.81/0.784, 29.67/0.773; enhance 27.12/0.713, 27.88/0.766,
-    28.34/0.777, 28.48/0.775, 28.45/0.769. 0.9 is best or within 0.005 SSIM of it everywhere."""
+    ``python -m bench mmse-t --t 1,0.9,0.8,0.7,0.6,0.5,0.4,0.3``, 62 images per task, 6000-step
+    base, PSNR-fov / SSIM-fov): sr4 26.47/0.615 at t = 1, 27.10/0.646 at 0.9, 27.08/0.636 at 0.8;
+    sr2 28.62/0.766, 29.33/0.794, 29.08/0.775; enhance 27.51/0.742, 28.68/0.790, 28.54/0.780; both
+    metrics fall further at every t from 0.7 to 0.3. 0.9 is best on both everywhere."""
     seed: int = 0
     max_new_tokens: int = 40
     temperature: float = 0.0
