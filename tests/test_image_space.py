@@ -186,25 +186,32 @@ def test_packed_equals_batched_with_mixed_sizes():
 @pytest.mark.parametrize("kind", ["ssim", "l1", "l2"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_a_chunk_without_padding_is_scored_in_one_call_with_the_per_sample_values(kind, masked):
-    # The batched path (one SSIM call per chunk) must give each sample the loss the per-sample
-    # path gives it, values and gradients.
-    from medq.losses.image_space import _chunk_losses, _sample_loss
-
+    # The batched path (one SSIM call per chunk) must give the loss and gradient that scoring each
+    # sample on its own gives; a chunk with a padded sample takes the per-sample crop path.
     g = torch.Generator().manual_seed(0)
-    latents = torch.rand(5, 3, 32, 32, generator=g, requires_grad=True)
+    x0 = torch.rand(5, 3, 32, 32, generator=g, requires_grad=True)
     target = torch.rand(5, 3, 32, 32, generator=g)
     mask = (torch.rand(5, 1, 32, 32, generator=g) > 0.2).float() if masked else None
-    sizes = torch.tensor([[32, 32]] * 5)
-    kw = {"window_size": 7, "sigma": 1.5}
-    batched = _chunk_losses(latents, target, mask, sizes, lambda z: z.clamp(0, 1), kind, kw)
-    (g_batched,) = torch.autograd.grad(batched.sum(), latents)
-    per_sample = torch.stack([
-        _sample_loss(latents[i:i + 1].clamp(0, 1), target[i:i + 1],
-                     None if mask is None else mask[i:i + 1], kind, kw) for i in range(5)])
-    (g_per_sample,) = torch.autograd.grad(per_sample.sum(), latents)
+    t = torch.zeros(5)
+    kw = {"kind": kind, "max_t": 1.0, "ssim_window": 7}
+
+    def decode(z):
+        return z.clamp(0, 1)
+
+    def one(i, size=None):
+        return image_space_loss_from_x0(
+            x0[i:i + 1], t[i:i + 1], target[i:i + 1], decode,
+            mask=None if mask is None else mask[i:i + 1], chunk=1,
+            target_size=None if size is None else torch.tensor([size]), **kw)
+
+    batched = image_space_loss_from_x0(x0, t, target, decode, mask=mask, chunk=5, **kw)
+    (g_batched,) = torch.autograd.grad(batched, x0)
+    per_sample = torch.stack([one(i) for i in range(5)]).mean()
+    (g_per_sample,) = torch.autograd.grad(per_sample, x0)
     torch.testing.assert_close(batched, per_sample, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_batched, g_per_sample, rtol=1e-4, atol=1e-7)
-    # a padded sample in the chunk: the per-sample crop path, still the same value for the others
-    cropped = _chunk_losses(latents, target, mask, torch.tensor([[32, 32]] * 4 + [[30, 28]]),
-                            lambda z: z.clamp(0, 1), kind, kw)
-    torch.testing.assert_close(cropped[:4], per_sample[:4], rtol=1e-5, atol=1e-6)
+    sizes = torch.tensor([[32, 32]] * 4 + [[30, 28]])
+    padded = image_space_loss_from_x0(x0, t, target, decode, mask=mask, chunk=5,
+                                      target_size=sizes, **kw)
+    expected = torch.stack([one(i) for i in range(4)] + [one(4, [30, 28])]).mean()
+    torch.testing.assert_close(padded, expected, rtol=1e-5, atol=1e-6)
