@@ -83,6 +83,7 @@ def test_second_process_stops_naming_the_holder_and_a_stale_lock_is_taken_over(t
     assert "taken over" not in caplog.text
 
 
+@pytest.mark.slow  # starts python -m train in a subprocess (a torch import each)
 def test_train_refuses_a_locked_run_directory(tmp_path):
     cfg = tiny_cfg(tmp_path)
     holder = _hold_lock_in_child(cfg.run_dir)
@@ -280,6 +281,7 @@ def _cli(*argv: str) -> subprocess.CompletedProcess:
                           env=env, cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow  # starts python -m train in a subprocess (a torch import each)
 @pytest.mark.parametrize("argv, message", [
     (["--sweep", "loss.ssim_weight="], "no values after '='"),
     (["--sweep", "loss.ssim_weight=0.1,,0.2"], "empty value at position 2"),
@@ -296,6 +298,7 @@ def test_cli_loopholes_are_one_line_errors(argv, message, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow  # starts python -m train in a subprocess (a torch import each)
 def test_cli_unwritable_out_dir_and_second_process(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -304,6 +307,7 @@ def test_cli_unwritable_out_dir_and_second_process(tmp_path):
     assert "cannot create or lock" in r.stderr and "choose a writable run.out_dir" in r.stderr
 
 
+@pytest.mark.slow  # starts python -m train in a subprocess (a torch import each)
 def test_cli_failed_start_leaves_no_run_directory(tmp_path):
     r = _cli("--preset", "ssim_v3", "--set", f"run.out_dir={json.dumps(str(tmp_path))}",
              "--set", f"init.from={json.dumps(str(tmp_path / 'missing'))}")

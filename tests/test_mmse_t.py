@@ -21,6 +21,7 @@ def _args(**kw) -> argparse.Namespace:
     return p.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in kw.items()] + ["--no-progress"])
 
 
+@pytest.mark.slow  # runs the shipped base model on 62 images per task
 def test_t_1_column_reproduces_the_recorded_base_scores(capsys, monkeypatch):
     monkeypatch.chdir(REPO)  # the shipped weights and the data cache are found from the repo root
     assert mmse_t.main(_args(run="weights/base", t="1,0.9", images=8)) == 0
