@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 from bench import report
+from bench.perf_machine import positive_int
 from bench.train_jobs import TrainJob, default_jobs, run_jobs
 from medq import metrics as M
 from medq.dist import barrier, current, init_dist, shutdown_group
@@ -73,30 +74,6 @@ BASELINE_TASKS = {"bicubic": ("sr2", "sr4"), "lanczos": ("sr2", "sr4"), "identit
 TASKS = ("sr2", "sr4", "enhance")
 
 
-def _job_count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--train-jobs {text!r}: expected a whole number >= 1") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--train-jobs {n}: expected a whole number >= 1")
-    return n
-
-
-def _seed_count(text: str) -> int:
-    import argparse
-
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--seeds {text!r}: expected a whole number >= 1") from None
-    if not 1 <= n <= 20:
-        raise argparse.ArgumentTypeError(f"--seeds {n}: expected 1 to 20 training seeds")
-    return n
-
-
 def add_arguments(p) -> None:
     p.add_argument("--runs", action="append", default=[], metavar="GLOB",
                    help="run directory names to score (fnmatch, repeatable; default all)")
@@ -108,11 +85,13 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--test-images", type=int, metavar="N", help="at most N test images per task")
     p.add_argument("--skip-train", action="store_true", help="do not train missing standard runs")
-    p.add_argument("--train-jobs", type=_job_count, default=default_jobs(), metavar="N",
+    p.add_argument("--train-jobs", type=positive_int(None, "the number of training jobs"),
+                   default=default_jobs(), metavar="N",
                    help="missing runs trained side by side, one torch thread each (default: one "
                         "per core, here %(default)s); with more than 1 each writes "
                         "<runs-dir>/_logs/<name>.log instead of a progress bar")
-    p.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
+    p.add_argument("--seeds", type=positive_int(20, "the number of training seeds"), default=1,
+                   metavar="N",
                    help="training seeds per standard mode (run.seed 0..N-1; default 1): trains the "
                         "missing ones, reports per-seed rows, the mean +- seed std, and compares "
                         "modes on per-seed means")
