@@ -9,6 +9,8 @@ Nothing is rerun: every figure is read from what the stages left behind.
 - VAE: ``<runs>/vae/metrics.json`` ``train_seconds`` (the training loop; load/save not included).
 - base and each fine-tune: from the TensorBoard event file's creation time (its name holds the
   Unix time; the logger is created when the loop starts) to run.json's last write (the loop's end).
+  ``make eval`` trains the missing fine-tunes side by side (``bench eval --train-jobs``), so a
+  "fine-tunes" row gives their wall clock (overlapping spans counted once), and the sum uses it.
 - inference, per model: the sum of the harness's per-sample ``seconds`` in ``records.jsonl``
   (model compute, without PNG writing) and the wall span from its first PNG to its last records.
 - scoring: the gaps between one model's last records.jsonl and the next model's first PNG, and
@@ -108,6 +110,11 @@ def stage_rows(runs_dir: Path, reports: Path, vae_dir: Path) -> list[tuple[str, 
             rows.append((stage, what, None, "no TensorBoard event file"))
         else:
             rows.append((stage, what, r["end"] - r["start"], "tb event file -> run.json"))
+    spans_ft = [(r["start"], r["end"]) for r in runs if r["preset"] != "pretrain"
+                and r["start"] is not None and r["end"] is not None]
+    if len(spans_ft) > 1:
+        rows.append(("fine-tunes", f"wall clock of the {len(spans_ft)} fine-tunes",
+                     union_seconds(spans_ft), "side by side runs counted once"))
     spans = inference_spans(runs_dir)
     for s in spans:
         wall = "" if s["first"] is None else f", wall {s['last'] - s['first']:.0f} s"
@@ -121,6 +128,16 @@ def stage_rows(runs_dir: Path, reports: Path, vae_dir: Path) -> list[tuple[str, 
                      sum(gaps) if gaps else None,
                      "last records -> next first PNG / leaderboard.csv (+ model loading)"))
     return rows
+
+
+def union_seconds(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals: the wall clock of runs that may overlap."""
+    total, reach = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
 
 
 def _clock(t: float | None) -> str:
@@ -144,9 +161,12 @@ def main(args) -> int:
           f"files; the machine line above is now, not when the job ran")
     print(f"{'stage':<10} {'seconds':>9}  {'what':<48} source")
     total = 0.0
+    walled = any(r[0] == "fine-tunes" for r in rows)
     for stage, what, seconds, source in rows:
-        total += seconds or 0.0
+        if not (walled and stage == "fine-tune"):
+            total += seconds or 0.0
         s = "n/a" if seconds is None else f"{seconds:.1f}"
         print(f"{stage:<10} {s:>9}  {what:<48} {source}")
-    print(f"{'sum':<10} {total:>9.1f}  (of the stages that were timed)")
+    note = "; fine-tunes by their wall clock" if walled else ""
+    print(f"{'sum':<10} {total:>9.1f}  (of the stages that were timed{note})")
     return 0

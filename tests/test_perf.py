@@ -102,7 +102,8 @@ def test_perf_main_reads_stage_times_from_files(tmp_path, capsys):
     _touch(runs / "vae" / "metrics.json", t0 + 100, json.dumps({"train_seconds": 93.5}))
     for name, preset, start, end in (("pretrain-aa", "pretrain", 110, 400),
                                      ("ssim_v3-bb", "ssim_v3", 410, 600),
-                                     ("pixel-cc", "pixel", 700, 760)):
+                                     ("pixel-cc", "pixel", 700, 760),
+                                     ("mixed-dd", "mixed", 720, 770)):
         _touch(runs / name / "logs" / "tb" / f"events.out.tfevents.{int(t0 + start)}.host.1.0", t0)
         _touch(runs / name / "run.json", t0 + end,
                json.dumps({"preset": preset, "status": "finished", "step": 300}))
@@ -118,14 +119,17 @@ def test_perf_main_reads_stage_times_from_files(tmp_path, capsys):
     _touch(reports / "leaderboard.csv", t0 + 900)
     rows = perf_main.stage_rows(runs, reports, runs / "vae")
     got = [(stage, seconds) for stage, _, seconds, _ in rows]
+    # pixel and mixed ran side by side (700-760, 720-770): 70 s of wall clock, not 110
     assert got == [("data", None), ("VAE", 93.5), ("base", 290.0), ("fine-tune", 190.0),
-                   ("fine-tune", 60.0), ("inference", 3.5), ("inference", 0.25),
-                   ("scoring", 80.0)]
+                   ("fine-tune", 60.0), ("fine-tune", 50.0), ("fine-tunes", 260.0),
+                   ("inference", 3.5), ("inference", 0.25), ("scoring", 80.0)]
     assert bench_main.main(["perf", "main", "--runs-dir", str(runs), "--reports",
                             str(reports)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("machine: ") and "pretrain-aa (finished at step 300)" in out
     assert "ssim_v3-bb/eval/step_000300-ema (2 samples)" in out
+    # 93.5 + 290 + 260 (not 300) + 3.75 + 80
+    assert "727.2" in out.splitlines()[-1] and "wall clock" in out.splitlines()[-1]
 
 
 def test_perf_main_without_a_job_says_what_to_run(tmp_path, capsys):
