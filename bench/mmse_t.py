@@ -2,12 +2,15 @@
 
     python -m bench mmse-t                                  # the shipped base model, val split
     python -m bench mmse-t --run runs/ssim_v3-4492092c --t 1,0.9 --images 16
+    python -m bench mmse-t --t 0.9 --draws 1,4,8            # how sample.mmse_draws was chosen
 
 For each task and each t, the MMSE output (``MiniBagelAdapter(output="mmse")``: the x0 prediction
 from the condition latent noised to t; t = 1 is from pure noise) of the first ``--images`` images
 of the split, scored inside the field of view (mean PSNR-fov, mean eroded SSIM-fov), beside the
-reference (bicubic for sr2/sr4, the unchanged input for enhance). The default ``sample.mmse_t`` was
-chosen from this table on the validation split; choose on ``val``, report on ``test``.
+reference (bicubic for sr2/sr4, the unchanged input for enhance); with several ``--draws``, one
+column per (t, number of noise draws averaged). The defaults ``sample.mmse_t`` and
+``sample.mmse_draws`` were chosen from this table on the validation split; choose on ``val``,
+report on ``test``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ def add_arguments(p) -> None:
                    help="run directory or checkpoint (default: the shipped base model)")
     p.add_argument("--t", default="1,0.95,0.9,0.85,0.8",
                    help="comma-separated values of sample.mmse_t in (0, 1] (default: %(default)s)")
+    p.add_argument("--draws", default=None,
+                   help="comma-separated values of sample.mmse_draws (noise draws averaged), "
+                        "e.g. 1,4,8 (default: the run's)")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--images", type=int, default=62, help="at most N images per task")
     p.add_argument("--no-progress", action="store_true")
@@ -45,6 +51,20 @@ def parse_ts(text: str) -> list[float]:
     return out
 
 
+def parse_draws(text: str) -> list[int]:
+    """``"1,4"`` -> [1, 4]; SystemExit naming the bad value otherwise."""
+    out = []
+    for part in text.split(","):
+        try:
+            k = int(part)
+        except ValueError:
+            raise SystemExit(f"--draws {text!r}: {part!r} is not an integer") from None
+        if not 1 <= k <= 64:
+            raise SystemExit(f"--draws {text!r}: {part!r} must be in 1..64")
+        out.append(k)
+    return out
+
+
 def _cell(psnr_fov: float, ssim_fov: float) -> str:
     return f"{psnr_fov:.2f} / {ssim_fov:.3f}"
 
@@ -58,15 +78,18 @@ def main(args) -> int:
     except InferError as e:
         raise SystemExit(f"error: {e}") from None
     cfg = info["config"]
+    draws = parse_draws(args.draws) if args.draws else [cfg.sample.mmse_draws]
+    grid = [(t, k) for t in ts for k in draws]
     print(f"MMSE output of {args.run} ({info['checkpoint']}) on the first {args.images} "
           f"{args.split} images per task (PSNR-fov dB / eroded SSIM-fov); sample.mmse_t of this "
-          f"run: {cfg.sample.mmse_t}")
-    print("| task | reference | " + " | ".join(f"t = {t:g}" for t in ts) + " |")
-    print("|---|---|" + "---|" * len(ts))
+          f"run: {cfg.sample.mmse_t}, sample.mmse_draws: {cfg.sample.mmse_draws}")
+    heads = [f"t = {t:g}" + (f", {k} draws" if len(draws) > 1 else "") for t, k in grid]
+    print("| task | reference | " + " | ".join(heads) + " |")
+    print("|---|---|" + "---|" * len(grid))
     for task in cfg.data.tasks:
         cells = []
-        for t in tqdm(ts, desc=task, disable=args.no_progress):
-            model.sample_cfg = dataclasses.replace(cfg.sample, mmse_t=t)
+        for t, k in tqdm(grid, desc=task, disable=args.no_progress):
+            model.sample_cfg = dataclasses.replace(cfg.sample, mmse_t=t, mmse_draws=k)
             try:
                 s = split_fov_scores(model, cfg.data, cfg.model.image_size, args.split,
                                      args.images, tasks=[task])[task]

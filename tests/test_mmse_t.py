@@ -24,7 +24,7 @@ def _args(**kw) -> argparse.Namespace:
 @pytest.mark.slow  # runs the shipped base model on 62 images per task
 def test_t_1_column_reproduces_the_recorded_base_scores(capsys, monkeypatch):
     monkeypatch.chdir(REPO)  # the shipped weights and the data cache are found from the repo root
-    assert mmse_t.main(_args(run="weights/base", t="1,0.9", images=8)) == 0
+    assert mmse_t.main(_args(run="weights/base", t="1,0.9", images=8, draws=1)) == 0
     out = capsys.readouterr().out
     recorded = json.loads((REPO / "weights/base/manifest.json").read_text())["scores"]
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines()
@@ -34,6 +34,12 @@ def test_t_1_column_reproduces_the_recorded_base_scores(capsys, monkeypatch):
         psnr_t1 = float(cells[1].split("/")[0])
         assert psnr_t1 == pytest.approx(recorded[task], abs=0.01), task
         assert float(cells[2].split("/")[0]) != psnr_t1  # t = 0.9 is another prediction
+    assert mmse_t.main(_args(run="weights/base", t="0.9", images=4, draws="1,4")) == 0
+    out = capsys.readouterr().out
+    assert "| t = 0.9, 1 draws | t = 0.9, 4 draws |" in out
+    sr2 = next(line for line in out.splitlines() if line.startswith("| sr2 "))
+    one, four = sr2.split("|")[3:5]
+    assert one != four  # four draws average four x0 predictions
 
 
 @pytest.mark.parametrize("text, message", [("1,x", "'x' is not a number"),
@@ -42,6 +48,13 @@ def test_t_1_column_reproduces_the_recorded_base_scores(capsys, monkeypatch):
 def test_bad_t_values_are_named(text, message):
     with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
         mmse_t.parse_ts(text)
+
+
+@pytest.mark.parametrize("text, message", [("1,x", "'x' is not an integer"),
+                                           ("0", "'0' must be in 1..64")])
+def test_bad_draw_counts_are_named(text, message):
+    with pytest.raises(SystemExit, match=message):
+        mmse_t.parse_draws(text)
 
 
 def test_a_missing_run_and_a_zero_count_are_one_line_errors(tmp_path):

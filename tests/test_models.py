@@ -467,7 +467,7 @@ def test_mmse_output_is_the_x0_prediction_from_the_noised_condition(cfg, tok, va
     model = MiniBagel(cfg, tok.vocab_size)
     torch.nn.init.normal_(model.llm2vae.weight, std=0.05)
     images = torch.rand(2, 3, 8, 8)
-    sc = SampleConfig(steps=3, max_new_tokens=4, mmse_t=mmse_t)
+    sc = SampleConfig(steps=3, max_new_tokens=4, mmse_t=mmse_t, mmse_draws=1)
     mmse = MiniBagelAdapter(model, vae, tok, sc, output="mmse")
     got = mmse.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6])
     cond = mmse._encode_condition(images, (32, 32))
@@ -495,3 +495,44 @@ def test_mmse_output_is_the_x0_prediction_from_the_noised_condition(cfg, tok, va
     assert mmse.settings["output"] == "mmse"
     with pytest.raises(ValueError, match="output = 'mean'"):
         MiniBagelAdapter(model, vae, tok, sc, output="mean")
+
+
+def test_mmse_output_averages_the_x0_predictions_of_its_noise_draws(cfg, tok, vae):
+    """sample.mmse_draws = K: decode(mean over k of x0_hat(x_t(eps_k))), eps_k the k-th draw of
+    each image's seeded generator; draw 0 is the one-draw output's noise, so K = 1 is unchanged;
+    the result does not depend on which other images share the batch."""
+    model = MiniBagel(cfg, tok.vocab_size)
+    torch.nn.init.normal_(model.llm2vae.weight, std=0.05)
+    images = torch.rand(2, 3, 8, 8)
+    sc = SampleConfig(steps=3, max_new_tokens=4, mmse_t=0.9, mmse_draws=3)
+    got = MiniBagelAdapter(model, vae, tok, sc, output="mmse").edit(
+        images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6])
+    one = MiniBagelAdapter(model, vae, tok, dataclasses.replace(sc, mmse_draws=1), output="mmse")
+    cond = one._encode_condition(images, (32, 32))
+    n, c, h, w = cond.shape
+    p = cfg.patch_size
+    eps = torch.stack([torch.randn((3, c, h, w), generator=torch.Generator().manual_seed(s))
+                       for s in (5, 6)], dim=1)  # (draws, N, C, h, w)
+    text = pack_text(tok, [SR4, SR4], None, cfg.max_text_len)
+    from medq.models.transformer import patchify, unpatchify
+    x0_hats = []
+    with torch.no_grad():
+        for k in range(3):
+            x_t = 0.1 * cond + 0.9 * eps[k]
+            _, _, v = model(text.ids, text.pos, sequence_mask(text, h * w // p // p,
+                                                              h * w // p // p),
+                            cond=patchify(cond, p), gen=patchify(x_t, p), t=torch.full((2,), 0.9),
+                            grid=(h // p, w // p))
+            x0_hats.append(x_t - 0.9 * unpatchify(v, p, c, h, w))
+        want = vae.decode(torch.stack(x0_hats).mean(0)).clamp(0, 1)
+        first = vae.decode(x0_hats[0]).clamp(0, 1)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(one.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6]),
+                          first, atol=1e-5)
+    assert not torch.allclose(got, first, atol=1e-3)
+    alone = MiniBagelAdapter(model, vae, tok, sc, output="mmse").edit(
+        images[1:], [SR4], ["sr4"], (32, 32), seed=[6])
+    assert torch.allclose(alone, got[1:], atol=1e-5)
+    assert "mmse_draws" not in MiniBagelAdapter(model, vae, tok, sc).settings["sample"]
+    with pytest.raises(Exception, match="sample.mmse_draws"):
+        SampleConfig(mmse_draws=0)

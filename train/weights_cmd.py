@@ -82,8 +82,10 @@ def score_base(ckpt: Path, n: int = SCORE_IMAGES) -> dict[str, float]:
 
     model, tok, vae, _, info = load_for_inference(ckpt)
     cfg = info["config"]
-    # The recorded scores are defined from pure noise (t = 1), whatever sample.mmse_t says.
-    adapter = MiniBagelAdapter(model, vae, tok, dataclasses.replace(cfg.sample, mmse_t=1.0),
+    # The recorded scores are defined from pure noise (t = 1, one draw), whatever sample.mmse_t
+    # and sample.mmse_draws say.
+    adapter = MiniBagelAdapter(model, vae, tok,
+                               dataclasses.replace(cfg.sample, mmse_t=1.0, mmse_draws=1),
                                output="mmse")
     scores = split_fov_scores(adapter, cfg.data, cfg.model.image_size, "val", n)
     return {task: round(s["psnr_fov"], 4) for task, s in scores.items()}
