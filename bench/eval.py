@@ -489,7 +489,8 @@ def evaluate_run(run: Path, args, overrides, tasks, data, feats) -> tuple[list, 
 
 OUTPUTS = ("sample", "mmse")
 """What each mini-BAGEL checkpoint is scored on (``MiniBagelAdapter``): the Euler sample and the
-MMSE output (x0 prediction from the condition noised to ``sample.mmse_t``), the two ends of the
+MMSE output (x0 prediction from the condition noised to ``sample.mmse_t``, averaged over
+``sample.mmse_draws`` noise draws), the two ends of the
 perception-distortion trade-off. The MMSE rows are a mode of their own (``<preset>/mmse``) so that
 comparisons keep them apart."""
 

@@ -98,8 +98,9 @@ def description(label: str, task: str | None = None) -> str:
     else:
         text = MODE_INFO.get(base, ("", f"the newest run of configs/{base}.toml"))[1]
     if extra == "mmse":
-        text += ("; its MMSE output: the model's one-step x0 prediction (its posterior mean: "
-                 "smooth, best PSNR) from the noised condition, instead of the Euler sample")
+        text += ("; its MMSE output: the model's x0 prediction (its posterior mean: smooth, best "
+                 "PSNR) from the noised condition, averaged over a few noise draws, instead of "
+                 "the Euler sample")
     elif extra:
         text += f"; its {extra} output (records field {OUTPUT_PREFIX}{extra})"
     return text
