@@ -52,6 +52,23 @@ def test_generator_deterministic_and_fundus_like():
     assert np.percentile(lap[m[1:-1, 1:-1]], 95) > 8
 
 
+
+def test_generator_frames_and_colours_like_a_prepared_real_photograph():
+    """Version 3: ``crop_to_fov`` frames a real photograph with its FOV circle spanning the frame
+    (often cut at top and bottom); version 2 always left a black ring (radius 0.47 S) and a base
+    trained on it drew that ring into every DRIVE image. Its colours were also darker and narrower
+    than DRIVE's (mean red inside the FOV 0.68, blue 0.12; DRIVE 0.81 and 0.23)."""
+    fundi = [generate_fundus(seed, 64) for seed in range(48)]
+    touches = [bool(f.mask[:, 0].any() and f.mask[:, -1].any()) for f in fundi]
+    cut = [bool(t and not f.mask[0].any()) and f.mask[:, 0].sum() > 0 for f, t in
+           zip(fundi, touches)]
+    assert sum(touches) >= 12, sum(touches)  # v2: none
+    assert sum(cut) >= 3, sum(cut)  # EyePACS frames: the circle reaches the sides, not the top
+    assert not any(f.mask[0, 0] or f.mask[-1, -1] for f in fundi)  # never a full square
+    rgb = np.stack([f.image[f.mask].mean(0) / 255 for f in fundi])
+    assert 0.74 < rgb[:, 0].mean() < 0.88 and rgb[:, 2].mean() > 0.16, rgb.mean(0)
+    assert rgb[:, 2].std() > 0.02, rgb.std(0)  # v2: 0.006
+
 def test_items_follow_contract_and_are_deterministic(cfg):
     ds = build_dataset(cfg, 32, "train")
     assert len(ds) == 3 * len(ds.ids)

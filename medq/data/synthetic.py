@@ -1,14 +1,17 @@
 """Procedural fundus photographs: deterministic by seed, rendered directly at the target size.
 
-Anatomy (positions in units of the image side S): a circular field of view (radius 0.47 S) on
-black; the macula near the centre (a darker, slightly brown spot); the optic disc 0.27-0.31 S nasal
-to it (bright yellow-white with a paler cup); a vessel tree growing out of the disc: four arcades of
-artery/vein pairs, the temporal ones arcing above and below the macula, branching with tapering
-widths (veins darker and wider than arteries); choroidal background texture; illumination falling
-off towards the rim. Optional lesions follow a DR grade 0-4: microaneurysms (grade >= 1),
-haemorrhages and hard exudates (>= 2), more of them (3), new vessels at the disc (4). Lesion radii
-scale with S but never fall below ``LESION_MIN_RADIUS_PX``: at 64 px a microaneurysm drawn to scale
-(0.003-0.006 S) is a fifth of a pixel and the grade could not be read from the image at all.
+Anatomy (positions in units of the image side S): a circular field of view on black, radius
+0.47-0.5 S (``medq.data.fov.crop_to_fov`` frames a real photograph with its circle spanning the
+frame), in about a third of the images cut at the top and bottom as EyePACS cameras cut it; the
+macula near the centre (a darker, slightly brown spot); the optic disc 0.27-0.31 S nasal to it
+(bright yellow-white with a paler cup); colours spanning DRIVE's range; a vessel tree growing out
+of the disc: four arcades of artery/vein pairs, the temporal ones arcing above and below the
+macula, branching with tapering widths (veins darker and wider than arteries); choroidal background
+texture; illumination falling off towards the rim. Optional lesions follow a DR grade 0-4:
+microaneurysms (grade >= 1), haemorrhages and hard exudates (>= 2), more of them (3), new vessels
+at the disc (4). Lesion radii scale with S but never fall below ``LESION_MIN_RADIUS_PX``: at 64 px
+a microaneurysm drawn to scale (0.003-0.006 S) is a fifth of a pixel and the grade could not be
+read from the image at all.
 
 Vessels are drawn as PIL polylines at 2x (4x below 128 px) and box-downsampled, which
 anti-aliases the thin vessels that super-resolution has to recover.
@@ -27,9 +30,15 @@ DR_PROBS = (0.45, 0.15, 0.15, 0.13, 0.12)
 LESION_MIN_RADIUS_PX = 0.8
 """Smallest lesion radius in pixels: a dot of 1.6 px still shows, in colour, after the 2x
 reduction of the sr2 input (at 256 px and above every lesion is drawn to scale)."""
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bumped whenever an image of a given (seed, size) changes; part of the data cache key.
-2: lesion radii floored at ``LESION_MIN_RADIUS_PX``."""
+2: lesion radii floored at ``LESION_MIN_RADIUS_PX``.
+3: real-photograph framing and colour range. The FOV radius was 0.47 S on every image, while
+``crop_to_fov`` frames a real one at 0.5 S (often cut at top and bottom), and the background
+colour spanned a third of the DRIVE images' range (mean red 0.68 +- 0.04 inside the FOV at 64 px,
+DRIVE 0.81 +- 0.13; blue 0.12 against 0.23). A base trained on version 2 drew a dark rim and
+speckle inside the frame of every DRIVE photograph (MMSE output 2.6 dB below the VAE's
+reconstruction of the bicubic input, sr4)."""
 
 
 @dataclass
@@ -45,13 +54,14 @@ class Fundus:
 
 @functools.lru_cache(maxsize=8)
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(yy, xx, rho): pixel coordinates and radius / FOV radius, float32 (S, S); read-only."""
+    """(yy, xx, dist): pixel coordinates and distance from the centre in pixels, float32 (S, S);
+    read-only."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     c = size / 2 - 0.5
-    rho = np.hypot(xx - c, yy - c) / (0.47 * size)
-    for a in (yy, xx, rho):
+    dist = np.hypot(xx - c, yy - c)
+    for a in (yy, xx, dist):
         a.flags.writeable = False
-    return yy, xx, rho
+    return yy, xx, dist
 
 
 def _noise(rng: np.random.Generator, grid: int, size: int) -> np.ndarray:
@@ -160,16 +170,20 @@ def generate_fundus(seed: int, size: int, dr_grade: int | None = None) -> Fundus
     S = size
     ss = 4 if S < 128 else 2
     c = S / 2 - 0.5
-    R = 0.47 * S
-    yy, xx, rho = _grid(S)
+    R = rng.uniform(0.47, 0.5) * S
+    # EyePACS-style frame: the sensor cuts the FOV circle at top and bottom.
+    cut = rng.uniform(0.0, 0.1) * S if rng.random() < 0.35 else 0.0
+    yy, xx, dist = _grid(S)
+    rho = dist / R
     side = rng.choice((-1.0, 1.0))  # +1: disc to the right (right eye as photographed)
     mac = (c - side * rng.uniform(0.06, 0.10) * S, c + rng.uniform(-0.03, 0.03) * S)
     disc = (mac[0] + side * rng.uniform(0.27, 0.31) * S, mac[1] - rng.uniform(0.0, 0.04) * S)
     disc_r = rng.uniform(0.070, 0.082) * S
 
     # Background: orange-red, pigmentation varying per eye, choroidal texture at two scales.
-    base = np.array([0.90, 0.42, 0.15], np.float32) * rng.uniform(0.88, 1.08)
-    base[1] *= rng.uniform(0.85, 1.15)
+    base = np.array([0.90, 0.42, 0.15], np.float32) * rng.uniform(0.95, 1.35)
+    base[1] *= rng.uniform(0.8, 1.2)
+    base[2] *= rng.uniform(0.9, 2.0)
     tex = 0.06 * _noise(rng, 6, S) + 0.035 * _noise(rng, max(8, S // 10), S)
     img = base[:, None, None] * (1.0 + tex[None]) * np.ones((3, 1, 1), np.float32)
     img[1:] *= (1.0 + 0.8 * tex[None])
@@ -291,6 +305,8 @@ def generate_fundus(seed: int, size: int, dr_grade: int | None = None) -> Fundus
     img += 0.028 * (rng.random((1, S, S), dtype=np.float32) - 0.5)
     # Soft rim: a 1-pixel anti-aliased edge of the FOV disc.
     edge = np.clip((1.0 - rho) * R + 0.5, 0, 1)
+    if cut > 0:
+        edge = edge * np.clip(np.minimum(yy - cut, S - 1 - cut - yy) + 0.5, 0, 1)
     img *= edge[None]
     out = (np.clip(img, 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
     return Fundus(out, edge > 0, grade, tuple(lesions))
