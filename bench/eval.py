@@ -187,12 +187,16 @@ def train_missing(args, runs: list[Path]) -> list[dict]:
     """Train each standard preset that has no finished run (with ``--seeds N`` > 1: no finished
     run for each training seed 0..N-1, ``run.seed``); returns status rows for failures."""
     from medq.checkpoint import read_run_json
+    from medq.training.task import init_changed
 
     seeds = getattr(args, "seeds", 1)
     have, have_seed = {}, set()
     for r in runs:
         info = read_run_json(r) or {}
-        if info.get("status") == "finished" and info.get("preset") in STANDARD_PRESETS:
+        stale = init_changed(r) if info.get("status") == "finished" else None
+        if stale:  # training it again stops with the same reason and the remedy, in its row
+            print(f"[eval] {r}: finished, but {stale}; not counted as this preset's run")
+        elif info.get("status") == "finished" and info.get("preset") in STANDARD_PRESETS:
             have.setdefault(info.get("preset"), r)
             if seeds > 1:
                 have_seed.add((info.get("preset"), _run_seed(r)))

@@ -59,6 +59,36 @@ def test_finished_run_says_so_and_exits_0(tmp_path, capsys):
     assert "already finished at step 300" in capsys.readouterr().out
 
 
+
+def test_a_finished_run_of_weights_rebuilt_since_is_an_error_not_a_success(tmp_path, capsys):
+    """The config names ``init.from`` (a directory), not its contents: after ``make weights`` or a
+    pulled base, a finished fine-tune of the old base must not pass for one of the new."""
+    import torch
+    from safetensors.torch import save_file
+
+    from medq.checkpoint import fingerprint
+    from medq.training.task import init_changed
+
+    base = tmp_path / "base" / "ema.safetensors"
+    base.parent.mkdir()
+    old = {"w": torch.ones(3)}
+    save_file(old, base)
+    override = f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}"
+    cfg = load_config("pixel", overrides=[override])
+    write_run_json(cfg.run_dir, preset="pixel", hash_=cfg.hash, status="finished", step=300)
+    (cfg.run_dir / "init.json").write_text(json.dumps(
+        {"scratch": False, "report": {"source": str(base), "fingerprint": fingerprint(old)}}))
+    assert init_changed(cfg.run_dir) is None
+    assert main(["--preset", "pixel", "--set", override]) == 0  # same weights: nothing to do
+    assert "already finished" in capsys.readouterr().out
+    save_file({"w": torch.zeros(3)}, base)  # the base was rebuilt
+    assert "now holds other weights" in init_changed(cfg.run_dir)
+    with pytest.raises(SystemExit, match=r"describe the old weights\. Move .*pixel-"):
+        main(["--preset", "pixel", "--set", override])
+    base.unlink()
+    assert "no longer exists" in init_changed(cfg.run_dir)
+    assert init_changed(tmp_path) is None  # no init.json: nothing recorded, nothing claimed
+
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     override = f"run.out_dir={json.dumps(str(tmp_path))}"
     with pytest.raises(SystemExit, match="no complete checkpoint to resume from"):

@@ -209,6 +209,13 @@ def _run_one(cfg, args, device) -> int:
         return 0
     info = read_run_json(cfg.run_dir)
     if info and info.get("status") in ("finished", "collapsed"):
+        from medq.training.task import init_changed
+
+        stale = init_changed(cfg.run_dir)
+        if stale:
+            raise SystemExit(f"run {cfg.run_name} is {info['status']} at step {info['step']}, but "
+                             f"{stale}: its results describe the old weights. Move "
+                             f"{cfg.run_dir} away (or delete it) to train from the current ones")
         if main_rank:
             print(f"run {cfg.run_name} is already {info['status']} at step {info['step']} "
                   f"({cfg.run_dir}); nothing to do (delete the directory to train it again)")

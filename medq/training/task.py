@@ -66,6 +66,31 @@ def init_model(cfg: Config, device: torch.device):
     return model.to(device), tokenizer, info
 
 
+def init_changed(run_dir: Path) -> str | None:
+    """Why the weights a run started from (its ``init.json``: file and fingerprint) are not what
+    that file holds now, or None (same weights, random init, or no record). A finished fine-tune of
+    a base that was rebuilt since (``make weights``, a pulled commit) describes the old base; its
+    config hash cannot tell, since the config names the directory, not its contents."""
+    try:
+        info = json.loads((Path(run_dir) / "init.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    report = info.get("report") or {}
+    source, recorded = report.get("source"), report.get("fingerprint")
+    if info.get("scratch") or not source or not recorded:
+        return None
+    if not Path(source).is_file():
+        return f"it started from {source}, which no longer exists"
+    try:
+        now = fingerprint(load_file(source))
+    except Exception as e:  # noqa: BLE001 - a damaged file is a reason too, named
+        return f"it started from {source}, which cannot be read now ({type(e).__name__}: {e})"
+    if now != recorded:
+        return (f"it started from {source} with fingerprint {recorded}, and that file now holds "
+                f"other weights (fingerprint {now})")
+    return None
+
+
 @contextlib.contextmanager
 def shipped_weights_hint(spec: str):
     """Re-raise a load error of the shipped weights (``weights/``) with what to do about it: a
