@@ -37,32 +37,29 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def parse_ts(text: str) -> list[float]:
-    """``"1,0.9"`` -> [1.0, 0.9]; SystemExit naming the bad value otherwise."""
+def _parse_list(text: str, flag: str, convert, kind: str, ok, bounds: str) -> list:
+    """Comma-separated values of ``flag``; SystemExit naming the bad value otherwise."""
     out = []
     for part in text.split(","):
         try:
-            t = float(part)
+            value = convert(part)
         except ValueError:
-            raise SystemExit(f"--t {text!r}: {part!r} is not a number") from None
-        if not (math.isfinite(t) and 0 < t <= 1):
-            raise SystemExit(f"--t {text!r}: {part!r} must be in (0, 1]")
-        out.append(t)
+            raise SystemExit(f"{flag} {text!r}: {part!r} is not {kind}") from None
+        if not ok(value):
+            raise SystemExit(f"{flag} {text!r}: {part!r} must be in {bounds}")
+        out.append(value)
     return out
+
+
+def parse_ts(text: str) -> list[float]:
+    """``"1,0.9"`` -> [1.0, 0.9]."""
+    return _parse_list(text, "--t", float, "a number",
+                       lambda t: math.isfinite(t) and 0 < t <= 1, "(0, 1]")
 
 
 def parse_draws(text: str) -> list[int]:
-    """``"1,4"`` -> [1, 4]; SystemExit naming the bad value otherwise."""
-    out = []
-    for part in text.split(","):
-        try:
-            k = int(part)
-        except ValueError:
-            raise SystemExit(f"--draws {text!r}: {part!r} is not an integer") from None
-        if not 1 <= k <= 64:
-            raise SystemExit(f"--draws {text!r}: {part!r} must be in 1..64")
-        out.append(k)
-    return out
+    """``"1,4"`` -> [1, 4]."""
+    return _parse_list(text, "--draws", int, "an integer", lambda k: 1 <= k <= 64, "1..64")
 
 
 def _cell(psnr_fov: float, ssim_fov: float) -> str:
