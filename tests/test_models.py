@@ -132,6 +132,39 @@ def test_condition_prior_maps_pure_noise_onto_the_condition(cfg, tok, vae):
                               got, atol=1e-3)
 
 
+def test_prior_net_sharpens_the_condition_into_the_residual_prior(cfg, tok, vae):
+    """prior_conv_channels: v_hat = head + (x_t - prior), prior = cond + net(cond). Zero at init
+    (the same function as without it); once trained, an untrained head's x0 prediction from pure
+    noise is the decoded prior: the condition changed by the CNN, the same for any noise."""
+    with_net = MiniBagel(dataclasses.replace(cfg, prior_conv_channels=8), tok.vocab_size)
+    plain = MiniBagel(cfg, tok.vocab_size)
+    plain.load_state_dict({k: v for k, v in with_net.state_dict().items()
+                           if not k.startswith("prior_net.")})
+    images = torch.rand(2, 3, 8, 8)
+    sc = SampleConfig(steps=2, mmse_t=1.0, mmse_draws=1)
+    edit = dict(instructions=[SR4, SR4], tasks=["sr4", "sr4"], out_size=(32, 32), seed=[1, 2])
+    a = MiniBagelAdapter(with_net, vae, tok, sc, output="mmse")
+    b = MiniBagelAdapter(plain, vae, tok, sc, output="mmse")
+    assert torch.equal(a.edit(images, **edit), b.edit(images, **edit))
+
+    net = with_net.prior_net
+    torch.nn.init.normal_(net.net[-1].weight, std=0.1)
+    cond = a._encode_condition(images, (32, 32))
+    context = torch.randn(2, cfg.d_model)
+    prior = net(cond, context)  # FiLM still zero: the context does not matter yet
+    assert prior.shape == cond.shape and not torch.allclose(prior, cond, atol=1e-3)
+    got = a.edit(images, **edit)
+    assert torch.allclose(got, vae.decode(prior).clamp(0, 1), atol=1e-5)
+    assert torch.allclose(a.edit(images, **{**edit, "seed": [7, 8]}), got, atol=1e-5)
+    # Local: the prior of a pixel depends on a 9 x 9 latent window (four 3 x 3 layers), no more.
+    far = cond.clone()
+    far[:, :, 10:, 10:] += 1.0
+    assert torch.equal(net(far, context)[:, :, :5, :5], prior[:, :, :5, :5])
+    # The context (which task, how degraded) modulates it once FiLM is trained.
+    torch.nn.init.normal_(net.film.weight, std=0.1)
+    assert not torch.allclose(net(cond, context), net(cond, -context), atol=1e-4)
+
+
 def _run(model, tok, prompts, reports, cond, gen, t):
     text = pack_text(tok, prompts, reports, model.cfg.max_text_len)
     mask = sequence_mask(text, cond.shape[1], 0 if gen is None else gen.shape[1])
@@ -383,6 +416,21 @@ def test_arch_json_mismatch_names_the_fields(cfg, tok, tmp_path):
         load_model(tmp_path, expect_arch=dataclasses.replace(cfg, d_model=64, n_layers=4))
 
 
+def test_arch_json_without_a_field_added_since_reads_as_its_old_value(cfg, tok, tmp_path):
+    """Weights shipped before ``prior_conv_channels`` existed had no prior net: an arch.json
+    without the field loads as 0 and is a mismatch for a config that asks for the net."""
+    save_model(MiniBagel(cfg, tok.vocab_size), tok, tmp_path)
+    arch = json.loads((tmp_path / "arch.json").read_text())
+    assert arch["prior_conv_channels"] == 0
+    del arch["prior_conv_channels"]
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    model, _, report = load_model(tmp_path, expect_arch=cfg)
+    assert report.ok and model.prior_net is None
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"prior_conv_channels: file 0 vs expected 16"):
+        load_model(tmp_path, expect_arch=dataclasses.replace(cfg, prior_conv_channels=16))
+
+
 @pytest.mark.parametrize(
     "overlay,params", [("model/small", (10e6, 30e6)), ("model/large", (80e6, 200e6))]
 )
@@ -407,6 +455,24 @@ def test_training_forward_feeds_the_loss_composer_and_backpropagates(cfg, tok, v
     # the zero-initialised flow head still receives a gradient (through MSE and the decoder path)
     assert model.llm2vae.weight.grad.abs().sum() > 0 and model.text_head.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in vae.parameters())
+
+
+def test_training_forward_returns_the_prior_and_its_loss_trains_the_prior_net(cfg, tok, vae):
+    import medq.losses as losses
+    from medq.config import LossConfig
+
+    model = MiniBagel(dataclasses.replace(cfg, prior_conv_channels=8), tok.vocab_size)
+    batch = batch_of(["sr4", "sr2", "enhance"])
+    fwd = training_forward(model, vae, tok, batch, generator=torch.Generator().manual_seed(0))
+    assert fwd.prior.shape == fwd.x0.shape
+    assert fwd.cond.shape == fwd.x0.shape
+    terms = losses.compose_losses(LossConfig(prior_relative=False), fwd, batch, None)
+    assert terms["prior"].item() == pytest.approx(((fwd.prior - fwd.x0) ** 2).mean().item())
+    terms["prior"].backward()
+    assert model.prior_net.net[-1].weight.grad.abs().sum() > 0
+    assert model.llm2vae.weight.grad is None  # the prior's own loss does not reach the head
+    plain = training_forward(MiniBagel(cfg, tok.vocab_size), vae, tok, batch)
+    assert plain.prior is None
 
 
 def test_instruction_dropout_trains_the_unconditional_branch(cfg, tok, vae):

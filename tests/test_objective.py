@@ -65,6 +65,30 @@ def test_base_config_never_decodes():
     )
 
 
+def test_prior_term_is_the_prior_nets_latent_mse_and_only_with_a_prior_net():
+    fwd, batch, _ = fake()
+    g = torch.Generator().manual_seed(3)
+    fwd.x0 = torch.randn(N, C, H, H, generator=g)
+    fwd.prior = torch.randn(N, C, H, H, generator=g).requires_grad_(True)
+    fwd.cond = fwd.x0 + torch.randn(N, C, H, H, generator=g) * torch.tensor([0.1, 1, 2, 3]).view(
+        N, 1, 1, 1)
+    absolute = LossConfig(prior_weight=0.5, prior_relative=False)
+    terms = compose_losses(absolute, fwd, batch, None)
+    assert terms["prior"].item() == pytest.approx(((fwd.prior - fwd.x0) ** 2).mean().item())
+    assert terms["total"].item() == pytest.approx(
+        (terms["ce"] + terms["mse"] + 0.5 * terms["prior"]).item())
+    terms["total"].backward()
+    assert torch.allclose(fwd.prior.grad, 0.5 * 2 * (fwd.prior - fwd.x0).detach() / fwd.x0.numel())
+    # Relative (the default): each sample's error over the condition's, so all tasks count alike.
+    per_sample = ((fwd.prior - fwd.x0) ** 2).mean(dim=(1, 2, 3))
+    own = ((fwd.cond - fwd.x0) ** 2).mean(dim=(1, 2, 3))
+    relative = compose_losses(LossConfig(), fwd, batch, None)["prior"]
+    assert relative.item() == pytest.approx((per_sample / own).mean().item(), rel=1e-5)
+    assert "prior" not in compose_losses(LossConfig(prior_weight=0.0), fwd, batch, None)
+    fwd.prior = None  # a model without a prior net
+    assert "prior" not in compose_losses(LossConfig(), fwd, batch, None)
+
+
 def test_all_terms_weighted_sum_and_x0_hat():
     fwd, batch, _ = fake()
     dec = FakeDecoder()

@@ -1,6 +1,10 @@
 """The loss composer: weights the named terms of the training objective.
 
-    total = ce_weight * ce + mse_weight * mse + pixel_weight * pixel + ssim_weight * ssim
+    total = ce_weight * ce + mse_weight * mse + prior_weight * prior
+            + pixel_weight * pixel + ssim_weight * ssim
+
+``prior`` (only for a model with a prior net, ``model.prior_conv_channels``): the latent MSE of
+the sharpened condition against the target latent, the regression loss of ResDiff's prior.
 
 A term whose weight is 0 is neither computed nor returned (so no VAE decode happens unless
 ``LossConfig.needs_vae``); every returned term is unweighted and 0-dim, ready to log.
@@ -18,8 +22,8 @@ from medq.losses.image_space import Decode, image_space_loss_from_x0
 
 
 class LossTerms(dict):
-    """``dict[str, Tensor]`` of 0-dim terms (``ce``, ``mse``, ``pixel``, ``ssim``, ``total``) plus
-    the attribute ``x0_hat`` (N, C, h, w): the shared activation of the image-space terms, for
+    """``dict[str, Tensor]`` of 0-dim terms (``ce``, ``mse``, ``prior``, ``pixel``, ``ssim``,
+    ``total``) plus the attribute ``x0_hat`` (N, C, h, w): the shared activation of the image-space terms, for
     ``gradient_probe``. Kept out of the dict so that every value is a loggable scalar."""
 
     x0_hat: torch.Tensor
@@ -59,6 +63,16 @@ def compose_losses(loss_cfg: LossConfig, fwd: Any, batch: dict, decode: Decode |
     if loss_cfg.mse_weight > 0:
         terms["mse"] = F.mse_loss(fwd.v_hat.float(), fwd.v_target.float())
         weighted.append(loss_cfg.mse_weight * terms["mse"])
+    prior = getattr(fwd, "prior", None)
+    if loss_cfg.prior_weight > 0 and prior is not None:
+        err = (prior.float() - fwd.x0.float()).pow(2).flatten(1).mean(1)
+        if loss_cfg.prior_relative:
+            # Each sample's error relative to the condition's own: sr2's small residual counts as
+            # much as enhance's large colour correction.
+            base = (fwd.cond.float() - fwd.x0.float()).pow(2).flatten(1).mean(1)
+            err = err / base.clamp_min(1e-4)
+        terms["prior"] = err.mean()
+        weighted.append(loss_cfg.prior_weight * terms["prior"])
     if loss_cfg.needs_vae:
         if decode is None:
             raise ValueError(

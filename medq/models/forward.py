@@ -30,6 +30,11 @@ class TrainForward:
     t: torch.Tensor
     hidden: torch.Tensor
     latent_hw: tuple[int, int]
+    prior: torch.Tensor | None = None
+    """(N, C, h, w): the prior net's sharpened condition latent (``model.prior_conv_channels``),
+    None without one."""
+    cond: torch.Tensor | None = None
+    """(N, C, h, w): the condition latent (what the prior sharpens)."""
 
 
 def resize_bicubic(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -111,7 +116,9 @@ def training_forward(model, vae, tokenizer, batch: dict, *, timestep_shift: floa
     p = cfg.patch_size
     cond_tok, gen_tok = patchify(cond, p), patchify(x_t, p)
     mask = sequence_mask(text, cond_tok.shape[1], gen_tok.shape[1])
-    hidden, logits, v = model(text.ids, text.pos, mask, cond=cond_tok, gen=gen_tok, t=t,
-                              grid=(h // p, w // p))
+    hidden, logits, v, prior = model(text.ids, text.pos, mask, cond=cond_tok, gen=gen_tok, t=t,
+                                     grid=(h // p, w // p), return_prior=True)
     v_hat = unpatchify(v, p, c, h, w)
-    return TrainForward(logits, text.targets, v_hat, v_target, x_t, x0, t, hidden, (h, w))
+    prior = None if prior is None else unpatchify(prior, p, c, h, w)
+    return TrainForward(logits, text.targets, v_hat, v_target, x_t, x0, t, hidden, (h, w), prior,
+                        cond)

@@ -25,9 +25,12 @@ ARCH_FILE = "arch.json"
 TOKENIZER_FILE = "tokenizer.json"
 ARCH_FIELDS = ("vae_downsample", "latent_channels", "patch_size", "d_model", "n_layers", "n_heads",
                "mlp_ratio", "max_text_len", "vocab_pad_multiple", "cond_at_gen",
-               "cond_prior")
+               "cond_prior", "prior_conv_channels")
 """ModelConfig fields that define the transformer's parameters and sequence layout. ``image_size``
 and ``vae`` are not among them: the same weights run at any multiple of the patch grid."""
+ADDED_ARCH_FIELDS = {"prior_conv_channels": 0}
+"""Architecture fields added after weights were shipped, with the value every model written before
+them had: an ``arch.json`` without one of them describes that value, not an unknown one."""
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -153,7 +156,7 @@ def load_model(directory: str | Path, *, weights_file: str = "model.safetensors"
     for name in (ARCH_FILE, TOKENIZER_FILE, weights_file):
         if not (d / name).is_file():
             raise FileNotFoundError(f"{d}: no {name} (expected a directory written by save_model)")
-    found = json.loads((d / ARCH_FILE).read_text())
+    found = {**ADDED_ARCH_FIELDS, **json.loads((d / ARCH_FILE).read_text())}
     tokenizer = Tokenizer.load(d / TOKENIZER_FILE)
     if found.get("vocab_size") != tokenizer.vocab_size:
         raise CheckpointMismatchError(f"{d}: arch.json vocab_size {found.get('vocab_size')} != "
