@@ -137,7 +137,7 @@ def test_prior_net_sharpens_the_condition_into_the_residual_prior(cfg, tok, vae)
     (the same function as without it); once trained, an untrained head's x0 prediction from pure
     noise is the decoded prior: the condition changed by the CNN, the same for any noise."""
     with_net = MiniBagel(dataclasses.replace(cfg, prior_conv_channels=8), tok.vocab_size)
-    plain = MiniBagel(cfg, tok.vocab_size)
+    plain = MiniBagel(dataclasses.replace(cfg, prior_conv_channels=0), tok.vocab_size)
     plain.load_state_dict({k: v for k, v in with_net.state_dict().items()
                            if not k.startswith("prior_net.")})
     images = torch.rand(2, 3, 8, 8)
@@ -398,7 +398,7 @@ def test_loading_into_another_architecture_names_the_keys(cfg, tok, tmp_path):
     wider = MiniBagel(dataclasses.replace(cfg, d_model=48), tok.vocab_size)
     with pytest.raises(
         CheckpointMismatchError,
-        match=r"shape-mismatched \(34\): .*blocks\.0\.qkv\.weight \(96, 32\) vs model \(144, 48\)",
+        match=r"shape-mismatched \(35\): .*blocks\.0\.qkv\.weight \(96, 32\) vs model \(144, 48\)",
     ) as e:
         load_state_verified(wider, state)
     assert "tok_emb.weight (48, 32) vs model (48, 48)" in e.value.mismatched  # the full list
@@ -419,12 +419,13 @@ def test_arch_json_mismatch_names_the_fields(cfg, tok, tmp_path):
 def test_arch_json_without_a_field_added_since_reads_as_its_old_value(cfg, tok, tmp_path):
     """Weights shipped before ``prior_conv_channels`` existed had no prior net: an arch.json
     without the field loads as 0 and is a mismatch for a config that asks for the net."""
-    save_model(MiniBagel(cfg, tok.vocab_size), tok, tmp_path)
+    old = dataclasses.replace(cfg, prior_conv_channels=0)
+    save_model(MiniBagel(old, tok.vocab_size), tok, tmp_path)
     arch = json.loads((tmp_path / "arch.json").read_text())
     assert arch["prior_conv_channels"] == 0
     del arch["prior_conv_channels"]
     (tmp_path / "arch.json").write_text(json.dumps(arch))
-    model, _, report = load_model(tmp_path, expect_arch=cfg)
+    model, _, report = load_model(tmp_path, expect_arch=old)
     assert report.ok and model.prior_net is None
     with pytest.raises(CheckpointMismatchError,
                        match=r"prior_conv_channels: file 0 vs expected 16"):
@@ -471,8 +472,8 @@ def test_training_forward_returns_the_prior_and_its_loss_trains_the_prior_net(cf
     terms["prior"].backward()
     assert model.prior_net.net[-1].weight.grad.abs().sum() > 0
     assert model.llm2vae.weight.grad is None  # the prior's own loss does not reach the head
-    plain = training_forward(MiniBagel(cfg, tok.vocab_size), vae, tok, batch)
-    assert plain.prior is None
+    plain = MiniBagel(dataclasses.replace(cfg, prior_conv_channels=0), tok.vocab_size)
+    assert training_forward(plain, vae, tok, batch).prior is None
 
 
 def test_instruction_dropout_trains_the_unconditional_branch(cfg, tok, vae):

@@ -23,8 +23,8 @@ from medq.losses.image_space import Decode, image_space_loss_from_x0
 
 class LossTerms(dict):
     """``dict[str, Tensor]`` of 0-dim terms (``ce``, ``mse``, ``prior``, ``pixel``, ``ssim``,
-    ``total``) plus the attribute ``x0_hat`` (N, C, h, w): the shared activation of the image-space terms, for
-    ``gradient_probe``. Kept out of the dict so that every value is a loggable scalar."""
+    ``total``) plus the attribute ``x0_hat`` (N, C, h, w): the shared activation of the image-space
+    terms, for ``gradient_probe``. Kept out of the dict so that every value is a loggable scalar."""
 
     x0_hat: torch.Tensor
 
