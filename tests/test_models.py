@@ -603,3 +603,89 @@ def test_mmse_output_averages_the_x0_predictions_of_its_noise_draws(cfg, tok, va
     assert "mmse_draws" not in MiniBagelAdapter(model, vae, tok, sc).settings["sample"]
     with pytest.raises(Exception, match="sample.mmse_draws"):
         SampleConfig(mmse_draws=0)
+
+
+def _randomised(model: MiniBagel) -> MiniBagel:
+    """Every zero-initialised part (flow head, cond2gen, prior net FiLM / last layer) made
+    non-zero, so that no path of the forward is trivially the identity."""
+    with torch.no_grad():
+        for prm in model.parameters():
+            if not prm.abs().sum():
+                prm.normal_(std=0.05)
+    return model.eval()
+
+
+def test_cached_prefix_gives_the_full_forward_velocity_and_logits(cfg, tok):
+    """``prefix`` + ``velocity`` (the condition and prompt run once, the generated tokens at each
+    step) and ``next_text`` equal one full forward over [cond | text | gen], for prompts of
+    different lengths (padding) and with the condition prior and its net."""
+    model = _randomised(MiniBagel(cfg, tok.vocab_size))
+    assert model.prior_net is not None and model.cond2gen is not None
+    g, n, C = 4, 16, model.patch_dim
+    cond, gen = torch.randn(2, n, C), torch.randn(2, n, C)
+    t = torch.tensor([0.9, 0.3])
+    text = pack_text(tok, [SR4, "enhance"], None, cfg.max_text_len)
+    full = sequence_mask(text, n, n)
+    P = n + text.ids.shape[1]
+    with torch.no_grad():
+        _, logits, v = model(text.ids, text.pos, full, cond=cond, gen=gen, t=t, grid=(g, g))
+        pre_logits, cache = model.prefix(text.ids, text.pos, full[:, :P, :P], cond=cond,
+                                         grid=(g, g))
+        assert cache.length == P
+        for _ in range(2):  # the cache is not consumed by a step
+            v_cached = model.velocity(cache, full[:, P:], gen, t, cond, (g, g))
+            assert torch.allclose(v_cached, v, atol=1e-5)
+    assert torch.allclose(pre_logits, logits, atol=1e-5)
+    assert not torch.allclose(model.velocity(cache, full[:, P:], gen, t.flip(0), cond, (g, g)),
+                              v, atol=1e-3)  # the step's own t is used
+
+    # text: a report continued token by token equals the full sequence's logits
+    rep = pack_text(tok, None, [REPORT, REPORT], cfg.max_text_len, questions=["grade", SR4])
+    q = pack_text(tok, None, None, cfg.max_text_len, questions=["grade", SR4])
+    with torch.no_grad():
+        _, want, _ = model(rep.ids, rep.pos, sequence_mask(rep, n, 0), cond=cond, grid=(g, g))
+        _, cache = model.prefix(q.ids, q.pos, sequence_mask(q, n, 0), cond=cond, grid=(g, g))
+        lengths = (q.roles != 0).sum(1)
+        keys = torch.cat([torch.ones(2, n, dtype=torch.bool), q.roles != 0], dim=1)
+        for j in range(4):
+            ids = rep.ids[torch.arange(2), lengths + j][:, None]
+            mask = torch.cat([keys, torch.ones(2, j + 1, dtype=torch.bool)], 1)[:, None]
+            got, cache = model.next_text(cache, ids, (lengths + j)[:, None], mask)
+            assert torch.allclose(got[:, 0], want[torch.arange(2), lengths + j], atol=1e-5)
+
+
+def test_cached_report_generation_equals_recomputing_the_whole_sequence(cfg, tok, vae):
+    """Greedy reports from the adapter (KV cache) are the ids of a loop that re-runs the full
+    forward over [cond | question + report so far] for every token."""
+    model = _randomised(MiniBagel(cfg, tok.vocab_size))
+    with torch.no_grad():  # each token steers the next: long, varied reports
+        model.tok_emb.weight.normal_(std=0.3)
+        model.text_head.weight.normal_(std=1.0)
+        model.text_head.weight[tok.eos_id] = 0
+    ad = MiniBagelAdapter(model, vae, tok, SampleConfig(max_new_tokens=7))
+    imgs = torch.rand(3, 3, 32, 32)
+    prompts = ["grade", SR4, "the quality is"]
+    got = ad.generate_report(imgs, prompts, seed=0)
+    cond = ad._encode_condition(imgs, (32, 32))
+    from medq.models.sequence import REPORT as REPORT_ROLE
+    from medq.models.transformer import patchify
+    ctok = patchify(cond, cfg.patch_size)
+    g = cond.shape[-1] // cfg.patch_size
+    for i in range(3):
+        q = pack_text(tok, None, None, cfg.max_text_len, questions=[prompts[i]])
+        ids, out = q.ids[0].tolist(), []
+        for _ in range(7):
+            T = len(ids)
+            roles = torch.tensor([q.roles[0].tolist() + [REPORT_ROLE] * (T - q.ids.shape[1])])
+            from medq.models.sequence import TextBatch
+            text = TextBatch(torch.tensor([ids]), torch.arange(T)[None], roles,
+                             torch.full((1, T), -100))
+            with torch.no_grad():
+                _, logits, _ = model(text.ids, text.pos, sequence_mask(text, ctok.shape[1], 0),
+                                     cond=ctok[i:i + 1], grid=(g, g))
+            out.append(int(logits[0, -1].argmax()))
+            ids.append(out[-1])
+            if out[-1] == tok.eos_id:
+                break
+        assert got[i] == out
+    assert len({tuple(x) for x in got}) > 1 and max(len(x) for x in got) > 3

@@ -129,21 +129,20 @@ class MiniBagelAdapter:
             noise = _noise(cond.shape, seed, draws).to(self.device)
 
             def make_velocity(prompts):
+                # The condition and the prompt never attend to the generated tokens: their keys
+                # and values are computed once and reused at every step and every MMSE draw.
                 text = pack_text(
                     self.tokenizer, prompts, None, cfg.max_text_len, device=self.device
                 )
-                mask = sequence_mask(text, cond_tok.shape[1], cond_tok.shape[1])
+                n_tok = cond_tok.shape[1]
+                mask = sequence_mask(text, n_tok, n_tok)
+                P = mask.shape[1] - n_tok
+                _, cache = self.model.prefix(text.ids, text.pos, mask[:, :P, :P], cond=cond_tok,
+                                             grid=(h // p, w // p))
 
                 def velocity(x, t):
-                    _, _, v = self.model(
-                        text.ids,
-                        text.pos,
-                        mask,
-                        cond=cond_tok,
-                        gen=patchify(x, p),
-                        t=t,
-                        grid=(h // p, w // p),
-                    )
+                    v = self.model.velocity(cache, mask[:, P:], patchify(x, p), t, cond_tok,
+                                            (h // p, w // p))
                     return unpatchify(v, p, c, h, w)
                 return velocity
 
@@ -199,15 +198,19 @@ class MiniBagelAdapter:
             base = pack_text(tok, None, None, cfg.max_text_len, device=self.device,
                              questions=list(prompts))
             room = min(sc.max_new_tokens, 2 * cfg.max_text_len - base.ids.shape[1])
+            # [cond | question, right-padded] once; then one token per step, attending to the
+            # cache (the condition, its own question without the padding, its earlier tokens):
+            # the same keys as the sequence with the report written into the padding.
+            n_tok = cond_tok.shape[1]
+            logits, cache = self.model.prefix(
+                base.ids, base.pos, sequence_mask(base, n_tok, 0), cond=cond_tok,
+                grid=(h // p, w // p))
+            rows = torch.arange(n, device=self.device)
             lengths = (base.roles != 0).sum(1)
-            for _ in range(room):
-                text = _append(base, out, tok.pad_id)
-                mask = sequence_mask(text, cond_tok.shape[1], 0)
-                _, logits, _ = self.model(
-                    text.ids, text.pos, mask, cond=cond_tok, grid=(h // p, w // p)
-                )
-                last = (lengths + torch.tensor([len(o) for o in out], device=self.device) - 1)
-                step_logits = logits[torch.arange(n, device=self.device), last]
+            step_logits = logits[rows, lengths - 1]
+            prefix_keys = torch.cat([torch.ones(n, n_tok, dtype=torch.bool, device=self.device),
+                                     base.roles != 0], dim=1)
+            for j in range(room):
                 if sc.temperature == 0:
                     nxt = step_logits.argmax(-1)
                 else:
@@ -219,8 +222,13 @@ class MiniBagelAdapter:
                     if not done[i]:
                         out[i].append(int(nxt[i]))
                         done[i] = out[i][-1] == tok.eos_id
-                if all(done):
+                if all(done) or j == room - 1:
                     break
+                mask = torch.cat([prefix_keys, torch.ones(n, j + 1, dtype=torch.bool,
+                                                          device=self.device)], dim=1)[:, None]
+                logits, cache = self.model.next_text(cache, nxt[:, None], (lengths + j)[:, None],
+                                                     mask)
+                step_logits = logits[:, 0]
         return out
 
 
@@ -239,24 +247,3 @@ def _noise(shape: torch.Size, seed: int | Sequence[int], draws: int = 1) -> torc
     return torch.stack([torch.randn((draws, *shape[1:]),
                                     generator=torch.Generator().manual_seed(s))
                         for s in _seed_list(seed, shape[0])], dim=1)
-
-
-def _append(base, generated: list[list[int]], pad_id: int):
-    """The prompt batch ``base`` with each sample's generated ids appended after its prompt (role
-    REPORT), right-padded again."""
-    from medq.models.sequence import REPORT, TextBatch
-
-    B, T = base.ids.shape
-    lengths = (base.roles != 0).sum(1).tolist()
-    T2 = max(lengths[i] + len(generated[i]) for i in range(B))
-    T2 = max(T2, T)
-    ids = torch.full((B, T2), pad_id, dtype=torch.long, device=base.ids.device)
-    roles = torch.zeros((B, T2), dtype=torch.long, device=base.ids.device)
-    ids[:, :T], roles[:, :T] = base.ids, base.roles
-    for i, g in enumerate(generated):
-        if g:
-            ids[i, lengths[i]:lengths[i] + len(g)] = torch.tensor(g, device=ids.device)
-            roles[i, lengths[i]:lengths[i] + len(g)] = REPORT
-    pos = torch.arange(T2, device=ids.device).expand(B, T2).clone()
-    return TextBatch(ids, pos, roles, torch.full_like(ids, -100))
-

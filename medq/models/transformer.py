@@ -19,11 +19,17 @@ other tokens' inputs unchanged. Two heads: the text head (padded vocabulary, Qwe
 flow head (``llm2vae``: a zero-initialised linear map to patch velocities, ``v = eps - x0``; with
 ``cond_prior`` it predicts the difference from ``x_t - cond``, so an untrained head maps pure noise
 to the condition latent).
+
+Inference splits the forward (``prefix``, ``velocity``, ``next_text``): no condition or text token
+attends to anything after it, so their keys and values (``KVCache``) are computed once per image
+and reused at every Euler step, every MMSE draw and every next report token. Training uses the
+one packed ``forward``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -66,6 +72,24 @@ def grid_embedding(gh: int, gw: int, dim: int, device) -> torch.Tensor:
     return torch.cat([sincos_1d(rows, dim // 2), sincos_1d(cols, dim - dim // 2)], dim=-1)
 
 
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class KVCache:
+    """Keys and values of tokens already run through the blocks, one (k, v) per layer, each
+    (B, heads, P, d_head): what later tokens attend to without recomputing them. In the block
+    mask, the condition image and the prompt never attend to the generated image, and text
+    attends only to what precedes it, so their keys are the same at every Euler step and for every
+    next report token (``MiniBagel.prefix``)."""
+
+    kv: list[KV]
+
+    @property
+    def length(self) -> int:
+        return self.kv[0][0].shape[2]
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: masked multi-head self-attention + GELU MLP."""
 
@@ -81,16 +105,23 @@ class Block(nn.Module):
             nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d)
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: KV | None = None,
+                keep: bool = False):
+        """x (B, L, d); mask (B, 1, L, P + L) bool over [past keys | x's keys]. ``past``: keys and
+        values (B, heads, P, d_head) of earlier tokens that x attends to (a ``KVCache`` layer).
+        Returns x, or with ``keep`` (x, (keys, values) of past and x together)."""
         b, L, d = x.shape
         q, k, v = (
             self.qkv(self.norm1(x))
             .view(b, L, 3, self.heads, d // self.heads)
             .permute(2, 0, 3, 1, 4)
         )
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.proj(a.transpose(1, 2).reshape(b, L, d))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.mlp(self.norm2(x))
+        return (x, (k, v)) if keep else x
 
 
 class PriorNet(nn.Module):
@@ -183,20 +214,11 @@ class MiniBagel(nn.Module):
         Returns (hidden (B, L, d), text_logits (B, T, vocab_padded), v (B, n, C p p) or None), and
         with ``return_prior`` also the prior net's output (B, n, C p p), None without the net (its
         own loss, ``loss.prior_weight``, needs it; computed here so that FSDP has gathered it)."""
-        b, T = text_ids.shape
-        d = self.cfg.d_model
-        parts = []
-        if cond is not None or gen is not None:
-            pos = grid_embedding(grid[0], grid[1], d, text_ids.device).to(self.vae2llm.weight.dtype)
-        if cond is not None:
-            t0 = self.time_embedding(torch.zeros(b, device=cond.device))
-            parts.append(self.vae2llm(cond) + pos + self.type_emb.weight[1] + t0[:, None])
-        parts.append(self.tok_emb(text_ids) + self.text_pos(text_pos) + self.type_emb.weight[0])
+        b = text_ids.shape[0]
+        parts = [] if cond is None else [self.embed_cond(cond, grid)]
+        parts.append(self.embed_text(text_ids, text_pos))
         if gen is not None:
-            g = self.vae2llm(gen) + pos + self.type_emb.weight[2] + self.time_embedding(t)[:, None]
-            if self.cond2gen is not None and cond is not None:
-                g = g + self.cond2gen(cond)  # same grid: generated token i sees condition token i
-            parts.append(g)
+            parts.append(self.embed_gen(gen, t, grid, cond))
         x = torch.cat(parts, dim=1)
         if mask.shape != (b, x.shape[1], x.shape[1]):
             raise ValueError(f"MiniBagel: mask {tuple(mask.shape)} does not match the sequence "
@@ -205,17 +227,86 @@ class MiniBagel(nn.Module):
         for blk in self.blocks:
             x = blk(x, m)
         h = self.norm(x)
-        n_cond = cond.shape[1] if cond is not None else 0
+        n_cond, T = (cond.shape[1] if cond is not None else 0), text_ids.shape[1]
         logits = self.text_head(h[:, n_cond:n_cond + T])
-        v = self.llm2vae(h[:, n_cond + T:]) if gen is not None else None
-        prior = None
-        if v is not None and self.cfg.cond_prior and cond is not None:
-            # Residual prior: an untrained head flows x_t onto the condition (or its sharpening).
-            prior = self.prior(cond, grid, h[:, n_cond + T:].mean(dim=1))
-            v = v + (gen - prior)
+        v = prior = None
+        if gen is not None:
+            v, prior = self.flow_head(h[:, n_cond + T:], gen, cond, grid)
         if return_prior:
             return x, logits, v, (prior if self.prior_net is not None else None)
         return x, logits, v
+
+    # -- the pieces of ``forward``, also used one segment at a time by inference with a cache
+
+    def embed_cond(self, cond: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Condition patch tokens (B, n, C p p) -> their inputs (B, n, d) (timestep 0)."""
+        pos = grid_embedding(grid[0], grid[1], self.cfg.d_model, cond.device)
+        t0 = self.time_embedding(torch.zeros(cond.shape[0], device=cond.device))
+        return self.vae2llm(cond) + pos.to(self.vae2llm.weight.dtype) + self.type_emb.weight[1] \
+            + t0[:, None]
+
+    def embed_text(self, text_ids: torch.Tensor, text_pos: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and positions -> (B, T, d)."""
+        return self.tok_emb(text_ids) + self.text_pos(text_pos) + self.type_emb.weight[0]
+
+    def embed_gen(self, gen: torch.Tensor, t: torch.Tensor, grid: tuple[int, int],
+                  cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Noisy patch tokens (B, n, C p p) at timesteps t (B,) -> (B, n, d); with ``cond_at_gen``
+        plus the condition token at the same grid position."""
+        pos = grid_embedding(grid[0], grid[1], self.cfg.d_model, gen.device)
+        g = self.vae2llm(gen) + pos.to(self.vae2llm.weight.dtype) + self.type_emb.weight[2] \
+            + self.time_embedding(t)[:, None]
+        if self.cond2gen is not None and cond is not None:
+            g = g + self.cond2gen(cond)  # same grid: generated token i sees condition token i
+        return g
+
+    def flow_head(self, h_gen: torch.Tensor, gen: torch.Tensor, cond: torch.Tensor | None,
+                  grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final-normed hidden states of the generated tokens (B, n, d) -> (v (B, n, C p p), the
+        residual prior or None)."""
+        v, prior = self.llm2vae(h_gen), None
+        if self.cfg.cond_prior and cond is not None:
+            # Residual prior: an untrained head flows x_t onto the condition (or its sharpening).
+            prior = self.prior(cond, grid, h_gen.mean(dim=1))
+            v = v + (gen - prior)
+        return v, prior
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None
+               ) -> tuple[torch.Tensor, KVCache]:
+        """Embedded tokens x (B, L, d) through the blocks, attending to ``cache`` (P tokens) and to
+        each other as ``mask`` (B, L, P + L) says -> (final-normed hidden (B, L, d), the cache
+        extended by x's keys and values)."""
+        m, kv = mask[:, None], []
+        for i, blk in enumerate(self.blocks):
+            x, layer = blk(x, m, None if cache is None else cache.kv[i], keep=True)
+            kv.append(layer)
+        return self.norm(x), KVCache(kv)
+
+    def prefix(self, text_ids: torch.Tensor, text_pos: torch.Tensor, mask: torch.Tensor,
+               cond: torch.Tensor | None = None, grid: tuple[int, int] | None = None
+               ) -> tuple[torch.Tensor, KVCache]:
+        """[cond | text] alone (``mask``: the top-left (P, P) block of the full sequence's mask)
+        -> (text logits (B, T, vocab_padded), its ``KVCache``). Exact for what comes after: the
+        block mask never lets condition or text tokens attend to later segments."""
+        parts = [] if cond is None else [self.embed_cond(cond, grid)]
+        parts.append(self.embed_text(text_ids, text_pos))
+        h, cache = self.attend(torch.cat(parts, dim=1), mask)
+        return self.text_head(h[:, h.shape[1] - text_ids.shape[1]:]), cache
+
+    def velocity(self, cache: KVCache, mask: torch.Tensor, gen: torch.Tensor, t: torch.Tensor,
+                 cond: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor:
+        """The flow head's v (B, n, C p p) for noisy tokens ``gen`` at ``t`` after the prefix in
+        ``cache``; ``mask``: the generated rows of the full mask (B, n, P + n). Equals ``forward``'s
+        v on [cond | text | gen] up to float reduction order, at the generated tokens' cost."""
+        h, _ = self.attend(self.embed_gen(gen, t, grid, cond), mask, cache)
+        return self.flow_head(h, gen, cond, grid)[0]
+
+    def next_text(self, cache: KVCache, text_ids: torch.Tensor, text_pos: torch.Tensor,
+                  mask: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+        """New text tokens (B, k) after the cached ones -> (their logits (B, k, vocab_padded),
+        the extended cache); ``mask`` (B, k, P + k)."""
+        h, cache = self.attend(self.embed_text(text_ids, text_pos), mask, cache)
+        return self.text_head(h), cache
 
     def prior(self, cond: torch.Tensor, grid: tuple[int, int], context: torch.Tensor
               ) -> torch.Tensor:
