@@ -377,17 +377,31 @@ def feature_extractor(name: str = "auto") -> FeatureBackbone:
     return _random_resnet18_backbone()
 
 
+FEATURE_BATCH = 16
+"""Images per feature forward pass. Every pass has exactly this many (the last one padded), so an
+image's features do not depend on which images share its pass: at a fixed input shape each
+image's arithmetic is the same (randresnet18: bit-identical at every position and with any
+neighbours; a different batch size changes them by ~4e-7, ``tests/test_metrics.py``)."""
+
+
 def image_features(paths: Sequence[str | Path], backbone: FeatureBackbone,
-                   batch_size: int = 32) -> np.ndarray:
-    """(N, D) float64 features of image files through clean-fid's ``clean`` pipeline on CPU."""
-    from cleanfid import fid
+                   batch_size: int = FEATURE_BATCH) -> np.ndarray:
+    """(N, D) float64 features of image files through clean-fid's ``clean`` pipeline (its
+    ``ResizeDataset``: PIL bicubic to 299 px) on CPU, in passes of exactly ``batch_size`` images
+    (the last padded with copies of its final image, whose rows are dropped)."""
+    from cleanfid.utils import ResizeDataset
 
     if not paths:
         return np.zeros((0, backbone.dims))
-    feats = fid.get_files_features([str(p) for p in paths], model=backbone, num_workers=0,
-                                   batch_size=batch_size, device=torch.device("cpu"), mode="clean",
-                                   verbose=False)
-    return feats.astype(np.float64)
+    dataset = ResizeDataset([str(p) for p in paths], mode="clean")
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        k = len(batch)
+        batch += [batch[-1]] * (batch_size - k)
+        with torch.no_grad():
+            out.append(backbone(torch.stack(batch)).detach().cpu().numpy()[:k])
+    return np.concatenate(out).astype(np.float64)
 
 
 def frechet_distance(feats1: np.ndarray, feats2: np.ndarray) -> float:

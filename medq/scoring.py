@@ -64,20 +64,21 @@ def load_image(path: Path, mask: bool = False) -> torch.Tensor:
 
 class FeatureCache:
     """Features by file content (sha1): the same target PNG in several eval folders is embedded
-    once. One image per forward pass, so the numbers do not depend on batching or sharding."""
+    once. Missing ones are embedded together in fixed-size passes (``metrics.FEATURE_BATCH``), so
+    the numbers do not depend on batching, sharding or what was cached before."""
 
     def __init__(self, backbone: M.FeatureBackbone):
         self.backbone = backbone
         self.cache: dict[str, np.ndarray] = {}
 
     def features(self, paths) -> np.ndarray:
-        out = []
-        for p in paths:
-            key = hashlib.sha1(Path(p).read_bytes()).hexdigest()
-            if key not in self.cache:
-                self.cache[key] = M.image_features([p], self.backbone, batch_size=1)[0]
-            out.append(self.cache[key])
-        return np.stack(out) if out else np.zeros((0, self.backbone.dims))
+        keys = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]
+        todo = {k: p for k, p in zip(keys, paths) if k not in self.cache}
+        if todo:
+            for k, f in zip(todo, M.image_features(list(todo.values()), self.backbone)):
+                self.cache[k] = f
+        return np.stack([self.cache[k] for k in keys]) if keys \
+            else np.zeros((0, self.backbone.dims))
 
 
 def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCache | None = None
@@ -125,8 +126,11 @@ def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCac
         rows.append({"id": str(pair["id"]), **{m: float(v[0]) for m, v in vals.items()},
                      **{k2: pair.get(k2) for k2 in ("undecodable", "seconds")}})
         if features is not None:
-            feats.append((str(pair["id"]), features.features([pair["output"]])[0],
-                          features.features([pair["target"]])[0]))
+            feats.append((str(pair["id"]), pair["output"], pair["target"]))
+    if features is not None and feats:  # embedded together: fixed-size passes, not one by one
+        fo = features.features([f[1] for f in feats])
+        ft = features.features([f[2] for f in feats])
+        feats = [(f[0], a, b) for f, a, b in zip(feats, fo, ft)]
     gathered = gather((rows, problems, feats), group)
     rows = sorted((r for g in gathered for r in g[0]), key=lambda r: r["id"])
     problems = sorted((p for g in gathered for p in g[1]), key=lambda p: p["id"])

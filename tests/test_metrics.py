@@ -184,3 +184,28 @@ def test_random_backbone_distance_grows_with_degradation_real(fundus_samples):
     imgs = [torch.from_numpy(np.asarray(
         Image.open(p).convert("RGB").resize((128, 128), Image.BICUBIC)).copy()) for p in paths]
     _assert_distance_grows(torch.stack(imgs).permute(0, 3, 1, 2).float() / 255)
+
+
+def test_image_features_do_not_depend_on_batch_neighbours_or_position(tmp_path):
+    """Fixed-size passes: an image's features are bit-identical whatever else is embedded with
+    it and wherever it sits; they are clean-fid's (its own loader, one unpadded batch) to 1e-4."""
+    from cleanfid import fid
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(M.FEATURE_BATCH + 3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    bb = M.feature_extractor("randresnet18")
+    all_ = M.image_features(paths, bb)
+    assert all_.shape == (len(paths), bb.dims) and all_.dtype == np.float64
+    alone = M.image_features([paths[5]], bb)
+    moved = M.image_features(paths[5:] + paths[:5], bb)
+    assert np.array_equal(alone[0], all_[5]) and np.array_equal(moved[0], all_[5])
+    assert np.array_equal(moved[-1], all_[4])
+    ref = fid.get_files_features([str(p) for p in paths], model=bb, num_workers=0,
+                                 batch_size=len(paths), device=torch.device("cpu"), mode="clean",
+                                 verbose=False)
+    assert np.allclose(all_, ref, atol=1e-4) and not np.allclose(all_[0], all_[1], atol=1e-3)
