@@ -9,6 +9,7 @@
     python -m bench perf infer                # inference images per second and utilisation
     python -m bench perf main                 # stage times of the last train-v3 + eval job
     python -m bench mmse-t                    # the MMSE output at several t (sample.mmse_t)
+    python -m bench sample-temperature        # the sample at several noise temperatures
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``,
 imported only when chosen (``medq.cli.run_subcommand``).
@@ -24,6 +25,9 @@ SUBCOMMANDS = {
     "score-text": ("bench.score_text", "undecodable-token statistics of external generations"),
     "perf": ("bench.perf", "performance tables of the project's own kernels"),
     "mmse-t": ("bench.mmse_t", "the MMSE output at several t: how sample.mmse_t was chosen"),
+    "sample-temperature": ("bench.sample_temperature",
+                           "the sample at several noise temperatures: how "
+                           "sample.noise_temperature was chosen"),
 }
 
 

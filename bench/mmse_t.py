@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _parse_list(text: str, flag: str, convert, kind: str, ok, bounds: str) -> list:
+def parse_list(text: str, flag: str, convert, kind: str, ok, bounds: str) -> list:
     """Comma-separated values of ``flag``; SystemExit naming the bad value otherwise."""
     out = []
     for part in text.split(","):
@@ -53,16 +53,16 @@ def _parse_list(text: str, flag: str, convert, kind: str, ok, bounds: str) -> li
 
 def parse_ts(text: str) -> list[float]:
     """``"1,0.9"`` -> [1.0, 0.9]."""
-    return _parse_list(text, "--t", float, "a number",
+    return parse_list(text, "--t", float, "a number",
                        lambda t: math.isfinite(t) and 0 < t <= 1, "(0, 1]")
 
 
 def parse_draws(text: str) -> list[int]:
     """``"1,4"`` -> [1, 4]."""
-    return _parse_list(text, "--draws", int, "an integer", lambda k: 1 <= k <= 64, "1..64")
+    return parse_list(text, "--draws", int, "an integer", lambda k: 1 <= k <= 64, "1..64")
 
 
-def _cell(psnr_fov: float, ssim_fov: float) -> str:
+def cell(psnr_fov: float, ssim_fov: float) -> str:
     return f"{psnr_fov:.2f} / {ssim_fov:.3f}"
 
 
@@ -92,7 +92,7 @@ def main(args) -> int:
                                      args.images, tasks=[task])[task]
             except ValueError as e:
                 raise SystemExit(f"error: {e}") from None
-            cells.append(_cell(s["psnr_fov"], s["ssim_fov"]))
-        print(f"| {task} | {_cell(s['ref_psnr_fov'], s['ref_ssim_fov'])} | " + " | ".join(cells)
+            cells.append(cell(s["psnr_fov"], s["ssim_fov"]))
+        print(f"| {task} | {cell(s['ref_psnr_fov'], s['ref_ssim_fov'])} | " + " | ".join(cells)
               + " |", flush=True)
     return 0

@@ -199,8 +199,10 @@ def test_not_hashed_values_leave_the_hash_alone():
     base = load_config("ssim_v3")
     assert load_config("ssim_v3", overrides=["sample.mmse_t=1.0"]).hash == base.hash
     assert load_config("ssim_v3", overrides=["sample.mmse_draws=8"]).hash == base.hash
+    assert load_config("ssim_v3", overrides=["sample.noise_temperature=1"]).hash == base.hash
     assert set(NOT_HASHED) == {("run", "out_dir"), ("run", "preset"), ("run", "fsdp"),
-                               ("sample", "mmse_t"), ("sample", "mmse_draws")}
+                               ("sample", "mmse_t"), ("sample", "mmse_draws"),
+                               ("sample", "noise_temperature")}
 
 
 def test_fsdp_does_not_enter_the_hash():

@@ -689,3 +689,34 @@ def test_cached_report_generation_equals_recomputing_the_whole_sequence(cfg, tok
                 break
         assert got[i] == out
     assert len({tuple(x) for x in got}) > 1 and max(len(x) for x in got) > 3
+
+
+def test_noise_temperature_scales_the_samplers_start_and_only_the_sample(cfg, tok, vae,
+                                                                        monkeypatch):
+    """sample.noise_temperature = tau: the Euler sampler starts from tau * the seeded noise; the
+    MMSE output ignores it (and does not record it); tau <= 0 is refused."""
+    import medq.models.adapter as adapter_mod
+
+    model = _randomised(MiniBagel(cfg, tok.vocab_size))
+    images = torch.rand(2, 3, 8, 8)
+    starts = []
+    real = adapter_mod.euler_sample
+    monkeypatch.setattr(adapter_mod, "euler_sample",
+                        lambda v, noise, **kw: starts.append(noise) or real(v, noise, **kw))
+
+    def run(tau, output="sample"):
+        ad = MiniBagelAdapter(model, vae, tok, SampleConfig(steps=2, noise_temperature=tau),
+                              output=output)
+        return ad, ad.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6])
+
+    _, at_one = run(1.0)
+    ad, at_03 = run(0.3)
+    assert torch.allclose(starts[1], 0.3 * starts[0]) and starts[0].std() > 0.5
+    assert not torch.allclose(at_one, at_03, atol=1e-3)
+    assert ad.settings["sample"]["noise_temperature"] == 0.3
+    mmse_ad, m1 = run(1.0, "mmse")
+    _, m3 = run(0.3, "mmse")
+    assert torch.equal(m1, m3) and "noise_temperature" not in mmse_ad.settings["sample"]
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="sample.noise_temperature"):
+            SampleConfig(noise_temperature=bad)

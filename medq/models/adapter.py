@@ -92,6 +92,8 @@ class MiniBagelAdapter:
             # The sampler never reads them: sampled outputs made before they existed stay valid.
             sample.pop("mmse_t")
             sample.pop("mmse_draws")
+        else:  # nor does the MMSE output read the sampler's noise temperature
+            sample.pop("noise_temperature")
         return {"sample": sample, "output": self.output}
 
     @property
@@ -158,7 +160,7 @@ class MiniBagelAdapter:
             uncond = make_velocity([""] * n) if sc.text_guidance > 1 else None
             z = euler_sample(
                 make_velocity(list(instructions)),
-                noise[0],
+                noise[0] * sc.noise_temperature,
                 steps=sc.steps,
                 shift=sc.shift,
                 uncond_velocity=uncond,
