@@ -420,7 +420,8 @@ def run_eval(args) -> dict:
             args.out, bool(result["failures"]), lambda out: report.write_reports(
                 rows + srows, per_image, out,
                 protocol=protocol(rows, channel=args.channel, backbone=backbone, extra=extra),
-                comparisons=comparisons(rows, per_image), run_dirs=runs, plots=not args.no_plots,
+                comparisons=comparisons(rows, per_image, features=feats), run_dirs=runs,
+                plots=not args.no_plots,
                 seed_comparisons=scomps))
     return result
 

@@ -70,6 +70,11 @@ class FeatureCache:
     def __init__(self, backbone: M.FeatureBackbone):
         self.backbone = backbone
         self.cache: dict[str, np.ndarray] = {}
+        self.sets: dict[tuple[str, str], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        """Every scored set's features by (name, task): {image id: (output, target)}, for the
+        paired KID comparisons (``comparisons``); ``score_task_dir`` files ``last_set``, the
+        features of the last ``score_pairs`` call, under its name."""
+        self.last_set: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def features(self, paths) -> np.ndarray:
         keys = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]
@@ -143,6 +148,7 @@ def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCac
         dist[bb.fd_column] = M.frechet_distance(fo, ft)
         dist[bb.kid_column], dist[f"{bb.kid_column}_lo"], dist[f"{bb.kid_column}_hi"] = \
             M.kid_interval(fo, ft, seed=KID_SEED)
+        features.last_set = {f[0]: (f[1], f[2]) for f in feats}
     return rows, problems, dist
 
 
@@ -244,6 +250,8 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
                       "output": Path(task_dir) / r[output_key],
                       "undecodable": r.get("undecodable"), "seconds": r.get("seconds")})
     per_image, problems, dist = score_pairs(pairs, channel=channel, features=features)
+    if features is not None:
+        features.sets[(str(meta.get("name")), str(meta.get("task")))] = features.last_set
     row = {**meta, **aggregate(per_image), **dist, "n_images": len(per_image)}
     used = [records[p["id"]] for p in pairs]
     secs = [float(r["seconds"]) for r in used if r.get("seconds") is not None]
@@ -284,12 +292,15 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
 
 
 def comparisons(rows: list[dict], per_image: list[dict],
-                metrics=("ssim_fov", "psnr_fov", "vessel_dice")) -> list[dict]:
+                metrics=("ssim_fov", "psnr_fov", "vessel_dice"),
+                features: FeatureCache | None = None) -> list[dict]:
     """ssim_v3 - pixel, mixed - pixel, ssim_v3 / pixel - base (the no-image-loss control, when
     present), and every scored run - the task's reference baseline
     (``REFERENCE``: bicubic for SR, identity for enhance) and - the constant floor, per task,
     on the latest checkpoint of
-    each run (the row with the highest step)."""
+    each run (the row with the highest step). With ``features`` (the cache that scored them),
+    also KID a - KID b (``metrics.kid_difference``, a paired bootstrap over images; lower is
+    better) for every pair but those with the floor."""
     values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for r in per_image:
         d = values.setdefault((str(r["name"]), str(r["task"])), {})
@@ -329,9 +340,32 @@ def comparisons(rows: list[dict], per_image: list[dict],
                 out.append(
                     {"task": task, "a": a["name"], "b": b["name"], "metric": m, **c.as_dict()}
                 )
+            if features is not None and str(b["name"]) != FLOOR:
+                c = kid_comparison(features, task, str(a["name"]), str(b["name"]))
+                if c is not None:
+                    out.append(c)
     for c, adj in zip(out, holm([c["p_value"] for c in out])):
         c["p_holm"] = adj
     return out
+
+
+def kid_comparison(features: FeatureCache, task: str, a: str, b: str) -> dict | None:
+    """KID a - KID b on the images both scored (a comparisons row; None when either set's
+    features are missing). KID is a set metric: no per-image wins, no Wilcoxon; p is the paired
+    bootstrap's."""
+    fa, fb = features.sets.get((a, task)), features.sets.get((b, task))
+    if not fa or not fb:
+        return None
+    ids = sorted(set(fa) & set(fb))
+    if not ids:
+        return None
+    diff, lo, hi, p = M.kid_difference(np.stack([fa[i][0] for i in ids]),
+                                       np.stack([fb[i][0] for i in ids]),
+                                       np.stack([fa[i][1] for i in ids]), seed=BOOTSTRAP_SEED)
+    return {"task": task, "a": a, "b": b, "metric": features.backbone.kid_column, "n": len(ids),
+            "mean_diff": diff, "ci_low": lo, "ci_high": hi, "p_value": p, "wins": "n/a",
+            "losses": "n/a", "ties": "n/a", "n_nonzero": "", "p_holm": math.nan,
+            "note": "set metric (lower is better): paired bootstrap over images; p from it"}
 
 
 SEED_METRICS = ("ssim_fov", "psnr_fov", "lr_psnr", "vessel_dice")

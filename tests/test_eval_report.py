@@ -135,6 +135,29 @@ def test_leaderboard_with_features_byte_identical_on_repeat(tmp_path):
     assert "fd_randresnet18" in text.splitlines()[0] and "kid_randresnet18" in text.splitlines()[0]
 
 
+@pytest.mark.slow
+def test_kid_comparisons_pair_each_mode_with_the_reference(tmp_path):
+    """With the feature cache, comparisons add KID a - KID b (paired over images) for every pair
+    except those with the floor; its value is the difference of the two rows' KIDs."""
+    feats = S.FeatureCache(S.M.feature_extractor("randresnet18"))
+    rows, per_image = _score_all(tmp_path, feats)
+    d = tmp_path / "constant" / "sr4"
+    _fake_eval(d, 0.6)
+    row, pi = S.score_task_dir(d, IDS, _meta("constant"), channel="rgb", features=feats)
+    comps = S.comparisons(rows + [row], per_image + pi, features=feats)
+    kid = {(c["a"], c["b"]): c for c in comps if c["metric"] == "kid_randresnet18"}
+    assert set(kid) == {("ssim_v3-1", "pixel-1"), ("pixel-1", "bicubic"),
+                        ("ssim_v3-1", "bicubic")}
+    by = {r["name"]: r for r in rows}
+    c = kid[("ssim_v3-1", "bicubic")]
+    assert c["n"] == 6 and c["mean_diff"] == pytest.approx(
+        by["ssim_v3-1"]["kid_randresnet18"] - by["bicubic"]["kid_randresnet18"], rel=1e-6)
+    assert c["ci_low"] <= c["mean_diff"] <= c["ci_high"] and 0 < c["p_value"] <= 1
+    assert not any(c["metric"] == "kid_randresnet18" for c in S.comparisons(rows, per_image))
+    md = report.markdown(rows, comps, {"seeds": "0"})
+    assert "| sr4 | ssim_v3-1 - bicubic | kid_randresnet18 | 6 |" in md
+
+
 @pytest.mark.slow  # a whole evaluation (harness, scoring, FD features, reports) through the CLI
 def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, capsys):
     """Bring your own model: a protocol implementation written here (bicubic images, a fixed

@@ -209,3 +209,17 @@ def test_image_features_do_not_depend_on_batch_neighbours_or_position(tmp_path):
                                  batch_size=len(paths), device=torch.device("cpu"), mode="clean",
                                  verbose=False)
     assert np.allclose(all_, ref, atol=1e-4) and not np.allclose(all_[0], all_[1], atol=1e-3)
+
+
+def test_kid_difference_is_the_paired_difference_of_the_two_kids():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(40, 16))
+    near = y + 0.1 * rng.normal(size=y.shape)
+    far = 1.5 * y + 1.0 + 0.5 * rng.normal(size=y.shape)
+    d, lo, hi, p = M.kid_difference(near, far, y, n_boot=300)
+    ka, kb = M.kid_interval(near, y)[0], M.kid_interval(far, y)[0]
+    assert d == pytest.approx(ka - kb, rel=1e-9) and d < 0
+    assert lo <= d <= hi < 0 and p == pytest.approx(1 / 300)
+    same = M.kid_difference(near, near, y, n_boot=100)
+    assert same[:3] == (0.0, 0.0, 0.0) and same[3] == 1.0
+    assert all(math.isnan(v) for v in M.kid_difference(near[:2], far[:2], y[:2]))
