@@ -107,7 +107,7 @@ def test_perf_main_reads_stage_times_from_files(tmp_path, capsys):
         _touch(runs / name / "logs" / "tb" / f"events.out.tfevents.{int(t0 + start)}.host.1.0", t0)
         _touch(runs / name / "run.json", t0 + end,
                json.dumps({"preset": preset, "status": "finished", "step": 300}))
-    # inference of two models: 2 + 1 samples; scoring gaps 800->830 and 850->900
+    # inference of three models: 2 + 1 + 1 samples; scoring gaps 800->815, 820->830, 850->900
     d1 = runs / "ssim_v3-bb" / "eval" / "step_000300-ema"
     _touch(d1 / "sr4" / "images" / "0_output.png", t0 + 790)
     _touch(d1 / "sr4" / "records.jsonl", t0 + 800,
@@ -116,20 +116,24 @@ def test_perf_main_reads_stage_times_from_files(tmp_path, capsys):
     d2 = runs / "_baselines" / "bicubic" / "eval"
     _touch(d2 / "sr4" / "images" / "0_output.png", t0 + 830)
     _touch(d2 / "sr4" / "records.jsonl", t0 + 850, json.dumps({"id": "0", "seconds": 0.25}))
+    d3 = runs / "_init" / "0a1b2c3d" / "eval-mmse"  # the shipped base model's MMSE output
+    _touch(d3 / "sr4" / "images" / "0_output.png", t0 + 815)
+    _touch(d3 / "sr4" / "records.jsonl", t0 + 820, json.dumps({"id": "0", "seconds": 0.5}))
     _touch(reports / "leaderboard.csv", t0 + 900)
     rows = perf_main.stage_rows(runs, reports, runs / "vae")
     got = [(stage, seconds) for stage, _, seconds, _ in rows]
     # pixel and mixed ran side by side (700-760, 720-770): 70 s of wall clock, not 110
     assert got == [("data", None), ("VAE", 93.5), ("base", 290.0), ("fine-tune", 190.0),
                    ("fine-tune", 60.0), ("fine-tune", 50.0), ("fine-tunes", 260.0),
-                   ("inference", 3.5), ("inference", 0.25), ("scoring", 80.0)]
+                   ("inference", 3.5), ("inference", 0.5), ("inference", 0.25), ("scoring", 75.0)]
+    assert rows[8][1] == "_init/0a1b2c3d/eval-mmse (1 samples)"
     assert bench_main.main(["perf", "main", "--runs-dir", str(runs), "--reports",
                             str(reports)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("machine: ") and "pretrain-aa (finished at step 300)" in out
     assert "ssim_v3-bb/eval/step_000300-ema (2 samples)" in out
-    # 93.5 + 290 + 260 (not 300) + 3.75 + 80
-    assert "727.2" in out.splitlines()[-1] and "wall clock" in out.splitlines()[-1]
+    # 93.5 + 290 + 260 (not 300) + 4.25 + 75
+    assert "722.8" in out.splitlines()[-1] and "wall clock" in out.splitlines()[-1]
 
 
 def test_perf_main_without_a_job_says_what_to_run(tmp_path, capsys):
