@@ -116,7 +116,8 @@ def add_arguments(p) -> None:
                    help="constructor keyword argument for every --model (TOML literal or string)")
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for training and the data (e.g. data.num_images=48)")
+                   help="config override for training, the data and the sampler (e.g. "
+                        "data.num_images=48, sample.noise_temperature=1)")
     p.add_argument("--data", choices=["synthetic", "eyeq", "drive", "folder"], help="data.source")
     p.add_argument("--eyeq-root", help="EyeQ image folder (with --data eyeq)")
     p.add_argument("--root", help="image folder (with --data folder / drive)")
@@ -513,6 +514,7 @@ def evaluate_outputs(run: Path, checkpoint: str | None, meta: dict, cfg, out_dir
         m = {**meta, "name": meta["name"] + suffix, "preset": meta["preset"] + suffix}
         try:
             model, _, _ = load_run(run, weights=args.weights, checkpoint=checkpoint, output=output)
+            model.sample_cfg = cfg.sample  # the checkpoint's, with any --set sample.* applied
             rr, pi = evaluate_model(
                 model,
                 m,

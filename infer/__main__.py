@@ -156,6 +156,7 @@ def run(args) -> int:
         log.info("loaded %s (%s weights, fingerprint %s)", info["checkpoint"], args.weights,
                  info["fingerprint"])
         cfg = load_config(str(info["checkpoint"] / "config.toml"), overrides=overrides)
+        model.sample_cfg = cfg.sample  # --set sample.* reaches the sampler, not only the records
         out = args.out or info["run_dir"] / "eval" / f"{meta['checkpoint']}-{args.weights}"
     else:
         cfg = load_config(args.preset, overrides=overrides)

@@ -130,7 +130,14 @@ def test_random_weights_run_is_collapsed_through_the_cli(tmp_path, capsys):
     rows = [json.loads(x) for x in (out / "sr4" / "records.jsonl").read_text().splitlines()]
     assert rows[0]["checkpoint"] == "step_000001" and rows[0]["weights"] == "ema"
     assert rows[0]["settings"]["sample"]["steps"] == 2
+    assert rows[0]["settings"]["sample"]["noise_temperature"] == 0.3
     assert "verdict COLLAPSED" in capsys.readouterr().out
+    # --set sample.* reaches the sampler of a --run model: another output, recorded as such
+    assert main(argv + ["--set", "sample.noise_temperature=1", "--out", str(tmp_path / "t1")]) == 1
+    hot = [json.loads(x) for x in (tmp_path / "t1" / "sr4" / "records.jsonl").read_text()
+           .splitlines()]
+    assert hot[0]["settings"]["sample"]["noise_temperature"] == 1.0
+    assert hot[0]["check"]["output_std"] != rows[0]["check"]["output_std"]
 
 
 def test_own_model_class_end_to_end(tmp_path, capsys):
