@@ -18,37 +18,16 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from tqdm import tqdm
-
-from medq.harness.load import InferError, load_run
-from medq.harness.split_scores import split_fov_scores
+from bench.sweep import add_common_arguments, load, parse_list, print_sweep
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--run", default="weights/base",
-                   help="run directory or checkpoint (default: the shipped base model)")
+    add_common_arguments(p)
     p.add_argument("--t", default="1,0.95,0.9,0.85,0.8",
                    help="comma-separated values of sample.mmse_t in (0, 1] (default: %(default)s)")
     p.add_argument("--draws", default=None,
                    help="comma-separated values of sample.mmse_draws (noise draws averaged), "
                         "e.g. 1,4,8 (default: the run's)")
-    p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--images", type=int, default=62, help="at most N images per task")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def parse_list(text: str, flag: str, convert, kind: str, ok, bounds: str) -> list:
-    """Comma-separated values of ``flag``; SystemExit naming the bad value otherwise."""
-    out = []
-    for part in text.split(","):
-        try:
-            value = convert(part)
-        except ValueError:
-            raise SystemExit(f"{flag} {text!r}: {part!r} is not {kind}") from None
-        if not ok(value):
-            raise SystemExit(f"{flag} {text!r}: {part!r} must be in {bounds}")
-        out.append(value)
-    return out
 
 
 def parse_ts(text: str) -> list[float]:
@@ -62,37 +41,15 @@ def parse_draws(text: str) -> list[int]:
     return parse_list(text, "--draws", int, "an integer", lambda k: 1 <= k <= 64, "1..64")
 
 
-def cell(psnr_fov: float, ssim_fov: float) -> str:
-    return f"{psnr_fov:.2f} / {ssim_fov:.3f}"
-
-
 def main(args) -> int:
     ts = parse_ts(args.t)
-    if args.images < 1:
-        raise SystemExit(f"--images {args.images}: must be >= 1")
-    try:
-        model, _, info = load_run(args.run, output="mmse")
-    except InferError as e:
-        raise SystemExit(f"error: {e}") from None
+    model, info = load(args, "mmse")
     cfg = info["config"]
     draws = parse_draws(args.draws) if args.draws else [cfg.sample.mmse_draws]
-    grid = [(t, k) for t in ts for k in draws]
     print(f"MMSE output of {args.run} ({info['checkpoint']}) on the first {args.images} "
           f"{args.split} images per task (PSNR-fov dB / eroded SSIM-fov); sample.mmse_t of this "
           f"run: {cfg.sample.mmse_t}, sample.mmse_draws: {cfg.sample.mmse_draws}")
-    heads = [f"t = {t:g}" + (f", {k} draws" if len(draws) > 1 else "") for t, k in grid]
-    print("| task | reference | " + " | ".join(heads) + " |")
-    print("|---|---|" + "---|" * len(grid))
-    for task in cfg.data.tasks:
-        cells = []
-        for t, k in tqdm(grid, desc=task, disable=args.no_progress):
-            model.sample_cfg = dataclasses.replace(cfg.sample, mmse_t=t, mmse_draws=k)
-            try:
-                s = split_fov_scores(model, cfg.data, cfg.model.image_size, args.split,
-                                     args.images, tasks=[task])[task]
-            except ValueError as e:
-                raise SystemExit(f"error: {e}") from None
-            cells.append(cell(s["psnr_fov"], s["ssim_fov"]))
-        print(f"| {task} | {cell(s['ref_psnr_fov'], s['ref_ssim_fov'])} | " + " | ".join(cells)
-              + " |", flush=True)
+    print_sweep(model, cfg, args, [
+        (f"t = {t:g}" + (f", {k} draws" if len(draws) > 1 else ""),
+         dataclasses.replace(cfg.sample, mmse_t=t, mmse_draws=k)) for t in ts for k in draws])
     return 0

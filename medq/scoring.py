@@ -72,9 +72,7 @@ class FeatureCache:
         self.cache: dict[str, np.ndarray] = {}
         self.sets: dict[tuple[str, str], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         """Every scored set's features by (name, task): {image id: (output, target)}, for the
-        paired KID comparisons (``comparisons``); ``score_task_dir`` files ``last_set``, the
-        features of the last ``score_pairs`` call, under its name."""
-        self.last_set: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        paired KID comparisons (``comparisons``); filed by ``score_pairs(..., set_key=)``."""
 
     def features(self, paths) -> np.ndarray:
         keys = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]
@@ -86,11 +84,13 @@ class FeatureCache:
             else np.zeros((0, self.backbone.dims))
 
 
-def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCache | None = None
-                ) -> tuple[list[dict], list[dict], dict]:
+def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCache | None = None,
+                set_key: tuple[str, str] | None = None) -> tuple[list[dict], list[dict], dict]:
     """Score ``pairs`` [{"id", "output", "target", "mask" (path or None), **extra}] ->
     (per-image rows, problems [{"id", "file", "error"}], distribution metrics).
 
+    With ``features`` and ``set_key`` (name, task), the set's per-image features are filed in
+    ``features.sets[set_key]`` for the paired KID comparisons.
     Sharded across torchrun ranks and gathered; every rank returns the same result. A pair whose
     files cannot be read or whose sizes differ is a problem, not a crash."""
     group = current()
@@ -148,7 +148,8 @@ def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCac
         dist[bb.fd_column] = M.frechet_distance(fo, ft)
         dist[bb.kid_column], dist[f"{bb.kid_column}_lo"], dist[f"{bb.kid_column}_hi"] = \
             M.kid_interval(fo, ft, seed=KID_SEED)
-        features.last_set = {f[0]: (f[1], f[2]) for f in feats}
+        if set_key is not None:
+            features.sets[set_key] = {f[0]: (f[1], f[2]) for f in feats}
     return rows, problems, dist
 
 
@@ -249,9 +250,8 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
         pairs.append({"id": i, **{k: Path(task_dir) / r[k] for k in ("input", "target", "mask")},
                       "output": Path(task_dir) / r[output_key],
                       "undecodable": r.get("undecodable"), "seconds": r.get("seconds")})
-    per_image, problems, dist = score_pairs(pairs, channel=channel, features=features)
-    if features is not None:
-        features.sets[(str(meta.get("name")), str(meta.get("task")))] = features.last_set
+    per_image, problems, dist = score_pairs(pairs, channel=channel, features=features,
+                                            set_key=(str(meta.get("name")), str(meta.get("task"))))
     row = {**meta, **aggregate(per_image), **dist, "n_images": len(per_image)}
     used = [records[p["id"]] for p in pairs]
     secs = [float(r["seconds"]) for r in used if r.get("seconds") is not None]

@@ -1,0 +1,66 @@
+"""One table of a sampler setting swept over values, shared by ``bench mmse-t`` and
+``bench sample-temperature``: the first ``--images`` images of a split per task, scored inside the
+field of view (mean PSNR-fov, mean eroded SSIM-fov), beside the reference (bicubic for sr2/sr4,
+the unchanged input for enhance)."""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from medq.harness.load import InferError, load_run
+from medq.harness.split_scores import split_fov_scores
+
+
+def add_common_arguments(p) -> None:
+    p.add_argument("--run", default="weights/base",
+                   help="run directory or checkpoint (default: the shipped base model)")
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--images", type=int, default=62, help="at most N images per task")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def parse_list(text: str, flag: str, convert, kind: str, ok, bounds: str) -> list:
+    """Comma-separated values of ``flag``; SystemExit naming the bad value otherwise."""
+    out = []
+    for part in text.split(","):
+        try:
+            value = convert(part)
+        except ValueError:
+            raise SystemExit(f"{flag} {text!r}: {part!r} is not {kind}") from None
+        if not ok(value):
+            raise SystemExit(f"{flag} {text!r}: {part!r} must be in {bounds}")
+        out.append(value)
+    return out
+
+
+def load(args, output: str):
+    """(model, load info) of ``--run`` with ``output``; SystemExit with the reason otherwise."""
+    if args.images < 1:
+        raise SystemExit(f"--images {args.images}: must be >= 1")
+    try:
+        model, _, info = load_run(args.run, output=output)
+    except InferError as e:
+        raise SystemExit(f"error: {e}") from None
+    return model, info
+
+
+def cell(psnr_fov: float, ssim_fov: float) -> str:
+    return f"{psnr_fov:.2f} / {ssim_fov:.3f}"
+
+
+def print_sweep(model, cfg, args, columns: list[tuple[str, object]]) -> None:
+    """Print the Markdown table: one row per task, one column per (header, ``SampleConfig``)."""
+    print("| task | reference | " + " | ".join(h for h, _ in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    for task in cfg.data.tasks:
+        cells = []
+        for _, sample_cfg in tqdm(columns, desc=task, disable=args.no_progress):
+            model.sample_cfg = sample_cfg
+            try:
+                s = split_fov_scores(model, cfg.data, cfg.model.image_size, args.split,
+                                     args.images, tasks=[task])[task]
+            except ValueError as e:
+                raise SystemExit(f"error: {e}") from None
+            cells.append(cell(s["psnr_fov"], s["ssim_fov"]))
+        print(f"| {task} | {cell(s['ref_psnr_fov'], s['ref_ssim_fov'])} | " + " | ".join(cells)
+              + " |", flush=True)
