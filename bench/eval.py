@@ -61,6 +61,7 @@ from medq.scoring import (
     score_task_dir,
     seed_summary,
 )
+from medq.tasks import TASKS
 
 log = logging.getLogger("bench.eval")
 STANDARD_PRESETS = ("pixel", "ssim_v3", "mixed")
@@ -70,8 +71,7 @@ BASELINE_NAMES = ("bicubic", "lanczos", "identity", "constant")
 # rows).
 # The constant image (mean of the training targets) is the floor on every task.
 BASELINE_TASKS = {"bicubic": ("sr2", "sr4"), "lanczos": ("sr2", "sr4"), "identity": ("enhance",),
-                  "constant": ("sr2", "sr4", "enhance")}
-TASKS = ("sr2", "sr4", "enhance")
+                  "constant": TASKS}
 
 
 def add_arguments(p) -> None:

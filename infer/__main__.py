@@ -49,6 +49,7 @@ from medq.harness.records import (
     write_json_atomic,
 )
 from medq.harness.text import DEFAULT_SAMPLED_TEMPERATURE, InferError
+from medq.tasks import TASKS
 
 log = logging.getLogger("infer")
 
@@ -170,9 +171,9 @@ def run(args) -> int:
             )
         meta = {"run": model.name, "checkpoint": None, "weights": None}
     tasks = args.tasks.split(",") if args.tasks else list(cfg.data.tasks)
-    bad = [t for t in tasks if t not in ("sr2", "sr4", "enhance")]
+    bad = [t for t in tasks if t not in TASKS]
     if bad:
-        raise InferError(f"--tasks: unknown {', '.join(bad)}; expected sr2, sr4, enhance")
+        raise InferError(f"--tasks: unknown {', '.join(bad)}; expected {', '.join(TASKS)}")
     from medq.data import build_dataset
 
     key = data_key(cfg.data, cfg.model.image_size, args.split)

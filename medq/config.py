@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from medq.tasks import TASKS
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -44,7 +46,7 @@ class ConfigError(ValueError):
 _ALIASES = {"from": "from_"}
 _UNALIASES = {v: k for k, v in _ALIASES.items()}
 
-Task = Literal["sr2", "sr4", "enhance"]
+Task = Literal[TASKS]
 
 
 def _check(cond: bool, key: str, value, rule: str) -> None:

@@ -27,6 +27,7 @@ from medq.data.split import split_ids
 from medq.data.synthetic import GENERATOR_VERSION, generate_fundus
 from medq.data.tasks import bicubic_resize, degrade, enhance_spec, id_seed
 from medq.files import atomic_path
+from medq.tasks import TASKS
 
 log = logging.getLogger(__name__)
 LESION_BITS = ("microaneurysms", "haemorrhages", "hard exudates", "new vessels")
@@ -187,9 +188,9 @@ def build_dataset(data_cfg, image_size: int, split: str, *, tasks=None) -> Fundu
     if split not in ("train", "val", "test", "all"):
         raise ValueError(f"split {split!r}: expected train, val, test or all")
     tasks = list(tasks or data_cfg.tasks)
-    bad_tasks = [t for t in tasks if t not in ("sr2", "sr4", "enhance")]
+    bad_tasks = [t for t in tasks if t not in TASKS]
     if bad_tasks:
-        raise ValueError(f"tasks {bad_tasks}: expected sr2, sr4, enhance")
+        raise ValueError(f"tasks {bad_tasks}: expected {', '.join(TASKS)}")
     if data_cfg.source == "synthetic":
         data, bad = (
             synthetic_images(data_cfg.seed, image_size, data_cfg.num_images, data_cfg.cache_dir),

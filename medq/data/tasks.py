@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-DEGRADATIONS = ("blur", "haze", "illumination", "noise")
+from medq.tasks import DEGRADATIONS  # noqa: F401 - re-exported: medq.data.DEGRADATIONS
 
 
 def bicubic_resize(x: torch.Tensor, size) -> torch.Tensor:

@@ -65,6 +65,7 @@ from medq.harness.text import (
     text_fields,
 )
 from medq.protocol import ImageTextModel
+from medq.tasks import DEGRADATIONS, TASKS
 from medq.verdict import image_checks
 
 log = logging.getLogger(__name__)
@@ -141,9 +142,9 @@ def _check_item(item) -> None:
     missing = [k for k in ITEM_KEYS if k not in item]
     if missing:
         raise InferError(f"data item {item.get('id', '?')!r}: missing {', '.join(missing)}")
-    if item["task"] not in ("sr2", "sr4", "enhance"):
+    if item["task"] not in TASKS:
         raise InferError(
-            f"data item {item['id']!r}: task {item['task']!r}, expected sr2, sr4 or enhance"
+            f"data item {item['id']!r}: task {item['task']!r}, expected one of {', '.join(TASKS)}"
         )
     for key, channels in (("input", 3), ("target", 3), ("mask", 1)):
         t = item[key]
@@ -336,7 +337,7 @@ def default_instruction(task: str) -> str:
         return text.instruction(task, 0)
     raise InferError(
         f"task {task!r}: give an instruction, e.g. one of "
-        + "; ".join(repr(text.instruction(k, 0)) for k in ("blur", "haze", "illumination", "noise"))
+        + "; ".join(repr(text.instruction(k, 0)) for k in DEGRADATIONS)
     )
 
 
