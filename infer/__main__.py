@@ -148,16 +148,13 @@ def _limited(dataset, tasks: set[str], limit: int | None):
 def run(args) -> int:
     overrides = _data_overrides(args)
     if args.run is not None:
-        if any(o.split("=", 1)[0].strip().startswith("model.") for o in overrides):
-            raise InferError("--set model.*: the architecture of --run comes from its checkpoint "
-                             "and cannot be overridden")
         device = pick_device(args.device or "auto")
+        # --set sample.* is applied once, by load_run, to the checkpoint's own config.
         model, meta, info = load_run(args.run, weights=args.weights, checkpoint=args.checkpoint,
-                                     device=device)
+                                     device=device, overrides=overrides)
         log.info("loaded %s (%s weights, fingerprint %s)", info["checkpoint"], args.weights,
                  info["fingerprint"])
-        cfg = load_config(str(info["checkpoint"] / "config.toml"), overrides=overrides)
-        model.sample_cfg = cfg.sample  # --set sample.* reaches the sampler, not only the records
+        cfg = info["config"]
         out = args.out or info["run_dir"] / "eval" / f"{meta['checkpoint']}-{args.weights}"
     else:
         cfg = load_config(args.preset, overrides=overrides)

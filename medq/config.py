@@ -550,6 +550,15 @@ def parse_override(text: str) -> dict:
     return {section: {name: value}}
 
 
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with dotted ``section.key=value`` overrides applied (checked like ``load_config``'s);
+    ``cfg`` itself is not changed. The preset name is kept."""
+    d = to_dict(cfg)
+    for text in overrides:
+        d = merge(d, parse_override(text), f"override {text!r}")
+    return from_dict(d)
+
+
 def available_presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 

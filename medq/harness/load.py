@@ -13,6 +13,7 @@ import importlib
 import re
 import tomllib
 from pathlib import Path
+from typing import Sequence
 
 from medq.baselines import BASELINES
 from medq.harness.text import InferError
@@ -115,14 +116,25 @@ def checkpoint_dir(run: Path, checkpoint: str | None) -> Path:
 
 
 def load_run(run, *, weights: str = "ema", checkpoint: str | None = None, device="cpu",
-             output: str = "sample"):
+             output: str = "sample", overrides: Sequence[str] = ()):
     """Our mini-BAGEL from a run / checkpoint, strictly verified (``medq.checkpoint.
     load_for_inference``), wrapped as ``MiniBagelAdapter``. Returns (model, meta, info) where
-    meta = {"run", "checkpoint", "weights"} for the records and info is load_for_inference's.
+    meta = {"run", "checkpoint", "weights"} for the records and info is load_for_inference's, its
+    "config" the checkpoint's config with ``overrides`` applied.
+
+    ``overrides``: ``section.key=value`` strings (``--set``) applied here, once, to the
+    checkpoint's own config: ``sample.*`` reach the sampler; ``model.*`` are refused (the
+    architecture is the checkpoint's). This is the one place a run's adapter is built; a caller
+    that wants other sample settings asks the adapter for a copy (``model.with_sample``).
     ``output``: "sample" (the Euler sampler) or "mmse" (the x0 prediction from the noised
     condition; the model's name then ends in ``/mmse``), see ``MiniBagelAdapter``."""
     from medq.checkpoint import load_for_inference
+    from medq.config import ConfigError, with_overrides
 
+    arch = [o for o in overrides if o.split("=", 1)[0].strip().startswith("model.")]
+    if arch:
+        raise InferError(f"--set {arch[0]}: the architecture of --run comes from its checkpoint "
+                         f"and cannot be overridden")
     target = checkpoint_dir(Path(run), checkpoint)
     try:
         net, tokenizer, vae, report, info = load_for_inference(
@@ -134,9 +146,12 @@ def load_run(run, *, weights: str = "ema", checkpoint: str | None = None, device
         # match the weights, a missing VAE: the message already names what is wrong.
         raise InferError(f"--run {run}: cannot load {weights} weights from {target}: "
                          f"{type(e).__name__}: {e}") from e
-    cfg = info["config"]
+    try:
+        cfg = with_overrides(info["config"], list(overrides))
+    except ConfigError as e:
+        raise InferError(f"--run {run}: {e}") from e
     suffix = "" if output == "sample" else f"/{output}"
     model = MiniBagelAdapter(net, vae, tokenizer, cfg.sample, output=output,
                              name=f"{info['run_name']}@{info['checkpoint'].name}/{weights}{suffix}")
     meta = {"run": info["run_name"], "checkpoint": info["checkpoint"].name, "weights": weights}
-    return model, meta, {**info, "load_report": report}
+    return model, meta, {**info, "config": cfg, "load_report": report}

@@ -279,13 +279,13 @@ def _run_batch(model, batch, seed, has_text, sampled, prompt, parse, meta, setti
     if has_text:
         # The report describes the image the model sees (its input), as in training.
         if supports_sampling(model):
-            with decoding(model, temperature=0.0, top_p=1.0):
-                greedy = generate_reports(model, inputs, prompt, seeds)
+            with decoding(model, temperature=0.0, top_p=1.0) as greedy_model:
+                greedy = generate_reports(greedy_model, inputs, prompt, seeds)
         else:
             greedy = generate_reports(model, inputs, prompt, seeds)
         if sampled is not None:
-            with decoding(model, **sampled):
-                samp = generate_reports(model, inputs, prompt, seeds)
+            with decoding(model, **sampled) as sampling_model:
+                samp = generate_reports(sampling_model, inputs, prompt, seeds)
     seconds = (time.perf_counter() - t0) / len(batch)
     touched = set()
     for k, item in enumerate(batch):

@@ -11,7 +11,6 @@ instance, NoneType found``) is counted with its position, never joined into a st
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from typing import Callable
 
@@ -49,25 +48,24 @@ def supports_sampling(model) -> bool:
 
 @contextlib.contextmanager
 def decoding(model, *, temperature: float, top_p: float):
-    """Temporarily set the model's text sampling settings (restored on exit). A ``sample_cfg``
-    dataclass is replaced by a modified copy, so a config shared with others is never mutated."""
-    holder = _sampling_holder(model)
-    if holder is None:
-        raise InferError(f"model {model.name!r} has no temperature/top_p settings to sample with")
-    if holder is model:
-        old = (model.temperature, model.top_p)
-        model.temperature, model.top_p = temperature, top_p
-        try:
-            yield model
-        finally:
-            model.temperature, model.top_p = old
+    """The model with other text sampling settings, for the duration of the block.
+
+    A model that offers ``with_sample`` (``MiniBagelAdapter``) yields a copy with the settings
+    changed; the model itself is never modified. Any other model exposing ``temperature`` and
+    ``top_p`` attributes (the protocol's option for outside models) has them set and restored on
+    exit."""
+    if hasattr(model, "with_sample"):
+        yield model.with_sample(temperature=temperature, top_p=top_p)
         return
-    original = model.sample_cfg
-    model.sample_cfg = dataclasses.replace(original, temperature=temperature, top_p=top_p)
+    holder = _sampling_holder(model)
+    if holder is not model:
+        raise InferError(f"model {model.name!r} has no temperature/top_p settings to sample with")
+    old = (model.temperature, model.top_p)
+    model.temperature, model.top_p = temperature, top_p
     try:
         yield model
     finally:
-        model.sample_cfg = original
+        model.temperature, model.top_p = old
 
 
 def call_per_image_seeds(

@@ -82,6 +82,19 @@ class MiniBagelAdapter:
         self.name = name
         self.output = output
 
+    def with_sample(self, sample_cfg: SampleConfig | None = None, **changes
+                    ) -> "MiniBagelAdapter":
+        """A copy of this adapter (same network, VAE, tokenizer, name and output) that samples
+        with ``sample_cfg`` and/or ``changes`` (``SampleConfig`` fields, e.g. ``temperature=1``).
+        Sweeps and the harness's sampled reports ask for a copy; nobody writes the settings of
+        a loaded model back from outside (the checkpoint's config, with ``--set sample.*``
+        applied once by ``medq.harness.load.load_run``, stays what this adapter was made with)."""
+        import dataclasses
+
+        sc = dataclasses.replace(sample_cfg or self.sample_cfg, **changes)
+        return MiniBagelAdapter(self.model, self.vae, self.tokenizer, sc, name=self.name,
+                                output=self.output)
+
     @property
     def settings(self) -> dict:
         """What the harness records about how this model generates (``medq.harness.run``)."""
