@@ -247,12 +247,12 @@ class _Data:
     def items(self, cfg) -> list[dict]:
         from dataclasses import asdict
 
-        key = json.dumps([asdict(cfg.data), cfg.model.image_size], sort_keys=True)
+        key = json.dumps([asdict(cfg.data)], sort_keys=True)
         if key not in self.cache:
             from medq.data import build_dataset
 
             try:
-                ds = build_dataset(cfg.data, cfg.model.image_size, self.args.split)
+                ds = build_dataset(cfg.data, self.args.split)
             except Exception as e:  # noqa: BLE001 - recorded: the data failed, not one model
                 self.failures[key] = f"{type(e).__name__}: {e}"
                 raise
@@ -352,7 +352,7 @@ def run_eval(args) -> dict:
         per_image += pi
     # External models and baselines see the same test items as the runs (the runs' image size).
     cfg = eval_cfg if image_size is None else load_config(
-        "control", overrides=overrides + [f"model.image_size={image_size}"])
+        "control", overrides=overrides + [f"data.image_size={image_size}"])
     for spec in args.models:
         from medq.harness.load import load_class, model_dir_name
 
@@ -473,7 +473,7 @@ def evaluate_run(run: Path, args, overrides, tasks, data, feats) -> tuple[list, 
         except Exception as e:  # noqa: BLE001 - one failing run must not lose the other rows
             rows += _error_rows(m, tasks, f"error: {type(e).__name__}: {e}")
             continue
-        size = cfg.model.image_size
+        size = cfg.data.image_size
         m["seed"] = cfg.run.seed
         rr, pi = evaluate_outputs(
             run,
@@ -653,7 +653,7 @@ def _claim_outputs(out_dir: Path, cfg, args) -> Path:
     outputs of other data cleared from it (rank 0; the other ranks wait)."""
     from medq.harness.records import claim_eval_dir, data_key, keyed_eval_dir
 
-    key = data_key(cfg.data, cfg.model.image_size, args.split)
+    key = data_key(cfg.data, cfg.data.image_size, args.split)
     out_dir = keyed_eval_dir(out_dir, key)
     group = current()
     if group.is_main:

@@ -71,7 +71,7 @@ def _model_and_config(args, scratch: Path):
 def _items(cfg, n: int) -> list[dict]:
     from medq.data import build_dataset
 
-    ds = build_dataset(cfg.data, cfg.model.image_size, "test")
+    ds = build_dataset(cfg.data, "test")
     if len(ds) == 0:
         raise SystemExit("bench perf infer: the test split is empty (data.num_images too small?)")
     return [ds[i % len(ds)] | {"id": f"{i}"} for i in range(n)]
@@ -112,7 +112,8 @@ def main(args) -> int:
     rate = len(timed) / seconds
     achieved = per_image * rate / 1e9
     text = "no text" if args.no_text else f"reports up to {cfg.sample.max_new_tokens} tokens"
-    print(f"Inference harness ({model.name}; image {cfg.model.image_size}px, d_model "
+    print(f"Inference harness ({model.name}; image {cfg.data.image_size}px, tile "
+          f"{cfg.model.tile_size}px, d_model "
           f"{cfg.model.d_model}, {cfg.model.n_layers} layers; {cfg.sample.steps} Euler steps, "
           f"{text}; batch {args.batch_size}; {len(timed)} images)")
     print(f"{'images/s':>9}{'s/image':>9}{'GFLOP/image':>13}{'GFLOPS':>8}{'util.':>7}")

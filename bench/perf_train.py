@@ -36,7 +36,8 @@ SSIM_FLOPS_PER_PIXEL = 2 * 11 * 2 * 5 + 2 * 11 * 2 * 3 + 3 + 40
 """Our SSIM loss per input pixel (window 11): 5 filtered moments x 2 separable passes x 11 taps
 x (mul + add), the backward's 3 derivative maps through the adjoint filter, 3 products, ~40
 pointwise for S and its derivatives."""
-TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.image_size=32",
+TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.tile_size=32",
+        "data.image_size=64",
         "model.vae_downsample=4", "model.patch_size=2", "data.num_images=24", "optim.batch_size=4",
         "optim.warmup_steps=0", "optim.max_steps=100"]
 SCRATCH = ['init.from=""', "init.scratch=true"]
@@ -240,7 +241,8 @@ def main(args) -> int:
     size = "full" if args.full else "tiny"
     print(
         f"\nTraining step time ({size} config: d_model={first.model.d_model}, n_layers="
-        f"{first.model.n_layers}, image {first.model.image_size}px, batch "
+        f"{first.model.n_layers}, tile {first.model.tile_size}px of {first.data.image_size}px "
+        f"images, batch "
         f"{first.optim.batch_size}; {device}, {torch.get_num_threads()} threads, median of "
         f"{args.steps} steps). 'as set': the "
         f"preset's max_t gates; 'all decoded': max_t = 1, every sample through the VAE decoder"

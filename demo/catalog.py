@@ -201,7 +201,7 @@ def test_items(modes: dict[str, Mode], task: str) -> list[tuple[str, Record]]:
 
 def working_size(modes: dict[str, Mode], default: int = 64) -> int:
     """Side of the images the models work at: that of an evaluated target, else the
-    ``model.image_size`` of a run's config, else ``default``."""
+    ``data.image_size`` of a run's config, else ``default``."""
     for mode in modes.values():
         for recs in mode.records.values():
             for rec in recs.values():
@@ -219,9 +219,9 @@ def working_size(modes: dict[str, Mode], default: int = 64) -> int:
                 cfgs = sorted(mode.root.glob("config.toml")) + sorted(
                     mode.root.glob("checkpoints/*/config.toml"))
                 if cfgs:
-                    return int(load_config(str(cfgs[0])).model.image_size)
+                    return int(load_config(str(cfgs[0])).data.image_size)
             except Exception as e:  # noqa: BLE001 - a run's config from another version must not stop the page
-                log.warning("%s: cannot read model.image_size: %s", mode.root, e)
+                log.warning("%s: cannot read data.image_size: %s", mode.root, e)
     return default
 
 

@@ -94,7 +94,7 @@ class ReferenceReports:
             from medq.data import build_dataset
 
             cfg = load_config(str(path))
-            self._datasets[key] = build_dataset(cfg.data, cfg.model.image_size, "all", tasks=[task])
+            self._datasets[key] = build_dataset(cfg.data, "all", tasks=[task])
         except Exception as e:  # noqa: BLE001 - a run from another version must not stop the page
             log.warning("%s: cannot rebuild its test data for reference reports (%s)", path, e)
             self._failed.add(key)

@@ -20,8 +20,9 @@ outputs of two data sources never mix (an explicit --out holding other data is a
 Re-running resumes.
 
 Images of any size: each image is cropped to the square around its field of view and resized to
-the model's working size (cfg.model.image_size); for SR the target is that resized image and the
-input its bicubic downscale by 2 or 4; for enhance the input is the degraded working-size image.
+the working size (``--set data.image_size=N``, default 256; 0 = each photograph's own size); for SR
+the target is that image and the input its bicubic downscale by 2 or 4; for enhance the input is
+the degraded working-size image. The model generates it tile by tile (``model.tile_size``).
 
 Errors (missing checkpoint, another architecture, a config that does not match the weights, an
 unreadable image, a class that is not an ImageTextModel) print one message and exit 2.
@@ -173,13 +174,13 @@ def run(args) -> int:
         raise InferError(f"--tasks: unknown {', '.join(bad)}; expected {', '.join(TASKS)}")
     from medq.data import build_dataset
 
-    key = data_key(cfg.data, cfg.model.image_size, args.split)
+    key = data_key(cfg.data, cfg.data.image_size, args.split)
     if args.out is None:
         out = keyed_eval_dir(out, key)
     if int(os.environ.get("RANK", "0")) == 0:
         claim_eval_dir(out, key, replace_stale=args.out is None)
     barrier(current())  # nobody writes before rank 0 has cleared
-    dataset = build_dataset(cfg.data, cfg.model.image_size, args.split)
+    dataset = build_dataset(cfg.data, args.split)
     if len(dataset) == 0:
         raise InferError(f"the {args.split} split of data.source = {cfg.data.source!r} is empty "
                          f"(use --split all for a handful of images)")

@@ -534,7 +534,7 @@ def load_for_inference(run_or_ckpt_dir, weights: str = "ema", device="cpu"):
     ckpt = resolve_init(str(run_or_ckpt_dir), Path("."))
     cfg = load_config(str(ckpt / "config.toml"))
     model, tokenizer, report = M.load_model(ckpt, weights_file=f"{weights}.safetensors",
-                                            expect_arch=cfg.model, image_size=cfg.model.image_size)
+                                            expect_arch=cfg.model, tile_size=cfg.model.tile_size)
     run_dir = ckpt.parent.parent
     vae = M.load_vae(_vae_path(cfg.model.vae, run_dir)).to(device).eval().requires_grad_(False)
     info = {"checkpoint": ckpt, "run_dir": run_dir, "run_name": run_dir.name,

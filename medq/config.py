@@ -77,8 +77,11 @@ def _check_section(section, name: str) -> None:
 class ModelConfig:
     """Architecture of the mini-BAGEL (transformer + VAE); see ``medq.models``."""
 
-    image_size: int = 64
-    """Side in pixels of the (square) generated image; data is resized/cropped to it."""
+    tile_size: int = 64
+    """Side in pixels of the model's tile: the square its token grid covers. Images are handled at
+    ``data.image_size`` (the working size) and generated tile by tile with overlapping, blended
+    tiles (``sample.tile_overlap``); training sees random tile crops of working-size images.
+    Reports are written from the whole input image resized to one tile."""
     vae: str = "weights/vae"
     """Directory of the VAE: ours (shipped in ``weights/vae``, rebuilt by ``make weights``; or
     ``python -m train vae``) or a diffusers AutoencoderKL."""
@@ -119,18 +122,25 @@ class ModelConfig:
     vocab_pad_multiple: int = 64
     """Text head rows are the vocabulary size rounded up to this (Qwen2-style padding): the
     padding ids decode to nothing, which is how a collapsed model shows itself."""
+    pixel_residual: bool = True
+    """Render an image as a residual over the condition image: ``cond_image + D(x0_hat) -
+    D(cond_latent)`` instead of ``D(x0_hat)`` (D: the VAE decoder), in inference and in the
+    image-space losses alike. The VAE's reconstruction error of smooth real photographs is larger
+    than what bicubic leaves of them inside the disc, so with a plain decode no output could
+    beat bicubic there; the difference of two decodes cancels that error wherever the model
+    changes little. See docs/RESULTS.md for the measured ceilings."""
 
     def __post_init__(self) -> None:
         _check_section(self, "model")
         _check(self.prior_conv_channels >= 0, "model.prior_conv_channels", self.prior_conv_channels,
                "must be >= 0 (0 = off)")
-        for name in ("image_size", "d_model", "n_layers", "n_heads", "patch_size",
+        for name in ("tile_size", "d_model", "n_layers", "n_heads", "patch_size",
                      "latent_channels", "max_text_len", "vocab_pad_multiple"):
             _check(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "must be >= 1")
         _check(self.d_model % self.n_heads == 0, "model.d_model", self.d_model,
                f"must be divisible by model.n_heads = {self.n_heads}")
         unit = self.vae_downsample * self.patch_size
-        _check(self.image_size % unit == 0, "model.image_size", self.image_size,
+        _check(self.tile_size % unit == 0, "model.tile_size", self.tile_size,
                f"must be a multiple of vae_downsample * patch_size = {unit}")
 
 
@@ -144,11 +154,35 @@ class DataConfig:
     """Image folder for eyeq / drive / folder sources."""
     labels: str = ""
     """EyeQ label CSV (``,image,quality,DR_grade``) for the eyeq source."""
+    image_size: int = 256
+    """Working size in pixels: every image is the square around its field of view at this side
+    (synthetic images are drawn at it; a photograph is cropped to its FOV square and resized).
+    0 = each real photograph at its own size (its FOV square, padded to a multiple of 4). SR inputs
+    are the antialiased bicubic downscale of the whole working-size image; training takes random
+    ``model.tile_size`` crops of it (``medq.data.tiles``)."""
     num_images: int = 2048
-    """Number of synthetic fundus images generated (all splits together; ~15 s, cached). With 384
-    the VAE and the base model learned the training images, not fundus photographs."""
+    """Number of synthetic fundus images generated for the train and val splits (cached). With
+    384 the VAE and the base model learned the training images, not fundus photographs."""
     seed: int = 0
     """Seed of the synthetic generator and of the degradations."""
+    test_seed: int = 1
+    """Synthetic only: the test split is a set of its own, ``num_test_images`` images drawn with
+    this seed, so that final numbers come from images no setting was ever chosen on (the
+    ``seed`` set is split into train and val by ``val_fraction``)."""
+    num_test_images: int = 24
+    """Synthetic only: images of the test split (each scored on every task)."""
+    split_file: str = ""
+    """Real sources: a TOML file with ``train``, ``val`` and ``test`` lists of image ids (e.g.
+    ``configs/splits/drive_development.toml``); empty = split by hashed fractions."""
+    mix_root: str = ""
+    """A DRIVE-layout folder of real photographs (the development set) whose tiles are mixed into
+    training; only the ``train`` ids of ``mix_split`` are used, so the others stay unseen."""
+    mix_split: str = "configs/splits/drive_development.toml"
+    """Which images of ``mix_root`` may be trained on (its ``train`` list)."""
+    mix_fraction: float = 0.0
+    """Share of training tiles cut from ``mix_root``'s train images (at random working sizes,
+    flipped, rotated and colour-jittered). They train the image tasks only: real photographs have
+    no grade, so they carry no report."""
     tasks: list[Task] = field(default_factory=lambda: ["sr4", "sr2", "enhance"])
     """Image tasks trained and evaluated: sr2, sr4, enhance. Every sample also has a report."""
     target_quality: list[Literal[0, 1, 2]] = field(default_factory=lambda: [0])
@@ -169,6 +203,20 @@ class DataConfig:
                "must name the EyeQ label CSV when data.source = 'eyeq'")
         _check(self.num_images >= 3, "data.num_images", self.num_images,
                "must be >= 3 (train/val/test)")
+        _check(self.num_test_images >= 1, "data.num_test_images", self.num_test_images,
+               "must be >= 1")
+        _check(self.image_size == 0 or self.image_size >= 16, "data.image_size", self.image_size,
+               "must be >= 16 px, or 0 for each photograph's own size")
+        _check(self.image_size % 4 == 0, "data.image_size", self.image_size,
+               "must be a multiple of 4 (the x4 input is a quarter of it)")
+        _check(self.image_size > 0 or self.source != "synthetic", "data.image_size",
+               self.image_size, "0 (own size) needs a real data.source; synthetic images are "
+               "drawn at a size")
+        _check(0 <= self.mix_fraction < 1, "data.mix_fraction", self.mix_fraction,
+               "must be in [0, 1)")
+        _check(self.mix_fraction == 0 or bool(self.mix_root), "data.mix_root", self.mix_root,
+               f"must name the development photographs when data.mix_fraction = "
+               f"{self.mix_fraction}")
         for name in ("val_fraction", "test_fraction"):
             _check(0 < getattr(self, name) < 0.5, f"data.{name}", getattr(self, name),
                    "must be in (0, 0.5)")
@@ -318,32 +366,28 @@ class SampleConfig:
     mmse_t: float = 0.9
     """The MMSE output (``MiniBagelAdapter(output="mmse")``) is the x0 prediction from the
     condition latent noised to this t; 1.0 = from pure noise (the posterior mean given the
-    condition alone). Chosen on the validation split of the shipped base model (issue 14;
-    ``python -m bench mmse-t --t 1,0.9,0.8,0.7,0.6,0.5,0.4,0.3``, 62 images per task, 6000-step
-    base, PSNR-fov / SSIM-fov): sr4 26.47/0.615 at t = 1, 27.10/0.646 at 0.9, 27.08/0.636 at 0.8;
-    sr2 28.62/0.766, 29.33/0.794, 29.08/0.775; enhance 27.51/0.742, 28.68/0.790, 28.54/0.780; both
-    metrics fall further at every t from 0.7 to 0.3. 0.9 is best on both everywhere."""
+    condition alone). A t just below 1 keeps the condition's layout in x_t while leaving the
+    model room to correct it; chosen on the validation split with ``python -m bench mmse-t``
+    (the sweep and the model it was run on: docs/RESULTS.md)."""
     mmse_draws: int = 4
     """The MMSE output averages the x0 predictions (in latent space, then decodes once) from this
-    many noise draws at ``mmse_t``: a Monte-Carlo estimate of the posterior mean given the
-    condition, E_eps[E[x0 | x_t(eps), condition]]; one draw leaves the part of x0_hat that
-    follows its own eps in the output. Measured on 40 val images per task (the 6000-step
-    generator-v2 base continued 1500 steps on generator v3; ``python -m bench mmse-t --t 0.9,0.8,0.7
-    --draws 1,8``; PSNR-fov / SSIM-fov): sr2 27.34/0.773 with 1 draw, 27.43/0.780 with 4,
-    27.45/0.781 with 8; sr4 25.25/0.614, 25.34/0.621, 25.36/0.622; enhance 26.30/0.780,
-    26.49/0.793, 26.52/0.795. Averaging the decoded images instead scores the same to 1e-4; with
-    8 draws t = 0.9 stays the best t on SSIM (0.8: sr2 0.775, 0.7: 0.769). Each draw is one more
-    forward: 4 keeps the MMSE output far cheaper than a 16-step sample."""
+    many noise draws at ``mmse_t``: one draw leaves in the output the part of x0_hat that follows
+    its own noise. Each draw is one more forward; a few keep the output far cheaper than a
+    sample (``python -m bench mmse-t --draws``; docs/RESULTS.md)."""
     noise_temperature: float = 0.3
     """The sample starts from ``noise_temperature`` times standard normal noise (reduced-
     temperature sampling, as in Glow): 1 = the model's own distribution; lower trades diversity
-    and texture for fidelity, toward the MMSE output. Chosen on the validation split of the
-    shipped base model (``python -m bench sample-temperature``, 62 images per task, PSNR-fov /
-    SSIM-fov): sr2 27.24/0.689 at 1, 28.33/0.759 at 0.7, 28.75/0.789 at 0.5, 28.97/0.807 at 0.3
-    (bicubic 27.11/0.791); sr4 25.17/0.516, 26.01/0.586, 26.37/0.621, 26.59/0.644 (bicubic
-    23.62/0.616); enhance 26.01/0.687, 26.97/0.756, 27.29/0.786, 27.42/0.806 (input 20.47/0.724):
-    0.3 is the highest tried at which the sample beats the reference on both metrics on every
-    task. The MMSE output's noise is not scaled (it averages over the noise)."""
+    and texture for fidelity, toward the MMSE output. Chosen on the validation split with
+    ``python -m bench sample-temperature`` (the trade-off and how the value was picked:
+    docs/RESULTS.md). The MMSE output's noise is not scaled (it averages over the noise)."""
+    tile_overlap: int = 16
+    """Pixels by which neighbouring tiles overlap when an image larger than ``model.tile_size``
+    is generated. Each tile's velocity (or x0 prediction) is blended into the whole latent with a
+    window that ramps over the overlap, at every Euler step (MultiDiffusion), so the tiles agree
+    where they meet and no seam is left."""
+    tile_batch: int = 64
+    """Tiles run through the transformer in one forward (memory and speed only: outputs do not
+    depend on it beyond float reduction order)."""
     seed: int = 0
     max_new_tokens: int = 40
     temperature: float = 0.0
@@ -368,6 +412,9 @@ class SampleConfig:
                "must be in (0, 1] (1 = from pure noise)")
         _check(1 <= self.mmse_draws <= 64, "sample.mmse_draws", self.mmse_draws,
                "must be in 1..64 (the number of noise draws averaged by the MMSE output)")
+        _check(self.tile_overlap >= 0 and self.tile_overlap % 2 == 0, "sample.tile_overlap",
+               self.tile_overlap, "must be an even number of pixels >= 0")
+        _check(self.tile_batch >= 1, "sample.tile_batch", self.tile_batch, "must be >= 1")
 
 
 @dataclass
@@ -410,12 +457,14 @@ class RunConfig:
 
 
 NOT_HASHED = (("run", "out_dir"), ("run", "preset"), ("run", "fsdp"), ("sample", "mmse_t"),
-              ("sample", "mmse_draws"), ("sample", "noise_temperature"))
+              ("sample", "mmse_draws"), ("sample", "noise_temperature"),
+              ("sample", "tile_overlap"), ("sample", "tile_batch"))
 """Values that do not change what is computed: where a run is written, its name, and how the work
 is spread over processes (like the number of ranks, which is no config value either: a run may
 be resumed with or without FSDP, and runs made before the option existed keep their hash), and
 which x0 prediction the MMSE output is and the sample's noise temperature (inference settings,
-recorded with every output; no training step reads them)."""
+recorded with every output; no training step reads them), and how images larger than a tile are
+put together from tiles."""
 
 
 @dataclass

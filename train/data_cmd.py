@@ -1,6 +1,6 @@
 """``python -m train data``: generate (or read from cache) the embedded synthetic fundus dataset.
 
-    python -m train data                                   # 2048 images at 64 px into runs/_cache
+    python -m train data                                   # 2048 images at 256 px + the test set
     python -m train data --num-images 384 --size 128 --seed 0 --out runs/_cache
     python -m train data --preview /tmp/preview.png        # grid: synthetic rows, then real samples
 """
@@ -14,16 +14,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medq.config import DataConfig, ModelConfig
+from medq.config import DataConfig
 
 REAL_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "fundus-samples"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d, m = DataConfig(), ModelConfig()
-    p.add_argument("--num-images", type=int, default=d.num_images, help="images to generate")
-    p.add_argument("--size", type=int, default=m.image_size, help="side in pixels")
-    p.add_argument("--seed", type=int, default=d.seed)
+    d = DataConfig()
+    p.add_argument("--num-images", type=int, default=d.num_images,
+                   help="images of the train and val splits (default %(default)s)")
+    p.add_argument("--size", type=int, default=d.image_size,
+                   help="working size in pixels (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="generator seed of the train and val images (default %(default)s)")
+    p.add_argument("--test-seed", type=int, default=d.test_seed,
+                   help="generator seed of the test set (default %(default)s)")
+    p.add_argument("--num-test-images", type=int, default=d.num_test_images,
+                   help="images of the test set (default %(default)s)")
     p.add_argument("--out", default=d.cache_dir, help="cache directory (DataConfig.cache_dir)")
     p.add_argument("--preview", type=Path, default=None, metavar="PNG",
                    help="write a grid of 8 generated images and the real samples (if present) here")
@@ -48,9 +55,11 @@ def main(args) -> int:
 
     t = time.perf_counter()
     data = synthetic_images(args.seed, args.size, args.num_images, args.out)
+    test = synthetic_images(args.test_seed, args.size, args.num_test_images, args.out)
     n = len(data["ids"])
     print(
-        f"{n} synthetic images at {args.size}px (seed {args.seed}) in {Path(args.out)} "
+        f"{n} synthetic images at {args.size}px (seed {args.seed}) and a test set of "
+        f"{len(test['ids'])} (seed {args.test_seed}) in {Path(args.out)} "
         f"({time.perf_counter() - t:.1f} s); DR grades "
         f"{np.bincount(data['dr'], minlength=5).tolist()}"
     )

@@ -2,7 +2,7 @@
 
     python -m train vae                                  # runs/vae (skipped when already there)
     python -m train vae --force --steps 400              # retrain
-    python -m train vae --with model/large                # 8x VAE at 256 px into the same model.vae
+    python -m train vae --with model/large                # 8x VAE for 256-px tiles
     python -m train vae --set model.vae=runs/vae8 --set model.vae_downsample=8
 
 Writes ``model.safetensors``, ``arch.json`` and ``metrics.json`` (reconstruction PSNR on the val
@@ -23,6 +23,9 @@ log = logging.getLogger("train.vae")
 
 
 def add_arguments(p) -> None:
+    p.add_argument("--preset", default="control",
+                   help="preset whose model and data settings the VAE is trained for (default "
+                        "control; `train weights` uses pretrain)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set model.vae=runs/vae8 (repeatable)")
     p.add_argument("--with", dest="overlays", action="append", default=[], metavar="OVERLAY",
@@ -47,29 +50,29 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
-def load_images(cfg):
-    """(train, val, source): float32 (N, 3, S, S) tensors of targets and bicubic-upsampled inputs
-    (the VAE encodes both during fine-tuning) from ``medq.data``."""
+VAE_TILES = 6000
+"""Training tiles drawn for the VAE (each gives its target and its condition): every image of
+the default train split about three times, at other places."""
+
+
+def load_images(cfg, n_tiles: int = VAE_TILES):
+    """(train, val, source): float32 (N, 3, T, T) tiles of the model's tile size, cut as the
+    flow's training tiles are (``medq.training.task.training_sets``: the development set's train
+    photographs mixed in at ``data.mix_fraction``): targets and their conditions (the VAE encodes
+    both during fine-tuning); val: the val split's fixed tiles."""
     import torch
 
-    size = cfg.model.image_size
-    from medq.data import build_dataset
-    from medq.models.forward import resize_bicubic
+    from medq.training.task import training_sets
 
-    out = []
-    for split in ("train", "val"):
-        ds = build_dataset(cfg.data, size, split)
-        imgs = []
-        for i in range(len(ds)):
-            item = ds[i]
-            tgt = item["target"]
-            imgs.append(tgt)
-            if split == "train":
-                imgs.append(
-                    resize_bicubic(item["input"][None], tuple(tgt.shape[-2:]))[0].clamp(0, 1)
-                )
-        out.append(torch.stack(imgs))
-    return out[0], out[1], f"medq.data:{cfg.data.source}"
+    train_set, val_set, _ = training_sets(cfg)
+    imgs = []
+    for k in range(min(n_tiles, len(train_set))):
+        item = train_set[k]
+        imgs += [item["target"], item["input"].clamp(0, 1)]
+    val = torch.stack([val_set[k]["target"] for k in range(len(val_set))])
+    source = f"medq.data:{cfg.data.source}" + (
+        f" + {cfg.data.mix_fraction:g} of {cfg.data.mix_root}" if cfg.data.mix_fraction else "")
+    return torch.stack(imgs), val, source
 
 
 def main(args) -> int:
@@ -81,7 +84,7 @@ def main(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        cfg = load_config("control", overrides=args.overrides, overlays=args.overlays)
+        cfg = load_config(args.preset, overrides=args.overrides, overlays=args.overlays)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     out = Path(cfg.model.vae)
@@ -115,7 +118,8 @@ def main(args) -> int:
         {
             "train_seconds": round(seconds, 1),
             "data": source,
-            "image_size": cfg.model.image_size,
+            "tile_size": cfg.model.tile_size,
+            "image_size": cfg.data.image_size,
             "n_train_images": int(train.shape[0]),
             "n_val_images": int(val.shape[0]),
             "batch_size": args.batch_size,

@@ -26,7 +26,6 @@ is refused for ``weights/base`` with that reason.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -38,8 +37,8 @@ from medq.checkpoint import MANIFEST, REBUILD, SHIPPED_FILES, is_shipped  # noqa
 from medq.files import atomic_dir
 
 SCORE_IMAGES = 8
-REPORT_TASKS = ("sr2", "enhance")
-"""Tasks whose input shows the lesions well enough to grade (sr4's 16 px input does not)."""
+REPORT_TASKS = ("sr4", "sr2", "enhance")
+"""Tasks whose reports are scored: at the working size every input shows the lesions."""
 REPORT_IMAGES = 62
 """Val images per task of the recorded report kappa (all 62 of the default data's val split; a
 kappa over 8 images would swing by 0.2 with one report)."""
@@ -73,36 +72,31 @@ def sha256_file(path: Path) -> str:
 
 
 def score_base(ckpt: Path, n: int = SCORE_IMAGES) -> dict[str, float]:
-    """Mean PSNR-fov (dB) of the base model's x0 prediction from pure noise (``output="mmse"``,
-    image i with seed i) on the first ``n`` val images of each task: what ``--check`` reproduces
-    (``medq.harness.split_scores``)."""
-    from medq.checkpoint import load_for_inference
+    """Mean PSNR-fov (dB) of the base model's x0 prediction from pure noise (``output="mmse"`` at
+    t = 1 with one draw, image i with seed i) on the first ``n`` val images of each task at the
+    working size: what ``--check`` reproduces (``medq.harness.split_scores``)."""
+    from medq.harness.load import load_run
     from medq.harness.split_scores import split_fov_scores
-    from medq.models import MiniBagelAdapter
 
-    model, tok, vae, _, info = load_for_inference(ckpt)
-    cfg = info["config"]
+    model, _, info = load_run(ckpt, output="mmse")
     # The recorded scores are defined from pure noise (t = 1, one draw), whatever sample.mmse_t
     # and sample.mmse_draws say.
-    adapter = MiniBagelAdapter(model, vae, tok,
-                               dataclasses.replace(cfg.sample, mmse_t=1.0, mmse_draws=1),
-                               output="mmse")
-    scores = split_fov_scores(adapter, cfg.data, cfg.model.image_size, "val", n)
+    adapter = model.with_sample(mmse_t=1.0, mmse_draws=1)
+    scores = split_fov_scores(adapter, info["config"].data, "val", n)
     return {task: round(s["psnr_fov"], 4) for task, s in scores.items()}
 
 
 def read_grades(ckpt: Path, n: int = REPORT_IMAGES) -> dict[str, float | None]:
     """DR-grade kappa (quadratic-weighted) of the base model's greedy reports of the first ``n``
     val images of each of ``REPORT_TASKS`` (None when undefined, e.g. one grade on both sides)."""
-    from medq.checkpoint import load_for_inference
+    from medq.harness.load import load_run
     from medq.harness.split_scores import split_report_scores
-    from medq.models import MiniBagelAdapter
 
-    model, tok, vae, _, info = load_for_inference(ckpt)
+    model, _, info = load_run(ckpt)
     cfg = info["config"]
-    adapter = MiniBagelAdapter(model, vae, tok, dataclasses.replace(cfg.sample, temperature=0.0))
     tasks = [t for t in REPORT_TASKS if t in cfg.data.tasks]
-    scores = split_report_scores(adapter, cfg.data, cfg.model.image_size, "val", n, tasks=tasks)
+    scores = split_report_scores(model.with_sample(temperature=0.0), cfg.data, "val", n,
+                                 tasks=tasks)
     return {task: None if s["dr_kappa"] is None else round(s["dr_kappa"], 4)
             for task, s in scores.items()}
 
@@ -175,7 +169,8 @@ def main(args) -> int:
     vae_dir = out / "vae"
     overrides = list(args.overrides) + [f"model.vae={json.dumps(str(vae_dir))}"]
     keep = args.keep_vae and (vae_dir / "metrics.json").is_file()
-    vae_args = ([] if keep else ["--force"]) + ["--steps", str(args.vae_steps)] \
+    vae_args = ([] if keep else ["--force"]) + ["--preset", "pretrain", "--steps",
+                                                 str(args.vae_steps)] \
         + sum((["--set", o] for o in overrides), [])
     if args.no_progress:
         vae_args.append("--no-progress")

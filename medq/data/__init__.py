@@ -2,7 +2,7 @@
 editing pairs, report text, splits and collate. See docs/ARCHITECTURE.md ("Data items").
 
     from medq.data import build_dataset, collate
-    ds = build_dataset(cfg.data, cfg.model.image_size, "train")
+    ds = build_dataset(cfg.data, "train")
     batch = collate([ds[0], ds[1]])
 """
 

@@ -29,7 +29,10 @@ def collate(items: list[dict]) -> dict:
         if key in ("input", "target", "mask"):
             continue
         values = [it[key] for it in items]
-        batch[key] = (
-            torch.tensor(values, dtype=torch.long) if isinstance(values[0], int) else values
-        )
+        if isinstance(values[0], torch.Tensor):  # e.g. report_input: one size for the batch
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = (
+                torch.tensor(values, dtype=torch.long) if isinstance(values[0], int) else values
+            )
     return batch

@@ -27,7 +27,7 @@ from medq.data.split import split_ids
 from medq.data.synthetic import GENERATOR_VERSION, generate_fundus
 from medq.data.tasks import bicubic_resize, degrade, enhance_spec, id_seed
 from medq.files import atomic_path
-from medq.tasks import TASKS
+from medq.tasks import SCALES, TASKS
 
 log = logging.getLogger(__name__)
 LESION_BITS = ("microaneurysms", "haemorrhages", "hard exudates", "new vessels")
@@ -62,6 +62,21 @@ def synthetic_images(seed: int, size: int, count: int, cache_dir: str | Path | N
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_savez(path, **data)
     return data
+
+
+def _stack_images(imgs: list[np.ndarray], masks: list[np.ndarray]) -> dict:
+    """{"images" (N, H, W, 3), "masks" (N, H, W)}; images of different sizes (a source at its own
+    size) are zero-padded bottom/right to the largest and their sizes kept in "sizes" (N, 2)."""
+    sizes = np.array([m.shape for m in masks], dtype=np.int64)
+    if len({tuple(x) for x in sizes}) == 1:
+        return {"images": np.stack(imgs), "masks": np.stack(masks)}
+    H, W = sizes.max(axis=0)
+    pad_i = np.zeros((len(imgs), H, W, 3), np.uint8)
+    pad_m = np.zeros((len(imgs), H, W), bool)
+    for k, (im, m) in enumerate(zip(imgs, masks)):
+        pad_i[k, :im.shape[0], :im.shape[1]] = im
+        pad_m[k, :m.shape[0], :m.shape[1]] = m
+    return {"images": pad_i, "masks": pad_m, "sizes": sizes}
 
 
 def real_images(cfg, size: int) -> tuple[dict, list[dict]]:
@@ -115,8 +130,7 @@ def real_images(cfg, size: int) -> tuple[dict, list[dict]]:
                             f"{cfg.target_quality}; {len(bad)} bad input(s))")
         data = {
             "ids": np.array([r.id for r in ok]),
-            "images": np.stack(imgs),
-            "masks": np.stack(masks),
+            **_stack_images(imgs, masks),
             "quality": np.array([r.quality for r in ok]),
             "dr": np.array([r.dr_grade for r in ok]),
             "lesions": np.full(len(ok), -1, np.int64),
@@ -135,15 +149,49 @@ def real_images(cfg, size: int) -> tuple[dict, list[dict]]:
     return data, bad
 
 
-class FundusDataset(Dataset):
-    """Items as in docs/ARCHITECTURE.md; deterministic in (seed, index)."""
+def task_pair(target: torch.Tensor, mask: torch.Tensor, task: str, image_id: str, seed: int,
+              quality: int) -> dict:
+    """The model's side of one task on one working-size image: ``input`` (SR: the antialiased
+    bicubic downscale of the whole image by the task's scale; enhance: a copy degraded by the
+    kind and grade ``enhance_spec`` picks for the id), the ``instruction`` (phrasing picked by
+    the id), the ``quality`` grade of that input and the ``scale``. Deterministic in (seed, id).
 
-    def __init__(self, data: dict, tasks: list[str], seed: int, bad_inputs: list[dict]):
+    target (3, H, W) float in [0, 1], mask (1, H, W) {0, 1}."""
+    pick = id_seed("instruction", seed, image_id, task)
+    H, W = target.shape[-2:]
+    scale = SCALES[task]
+    if scale > 1:
+        inp = bicubic_resize(target[None], (max(1, H // scale), max(1, W // scale)))[0]
+        return {"input": inp.contiguous(), "instruction": text.instruction(task, pick),
+                "quality": quality, "scale": scale}
+    kind, in_quality = enhance_spec(image_id, seed)
+    inp = degrade(target, mask, kind, in_quality, id_seed("degrade", seed, image_id))
+    return {"input": inp.contiguous(), "instruction": text.instruction(kind, pick),
+            "quality": in_quality, "scale": 1}
+
+
+class FundusDataset(Dataset):
+    """Items as in docs/ARCHITECTURE.md; deterministic in (seed, index). ``labelled``: whether the
+    source knows each image's quality and DR grade (synthetic, EyeQ); without labels (DRIVE, a
+    folder) an item's ``report`` is None, never an invented grade."""
+
+    def __init__(self, data: dict, tasks: list[str], seed: int, bad_inputs: list[dict],
+                 labelled: bool = True):
         self.data, self.tasks, self.seed, self.bad_inputs = data, list(tasks), seed, bad_inputs
+        self.labelled = labelled
         self.ids = [str(x) for x in data["ids"]]
 
     def __len__(self) -> int:
         return len(self.ids) * len(self.tasks)
+
+    def image(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``k`` at its size: target (3, H, W) float in [0, 1], mask (1, H, W)."""
+        img, m = self.data["images"][k], self.data["masks"][k]
+        if "sizes" in self.data:  # images of their own sizes, padded to the largest
+            h, w = (int(v) for v in self.data["sizes"][k])
+            img, m = img[:h, :w], m[:h, :w]
+        target = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
+        return target, torch.from_numpy(m.astype(np.float32))[None]
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
@@ -151,59 +199,98 @@ class FundusDataset(Dataset):
         k, task = divmod(index, len(self.tasks))
         task = self.tasks[task]
         image_id = self.ids[k]
-        target = torch.from_numpy(self.data["images"][k]).permute(2, 0, 1).float() / 255.0
-        mask = torch.from_numpy(self.data["masks"][k].astype(np.float32))[None]
+        target, mask = self.image(k)
         quality, dr = int(self.data["quality"][k]), int(self.data["dr"][k])
         bits = int(self.data["lesions"][k])
         lesions = None if bits < 0 else [x for j, x in enumerate(LESION_BITS) if bits >> j & 1]
-        pick = id_seed("instruction", self.seed, image_id, task)
-        H, W = target.shape[-2:]
-        if task in ("sr2", "sr4"):
-            scale = 2 if task == "sr2" else 4
-            inp = bicubic_resize(target[None], (max(1, H // scale), max(1, W // scale)))[0]
-            instr, in_quality = text.instruction(task, pick), quality
-        else:
-            scale = 1
-            kind, in_quality = enhance_spec(image_id, self.seed)
-            inp = degrade(target, mask, kind, in_quality, id_seed("degrade", self.seed, image_id))
-            instr = text.instruction(kind, pick)
+        pair = task_pair(target, mask, task, image_id, self.seed, quality)
         return {
             "id": image_id,
             "task": task,
-            "instruction": instr,
-            "report": text.report(in_quality, dr, lesions),
-            "input": inp.contiguous(),
+            "instruction": pair["instruction"],
+            "report": text.report(pair["quality"], dr, lesions) if self.labelled else None,
+            "input": pair["input"],
             "target": target,
             "mask": mask,
-            "quality": in_quality,
+            "quality": pair["quality"],
             "dr_grade": dr,
-            "scale": scale,
+            "scale": pair["scale"],
         }
 
 
-def build_dataset(data_cfg, image_size: int, split: str, *, tasks=None) -> FundusDataset:
+def _read_split_file(path: str | Path) -> dict[str, list[str]]:
+    """{'train', 'val', 'test'} -> ids from a TOML split file; DataError naming the file."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        d = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise DataError(f"{path}: cannot read the split file ({e})") from None
+    out = {}
+    for split in ("train", "val", "test"):
+        ids = d.get(split, [])
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise DataError(f"{path}: {split} must be a list of image ids (strings)")
+        out[split] = ids
+    seen: dict[str, str] = {}
+    for split, ids in out.items():
+        for i in ids:
+            if i in seen:
+                raise DataError(f"{path}: image {i!r} is in both {seen[i]} and {split}")
+            seen[i] = split
+    return out
+
+
+def _select(data: dict, keep: set[str]) -> dict:
+    idx = np.array([i for i, x in enumerate(data["ids"]) if str(x) in keep], dtype=np.int64)
+    return {k: v[idx] for k, v in data.items()}
+
+
+def _concat(a: dict, b: dict) -> dict:
+    return {k: np.concatenate([a[k], b[k]]) for k in a}
+
+
+def build_dataset(data_cfg, split: str, *, tasks=None) -> FundusDataset:
     """Dataset of ``split`` ("train" | "val" | "test" | "all") for ``data_cfg``
-    (medq.config.DataConfig)
-    at ``image_size`` pixels. ``tasks`` defaults to ``data_cfg.tasks``. Raises DataError."""
+    (``medq.config.DataConfig``) at its working size ``data_cfg.image_size``. ``tasks`` defaults to
+    ``data_cfg.tasks``. Raises DataError.
+
+    Synthetic: train and val split the ``seed`` set by ``val_fraction``; test is the separate
+    ``test_seed`` set (``num_test_images``). Real sources: ``split_file``'s id lists when given,
+    else hashed fractions (``medq.data.split``)."""
     if split not in ("train", "val", "test", "all"):
         raise ValueError(f"split {split!r}: expected train, val, test or all")
     tasks = list(tasks or data_cfg.tasks)
     bad_tasks = [t for t in tasks if t not in TASKS]
     if bad_tasks:
         raise ValueError(f"tasks {bad_tasks}: expected {', '.join(TASKS)}")
+    size = data_cfg.image_size
     if data_cfg.source == "synthetic":
-        data, bad = (
-            synthetic_images(data_cfg.seed, image_size, data_cfg.num_images, data_cfg.cache_dir),
-            [],
-        )
-    else:
-        data, bad = real_images(data_cfg, image_size)
+        main = synthetic_images(data_cfg.seed, size, data_cfg.num_images, data_cfg.cache_dir)
+        test = synthetic_images(data_cfg.test_seed, size, data_cfg.num_test_images,
+                                data_cfg.cache_dir)
+        if split == "test":
+            data = test
+        else:
+            parts = split_ids([str(x) for x in main["ids"]], data_cfg.val_fraction, 0.0)
+            data = (_concat(main, test) if split == "all"
+                    else _select(main, set(parts[split])))
+        return FundusDataset(data, tasks, data_cfg.seed, [])
+    data, bad = real_images(data_cfg, size)
     if split != "all":
-        keep = set(
-            split_ids([str(x) for x in data["ids"]], data_cfg.val_fraction, data_cfg.test_fraction)[
-                split
-            ]
-        )
-        idx = np.array([i for i, x in enumerate(data["ids"]) if str(x) in keep], dtype=np.int64)
-        data = {k: v[idx] for k, v in data.items()}
-    return FundusDataset(data, tasks, data_cfg.seed, bad)
+        ids = [str(x) for x in data["ids"]]
+        if data_cfg.split_file:
+            lists = _read_split_file(data_cfg.split_file)
+            unknown = sorted(set(lists[split]) - set(ids))
+            if unknown:
+                log.warning("%s: %d %s id(s) not under %s, e.g. %s", data_cfg.split_file,
+                            len(unknown), split, data_cfg.root, unknown[0])
+            keep = set(lists[split])
+        else:
+            keep = set(split_ids(ids, data_cfg.val_fraction, data_cfg.test_fraction)[split])
+        data = _select(data, keep)
+        if len(data["ids"]) == 0:
+            raise DataError(f"{data_cfg.root}: no image in the {split} split"
+                            + (f" of {data_cfg.split_file}" if data_cfg.split_file else ""))
+    return FundusDataset(data, tasks, data_cfg.seed, bad, labelled=data_cfg.source == "eyeq")

@@ -139,11 +139,36 @@ def read_drive(root: str | Path) -> list[Record]:
     return records
 
 
-def prepare(rec: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Load, find the FOV (dataset mask or detected), crop the FOV square, resize.
+def fov_square(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The any-size policy, one home for files and uploads alike: crop the square around the field
+    of view (``crop_to_fov``: black outside the disc, black padding where the disc leaves the
+    frame) and resize it to ``size`` (PIL bicubic for the image, bilinear then >= 0.5 for the
+    mask); ``size`` 0 keeps the square's own side, padded with black to a multiple of 4 so that the
+    x2 and x4 inputs are whole pixels.
 
-    -> uint8 (size, size, 3), bool (size, size). Raises DataError naming the file."""
-    img = load_rgb(rec.path, max_side=max(4 * size, 512))
+    image uint8 (H, W, 3), mask bool (H, W) -> uint8 (S, S, 3), zero outside the mask, and bool
+    (S, S)."""
+    sq, sq_m = crop_to_fov(image, mask)
+    if size == 0:
+        pad = -sq.shape[0] % 4
+        sq = np.pad(sq, ((0, pad), (0, pad), (0, 0)))
+        sq_m = np.pad(sq_m, ((0, pad), (0, pad)))
+        return sq * sq_m[:, :, None], sq_m
+    out = np.asarray(Image.fromarray(sq).resize((size, size), Image.BICUBIC, reducing_gap=2.0))
+    m = (
+        np.asarray(
+            Image.fromarray(sq_m.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+        )
+        >= 128
+    )
+    return out * m[:, :, None], m
+
+
+def prepare(rec: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Load, find the FOV (dataset mask or detected), crop the FOV square, resize to ``size`` (0 =
+    its own size): ``fov_square``. -> uint8 (S, S, 3), bool (S, S). Raises DataError naming the
+    file."""
+    img = load_rgb(rec.path, max_side=max(4 * size, 512) if size else None)
     if rec.mask_path is not None:
         mask = load_mask(rec.mask_path, img.shape[:2])
         if mask.sum() < 0.02 * mask.size:
@@ -153,12 +178,4 @@ def prepare(rec: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
             mask = require_fov(img, str(rec.path))
         except NoFieldOfView as e:
             raise DataError(str(e)) from None
-    sq, sq_m = crop_to_fov(img, mask)
-    out = np.asarray(Image.fromarray(sq).resize((size, size), Image.BICUBIC, reducing_gap=2.0))
-    m = (
-        np.asarray(
-            Image.fromarray(sq_m.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
-        )
-        >= 128
-    )
-    return out * m[:, :, None], m
+    return fov_square(img, mask, size)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from medq.files import atomic_path
+from medq.tasks import SCALES, check_task
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -42,25 +43,18 @@ def prepare(image: torch.Tensor, size: int, task: str, *, name: str = "image") -
     size), ``input`` (SR: the target's bicubic downscale by ``scale``; enhance: the image itself)
     and ``scale``. Raises ValueError naming ``name`` when the image has no field of view."""
     from medq.data import bicubic_resize
-    from medq.data.fov import crop_to_fov, require_fov
+    from medq.data.fov import require_fov
+    from medq.data.readers import fov_square
 
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"{name}: expected an RGB image (3, h, w), got shape {tuple(image.shape)}")
-    scale = {"sr2": 2, "sr4": 4, "enhance": 1}.get(task)
-    if scale is None:
-        raise ValueError(f"task {task!r}: expected sr2, sr4 or enhance")
+    scale = SCALES[check_task(task)]
     if size % scale:
         raise ValueError(f"working size {size} is not divisible by the {task} scale {scale}")
     arr = to_uint8(image)
-    sq, sq_m = crop_to_fov(arr, require_fov(arr, name))
-    out = np.asarray(Image.fromarray(sq).resize((size, size), Image.BICUBIC, reducing_gap=2.0))
-    m = (
-        np.asarray(
-            Image.fromarray(sq_m.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
-        )
-        >= 128
-    )
-    target = torch.from_numpy((out * m[:, :, None]).copy()).permute(2, 0, 1).float() / 255
+    out, m = fov_square(arr, require_fov(arr, name), size)
+    target = torch.from_numpy(out.copy()).permute(2, 0, 1).float() / 255
     mask = torch.from_numpy(m.astype(np.float32))[None]
-    inp = target.clone() if scale == 1 else bicubic_resize(target[None], size // scale)[0]
+    side = target.shape[-1]  # ``size``, or the FOV square's own side (a multiple of 4) for 0
+    inp = target.clone() if scale == 1 else bicubic_resize(target[None], side // scale)[0]
     return {"input": inp, "target": target, "mask": mask, "scale": scale}

@@ -61,12 +61,16 @@ def _batch_losses(img, tgt, msk, kind, ssim_kwargs) -> torch.Tensor:
     return (diff * m).sum(dim=(1, 2, 3)) / (m.sum(dim=(1, 2, 3)) * diff.shape[1]).clamp_min(1.0)
 
 
-def _chunk_losses(latents, target, mask, sizes, decode, kind, ssim_kwargs) -> torch.Tensor:
-    """Decode one chunk and return its per-sample losses (K,), each on the cropped image."""
+def _chunk_losses(latents, target, mask, sizes, decode, kind, ssim_kwargs, offset=None
+                  ) -> torch.Tensor:
+    """Decode one chunk (plus its ``offset``) and return its per-sample losses (K,), each on the
+    cropped image."""
     images = decode(latents)
     if images.dim() != 4 or images.shape[0] != latents.shape[0]:
         raise ValueError(f"decode returned {tuple(images.shape)} for latents "
                          f"{tuple(latents.shape)}; expected (K, 3, H, W)")
+    if offset is not None:
+        images = images[..., :offset.shape[-2], :offset.shape[-1]] + offset
     full = (images.shape[-2:] == target.shape[-2:]
             and bool((sizes == torch.tensor(list(images.shape[-2:]))).all()))
     if full:  # nothing to crop (no padding in this chunk): one batched call
@@ -93,9 +97,12 @@ def image_space_loss_from_x0(x0_hat: torch.Tensor, t: torch.Tensor, target: torc
                              target_size: torch.Tensor | None = None,
                              mask: torch.Tensor | None = None, chunk: int = 8,
                              grad_scale: float = 1.0, grad_clamp: float = 0.0,
-                             ssim_window: int = 11, ssim_sigma: float = 1.5) -> torch.Tensor:
+                             ssim_window: int = 11, ssim_sigma: float = 1.5,
+                             offset: torch.Tensor | None = None) -> torch.Tensor:
     """Image-space loss of predicted clean latents ``x0_hat`` (N, C, h, w) at timesteps ``t`` (N,)
-    against ``target`` (N, 3, H, W) in [0, 1]; returns a 0-dim float32 loss.
+    against ``target`` (N, 3, H, W) in [0, 1]; returns a 0-dim float32 loss. The image compared
+    is ``decode(x0_hat) + offset`` (``offset`` (N, 3, H, W), no gradient: the pixel-residual
+    rendering, ``medq.models.forward.render_offset``), or ``decode(x0_hat)`` without one.
 
     ``kind``: l1 | l2 (mean over the cropped pixels; inside ``mask`` if given) | ssim (1 - SSIM,
     inside ``mask`` if given, see ``medq.losses.ssim``). ``target_size`` (N, 2) LongTensor (h, w):
@@ -131,7 +138,9 @@ def image_space_loss_from_x0(x0_hat: torch.Tensor, t: torch.Tensor, target: torc
         idx = keep[start:start + chunk]
         tgt = target.index_select(0, idx.to(target.device))
         msk = None if mask is None else mask.index_select(0, idx.to(mask.device))
-        args = (kept[start:start + chunk], tgt, msk, target_size[idx], decode, kind, ssim_kwargs)
+        off = None if offset is None else offset.index_select(0, idx.to(offset.device))
+        args = (kept[start:start + chunk], tgt, msk, target_size[idx], decode, kind, ssim_kwargs,
+                off)
         if torch.is_grad_enabled():
             losses.append(checkpoint(_chunk_losses, *args, use_reentrant=False))
         else:

@@ -82,7 +82,9 @@ def compose_losses(loss_cfg: LossConfig, fwd: Any, batch: dict, decode: Decode |
         for key in ("target", "target_size"):
             if key not in batch:
                 raise KeyError(f"compose_losses: batch has no {key!r} (keys: {sorted(batch)})")
-        common = {"target_size": batch["target_size"], "chunk": loss_cfg.decode_chunk}
+        # The rendered image: decode(x0_hat) + the pixel-residual offset when the forward has one.
+        common = {"target_size": batch["target_size"], "chunk": loss_cfg.decode_chunk,
+                  "offset": getattr(fwd, "render_offset", None)}
         if loss_cfg.pixel_weight > 0:
             terms["pixel"] = image_space_loss_from_x0(
                 x0_hat, fwd.t, batch["target"], decode, kind=loss_cfg.pixel_kind,

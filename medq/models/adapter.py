@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Sequence
 
 import torch
@@ -130,57 +131,62 @@ class MiniBagelAdapter:
         """images (N, 3, h, w) in [0, 1] -> (N, 3, H, W) = out_size, in [0, 1]. The instruction
         selects the task (``tasks`` is what the data says it is; the model reads only the text).
         ``seed``: one int for the batch, or one per image (image i's noise then depends only on
-        seed[i], so its output is the same in any batch, up to float reduction order)."""
+        seed[i], so its output is the same in any batch, up to float reduction order).
+
+        Any size: the condition (the input upsampled to ``out_size``) is encoded whole, the latent
+        is generated tile by tile (``model.tile_size`` tiles overlapping by
+        ``sample.tile_overlap``, each tile's velocity blended into the whole latent with a window
+        at every step: ``TiledVelocity``), and the result is decoded whole. An image of one tile
+        is one tile: exactly the untiled model."""
         if len(instructions) != images.shape[0]:
             raise ValueError(f"edit: {images.shape[0]} images but {len(instructions)} instructions")
-        cfg, sc = self.model.cfg, self.sample_cfg
-        p = cfg.patch_size
+        sc = self.sample_cfg
         H, W = int(out_size[0]), int(out_size[1])
         with _eval_mode(self.model):
-            cond = self._encode_condition(images, (H, W))
-            n, c, h, w = cond.shape
-            cond_tok = patchify(cond, p)
+            cond_img = self._condition_canvas(images, (H, W))
+            cond = self.vae.encode(cond_img).float()
+            n = cond.shape[0]
             draws = sc.mmse_draws if self.output == "mmse" else 1
             noise = _noise(cond.shape, seed, draws).to(self.device)
-
-            def make_velocity(prompts):
-                # The condition and the prompt never attend to the generated tokens: their keys
-                # and values are computed once and reused at every step and every MMSE draw.
-                text = pack_text(
-                    self.tokenizer, prompts, None, cfg.max_text_len, device=self.device
-                )
-                n_tok = cond_tok.shape[1]
-                mask = sequence_mask(text, n_tok, n_tok)
-                P = mask.shape[1] - n_tok
-                _, cache = self.model.prefix(text.ids, text.pos, mask[:, :P, :P], cond=cond_tok,
-                                             grid=(h // p, w // p))
-
-                def velocity(x, t):
-                    v = self.model.velocity(cache, mask[:, P:], patchify(x, p), t, cond_tok,
-                                            (h // p, w // p))
-                    return unpatchify(v, p, c, h, w)
-                return velocity
-
+            velocity = self._tiled(cond, list(instructions))
             if self.output == "mmse":
                 t = sc.mmse_t
-                velocity = make_velocity(list(instructions))
                 tb = torch.full((n,), t, device=self.device)
                 x0_hat = torch.zeros_like(cond)
                 for eps in noise:
                     x_t = (1 - t) * cond + t * eps
                     x0_hat += (x_t - t * velocity(x_t, tb)) / draws
-                return self.vae.decode(x0_hat)[..., :H, :W].float().clamp(0, 1)
-            uncond = make_velocity([""] * n) if sc.text_guidance > 1 else None
-            z = euler_sample(
-                make_velocity(list(instructions)),
-                noise[0] * sc.noise_temperature,
-                steps=sc.steps,
-                shift=sc.shift,
-                uncond_velocity=uncond,
-                guidance=sc.text_guidance,
-            )
-            out = self.vae.decode(z)[..., :H, :W]
+                z = x0_hat
+            else:
+                uncond = self._tiled(cond, [""] * n) if sc.text_guidance > 1 else None
+                z = euler_sample(velocity, noise[0] * sc.noise_temperature, steps=sc.steps,
+                                 shift=sc.shift, uncond_velocity=uncond,
+                                 guidance=sc.text_guidance)
+            out = self.render(z, cond, cond_img)[..., :H, :W]
         return out.float().clamp(0, 1)
+
+    def _condition_canvas(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The input upsampled to ``size`` (the bicubic baseline's image), zero-padded bottom/right
+        to at least one tile and to whole latent pixels: (N, 3, H', W')."""
+        up = resize_bicubic(images.to(self.device).float(), size)
+        tile, f = self.model.cfg.tile_size, self.vae.downsample
+        h, w = max(size[0], tile), max(size[1], tile)
+        return torch.nn.functional.pad(up, (0, w + (-w % f) - size[1], 0, h + (-h % f) - size[0]))
+
+    def render(self, z: torch.Tensor, cond: torch.Tensor, cond_img: torch.Tensor) -> torch.Tensor:
+        """Latents (N, C, h, w) -> images (N, 3, H, W), not clamped: ``decode(z)``, or with
+        ``model.pixel_residual`` the residual over the condition image, ``cond_img + decode(z) -
+        decode(cond)`` (the rendering the image-space losses train)."""
+        out = self.vae.decode(z).float()
+        if self.model.cfg.pixel_residual:
+            out = cond_img + out - self.vae.decode(cond).float()
+        return out
+
+    def _tiled(self, cond: torch.Tensor, prompts: list[str]) -> "TiledVelocity":
+        return TiledVelocity(self.model, self.tokenizer, cond, prompts,
+                             tile=self.model.cfg.tile_size // self.vae.downsample,
+                             overlap=self.sample_cfg.tile_overlap // self.vae.downsample,
+                             batch=self.sample_cfg.tile_batch)
 
     def generate_report(self, images: torch.Tensor, prompts: list[str],
                         seed: int | Sequence[int]) -> list[list[int]]:
@@ -195,7 +201,7 @@ class MiniBagelAdapter:
                 f"generate_report: {images.shape[0]} images but {len(prompts)} prompts"
             )
         cfg, sc, tok = self.model.cfg, self.sample_cfg, self.tokenizer
-        size = (cfg.image_size, cfg.image_size)
+        size = (cfg.tile_size, cfg.tile_size)
         n = images.shape[0]
         if not isinstance(seed, (list, tuple)):
             gens = [torch.Generator().manual_seed(int(seed))]
@@ -245,6 +251,88 @@ class MiniBagelAdapter:
                                                      mask)
                 step_logits = logits[:, 0]
         return out
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Starts of the tiles that cover [0, length): evenly spread, each overlapping the next by at
+    least ``overlap`` (all in latent pixels); one tile at 0 when ``length <= tile``."""
+    if length <= tile:
+        return [0]
+    stride = max(1, tile - overlap)
+    count = math.ceil((length - tile) / stride) + 1
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def tile_window(tile: int, ramp: int, first: bool, last: bool) -> torch.Tensor:
+    """(tile,) blending weights of one tile along one axis: rising linearly over ``ramp`` pixels
+    from a side that borders another tile, flat (1) towards the image's own edge (``first``: the
+    tile starts at 0; ``last``: it ends at the edge), never 0 (every pixel is covered)."""
+    i = torch.arange(tile, dtype=torch.float32) + 0.5
+    w = torch.ones(tile)
+    if ramp > 0:
+        if not first:
+            w = torch.minimum(w, i / ramp)
+        if not last:
+            w = torch.minimum(w, (tile - i) / ramp)
+    return w.clamp_min(1e-3)
+
+
+class TiledVelocity:
+    """The model's velocity on a latent of any size (N, C, h, w), from ``tile`` x ``tile``
+    latent tiles that overlap by ``overlap`` (MultiDiffusion, Bar-Tal et al. 2023): at each call
+    every tile's velocity is computed (``batch`` tiles per forward) and blended into the whole
+    latent with the ``tile_window`` weights. The condition's and the prompt's keys and values
+    are computed once per tile (``MiniBagel.prefix``) and reused at every call. A latent of one
+    tile is one tile: the untiled velocity, bit for bit."""
+
+    def __init__(self, model, tokenizer, cond: torch.Tensor, prompts: list[str], *, tile: int,
+                 overlap: int, batch: int):
+        self.model, self.p = model, model.cfg.patch_size
+        self.tile = tile
+        n, self.c, h, w = cond.shape
+        ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+        self.places = [(i, y, x) for i in range(n) for y in ys for x in xs]
+        wy = {y: tile_window(tile, overlap, y == ys[0], y == ys[-1]) for y in ys}
+        wx = {x: tile_window(tile, overlap, x == xs[0], x == xs[-1]) for x in xs}
+        self.windows = {(y, x): (wy[y][:, None] * wx[x][None, :]).to(cond.device)
+                        for y in ys for x in xs}
+        total = torch.zeros(h, w, device=cond.device)
+        for (y, x), win in self.windows.items():
+            total[y:y + tile, x:x + tile] += win
+        self.total = total
+        self.chunks = []
+        for start in range(0, len(self.places), batch):
+            places = self.places[start:start + batch]
+            cond_tok = patchify(self._cut(cond, places), self.p)
+            text = pack_text(tokenizer, [prompts[i] for i, _, _ in places], None,
+                             model.cfg.max_text_len, device=cond.device)
+            n_tok = cond_tok.shape[1]
+            mask = sequence_mask(text, n_tok, n_tok)
+            P = mask.shape[1] - n_tok
+            _, cache = model.prefix(text.ids, text.pos, mask[:, :P, :P], cond=cond_tok,
+                                    grid=self.grid)
+            self.chunks.append((places, cond_tok, cache, mask[:, P:]))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.tile // self.p, self.tile // self.p
+
+    def _cut(self, z: torch.Tensor, places) -> torch.Tensor:
+        t = self.tile
+        return torch.stack([z[i, :, y:y + t, x:x + t] for i, y, x in places])
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x (N, C, h, w) at timesteps t (N,) -> blended velocity (N, C, h, w)."""
+        out = torch.zeros_like(x)
+        k = self.tile
+        for places, cond_tok, cache, mask in self.chunks:
+            idx = torch.tensor([i for i, _, _ in places], device=x.device)
+            v = self.model.velocity(cache, mask, patchify(self._cut(x, places), self.p),
+                                    t.index_select(0, idx), cond_tok, self.grid)
+            v = unpatchify(v, self.p, self.c, k, k)
+            for j, (i, y, xx) in enumerate(places):
+                out[i, :, y:y + k, xx:xx + k] += v[j] * self.windows[(y, xx)]
+        return out / self.total
 
 
 def _seed_list(seed: Sequence[int], n: int) -> list[int]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from medq.models.flow import add_noise, sample_timesteps
-from medq.models.sequence import pack_text, sequence_mask
+from medq.models.sequence import pack_text, sequence_mask, training_mask
 from medq.models.transformer import patchify, unpatchify
 
 
@@ -35,6 +35,19 @@ class TrainForward:
     None without one."""
     cond: torch.Tensor | None = None
     """(N, C, h, w): the condition latent (what the prior sharpens)."""
+    render_offset: torch.Tensor | None = None
+    """(N, 3, H, W) or None: what turns a decoded latent into the rendered image,
+    ``image = decode(z) + render_offset``; with ``model.pixel_residual`` it is ``cond_image -
+    decode(cond)`` (no gradient), so that the image-space losses see the image inference shows
+    (``render``). Set only when asked for (``with_render_offset``)."""
+
+
+def render_offset(vae, cond_latent: torch.Tensor, cond_image: torch.Tensor) -> torch.Tensor:
+    """``cond_image - decode(cond_latent)`` (N, 3, H, W), no gradient: added to ``decode(x0)`` it
+    renders an image as a residual over the condition image (``model.pixel_residual``)."""
+    with torch.no_grad():
+        return (cond_image - vae.decode(cond_latent)[..., :cond_image.shape[-2],
+                                                     :cond_image.shape[-1]]).float()
 
 
 def resize_bicubic(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -75,17 +88,21 @@ def condition_images(inputs: torch.Tensor, input_size: torch.Tensor | None,
 
 def training_forward(model, vae, tokenizer, batch: dict, *, timestep_shift: float = 1.0,
                      generator: torch.Generator | None = None,
-                     instruction_dropout: float = 0.0, question: str | None = None) -> TrainForward:
+                     instruction_dropout: float = 0.0, question: str | None = None,
+                     with_render_offset: bool = False) -> TrainForward:
     """One training forward on a collated batch (``medq.data.collate``).
 
-    Uses batch["input"] (N, 3, h, w), ["target"] (N, 3, H, W), ["instruction"], ["report"] (lists
-    of str), and ["input_size"], ["target_size"] (N, 2) when present. Target and condition are
-    encoded by the frozen ``vae`` under no_grad; t = shift(sigmoid(N(0, 1)));
+    Uses batch["input"] (N, 3, h, w), ["target"] (N, 3, H, W), ["instruction"], ["report"] (lists;
+    a None report trains no text for that sample), and ["input_size"], ["target_size"] (N, 2)
+    when present. With ["report_input"] (N, 3, T, T) (training tiles, ``medq.data.tiles``) the
+    report is written from it, and the image from the tile's own condition
+    (``medq.models.sequence.training_mask``); without it both read the one condition. Target and
+    condition are encoded by the frozen ``vae`` under no_grad; t = shift(sigmoid(N(0, 1)));
     x_t = (1-t) x0 + t eps. ``instruction_dropout``: probability of replacing a sample's
-    instruction by the empty one (trains
-    the unconditional branch used by classifier-free guidance). ``question``: the text the report
-    answers (default ``medq.data.REPORT_PROMPT``, the harness's prompt); the report sees it and the
-    image, never the editing instruction (``medq.models.sequence``)."""
+    instruction by the empty one (trains the unconditional branch used by classifier-free
+    guidance). ``question``: the text the report answers (default ``medq.data.REPORT_PROMPT``, the
+    harness's prompt); the report sees it and the image, never the editing instruction.
+    ``with_render_offset``: also compute ``render_offset`` for the image-space losses."""
     cfg = model.cfg
     dev = batch["target"].device
     m = vae.downsample * cfg.patch_size
@@ -94,9 +111,12 @@ def training_forward(model, vae, tokenizer, batch: dict, *, timestep_shift: floa
     cond_img = condition_images(
         batch["input"], batch.get("input_size"), batch.get("target_size"), canvas
     )
+    report_input = batch.get("report_input")
     with torch.no_grad():
         x0 = vae.encode(target).float()
         cond = vae.encode(pad_to_multiple(cond_img, m)).float()
+        rcond = (None if report_input is None
+                 else vae.encode(pad_to_multiple(report_input, m)).float())
     n, c, h, w = x0.shape
     gdev = generator.device if generator is not None else dev
     t = sample_timesteps(n, timestep_shift, generator, device=gdev).to(dev)
@@ -111,14 +131,23 @@ def training_forward(model, vae, tokenizer, batch: dict, *, timestep_shift: floa
     if reports is not None:
         if question is None:
             from medq.data.text import REPORT_PROMPT as question
-        questions = [question] * n
+        questions = [None if r is None else question for r in reports]
     text = pack_text(tokenizer, prompts, reports, cfg.max_text_len, device=dev, questions=questions)
     p = cfg.patch_size
     cond_tok, gen_tok = patchify(cond, p), patchify(x_t, p)
-    mask = sequence_mask(text, cond_tok.shape[1], gen_tok.shape[1])
+    rcond_tok = None if rcond is None else patchify(rcond, p)
+    if rcond_tok is None:
+        mask = sequence_mask(text, cond_tok.shape[1], gen_tok.shape[1])
+    else:
+        has_report = torch.tensor([r is not None for r in (reports or [None] * n)], device=dev)
+        mask = training_mask(text, cond_tok.shape[1], gen_tok.shape[1], has_report)
     hidden, logits, v, prior = model(text.ids, text.pos, mask, cond=cond_tok, gen=gen_tok, t=t,
-                                     grid=(h // p, w // p), return_prior=True)
+                                     grid=(h // p, w // p), return_prior=True,
+                                     report_cond=rcond_tok)
     v_hat = unpatchify(v, p, c, h, w)
     prior = None if prior is None else unpatchify(prior, p, c, h, w)
+    offset = None
+    if with_render_offset and cfg.pixel_residual:
+        offset = render_offset(vae, cond, cond_img)
     return TrainForward(logits, text.targets, v_hat, v_target, x_t, x0, t, hidden, (h, w), prior,
-                        cond)
+                        cond, offset)

@@ -26,8 +26,9 @@ TOKENIZER_FILE = "tokenizer.json"
 ARCH_FIELDS = ("vae_downsample", "latent_channels", "patch_size", "d_model", "n_layers", "n_heads",
                "mlp_ratio", "max_text_len", "vocab_pad_multiple", "cond_at_gen",
                "cond_prior", "prior_conv_channels")
-"""ModelConfig fields that define the transformer's parameters and sequence layout. ``image_size``
-and ``vae`` are not among them: the same weights run at any multiple of the patch grid."""
+"""ModelConfig fields that define the transformer's parameters and sequence layout. ``tile_size``,
+``vae`` and ``pixel_residual`` are not among them: the same weights run at any multiple of the
+patch grid, with any compatible VAE, rendered either way."""
 ADDED_ARCH_FIELDS = {"prior_conv_channels": 0}
 """Architecture fields added after weights were shipped, with the value every model written before
 them had: an ``arch.json`` without one of them describes that value, not an unknown one."""
@@ -143,7 +144,7 @@ def save_model(model, tokenizer, directory: str | Path, *, filename: str = "mode
 
 
 def load_model(directory: str | Path, *, weights_file: str = "model.safetensors",
-               expect_arch: ModelConfig | None = None, image_size: int | None = None):
+               expect_arch: ModelConfig | None = None, tile_size: int | None = None):
     """``(MiniBagel, Tokenizer, LoadReport)`` from a directory written by ``save_model``.
 
     ``expect_arch``: the ModelConfig the caller expects; an ``arch.json`` that differs in any
@@ -168,8 +169,8 @@ def load_model(directory: str | Path, *, weights_file: str = "model.safetensors"
         raise CheckpointMismatchError(f"{d / ARCH_FILE}: unknown fields {sorted(unknown)}")
     base = expect_arch if expect_arch is not None else ModelConfig()
     kwargs = {k: found[k] for k in ARCH_FIELDS if k in found}
-    if image_size is not None:
-        kwargs["image_size"] = image_size
+    if tile_size is not None:
+        kwargs["tile_size"] = tile_size
     cfg = dataclasses.replace(base, **kwargs)
     model = MiniBagel(cfg, tokenizer.vocab_size)
     weights = "ema" if "ema" in weights_file else "model"

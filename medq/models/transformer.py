@@ -205,17 +205,21 @@ class MiniBagel(nn.Module):
     def forward(self, text_ids: torch.Tensor, text_pos: torch.Tensor, mask: torch.Tensor,
                 cond: torch.Tensor | None = None, gen: torch.Tensor | None = None,
                 t: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
-                return_prior: bool = False):
+                return_prior: bool = False, report_cond: torch.Tensor | None = None):
         """One packed forward.
 
         text_ids, text_pos (B, T) long; cond, gen (B, n, C p p) patch tokens (either may be None),
         t (B,) timesteps of ``gen``; grid = (gh, gw) with gh * gw = n; mask (B, L, L) bool with
-        L = n_cond + T + n_gen in the order [cond | text | gen] (True = may attend).
+        L = n_cond + T + n_gen in the order [cond | text | gen] (True = may attend); with
+        ``report_cond`` (B, n, C p p, the report's own condition in training) the order is
+        [report_cond | cond | text | gen] (``medq.models.sequence.training_mask``).
         Returns (hidden (B, L, d), text_logits (B, T, vocab_padded), v (B, n, C p p) or None), and
         with ``return_prior`` also the prior net's output (B, n, C p p), None without the net (its
         own loss, ``loss.prior_weight``, needs it; computed here so that FSDP has gathered it)."""
         b = text_ids.shape[0]
-        parts = [] if cond is None else [self.embed_cond(cond, grid)]
+        parts = [] if report_cond is None else [self.embed_cond(report_cond, grid)]
+        if cond is not None:
+            parts.append(self.embed_cond(cond, grid))
         parts.append(self.embed_text(text_ids, text_pos))
         if gen is not None:
             parts.append(self.embed_gen(gen, t, grid, cond))
@@ -227,7 +231,8 @@ class MiniBagel(nn.Module):
         for blk in self.blocks:
             x = blk(x, m)
         h = self.norm(x)
-        n_cond, T = (cond.shape[1] if cond is not None else 0), text_ids.shape[1]
+        n_cond = sum(c.shape[1] for c in (report_cond, cond) if c is not None)
+        T = text_ids.shape[1]
         logits = self.text_head(h[:, n_cond:n_cond + T])
         v = prior = None
         if gen is not None:

@@ -30,10 +30,37 @@ WEIGHTS_FILE = "model.safetensors"
 KIND = "medq-small-vae"
 
 
-class ResBlock(nn.Module):
-    def __init__(self, ch: int):
+class PixelNorm(nn.Module):
+    """RMS normalisation over the channels of each pixel, with a learned gain and bias: a norm that
+    looks at one position only. GroupNorm averages over the whole image, so a tile encoded alone
+    and the same tile cut from an encoded image differ everywhere (by about a third of the
+    latents' spread for our VAE), and tiled generation could not use one whole-image encoding;
+    with this norm the VAE is local up to its receptive field."""
+
+    def __init__(self, ch: int, eps: float = 1e-6):
         super().__init__()
-        self.norm = nn.GroupNorm(min(8, ch), ch)
+        self.weight = nn.Parameter(torch.ones(ch))
+        self.bias = nn.Parameter(torch.zeros(ch))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+NORMS = ("pixel", "group")
+"""``pixel`` (``PixelNorm``, local: what tiled generation needs) | ``group`` (GroupNorm over the
+image, the VAEs shipped before tiles; still loadable)."""
+
+
+def _norm(kind: str, ch: int) -> nn.Module:
+    return PixelNorm(ch) if kind == "pixel" else nn.GroupNorm(min(8, ch), ch)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int, norm: str = "pixel"):
+        super().__init__()
+        self.norm = _norm(norm, ch)
         self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
         self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
         # A residual branch that starts near zero keeps the untrained net close to the identity.
@@ -50,33 +77,37 @@ class SmallVAE(nn.Module):
     stages - 1 stride-2 convolutions; ``channels`` is the width at half resolution, doubled
     below."""
 
-    def __init__(self, downsample: int = 4, latent_channels: int = 4, channels: int = 32):
+    def __init__(self, downsample: int = 4, latent_channels: int = 4, channels: int = 32,
+                 norm: str = "group"):
         super().__init__()
         if downsample not in (2, 4, 8, 16):
             raise ValueError(f"SmallVAE: downsample = {downsample}; expected 2, 4, 8 or 16")
+        if norm not in NORMS:
+            raise ValueError(f"SmallVAE: norm = {norm!r}; expected one of {NORMS}")
+        # An arch.json without "norm" is a VAE from before tiles: GroupNorm.
         self.arch = {"kind": KIND, "downsample": downsample, "latent_channels": latent_channels,
-                     "channels": channels}
+                     "channels": channels, "norm": norm}
         self.downsample, self.latent_channels = downsample, latent_channels
         stages = int(math.log2(downsample)) - 1
         widths = [channels] + [channels * 2] * stages
         enc: list[nn.Module] = [nn.PixelUnshuffle(2), nn.Conv2d(12, widths[0], 3, padding=1)]
         for i in range(stages):
             enc += [
-                ResBlock(widths[i]),
+                ResBlock(widths[i], norm),
                 nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1),
             ]
-        enc += [ResBlock(widths[-1]), nn.GroupNorm(min(8, widths[-1]), widths[-1]), nn.SiLU(),
+        enc += [ResBlock(widths[-1], norm), _norm(norm, widths[-1]), nn.SiLU(),
                 nn.Conv2d(widths[-1], 2 * latent_channels, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [
             nn.Conv2d(latent_channels, widths[-1], 3, padding=1),
-            ResBlock(widths[-1]),
+            ResBlock(widths[-1], norm),
         ]
         for i in reversed(range(stages)):
             dec += [nn.Upsample(scale_factor=2, mode="nearest"),
-                    nn.Conv2d(widths[i + 1], widths[i], 3, padding=1), ResBlock(widths[i])]
+                    nn.Conv2d(widths[i + 1], widths[i], 3, padding=1), ResBlock(widths[i], norm)]
         dec += [
-            nn.GroupNorm(min(8, widths[0]), widths[0]),
+            _norm(norm, widths[0]),
             nn.SiLU(),
             nn.Conv2d(widths[0], 12, 3, padding=1),
             nn.PixelShuffle(2),
@@ -141,7 +172,9 @@ def _check_images(images: torch.Tensor, f: int) -> None:
 
 def build_vae(model_cfg=None, *, channels: int = 32, **arch) -> SmallVAE:
     """A fresh ``SmallVAE`` with ``ModelConfig.vae_downsample`` / ``latent_channels`` (or the
-    keyword arguments ``downsample``, ``latent_channels``)."""
+    keyword arguments ``downsample``, ``latent_channels``, ``norm``; new VAEs are local:
+    ``norm="pixel"``)."""
+    arch.setdefault("norm", "pixel")
     if model_cfg is not None:
         arch.setdefault("downsample", model_cfg.vae_downsample)
         arch.setdefault("latent_channels", model_cfg.latent_channels)

@@ -30,6 +30,41 @@ VAL_SEED = 1234
 """Seed of the timesteps and noise of the validation loss (the same every validation)."""
 
 
+TILE_REPEATS = 16
+"""Passes over the training images per epoch of tiles: each pass crops every image elsewhere."""
+
+
+def training_sets(cfg: Config):
+    """(train tiles, val tiles, val images) of ``cfg.data`` for ``cfg.model.tile_size``: random
+    crops of the train split (with the development set's train photographs mixed in at
+    ``data.mix_fraction``), one fixed crop per val item (the validation loss is comparable from
+    one validation to the next), and the whole val items for the collapse probe."""
+    import dataclasses
+
+    from medq.data import build_dataset
+    from medq.data.tiles import TrainTiles
+
+    tile = cfg.model.tile_size
+    train_images = build_dataset(cfg.data, "train")
+    val_images = build_dataset(cfg.data, "val")
+    real = []
+    if cfg.data.mix_fraction > 0:
+        for size in MIX_SIZES:
+            mix = dataclasses.replace(cfg.data, source="drive", root=cfg.data.mix_root,
+                                      split_file=cfg.data.mix_split, image_size=size,
+                                      mix_fraction=0.0, mix_root="")
+            real.append(build_dataset(mix, "train"))
+    train = TrainTiles(train_images, tile, cfg.run.seed, TILE_REPEATS, real,
+                       cfg.data.mix_fraction)
+    val = TrainTiles(val_images, tile, VAL_SEED)
+    return train, val, val_images
+
+
+MIX_SIZES = (256, 384, 512, 0)
+"""Working sizes at which the development photographs are cut into training tiles (0: their own
+size): the scales at which the model will meet real photographs."""
+
+
 class _Batches:
     """An endless iterable of index lists, usable as a DataLoader ``batch_sampler``."""
 
@@ -60,7 +95,7 @@ def init_model(cfg: Config, device: torch.device):
     ckpt = resolve_init(cfg.init.from_, Path(cfg.run.out_dir))
     file = "ema.safetensors" if cfg.init.weights == "ema" else "model.safetensors"
     model, tokenizer, report = M.load_model(ckpt, weights_file=file, expect_arch=cfg.model,
-                                            image_size=cfg.model.image_size)
+                                            tile_size=cfg.model.tile_size)
     info = {"scratch": False, "checkpoint": str(ckpt), "weights": report.weights,
             "fingerprint": report.fingerprint, "report": report.to_dict()}
     return model.to(device), tokenizer, info
@@ -122,7 +157,7 @@ class MiniBagelTask:
         self, cfg: Config, device: torch.device, dist: Dist = Dist(), write_init: bool = True
     ):
         from medq import models as M
-        from medq.data import build_dataset, collate
+        from medq.data import collate
 
         self.cfg, self.device, self.dist, self.collate = cfg, device, dist, collate
         with shipped_weights_hint(cfg.model.vae):
@@ -145,12 +180,12 @@ class MiniBagelTask:
         # processes writing one cache file would race).
         if not dist.is_main:
             barrier(dist)
-        self.train_set = build_dataset(cfg.data, cfg.model.image_size, "train")
-        self.val_set = build_dataset(cfg.data, cfg.model.image_size, "val")
+        self.train_set, self.val_set, val_images = training_sets(cfg)
         if dist.is_main:
             barrier(dist)
-        self.probe = self.collate([self.val_set[i]
-                                   for i in range(min(PROBE_IMAGES, len(self.val_set)))])
+        # The collapse probe generates whole images, tile by tile, as inference does.
+        self.probe = self.collate([val_images[i]
+                                   for i in range(min(PROBE_IMAGES, len(val_images)))])
 
     # -- training --------------------------------------------------------------------------
 
@@ -179,6 +214,7 @@ class MiniBagelTask:
             timestep_shift=self.cfg.loss.timestep_shift,
             generator=generator,
             instruction_dropout=0.0 if validation else self.cfg.loss.instruction_dropout,
+            with_render_offset=self.cfg.loss.needs_vae,
         )
         decode = self._decode if self.cfg.loss.needs_vae else None
         out = compose_losses(self.cfg.loss, fwd, batch, decode)
