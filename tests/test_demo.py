@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import struct
 import subprocess
 import sys
@@ -484,20 +483,20 @@ def test_readable_mode_names_and_identical_outputs_marked(tmp_path):
 
 
 def test_uploads_that_are_not_fundus_photographs_are_refused_with_the_reason(app_demo, tmp_path):
-    from test_fundus_check import EXPECTED_REASON, bad_corpus
+    from fakes.images import NOT_FUNDUS_REASON, not_fundus_corpus
 
-    for name, path in bad_corpus(tmp_path).items():
+    for name, path in not_fundus_corpus(tmp_path).items():
         with pytest.raises(UploadError) as e:
             handlers.compare(app_demo, "sr4", ["bicubic"], upload=path)
         msg = str(e.value)
         assert msg.startswith(name) and "not a colour fundus photograph" in msg, msg
-        assert re.search(EXPECTED_REASON[name], msg) and str(tmp_path) not in msg
+        assert re.search(NOT_FUNDUS_REASON[name], msg) and str(tmp_path) not in msg
 
 
 def test_16_bit_and_float_uploads_are_converted(app_demo, tmp_path, fundus_samples):
     import tifffile
-    from test_fundus_check import write_png16
 
+    from fakes.images import write_png16
     from medq.data.imageio import load_rgb
 
     rgb = load_rgb(sorted((fundus_samples / "drive-train" / "images").glob("*"))[0])
@@ -555,35 +554,6 @@ def test_login_throttle_locks_a_user_after_failed_attempts():
 
 # ---------------------------------------------------------------------------------------------
 # the launched app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from demo.app import build_app, launch
-
-    root = tmp_path_factory.mktemp("served")
-    runs, reports = build_tree(root)
-    (root / "secret.txt").write_text("SECRET-OUTSIDE")
-    # What a real runs/ holds besides the PNGs: weights, the cached dataset, configs.
-    run = runs / "pixel-00000000"
-    (run / "checkpoints" / "step_000300" / "model.safetensors").write_bytes(b"WEIGHTS" * 100)
-    (run / "config.toml").write_text("# SECRET-CONFIG\n[data]\nsource = 'synthetic'\n")
-    (runs / "_cache").mkdir()
-    (runs / "_cache" / "synthetic-v2-s0-64px-n2048.npz").write_bytes(b"PATIENT-IMAGES" * 100)
-    d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
-    app = build_app(d)
-    port = free_port()
-    launch(app, d, port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield {"url": f"http://127.0.0.1:{port}/", "root": root, "runs": runs, "run": run}
-    finally:
-        app.close()
 
 
 @pytest.mark.slow      # launches the Gradio server
@@ -740,7 +710,7 @@ def test_records_with_a_corrupt_line_still_show_the_valid_rows(tmp_path, caplog)
     file and line and skipped; rows without an existing output PNG are not offered."""
     import json as _json
 
-    from medq.harness.images import save_png
+    from medq.data.imageio import save_png
 
     task = tmp_path / "eval" / "sr4"
     import torch

@@ -15,7 +15,6 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 from PIL import Image
-from test_demo import server  # noqa: F401  (the launched app on a free localhost port)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

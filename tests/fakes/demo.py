@@ -3,11 +3,14 @@ records.jsonl fields of docs/ARCHITECTURE.md) and small ImageTextModels, no trai
 
     runs, reports = build_tree(tmp_path)          # pixel, ssim_v3, mixed runs + bicubic baseline
     pool = ModelPool(fake_loader)                 # demo.models.ModelPool over the fakes
+    with served_demo(tmp_path) as server: ...     # the app on a free port (conftest: ``server``)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -183,11 +186,44 @@ def build_tree(root: Path, tasks=("sr4", "enhance"), targets: dict[str, np.ndarr
     return runs, reports
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_demo(root: Path) -> Iterator[dict]:
+    """The demo app on a fake runs/ tree under ``root``, beside what a real runs/ holds besides
+    the PNGs (weights, the cached dataset, a config: secrets the server must not hand out),
+    launched on a free local port: {"url", "root", "runs", "run"}; closed on exit."""
+    from demo import handlers
+    from demo.app import build_app, launch
+    from demo.models import ModelPool
+
+    runs, reports = build_tree(root)
+    (root / "secret.txt").write_text("SECRET-OUTSIDE")
+    run = runs / "pixel-00000000"
+    (run / "checkpoints" / "step_000300" / "model.safetensors").write_bytes(b"WEIGHTS" * 100)
+    (run / "config.toml").write_text("# SECRET-CONFIG\n[data]\nsource = 'synthetic'\n")
+    (runs / "_cache").mkdir()
+    (runs / "_cache" / "synthetic-v2-s0-64px-n2048.npz").write_bytes(b"PATIENT-IMAGES" * 100)
+    d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
+    app = build_app(d)
+    port = free_port()
+    launch(app, d, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "root": root, "runs": runs, "run": run}
+    finally:
+        app.close()
+
+
 def launch_login_demo(tmp_path: Path, monkeypatch):
     """The demo on fake runs with login on (user ann, password s3cret), served on a free local
     port: returns (app, runs directory, base URL). The caller closes ``app``."""
-    import socket
-
     from demo import handlers
     from demo.app import build_app, launch
     from demo.models import ModelPool
@@ -197,8 +233,6 @@ def launch_login_demo(tmp_path: Path, monkeypatch):
     runs, reports = build_tree(tmp_path, tasks=("sr4",), evaluated=("pixel",))
     d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
     app = build_app(d, login=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     launch(app, d, port=port, prevent_thread_lock=True, quiet=True, auth=auth_from_env())
     return app, runs, f"http://127.0.0.1:{port}/"
