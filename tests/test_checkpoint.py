@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
 import subprocess
 import sys
@@ -37,7 +39,10 @@ def test_save_is_complete_and_pointer_moves(tmp_path):
     root = tmp_path / "checkpoints"
     c1 = save_checkpoint(root, 1, {"a": write_file("a.txt", "one")}, {"x": 1})
     assert c1.name == "step_000001" and (c1 / "a.txt").read_text() == "one"
-    assert read_state(c1) == {"x": 1, "step": 1}
+    assert read_state(c1) == {"x": 1, "step": 1, "content_hashes": "sha256.json"}
+    recorded = json.loads((c1 / "sha256.json").read_text())["sha256"]
+    assert recorded == {name: hashlib.sha256((c1 / name).read_bytes()).hexdigest()
+                        for name in ("a.txt", "state.json")}
     c2 = save_checkpoint(root, 2, {"a": write_file("a.txt", "two")}, {})
     assert (root / "latest").read_text().strip() == "step_000002"
     assert latest_checkpoint(root) == c2

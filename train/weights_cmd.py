@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import shutil
 import sys
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 from medq.checkpoint import MANIFEST, REBUILD, SHIPPED_FILES, is_shipped  # noqa: F401 - re-used
-from medq.files import atomic_dir
+from medq.files import atomic_dir, sha256_file
 
 SCORE_IMAGES = 8
 REPORT_TASKS = ("sr2", "enhance")
@@ -64,21 +63,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def score_base(ckpt: Path, n: int = SCORE_IMAGES) -> dict[str, float]:
     """Mean PSNR-fov (dB) of the base model's x0 prediction from pure noise (``output="mmse"``,
     image i with seed i) on the first ``n`` val images of each task: what ``--check`` reproduces
     (``medq.harness.split_scores``)."""
-    from medq.checkpoint import load_for_inference
     from medq.harness.split_scores import split_fov_scores
     from medq.models import MiniBagelAdapter
+    from medq.run_loading import load_for_inference
 
     model, tok, vae, _, info = load_for_inference(ckpt)
     cfg = info["config"]
@@ -94,9 +85,9 @@ def score_base(ckpt: Path, n: int = SCORE_IMAGES) -> dict[str, float]:
 def read_grades(ckpt: Path, n: int = REPORT_IMAGES) -> dict[str, float | None]:
     """DR-grade kappa (quadratic-weighted) of the base model's greedy reports of the first ``n``
     val images of each of ``REPORT_TASKS`` (None when undefined, e.g. one grade on both sides)."""
-    from medq.checkpoint import load_for_inference
     from medq.harness.split_scores import split_report_scores
     from medq.models import MiniBagelAdapter
+    from medq.run_loading import load_for_inference
 
     model, tok, vae, _, info = load_for_inference(ckpt)
     cfg = info["config"]
