@@ -123,31 +123,31 @@ def _converted(d: Path, ref: np.ndarray) -> dict[str, CorpusFile]:
         out[name] = CorpusFile(d / name, expect, tolerance=tolerance)
 
     pil("rgb8.png", Image.fromarray(ref))
-    pil("rgb.bmp", Image.fromarray(ref))
-    pil("rgb.ppm", Image.fromarray(ref))
-    pil("rgb_lossless.webp", Image.fromarray(ref), lossless=True)
-    pil("rgb.jpg", Image.fromarray(ref), tolerance=3.0, quality=95)
+    pil("rgb_bmp.bmp", Image.fromarray(ref))
+    pil("rgb_ppm.ppm", Image.fromarray(ref))
+    pil("rgb_webp_lossless.webp", Image.fromarray(ref), lossless=True)
+    pil("rgb_jpeg.jpg", Image.fromarray(ref), tolerance=3.0, quality=95)
     pil("grey8.png", Image.fromarray(grey), grey3)
     pil("grey16.png", Image.fromarray(grey.astype(np.uint16) * 257), grey3)
     pil("palette.png", Image.fromarray(ref).convert("P", palette=Image.ADAPTIVE, colors=8))
-    pil("palette.gif", Image.fromarray(ref).convert("P", palette=Image.ADAPTIVE, colors=8))
+    pil("palette_gif.gif", Image.fromarray(ref).convert("P", palette=Image.ADAPTIVE, colors=8))
     clear = Image.fromarray(ref).convert("P", palette=Image.ADAPTIVE, colors=8)
-    pil("palette_transparent_black.png", clear, transparency=clear.getpixel((0, 0)))
+    pil("palette_transparent.png", clear, transparency=clear.getpixel((0, 0)))
     rgba = np.dstack([ref, np.where(grey > 0, 255, 0).astype(np.uint8)])
     rgba[grey == 0, :3] = (255, 0, 255)              # hidden colour: composited on black
     pil("rgba.png", Image.fromarray(rgba, "RGBA"))
     pil("grey_alpha.png", Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), "LA"),
         grey3)
-    pil("cmyk.tif", Image.fromarray(ref).convert("CMYK"))
-    pil("cmyk.jpg", Image.fromarray(ref).convert("CMYK"), tolerance=4.0, quality=95)
+    pil("cmyk_tiff.tif", Image.fromarray(ref).convert("CMYK"))
+    pil("cmyk_jpeg.jpg", Image.fromarray(ref).convert("CMYK"), tolerance=4.0, quality=95)
     exif = Image.Exif()
     exif[0x0112] = 6                                 # "turn 90 degrees clockwise to display"
     sideways = Image.fromarray(np.rot90(ref, 1).copy())   # stored turned the other way
     pil("exif_rotated.png", sideways, exif=exif.tobytes())
-    pil("exif_rotated.jpg", sideways, tolerance=3.0, exif=exif.tobytes(), quality=95)
+    pil("exif_rotated_jpeg.jpg", sideways, tolerance=3.0, exif=exif.tobytes(), quality=95)
     write_png16(d / "rgb16.png", ref.astype(np.uint16) * 257)
     out["rgb16.png"] = CorpusFile(d / "rgb16.png", ref)
-    for name, array, expect in (("rgb16.tif", ref.astype(np.uint16) * 257, ref),
+    for name, array, expect in (("rgb16_tiff.tif", ref.astype(np.uint16) * 257, ref),
                                 ("float01.tif", ref.astype(np.float32) / 255, ref),
                                 ("float255.tif", ref.astype(np.float32), ref),
                                 ("grey_float01.tif", grey.astype(np.float32) / 255, grey3)):
@@ -169,8 +169,8 @@ def _refused(d: Path, ref: np.ndarray) -> dict[str, CorpusFile]:
     write("empty.png", b"", r"empty file \(0 bytes\)")
     write("text.png", b"this is not a png", r"not an image Pillow can read")
     write("garbage.tif", bytes(range(256)) * 8, r"not an image Pillow or tifffile can read")
-    write("truncated.jpg", (d / "_whole.jpg").read_bytes()[:700], r"cannot decode")
-    write("truncated.png", (d / "_whole.png").read_bytes()[:300], r"cannot decode")
+    write("truncated_jpeg.jpg", (d / "_whole.jpg").read_bytes()[:700], r"cannot decode")
+    write("truncated_png.png", (d / "_whole.png").read_bytes()[:300], r"cannot decode")
     (d / "_whole.jpg").unlink()
     (d / "_whole.png").unlink()
     Image.fromarray(ref[:8, 30:38]).save(d / "tiny.png")
@@ -187,13 +187,17 @@ def image_corpus(directory: Path, shape: tuple[int, int] = CORPUS_SHAPE) -> dict
     """Write the corpus into ``directory`` (created): every encoding of ``corpus_picture`` the
     readers convert (16-bit, float TIFF, palette with and without transparency, alpha, CMYK, EXIF
     orientation, lossless and lossy formats) and every file they refuse (empty, not an image,
-    truncated, too small, decompression bombs by header in PNG and in a float TIFF). Returns file
-    name -> ``CorpusFile``. Image files and mask files are read alike, so the same corpus tests
-    both (a mask means ``CorpusFile.mask``)."""
+    truncated, too small, decompression bombs by header in PNG and in a float TIFF), each under
+    its own stem. Returns file name -> ``CorpusFile``. Image files and mask files are read
+    alike, so the same corpus tests both (a mask means ``CorpusFile.mask``)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     ref = corpus_picture(shape)
-    return {**_converted(d, ref), **_refused(d, ref)}
+    corpus = {**_converted(d, ref), **_refused(d, ref)}
+    # One stem per file: a folder of them is read as images, none as another's mask
+    # (medq.data.readers pairs <stem>.* files in one folder).
+    assert len({Path(n).stem for n in corpus}) == len(corpus)
+    return corpus
 
 
 # ---------------------------------------------------------------------------------------------
