@@ -375,6 +375,44 @@ def test_inference_skips_a_corrupted_checkpoint_names_it_and_renames_nothing(tmp
         inference_checkpoint(newest)                               # asked for it by name
 
 
+def _mini_run(tmp_path: Path) -> Path:
+    """A run directory of a tiny mini-BAGEL with checkpoints step_000001 and step_000002, written
+    by ``save_checkpoint`` (so with their hashes), and its VAE."""
+    import medq.models as M
+    from medq.config import dump_toml
+
+    vae = tmp_path / "vae"
+    cfg = load_config("control", overrides=[
+        "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.image_size=32",
+        f"model.vae={json.dumps(str(vae))}"])
+    M.save_vae(M.build_vae(cfg.model), vae)
+    tok = M.Tokenizer()
+    net = M.MiniBagel(cfg.model, tok.vocab_size)
+    run = tmp_path / "run"
+    for step in (1, 2):
+        save_checkpoint(run / "checkpoints", step, {
+            "model": lambda d: M.save_model(net, tok, d),
+            "ema": lambda d: M.save_model(net, tok, d, filename="ema.safetensors"),
+            "config": lambda d: (d / "config.toml").write_text(dump_toml(cfg))}, {})
+    return run
+
+
+def test_infer_refuses_a_corrupted_checkpoint_and_a_run_falls_back(tmp_path, capsys, caplog):
+    from infer.__main__ import main
+    from medq.run_loading import load_for_inference
+
+    run = _mini_run(tmp_path)
+    newest = run / "checkpoints" / "step_000002"
+    _flip(newest / "ema.safetensors")
+    line = refusal(main, ["--run", str(run), "--checkpoint", "step_2", "--no-progress"], capsys)
+    assert f"{newest / 'ema.safetensors'}: content differs from the sha256 recorded" in line
+    with caplog.at_level("WARNING"):
+        *_, info = load_for_inference(run)
+    assert info["checkpoint"].name == "step_000001" and "step_000002 is broken" in caplog.text
+    assert not list((run / "checkpoints").glob(f"{BROKEN_PREFIX}*"))     # a reader renames nothing
+    assert not (run / "eval").exists()
+
+
 def test_set_aside_folders_keep_only_the_newest_of_each_kind(tmp_path):
     root = tmp_path / "checkpoints"
     for step in (1, 2, 3):

@@ -291,7 +291,7 @@ def test_cli_loopholes_are_one_line_errors(argv, message, tmp_path):
     if "cuda" in message and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     r = _cli("--preset", "pretrain", "--set", f"run.out_dir={json.dumps(str(tmp_path))}", *argv)
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not any(tmp_path.iterdir())  # nothing written
 
@@ -301,7 +301,7 @@ def test_cli_unwritable_out_dir_and_second_process(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     r = _cli("--preset", "pretrain", "--set", f"run.out_dir={json.dumps(str(blocker / 'runs'))}")
-    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "cannot create or lock" in r.stderr and "choose a writable run.out_dir" in r.stderr
 
 
@@ -309,7 +309,7 @@ def test_cli_unwritable_out_dir_and_second_process(tmp_path):
 def test_cli_failed_start_leaves_no_run_directory(tmp_path):
     r = _cli("--preset", "ssim_v3", "--set", f"run.out_dir={json.dumps(str(tmp_path))}",
              "--set", f"init.from={json.dumps(str(tmp_path / 'missing'))}")
-    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]
 
 
