@@ -169,3 +169,18 @@ def test_fingerprint_sees_values_and_names():
     assert fingerprint(a) != fingerprint({"w": torch.zeros(2, 2), "b": torch.tensor([1.0, 2.0])})
     assert fingerprint(a) != fingerprint({"v": torch.zeros(2, 2), "b": torch.ones(2)})
     assert fingerprint({"s": torch.tensor(1.0)})  # 0-d tensors hash too
+
+
+def test_perf_checkpoint_prints_save_and_verify_times_with_the_machine(tmp_path, capsys):
+    from bench.__main__ import main
+
+    assert main(["perf", "checkpoint", "--sizes-mb", "1", "--repeats", "1", "--dir",
+                 str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("machine: ") and "save ms" in lines[1]
+    size, *times = (float(x) for x in lines[2].split())
+    assert 0.9 < size < 1.1 and all(t > 0 for t in times) and times[1] <= times[0]
+    assert list(tmp_path.iterdir()) == []               # its checkpoints were temporary
+    with pytest.raises(SystemExit):
+        main(["perf", "checkpoint", "--sizes-mb", "0"])
+    assert "--sizes-mb must be 1..4096" in capsys.readouterr().err

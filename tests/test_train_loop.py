@@ -243,3 +243,20 @@ def test_metrics_csv_survives_a_kill_at_any_byte(tmp_path):
         start = max([s for s in set(done) if s % 2 == 0 and done.count(s) == 2] or [0])
         write(log_dir, start, 6)
         assert read_metrics(log_dir / "metrics.csv") == expected, (cut, data[:cut])
+
+
+def test_the_tiny_task_fakes_the_loops_task_protocol():
+    """fakes.training.TinyTask has every attribute and method of ``train.loop.Task``, with the
+    same parameters: a change of the contract breaks this test, not silently the fake."""
+    import inspect
+
+    from train.loop import Task
+
+    task = TinyTask()
+    for name in Task.__annotations__:
+        assert hasattr(task, name), name
+    methods = [n for n, v in vars(Task).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert methods
+    for name in methods:
+        want = list(inspect.signature(getattr(Task, name)).parameters)
+        assert list(inspect.signature(getattr(TinyTask, name)).parameters) == want, name
