@@ -56,8 +56,8 @@ def _check(cond: bool, key: str, value, rule: str) -> None:
 
 FLOAT_LIMIT = 1e6
 """Largest magnitude of any float setting. No setting of this trainer means anything near it (the
-largest a preset states is a loss weight of 100); beyond it a value is a typo (``1e9`` for
-``1e-9``) or an overflow, and inf / nan would train to non-finite outputs without an error."""
+presets' values are orders of magnitude below); beyond it a value is a typo (``1e9`` for ``1e-9``)
+or an overflow, and inf / nan would train to non-finite outputs without an error."""
 INT_RANGE = (-(2**63), 2**63 - 1)
 """Integer settings are 64-bit, as TOML's integers (Python's reader accepts any size)."""
 SEED_RANGE = (0, 2**32 - 1)

@@ -29,9 +29,9 @@ disk: a bad argument or config value, the run directory in use by another proces
 checkpoint, weights that do not match, a failed write (full disk, quota, permissions: the line
 names the disk; the same command then resumes from the last complete checkpoint); 3 aborted after
 run.max_nonfinite non-finite steps in a row (run.json "aborted", ``latest`` names the last good
-checkpoint); 1 anything else, with a traceback (a bug: please report it). A run stopped with 2
-is marked "failed" in run.json, or removed when this command created it and it holds no
-checkpoint and no logged step.
+checkpoint); 1 anything else, with a traceback (a bug: please report it). A run stopped by an
+error (2 or 1) is marked "failed" in run.json, or removed when this command created it and it
+holds no checkpoint and no logged step.
 """
 
 from __future__ import annotations
@@ -304,7 +304,8 @@ def _write_error(cfg, e: OSError) -> str:
     from medq.files import disk_note
 
     what = str(e) if isinstance(e, CheckpointWriteError) else \
-        f"cannot write {e.filename or cfg.run_dir}: {e.strerror or e}; {disk_note(cfg.run_dir)}"
+        f"cannot write {e.filename or cfg.run_dir}: {e.strerror or e}; " \
+        f"{disk_note(e.filename or cfg.run_dir)}"
     return (f"error: {what}; free space or fix the permissions of run.out_dir = "
             f"{cfg.run.out_dir!r}, then run the same command again (it resumes from the last "
             f"complete checkpoint)")
