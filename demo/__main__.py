@@ -4,6 +4,8 @@
     python -m demo --runs runs --reports reports --port 7860 --host 127.0.0.1
     MEDQ_DEMO_AUTH=alice:secret python -m demo      # require a login
     MEDQ_DEMO_AUTH_FILE=logins.txt python -m demo   # one user:password per line
+    python -m demo calibrate-ood                    # re-fit the report out-of-distribution check
+    python -m demo bench-memory                     # server memory after 20 and 200 uploads
 
 Shows, for an evaluated test image (from ``make eval``) or an uploaded fundus photograph, the
 input, each mode's output and the target side by side, a before/after slider, a zoom applied to
@@ -24,6 +26,14 @@ import logging
 import sys
 from pathlib import Path
 
+from medq.cli import run_subcommand
+
+SUBCOMMANDS = {
+    "calibrate-ood": ("demo.calibrate_ood", "re-fit the report out-of-distribution check "
+                      "(demo/report_ood.json)"),
+    "bench-memory": ("demo.bench_memory", "server memory (RSS) after 20 and after 200 uploads"),
+}
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
@@ -39,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def serve(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from demo.app import build_app, launch  # after demo/__init__ switched analytics off
@@ -60,6 +70,11 @@ def main(argv=None) -> int:
     launch(build_app(demo, login=auth is not None), demo, host=args.host, port=args.port,
            auth=auth)
     return 0
+
+
+def main(argv=None) -> int:
+    return run_subcommand("python -m demo", __doc__, SUBCOMMANDS,
+                          sys.argv[1:] if argv is None else argv, default=serve)
 
 
 if __name__ == "__main__":
