@@ -24,26 +24,36 @@ from medq.harness.records import RECORDS, read_jsonl
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODES = ("pixel", "ssim_v3", "mixed", "bicubic", "identity")
+DEFAULT_MODELS = ("ssim_v3:mmse", "ssim_v3", "pixel:mmse", "pixel", "mixed")
+"""Model modes selected at start, in this order of preference, at most ``DEFAULT_MODEL_COUNT``;
+the task's reference (bicubic for SR, the unchanged input for enhancement) is added to them."""
+DEFAULT_MODEL_COUNT = 3
 TASKS = {"sr4": "Super-resolution x4", "enhance": "Enhancement", "sr2": "Super-resolution x2"}
 
-# label -> (readable name, one-line description). Unknown labels show as "Training preset <label>".
+# label -> (readable name, one plain line: what the output is). Unknown labels show as
+# "Training preset <label>".
 MODE_INFO = {
     "pretrain": ("Base model (no image loss)",
-                 "the starting point of every fine-tune: report and latent losses only"),
-    "pixel": ("Pixel-loss fine-tune", "fine-tuned with an L2 loss on the decoded image"),
-    "ssim_v1": ("SSIM fine-tune (v1)", "SSIM loss at full weight: collapsed in the original work"),
-    "ssim_v2": ("SSIM fine-tune (v2, as intended)", "SSIM weight 0.1, gradient scale 0.1"),
+                 "the starting model, before any of the fine-tunings below"),
+    "pixel": ("Pixel-loss fine-tune", "trained to match the target pixel by pixel"),
+    "ssim_v1": ("SSIM fine-tune (v1)",
+                "trained for structural similarity at full strength (failed in the original "
+                "work)"),
+    "ssim_v2": ("SSIM fine-tune (v2, as intended)",
+                "trained for structural similarity, gentler than v1"),
     "ssim_v2_as_run": ("SSIM fine-tune (v2, as run)",
-                       "v1's weights trained from scratch by mistake: the failed original run"),
+                       "the failed original run: trained from scratch by mistake"),
     "ssim_v3": ("SSIM fine-tune (v3)",
-                "the conservative SSIM fix: weight 0.1, only at low noise, gradient scaled down"),
-    "ssim_v3_relaxed": ("SSIM fine-tune (v3 relaxed)", "v3 with SSIM weight 0.2 up to t = 0.15"),
-    "mixed": ("Pixel + SSIM fine-tune", "the pixel loss and v3's SSIM loss together"),
-    "bicubic": ("Bicubic upscaling", "no model: the input enlarged by bicubic interpolation"),
-    "lanczos": ("Lanczos upscaling", "no model: the input enlarged by Lanczos interpolation"),
+                "trained for structural similarity with the safe settings"),
+    "ssim_v3_relaxed": ("SSIM fine-tune (v3 relaxed)",
+                        "v3 with a stronger structural-similarity term"),
+    "mixed": ("Pixel + SSIM fine-tune", "trained for pixel match and structural similarity"),
+    "bicubic": ("Bicubic upscaling", "no model: the small image enlarged by standard "
+                "interpolation"),
+    "lanczos": ("Lanczos upscaling", "no model: the small image enlarged by Lanczos "
+                "interpolation"),
     "identity": ("Unchanged input", "no model: the input as it is"),
-    "constant": ("Constant image", "no model: the same average fundus for every input"),
+    "constant": ("Constant image", "no model: one average fundus, whatever the input"),
 }
 # On enhancement input and output have one size: the upscaling baselines return the input.
 UNCHANGED_ON_ENHANCE = ("bicubic", "lanczos", "identity")
@@ -75,6 +85,8 @@ class Mode:
     records: dict[str, dict[str, Record]] = field(default_factory=dict)   # task -> id -> Record
     output_key: str = "output"     # the records field of the image shown ("output_mmse", ...)
     parent: str | None = None      # for an extra output: the label of the mode that wrote it
+    weights: Path | None = None    # what ``load_run`` loads (a run or checkpoint directory); None:
+    #                                a run whose weights are not here (then no uploads)
 
     def record(self, task: str, sample_id: str) -> Record | None:
         return self.records.get(task, {}).get(sample_id)
@@ -98,11 +110,9 @@ def description(label: str, task: str | None = None) -> str:
     else:
         text = MODE_INFO.get(base, ("", f"the newest run of configs/{base}.toml"))[1]
     if extra == "mmse":
-        text += ("; its MMSE output: the model's x0 prediction (its posterior mean: smooth, best "
-                 "PSNR) from the noised condition, averaged over a few noise draws, instead of "
-                 "the Euler sample")
+        text += "; its averaged estimate: the most likely picture, smoother than one drawing"
     elif extra:
-        text += f"; its {extra} output (records field {OUTPUT_PREFIX}{extra})"
+        text += f"; its {extra} output, recorded for the test images"
     return text
 
 
@@ -155,11 +165,14 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
         ev = _pick_eval(run_dir)
         if ev is None and run_dir.parent.name == "_init":
             ev = run_dir / "eval" if any((run_dir / "eval").glob(f"*/{RECORDS}")) else None
-        modes[preset] = Mode(preset, "run", run_dir, ev, read_task_records(ev) if ev else {})
+        records = read_task_records(ev) if ev else {}
+        weights = _weights_of(run_dir, records)
+        modes[preset] = Mode(preset, "run", run_dir, ev, records, weights=weights)
         mmse = ev.with_name(ev.name + "-mmse") if ev is not None else None
         if mmse is not None and mmse.is_dir():  # bench eval's MMSE output of the same checkpoint
             modes[f"{preset}:mmse"] = Mode(f"{preset}:mmse", "run", run_dir, mmse,
-                                           read_task_records(mmse), parent=preset)
+                                           read_task_records(mmse), parent=preset,
+                                           weights=weights)
     base_root = runs_dir / "_baselines"
     names = sorted({d.name for d in base_root.glob("*") if d.is_dir()} if base_root.is_dir()
                    else set())
@@ -176,16 +189,48 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
                            for k, v in rec.row.items()
                            if k.startswith(OUTPUT_PREFIX) and isinstance(v, str)}):
             extra = Mode(f"{label}:{key[len(OUTPUT_PREFIX):]}", mode.kind, mode.root, mode.eval_dir,
-                         output_key=key, parent=label)
+                         output_key=key, parent=label, weights=mode.weights)
             extra.records = {t: {i: r for i, r in recs.items() if r.path(key) is not None
                                  and r.path(key).is_file()} for t, recs in mode.records.items()}
             modes[extra.label] = extra
     return modes
 
 
-def default_selection(modes: dict[str, Mode]) -> list[str]:
-    chosen = [m for m in DEFAULT_MODES if m in modes]
-    return chosen or list(modes)[:4]
+def _weights_of(run_dir: Path, records: dict[str, dict[str, Record]]) -> Path | None:
+    """The directory ``medq.harness.load.load_run`` loads for a mode: the run itself when it holds
+    checkpoints; for the evaluated starting point (``runs/_init/<sha8>``, the shipped base model)
+    the checkpoint its records name in their ``run`` field, when it is on this disk."""
+    if (run_dir / "checkpoints").is_dir():
+        return run_dir
+    for recs in records.values():
+        for rec in recs.values():
+            source = Path(str(rec.row.get("run") or ""))
+            if str(source) and (source / "state.json").is_file():
+                return source
+    return None
+
+
+def runs_on_uploads(mode: Mode, modes: dict[str, Mode]) -> bool:
+    """Whether the page can run ``mode`` on an uploaded photograph: a baseline, a run whose
+    weights are here, or its MMSE output (the same weights read out differently). Any other
+    records-only output (``output_<kind>``) exists for evaluated test images only."""
+    if mode.kind == "baseline":
+        return True
+    if mode.parent is not None:
+        parent = modes.get(mode.parent)
+        return mode.label.endswith(":mmse") and parent is not None and parent.weights is not None
+    return mode.weights is not None
+
+
+def default_selection(offered: list[str], task: str) -> list[str]:
+    """The modes ticked at start among ``offered``: up to ``DEFAULT_MODEL_COUNT`` models of
+    ``DEFAULT_MODELS`` and the task's reference, so the page opens on three or four panels
+    besides input and target, not on every mode there is."""
+    models = [m for m in DEFAULT_MODELS if m in offered][:DEFAULT_MODEL_COUNT]
+    if not models:
+        models = [m for m in offered if m not in UNCHANGED_ON_ENHANCE][:DEFAULT_MODEL_COUNT]
+    refs = ("identity", "bicubic") if task == "enhance" else ("bicubic", "lanczos")
+    return models + [r for r in refs if r in offered][:1]
 
 
 def test_items(modes: dict[str, Mode], task: str) -> list[tuple[str, Record]]:
@@ -278,8 +323,22 @@ def read_leaderboard(reports: Path) -> list[dict]:
 
 
 def row_label(row: dict) -> str:
-    """The mode label of a leaderboard row: its preset for a run, else its name."""
-    return str(row.get("preset") or row.get("mode") or row.get("name") or "")
+    """The mode label of a leaderboard row, as the Compare tab names modes: its preset for a run
+    (``ssim_v3``; its MMSE row ``ssim_v3/mmse`` -> ``ssim_v3:mmse``), else its name. The one
+    place besides ``row_interval`` that reads the leaderboard's identity columns (the schema is
+    ``bench``'s)."""
+    return str(row.get("preset") or row.get("mode") or row.get("name") or "").replace("/", ":")
+
+
+def row_interval(row: dict, metric: str) -> tuple[float, float, float]:
+    """(value, 95 % lower, upper) of ``metric`` in a leaderboard row, NaN where empty."""
+    def number(cell) -> float:
+        try:
+            return float(cell)
+        except (TypeError, ValueError):
+            return float("nan")
+
+    return tuple(number(row.get(k)) for k in (metric, f"{metric}_lo", f"{metric}_hi"))
 
 
 def leaderboard_rows(rows: list[dict], mode: Mode, task: str) -> list[dict]:
