@@ -240,7 +240,7 @@ class LockNotice:
         morsel = SimpleCookie(raw).get(LOCK_COOKIE) if raw else None
         user = unquote(morsel.value) if morsel is not None else ""
         wait = self.throttle.locked_for(user) if user else 0.0
-        return (f"User {user!r} is locked after too many wrong passwords: try again in "
+        return (f"User {user} is locked after too many wrong passwords: try again in "
                 f"{_wait_text(wait)}." if wait > 0 else "")
 
     async def _login(self, scope, receive, send):

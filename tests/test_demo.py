@@ -663,7 +663,7 @@ def test_a_bad_upload_leaves_its_reason_in_the_status_line(server, tmp_path):
                             api_name="/compare")[-1]
     assert "noise.png (400x300) is not a colour fundus photograph" in status
     # The app keeps serving after the error.
-    assert client.predict(api_name="/leaderboard")[0]["headers"][0] == "Mode"
+    assert "Super-resolution x4" in client.predict(api_name="/leaderboard")[0]
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -729,14 +729,21 @@ def test_server_binds_localhost_only_and_exposes_two_endpoints(server):
     assert sorted(info["named_endpoints"]) == ["/compare", "/leaderboard"]
 
 
-def _post_login(url: str, user: str, password: str) -> int:
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _post_login(url: str, user: str, password: str, full: bool = False):
+    """The status of a login attempt (redirects not followed); ``full``: (status, headers)."""
     data = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url + "login", data=data),
-                                    timeout=20) as r:
-            return r.status
+        with opener.open(urllib.request.Request(url + "login", data=data), timeout=20) as r:
+            status, headers = r.status, r.headers
     except urllib.error.HTTPError as e:
-        return e.code
+        status, headers = e.code, e.headers
+    return (status, headers) if full else status
 
 
 @pytest.mark.slow      # launches the Gradio server
@@ -753,15 +760,25 @@ def test_login_is_enforced_throttled_and_offers_logout(tmp_path, monkeypatch):
         with pytest.raises(Exception):  # noqa: B017 - gradio_client raises its own (unexported) error
             Client(url, verbose=False, auth=("ann", "wrong"))
         client = Client(url, verbose=False, auth=("ann", "s3cret"))
-        assert client.predict(api_name="/leaderboard")[0]["headers"][0] == "Mode"
+        assert "Super-resolution x4" in client.predict(api_name="/leaderboard")[0]
         # A logout link on the page, and Gradio's /logout route behind it.
         config = json.dumps(client.config)
         assert '"link": "/logout"' in config
-        # Guessing: after 5 failures the user is locked, the right password too is refused.
-        assert [_post_login(url, "ann", f"guess{k}") for k in range(6)] == [400] * 6
-        assert _post_login(url, "ann", "s3cret") == 400
+        # Guessing: the 5th failure locks the user; the answer sends the browser back to the
+        # page with a cookie naming the user, and the login page then says it is locked and for
+        # how long. The right password too is refused while locked.
+        assert [_post_login(url, "ann", f"guess{k}") for k in range(4)] == [400] * 4
+        status, headers = _post_login(url, "ann", "guess4", full=True)
+        assert status == 303 and "medq-login-locked=ann" in headers["set-cookie"]
+        assert _post_login(url, "ann", "s3cret") == 303
         with pytest.raises(Exception):  # noqa: B017 - as above
             Client(url, verbose=False, auth=("ann", "s3cret"))
+        req = urllib.request.Request(url, headers={"Cookie": "medq-login-locked=ann"})
+        with urllib.request.urlopen(req, timeout=20) as r:
+            page = r.read().decode()
+        assert re.search(r"User ann is locked after too many wrong passwords: try again in "
+                         r"\d+ s", page), page[-3000:]
+        assert "User" not in _get(url)[1].decode().split("auth_message")[1][:200]
     finally:
         app.close()
 
@@ -900,3 +917,66 @@ def test_base_model_and_its_mmse_output_run_on_an_upload_or_are_not_offered(tmp_
     assert cmp["errors"]["pretrain"] == ("not available for this image: its outputs exist only "
                                          "for the evaluated test images")
     assert "runs/_init" not in handlers.reports_markdown(cmp)
+
+
+def test_session_end_deletes_its_uploads_and_pictures_and_forgets_its_comparison(tmp_path,
+                                                                                 monkeypatch):
+    from demo.hygiene import TEMP_ENV, Sessions
+
+    monkeypatch.setenv(TEMP_ENV, str(tmp_path))
+    sessions = Sessions(tmp_path / "page", max_sessions=2)
+    upload = tmp_path / "0f3a" / "patient.jpg"
+    upload.parent.mkdir()
+    upload.write_bytes(b"photo")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.jpg"
+    outside.write_bytes(b"not ours")
+    sessions.add_upload("s1", upload)
+    sessions.add_upload("s1", outside)                  # never deleted: not in the temp folder
+    picture = imaging.PngStore(sessions.folder("s1"))(np.zeros((4, 4, 3), np.uint8))
+    sessions.remember("s1", {"title": "one"})
+    other = imaging.PngStore(sessions.folder("s2"))(np.zeros((4, 4, 3), np.uint8))
+    gone = sessions.end("s1")
+    assert not upload.exists() and not upload.parent.exists() and outside.exists()
+    assert not Path(picture).exists() and Path(other).exists()
+    assert sessions.comparison("s1") is None and set(gone) == {upload, Path(picture)}
+    for k in range(3):                                   # bounded: least recently used dropped
+        sessions.remember(f"x{k}", {"title": k})
+    assert sessions.comparison("x0") is None and sessions.comparison("x2") == {"title": 2}
+
+
+@pytest.mark.slow      # starts python -m demo
+def test_no_uploaded_file_is_left_after_the_server_stops(tmp_path):
+    import os
+    import signal
+
+    from gradio_client import Client, handle_file
+
+    runs, reports_dir = build_tree(tmp_path / "tree", tasks=("sr4",), evaluated=("pixel",))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "demo", "--runs", str(runs), "--reports",
+                               str(reports_dir), "--port", str(port)], cwd=REPO,
+                              env={**os.environ, "TMPDIR": str(tmp)}, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        client = None
+        for _ in range(240):
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                assert server.poll() is None, server.stderr.read()
+                import time
+                time.sleep(0.5)
+        photo = tmp_path / "patient_0042.png"
+        Image.fromarray(imaging.to_uint8(fundus(8, 128))).save(photo)
+        result = client.predict(handle_file(str(photo)), "", "sr4", ["bicubic"], 0.5, 0.5, 4,
+                                "blur", api_name="/compare")
+        assert "Showing" in result[-1]
+        assert list(tmp.rglob("patient_0042.png")), "the upload should be on disk while in use"
+        assert list(tmp.rglob("*/*.png"))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    assert [p for p in tmp.rglob("*") if p.is_file()] == []

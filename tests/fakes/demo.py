@@ -47,8 +47,8 @@ def degrade(target: np.ndarray, task: str, seed: int) -> np.ndarray:
 
 
 class FakeModel:
-    """Bicubic upsampling plus a mode-specific unsharp mask and gain, and a fixed report with optional
-    undecodable ids (like a collapsed model's padded-vocabulary samples)."""
+    """Bicubic upsampling plus a mode-specific unsharp mask and gain, and a fixed report with
+    optional undecodable ids (like a collapsed model's padded-vocabulary samples)."""
 
     vocab_size = len(VOCAB)
     has_text = True
