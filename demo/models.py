@@ -137,11 +137,12 @@ def run_on_upload(model: ImageTextModel, image: np.ndarray, task: str, size: int
     from medq.harness import edit_one
     from medq.harness.text import decoding, supports_sampling
 
+    # decoding() yields the model to use (a copy with the settings changed, since ba0fcb9).
     greedy = decoding(model, temperature=0.0, top_p=1.0) if supports_sampling(model) \
-        else contextlib.nullcontext()
-    with torch.no_grad(), greedy:
-        res = edit_one(model, _chw(image), task, size=size, instruction=instruction, seed=0,
-                       report=True, name=name)
+        else contextlib.nullcontext(model)
+    with torch.no_grad(), greedy as greedy_model:
+        res = edit_one(greedy_model, _chw(image), task, size=size, instruction=instruction,
+                       seed=0, report=True, name=name)
     prepared = {"input": _hwc(res["input"]), "target": _hwc(res["target"]),
                 "mask": res["mask"][0].numpy() > 0.5}
     return Edited(_hwc(res["output"]), res["report"], res["seconds"]), prepared
