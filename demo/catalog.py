@@ -7,10 +7,10 @@ fly). Its records are the rows of ``records.jsonl`` written by ``make eval``
 (task, id) before any model is run. A records row may name further outputs besides ``output``
 (``output_<kind>``, e.g. an MMSE estimate): each becomes a mode of its own, ``<label>:<kind>``.
 
-Everything is read generically from what the eval writes, so new modes, verdict reasons and
-report scores appear without a change here: verdicts from ``verdict*.json`` / ``summary*.json``
-next to the records and the ``verdict*`` / ``note`` columns of ``reports/leaderboard.csv``;
-report scores from the leaderboard's ``*kappa*`` / ``*f1*`` columns and their floors.
+Everything is read generically from what the eval writes, so new modes and verdict reasons
+appear without a change here: verdicts from ``verdict*.json`` / ``summary*.json`` next to the
+records and the ``verdict*`` / ``note`` columns of ``reports/leaderboard.csv``. Leaderboard cells
+are read through ``row_label`` and ``row_interval`` only (the schema is ``bench``'s).
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def working_size(modes: dict[str, Mode], default: int = 64) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# verdicts and report scores, read from what the eval writes
+# verdicts and leaderboard rows, read from what the eval writes
 
 
 def _verdict_reasons(obj) -> list[str]:
@@ -352,92 +352,3 @@ def verdict_status(rows: list[dict], mode: Mode, task: str) -> str | None:
     """The leaderboard's verdict of ``mode`` on ``task`` (healthy | collapsed | unknown), if any."""
     found = [r.get("verdict") for r in leaderboard_rows(rows, mode, task) if r.get("verdict")]
     return found[-1] if found else None
-
-
-def report_scores(rows: list[dict], mode: Mode, task: str) -> list[tuple[str, str, str]]:
-    """(score column, value, its majority-class floor or "") of the report scores of ``mode`` on
-    ``task``: every ``*kappa*`` / ``*f1*`` leaderboard column that is not itself a floor."""
-    out = []
-    for row in leaderboard_rows(rows, mode, task)[:1]:
-        cols = [c for c in row if c and ("kappa" in c.lower() or "f1" in c.lower())]
-        floors = [c for c in cols if any(w in c.lower() for w in ("floor", "majority", "baseline"))]
-        for col in cols:
-            if col in floors or col.endswith(("_lo", "_hi")):
-                continue
-            floor = next((f for f in floors if f.startswith(col) or col in f), None)
-            out.append((col, row[col], row.get(floor, "") if floor else ""))
-    return out
-
-
-READABLE_COLUMNS = {
-    "ssim_fov": "SSIM FOV", "psnr_fov": "PSNR FOV (dB)", "ms_ssim_fov": "MS-SSIM FOV",
-    "ssim": "SSIM", "psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM", "verdict": "Verdict",
-    "n_images": "Images", "seconds_per_image": "Seconds / image", "status": "Status",
-    "undecodable_rate": "Undecodable-token rate", "report_accuracy": "Report quality-word accuracy",
-    "note": "Note",
-}
-# Main metric first: the SSIM fine-tunes are judged by SSIM inside the field of view.
-MAIN_METRICS = ("ssim_fov", "psnr_fov", "ms_ssim_fov", "ssim", "psnr", "ms_ssim")
-
-
-def readable_column(col: str) -> str:
-    """A leaderboard column as a header a reader understands (dr_kappa -> "DR kappa")."""
-    if col in READABLE_COLUMNS:
-        return READABLE_COLUMNS[col]
-    words = col.replace("_", " ").split()
-    known = {"dr": "DR", "f1": "F1", "fd": "FD", "fid": "FID", "kid": "KID", "ssim": "SSIM",
-             "psnr": "PSNR", "fov": "FOV"}
-    text = " ".join(known.get(w.lower(), w) for w in words)
-    return text[:1].upper() + text[1:] if text else col
-
-
-def _fmt(value: str, digits: int = 3) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return value or ""
-    return "" if v != v else f"{v:.{digits}f}"
-
-
-def results_table(rows: list[dict]):
-    """Leaderboard rows -> a readable table: the mode by the name the Compare tab uses, the task,
-    the main metric first, every metric with its 95 % interval as "0.884 [0.871, 0.897]", then
-    distribution scores, report scores beside their floors, verdict and counts. Sorted by task,
-    then main metric (best first)."""
-    import pandas as pd
-
-    cols = list(rows[0]) if rows else []
-    metrics = [m for m in MAIN_METRICS if m in cols]
-    dist = [c for c in cols if c.startswith(("fid", "fd_", "kid")) and c != "fd_n"]
-    scores = [c for c in cols if ("kappa" in c.lower() or "f1" in c.lower())
-              and not c.endswith(("_lo", "_hi"))]
-    tail = [c for c in ("undecodable_rate", "report_accuracy", "verdict", "n_images",
-                        "seconds_per_image", "status", "note") if c in cols]
-    out = []
-    seen: dict[tuple[str, str], int] = {}
-    for r in rows:
-        key = (row_label(r), str(r.get("task", "")))
-        seen[key] = seen.get(key, 0) + 1
-    for r in rows:
-        task = str(r.get("task", ""))
-        name = display_name(row_label(r), task)
-        if "@" in str(r.get("name", "")) and seen[(row_label(r), task)] > 1:
-            name += f" @ {str(r['name']).split('@', 1)[1]}"      # several checkpoints of a run
-        rec = {"Mode": name, "Task": TASKS.get(task, task)}
-        for m in metrics:
-            digits = 2 if "psnr" in m else 4
-            v, lo, hi = (_fmt(r.get(k, ""), digits) for k in (m, f"{m}_lo", f"{m}_hi"))
-            rec[readable_column(m) + " [95% CI]"] = f"{v} [{lo}, {hi}]" if v and lo and hi else v
-        for c in dist + scores + tail:
-            text = (r.get(c) or "") if c in ("verdict", "status", "note") else \
-                _fmt(r.get(c, ""), 0 if c == "n_images" else 3)
-            rec[readable_column(c)] = text
-        out.append(rec)
-    table = pd.DataFrame(out)
-    # A metric nobody could measure (MS-SSIM below 176 px) is a column of blanks: left out.
-    table = table[[c for c in table.columns if (table[c].astype(str) != "").any()]]
-    if metrics:
-        key = table.columns[2]
-        table["_main"] = [float(x.split(" ")[0]) if x else float("-inf") for x in table[key]]
-        table = table.sort_values(["Task", "_main"], ascending=[True, False]).drop(columns="_main")
-    return table.reset_index(drop=True)
