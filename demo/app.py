@@ -29,7 +29,11 @@ CSS = """
 #panels .caption-label, #zoomed .caption-label, #errmaps .caption-label {
   white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
   max-width: none !important; position: static !important}
-#panels .thumbnail-item, #zoomed .thumbnail-item {min-width: 220px}
+#panels .thumbnail-item, #zoomed .thumbnail-item, #errmaps .thumbnail-item {min-width: 220px;
+  height: auto !important; aspect-ratio: auto !important; display: flex !important;
+  flex-direction: column !important; overflow: visible !important}
+#panels .thumbnail-item img, #zoomed .thumbnail-item img, #errmaps .thumbnail-item img {
+  aspect-ratio: 1 / 1; width: 100%; height: auto !important}
 #plots img {object-fit: contain !important}
 #test-gallery .grid-container {grid-template-columns: repeat(auto-fill, 112px) !important}
 #test-gallery .thumbnail-item {width: 112px; height: 112px}
