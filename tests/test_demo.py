@@ -684,8 +684,9 @@ def test_only_the_pictures_the_page_shows_are_served(server, tmp_path):
     result = Client(server["url"], verbose=False).predict(
         None, "eyeq_0001", "sr4", ["pixel"], 0.5, 0.5, 4, "blur", api_name="/compare")
     shown = result[0]["value"][0]["image"]                  # downloaded copy; find its URL
-    cache = Path(__import__("tempfile").gettempdir(), "gradio")
-    cached = list(cache.rglob(Path(shown).name))
+    from demo.hygiene import temp_root
+
+    cached = list(temp_root().rglob(Path(shown).name))       # the page's own temp folder
     assert cached, shown
     status, body = _get(url + "gradio_api/file=" + str(cached[0]))
     assert status == 200 and body[:4] == b"\x89PNG"             # positive control
