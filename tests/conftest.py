@@ -12,16 +12,13 @@ Helpers that are not fixtures live in ``tests/fakes/`` (not collected by pytest)
 """
 
 import json
-import os
 import tomllib
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FUNDUS_SAMPLES = Path(
-    os.environ.get("MEDQ_FUNDUS_SAMPLES", REPO.parent / "shared" / "fundus-samples")
-)
+from fakes import FUNDUS_SAMPLES, REPO
+
 TINY_TOML = REPO / "configs" / "tiny.toml"
 
 

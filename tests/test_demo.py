@@ -23,7 +23,7 @@ import demo  # noqa: F401  (switches Gradio analytics off before gradio is impor
 from demo import catalog, handlers, imaging
 from demo.models import ModelPool
 from demo.security import UploadError, auth_from_env, read_upload
-from fakes.demo import FAKE_MODES, IDS, SIZE, FakeModel, build_tree, fake_loader, fundus
+from fakes.demo import FAKE_MODES, IDS, SIZE, FakeModel, build_tree, fake_loader, free_port, fundus
 
 REPO = Path(__file__).resolve().parents[1]
 

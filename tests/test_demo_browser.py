@@ -14,8 +14,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from conftest import FUNDUS_SAMPLES
 from PIL import Image
+
+from fakes import FUNDUS_SAMPLES
 
 CHROMIUM = Path("/usr/bin/chromium")
 DRIVE_PHOTO = FUNDUS_SAMPLES / "drive-train" / "images" / "21_training.tif"

@@ -11,3 +11,14 @@ import only from here and conftest.py (fixtures), never from each other (test_ar
     fakes.chaos_worker   the fork server of trainers that tests/test_chaos.py kills
     fakes.cli            running a stage's ``main`` and reading its one-line refusal (exit 2)
 """
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FUNDUS_SAMPLES = Path(
+    os.environ.get("MEDQ_FUNDUS_SAMPLES", REPO.parent / "shared" / "fundus-samples")
+)
+"""The real fundus samples next to the checkout (``../shared/fundus-samples``) or at
+``$MEDQ_FUNDUS_SAMPLES``; research-licensed, read and never copied. The ``fundus_samples``
+fixture (conftest.py) skips when they are absent."""
