@@ -13,6 +13,8 @@ SUBCOMMANDS = {
                                   "per decode chunk"),
     "infer": ("bench.perf_infer", "inference harness images per second and utilisation at the "
                                   "default config"),
+    "checkpoint": ("bench.perf_checkpoint", "save and verify time of a training checkpoint, and "
+                                            "the share of its per-file sha256"),
     "main": ("bench.perf_main", "stage times of the last make train-v3 && make eval, read from its "
                                 "files"),
 }

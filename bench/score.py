@@ -96,7 +96,7 @@ def detect_mask(target: torch.Tensor) -> torch.Tensor:
 def _prepare(pairs, args, tmp: Path) -> tuple[list[dict], list[dict]]:
     """Pair dicts for ``score_pairs``; size mismatches become problems (or resized copies)."""
     from medq.baselines import bicubic
-    from medq.harness.images import save_png
+    from medq.data.imageio import save_png
 
     out, problems = [], []
     for key, pred, target, mask in pairs:

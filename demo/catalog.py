@@ -7,10 +7,10 @@ fly). Its records are the rows of ``records.jsonl`` written by ``make eval``
 (task, id) before any model is run. A records row may name further outputs besides ``output``
 (``output_<kind>``, e.g. an MMSE estimate): each becomes a mode of its own, ``<label>:<kind>``.
 
-Everything is read generically from what the eval writes, so new modes, verdict reasons and
-report scores appear without a change here: verdicts from ``verdict*.json`` / ``summary*.json``
-next to the records and the ``verdict*`` / ``note`` columns of ``reports/leaderboard.csv``;
-report scores from the leaderboard's ``*kappa*`` / ``*f1*`` columns and their floors.
+Everything is read generically from what the eval writes, so new modes and verdict reasons
+appear without a change here: verdicts from ``verdict*.json`` / ``summary*.json`` next to the
+records and the ``verdict*`` / ``note`` columns of ``reports/leaderboard.csv``. Leaderboard cells
+are read through ``row_label`` and ``row_interval`` only (the schema is ``bench``'s).
 """
 
 from __future__ import annotations
@@ -24,26 +24,36 @@ from medq.harness.records import RECORDS, read_jsonl
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODES = ("pixel", "ssim_v3", "mixed", "bicubic", "identity")
+DEFAULT_MODELS = ("ssim_v3:mmse", "ssim_v3", "pixel:mmse", "pixel", "mixed")
+"""Model modes selected at start, in this order of preference, at most ``DEFAULT_MODEL_COUNT``;
+the task's reference (bicubic for SR, the unchanged input for enhancement) is added to them."""
+DEFAULT_MODEL_COUNT = 3
 TASKS = {"sr4": "Super-resolution x4", "enhance": "Enhancement", "sr2": "Super-resolution x2"}
 
-# label -> (readable name, one-line description). Unknown labels show as "Training preset <label>".
+# label -> (readable name, one plain line: what the output is). Unknown labels show as
+# "Training preset <label>".
 MODE_INFO = {
     "pretrain": ("Base model (no image loss)",
-                 "the starting point of every fine-tune: report and latent losses only"),
-    "pixel": ("Pixel-loss fine-tune", "fine-tuned with an L2 loss on the decoded image"),
-    "ssim_v1": ("SSIM fine-tune (v1)", "SSIM loss at full weight: collapsed in the original work"),
-    "ssim_v2": ("SSIM fine-tune (v2, as intended)", "SSIM weight 0.1, gradient scale 0.1"),
+                 "the starting model, before any of the fine-tunings below"),
+    "pixel": ("Pixel-loss fine-tune", "trained to match the target pixel by pixel"),
+    "ssim_v1": ("SSIM fine-tune (v1)",
+                "trained for structural similarity at full strength (failed in the original "
+                "work)"),
+    "ssim_v2": ("SSIM fine-tune (v2, as intended)",
+                "trained for structural similarity, gentler than v1"),
     "ssim_v2_as_run": ("SSIM fine-tune (v2, as run)",
-                       "v1's weights trained from scratch by mistake: the failed original run"),
+                       "the failed original run: trained from scratch by mistake"),
     "ssim_v3": ("SSIM fine-tune (v3)",
-                "the conservative SSIM fix: weight 0.1, only at low noise, gradient scaled down"),
-    "ssim_v3_relaxed": ("SSIM fine-tune (v3 relaxed)", "v3 with SSIM weight 0.2 up to t = 0.15"),
-    "mixed": ("Pixel + SSIM fine-tune", "the pixel loss and v3's SSIM loss together"),
-    "bicubic": ("Bicubic upscaling", "no model: the input enlarged by bicubic interpolation"),
-    "lanczos": ("Lanczos upscaling", "no model: the input enlarged by Lanczos interpolation"),
+                "trained for structural similarity with the safe settings"),
+    "ssim_v3_relaxed": ("SSIM fine-tune (v3 relaxed)",
+                        "v3 with a stronger structural-similarity term"),
+    "mixed": ("Pixel + SSIM fine-tune", "trained for pixel match and structural similarity"),
+    "bicubic": ("Bicubic upscaling", "no model: the small image enlarged by standard "
+                "interpolation"),
+    "lanczos": ("Lanczos upscaling", "no model: the small image enlarged by Lanczos "
+                "interpolation"),
     "identity": ("Unchanged input", "no model: the input as it is"),
-    "constant": ("Constant image", "no model: the same average fundus for every input"),
+    "constant": ("Constant image", "no model: one average fundus, whatever the input"),
 }
 # On enhancement input and output have one size: the upscaling baselines return the input.
 UNCHANGED_ON_ENHANCE = ("bicubic", "lanczos", "identity")
@@ -75,6 +85,8 @@ class Mode:
     records: dict[str, dict[str, Record]] = field(default_factory=dict)   # task -> id -> Record
     output_key: str = "output"     # the records field of the image shown ("output_mmse", ...)
     parent: str | None = None      # for an extra output: the label of the mode that wrote it
+    weights: Path | None = None    # what ``load_run`` loads (a run or checkpoint directory); None:
+    #                                a run whose weights are not here (then no uploads)
 
     def record(self, task: str, sample_id: str) -> Record | None:
         return self.records.get(task, {}).get(sample_id)
@@ -98,11 +110,9 @@ def description(label: str, task: str | None = None) -> str:
     else:
         text = MODE_INFO.get(base, ("", f"the newest run of configs/{base}.toml"))[1]
     if extra == "mmse":
-        text += ("; its MMSE output: the model's x0 prediction (its posterior mean: smooth, best "
-                 "PSNR) from the noised condition, averaged over a few noise draws, instead of "
-                 "the Euler sample")
+        text += "; its averaged estimate: the most likely picture, smoother than one drawing"
     elif extra:
-        text += f"; its {extra} output (records field {OUTPUT_PREFIX}{extra})"
+        text += f"; its {extra} output, recorded for the test images"
     return text
 
 
@@ -155,11 +165,14 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
         ev = _pick_eval(run_dir)
         if ev is None and run_dir.parent.name == "_init":
             ev = run_dir / "eval" if any((run_dir / "eval").glob(f"*/{RECORDS}")) else None
-        modes[preset] = Mode(preset, "run", run_dir, ev, read_task_records(ev) if ev else {})
+        records = read_task_records(ev) if ev else {}
+        weights = _weights_of(run_dir, records)
+        modes[preset] = Mode(preset, "run", run_dir, ev, records, weights=weights)
         mmse = ev.with_name(ev.name + "-mmse") if ev is not None else None
         if mmse is not None and mmse.is_dir():  # bench eval's MMSE output of the same checkpoint
             modes[f"{preset}:mmse"] = Mode(f"{preset}:mmse", "run", run_dir, mmse,
-                                           read_task_records(mmse), parent=preset)
+                                           read_task_records(mmse), parent=preset,
+                                           weights=weights)
     base_root = runs_dir / "_baselines"
     names = sorted({d.name for d in base_root.glob("*") if d.is_dir()} if base_root.is_dir()
                    else set())
@@ -176,16 +189,48 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
                            for k, v in rec.row.items()
                            if k.startswith(OUTPUT_PREFIX) and isinstance(v, str)}):
             extra = Mode(f"{label}:{key[len(OUTPUT_PREFIX):]}", mode.kind, mode.root, mode.eval_dir,
-                         output_key=key, parent=label)
+                         output_key=key, parent=label, weights=mode.weights)
             extra.records = {t: {i: r for i, r in recs.items() if r.path(key) is not None
                                  and r.path(key).is_file()} for t, recs in mode.records.items()}
             modes[extra.label] = extra
     return modes
 
 
-def default_selection(modes: dict[str, Mode]) -> list[str]:
-    chosen = [m for m in DEFAULT_MODES if m in modes]
-    return chosen or list(modes)[:4]
+def _weights_of(run_dir: Path, records: dict[str, dict[str, Record]]) -> Path | None:
+    """The directory ``medq.harness.load.load_run`` loads for a mode: the run itself when it holds
+    checkpoints; for the evaluated starting point (``runs/_init/<sha8>``, the shipped base model)
+    the checkpoint its records name in their ``run`` field, when it is on this disk."""
+    if (run_dir / "checkpoints").is_dir():
+        return run_dir
+    for recs in records.values():
+        for rec in recs.values():
+            source = Path(str(rec.row.get("run") or ""))
+            if str(source) and (source / "state.json").is_file():
+                return source
+    return None
+
+
+def runs_on_uploads(mode: Mode, modes: dict[str, Mode]) -> bool:
+    """Whether the page can run ``mode`` on an uploaded photograph: a baseline, a run whose
+    weights are here, or its MMSE output (the same weights read out differently). Any other
+    records-only output (``output_<kind>``) exists for evaluated test images only."""
+    if mode.kind == "baseline":
+        return True
+    if mode.parent is not None:
+        parent = modes.get(mode.parent)
+        return mode.label.endswith(":mmse") and parent is not None and parent.weights is not None
+    return mode.weights is not None
+
+
+def default_selection(offered: list[str], task: str) -> list[str]:
+    """The modes ticked at start among ``offered``: up to ``DEFAULT_MODEL_COUNT`` models of
+    ``DEFAULT_MODELS`` and the task's reference, so the page opens on three or four panels
+    besides input and target, not on every mode there is."""
+    models = [m for m in DEFAULT_MODELS if m in offered][:DEFAULT_MODEL_COUNT]
+    if not models:
+        models = [m for m in offered if m not in UNCHANGED_ON_ENHANCE][:DEFAULT_MODEL_COUNT]
+    refs = ("identity", "bicubic") if task == "enhance" else ("bicubic", "lanczos")
+    return models + [r for r in refs if r in offered][:1]
 
 
 def test_items(modes: dict[str, Mode], task: str) -> list[tuple[str, Record]]:
@@ -226,7 +271,7 @@ def working_size(modes: dict[str, Mode], default: int = 64) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# verdicts and report scores, read from what the eval writes
+# verdicts and leaderboard rows, read from what the eval writes
 
 
 def _verdict_reasons(obj) -> list[str]:
@@ -278,8 +323,22 @@ def read_leaderboard(reports: Path) -> list[dict]:
 
 
 def row_label(row: dict) -> str:
-    """The mode label of a leaderboard row: its preset for a run, else its name."""
-    return str(row.get("preset") or row.get("mode") or row.get("name") or "")
+    """The mode label of a leaderboard row, as the Compare tab names modes: its preset for a run
+    (``ssim_v3``; its MMSE row ``ssim_v3/mmse`` -> ``ssim_v3:mmse``), else its name. The one
+    place besides ``row_interval`` that reads the leaderboard's identity columns (the schema is
+    ``bench``'s)."""
+    return str(row.get("preset") or row.get("mode") or row.get("name") or "").replace("/", ":")
+
+
+def row_interval(row: dict, metric: str) -> tuple[float, float, float]:
+    """(value, 95 % lower, upper) of ``metric`` in a leaderboard row, NaN where empty."""
+    def number(cell) -> float:
+        try:
+            return float(cell)
+        except (TypeError, ValueError):
+            return float("nan")
+
+    return tuple(number(row.get(k)) for k in (metric, f"{metric}_lo", f"{metric}_hi"))
 
 
 def leaderboard_rows(rows: list[dict], mode: Mode, task: str) -> list[dict]:
@@ -293,92 +352,3 @@ def verdict_status(rows: list[dict], mode: Mode, task: str) -> str | None:
     """The leaderboard's verdict of ``mode`` on ``task`` (healthy | collapsed | unknown), if any."""
     found = [r.get("verdict") for r in leaderboard_rows(rows, mode, task) if r.get("verdict")]
     return found[-1] if found else None
-
-
-def report_scores(rows: list[dict], mode: Mode, task: str) -> list[tuple[str, str, str]]:
-    """(score column, value, its majority-class floor or "") of the report scores of ``mode`` on
-    ``task``: every ``*kappa*`` / ``*f1*`` leaderboard column that is not itself a floor."""
-    out = []
-    for row in leaderboard_rows(rows, mode, task)[:1]:
-        cols = [c for c in row if c and ("kappa" in c.lower() or "f1" in c.lower())]
-        floors = [c for c in cols if any(w in c.lower() for w in ("floor", "majority", "baseline"))]
-        for col in cols:
-            if col in floors or col.endswith(("_lo", "_hi")):
-                continue
-            floor = next((f for f in floors if f.startswith(col) or col in f), None)
-            out.append((col, row[col], row.get(floor, "") if floor else ""))
-    return out
-
-
-READABLE_COLUMNS = {
-    "ssim_fov": "SSIM FOV", "psnr_fov": "PSNR FOV (dB)", "ms_ssim_fov": "MS-SSIM FOV",
-    "ssim": "SSIM", "psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM", "verdict": "Verdict",
-    "n_images": "Images", "seconds_per_image": "Seconds / image", "status": "Status",
-    "undecodable_rate": "Undecodable-token rate", "report_accuracy": "Report quality-word accuracy",
-    "note": "Note",
-}
-# Main metric first: the SSIM fine-tunes are judged by SSIM inside the field of view.
-MAIN_METRICS = ("ssim_fov", "psnr_fov", "ms_ssim_fov", "ssim", "psnr", "ms_ssim")
-
-
-def readable_column(col: str) -> str:
-    """A leaderboard column as a header a reader understands (dr_kappa -> "DR kappa")."""
-    if col in READABLE_COLUMNS:
-        return READABLE_COLUMNS[col]
-    words = col.replace("_", " ").split()
-    known = {"dr": "DR", "f1": "F1", "fd": "FD", "fid": "FID", "kid": "KID", "ssim": "SSIM",
-             "psnr": "PSNR", "fov": "FOV"}
-    text = " ".join(known.get(w.lower(), w) for w in words)
-    return text[:1].upper() + text[1:] if text else col
-
-
-def _fmt(value: str, digits: int = 3) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return value or ""
-    return "" if v != v else f"{v:.{digits}f}"
-
-
-def results_table(rows: list[dict]):
-    """Leaderboard rows -> a readable table: the mode by the name the Compare tab uses, the task,
-    the main metric first, every metric with its 95 % interval as "0.884 [0.871, 0.897]", then
-    distribution scores, report scores beside their floors, verdict and counts. Sorted by task,
-    then main metric (best first)."""
-    import pandas as pd
-
-    cols = list(rows[0]) if rows else []
-    metrics = [m for m in MAIN_METRICS if m in cols]
-    dist = [c for c in cols if c.startswith(("fid", "fd_", "kid")) and c != "fd_n"]
-    scores = [c for c in cols if ("kappa" in c.lower() or "f1" in c.lower())
-              and not c.endswith(("_lo", "_hi"))]
-    tail = [c for c in ("undecodable_rate", "report_accuracy", "verdict", "n_images",
-                        "seconds_per_image", "status", "note") if c in cols]
-    out = []
-    seen: dict[tuple[str, str], int] = {}
-    for r in rows:
-        key = (row_label(r), str(r.get("task", "")))
-        seen[key] = seen.get(key, 0) + 1
-    for r in rows:
-        task = str(r.get("task", ""))
-        name = display_name(row_label(r), task)
-        if "@" in str(r.get("name", "")) and seen[(row_label(r), task)] > 1:
-            name += f" @ {str(r['name']).split('@', 1)[1]}"      # several checkpoints of a run
-        rec = {"Mode": name, "Task": TASKS.get(task, task)}
-        for m in metrics:
-            digits = 2 if "psnr" in m else 4
-            v, lo, hi = (_fmt(r.get(k, ""), digits) for k in (m, f"{m}_lo", f"{m}_hi"))
-            rec[readable_column(m) + " [95% CI]"] = f"{v} [{lo}, {hi}]" if v and lo and hi else v
-        for c in dist + scores + tail:
-            text = (r.get(c) or "") if c in ("verdict", "status", "note") else \
-                _fmt(r.get(c, ""), 0 if c == "n_images" else 3)
-            rec[readable_column(c)] = text
-        out.append(rec)
-    table = pd.DataFrame(out)
-    # A metric nobody could measure (MS-SSIM below 176 px) is a column of blanks: left out.
-    table = table[[c for c in table.columns if (table[c].astype(str) != "").any()]]
-    if metrics:
-        key = table.columns[2]
-        table["_main"] = [float(x.split(" ")[0]) if x else float("-inf") for x in table[key]]
-        table = table.sort_values(["Task", "_main"], ascending=[True, False]).drop(columns="_main")
-    return table.reset_index(drop=True)

@@ -3,14 +3,17 @@
 A *comparison* is a dict built by ``compare``: the input, target and field-of-view mask of one
 image, its reference report (test images), and per mode its output, where it came from (``make
 eval`` records or computed now by the harness), its metrics, its text report with each finding
-marked agree / disagree, its report scores and flags (identical to another mode, ignores its
-input). Every view (side-by-side panels, zoom, error maps, slider, metrics table, reports) is a
-pure function of a comparison, so tests call them directly. Panels, tables and reports name modes
-by ``catalog.display_name``, as the Results tab does.
+marked agree / disagree, its flags (identical to another mode within a tolerance, ignores its
+input), and whether the photograph is like the report model's training images (``ood``: when it
+is not, no report is shown as a finding). Every view (side-by-side panels, zoom, error maps,
+slider, metrics table, reports) is a pure function of a comparison, so tests call them directly.
+Panels, tables and reports name modes by ``catalog.display_name``, as the Results tab does.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +33,22 @@ from demo.models import (
 )
 from demo.security import UploadError, read_upload
 
+log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 INPUT, TARGET = "Input", "Target"
 BANNER = ("**Research demo: small models trained on synthetic fundus images. Not for diagnosis "
           "or any clinical decision.**")
+TRAINED_ON = ("The report model learnt from synthetic fundus images only (made by this project's "
+              "generator), never from a real photograph: its reports are research output, not "
+              "findings.")
+OOD_CALIBRATION = Path(__file__).with_name("report_ood.json")
+"""The committed calibration of the report out-of-distribution check (``python -m demo
+calibrate-ood`` writes it; ``medq.report_ood``)."""
+IDENTICAL_MAX_DIFF = 1
+"""Two outputs are flagged identical when no 8-bit pixel differs by more than this many levels
+(1/255), or their SSIM is at least ``IDENTICAL_SSIM``: pixel and pixel+SSIM fine-tunes differ by
+one level here and there, which no eye can see."""
+IDENTICAL_SSIM = 0.999
 ERROR_SCALE = (0.0, 1.0)
 """Every error map is coloured on this one fixed scale of 1 - SSIM, so colours mean the same
 thing on every comparison."""
@@ -49,21 +64,66 @@ class Demo:
     pool: ModelPool | None = None
     size: int = 64
     references: reports.ReferenceReports | None = None
+    ood: object | None = None          # a medq.report_ood.Calibration
+    ood_problem: str | None = None     # why no report can be assessed (no or stale calibration)
+    real_reports: Path | None = None   # a leaderboard of real photographs (bench eval --data)
 
     @classmethod
     def from_folders(cls, runs: Path, reports_dir: Path, pool: ModelPool | None = None,
-                     baselines: tuple[str, ...] = ("bicubic", "lanczos", "identity")) -> "Demo":
+                     baselines: tuple[str, ...] = ("bicubic", "lanczos", "identity"),
+                     ood_calibration: Path | None = OOD_CALIBRATION,
+                     real_reports: Path | None = None) -> "Demo":
+        """The modes under ``runs``, the leaderboard in ``reports_dir`` (and, for the Results
+        tab, one of real photographs in ``real_reports``), the report-OOD calibration."""
         modes = catalog.discover(Path(runs), baselines)
         configs = [m.root / "config.toml" for m in modes.values()
                    if m.kind == "run" and m.root is not None and (m.root / "config.toml").is_file()]
         demo = cls(Path(runs), Path(reports_dir), modes, pool, catalog.working_size(modes),
-                   reports.ReferenceReports(configs))
+                   reports.ReferenceReports(configs), *load_ood(ood_calibration),
+                   Path(real_reports) if real_reports else None)
         if demo.pool is None:
-            demo.pool = ModelPool(lambda label: load_mode_model(demo.modes[label]))
+            demo.pool = ModelPool(lambda label: load_mode_model(demo.modes[label],
+                                                                demo.pool.get))
         return demo
 
     def items(self, task: str) -> list[tuple[str, catalog.Record]]:
         return catalog.test_items(self.modes, task)
+
+
+def load_ood(path: Path | None) -> tuple[object | None, str | None]:
+    """(calibration, problem) of the report out-of-distribution check from its JSON. With no
+    usable calibration every report is "not assessed", and ``problem`` says why, in words for the
+    page; a stale one (other generator or feature version) is kept but not trusted."""
+    from medq.report_ood import Calibration
+
+    fix = "an administrator can set it up with python -m demo calibrate-ood"
+    if path is None or not Path(path).is_file():
+        return None, f"the check for photographs unlike the training images is not set up ({fix})"
+    try:
+        cal = Calibration.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable report-OOD calibration (%s)", path, e)
+        return None, f"the check for photographs unlike the training images is broken ({fix})"
+    stale = cal.stale_reason()
+    if stale:
+        log.warning("%s is stale: %s", path, stale)
+        return cal, (f"the check for photographs unlike the training images was set up for "
+                     f"other training images ({fix})")
+    return cal, None
+
+
+def assess_photograph(demo: Demo, photo: np.ndarray, name: str) -> dict:
+    """{"unlike", "distance", "threshold", "size", "problem"} of a photograph (H, W, 3) float:
+    ``medq.report_ood``'s verdict; unlike whenever the check cannot be made."""
+    import torch
+
+    if demo.ood is None or demo.ood_problem:
+        return {"unlike": True, "distance": None, "threshold": None, "size": None,
+                "problem": demo.ood_problem}
+    verdict = demo.ood.assess(torch.from_numpy(np.ascontiguousarray(photo.transpose(2, 0, 1))),
+                              name=name)
+    return {"unlike": verdict.unlike, "distance": verdict.distance,
+            "threshold": verdict.threshold, "size": verdict.size, "problem": None}
 
 
 def gallery_items(demo: Demo, task: str) -> tuple[list[tuple[np.ndarray, str]], list[str]]:
@@ -166,14 +226,17 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
     progress(0.0, "reading the image")
     base = _from_upload(demo, task, upload, enhance_kind) if upload is not None else \
         _from_test_set(demo, task, sample_id)
+    progress(0.02, "checking whether the photograph is like the training images")
+    base["ood"] = assess_photograph(demo, base.get("image", base["target"]),
+                                    base.get("name") or str(base["id"]))
     board = catalog.read_leaderboard(demo.reports)
     outputs, errors = {}, {}
     for k, label in enumerate(labels):
         mode = demo.modes[label]
         found = _recorded(mode, task, base["id"])
-        if found is None and mode.parent is not None:
-            errors[label] = ("this output exists only for evaluated test images (written by "
-                             "make eval)")
+        if found is None and not catalog.runs_on_uploads(mode, demo.modes):
+            errors[label] = ("not available for this image: its outputs exist only for the "
+                             "evaluated test images")
             continue
         if found is None:
             progress(k / len(labels), f"{catalog.display_name(label, task)}: " + (
@@ -186,15 +249,16 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
                 else:
                     edited = run_on_test_image(model, base["row"], base["input"], base["target"],
                                                base["mask"], task)
-            except Exception as e:  # noqa: BLE001 - one broken run must not take the page down
-                errors[label] = f"{type(e).__name__}: {e}"
+            except Exception:  # noqa: BLE001 - one broken run must not take the page down
+                log.exception("mode %s failed on %s", label, base["title"])
+                errors[label] = ("could not be run on this image; the server log has the "
+                                 "technical details")
                 continue
             found = _computed(edited)
         found["metrics"] = imaging.image_metrics(found["image"], base["target"], base["mask"])
         reasons = catalog.verdict_reasons(mode, task, board)
         found["ignores_input"] = catalog.ignores_input(reasons)
         found["verdict"] = catalog.verdict_status(board, mode, task)
-        found["scores"] = catalog.report_scores(board, mode, task)
         found["findings"] = reports.compare_findings(found["report"], base["reference"]) \
             if base["reference"] and found["report"] is not None else []
         outputs[label] = found
@@ -205,13 +269,17 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
 
 
 def _mark_identical(outputs: dict, task: str) -> None:
-    """``identical_to``: the display name of the first earlier mode whose output has the very same
-    8-bit pixels (None when unique), so the page can say two columns are one picture."""
-    first: dict[bytes, str] = {}
-    for label, out in outputs.items():
-        key = imaging.to_uint8(out["image"]).tobytes()
-        out["identical_to"] = catalog.display_name(first[key], task) if key in first else None
-        first.setdefault(key, label)
+    """``identical_to``: the display name of the first earlier mode whose output is the same
+    picture within ``IDENTICAL_MAX_DIFF`` / ``IDENTICAL_SSIM`` (None when none is), so the page
+    can say two columns are one picture."""
+    labels = list(outputs)
+    for k, label in enumerate(labels):
+        out = outputs[label]
+        out["identical_to"] = next(
+            (catalog.display_name(prev, task) for prev in labels[:k]
+             if outputs[prev]["identical_to"] is None
+             and imaging.nearly_identical(outputs[prev]["image"], out["image"],
+                                          IDENTICAL_MAX_DIFF, IDENTICAL_SSIM)), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,28 +413,50 @@ def _num(v, digits: int):
     return "inf" if math.isinf(v) else round(float(v), digits)
 
 
-def _score_text(scores: list[tuple[str, str, str]]) -> str:
-    if not scores:
-        return "report scores: not in reports/leaderboard.csv yet"
-    return "report scores on the test set: " + "; ".join(
-        f"{catalog.readable_column(col)} {_three_digits(val)}"
-        + (f" (majority-class floor {_three_digits(floor)})" if floor else "")
-        for col, val, floor in scores)
+def ood_notice(cmp: dict) -> str | None:
+    """Why no report of this image is shown as a finding, in a clinician's words; None when the
+    photograph is like the training images and its reports are shown."""
+    ood = cmp.get("ood")
+    if ood is None or not ood["unlike"]:
+        return None
+    if ood["problem"]:
+        return f"Reports not assessed: {ood['problem']}."
+    if ood["distance"] is None or ood["distance"] != ood["distance"]:
+        return ("Reports not assessed: this photograph could not be compared with the images "
+                "the report model was trained on.")
+    return ("Reports not assessed: this photograph is unlike the images the report model was "
+            f"trained on (distance {ood['distance']:.1f} from them; images like them stay below "
+            f"{ood['threshold']:.1f}), so no grade is shown.")
 
 
-def _three_digits(text: str) -> str:
-    """A leaderboard cell as a reader wants it: 0.9214416 -> 0.921; anything else unchanged."""
-    try:
-        return f"{float(text):.3f}"
-    except (TypeError, ValueError):
-        return text or "n/a"
+def _warnings(name: str, out: dict) -> list[str]:
+    """The flags under one mode's report: collapsed verdict, undecodable tokens."""
+    lines = []
+    if out.get("verdict") == "collapsed":
+        lines.append("    - ⚠️ **verdict of make eval on the test set: collapsed** (see the "
+                     "Results tab): do not trust this model's outputs.")
+    if out["undecodable"]:
+        lines.append(f"    - ⚠️ **WARNING: {out['undecodable']} undecodable token(s)** at "
+                     f"positions {out['undecodable_positions'][:12]}: the model produced ids "
+                     "outside its vocabulary, the collapse signal of the failed SSIM v1/v2 "
+                     "runs. They are left out of the text above; do not trust this model's "
+                     "outputs.")
+    return lines
 
 
 def reports_markdown(cmp: dict) -> str:
-    """The reference report (test images), then each mode's report with every finding marked
-    agree / disagree, its report scores, and warnings (undecodable tokens, ignores its input)."""
-    lines = [f"### Text reports ({cmp['title']})"] + ([f"*{cmp['note']}*"] if cmp["note"] else [])
-    if cmp.get("reference"):
+    """What the report model was trained on; then either the notice that the reports are not
+    assessed (a photograph unlike the training images: no grade shown) or the reference report
+    (test images) and each mode's report with every finding marked agree / disagree; warnings
+    (undecodable tokens, ignores its input, collapsed) either way. Report scores on the test set
+    are on the Results tab, never beside a single report."""
+    lines = [f"### Text reports ({cmp['title']})", f"*{TRAINED_ON}*"]
+    if cmp["note"]:
+        lines.append(f"*{cmp['note']}*")
+    notice = ood_notice(cmp)
+    if notice:
+        lines.append(f"**{notice}**")
+    elif cmp.get("reference"):
         lines.append(f"**Reference report** (the label of this test image): {cmp['reference']}")
     elif cmp.get("id") is None:
         lines.append("**No reference report**: an uploaded photograph has no labels, so the "
@@ -384,24 +474,19 @@ def reports_markdown(cmp: dict) -> str:
                    f"**{mode_name(cmp, base)}**" if extra else "image-only baseline")
             lines.append(f"- **{name}**: no text ({why})")
             continue
+        if notice:
+            lines.append(f"- **{name}**: not assessed")
+            lines += _warnings(name, out)
+            continue
         lines.append(f"- **{name}**: {out['report'] or '(empty report)'}")
         if out["findings"]:
             lines.append("    - " + "; ".join(
                 f"{f['finding']}: {f['model']} \u2192 **{'agree' if f['agree'] else 'disagree'}**"
                 + ("" if f["agree"] else f" (reference: {f['reference']})")
                 for f in out["findings"]))
-        lines.append(f"    - {_score_text(out.get('scores') or [])}")
-        if out.get("verdict") == "collapsed":
-            lines.append("    - ⚠️ **verdict of make eval on the test set: collapsed** (see the "
-                         "Results tab): do not trust this model's outputs.")
-        if out["undecodable"]:
-            lines.append(f"    - ⚠️ **WARNING: {out['undecodable']} undecodable token(s)** at "
-                         f"positions {out['undecodable_positions'][:12]}: the model produced ids "
-                         "outside its vocabulary, the collapse signal of the failed SSIM v1/v2 "
-                         "runs. They are left out of the text above; do not trust this model's "
-                         "outputs.")
+        lines += _warnings(name, out)
     for label, msg in cmp["errors"].items():
-        lines.append(f"- **{mode_name(cmp, label)}**: ⚠️ could not run: {msg}")
+        lines.append(f"- **{mode_name(cmp, label)}**: ⚠️ {msg}")
     return "\n".join(lines)
 
 
@@ -414,16 +499,139 @@ def undecodable_warnings(cmp: dict) -> list[str]:
 # results tab
 
 
-def leaderboard(reports_dir: Path) -> tuple[pd.DataFrame, str, list[tuple[str, str]]]:
-    """The Results tab: ``catalog.results_table`` of reports/leaderboard.csv, leaderboard.md, and
-    the plots reports/*.png as (path, caption)."""
+REFERENCE_MODE = {"sr2": "bicubic", "sr4": "bicubic", "enhance": "identity"}
+FLOOR_MODE = "constant"
+RESULT_METRICS = (("ssim_fov", "SSIM inside the disc", 3), ("psnr_fov", "PSNR inside the disc (dB)",
+                                                            2), ("vessel_dice", "Vessel Dice", 3))
+"""Columns of the clinicians' tables: (leaderboard column, header, digits)."""
+
+
+def _ok_rows(rows: list[dict], task: str) -> list[dict]:
+    return [r for r in rows if str(r.get("task", "")) == task
+            and str(r.get("status", "ok")).startswith("ok")]
+
+
+def best_fine_tune(rows: list[dict], task: str) -> dict | None:
+    """The fine-tune row of ``task`` with the best main metric (SSIM inside the disc): runs and
+    their means over seeds, not the base model they start from."""
+    runs = [r for r in _ok_rows(rows, task) if str(r.get("kind")) in ("run", "seeds")
+            and not catalog.row_label(r).startswith("pretrain")]
+    if any(str(r.get("kind")) == "seeds" for r in runs):
+        runs = [r for r in runs if str(r.get("kind")) == "seeds"]
+    scored = [r for r in runs if catalog.row_interval(r, "ssim_fov")[0] == catalog.row_interval(
+        r, "ssim_fov")[0]]
+    return max(scored, key=lambda r: catalog.row_interval(r, "ssim_fov")[0], default=None)
+
+
+def _named(rows: list[dict], task: str, label: str) -> dict | None:
+    return next((r for r in _ok_rows(rows, task) if catalog.row_label(r) == label), None)
+
+
+def _cell(row: dict, metric: str, digits: int) -> str:
+    v, lo, hi = catalog.row_interval(row, metric)
+    if v != v:
+        return "n/a"
+    return f"{v:.{digits}f}" + (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo == lo else "")
+
+
+def task_table(rows: list[dict], task: str) -> tuple[list[tuple[str, dict]], str]:
+    """The three rows a clinician compares on ``task`` as (role, row): the reference, the best
+    fine-tune, the floor (those present), and a Markdown table of them in the Compare tab's
+    names with the main metrics and their 95 % intervals."""
+    picked = [(role, row) for role, row in (
+        ("reference", _named(rows, task, REFERENCE_MODE[task])),
+        ("best fine-tune", best_fine_tune(rows, task)),
+        ("floor", _named(rows, task, FLOOR_MODE))) if row is not None]
+    metrics = [m for m in RESULT_METRICS if any(
+        catalog.row_interval(r, m[0])[0] == catalog.row_interval(r, m[0])[0] for _, r in picked)]
+    head = ["", "Mode", *(f"{title} [95% CI]" for _, title, _ in metrics)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for role, row in picked:
+        lines.append("| " + " | ".join([role, catalog.display_name(catalog.row_label(row), task),
+                                        *(_cell(row, m, d) for m, _, d in metrics)]) + " |")
+    return picked, "\n".join(lines)
+
+
+def _versus(best: dict, ref: dict, where: str, task: str) -> tuple[str, bool]:
+    """One clause comparing the best fine-tune with the reference on SSIM inside the disc, and
+    whether it loses there."""
+    b, r = catalog.row_interval(best, "ssim_fov")[0], catalog.row_interval(ref, "ssim_fov")[0]
+    name = catalog.display_name(catalog.row_label(ref), task)
+    if b != b or r != r:
+        return f"{where} it was not compared with {name}", False
+    verb = "beats" if b > r else "loses to" if b < r else "ties with"
+    return f"{where} it {verb} {name} ({b:.3f} against {r:.3f})", b < r
+
+
+def finding(rows: list[dict], real_rows: list[dict], task: str) -> str:
+    """The finding of ``task`` in one sentence: the best fine-tune against the reference on the
+    synthetic test images and, when measured, on real photographs, saying where it loses."""
+    best, ref = best_fine_tune(rows, task), _named(rows, task, REFERENCE_MODE[task])
+    if best is None or ref is None:
+        return "Not enough results yet: `make eval` scores the fine-tunes and the reference."
+    name = catalog.display_name(catalog.row_label(best), task)
+    synthetic, lost = _versus(best, ref, "on the synthetic test images", task)
+    real_best = _named(real_rows, task, catalog.row_label(best))
+    real_ref = _named(real_rows, task, REFERENCE_MODE[task])
+    if real_best is not None and real_ref is not None:
+        real, real_lost = _versus(real_best, real_ref, "on real photographs", task)
+        lost = lost or real_lost
+    else:
+        real = "on real photographs it has not been measured here"
+    verdict = " It loses somewhere: do not take it for an improvement." if lost else ""
+    return (f"The best fine-tune, {name}, judged by SSIM inside the disc: {synthetic}; {real}."
+            + verdict)
+
+
+def results_markdown(rows: list[dict], real_rows: list[dict]) -> str:
+    """The Results tab for clinicians: per task the finding in one sentence and one short table
+    (reference, best fine-tune, floor) on the synthetic test images, and on real photographs
+    when measured; then the report scores, which belong here and never beside a report."""
+    if not rows:
+        return "*No results yet: `make eval` writes them (reports/leaderboard.csv).*"
+    out = []
+    for task in [t for t in catalog.TASKS if _ok_rows(rows, t)]:
+        out += [f"### {catalog.TASKS[task]}", finding(rows, real_rows, task), "",
+                "Synthetic test images:", "", task_table(rows, task)[1], ""]
+        if _ok_rows(real_rows, task):
+            out += ["Real photographs (development set, never trained on):", "",
+                    task_table(real_rows, task)[1], ""]
+    out += [report_scores_markdown(rows)]
+    return "\n".join(out)
+
+
+def report_scores_markdown(rows: list[dict]) -> str:
+    """The report scores on the synthetic test images (DR kappa beside its majority-class floor)
+    of each fine-tune: what the reports are worth where they can be checked at all."""
+    lines = ["### Text reports, scored on the synthetic test images",
+             "Quadratic-weighted kappa of the DR grade the reports state against the truth (1 "
+             "perfect, 0 no better than one answer for every image). Real photographs have no "
+             "grade labels here, so their reports are not scored and the page does not show them "
+             "for photographs unlike the training images.", "",
+             "| Mode | Task | DR kappa | floor |", "|---|---|---|---|"]
+    found = False
+    for r in rows:
+        kappa = catalog.row_interval(r, "dr_kappa")[0]
+        if kappa == kappa and str(r.get("status", "ok")).startswith("ok"):
+            task = str(r.get("task", ""))
+            floor = catalog.row_interval(r, "dr_kappa_floor")[0]
+            lines.append(f"| {catalog.display_name(catalog.row_label(r), task)} | "
+                         f"{catalog.TASKS.get(task, task)} | {kappa:.3f} | "
+                         f"{'n/a' if floor != floor else f'{floor:.3f}'} |")
+            found = True
+    return "\n".join(lines) if found else ""
+
+
+def results(reports_dir: Path, real_dir: Path | None = None
+            ) -> tuple[str, list[Path], list[tuple[str, str]]]:
+    """The Results tab: ``results_markdown``, the full leaderboard files to download
+    (leaderboard.csv, leaderboard.md, per_image.csv: those present) and the plots
+    reports/*.png as (path, caption)."""
     reports_dir = Path(reports_dir)
-    md = reports_dir / "leaderboard.md"
-    rows = catalog.read_leaderboard(reports_dir)
-    table = catalog.results_table(rows) if rows else pd.DataFrame(
-        {"Results": ["no leaderboard yet: run `make eval`"]})
-    text = md.read_text(encoding="utf-8") if md.is_file() else \
-        "*No leaderboard yet: `make eval` writes it and its plots.*"
+    real_rows = catalog.read_leaderboard(real_dir) if real_dir is not None else []
+    text = results_markdown(catalog.read_leaderboard(reports_dir), real_rows)
+    files = [reports_dir / n for n in ("leaderboard.csv", "leaderboard.md", "per_image.csv")
+             if (reports_dir / n).is_file()]
     plots = [(str(p.resolve()), p.stem.replace("_", " "))
              for p in sorted(reports_dir.glob("*.png"))]
-    return table, text, plots
+    return text, files, plots

@@ -23,21 +23,21 @@ BOX_COLOUR = np.array([1.0, 0.85, 0.0], dtype=np.float32)
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    """PNG/JPEG -> (H, W, 3) float32 in [0, 1]."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    """An image file -> (H, W, 3) float32 in [0, 1], read by ``medq.data.imageio.load_rgb`` (the
+    one reader of every stage: 16-bit, float TIFF, EXIF orientation and bombs handled there)."""
+    from medq.data.imageio import load_rgb as read
+
+    return read(path).astype(np.float32) / 255.0
 
 
 def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
-    """Field-of-view mask PNG -> (H, W) bool; everything is inside when there is no mask file."""
+    """Field-of-view mask file -> (H, W) bool (``medq.data.imageio.load_mask``); everything is
+    inside when there is no mask file."""
+    from medq.data.imageio import load_mask as read
+
     if path is None or not Path(path).is_file():
         return np.ones(shape, dtype=bool)
-    with Image.open(path) as im:
-        mask = np.asarray(im.convert("L")) > 127
-    if mask.shape != tuple(shape):
-        raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, the image is "
-                         f"{shape[1]}x{shape[0]}")
-    return mask
+    return read(path, shape)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -110,6 +110,21 @@ def ssim_map(output: np.ndarray, target: np.ndarray) -> np.ndarray:
     return full.mean(axis=-1)
 
 
+def nearly_identical(a: np.ndarray, b: np.ndarray, max_levels: int, min_ssim: float) -> bool:
+    """Whether two (H, W, 3) images in [0, 1] are one picture for a reader: no 8-bit pixel
+    differs by more than ``max_levels``, or their SSIM (scikit-image, ``SSIM_SETTINGS``) is at
+    least ``min_ssim``. SSIM is computed only when the mean difference is under one level, the
+    only case in which it can reach 0.999."""
+    if a.shape != b.shape:
+        return False
+    diff = np.abs(to_uint8(a).astype(np.int16) - to_uint8(b).astype(np.int16))
+    if int(diff.max()) <= max_levels:
+        return True
+    if diff.mean() >= 1.0:
+        return False
+    return structural_similarity(a, b, channel_axis=-1, **SSIM_SETTINGS) >= min_ssim
+
+
 def image_metrics(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict:
     """PSNR (dB) and SSIM of one output against its target, over the whole image and inside the
     field of view: ``medq.metrics.image_metrics`` (the leaderboard's per-image values)."""
@@ -168,6 +183,19 @@ class PngStore:
         data = buf.getvalue()
         path = self.root / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
         if not path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, data)
+        return str(path)
+
+    def copy(self, source: Path) -> str:
+        """A copy of ``source`` (e.g. the leaderboard to download) under this store, with its
+        own name, so it is served without serving the folder it comes from."""
+        from medq.files import write_bytes_atomic
+
+        data = Path(source).read_bytes()
+        path = self.root / Path(source).name
+        if not path.is_file() or path.read_bytes() != data:
+            self.root.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(path, data)
         return str(path)
 

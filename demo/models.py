@@ -38,8 +38,12 @@ def instruction_for(task: str, enhance_kind: str = "blur") -> str:
     return instruction(kind, 0)
 
 
-def load_mode_model(mode) -> ImageTextModel:
-    """The model behind a ``demo.catalog.Mode``: a baseline by name, or a run's EMA weights."""
+def load_mode_model(mode, parent_model: Callable[[str], ImageTextModel] | None = None
+                    ) -> ImageTextModel:
+    """The model behind a ``demo.catalog.Mode``: a baseline by name, a run's (or the base
+    model's) EMA weights from ``mode.weights``, or for an MMSE output the parent's model
+    (``parent_model(label)``, so the weights are loaded once) reading out its x0 prediction.
+    Raises ValueError for a mode that cannot run here (records only)."""
     if mode.kind == "baseline":
         from medq.baselines import BASELINES
 
@@ -47,9 +51,19 @@ def load_mode_model(mode) -> ImageTextModel:
             raise ValueError(f"mode {mode.label!r}: no such baseline (known: "
                              f"{', '.join(BASELINES)})")
         return BASELINES[mode.label]()
+    if mode.parent is not None:
+        if not mode.label.endswith(":mmse") or parent_model is None:
+            raise ValueError(f"mode {mode.label!r} exists only as recorded outputs")
+        from medq.models import MiniBagelAdapter
+
+        base = parent_model(mode.parent)
+        return MiniBagelAdapter(base.model, base.vae, base.tokenizer, base.sample_cfg,
+                                name=f"{base.name}/mmse", output="mmse")
+    if mode.weights is None:
+        raise ValueError(f"mode {mode.label!r}: its weights are not on this disk")
     from medq.harness.load import load_run
 
-    model, _, _ = load_run(Path(mode.root), weights="ema")
+    model, _, _ = load_run(Path(mode.weights), weights="ema")
     return model
 
 
@@ -60,7 +74,7 @@ class ModelPool:
     def __init__(self, loader: Callable[[str], ImageTextModel]):
         self._loader = loader
         self._models: dict[str, ImageTextModel] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()   # a loader may ask for another mode (MMSE: its parent)
 
     def get(self, label: str) -> ImageTextModel:
         with self._lock:
@@ -123,11 +137,12 @@ def run_on_upload(model: ImageTextModel, image: np.ndarray, task: str, size: int
     from medq.harness import edit_one
     from medq.harness.text import decoding, supports_sampling
 
+    # decoding() yields the model to use (a copy with the settings changed, since ba0fcb9).
     greedy = decoding(model, temperature=0.0, top_p=1.0) if supports_sampling(model) \
-        else contextlib.nullcontext()
-    with torch.no_grad(), greedy:
-        res = edit_one(model, _chw(image), task, size=size, instruction=instruction, seed=0,
-                       report=True, name=name)
+        else contextlib.nullcontext(model)
+    with torch.no_grad(), greedy as greedy_model:
+        res = edit_one(greedy_model, _chw(image), task, size=size, instruction=instruction,
+                       seed=0, report=True, name=name)
     prepared = {"input": _hwc(res["input"]), "target": _hwc(res["target"]),
                 "mask": res["mask"][0].numpy() > 0.5}
     return Edited(_hwc(res["output"]), res["report"], res["seconds"]), prepared

@@ -9,6 +9,7 @@ checked to be a colour fundus photograph before any model sees it.
 
 from __future__ import annotations
 
+import contextvars
 import os
 from pathlib import Path
 
@@ -179,3 +180,115 @@ class LoginThrottle:
             logging.getLogger(__name__).warning("login: %d failed attempts for %r; locked for "
                                                 "%.0f s", n, user, wait)
         return False
+
+
+LOGIN_POLICY = ("Research demo, not for diagnosis. After 5 wrong passwords a user name is locked "
+                "for 30 s, then twice as long after each further one (at most 15 min).")
+"""The login page's message (``launch(auth_message=...)``); it must match ``LoginThrottle``'s
+defaults, which ``launch`` uses."""
+LOCK_COOKIE = "medq-login-locked"
+_LOCK_NOTICE = contextvars.ContextVar("medq_lock_notice", default="")
+"""The lock notice of the request being served (set by ``LockNotice``, read by
+``login_message``)."""
+
+
+def login_message(policy: str | None) -> str | None:
+    """The login page's message for the current request: ``policy`` and, when this browser's
+    last attempt hit a locked user name, that it is locked and for how long."""
+    import html
+
+    notice = _LOCK_NOTICE.get()
+    parts = ([f"<p><strong>{html.escape(notice)}</strong></p>"] if notice else []) + \
+        ([f"<p>{html.escape(policy)}</p>"] if policy else [])
+    return "".join(parts) or None
+
+
+def _wait_text(seconds: float) -> str:
+    seconds = int(seconds + 0.999)
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+class LockNotice:
+    """ASGI middleware telling a locked-out user so (Gradio's login form says "incorrect
+    credentials" to every refusal and shows only a fixed message).
+
+    A login attempt (POST .../login) for a user name that is locked, or that this attempt locks,
+    is answered with a redirect to the page (303; the form then reloads it) and a short-lived
+    cookie naming the user; any page request carrying the cookie gets, in the login page's
+    message, "User ... is locked after too many wrong passwords: try again in N s" (through a
+    context variable that ``login_message`` reads). Any other request passes untouched."""
+
+    def __init__(self, app, throttle: "LoginThrottle"):
+        self.app, self.throttle = app, throttle
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.throttle is None:
+            return await self.app(scope, receive, send)
+        if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/login"):
+            return await self._login(scope, receive, send)
+        token = _LOCK_NOTICE.set(self._notice(scope))
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            _LOCK_NOTICE.reset(token)
+
+    def _notice(self, scope) -> str:
+        from http.cookies import SimpleCookie
+        from urllib.parse import unquote
+
+        raw = dict(scope.get("headers") or []).get(b"cookie", b"").decode("latin-1")
+        morsel = SimpleCookie(raw).get(LOCK_COOKIE) if raw else None
+        user = unquote(morsel.value) if morsel is not None else ""
+        wait = self.throttle.locked_for(user) if user else 0.0
+        return (f"User {user} is locked after too many wrong passwords: try again in "
+                f"{_wait_text(wait)}." if wait > 0 else "")
+
+    async def _login(self, scope, receive, send):
+        from starlette.requests import Request
+
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+
+        def replay():
+            sent = False
+
+            async def receive_again():
+                nonlocal sent
+                if sent:
+                    return {"type": "http.disconnect"}
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return receive_again
+
+        form = await Request(scope, receive=replay()).form()
+        user = str(form.get("username") or "").strip()
+        if self.throttle.locked_for(user) > 0:
+            return await self._see_page(send, user)
+        held: dict = {}
+
+        async def watch(message):
+            if message["type"] == "http.response.start" and message["status"] == 400 \
+                    and self.throttle.locked_for(user) > 0:
+                held["locked"] = True                  # this attempt locked the user
+                return
+            if held.get("locked"):
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    await self._see_page(send, user)
+                return
+            await send(message)
+
+        await self.app(scope, replay(), watch)
+
+    async def _see_page(self, send, user: str) -> None:
+        from urllib.parse import quote
+
+        wait = int(self.throttle.locked_for(user) + 1)
+        cookie = f"{LOCK_COOKIE}={quote(user)}; Max-Age={wait}; Path=/; HttpOnly; SameSite=Strict"
+        await send({"type": "http.response.start", "status": 303,
+                    "headers": [(b"location", b"./"), (b"set-cookie", cookie.encode("latin-1")),
+                                (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})

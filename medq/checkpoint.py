@@ -1,36 +1,43 @@
-"""Training checkpoints: atomic directories, a ``latest`` pointer, retention, resolving init.
+"""Training checkpoint files: atomic directories, content hashes, a ``latest`` pointer, retention.
 
 Layout (``docs/ARCHITECTURE.md``)::
 
     <run_dir>/checkpoints/step_000300/   model.safetensors ema.safetensors arch.json tokenizer.json
-                                         optim.pt config.toml state.json
+                                         optim.pt config.toml state.json sha256.json
     <run_dir>/checkpoints/latest         the name of the newest complete checkpoint directory
     <run_dir>/checkpoints/best.json      {"name", "val_loss"} of the best validation checkpoint
+    <run_dir>/run.json                   {"preset", "hash", "status", "step"}
 
-A checkpoint is written into ``checkpoints/.tmp-<name>-<pid>/``, every file fsynced, ``state.json``
-last, then the directory is renamed into place (``os.replace``) and only then ``latest`` is
-rewritten (temp file + ``os.replace``). A process killed at any point leaves either the previous
-checkpoint as ``latest`` or the new one complete; temp directories are never read and are removed
-by ``clean_temp``. ``MEDQ_TEST_SLOW_SAVE=<seconds>`` sleeps after each file (and in retention
-between the rename and the delete) so a test can kill a save or a retention half-way.
+A checkpoint is written into ``checkpoints/.tmp-<name>-<pid>/``: the writers' files, ``state.json``,
+then ``sha256.json`` (the sha256 of every other file, the format of the shipped weights'
+``manifest.json``), every file fsynced; then the directory is renamed into place (``os.replace``)
+and only then ``latest`` is rewritten (temp file + ``os.replace``). A process killed at any point
+leaves either the previous checkpoint as ``latest`` or the new one complete; temp directories are
+never read and are removed by ``clean_temp``. ``MEDQ_TEST_SLOW_SAVE=<seconds>`` sleeps after each
+file (and in retention between the rename and the delete) so a test can kill a save or a
+retention half-way. A write that fails for lack of space (safetensors' ``SafetensorError``, torch's
+"unexpected pos", which never mention the disk) is raised as ``CheckpointWriteError``, an
+``OSError`` naming the disk.
 
 Faults (``docs/ARCHITECTURE.md``, "Faults"): ``state.json`` records ``good`` (the step before the
 save was finite and every weight is finite); retention keeps the newest good checkpoint and renames
-a doomed directory to ``.tmp-del-*`` before deleting it. ``usable_checkpoint`` checks the files of
-the newest checkpoint (safetensors headers against the file size, ``optim.pt``'s zip directory and
-CRCs, ``state.json``) and falls back to the previous complete one, moving a broken directory to
-``broken-step_*``; it never goes past the checkpoint ``latest`` names, and ``set_aside_newer``
-moves complete checkpoints newer than the resume point to ``stale-step_*`` (their metrics rows are
-rewritten by the resumed run). ``run_lock`` holds ``<run_dir>/run.lock`` (``fcntl.flock``) for
-a whole run.
+a doomed directory to ``.tmp-del-*`` before deleting it. ``verify_checkpoint`` checks every file
+against the sha256 recorded when it was written (so a same-size corruption is caught, not trained
+on) and, before that, its structure (safetensors headers against the file size, ``optim.pt``'s zip
+CRCs, the JSON files), which names a truncation as one. ``usable_checkpoint`` falls back from a
+broken checkpoint to the previous complete one, moving the broken directory to ``broken-step_*``;
+it never goes past the checkpoint ``latest`` names, and ``set_aside_newer`` moves complete
+checkpoints newer than the resume point to ``stale-step_*`` (their metrics rows are rewritten by
+the resumed run). Retention keeps the newest ``SET_ASIDE_KEPT`` of each kind of set-aside folder.
 
 Weights are safetensors only; ``optim.pt`` (optimizer, scheduler, RNG states) is the one pickle,
-and it never holds weights a model is initialised from.
+and it never holds weights a model is initialised from. Loading a model from a checkpoint is
+``medq.run_loading``; the run directory's lock is ``medq.run_lock``.
 """
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import json
 import logging
 import os
@@ -39,11 +46,10 @@ import shutil
 import struct
 import time
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-from medq.files import TMP_PREFIX, fsync_path, write_text_atomic
+from medq.files import TMP_PREFIX, disk_note, fsync_path, sha256_file, write_text_atomic
 from medq.models.io import fingerprint  # noqa: F401 - one fingerprint everywhere (init.json, logs, reports)
 
 # The shipped weights (``weights/``, checked by ``python -m train weights --check``).
@@ -58,24 +64,42 @@ def is_shipped(spec: str) -> bool:
     return bool(spec) and (path.parent.name == "weights" or (path.parent / MANIFEST).is_file()
                            or (path / MANIFEST).is_file())
 
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+HASHES = "sha256.json"
+"""Per-file sha256 of a checkpoint, ``{"sha256": {file name: hex digest}}``, written last."""
 LATEST = "latest"
 BEST = "best.json"
 SLOW_SAVE_ENV = "MEDQ_TEST_SLOW_SAVE"
 BROKEN_PREFIX = "broken-"
 STALE_PREFIX = "stale-"
-LOCK_FILE = "run.lock"
+SET_ASIDE_KEPT = 1
+"""Retention rule for set-aside checkpoint folders: ``apply_retention`` keeps the newest (highest
+step) ``broken-*`` and the newest ``stale-*`` folder and deletes older ones. One of each is the
+evidence of the latest fault (its warning, in the log, names the file); more would let repeated
+faults fill the disk with checkpoints that are never read again (44 of a run's 73 MB after one
+pass of a chaos driver)."""
 STEP_NAME = re.compile(r"step_\d+")
+# Messages of writers that fail for lack of space without raising OSError (safetensors' Rust
+# error carries the OS error text; torch's zip writer only says "unexpected pos").
+_SPACE_WORDS = {errno.ENOSPC: ("no space left", "os error 28", "storagefull"),
+                errno.EDQUOT: ("quota exceeded", "os error 122"),
+                errno.EFBIG: ("file too large", "os error 27")}
+_FAILED_WRITE_WORDS = ("unexpected pos", "file write failed", "failed writing")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used, or none is left; the message names the file and what to do."""
 
 
-class RunLockedError(RuntimeError):
-    """Another live process holds the run directory's lock; the message names its PID."""
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, permissions): ``errno`` says which,
+    the message names the checkpoint, the file being written and the disk."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 def _pause() -> float:
@@ -86,6 +110,25 @@ def step_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def _as_write_error(exc: Exception, tmp: Path, final: Path,
+                    what: str) -> CheckpointWriteError | None:
+    """``exc`` raised while writing ``what`` as a ``CheckpointWriteError`` when it is a failed
+    write (an OSError, or a library's error whose text says the write failed); None otherwise."""
+    text = str(exc).lower()
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:
+        code = next((c for c, words in _SPACE_WORDS.items() if any(w in text for w in words)), None)
+    if code is None and any(w in text for w in _FAILED_WRITE_WORDS):
+        # torch names no cause: a disk with (almost) no room left is the cause in practice
+        code = errno.ENOSPC if shutil.disk_usage(tmp.parent).free < (1 << 20) else errno.EIO
+    if code is None:
+        return None
+    said = "" if isinstance(exc, OSError) else \
+        f" ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+    error = CheckpointWriteError(code, f"cannot write checkpoint {final} ({what}): "
+                                       f"{os.strerror(code)}{said}; {disk_note(tmp)}")
+    error.filename = str(final)
+    return error
 
 
 def save_checkpoint(root: Path, step: int, writers: dict[str, Callable[[Path], None]],
@@ -94,27 +137,33 @@ def save_checkpoint(root: Path, step: int, writers: dict[str, Callable[[Path], N
 
     ``writers`` maps a label to a function that writes one or more files into the directory it is
     given (e.g. ``{"model": lambda d: save_model(model, tokenizer, d)}``); they run in order.
-    ``state`` (JSON-serialisable: step, data position, counters) goes to ``state.json``, written
-    last: a directory with ``state.json`` is complete by construction."""
+    ``state`` (JSON-serialisable: step, data position, counters) goes to ``state.json``, then the
+    sha256 of every file to ``sha256.json``: a directory renamed into place is complete by
+    construction. A failed write raises ``CheckpointWriteError`` and leaves no temp directory."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = step_name(step)
-    tmp = root / f"{TMP_PREFIX}{name}-{os.getpid()}"
+    tmp, final = root / f"{TMP_PREFIX}{name}-{os.getpid()}", root / name
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    pause = _pause()
+    pause, what = _pause(), "directory"
     try:
-        for writer in writers.values():
+        for label, writer in writers.items():
+            what = label
             writer(tmp)
             if pause:
                 time.sleep(pause)
+        what = STATE_FILE
         with open(tmp / STATE_FILE, "w") as f:
-            json.dump({**state, "step": step}, f, indent=1)
+            json.dump({**state, "step": step, "content_hashes": HASHES}, f, indent=1)
+        what = HASHES
+        digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        (tmp / HASHES).write_text(json.dumps({"sha256": digests}, indent=1) + "\n")
         for file in tmp.iterdir():
             fsync_path(file)
         fsync_path(tmp)
-        final = root / name
+        what = "rename"
         if final.exists():
             # A previous run crashed between the rename and the pointer update, then resumed from
             # an older checkpoint: the directory is replaced, never merged.
@@ -123,8 +172,11 @@ def save_checkpoint(root: Path, step: int, writers: dict[str, Callable[[Path], N
             shutil.rmtree(old)
         os.replace(tmp, final)
         fsync_path(root)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        failed = _as_write_error(e, tmp, final, what) if isinstance(e, Exception) else None
+        if failed is not None:
+            raise failed from e
         raise
     write_text_atomic(root / LATEST, name + "\n", fsync=True)
     return final
@@ -140,7 +192,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.glob("step_*") if is_complete(p)]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    return sorted(found, key=lambda p: _step_of(p.name))
 
 
 def _pointer_target(root: Path) -> str | None:
@@ -200,6 +252,10 @@ def last_good_checkpoint(root: Path) -> Path | None:
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# verification
+
+
 def _check_safetensors(path: Path) -> None:
     """The header parses and the tensors it lists end exactly at the end of the file."""
     size = path.stat().st_size
@@ -217,42 +273,92 @@ def _check_safetensors(path: Path) -> None:
                          f"(truncated or padded)")
 
 
+def _check_structure(path: Path) -> None:
+    """Raise (ValueError, OSError, ...) when ``path`` is not what its name says."""
+    if path.name == STATE_FILE:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError("no integer 'step'")
+    elif path.suffix == ".safetensors":
+        _check_safetensors(path)
+    elif path.suffix == ".pt":
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad is not None:
+            raise ValueError(f"CRC mismatch in {bad}")
+    elif path.suffix == ".json":
+        json.loads(path.read_text())
+
+
+def recorded_hashes(ckpt: Path) -> dict[str, str] | None:
+    """{file name: sha256} recorded with ``ckpt`` (``sha256.json``, or the shipped weights'
+    ``manifest.json``), or None for a checkpoint written before content hashes. Raises
+    CheckpointError when ``state.json`` says the checkpoint has them and they are gone or
+    unreadable."""
+    ckpt = Path(ckpt)
+    for name in (HASHES, MANIFEST):
+        path = ckpt / name
+        if path.is_file():
+            try:
+                digests = json.loads(path.read_text())["sha256"]
+                if not isinstance(digests, dict):
+                    raise TypeError("'sha256' is not a table")
+                return {str(k): str(v) for k, v in digests.items()}
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    try:
+        promised = read_state(ckpt).get("content_hashes")
+    except (OSError, ValueError, AttributeError):
+        promised = None  # state.json itself is checked (and named) by verify_checkpoint
+    if promised:
+        raise CheckpointError(f"{ckpt / HASHES}: missing (state.json says the checkpoint was "
+                              f"written with it)")
+    return None
+
+
 def verify_checkpoint(ckpt: Path, required: tuple[str, ...] = ()) -> None:
     """Raise CheckpointError naming the first missing or broken file of ``ckpt``.
 
-    Checks without loading any tensor: ``state.json`` (a JSON object with an integer step), each
-    ``required`` file present, every ``*.safetensors`` header against the file size, every ``*.pt``
-    zip archive's CRCs, every other ``*.json`` parses."""
+    Checks without loading any tensor: each ``required`` file is present; ``state.json`` is a
+    JSON object with an integer step; every ``*.safetensors`` header against the file size, every
+    ``*.pt`` zip archive's CRCs, every other ``*.json`` parses; then every file against the sha256
+    recorded when it was written (``recorded_hashes``), which catches what keeps a file's size and
+    structure (flipped bytes inside a tensor). Checkpoints written before content hashes get the
+    structural checks only."""
     ckpt = Path(ckpt)
     for name in required:
         if not (ckpt / name).is_file():
             raise CheckpointError(f"{ckpt / name}: missing")
     for path in sorted(ckpt.iterdir()):
         try:
-            if path.name == STATE_FILE:
-                state = json.loads(path.read_text())
-                if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-                    raise ValueError("no integer 'step'")
-            elif path.suffix == ".safetensors":
-                _check_safetensors(path)
-            elif path.suffix == ".pt":
-                with zipfile.ZipFile(path) as z:
-                    bad = z.testzip()
-                if bad is not None:
-                    raise ValueError(f"CRC mismatch in {bad}")
-            elif path.suffix == ".json":
-                json.loads(path.read_text())
-        except CheckpointError:
-            raise
+            _check_structure(path)
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, struct.error) as e:
             raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    for name, digest in (recorded_hashes(ckpt) or {}).items():
+        path = ckpt / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (listed in {HASHES})")
+        if sha256_file(path) != digest:
+            raise CheckpointError(f"{path}: content differs from the sha256 recorded when it was "
+                                  f"written (corrupted on disk: same structure, other bytes)")
 
 
 def _step_of(name: str) -> int:
     return int(name.split("_")[1])
 
 
-def usable_checkpoint(root: Path, required: tuple[str, ...] = ()) -> tuple[Path | None, list[str]]:
+def set_aside(root: Path, ckpt: Path, prefix: str) -> Path:
+    """Rename ``ckpt`` to ``<prefix><name>`` beside it (replacing an older one of that name)."""
+    aside = Path(root) / f"{prefix}{Path(ckpt).name}"
+    if aside.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    os.replace(ckpt, aside)
+    fsync_path(root)
+    return aside
+
+
+def usable_checkpoint(root: Path, required: tuple[str, ...] = (), *, move_broken: bool = True
+                      ) -> tuple[Path | None, list[str]]:
     """The newest complete checkpoint under ``root`` whose files pass ``verify_checkpoint``, at or
     before the one ``latest`` names (``latest`` first, then older ones, newest first), and the
     messages about broken ones.
@@ -261,9 +367,10 @@ def usable_checkpoint(root: Path, required: tuple[str, ...] = ()) -> tuple[Path 
     left (a save killed between its rename and the pointer update, after which the run resumed
     from ``latest`` and rewrote its metrics from there; or a non-finite streak). Resuming from it
     would skip the metrics rows of the steps in between (``set_aside_newer`` moves such
-    directories away on resume). A broken checkpoint is renamed to ``broken-<name>`` (kept for
-    inspection, never read again) and a warning names the broken file; the next candidate is
-    tried."""
+    directories away on resume). A broken checkpoint is named in a warning and, with
+    ``move_broken`` (the trainer, which owns the directory), renamed to ``broken-<name>`` (kept
+    for inspection, never read again); the next candidate is tried. Readers (inference) pass
+    ``move_broken=False`` and leave the directory as it is."""
     root = Path(root)
     name = _pointer_target(root)
     bound = _step_of(name) if name is not None else None
@@ -276,13 +383,12 @@ def usable_checkpoint(root: Path, required: tuple[str, ...] = ()) -> tuple[Path 
             return ckpt, broken
         except CheckpointError as e:
             msg = f"checkpoint {ckpt.name} is broken: {e}"
-            aside = root / f"{BROKEN_PREFIX}{ckpt.name}"
-            if aside.exists():
-                shutil.rmtree(aside, ignore_errors=True)
-            os.replace(ckpt, aside)
-            fsync_path(root)
-            log.warning("%s; moved to %s, falling back to the previous complete checkpoint", msg,
-                        aside)
+            if move_broken:
+                aside = set_aside(root, ckpt, BROKEN_PREFIX)
+                log.warning("%s; moved to %s, falling back to the previous complete checkpoint",
+                            msg, aside)
+            else:
+                log.warning("%s; falling back to the previous complete checkpoint", msg)
             broken.append(msg)
     return None, broken
 
@@ -291,17 +397,14 @@ def set_aside_newer(root: Path, ckpt: Path) -> list[Path]:
     """Rename every complete checkpoint newer than ``ckpt`` (the one a run resumes from) to
     ``stale-<name>``, with a warning; return the new paths. The resumed run rewrites the metrics
     history after ``ckpt``, so those directories no longer match it and must never be resumed
-    from, scored or kept by retention (kept on disk for inspection, like ``broken-`` ones)."""
+    from, scored or kept by retention (the newest is kept on disk for inspection, like a
+    ``broken-`` one: ``SET_ASIDE_KEPT``)."""
     root, step = Path(root), _step_of(Path(ckpt).name)
     moved = []
     for newer in list_checkpoints(root):
         if _step_of(newer.name) <= step:
             continue
-        aside = root / f"{STALE_PREFIX}{newer.name}"
-        if aside.exists():
-            shutil.rmtree(aside, ignore_errors=True)
-        os.replace(newer, aside)
-        fsync_path(root)
+        aside = set_aside(root, newer, STALE_PREFIX)
         log.warning("%s is newer than %s, which the run resumes from (a save killed before "
                     "'latest' was updated, or a non-finite streak): moved to %s, never resumed "
                     "from", newer, Path(ckpt).name, aside)
@@ -328,6 +431,10 @@ def clean_temp(root: Path) -> list[Path]:
     return removed
 
 
+# ---------------------------------------------------------------------------------------------
+# best checkpoint and retention
+
+
 def update_best(root: Path, ckpt: Path, val_loss: float) -> bool:
     """Record ``ckpt`` as the best checkpoint if ``val_loss`` is lower than the recorded one."""
     best = read_best(root)
@@ -344,12 +451,22 @@ def read_best(root: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _delete(root: Path, directory: Path) -> None:
+    """Rename ``directory`` to ``.tmp-del-<name>-<pid>``, then delete it: a kill in between leaves
+    a temp directory that ``clean_temp`` removes, never a half-deleted checkpoint."""
+    doomed = Path(root) / f"{TMP_PREFIX}del-{directory.name}-{os.getpid()}"
+    os.replace(directory, doomed)
+    fsync_path(root)
+    if _pause():
+        time.sleep(_pause())
+    shutil.rmtree(doomed)
+
+
 def apply_retention(root: Path, keep_last: int) -> list[Path]:
     """Delete complete checkpoints except the newest ``keep_last``, the best, ``latest`` and the
-    newest good one (so a non-finite streak never leaves only bad checkpoints).
-
-    Each doomed directory is first renamed to ``.tmp-del-<name>-<pid>`` and then deleted: a kill
-    in between leaves a temp directory that ``clean_temp`` removes, never a half-deleted step_*."""
+    newest good one (so a non-finite streak never leaves only bad checkpoints), and set-aside
+    folders beyond the newest ``SET_ASIDE_KEPT`` of each kind; return what was deleted. Each
+    doomed directory is renamed before it is deleted (``_delete``)."""
     root = Path(root)
     found = list_checkpoints(root)
     keep = {p.name for p in found[-keep_last:]}
@@ -359,91 +476,30 @@ def apply_retention(root: Path, keep_last: int) -> list[Path]:
     for ckpt in (latest_checkpoint(root), last_good_checkpoint(root)):
         if ckpt is not None:
             keep.add(ckpt.name)
-    removed = []
-    for p in found:
-        if p.name not in keep:
-            doomed = root / f"{TMP_PREFIX}del-{p.name}-{os.getpid()}"
-            os.replace(p, doomed)
-            fsync_path(root)
-            if _pause():
-                time.sleep(_pause())
-            shutil.rmtree(doomed)
-            removed.append(p)
-    return removed
-
-
-# ---------------------------------------------------------------------------------------------
-# one process per run directory
-
-
-_HELD_LOCKS: dict[Path, int] = {}
-
-
-def _lock_holder(fd: int) -> str:
-    text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-    return text if text.isdigit() else ""
-
-
-def acquire_run_lock(run_dir: Path) -> bool:
-    """Take the advisory lock ``<run_dir>/run.lock`` (``fcntl.flock``, exclusive, non-blocking)
-    and write this PID into it; False when this process holds it already (nested use).
-
-    Raises RunLockedError naming the holder's PID when another live process holds it. A lock
-    file naming another PID that no longer holds the lock (a killed process: the kernel drops
-    its flock) is taken over with a warning."""
-    run_dir = Path(run_dir).resolve()
-    if run_dir in _HELD_LOCKS:
-        return False
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _lock_holder(fd) or "unknown"
-        os.close(fd)
-        raise RunLockedError(f"{run_dir} is in use by process {holder} (lock {path}); wait for it "
-                             f"to finish or stop it, then run again") from None
-    previous = _lock_holder(fd)
-    if previous and int(previous) != os.getpid():
-        log.warning("%s: lock left by process %s, which no longer holds it (killed?); taken over",
-                    path, previous)
-    os.ftruncate(fd, 0)
-    # No fsync: the PID only informs a message; the kernel's flock is the lock.
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _HELD_LOCKS[run_dir] = fd
-    return True
-
-
-def release_run_lock(run_dir: Path) -> None:
-    """Empty the lock file (a clean exit leaves no holder to take over) and release the lock."""
-    fd = _HELD_LOCKS.pop(Path(run_dir).resolve(), None)
-    if fd is None:
-        return
-    try:
-        os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """``with run_lock(run_dir):`` the run directory belongs to this process (re-entrant)."""
-    taken = acquire_run_lock(run_dir)
-    try:
-        yield
-    finally:
-        if taken:
-            release_run_lock(run_dir)
+    doomed = [p for p in found if p.name not in keep]
+    for prefix in (BROKEN_PREFIX, STALE_PREFIX):
+        aside = sorted((p for p in root.glob(f"{prefix}step_*") if p.is_dir()
+                        and STEP_NAME.fullmatch(p.name[len(prefix):])),
+                       key=lambda p: _step_of(p.name[len(prefix):]))
+        doomed += aside[:-SET_ASIDE_KEPT] if SET_ASIDE_KEPT else aside
+    for p in doomed:
+        _delete(root, p)
+    return doomed
 
 
 # ---------------------------------------------------------------------------------------------
 # run.json and finding the weights a run starts from
 
 
+RUN_STATUSES = ("running", "finished", "collapsed", "aborted", "failed")
+
+
 def write_run_json(run_dir: Path, *, preset: str, hash_: str, status: str, step: int) -> None:
-    """``run.json``: status is running | finished | collapsed (stopped by the monitor) | aborted."""
+    """``run.json``: status is running | finished | collapsed (stopped by the monitor) | aborted
+    (non-finite losses) | failed (stopped by an error, e.g. a full disk; the same command
+    resumes it from ``step``'s checkpoint). A SIGKILLed run stays ``running`` (its lock is free)."""
+    if status not in RUN_STATUSES:
+        raise ValueError(f"run status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     write_text_atomic(Path(run_dir) / "run.json", json.dumps(
         {"preset": preset, "hash": hash_, "status": status, "step": step}, indent=1) + "\n",
@@ -501,43 +557,3 @@ def resolve_init(spec: str, out_dir: Path) -> Path:
         raise FileNotFoundError(f"init.from = {spec!r}: finished run {runs[0]} has no complete "
                                 f"checkpoint")
     return ckpt
-
-
-def _vae_path(spec: str, run_dir: Path) -> Path:
-    """``model.vae`` as written in the config (relative to the working directory at training time);
-    from elsewhere, the same name next to the run directory (``runs/vae`` beside ``runs/<run>``)."""
-    path = Path(spec)
-    if path.is_absolute() or path.exists():
-        return path
-    beside = Path(run_dir).parent / path.name
-    return beside if beside.exists() else path
-
-
-def load_for_inference(run_or_ckpt_dir, weights: str = "ema", device="cpu"):
-    """Load a trained mini-BAGEL for inference: ``(model, tokenizer, vae, report, info)``.
-
-    ``run_or_ckpt_dir``: a run directory (its ``checkpoints/latest`` is used) or a checkpoint
-    directory (``.../checkpoints/step_000300``). ``weights``: "ema" (``ema.safetensors``, what
-    inference normally uses) or "model" (the raw weights). The model is built from the checkpoint's
-    own ``config.toml`` and loaded strictly (``medq.models.load_model``: raises
-    ``CheckpointMismatchError`` listing missing / unexpected / shape-mismatched keys, or the
-    architecture fields where ``arch.json`` and the config differ).
-
-    Returns the model in eval mode on ``device``, its ``Tokenizer``, the frozen VAE (from
-    ``model.vae`` of that config), the ``LoadReport`` and ``info`` = {"checkpoint", "run_dir",
-    "run_name", "preset", "step", "weights", "fingerprint", "config" (a ``medq.config.Config``)}."""
-    from medq import models as M
-    from medq.config import load_config
-
-    if weights not in ("ema", "model"):
-        raise ValueError(f"weights = {weights!r}: expected 'ema' or 'model'")
-    ckpt = resolve_init(str(run_or_ckpt_dir), Path("."))
-    cfg = load_config(str(ckpt / "config.toml"))
-    model, tokenizer, report = M.load_model(ckpt, weights_file=f"{weights}.safetensors",
-                                            expect_arch=cfg.model, tile_size=cfg.model.tile_size)
-    run_dir = ckpt.parent.parent
-    vae = M.load_vae(_vae_path(cfg.model.vae, run_dir)).to(device).eval().requires_grad_(False)
-    info = {"checkpoint": ckpt, "run_dir": run_dir, "run_name": run_dir.name,
-            "preset": cfg.run.preset, "step": read_state(ckpt)["step"], "weights": weights,
-            "fingerprint": report.fingerprint, "config": cfg}
-    return model.to(device).eval(), tokenizer, vae, report, info

@@ -54,13 +54,46 @@ def _check(cond: bool, key: str, value, rule: str) -> None:
         raise ConfigError(f"{key} = {value!r}: {rule}")
 
 
+FLOAT_LIMIT = 1e6
+"""Largest magnitude of any float setting. No setting of this trainer means anything near it (the
+presets' values are orders of magnitude below); beyond it a value is a typo (``1e9`` for ``1e-9``)
+or an overflow, and inf / nan would train to non-finite outputs without an error."""
+INT_RANGE = (-(2**63), 2**63 - 1)
+"""Integer settings are 64-bit, as TOML's integers (Python's reader accepts any size)."""
+SEED_RANGE = (0, 2**32 - 1)
+"""Seeds (fields named ``seed`` or ``*_seed``): what every RNG the project seeds accepts (numpy's
+legacy seeding stops at 2**32; torch's generators take 64 bits, and the trainer's generator seed
+is ``run.seed * 1000 + rank``)."""
+
+
+def _check_number(typ, value, key: str) -> None:
+    """The generic range of every float and int setting (``FLOAT_LIMIT``, ``INT_RANGE``,
+    ``SEED_RANGE``): a new field gets it without a line of its own."""
+    if typ is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool)
+               and math.isfinite(value) and abs(value) <= FLOAT_LIMIT, key, value,
+               f"must be a finite number between -{FLOAT_LIMIT:g} and {FLOAT_LIMIT:g}")
+    elif typ is int and not isinstance(value, bool) and isinstance(value, int):
+        seed = key.rsplit(".", 1)[-1].split("[")[0]
+        lo, hi = SEED_RANGE if seed == "seed" or seed.endswith("_seed") else INT_RANGE
+        _check(lo <= value <= hi, key, value, f"must be an integer in {lo}..{hi}"
+               + (" (a seed every RNG accepts)" if (lo, hi) == SEED_RANGE else ""))
+
+
 def _check_section(section, name: str) -> None:
     """The checks every section runs at construction (its ``__post_init__``): each ``Literal``
-    field holds one of its choices, each ``list[Literal]`` field a non-empty list of them."""
+    field holds one of its choices, each ``list[Literal]`` field a non-empty list of them, every
+    float (and list of floats) is finite and within ``FLOAT_LIMIT``, every int within
+    ``INT_RANGE`` (seeds: ``SEED_RANGE``)."""
     hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):
         typ, value = hints[f.name], getattr(section, f.name)
         key = f"{name}.{_UNALIASES.get(f.name, f.name)}"
+        if typing.get_origin(typ) is list and typing.get_args(typ)[0] in (float, int):
+            for j, item in enumerate(value if isinstance(value, list) else []):
+                _check_number(typing.get_args(typ)[0], item, f"{key}[{j}]")
+        else:
+            _check_number(typ, value, key)
         if typing.get_origin(typ) is Literal:
             choices = typing.get_args(typ)
             _check(value in choices and type(value) is type(choices[0]), key, value,
@@ -624,13 +657,35 @@ RENAMED_PRESETS = {"base": CONTROL}
 """Presets renamed by issue 16 ("base" meant the defaults, the base model and a model size)."""
 
 
+def _config_file(name: str, config_dir: Path, what: str) -> Path:
+    """``config_dir/<name>.toml``, refused when the name leads outside ``config_dir``."""
+    file = config_dir / f"{name}.toml"
+    if not file.resolve().is_relative_to(config_dir.resolve()):
+        raise ConfigError(f"{what} {name!r}: {file} is outside {config_dir}; {what} names are "
+                          f"files of configs/ (a TOML file elsewhere is read when given as its "
+                          f"path, ending in .toml)")
+    return file
+
+
+def _run_name_part(name: str, where: str) -> str:
+    """A preset name as it becomes the run directory ``<run.out_dir>/<name>-<hash8>``: one path
+    component, so that every run directory stays inside ``run.out_dir``."""
+    if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+        raise ConfigError(f"run.preset = {name!r} ({where}): must be a plain name (no '/', not "
+                          f"starting with '.'): the run directory is <run.out_dir>/<preset>-<hash>")
+    return name
+
+
 def load_config(preset: str = CONTROL, overrides: list[str] = (), overlays: list[str] = (),
                 config_dir: Path = CONFIG_DIR) -> Config:
     """Resolve defaults <- preset file <- overlay files (e.g. 'model/small') <- overrides.
 
     ``preset`` is a name in ``configs/`` (``control``, an empty file, is the defaults alone) or a
     path to a TOML file (e.g. a run's saved ``config.toml``, which loads back to an equal
-    Config)."""
+    Config): a value ending in ``.toml`` that names an existing file is read as that path, any
+    other value is looked up inside ``configs/`` and may not lead out of it (``../x``). The same
+    holds for overlays. The preset name (the file's ``run.preset``, else its stem) must be one
+    path component: it names the run directory inside ``run.out_dir``."""
     d = to_dict(Config())
     path = Path(preset)
     if path.suffix == ".toml" and path.exists():
@@ -638,7 +693,7 @@ def load_config(preset: str = CONTROL, overrides: list[str] = (), overlays: list
         name = data.get("run", {}).get("preset", path.stem)
         d = merge(d, data, str(path))
     else:
-        file = config_dir / f"{preset}.toml"
+        file = _config_file(preset, config_dir, "preset")
         if preset in RENAMED_PRESETS and not file.exists():
             raise ConfigError(f"preset {preset!r} is now called {RENAMED_PRESETS[preset]!r} "
                               f"(configs/{RENAMED_PRESETS[preset]}.toml)")
@@ -648,13 +703,14 @@ def load_config(preset: str = CONTROL, overrides: list[str] = (), overlays: list
         d = merge(d, _read_toml(file), str(file))
         name = preset
     for overlay in overlays:
-        file = Path(overlay) if Path(overlay).suffix == ".toml" else config_dir / f"{overlay}.toml"
+        file = (Path(overlay) if Path(overlay).suffix == ".toml"
+                else _config_file(overlay, config_dir, "overlay"))
         if not file.exists():
             raise ConfigError(f"overlay {overlay!r}: no such file {file}")
         d = merge(d, _read_toml(file), str(file))
     for text in overrides:
         d = merge(d, parse_override(text), f"override {text!r}")
-    d["run"]["preset"] = name
+    d["run"]["preset"] = _run_name_part(str(name), str(path))
     return from_dict(d)
 
 

@@ -71,6 +71,14 @@ def pick_device(spec: str) -> torch.device:
     except RuntimeError as e:
         raise DeviceError(f"run.device = {spec!r}: not a device name ({e}); use auto, cpu or "
                           f"cuda[:N]") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        # meta holds no data and the others need backends this project is not built for
+        raise DeviceError(f"run.device = {spec!r}: a {device.type} device cannot run this "
+                          f"project; use auto, cpu or cuda[:N]")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"run.device = {spec!r}, but no Apple GPU is available here "
+                          f"(torch.backends.mps.is_available() is False); use run.device=auto or "
+                          f"cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"run.device = {spec!r}, but no CUDA GPU is available here "
                           f"(torch.cuda.is_available() is False); use run.device=auto or cpu")

@@ -12,10 +12,14 @@ reports, caches, checkpoints' small files, the demo's PNGs).
 
 ``fsync=True`` also flushes the file and its directory to disk before and after the rename (the
 training checkpoints' pointers, where a power cut must not leave an empty file).
+
+Also the one content hash of files (``sha256_file``: checkpoints, the shipped weights' manifest)
+and the one description of the disk a failed write went to (``disk_note``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -98,3 +102,44 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system that holds ``path`` (or would hold it: the nearest
+    existing parent is asked)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def disk_note(path: Path) -> str:
+    """'the disk of /mnt/data: 12.0 KiB free of 2.0 GiB' for the file system holding ``path``:
+    what a one-line write error names, so that a full disk is told from a permission problem."""
+    mount = mount_point(path)
+    try:
+        usage = shutil.disk_usage(mount)
+    except OSError:
+        return f"the disk of {mount}"
+    return f"the disk of {mount}: {_size(usage.free)} free of {_size(usage.total)}"
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KiB", "MiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"

@@ -5,21 +5,20 @@
 - ``tiny_overrides`` / ``tiny``: the tiny mini-BAGEL of ``configs/tiny.toml`` as ``--set``
   overrides, with an untrained VAE of its geometry (made once per session); ``tiny`` adds a run
   directory and data cache in the test's ``tmp_path``.
+- ``server``: the demo app on a fake runs/ tree, launched on a free localhost port (one per test
+  module: test_demo.py and test_demo_browser.py).
 
 Helpers that are not fixtures live in ``tests/fakes/`` (not collected by pytest).
 """
 
 import json
-import os
 import tomllib
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FUNDUS_SAMPLES = Path(
-    os.environ.get("MEDQ_FUNDUS_SAMPLES", REPO.parent / "shared" / "fundus-samples")
-)
+from fakes import FUNDUS_SAMPLES, REPO
+
 TINY_TOML = REPO / "configs" / "tiny.toml"
 
 
@@ -57,3 +56,12 @@ def tiny(tmp_path, tiny_overrides) -> list[str]:
     ``tmp_path/cache``."""
     return tiny_overrides + [f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
                              f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``fakes.demo.served_demo``: {"url", "root", "runs", "run"} of the launched demo app."""
+    from fakes.demo import served_demo
+
+    with served_demo(tmp_path_factory.mktemp("served")) as served:
+        yield served

@@ -110,3 +110,18 @@ def test_every_library_module_is_in_the_architecture_table():
         if f"| {name} |" not in text:
             missing.append(name)
     assert not missing, f"docs/ARCHITECTURE.md's library table lacks {', '.join(missing)}"
+
+
+def test_no_test_module_imports_another_test_module():
+    """Shared test helpers live in tests/fakes/ or conftest.py (fixtures), never in a test module:
+    importing one test module from another runs its tests' imports twice, hides where a helper
+    lives and makes a test module impossible to delete or split alone (issue 29)."""
+    tests = REPO / "tests"
+    test_modules = {p.stem for p in tests.glob("test_*.py")} | {"conftest"}
+    bad = []
+    for path in _python_files("tests"):
+        for line, module, _ in _imports(path):
+            name = module.removeprefix("tests.")
+            if name.split(".")[0] in test_modules:
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {module}")
+    assert not bad, "test modules imported by other test code:\n" + "\n".join(bad)

@@ -1,11 +1,12 @@
-"""The chaos test (issue 18): a tiny run is SIGKILLed at seeded random moments, at least once
-during a checkpoint write and once during retention; a second process is started on the same
-run directory; the newest checkpoint is corrupted once. Every restart must resume, and the final
-weights and the whole loss history must equal those of an uninterrupted run.
+"""The chaos test (issues 18 and 31): a tiny run is SIGKILLed at seeded random moments, at least
+once during a checkpoint write and once during retention; a second process is started on the same
+run directory; the newest checkpoint is truncated once and corrupted in place once (same size,
+valid header). Every restart must resume, and the final weights and the whole loss history must
+equal those of an uninterrupted run.
 
-The trainers are forked from one server (tests/chaos_worker.py) so a start costs milliseconds,
-not the seconds of ``import torch``. Run it alone with ``-s`` to see the kill log and the steps
-lost per kill."""
+The trainers are forked from one server (tests/fakes/chaos_worker.py) so a start costs
+milliseconds, not the seconds of ``import torch``. Run it alone with ``-s`` to see the kill log
+and the steps lost per kill."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ from train.logger import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 18
-MAX_STEPS, CKPT_EVERY = 80, 4
+MAX_STEPS, CKPT_EVERY = 96, 4
 KILLS = ["start", "step", "save", "step", "retention", "step", "lock", "step", "corrupt", "step",
-         "start", "step", "save", "step"]
+         "flip", "step", "start", "step", "save", "step"]
+"""What each trainer meets before it is SIGKILLed; "corrupt" then truncates the newest checkpoint's
+model.safetensors, "flip" flips 64 bytes inside its EMA tensors (same size, valid header: only the
+recorded sha256 tells)."""
 
 
 class Server:
@@ -34,7 +38,7 @@ class Server:
     def __init__(self, tmp: Path):
         self.tmp, self.n = tmp, 0
         path = os.pathsep.join([str(REPO), str(REPO / "tests")])
-        self.proc = subprocess.Popen([sys.executable, "-m", "chaos_worker"], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "fakes.chaos_worker"], cwd=REPO,
                                      env={**os.environ, "PYTHONPATH": path}, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
@@ -99,6 +103,22 @@ class Trainer:
         return next(line.split()[1] for line in self.lines() if line.startswith("done"))
 
 
+def _damage(ckpt: Path, kind: str) -> Path:
+    """Truncate ``ckpt``'s model.safetensors ("corrupt") or flip 64 bytes of its EMA tensor data
+    in place ("flip"); return the damaged file."""
+    if kind == "corrupt":
+        path = ckpt / "model.safetensors"
+        path.write_bytes(path.read_bytes()[:100])
+        return path
+    path = ckpt / "ema.safetensors"
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")          # after the JSON header
+    for k in range(start, min(start + 64, len(data))):
+        data[k] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
 def _wait_for_path(paths, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -128,7 +148,7 @@ def test_chaos_kills_a_second_process_and_a_corrupt_checkpoint(tmp_path):
                 start = trainer.wait_for("resume")
                 assert start is not None, trainer.err()
                 assert start <= MAX_STEPS - 2 * CKPT_EVERY, "the run got too far; raise MAX_STEPS"
-            if kind in ("step", "corrupt"):
+            if kind in ("step", "corrupt", "flip"):
                 assert trainer.wait_for("step", start + rng.randint(1, 2 * CKPT_EVERY))
                 time.sleep(rng.uniform(0.0, 0.02))
             elif kind == "save":  # this trainer's temp checkpoint, half written
@@ -154,20 +174,20 @@ def test_chaos_kills_a_second_process_and_a_corrupt_checkpoint(tmp_path):
                 e["resumed_at"] = start
             log.append({"kind": kind, "killed_after": last, "resumed_from": start,
                         "trainer": trainer, "resumed_at": None})
-            if kind == "corrupt":
+            if kind in ("corrupt", "flip"):
                 root = ckpts()
-                model = root / (root / "latest").read_text().strip() / "model.safetensors"
-                model.write_bytes(model.read_bytes()[:100])
-                log[-1]["corrupted"] = str(model)
+                newest = root / (root / "latest").read_text().strip()
+                log[-1]["corrupted"] = str(_damage(newest, kind))
         last_trainer = server.run(out_dir)
         final = last_trainer.done()
         log[-1]["resumed_at"] = last_trainer.wait_for("resume")
     finally:
         server.close()
-    # Every kill resumed; the corrupted checkpoint was named, skipped and replaced.
-    k = [e["kind"] for e in log].index("corrupt")
-    after = (log[k + 1]["trainer"] if k + 1 < len(log) else last_trainer).err()
-    assert log[k]["corrupted"] in after and "falling back" in after
+    # Every kill resumed; each corrupted checkpoint was named, skipped and replaced.
+    for kind, caught in (("corrupt", "truncated"), ("flip", "content differs")):
+        k = [e["kind"] for e in log].index(kind)
+        after = (log[k + 1]["trainer"] if k + 1 < len(log) else last_trainer).err()
+        assert f"{log[k]['corrupted']}: " in after and caught in after and "falling back" in after
     assert refused_in is not None
     # The same weights and the same loss at every step as the uninterrupted run.
     assert final == reference

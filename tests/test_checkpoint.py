@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
 import subprocess
 import sys
@@ -37,7 +39,10 @@ def test_save_is_complete_and_pointer_moves(tmp_path):
     root = tmp_path / "checkpoints"
     c1 = save_checkpoint(root, 1, {"a": write_file("a.txt", "one")}, {"x": 1})
     assert c1.name == "step_000001" and (c1 / "a.txt").read_text() == "one"
-    assert read_state(c1) == {"x": 1, "step": 1}
+    assert read_state(c1) == {"x": 1, "step": 1, "content_hashes": "sha256.json"}
+    recorded = json.loads((c1 / "sha256.json").read_text())["sha256"]
+    assert recorded == {name: hashlib.sha256((c1 / name).read_bytes()).hexdigest()
+                        for name in ("a.txt", "state.json")}
     c2 = save_checkpoint(root, 2, {"a": write_file("a.txt", "two")}, {})
     assert (root / "latest").read_text().strip() == "step_000002"
     assert latest_checkpoint(root) == c2
@@ -164,3 +169,18 @@ def test_fingerprint_sees_values_and_names():
     assert fingerprint(a) != fingerprint({"w": torch.zeros(2, 2), "b": torch.tensor([1.0, 2.0])})
     assert fingerprint(a) != fingerprint({"v": torch.zeros(2, 2), "b": torch.ones(2)})
     assert fingerprint({"s": torch.tensor(1.0)})  # 0-d tensors hash too
+
+
+def test_perf_checkpoint_prints_save_and_verify_times_with_the_machine(tmp_path, capsys):
+    from bench.__main__ import main
+
+    assert main(["perf", "checkpoint", "--sizes-mb", "1", "--repeats", "1", "--dir",
+                 str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("machine: ") and "save ms" in lines[1]
+    size, *times = (float(x) for x in lines[2].split())
+    assert 0.9 < size < 1.1 and all(t > 0 for t in times) and times[1] <= times[0]
+    assert list(tmp_path.iterdir()) == []               # its checkpoints were temporary
+    with pytest.raises(SystemExit):
+        main(["perf", "checkpoint", "--sizes-mb", "0"])
+    assert "--sizes-mb must be 1..4096" in capsys.readouterr().err

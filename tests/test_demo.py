@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import struct
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import demo  # noqa: F401  (switches Gradio analytics off before gradio is impor
 from demo import catalog, handlers, imaging
 from demo.models import ModelPool
 from demo.security import UploadError, auth_from_env, read_upload
-from fakes.demo import FAKE_MODES, SIZE, FakeModel, build_tree, fake_loader, fundus
+from fakes.demo import FAKE_MODES, IDS, SIZE, FakeModel, build_tree, fake_loader, free_port, fundus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +61,7 @@ def test_discovery_finds_presets_baselines_and_the_working_size(tree, tmp_path):
     assert set(modes) == {*FAKE_MODES, "bicubic", "lanczos"}
     assert modes["bicubic"].kind == "baseline" and modes["lanczos"].records == {}
     assert modes["ssim_v3_relaxed"].records == {}          # trained, never evaluated
-    assert catalog.default_selection(modes) == ["pixel", "ssim_v3", "mixed", "bicubic"]
+    assert catalog.default_selection(list(modes), "sr4") == ["ssim_v3", "pixel", "mixed", "bicubic"]
     assert catalog.working_size(modes) == SIZE
     assert [sid for sid, _ in catalog.test_items(modes, "sr4")] == ["eyeq_0001", "eyeq_0002",
                                                                      "eyeq_0003"]
@@ -192,11 +191,18 @@ def test_report_warning_for_undecodable_tokens(app_demo):
     assert table.loc["Pixel + SSIM fine-tune", "undecodable tokens"] == "2"
 
 
-def test_a_failing_mode_is_reported_and_the_others_still_shown(app_demo):
-    cmp = handlers.compare(app_demo, "enhance", ["pixel", "lanczos"], sample_id="eyeq_0001")
+def test_a_failing_mode_is_reported_and_the_others_still_shown(app_demo, caplog):
+    """The page says it in a clinician's words; the exception, with its paths, goes to the
+    server log only."""
+    with caplog.at_level("ERROR"):
+        cmp = handlers.compare(app_demo, "enhance", ["pixel", "lanczos"], sample_id="eyeq_0001")
     assert list(cmp["outputs"]) == ["pixel"]
-    assert "no fake model 'lanczos'" in cmp["errors"]["lanczos"]
-    assert "**Unchanged input (lanczos)**: ⚠️ could not run" in handlers.reports_markdown(cmp)
+    assert cmp["errors"]["lanczos"] == ("could not be run on this image; the server log has the "
+                                        "technical details")
+    assert "no fake model 'lanczos'" in caplog.text and "Traceback" in caplog.text
+    md = handlers.reports_markdown(cmp)
+    assert "**Unchanged input (lanczos)**: ⚠️ could not be run on this image" in md
+    assert "Error" not in md and "/" not in md.split("Unchanged input (lanczos)")[1]
 
 
 def test_png_store_writes_each_picture_once_losslessly(tmp_path):
@@ -262,20 +268,41 @@ def test_real_fundus_photograph_upload(app_demo, fundus_samples):
     assert cmp["outputs"]["bicubic"]["metrics"]["psnr"] > 20
 
 
-def test_results_tab_is_readable_with_the_compare_names_main_metric_first_and_intervals(
-        tree, tmp_path):
-    table, md, plots = handlers.leaderboard(tree[1])
-    assert list(table.columns[:4]) == ["Mode", "Task", "SSIM FOV [95% CI]",
-                                       "PSNR FOV (dB) [95% CI]"]
-    # Best main metric first, named as on the Compare tab.
-    assert list(table["Mode"]) == ["SSIM fine-tune (v3)", "Pixel + SSIM fine-tune",
-                                   "Pixel-loss fine-tune", "Bicubic upscaling"]
-    assert table.iloc[0]["SSIM FOV [95% CI]"] == "0.8840 [0.8740, 0.8940]"
-    assert {"DR kappa", "DR kappa floor", "Findings F1", "Findings F1 floor"} <= set(table.columns)
-    assert not any("_" in c for c in table.columns)
-    assert md.startswith("# Leaderboard") and plots[0][1] == "psnr ssim"
-    table, md, plots = handlers.leaderboard(tmp_path / "nothing")
-    assert "make eval" in table.iloc[0, 0] and "make eval" in md and plots == []
+def test_results_tab_for_clinicians_one_short_table_per_task_and_the_finding(tree, tmp_path):
+    """Reference, best fine-tune and floor in the Compare tab's names, the finding in one
+    sentence, saying where the models lose (real photographs), the report scores only here."""
+    reports_dir = tree[1]
+    with open(reports_dir / "leaderboard.csv", "a") as f:
+        f.write("ok,constant,baseline,constant,,sr4,3,17.6,17.0,18.1,0.695,0.68,0.71,90,,,,,,"
+                "unknown,\n")
+    text, files, plots = handlers.results(reports_dir)
+    assert "### Super-resolution x4" in text and "Enhancement" not in text
+    assert ("The best fine-tune, SSIM fine-tune (v3), judged by SSIM inside the disc: on the "
+            "synthetic test images it beats Bicubic upscaling (0.884 against 0.820); on real "
+            "photographs it has not been measured here.") in text
+    table = text.split("Synthetic test images:")[1].split("###")[0]
+    assert table.count("\n|") == 5                        # header, rule, three rows
+    assert "| reference | Bicubic upscaling | 0.820 [0.810, 0.830] | 25.80 [25.40, 26.20] |" \
+        in table
+    assert "| best fine-tune | SSIM fine-tune (v3) | 0.884 [0.874, 0.894] |" in table
+    assert "| floor | Constant image | 0.695 [0.680, 0.710] |" in table
+    assert "| SSIM fine-tune (v3) | Super-resolution x4 | 0.120 | 0.000 |" in text
+    assert "_" not in table and "00000001" not in text     # no column names, no run hashes
+    assert [f.name for f in files] == ["leaderboard.csv", "leaderboard.md"]
+    assert plots[0][1] == "psnr ssim"
+    # Real photographs: the fine-tune loses to bicubic there, and the sentence says so.
+    real = tmp_path / "reports-drive"
+    real.mkdir()
+    lines = (reports_dir / "leaderboard.csv").read_text().splitlines()
+    real_rows = [lines[0], lines[2].replace(",0.884,0.874,0.894,", ",0.864,0.85,0.87,"),
+                 lines[4].replace(",0.820,0.81,0.83,", ",0.903,0.89,0.91,")]
+    (real / "leaderboard.csv").write_text("\n".join(real_rows) + "\n")
+    text, _, _ = handlers.results(reports_dir, real)
+    assert ("on real photographs it loses to Bicubic upscaling (0.864 against 0.903). It loses "
+            "somewhere: do not take it for an improvement.") in text
+    assert "Real photographs (development set, never trained on):" in text
+    text, files, plots = handlers.results(tmp_path / "nothing")
+    assert "make eval" in text and files == [] and plots == []
 
 
 def test_auth_from_env(tmp_path):
@@ -369,8 +396,9 @@ def test_reference_report_beside_each_report_with_agreement_per_finding(app_demo
     assert f"**Reference report** (the label of this test image): {reference_of(1)}" in md
     assert "diabetic retinopathy grade: 3 (severe) → **agree**" in md
     assert "haemorrhages: absent → **disagree** (reference: present)" in md
-    # Report scores of the leaderboard, each beside its majority-class floor.
-    assert "DR kappa 0.100 (majority-class floor 0.000)" in md  # three digits, as a reader wants
+    # Test-set report scores are on the Results tab, never beside a single report.
+    assert "kappa" not in md.lower() and "test set" not in md
+    assert handlers.TRAINED_ON in md and "never from a real photograph" in md
     other = handlers.compare(app_demo, "sr4", ["pixel"], sample_id="eyeq_0001")
     assert {f["finding"]: f["agree"] for f in other["outputs"]["pixel"]["findings"]}[
         "diabetic retinopathy grade"] is False
@@ -451,10 +479,12 @@ def test_a_second_output_in_the_records_is_a_selectable_mode(tmp_path):
     assert ("**SSIM fine-tune (v3), MMSE output**: no text (an image read-out of the same model, "
             "which writes its report once: see **SSIM fine-tune (v3)**)"
             in handlers.reports_markdown(cmp))
+    # The MMSE read-out runs on an upload: the parent's weights, read out as x0 prediction.
     photo = tmp_path / "photo.png"
     Image.fromarray(imaging.to_uint8(fundus(5, 128))).save(photo)
     up = handlers.compare(d, "sr4", ["ssim_v3:mmse"], upload=photo)
-    assert "only for evaluated test images" in up["errors"]["ssim_v3:mmse"]
+    assert up["outputs"]["ssim_v3:mmse"]["origin"] == "computed now (the harness)"
+    assert up["errors"] == {}
 
 
 def test_readable_mode_names_and_identical_outputs_marked(tmp_path):
@@ -484,20 +514,20 @@ def test_readable_mode_names_and_identical_outputs_marked(tmp_path):
 
 
 def test_uploads_that_are_not_fundus_photographs_are_refused_with_the_reason(app_demo, tmp_path):
-    from test_fundus_check import EXPECTED_REASON, bad_corpus
+    from fakes.images import NOT_FUNDUS_REASON, not_fundus_corpus
 
-    for name, path in bad_corpus(tmp_path).items():
+    for name, path in not_fundus_corpus(tmp_path).items():
         with pytest.raises(UploadError) as e:
             handlers.compare(app_demo, "sr4", ["bicubic"], upload=path)
         msg = str(e.value)
         assert msg.startswith(name) and "not a colour fundus photograph" in msg, msg
-        assert re.search(EXPECTED_REASON[name], msg) and str(tmp_path) not in msg
+        assert re.search(NOT_FUNDUS_REASON[name], msg) and str(tmp_path) not in msg
 
 
 def test_16_bit_and_float_uploads_are_converted(app_demo, tmp_path, fundus_samples):
     import tifffile
-    from test_fundus_check import write_png16
 
+    from fakes.images import write_png16
     from medq.data.imageio import load_rgb
 
     rgb = load_rgb(sorted((fundus_samples / "drive-train" / "images").glob("*"))[0])
@@ -557,35 +587,6 @@ def test_login_throttle_locks_a_user_after_failed_attempts():
 # the launched app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from demo.app import build_app, launch
-
-    root = tmp_path_factory.mktemp("served")
-    runs, reports = build_tree(root)
-    (root / "secret.txt").write_text("SECRET-OUTSIDE")
-    # What a real runs/ holds besides the PNGs: weights, the cached dataset, configs.
-    run = runs / "pixel-00000000"
-    (run / "checkpoints" / "step_000300" / "model.safetensors").write_bytes(b"WEIGHTS" * 100)
-    (run / "config.toml").write_text("# SECRET-CONFIG\n[data]\nsource = 'synthetic'\n")
-    (runs / "_cache").mkdir()
-    (runs / "_cache" / "synthetic-v2-s0-64px-n2048.npz").write_bytes(b"PATIENT-IMAGES" * 100)
-    d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
-    app = build_app(d)
-    port = free_port()
-    launch(app, d, port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield {"url": f"http://127.0.0.1:{port}/", "root": root, "runs": runs, "run": run}
-    finally:
-        app.close()
-
-
 @pytest.mark.slow      # launches the Gradio server
 def test_client_compares_an_upload_and_the_test_set(server, tmp_path):
     from gradio_client import Client, handle_file
@@ -632,7 +633,7 @@ def test_a_bad_upload_leaves_its_reason_in_the_status_line(server, tmp_path):
                             api_name="/compare")[-1]
     assert "noise.png (400x300) is not a colour fundus photograph" in status
     # The app keeps serving after the error.
-    assert client.predict(api_name="/leaderboard")[0]["headers"][0] == "Mode"
+    assert "Super-resolution x4" in client.predict(api_name="/leaderboard")[0]
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -653,8 +654,9 @@ def test_only_the_pictures_the_page_shows_are_served(server, tmp_path):
     result = Client(server["url"], verbose=False).predict(
         None, "eyeq_0001", "sr4", ["pixel"], 0.5, 0.5, 4, "blur", api_name="/compare")
     shown = result[0]["value"][0]["image"]                  # downloaded copy; find its URL
-    cache = Path(__import__("tempfile").gettempdir(), "gradio")
-    cached = list(cache.rglob(Path(shown).name))
+    from demo.hygiene import temp_root
+
+    cached = list(temp_root().rglob(Path(shown).name))       # the page's own temp folder
     assert cached, shown
     status, body = _get(url + "gradio_api/file=" + str(cached[0]))
     assert status == 200 and body[:4] == b"\x89PNG"             # positive control
@@ -698,14 +700,21 @@ def test_server_binds_localhost_only_and_exposes_two_endpoints(server):
     assert sorted(info["named_endpoints"]) == ["/compare", "/leaderboard"]
 
 
-def _post_login(url: str, user: str, password: str) -> int:
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _post_login(url: str, user: str, password: str, full: bool = False):
+    """The status of a login attempt (redirects not followed); ``full``: (status, headers)."""
     data = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url + "login", data=data),
-                                    timeout=20) as r:
-            return r.status
+        with opener.open(urllib.request.Request(url + "login", data=data), timeout=20) as r:
+            status, headers = r.status, r.headers
     except urllib.error.HTTPError as e:
-        return e.code
+        status, headers = e.code, e.headers
+    return (status, headers) if full else status
 
 
 @pytest.mark.slow      # launches the Gradio server
@@ -722,15 +731,25 @@ def test_login_is_enforced_throttled_and_offers_logout(tmp_path, monkeypatch):
         with pytest.raises(Exception):  # noqa: B017 - gradio_client raises its own (unexported) error
             Client(url, verbose=False, auth=("ann", "wrong"))
         client = Client(url, verbose=False, auth=("ann", "s3cret"))
-        assert client.predict(api_name="/leaderboard")[0]["headers"][0] == "Mode"
+        assert "Super-resolution x4" in client.predict(api_name="/leaderboard")[0]
         # A logout link on the page, and Gradio's /logout route behind it.
         config = json.dumps(client.config)
         assert '"link": "/logout"' in config
-        # Guessing: after 5 failures the user is locked, the right password too is refused.
-        assert [_post_login(url, "ann", f"guess{k}") for k in range(6)] == [400] * 6
-        assert _post_login(url, "ann", "s3cret") == 400
+        # Guessing: the 5th failure locks the user; the answer sends the browser back to the
+        # page with a cookie naming the user, and the login page then says it is locked and for
+        # how long. The right password too is refused while locked.
+        assert [_post_login(url, "ann", f"guess{k}") for k in range(4)] == [400] * 4
+        status, headers = _post_login(url, "ann", "guess4", full=True)
+        assert status == 303 and "medq-login-locked=ann" in headers["set-cookie"]
+        assert _post_login(url, "ann", "s3cret") == 303
         with pytest.raises(Exception):  # noqa: B017 - as above
             Client(url, verbose=False, auth=("ann", "s3cret"))
+        req = urllib.request.Request(url, headers={"Cookie": "medq-login-locked=ann"})
+        with urllib.request.urlopen(req, timeout=20) as r:
+            page = r.read().decode()
+        assert re.search(r"User ann is locked after too many wrong passwords: try again in "
+                         r"\d+ s", page), page[-3000:]
+        assert "User" not in _get(url)[1].decode().split("auth_message")[1][:200]
     finally:
         app.close()
 
@@ -740,7 +759,7 @@ def test_records_with_a_corrupt_line_still_show_the_valid_rows(tmp_path, caplog)
     file and line and skipped; rows without an existing output PNG are not offered."""
     import json as _json
 
-    from medq.harness.images import save_png
+    from medq.data.imageio import save_png
 
     task = tmp_path / "eval" / "sr4"
     import torch
@@ -759,12 +778,175 @@ def test_records_with_a_corrupt_line_still_show_the_valid_rows(tmp_path, caplog)
 def test_fake_tree_matches_the_records_contract(tmp_path):
     from PIL import Image
 
+    from medq.harness import records
+
     runs, _ = build_tree(tmp_path)
     rec = runs / "pixel-00000000" / "eval" / "step_000300-ema" / "sr4" / "records.jsonl"
     row = json.loads(rec.read_text().splitlines()[0])
-    for key in ("id", "task", "run", "checkpoint", "weights", "seed", "settings", "input", "output",
-                "target", "mask", "seconds", "report_text", "report_ids", "undecodable",
-                "undecodable_positions", "quality_label", "report_quality"):
-        assert key in row
-    assert (rec.parent / row["output"]).is_file()
+    assert not set(records.FIELDS) - set(row), "the fake rows lack fields of the records contract"
+    assert records.is_finished(row, rec.parent)  # every field present, every PNG it names there
     assert Image.open(rec.parent / row["input"]).size == (SIZE // 4, SIZE // 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 30: honest reports, every offered mode runs, identical within a tolerance
+
+
+def test_a_real_photograph_gets_no_grade_and_a_synthetic_one_does(app_demo, tmp_path,
+                                                                   fundus_samples):
+    """A DRIVE photograph is unlike the synthetic training images: every report is "not
+    assessed", no grade is shown. A synthetic photograph uploaded the same way gets its report."""
+    photo = sorted((fundus_samples / "drive-train" / "images").glob("*.tif"))[0]
+    cmp = handlers.compare(app_demo, "sr4", ["pixel", "mixed", "bicubic"], upload=photo)
+    assert cmp["ood"]["unlike"] and cmp["ood"]["distance"] > cmp["ood"]["threshold"]
+    md = handlers.reports_markdown(cmp)
+    assert "Reports not assessed: this photograph is unlike the images the report model was " \
+           "trained on" in md
+    assert "**Pixel-loss fine-tune**: not assessed" in md
+    assert not re.search(r"grade \d", md.replace("no grade is shown", ""))
+    assert "WARNING: 2 undecodable token(s)" in md          # the collapse signal stays
+    synthetic = tmp_path / "synthetic.png"
+    Image.fromarray(imaging.to_uint8(fundus(11, 256))).save(synthetic)
+    cmp = handlers.compare(app_demo, "sr4", ["pixel"], upload=synthetic)
+    assert not cmp["ood"]["unlike"], cmp["ood"]
+    md = handlers.reports_markdown(cmp)
+    assert "not assessed" not in md and re.search(r"Pixel-loss fine-tune\*\*: .*grade 3", md)
+
+
+def test_without_a_usable_calibration_no_report_is_assessed(tree, tmp_path):
+    for path, why in ((tmp_path / "missing.json", "is not set up"),
+                      (_write(tmp_path / "bad.json", b"{}"), "is broken")):
+        d = handlers.Demo.from_folders(*tree, pool=ModelPool(fake_loader), ood_calibration=path)
+        cmp = handlers.compare(d, "sr4", ["pixel"], sample_id="eyeq_0002")
+        md = handlers.reports_markdown(cmp)
+        assert f"Reports not assessed: the check for photographs unlike the training images {why}" \
+            in md and "python -m demo calibrate-ood" in md
+        assert "Reference report" not in md and "**Pixel-loss fine-tune**: not assessed" in md
+    stale = json.loads(handlers.OOD_CALIBRATION.read_text())
+    stale["generator_version"] = -1
+    path = tmp_path / "stale.json"
+    path.write_text(json.dumps(stale))
+    d = handlers.Demo.from_folders(*tree, pool=ModelPool(fake_loader), ood_calibration=path)
+    assert "set up for other training images" in d.ood_problem
+    assert handlers.compare(d, "sr4", ["pixel"], sample_id="eyeq_0002")["ood"]["unlike"]
+
+
+def test_outputs_identical_within_one_level_or_ssim_0999_are_flagged():
+    base = np.round(fundus(3, 256) * 255) / 255
+    one_level = np.clip(base + np.where(np.arange(256)[:, None, None] % 2, 1, -1) / 255, 0, 1)
+    far = np.clip(base * 0.9, 0, 1)
+    speck = base.copy()
+    speck[128, 100:103] += 4 / 255                    # three pixels off by 4 levels: SSIM 0.9999
+    outputs = {lb: {"image": img} for lb, img in (("pixel", base), ("mixed", one_level),
+                                                  ("ssim_v3", far), ("ssim_v1", speck))}
+    handlers._mark_identical(outputs, "sr4")
+    assert outputs["mixed"]["identical_to"] == "Pixel-loss fine-tune"
+    assert outputs["ssim_v3"]["identical_to"] is None
+    assert outputs["ssim_v1"]["identical_to"] == "Pixel-loss fine-tune"
+    assert not imaging.nearly_identical(base, far, 1, 0.999)
+    assert not imaging.nearly_identical(base, base[:32], 1, 0.999)
+
+
+def _with_base_model(tmp_path, weights_here: bool):
+    """A tree whose runs started from a base checkpoint (bench eval scored it under
+    runs/_init/<sha8>, its records naming the checkpoint in ``run``)."""
+    runs, reports_dir = build_tree(tmp_path, tasks=("sr4",), evaluated=("pixel",))
+    base = tmp_path / "weights" / "base"
+    if weights_here:
+        base.mkdir(parents=True)
+        (base / "state.json").write_text('{"step": 6000}')
+    from fakes.demo import write_eval
+    write_eval(runs / "_init" / "1a2b3c4d" / "eval" / "sr4", fake_loader("pixel"), "sr4",
+               str(base), "step_006000", "ema", {sid: fundus(n) for n, sid in enumerate(IDS)})
+    loads = []
+
+    def loader(label):
+        loads.append(label)
+        return fake_loader("ssim_v3" if label.startswith("pretrain") else label)
+
+    return handlers.Demo.from_folders(runs, reports_dir, pool=ModelPool(loader)), loads
+
+
+def test_base_model_and_its_mmse_output_run_on_an_upload_or_are_not_offered(tmp_path):
+    from demo.app import mode_choices
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(imaging.to_uint8(fundus(5, 128))).save(photo)
+    d, loads = _with_base_model(tmp_path / "a", weights_here=True)
+    assert d.modes["pretrain"].weights == tmp_path / "a" / "weights" / "base"
+    offered = [lb for _, lb in mode_choices(d, "sr4", upload=True)]
+    assert "pretrain" in offered
+    cmp = handlers.compare(d, "sr4", ["pretrain", "pixel"], upload=photo)
+    assert set(cmp["outputs"]) == {"pretrain", "pixel"} and cmp["errors"] == {}
+    assert loads == ["pretrain", "pixel"]
+    # Weights not on this disk: offered for the evaluated test images only.
+    d, _ = _with_base_model(tmp_path / "b", weights_here=False)
+    assert "pretrain" in [lb for _, lb in mode_choices(d, "sr4")]
+    assert "pretrain" not in [lb for _, lb in mode_choices(d, "sr4", upload=True)]
+    cmp = handlers.compare(d, "sr4", ["pretrain", "pixel"], upload=photo)
+    assert cmp["errors"]["pretrain"] == ("not available for this image: its outputs exist only "
+                                         "for the evaluated test images")
+    assert "runs/_init" not in handlers.reports_markdown(cmp)
+
+
+def test_session_end_deletes_its_uploads_and_pictures_and_forgets_its_comparison(tmp_path,
+                                                                                 monkeypatch):
+    from demo.hygiene import TEMP_ENV, Sessions
+
+    monkeypatch.setenv(TEMP_ENV, str(tmp_path))
+    sessions = Sessions(tmp_path / "page", max_sessions=2)
+    upload = tmp_path / "0f3a" / "patient.jpg"
+    upload.parent.mkdir()
+    upload.write_bytes(b"photo")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.jpg"
+    outside.write_bytes(b"not ours")
+    sessions.add_upload("s1", upload)
+    sessions.add_upload("s1", outside)                  # never deleted: not in the temp folder
+    picture = imaging.PngStore(sessions.folder("s1"))(np.zeros((4, 4, 3), np.uint8))
+    sessions.remember("s1", {"title": "one"})
+    other = imaging.PngStore(sessions.folder("s2"))(np.zeros((4, 4, 3), np.uint8))
+    gone = sessions.end("s1")
+    assert not upload.exists() and not upload.parent.exists() and outside.exists()
+    assert not Path(picture).exists() and Path(other).exists()
+    assert sessions.comparison("s1") is None and set(gone) == {upload, Path(picture)}
+    for k in range(3):                                   # bounded: least recently used dropped
+        sessions.remember(f"x{k}", {"title": k})
+    assert sessions.comparison("x0") is None and sessions.comparison("x2") == {"title": 2}
+
+
+@pytest.mark.slow      # starts python -m demo
+def test_no_uploaded_file_is_left_after_the_server_stops(tmp_path):
+    import os
+    import signal
+
+    from gradio_client import Client, handle_file
+
+    runs, reports_dir = build_tree(tmp_path / "tree", tasks=("sr4",), evaluated=("pixel",))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "demo", "--runs", str(runs), "--reports",
+                               str(reports_dir), "--port", str(port)], cwd=REPO,
+                              env={**os.environ, "TMPDIR": str(tmp)}, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        client = None
+        for _ in range(240):
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                assert server.poll() is None, server.stderr.read()
+                import time
+                time.sleep(0.5)
+        photo = tmp_path / "patient_0042.png"
+        Image.fromarray(imaging.to_uint8(fundus(8, 128))).save(photo)
+        result = client.predict(handle_file(str(photo)), "", "sr4", ["bicubic"], 0.5, 0.5, 4,
+                                "blur", api_name="/compare")
+        assert "Showing" in result[-1]
+        assert list(tmp.rglob("patient_0042.png")), "the upload should be on disk while in use"
+        assert list(tmp.rglob("*/*.png"))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    assert [p for p in tmp.rglob("*") if p.is_file()] == []

@@ -15,9 +15,11 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 from PIL import Image
-from test_demo import server  # noqa: F401  (the launched app on a free localhost port)
+
+from fakes import FUNDUS_SAMPLES
 
 CHROMIUM = Path("/usr/bin/chromium")
+DRIVE_PHOTO = FUNDUS_SAMPLES / "drive-train" / "images" / "21_training.tif"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -26,11 +28,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser,
                                  reason=f"{CHROMIUM} absent: apt-get install -y chromium")]
 
 
-def open_page(playwright, url: str):
+def open_page(playwright, url: str, viewport=(1500, 1900)):
     """A chromium page on ``url`` where every request off 127.0.0.1 is refused and recorded, so
     the page is shown to work offline."""
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-    page = browser.new_page(viewport={"width": 1500, "height": 1900})
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     outside: list[str] = []
 
     def gate(route):
@@ -61,13 +63,23 @@ def test_browser_compares_a_test_image(server, tmp_path):  # noqa: F811
     expect = sync_api.expect
     with sync_api.sync_playwright() as p:
         t0 = time.perf_counter()
-        browser, page, outside = open_page(p, server["url"])
+        browser, page, outside = open_page(p, server["url"], viewport=(1366, 768))
         try:
             expect(page.locator("#banner")).to_contain_text(
                 "small models trained on synthetic fundus images. Not for diagnosis",
                 timeout=30_000)
+            # Upload and Compare above the fold of a 1366 x 768 laptop screen.
+            page.locator("#compare").wait_for(timeout=30_000)
+            for sel in ("#upload", "#compare"):
+                box = page.locator(sel).bounding_box()
+                assert box["y"] >= 0 and box["y"] + box["height"] <= 768, (sel, box)
+            page.screenshot(path=str(tmp_path / "fold.png"))
+            page.set_viewport_size({"width": 1500, "height": 1900})
             expect(page.locator("#logout")).to_have_count(0)          # no login, no logout
-            expect(page.locator("#mode-help")).to_contain_text("SSIM fine-tune (v3): the")
+            expect(page.locator("#mode-help")).to_be_hidden()         # folded away
+            page.get_by_text("What each mode is").click()
+            expect(page.locator("#mode-help")).to_contain_text(
+                "SSIM fine-tune (v3): trained for structural similarity")
             page.locator("#test-gallery button img").first.wait_for(timeout=30_000)
             page.locator("#test-gallery button img").nth(1).click()
             metrics = page.locator("#metrics")
@@ -85,8 +97,8 @@ def test_browser_compares_a_test_image(server, tmp_path):  # noqa: F811
             expect(reports).to_contain_text("Reference report")
             expect(reports).to_contain_text("agree")
             expect(reports).to_contain_text("disagree")
-            expect(reports).to_contain_text("majority-class floor")
             expect(reports).to_contain_text("undecodable token")
+            expect(reports).not_to_contain_text("kappa")             # on the Results tab only
             expect(page.locator("#zoomed img")).to_have_count(6)
             expect(page.locator("#errmaps img")).to_have_count(4)
             expect(page.locator("#colour-bar img")).to_have_count(1)
@@ -116,8 +128,8 @@ def test_browser_compares_a_test_image(server, tmp_path):  # noqa: F811
             page.wait_for_timeout(500)
             assert images_without_alt(page) == []
             alts = page.eval_on_selector_all("#slider img", "els => els.map(e => e.alt)")
-            assert alts and all("Pixel-loss fine-tune (left) and Target (right)" in a
-                                for a in alts), alts
+            assert alts and all(re.search(r"fine-tune( \(v3\))? \(left\) and Target \(right\)",
+                                          a) for a in alts), alts
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
             # Enhancement on a test image: its own instruction, the control is hidden.
             page.get_by_label("Enhancement").check()
@@ -139,14 +151,31 @@ def test_browser_compares_a_test_image(server, tmp_path):  # noqa: F811
             page.wait_for_timeout(11_000)
             expect(status).to_contain_text("not a colour fundus photograph")
             assert "/tmp" not in status.inner_text()
-            expect(page.locator(".toast-body, .error")).to_have_count(0)
-            # The Results tab: the Compare tab's names, main metric first, intervals.
-            page.get_by_role("tab", name="Results (leaderboard)").click()
-            board = page.locator("#leaderboard")
-            expect(board).to_contain_text("SSIM FOV [95% CI]")
-            expect(board).to_contain_text("SSIM fine-tune (v3)")
-            expect(board).to_contain_text("0.8840 [0.8740, 0.8940]")
+            expect(page.locator(".toast-body:visible, .error:visible")).to_have_count(0)
+            if DRIVE_PHOTO.is_file():
+                # A real photograph: the reports are "not assessed", no grade is shown.
+                page.locator("#upload button[aria-label='Clear']").click()
+                page.set_input_files("#upload input[type=file]", str(DRIVE_PHOTO))
+                expect(page.locator("#reports")).to_contain_text(
+                    "Reports not assessed: this photograph is unlike the images the report "
+                    "model was trained on", timeout=120_000)
+                assert not re.search(r"grade \d", page.locator("#reports").inner_text())
+                expect(page.locator("#status")).to_contain_text("Reports not assessed")
+            # The Results tab: one short table per task in the Compare tab's names, the finding.
+            page.get_by_role("tab", name="Results").click()
+            board = page.locator("#results")
+            expect(board).to_contain_text("The best fine-tune, SSIM fine-tune (v3)")
+            expect(board).to_contain_text("0.884 [0.874, 0.894]")
+            expect(page.locator("#leaderboard-files")).to_contain_text(re.compile(r"leaderboard\s*\.csv"))
             assert images_without_alt(page) == []
+            # The browser session ends: its uploads are deleted from the server's disk.
+            from demo.hygiene import temp_root
+            assert list(temp_root().rglob("holiday.png"))
+            page.close()
+            deadline = time.monotonic() + 30
+            while list(temp_root().rglob("holiday.png")) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert not list(temp_root().rglob("holiday.png"))
         finally:
             browser.close()
     print(f"\n[measure] page load -> first comparison shown: {first_comparison:.2f} s")
@@ -172,6 +201,15 @@ def test_browser_login_and_logout(tmp_path, monkeypatch):
                 expect(page.locator("#banner")).to_contain_text("Not for diagnosis")
                 logout.click()
                 expect(page.get_by_label("password")).to_be_visible(timeout=30_000)
+                # Five wrong passwords: the login page says the user is locked, and how long.
+                for k in range(5):
+                    page.get_by_label("username").fill("ann")
+                    page.get_by_label("password").fill(f"guess{k}")
+                    page.get_by_role("button", name="Login").click()
+                    page.wait_for_timeout(700)
+                expect(page.get_by_text(re.compile(
+                    r"User ann is locked after too many wrong passwords: try again in \d+ s")
+                )).to_be_visible(timeout=30_000)
             finally:
                 browser.close()
     finally:

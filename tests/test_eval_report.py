@@ -11,7 +11,7 @@ import torch
 from bench import eval as E
 from bench import report
 from medq import scoring as S
-from medq.harness.images import save_png
+from medq.data.imageio import save_png
 from medq.harness.records import FIELDS
 
 IDS = [f"img{k:02d}" for k in range(6)]

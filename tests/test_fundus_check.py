@@ -3,105 +3,28 @@ not fundus photographs (noise, CMYK noise, an EXIF-rotated noise JPEG, flat imag
 disc, text and screenshots, a strip) is refused with the reason; 16-bit and float files of a real
 photograph are read (medq.data.load_rgb) and accepted.
 
-``bad_corpus(tmp_path)`` is shared with the demo tests (uploads)."""
+``not_fundus_corpus(tmp_path)`` is shared with the demo tests (uploads)."""
 
 from __future__ import annotations
 
 import re
-import struct
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
+from fakes.images import NOT_FUNDUS_REASON, not_fundus_corpus, write_png16
 from medq.data.fundus_check import NotFundus, check_fundus, require_fundus
 from medq.data.imageio import load_rgb
 from medq.data.synthetic import generate_fundus
 
 
-def write_png16(path: Path, rgb16: np.ndarray) -> Path:
-    """A 16-bit RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2."""
-    h, w, _ = rgb16.shape
-    raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    header = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
-    return path
-
-
-def _text_page(dark: bool) -> np.ndarray:
-    page = Image.new("RGB", (800, 500), (30, 30, 30) if dark else "white")
-    draw = ImageDraw.Draw(page)
-    if dark:
-        draw.rectangle((0, 0, 800, 40), fill=(60, 60, 200))
-    for k in range(18):
-        draw.text((20, 60 + k * 22), f"def f(x): return x * {k}  # a screenshot of code, line {k}",
-                  fill=(220, 220, 100) if dark else "black")
-    return np.asarray(page)
-
-
-def bad_corpus(tmp_path: Path) -> dict[str, Path]:
-    """name -> image file that is not a fundus photograph (each one a case the demo once accepted
-    or could plausibly be given)."""
-    rng = np.random.default_rng(0)
-    out: dict[str, Path] = {}
-
-    def save(name: str, arr: np.ndarray, **kw) -> None:
-        out[name] = tmp_path / name
-        Image.fromarray(arr).save(out[name], **kw)
-
-    save("noise.png", rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
-    save("gauss_noise.png", np.clip(rng.normal(128, 40, (300, 300, 3)), 0, 255).astype(np.uint8))
-    save("orange_noise.png", (rng.random((300, 300, 1)) * [255, 120, 40]).astype(np.uint8))
-    cmyk = Image.fromarray(rng.integers(0, 256, (300, 400, 4), dtype=np.uint8), "CMYK")
-    out["cmyk_noise.jpg"] = tmp_path / "cmyk_noise.jpg"
-    cmyk.save(out["cmyk_noise.jpg"])
-    exif = Image.Exif()
-    exif[0x0112] = 6                                           # orientation: rotate 90 degrees
-    save("exif_rotated_noise.jpg", rng.integers(0, 256, (240, 320, 3), dtype=np.uint8),
-         exif=exif.tobytes())
-    for name, value in (("white.png", 255), ("black.png", 0), ("grey.png", 128)):
-        save(name, np.full((200, 200, 3), value, np.uint8))
-    yy, xx = np.mgrid[:200, :200]
-    disc = np.zeros((200, 200, 3), np.uint8)
-    disc[(yy - 100) ** 2 + (xx - 100) ** 2 < 90 ** 2] = [200, 90, 30]
-    save("painted_disc.png", disc)
-    save("text_page.png", _text_page(dark=False))
-    save("dark_screenshot.png", _text_page(dark=True))
-    save("strip_2000x40.png", np.tile(np.linspace(0, 255, 2000).astype(np.uint8)[None, :, None],
-                                      (40, 1, 3)))
-    grad = np.stack([*np.meshgrid(np.linspace(0, 255, 300), np.linspace(0, 255, 300)),
-                     np.full((300, 300), 100.0)], -1)
-    save("gradient.png", grad.astype(np.uint8))
-    return out
-
-
-# Which check each bad image is expected to fail (the reason's key words).
-EXPECTED_REASON = {
-    "noise.png": "no dark surround", "gauss_noise.png": "not a round disc",
-    "orange_noise.png": "not a round disc", "cmyk_noise.jpg": "no dark surround",
-    "exif_rotated_noise.jpg": "no dark surround", "white.png": "one flat white",
-    "black.png": "one flat black", "grey.png": r"one flat colour \(RGB 128, 128, 128\)",
-    "painted_disc.png": "no visible vessels", "text_page.png": "no dark surround",
-    "dark_screenshot.png": "no bright round field of view",
-    "strip_2000x40.png": "2000x40 image is 50.0 times longer", "gradient.png": "not a round disc",
-}
-
-
-def test_bad_corpus_is_refused_with_the_reason(tmp_path):
-    corpus = bad_corpus(tmp_path)
-    assert set(corpus) == set(EXPECTED_REASON)
+def test_not_fundus_corpus_is_refused_with_the_reason(tmp_path):
+    corpus = not_fundus_corpus(tmp_path)
+    assert set(corpus) == set(NOT_FUNDUS_REASON)
     for name, path in corpus.items():
         check = check_fundus(load_rgb(path))
         assert not check.ok, (name, check.stats)
-        assert re.search(EXPECTED_REASON[name], check.reason), (name, check.reason)
+        assert re.search(NOT_FUNDUS_REASON[name], check.reason), (name, check.reason)
         with pytest.raises(NotFundus, match=f"^{name}: not a colour fundus photograph: "):
             require_fundus(load_rgb(path), name)
 

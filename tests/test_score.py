@@ -9,7 +9,7 @@ import torch
 
 from bench import report
 from bench import score as S
-from medq.harness.images import save_png
+from medq.data.imageio import save_png
 
 
 def _img(seed, size=32):

@@ -20,6 +20,18 @@
 Every run lives in ``<run.out_dir>/<preset>-<hash8>/`` (``docs/ARCHITECTURE.md``). Running the same
 command again resumes an unfinished run from its latest complete checkpoint, and says so and exits
 0 when the run is finished. ``optim.batch_size`` is the global batch, split over the ranks.
+``--preset NAME`` is a file of configs/; a TOML file elsewhere is read when given as its path
+(ending in .toml), and the run says so.
+
+Exit codes: 0 trained (finished, collapsed and stopped by run.collapse_stop, or stopped at
+--stop-at), or nothing to do; 2 refused or stopped with one line on stderr naming the file, key or
+disk: a bad argument or config value, the run directory in use by another process, no usable
+checkpoint, weights that do not match, a failed write (full disk, quota, permissions: the line
+names the disk; the same command then resumes from the last complete checkpoint); 3 aborted after
+run.max_nonfinite non-finite steps in a row (run.json "aborted", ``latest`` names the last good
+checkpoint); 1 anything else, with a traceback (a bug: please report it). A run stopped by an
+error (2 or 1) is marked "failed" in run.json, or removed when this command created it and it
+holds no checkpoint and no logged step.
 """
 
 from __future__ import annotations
@@ -36,10 +48,9 @@ from pathlib import Path
 from medq.cli import run_subcommand
 from medq.config import ConfigError, available_presets, dump_toml, load_config
 
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
-# What a run directory holds before its first training step; a failed start removes a directory
-# it created that holds no more than these.
-START_FILES = {"config.toml", "run.lock", "run.json", "init.json"}
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM,
+                errno.EROFS}
+REFUSED, ABORTED = 2, 3
 SUBCOMMANDS = {"data": ("train.data_cmd", "generate / cache the images"),
                "vae": ("train.vae_cmd", "train a VAE of your own"),
                "probe": ("train.probe_cmd", "gradient pull of each loss term"),
@@ -57,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"presets: {', '.join(available_presets())}",
     )
     p.add_argument("--preset", default=None,
-                   help="configs/<NAME>.toml or a path to a saved config.toml (default: base)")
+                   help="NAME of configs/NAME.toml, or the path of a TOML file elsewhere (e.g. a "
+                        "run's saved config.toml; ending in .toml) (default: control)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="typed override, e.g. --set loss.ssim_weight=0.2 (repeatable)")
     p.add_argument("--with", dest="overlays", action="append", default=[], metavar="OVERLAY",
@@ -153,10 +165,10 @@ def orphan_notes(cfg, most: int = 6) -> list[str]:
 
 
 def run_one(cfg, args) -> int:
-    """One run: its directory is locked (``medq.checkpoint.run_lock``) from before the first write
-    to the end; a start that fails before training leaves no directory it created behind."""
-    from medq.checkpoint import RunLockedError, acquire_run_lock, release_run_lock
+    """One run: its directory is locked (``medq.run_lock``) from before the first write to the
+    end; a run that stops with an error is never left "running" (``_after_failure``)."""
     from medq.dist import DeviceError, pick_device
+    from medq.run_lock import RunLockedError, acquire_run_lock, release_run_lock
 
     try:
         device = pick_device(cfg.run.device)
@@ -175,17 +187,47 @@ def run_one(cfg, args) -> int:
         raise SystemExit(f"error: run.out_dir = {cfg.run.out_dir!r}: cannot create or lock "
                          f"{cfg.run_dir} ({e.strerror or e}); choose a writable run.out_dir"
                          ) from None
+    failed = True
     try:
-        return _run_one(cfg, args, device)
+        rc = _run_one(cfg, args, device)
+        failed = rc not in (0, ABORTED)
+        return rc
+    except KeyboardInterrupt:
+        failed = False  # stopped by the user: left as it is (its lock is free, it resumes)
+        raise
     finally:
         release_run_lock(cfg.run_dir)
-        left = {p.name for p in cfg.run_dir.iterdir()} if cfg.run_dir.is_dir() else set()
-        if created and left <= START_FILES:
-            # A start that failed before training wrote anything else: no directory holding only
-            # config.toml left behind for `bench eval` to report as "no checkpoint".
-            import shutil
+        if failed:
+            _after_failure(cfg, created)
 
-            shutil.rmtree(cfg.run_dir, ignore_errors=True)
+
+def _after_failure(cfg, created: bool) -> None:
+    """A run that stopped with an error: removed when this process created its directory and it
+    holds no checkpoint and no logged step (a failed start leaves nothing for ``bench eval`` to
+    report as "no checkpoint"), else marked "failed" in run.json if it says "running" (the same
+    command resumes it). A write that fails here too (a full disk) leaves run.json as it was."""
+    import shutil
+
+    from medq.checkpoint import latest_checkpoint, read_run_json, write_run_json
+    from train.logger import read_metrics
+
+    if not cfg.run_dir.is_dir():
+        return
+    metrics = cfg.run_dir / "logs" / "metrics.csv"
+    try:
+        logged = metrics.is_file() and any(read_metrics(metrics).values())
+    except (OSError, ValueError):
+        logged = True  # unreadable history is still history: keep it
+    if created and not logged and latest_checkpoint(cfg.run_dir / "checkpoints") is None:
+        shutil.rmtree(cfg.run_dir, ignore_errors=True)
+        return
+    info = read_run_json(cfg.run_dir) or {}
+    if info.get("status") == "running":
+        try:
+            write_run_json(cfg.run_dir, preset=cfg.run.preset, hash_=cfg.hash, status="failed",
+                           step=int(info.get("step", 0)))
+        except OSError:
+            pass
 
 
 def _run_one(cfg, args, device) -> int:
@@ -224,7 +266,8 @@ def _run_one(cfg, args, device) -> int:
         raise SystemExit(f"--resume: {cfg.run_dir / 'checkpoints'} has no complete checkpoint "
                          f"to resume from (run without --resume to start the run)")
     saved = cfg.run_dir / "config.toml"
-    if saved.exists() and f"sha256 {cfg.hash}" not in saved.read_text().splitlines()[0]:
+    first = saved.read_bytes().decode("utf-8", "replace").split("\n")[0] if saved.exists() else ""
+    if saved.exists() and f"sha256 {cfg.hash}" not in first:
         raise SystemExit(f"{saved} holds a different config than the one resolved now (hash prefix "
                          f"collision or an edited file); move that run directory away")
     if main_rank:
@@ -255,18 +298,38 @@ def _check_init_files(cfg) -> None:
 
 
 def _write_error(cfg, e: OSError) -> str:
-    """One line for a run directory that cannot be written (full disk, permissions)."""
-    return (f"error: cannot write {e.filename or cfg.run_dir}: {e.strerror or e}; free space or "
-            f"fix the permissions of run.out_dir = {cfg.run.out_dir!r}, then run the same command "
-            f"again (it resumes from the last complete checkpoint)")
+    """One line for a run directory that cannot be written (full disk, quota, permissions),
+    naming the file and the disk."""
+    from medq.checkpoint import CheckpointWriteError
+    from medq.files import disk_note
+
+    what = str(e) if isinstance(e, CheckpointWriteError) else \
+        f"cannot write {e.filename or cfg.run_dir}: {e.strerror or e}; " \
+        f"{disk_note(e.filename or cfg.run_dir)}"
+    return (f"error: {what}; free space or fix the permissions of run.out_dir = "
+            f"{cfg.run.out_dir!r}, then run the same command again (it resumes from the last "
+            f"complete checkpoint)")
 
 
 def _train(cfg, args, device, dist) -> int:
+    """Train, turning a failed write anywhere (the task's init.json, a checkpoint, the logs) into
+    one line naming the disk and exit 2."""
+    try:
+        return _fit(cfg, args, device, dist)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        print(_write_error(cfg, e), file=sys.stderr)
+        return REFUSED
+
+
+def _fit(cfg, args, device, dist) -> int:
     import torch
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from medq.checkpoint import CheckpointError, RunLockedError, write_run_json
+    from medq.checkpoint import CheckpointError, write_run_json
     from medq.models import CheckpointMismatchError
+    from medq.run_lock import RunLockedError
     from medq.training.task import MiniBagelTask
     from train.loop import train
     from train.monitors import NonFiniteError
@@ -291,15 +354,10 @@ def _train(cfg, args, device, dist) -> int:
                 cfg.run_dir, preset=cfg.run.preset, hash_=cfg.hash, status="aborted", step=e.step
             )
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return ABORTED
     except (CheckpointError, RunLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.errno not in WRITE_ERRNOS:
-            raise
-        print(_write_error(cfg, e), file=sys.stderr)
-        return 2
+        return REFUSED
     if dist.is_main:
         last = {
             k: round(v, 5) for k, v in result["last"].items() if k.startswith(("loss/", "val/"))
@@ -311,8 +369,16 @@ def _train(cfg, args, device, dist) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every subcommand; a refusal raised as ``SystemExit("message")`` is printed as its one line
+    and exits 2 (Python would exit 1, the code of a traceback)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return run_subcommand("python -m train", __doc__, SUBCOMMANDS, argv, default=train_main)
+    try:
+        return run_subcommand("python -m train", __doc__, SUBCOMMANDS, argv, default=train_main)
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        print(e.code, file=sys.stderr)
+        return REFUSED
 
 
 def train_main(argv: list[str]) -> int:
@@ -335,6 +401,9 @@ def train_main(argv: list[str]) -> int:
         ]
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
+    if preset and not args.resume and Path(preset).suffix == ".toml" and Path(preset).is_file():
+        print(f"note: --preset {preset} is read as a file path, not from configs/ (a name there "
+              f"is given without .toml)", file=sys.stderr)
     if args.resume and (args.overrides or args.overlays or args.sweep):
         print("note: --set/--with/--sweep change the config, hence the run directory; the saved "
               "run is resumed only if they resolve to the same hash", file=sys.stderr)

@@ -46,7 +46,6 @@ from medq.checkpoint import (
     point_latest,
     read_run_json,
     read_state,
-    run_lock,
     save_checkpoint,
     set_aside_newer,
     update_best,
@@ -56,6 +55,7 @@ from medq.checkpoint import (
 from medq.config import Config, dump_toml
 from medq.dist import Dist, all_true, autocast, average_gradients, barrier, gather
 from medq.ema import EMA
+from medq.run_lock import run_lock
 from medq.schedule import warmup_cosine
 from train.fsdp import (
     FullTensors,

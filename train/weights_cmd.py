@@ -26,7 +26,6 @@ is refused for ``weights/base`` with that reason.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 from medq.checkpoint import MANIFEST, REBUILD, SHIPPED_FILES, is_shipped  # noqa: F401 - re-used
-from medq.files import atomic_dir
+from medq.files import atomic_dir, sha256_file
 
 SCORE_IMAGES = 8
 REPORT_TASKS = ("sr4", "sr2", "enhance")
@@ -61,14 +60,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write nothing: load <out>/base strictly, re-score it and compare with its "
                         "manifest (exit 1 on a difference)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def score_base(ckpt: Path, n: int = SCORE_IMAGES) -> dict[str, float]:

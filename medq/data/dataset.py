@@ -96,7 +96,9 @@ def real_images(cfg, size: int) -> tuple[dict, list[dict]]:
             [],
         )
     records = [r for r in records if r.quality in cfg.target_quality]
-    stamp = [(r.id, str(r.path), r.path.stat().st_mtime_ns, str(r.mask_path)) for r in records]
+    # A mask file changed in place must rebuild the entry as an image changed in place does.
+    stamp = [(r.id, str(r.path), r.path.stat().st_mtime_ns, str(r.mask_path),
+              r.mask_path.stat().st_mtime_ns if r.mask_path else None) for r in records]
     # on_bad_input is in the key: a skip build's entry lists only the good files, which an error
     # build must not reuse (it would pass over the bad ones silently).
     key = hashlib.sha256(json.dumps([cfg.source, size, cfg.on_bad_input, stamp]).encode()

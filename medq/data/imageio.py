@@ -1,14 +1,26 @@
-"""Robust image loading: any file a user may hand us becomes RGB uint8 (H, W, 3) or a ``DataError``.
+"""Image files in and out: the one reader and the one writer of every stage.
+
+The data readers, the inference harness, ``bench score`` and the demo all read image files through
+``load_rgb`` / ``load_mask`` and write them through ``save_png``, so a file means the same picture
+everywhere (a 16-bit target once scored as a different image than the pipeline had read it).
+
+    rgb = load_rgb(path)                       # uint8 (H, W, 3), or a DataError naming the file
+    inside = load_mask(mask_path, rgb.shape[:2])   # bool (H, W), resized to the image
+    save_png(out, tensor_or_array)             # float in [0, 1] or uint8; atomic
+
+Images and masks go through one decoder (``decode``), so every rule below holds for both.
 
 Conversions (never rejections): grayscale and 16-bit (``I;16``, ``I``) are scaled to 8 bits
 (65535 -> 255, i.e. divided by 257) and replicated to RGB; RGBA / LA / palette with transparency
 are composited on black (the fundus surround is black); CMYK goes through Pillow's JPEG-aware
 conversion; an EXIF orientation tag is applied (a phone or camera JPEG stored sideways is turned
 upright); float TIFFs, which Pillow cannot open, are read with tifffile (values in [0, 1] are
-scaled by 255, larger ones taken as 0-255 or, above 255, as 16-bit). Rejections name the file and
-the reason: empty file, not an image, truncated data, smaller than ``MIN_SIDE`` pixels, more
-pixels than ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb: the header promises a huge image
-from a small file).
+scaled by 255, larger ones taken as 0-255 or, above 255, as 16-bit).
+
+Rejections name the file and the reason: no such file, empty file, not an image, truncated data,
+smaller than ``MIN_SIDE`` pixels, more pixels than ``Image.MAX_IMAGE_PIXELS`` (a decompression
+bomb: the header promises a huge image from a small file; checked from the header, before any
+pixel is decoded, for Pillow's formats and for TIFFs read by tifffile alike).
 """
 
 from __future__ import annotations
@@ -19,9 +31,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from medq.files import atomic_path
+
 MIN_SIDE = 16
 """Images smaller than this on either side cannot hold a usable field of view."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".webp")
+MASK_THRESHOLD = 128
+"""A mask pixel is inside the field of view when its brightest channel, in 8 bits after the
+conversions above, is at least half of full scale (>= 128 of 255). The harness writes masks as
+0/255 PNGs and DRIVE ships 0/255 GIFs, on which every threshold agrees; half scale is the one that
+also holds for a mask stored lossily or resized with interpolation (JPEG ringing and blurred rims
+leave small values outside the disc, which ``> 0`` counted as inside), and it is the ``>= 0.5``
+of a mask read as a float image. A 0/1 label image is refused with that reason, not read as
+empty."""
+MASK_ASPECT_TOLERANCE = 0.02
+"""A mask may be resized to its image (the image may be shrunk on load), but not stretched: aspect
+ratios further apart than this (relative) are two different pictures (e.g. the image turned by its
+EXIF tag and the mask not)."""
 
 # A truncated JPEG must fail loudly, not decode with a grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -53,15 +79,18 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
+def _refuse_bomb(width: int, height: int, path: Path) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise DataError(f"{path}: header says {width}x{height} = {width * height} pixels, more "
+                        f"than the {limit} Pillow accepts (a decompression bomb or a corrupt "
+                        f"header); downscale the image if it is genuine")
+
+
 def check_pixels(img: Image.Image, path: Path) -> None:
     """Refuse an image whose header promises more than ``Image.MAX_IMAGE_PIXELS`` pixels before
     decoding it (Pillow only warns below twice that limit, and would allocate it)."""
-    limit = Image.MAX_IMAGE_PIXELS
-    w, h = img.size
-    if limit and w * h > limit:
-        raise DataError(f"{path}: header says {w}x{h} = {w * h} pixels, more than the "
-                        f"{limit} Pillow accepts (a decompression bomb or a corrupt header); "
-                        f"downscale the image if it is genuine")
+    _refuse_bomb(*img.size, path)
 
 
 def upright(img: Image.Image) -> Image.Image:
@@ -74,12 +103,18 @@ def upright(img: Image.Image) -> Image.Image:
 
 def _tiff_rgb(path: Path) -> np.ndarray:
     """A TIFF Pillow cannot open (float32/float64 samples, e.g. from scientific tools) -> RGB
-    uint8 (H, W, 3); raises ``DataError`` when tifffile cannot read it either."""
+    uint8 (H, W, 3); raises ``DataError`` when tifffile cannot read it either, or when its header
+    promises a decompression bomb."""
     import tifffile
 
     try:
-        a = np.asarray(tifffile.imread(path))
-    except Exception as e:  # tifffile raises many types for foreign data
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            _refuse_bomb(int(page.imagewidth), int(page.imagelength), path)
+            a = np.asarray(page.asarray())
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types for foreign data
         raise DataError(f"{path}: not an image Pillow or tifffile can read ({e})") from e
     if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (3, 4):
         a = np.moveaxis(a, 0, -1)                     # planar (C, H, W) storage
@@ -94,60 +129,102 @@ def _tiff_rgb(path: Path) -> np.ndarray:
     return np.repeat(g, 3, axis=2) if g.shape[2] == 1 else g
 
 
-def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
-    """Read ``path`` as RGB uint8 (H, W, 3). ``max_side``: shrink large images on load (JPEG draft
-    mode, then ``reduce``) so that the longer side stays >= max_side; exact size is not kept.
-    Raises ``DataError`` naming the file and the reason."""
+def _pillow_rgb(path: Path, max_side: int | None) -> np.ndarray:
+    with warnings.catch_warnings():  # a bomb is refused just below, with the file's name
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    with img:
+        check_pixels(img, path)
+        if max_side is not None and img.format == "JPEG" and max(img.size) > 2 * max_side:
+            img.draft("RGB", (max_side, max_side))
+        img.load()
+        if max_side is not None and max(img.size) >= 2 * max_side:
+            img = img.reduce(max(img.size) // max_side)
+        return _to_rgb(upright(img))
+
+
+def decode(path: str | Path, max_side: int | None = None, what: str = "image") -> np.ndarray:
+    """Read ``path`` as RGB uint8 (H, W, 3) with every conversion and rejection of this module;
+    raises ``DataError`` naming the file (``what`` says which kind, e.g. "mask"). ``max_side``:
+    shrink large images on load (JPEG draft mode, then ``reduce``) so that the longer side stays
+    >= max_side; the exact size is not kept."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: {what} file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():  # a bomb is refused just below, with the file's name
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        with img:
-            check_pixels(img, path)
-            if max_side is not None and img.format == "JPEG" and max(img.size) > 2 * max_side:
-                img.draft("RGB", (max_side, max_side))
-            img.load()
-            if max_side is not None and max(img.size) >= 2 * max_side:
-                img = img.reduce(max(img.size) // max_side)
-            if min(img.size) < MIN_SIDE:
-                raise DataError(f"{path}: image is {img.size[0]}x{img.size[1]} pixels, expected at "
-                                f"least {MIN_SIDE}x{MIN_SIDE}")
-            return _to_rgb(upright(img))
+        rgb = _pillow_rgb(path, max_side)
     except DataError:
         raise
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: refused as a decompression bomb ({e})") from None
     except UnidentifiedImageError as e:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            rgb = _tiff_rgb(path)
-            if min(rgb.shape[:2]) < MIN_SIDE:
-                raise DataError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]} pixels, expected "
-                                f"at least {MIN_SIDE}x{MIN_SIDE}") from e
-            return rgb
-        raise DataError(f"{path}: not an image Pillow can read (unknown or corrupt format)") from e
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise DataError(f"{path}: not an image Pillow can read (unknown or corrupt "
+                            f"format)") from e
+        rgb = _tiff_rgb(path)
     except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot decode image ({e})") from e
+        raise DataError(f"{path}: cannot decode {what} ({e})") from e
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise DataError(f"{path}: {what} is {rgb.shape[1]}x{rgb.shape[0]} pixels, expected at "
+                        f"least {MIN_SIDE}x{MIN_SIDE}")
+    return rgb
 
 
-def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """A field-of-view mask file (any nonzero pixel is inside) resized to ``shape`` (H, W) ->
-    bool."""
+def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3) (``decode``). Raises ``DataError`` naming the
+    file and the reason."""
+    return decode(path, max_side)
+
+
+def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A field-of-view mask file -> bool (H, W): inside where the brightest channel is at least
+    ``MASK_THRESHOLD``. Read by the image decoder (16-bit, float, palette, EXIF, bombs alike).
+    ``shape`` (H, W): resized (nearest neighbour) to it, refused when its aspect ratio differs.
+    Raises ``DataError`` naming the file."""
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            m = img.convert("L")
-            if m.size != (shape[1], shape[0]):
-                m = m.resize((shape[1], shape[0]), Image.NEAREST)
-            return np.asarray(m) > 0
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot read mask ({e})") from e
+    grey = decode(path, what="mask").max(axis=2)
+    if grey.any() and grey.max() <= 1:
+        raise DataError(f"{path}: mask holds only the values 0 and 1 (a label image); expected 0 "
+                        f"outside and 255 inside the field of view (multiply it by 255)")
+    inside = grey >= MASK_THRESHOLD
+    if shape is None or inside.shape == tuple(shape):
+        return inside
+    (h, w), (mh, mw) = shape, inside.shape
+    if abs((mw / mh) / (w / h) - 1) > MASK_ASPECT_TOLERANCE:
+        raise DataError(f"{path}: mask is {mw}x{mh} pixels, its image {w}x{h} (another aspect "
+                        f"ratio: a different picture, or one of them turned by its EXIF tag)")
+    resized = Image.fromarray(inside.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
+    return np.asarray(resized) >= MASK_THRESHOLD
 
 
-def save_png(path: str | Path, image: np.ndarray) -> None:
-    """uint8 (H, W, 3) or (H, W) -> PNG."""
-    Image.fromarray(image).save(path)
+def to_uint8(image) -> np.ndarray:
+    """A float image in [0, 1] -> uint8, the one quantisation of every written image: NaN -> 0,
+    +inf -> 255, clamped, rounded half to even.
+
+    A torch tensor (C, H, W) becomes (H, W, C), or (H, W) for one channel; a numpy array keeps its
+    layout ((H, W) or (H, W, C)); a uint8 array is returned as it is."""
+    if hasattr(image, "detach"):  # torch, imported lazily: numpy callers need not load it
+        import torch
+
+        x = torch.nan_to_num(image.detach().float().cpu(), nan=0.0, posinf=1.0, neginf=0.0)
+        arr = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return arr[..., 0] if arr.shape[-1] == 1 else arr
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8:
+        return arr
+    x = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.round(np.clip(x, 0.0, 1.0) * np.float32(255)).astype(np.uint8)
+
+
+def save_png(path: str | Path, image) -> Path:
+    """Write ``image`` (``to_uint8``'s inputs: a float tensor (C, H, W) or array in [0, 1], or a
+    uint8 array (H, W[, 3])) as PNG via a temp file and a rename; returns the path."""
+    path = Path(path)
+    arr = to_uint8(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return path

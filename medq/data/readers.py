@@ -8,6 +8,7 @@ Missing or unreadable files raise ``DataError`` naming them; the caller decides 
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +36,23 @@ def _int_field(row: dict, key: str, allowed, where: str) -> int:
         value = int(float(raw))
         if float(raw) != value:
             raise ValueError
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: inf
         raise DataError(
             f"{where}: {key} = {raw!r} is not an integer; expected one of {list(allowed)}"
         ) from None
     if value not in allowed:
         raise DataError(f"{where}: {key} = {value} is not one of {list(allowed)}")
     return value
+
+
+def _utf8_text(path: Path) -> io.StringIO:
+    """A label CSV's text (UTF-8, a leading BOM dropped, line ends as written); a ``DataError``
+    naming the file when it is not UTF-8."""
+    try:
+        return io.StringIO(path.read_bytes().decode("utf-8-sig"), newline="")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason}); save the "
+                        f"label CSV as UTF-8") from None
 
 
 def read_eyeq(
@@ -55,7 +66,7 @@ def read_eyeq(
     labels, root = Path(labels), Path(root)
     if not labels.is_file():
         raise DataError(f"{labels}: EyeQ label CSV not found")
-    with open(labels, newline="") as f:
+    with _utf8_text(labels) as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing_cols = [c for c in EYEQ_COLUMNS if c not in header]

@@ -1,4 +1,4 @@
-"""PNG files and the any-size preprocessing policy.
+"""The any-size preprocessing policy (image files are read and written by ``medq.data.imageio``).
 
 Policy for images of any size (used by ``edit_one`` and stated in ``python -m infer --help``): an
 image is cropped to the square around its field of view (the bright disc found by
@@ -11,29 +11,11 @@ prepare files the same way.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from PIL import Image
 
-from medq.files import atomic_path
+from medq.data.imageio import to_uint8
 from medq.tasks import SCALES, check_task
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(C, H, W) float in [0, 1] (NaN -> 0, clamped) -> (H, W, C) or (H, W) uint8."""
-    x = torch.nan_to_num(image.detach().float().cpu(), nan=0.0, posinf=1.0, neginf=0.0)
-    arr = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return arr[..., 0] if arr.shape[-1] == 1 else arr
-
-
-def save_png(path: Path, image: torch.Tensor) -> Path:
-    """Write (3, H, W) or (1, H, W) in [0, 1] as PNG via a temp file and a rename."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
-    return path
 
 
 def prepare(image: torch.Tensor, size: int, task: str, *, name: str = "image") -> dict:

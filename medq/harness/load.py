@@ -117,7 +117,7 @@ def checkpoint_dir(run: Path, checkpoint: str | None) -> Path:
 
 def load_run(run, *, weights: str = "ema", checkpoint: str | None = None, device="cpu",
              output: str = "sample", overrides: Sequence[str] = ()):
-    """Our mini-BAGEL from a run / checkpoint, strictly verified (``medq.checkpoint.
+    """Our mini-BAGEL from a run / checkpoint, strictly verified (``medq.run_loading.
     load_for_inference``), wrapped as ``MiniBagelAdapter``. Returns (model, meta, info) where
     meta = {"run", "checkpoint", "weights"} for the records and info is load_for_inference's, its
     "config" the checkpoint's config with ``overrides`` applied.
@@ -128,8 +128,8 @@ def load_run(run, *, weights: str = "ema", checkpoint: str | None = None, device
     that wants other sample settings asks the adapter for a copy (``model.with_sample``).
     ``output``: "sample" (the Euler sampler) or "mmse" (the x0 prediction from the noised
     condition; the model's name then ends in ``/mmse``), see ``MiniBagelAdapter``."""
-    from medq.checkpoint import load_for_inference
     from medq.config import ConfigError, with_overrides
+    from medq.run_loading import load_for_inference
 
     arch = [o for o in overrides if o.split("=", 1)[0].strip().startswith("model.")]
     if arch:

@@ -42,8 +42,9 @@ import torch
 from tqdm import tqdm
 
 from medq.baselines import bicubic
+from medq.data.imageio import save_png, to_uint8
 from medq.dist import barrier, current
-from medq.harness.images import prepare, save_png, to_uint8
+from medq.harness.images import prepare
 from medq.harness.records import (
     KINDS,
     PART_GLOB,

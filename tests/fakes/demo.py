@@ -3,11 +3,14 @@ records.jsonl fields of docs/ARCHITECTURE.md) and small ImageTextModels, no trai
 
     runs, reports = build_tree(tmp_path)          # pixel, ssim_v3, mixed runs + bicubic baseline
     pool = ModelPool(fake_loader)                 # demo.models.ModelPool over the fakes
+    with served_demo(tmp_path) as server: ...     # the app on a free port (conftest: ``server``)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +30,11 @@ FAKE_MODES = {"pixel": (0.3, []), "ssim_v3": (0.8, []), "mixed": (0.5, [70, 71])
 
 
 def fundus(seed: int, size: int = SIZE) -> np.ndarray:
-    """(size, size, 3) float32: an orange disc with an optic disc and dark vessels on black."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
-    disc = (xx ** 2 + yy ** 2) < 0.85
-    shade = 0.75 + 0.25 * np.cos(3 * xx + rng.uniform(0, 3)) * np.sin(2 * yy)
-    img = np.stack([0.85 * shade, 0.42 * shade, 0.18 * shade], -1)
-    ox, oy = rng.uniform(0.2, 0.45), rng.uniform(-0.2, 0.2)
-    img[(xx - ox) ** 2 + (yy - oy) ** 2 < 0.02] = [1.0, 0.9, 0.6]
-    for k in range(5):
-        a = rng.uniform(-1.2, 1.2)
-        dist = np.abs((yy - oy) - np.tan(a) * (xx - ox) - 0.3 * (xx - ox) ** 2 * (k - 2))
-        img[dist < 0.025] *= 0.45
-    img[~disc] = 0
-    return img.astype(np.float32)
+    """(size, size, 3) float32: a synthetic fundus photograph of the project's generator (so the
+    report out-of-distribution check finds it like the training images)."""
+    from medq.data.synthetic import generate_fundus
+
+    return generate_fundus(1000 + seed, size).image.astype(np.float32) / 255.0
 
 
 def _chw(a: np.ndarray) -> torch.Tensor:
@@ -56,8 +50,8 @@ def degrade(target: np.ndarray, task: str, seed: int) -> np.ndarray:
 
 
 class FakeModel:
-    """Bicubic upsampling plus a mode-specific unsharp mask, and a fixed report with optional
-    undecodable ids (like a collapsed model's padded-vocabulary samples)."""
+    """Bicubic upsampling plus a mode-specific unsharp mask and gain, and a fixed report with
+    optional undecodable ids (like a collapsed model's padded-vocabulary samples)."""
 
     vocab_size = len(VOCAB)
     has_text = True
@@ -70,7 +64,9 @@ class FakeModel:
         self.instructions.append(list(instructions))
         up = bicubic(images.float(), tuple(out_size))
         blur = torch.nn.functional.avg_pool2d(up, 3, 1, 1, count_include_pad=False)
-        return (up + self.sharpen * (up - blur)).clamp(0, 1)
+        # The gain keeps the modes apart beyond the page's "identical" tolerance: on a smooth
+        # 16-px upscale the sharpening alone changes pixels by a level or two.
+        return ((up + self.sharpen * (up - blur)) * (1.0 - 0.1 * self.sharpen)).clamp(0, 1)
 
     def generate_report(self, images, prompts, seed):
         """A report that depends on what the model sees: "good" for a large, bright image,
@@ -78,7 +74,7 @@ class FakeModel:
         so a report written from the target instead of the input shows."""
         out = []
         for im in images:
-            word = 2 if im.shape[-1] >= 32 and float(im.mean()) > 0.2 else 3
+            word = 2 if im.shape[-1] >= 32 and float(im.mean()) > 0.25 else 3
             out.append([1, word, 8, 5, 6, 8, *self.bad_ids, 9, 11])
         return out
 
@@ -87,12 +83,15 @@ class FakeModel:
 
 
 def fake_loader(label: str):
+    """A fake per mode label; ``<preset>:mmse`` is the preset's fake with no sharpening (the
+    MMSE read-out of a model is smoother than its sample)."""
     if label == "bicubic":
         return Bicubic()
-    if label not in FAKE_MODES:
+    base, _, extra = label.partition(":")
+    if base not in FAKE_MODES or extra not in ("", "mmse"):
         raise FileNotFoundError(f"no fake model {label!r}")
-    sharpen, bad = FAKE_MODES[label]
-    return FakeModel(label, sharpen, bad)
+    sharpen, bad = FAKE_MODES[base]
+    return FakeModel(label, 0.0 if extra else sharpen, bad)
 
 
 def _png(path: Path, img: np.ndarray) -> None:
@@ -183,11 +182,44 @@ def build_tree(root: Path, tasks=("sr4", "enhance"), targets: dict[str, np.ndarr
     return runs, reports
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_demo(root: Path) -> Iterator[dict]:
+    """The demo app on a fake runs/ tree under ``root``, beside what a real runs/ holds besides
+    the PNGs (weights, the cached dataset, a config: secrets the server must not hand out),
+    launched on a free local port: {"url", "root", "runs", "run"}; closed on exit."""
+    from demo import handlers
+    from demo.app import build_app, launch
+    from demo.models import ModelPool
+
+    runs, reports = build_tree(root)
+    (root / "secret.txt").write_text("SECRET-OUTSIDE")
+    run = runs / "pixel-00000000"
+    (run / "checkpoints" / "step_000300" / "model.safetensors").write_bytes(b"WEIGHTS" * 100)
+    (run / "config.toml").write_text("# SECRET-CONFIG\n[data]\nsource = 'synthetic'\n")
+    (runs / "_cache").mkdir()
+    (runs / "_cache" / "synthetic-v2-s0-64px-n2048.npz").write_bytes(b"PATIENT-IMAGES" * 100)
+    d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
+    app = build_app(d)
+    port = free_port()
+    launch(app, d, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "root": root, "runs": runs, "run": run}
+    finally:
+        app.close()
+
+
 def launch_login_demo(tmp_path: Path, monkeypatch):
     """The demo on fake runs with login on (user ann, password s3cret), served on a free local
     port: returns (app, runs directory, base URL). The caller closes ``app``."""
-    import socket
-
     from demo import handlers
     from demo.app import build_app, launch
     from demo.models import ModelPool
@@ -197,8 +229,6 @@ def launch_login_demo(tmp_path: Path, monkeypatch):
     runs, reports = build_tree(tmp_path, tasks=("sr4",), evaluated=("pixel",))
     d = handlers.Demo.from_folders(runs, reports, pool=ModelPool(fake_loader))
     app = build_app(d, login=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     launch(app, d, port=port, prevent_thread_lock=True, quiet=True, auth=auth_from_env())
     return app, runs, f"http://127.0.0.1:{port}/"

@@ -1,6 +1,6 @@
 """Training processes for the chaos test (tests/test_chaos.py), forked from one server process.
 
-``python -m chaos_worker`` (with tests/ on the path) imports torch and the trainer once, then
+``python -m fakes.chaos_worker`` (with tests/ on the path) imports torch and the trainer once, then
 reads commands on stdin:
 
     run <out_dir> <max_steps> <ckpt_every> <slow_save> <log_prefix>  -> prints the child's PID
@@ -8,7 +8,7 @@ reads commands on stdin:
 
 Each child is a separate process (the kill is a real SIGKILL of a real trainer); forking skips the
 seconds of ``import torch`` per start, so the test can afford a dozen kills. The child trains the
-tiny task of test_train_loop, a few milliseconds per step, with ``train.loop.train``, and writes
+tiny task of fakes.training, a few milliseconds per step, with ``train.loop.train``, and writes
 to ``<log_prefix>.out``: ``resume <step>`` when training starts, ``step <n>`` as each step is
 computed and ``done <fingerprint>`` at the end; a lock or checkpoint error is one line on
 ``<log_prefix>.err`` and exit code 2."""
@@ -22,10 +22,10 @@ import sys
 import time
 import traceback
 
-from test_train_loop import TinyTask
-
-from medq.checkpoint import CheckpointError, RunLockedError
+from fakes.training import TinyTask
+from medq.checkpoint import CheckpointError
 from medq.config import load_config
+from medq.run_lock import RunLockedError
 from train.loop import train
 
 STEP_SECONDS = 0.01
