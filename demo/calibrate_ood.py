@@ -107,9 +107,10 @@ def calibrate_size(args, data_cfg, size: int, photos: list[tuple[str, object]]) 
         raise SystemExit(f"calibrate-ood: the training split has {len(train)} images, fewer than "
                          f"--reference {args.reference} + --held-out {args.held_out}")
     held = train[args.reference:args.reference + args.held_out] + synthetic_split(data_cfg, "val")
-    ref = fit_reference(_features(((i, synthetic_image(data_cfg.seed, i, size))
-                                   for i in train[:args.reference]), size), size, args.shrinkage)
-    held_d = ref.distance(_features(((i, synthetic_image(data_cfg.seed, i, size)) for i in held),
+    ref = fit_reference(_features(((i, synthetic_image(seed, i, size))
+                                   for seed, i in train[:args.reference]), size), size,
+                        args.shrinkage)
+    held_d = ref.distance(_features(((i, synthetic_image(seed, i, size)) for seed, i in held),
                                     size))
     ref.threshold = threshold_from_held_out(held_d, args.margin)
     dev = {name: float(d) for (name, _), d in zip(photos, ref.distance(_features(photos, size)))}

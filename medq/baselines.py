@@ -78,13 +78,13 @@ class Identity(_Baseline):
     settings = {"resize": "none (bicubic if sizes differ)"}
 
 
-def training_mean_image(data_cfg, size: int) -> torch.Tensor:
+def training_mean_image(data_cfg) -> torch.Tensor:
     """Per-pixel mean of the training split's target images of ``data_cfg``
-    (``medq.config.DataConfig``) at ``size`` px -> float32 (3, size, size) in [0, 1]. Every task
+    (``medq.config.DataConfig``) at its working size -> float32 (3, S, S) in [0, 1]. Every task
     shares the same clean targets, so one image serves all tasks."""
     from medq.data import build_dataset
 
-    images = build_dataset(data_cfg, int(size), "train").data["images"]  # (N, H, W, 3) uint8
+    images = build_dataset(data_cfg, "train").data["images"]  # (N, H, W, 3) uint8
     if len(images) == 0:
         raise ValueError(f"constant baseline: the training split of data source "
                          f"{data_cfg.source!r} is empty")
@@ -97,7 +97,8 @@ class Constant(_Baseline):
 
     ``image`` (3, H, W): that image (resized bicubically to other output sizes). Without one, the
     mean of the training targets of ``data_cfg`` (default: the embedded data,
-    ``medq.config.DataConfig()``) at each requested size, computed once per size."""
+    ``medq.config.DataConfig()``) at its working size, computed once and resized to each
+    requested size (a mean image is smooth: resizing it loses nothing)."""
 
     name = "constant"
     settings = {"image": "per-pixel mean of the training targets"}
@@ -113,12 +114,11 @@ class Constant(_Baseline):
         """The constant image at ``size`` (H, W) -> (3, H, W)."""
         size = (int(size[0]), int(size[1]))
         if size not in self._by_size:
-            img = self._image
-            if img is None:
+            if self._image is None:
                 from medq.config import DataConfig
 
-                img = training_mean_image(self._data_cfg or DataConfig(), max(size))
-            self._by_size[size] = bicubic(img[None], size)[0]
+                self._image = training_mean_image(self._data_cfg or DataConfig())
+            self._by_size[size] = bicubic(self._image[None], size)[0]
         return self._by_size[size]
 
     def edit(self, images: torch.Tensor, instructions: list[str], tasks: list[str],

@@ -234,15 +234,18 @@ class Calibration:
         return cls(refs, version, d.get("generator_version"), meta)
 
 
-def synthetic_split(data_cfg, split: str) -> list[int]:
-    """Indices of the synthetic images of ``split`` ("train" | "val" | "test") under a data
-    config (``medq.config.DataConfig``: seed, num_images, val/test fractions): the ids and split of
-    ``medq.data.build_dataset``, without rendering the other images."""
+def synthetic_split(data_cfg, split: str) -> list[tuple[int, int]]:
+    """(generator seed, index) of the synthetic images of ``split`` ("train" | "val" | "test")
+    under a data config (``medq.config.DataConfig``): the ids and split of
+    ``medq.data.build_dataset`` (train and val split the ``seed`` set; test is the ``test_seed``
+    set), without rendering the other images."""
     from medq.data.split import split_ids
 
+    if split == "test":
+        return [(data_cfg.test_seed, i) for i in range(data_cfg.num_test_images)]
     ids = [f"syn{data_cfg.seed}_{i:05d}" for i in range(data_cfg.num_images)]
-    keep = set(split_ids(ids, data_cfg.val_fraction, data_cfg.test_fraction)[split])
-    return [i for i, x in enumerate(ids) if x in keep]
+    keep = set(split_ids(ids, data_cfg.val_fraction, 0.0)[split])
+    return [(data_cfg.seed, i) for i, x in enumerate(ids) if x in keep]
 
 
 def synthetic_image(seed: int, index: int, size: int) -> torch.Tensor:

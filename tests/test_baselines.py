@@ -71,12 +71,13 @@ def test_constant_is_the_training_mean_and_ignores_its_input(tmp_path):
     from medq.config import DataConfig
     from medq.data import build_dataset
 
-    cfg = DataConfig(num_images=12, cache_dir=str(tmp_path / "cache"))
-    mean = training_mean_image(cfg, 32)
-    train = build_dataset(cfg, 32, "train")
+    cfg = DataConfig(num_images=12, num_test_images=3, image_size=32,
+                     cache_dir=str(tmp_path / "cache"))
+    mean = training_mean_image(cfg)
+    train = build_dataset(cfg, "train")
     manual = torch.stack([train[i]["target"] for i in range(0, len(train), len(cfg.tasks))]).mean(0)
     assert mean.shape == (3, 32, 32) and torch.allclose(mean, manual, atol=1e-6)
-    test = build_dataset(cfg, 32, "test")
+    test = build_dataset(cfg, "test")
     step = len(cfg.tasks)
     test_mean = torch.stack([test[i]["target"] for i in range(0, len(test), step)]).mean(0)
     assert not torch.allclose(mean, test_mean, atol=1e-3)  # the training targets, not the test's

@@ -200,9 +200,12 @@ def test_not_hashed_values_leave_the_hash_alone():
     assert load_config("ssim_v3", overrides=["sample.mmse_t=1.0"]).hash == base.hash
     assert load_config("ssim_v3", overrides=["sample.mmse_draws=8"]).hash == base.hash
     assert load_config("ssim_v3", overrides=["sample.noise_temperature=1"]).hash == base.hash
+    assert load_config("ssim_v3", overrides=["sample.tile_overlap=8"]).hash == base.hash
+    assert load_config("ssim_v3", overrides=["sample.tile_batch=8"]).hash == base.hash
     assert set(NOT_HASHED) == {("run", "out_dir"), ("run", "preset"), ("run", "fsdp"),
                                ("sample", "mmse_t"), ("sample", "mmse_draws"),
-                               ("sample", "noise_temperature")}
+                               ("sample", "noise_temperature"), ("sample", "tile_overlap"),
+                               ("sample", "tile_batch")}
 
 
 def test_fsdp_does_not_enter_the_hash():

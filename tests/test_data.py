@@ -1,3 +1,4 @@
+
 """medq.data: synthetic generator, items, splits, collate, text, resizing."""
 
 import numpy as np
@@ -24,7 +25,8 @@ WORD = __import__("re").compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
 
 @pytest.fixture
 def cfg(tmp_path):
-    return DataConfig(num_images=12, cache_dir=str(tmp_path / "cache"))
+    return DataConfig(num_images=12, num_test_images=3, image_size=32,
+                      cache_dir=str(tmp_path / "cache"))
 
 
 def test_microaneurysms_are_visible_at_the_working_size():
@@ -70,7 +72,7 @@ def test_generator_frames_and_colours_like_a_prepared_real_photograph():
     assert rgb[:, 2].std() > 0.02, rgb.std(0)  # v2: 0.006
 
 def test_items_follow_contract_and_are_deterministic(cfg):
-    ds = build_dataset(cfg, 32, "train")
+    ds = build_dataset(cfg, "train")
     assert len(ds) == 3 * len(ds.ids)
     tasks = {}
     for i in range(6):
@@ -86,7 +88,7 @@ def test_items_follow_contract_and_are_deterministic(cfg):
     assert tasks["sr4"]["input"].shape == (3, 8, 8) and tasks["sr4"]["scale"] == 4
     assert tasks["sr2"]["input"].shape == (3, 16, 16) and tasks["sr2"]["quality"] == 0
     assert tasks["enhance"]["quality"] in (1, 2) and tasks["enhance"]["scale"] == 1
-    again = build_dataset(cfg, 32, "train")[2]
+    again = build_dataset(cfg, "train")[2]
     torch.manual_seed(123)
     assert (
         torch.equal(again["input"], ds[2]["input"]) and again["instruction"] == ds[2]["instruction"]
@@ -94,11 +96,11 @@ def test_items_follow_contract_and_are_deterministic(cfg):
 
 
 def test_cache_is_reused(cfg, tmp_path):
-    build_dataset(cfg, 32, "all")
+    build_dataset(cfg, "all")
     files = list((tmp_path / "cache").glob(f"synthetic-v{GENERATOR_VERSION}-s0-32px-n12.npz"))
     assert len(files) == 1
     mtime = files[0].stat().st_mtime_ns
-    build_dataset(cfg, 32, "val")
+    build_dataset(cfg, "val")
     assert files[0].stat().st_mtime_ns == mtime
 
 
@@ -110,7 +112,7 @@ def test_splits_disjoint_and_cover(cfg):
     assert split_ids(list(reversed(ids)), 0.1, 0.1) == s
     tiny = split_ids(["a", "b", "c"], 0.1, 0.1)
     assert all(len(v) == 1 for v in tiny.values())
-    parts = [set(build_dataset(cfg, 32, k).ids) for k in ("train", "val", "test")]
+    parts = [set(build_dataset(cfg, k).ids) for k in ("train", "val", "test")]
     assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
 
 

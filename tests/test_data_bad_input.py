@@ -1,3 +1,4 @@
+
 """Bad input corpus (generated here, never committed): clear DataErrors, skip reports,
 conversions."""
 
@@ -40,9 +41,10 @@ def test_unreadable_files_name_file_and_reason(corpus, name, reason):
 
 
 def test_folder_error_mode_stops_at_bad_file(corpus, tmp_path):
-    cfg = DataConfig(source="folder", root=str(corpus), cache_dir=str(tmp_path / "c"))
+    cfg = DataConfig(source="folder", root=str(corpus), image_size=32,
+                     cache_dir=str(tmp_path / "c"))
     with pytest.raises(DataError, match=r"black\.png: no field of view|zero\.png: empty"):
-        build_dataset(cfg, 32, "all")
+        build_dataset(cfg, "all")
 
 
 def test_folder_skip_mode_reports_every_bad_file(corpus, tmp_path):
@@ -51,13 +53,13 @@ def test_folder_skip_mode_reports_every_bad_file(corpus, tmp_path):
     cfg = DataConfig(
         source="folder", root=str(corpus), cache_dir=str(tmp_path / "c"), on_bad_input="skip"
     )
-    ds = build_dataset(cfg, 32, "all", tasks=["sr2"])
+    ds = build_dataset(cfg, "all", tasks=["sr2"])
     assert sorted(ds.ids) == ["good0", "good1", "good2"]
     bad = {b["path"].rsplit("/", 1)[-1] for b in ds.bad_inputs}
     assert bad == {"zero.png", "truncated.jpg", "text.png", "tiny.png", "black.png"}
     reports = list((tmp_path / "c").glob("*/bad_inputs.jsonl"))
     assert len(reports) == 1 and len(reports[0].read_text().splitlines()) == 5
-    again = build_dataset(cfg, 32, "all", tasks=["sr2"])  # from cache: the report is kept
+    again = build_dataset(cfg, "all", tasks=["sr2"])  # from cache: the report is kept
     assert len(again.bad_inputs) == 5
 
 
@@ -88,8 +90,9 @@ def test_large_image_is_cropped_quickly_and_correctly(tmp_path):
     from PIL import ImageDraw
     ImageDraw.Draw(big).ellipse([1000, 100, 4800, 3900], fill=(190, 90, 40))
     big.save(tmp_path / "big.jpg", quality=80)
-    cfg = DataConfig(source="folder", root=str(tmp_path), cache_dir=str(tmp_path / "c"))
-    ds = build_dataset(cfg, 64, "all", tasks=["sr2"])
+    cfg = DataConfig(source="folder", root=str(tmp_path), image_size=64,
+                     cache_dir=str(tmp_path / "c"))
+    ds = build_dataset(cfg, "all", tasks=["sr2"])
     m = ds[0]["mask"][0]
     assert 0.7 < m.mean() < 0.85 and m[32, 32] == 1 and m[0, 0] == 0
 
@@ -104,7 +107,7 @@ def test_eyeq_csv_problems(tmp_path):
     img_dir.mkdir()
     for name in ("a.jpeg", "b.jpeg", "c.jpeg"):
         Image.fromarray(fundus()).save(img_dir / name)
-    base = dict(source="eyeq", root=str(img_dir), cache_dir=str(tmp_path / "c"))
+    base = dict(source="eyeq", root=str(img_dir), image_size=32, cache_dir=str(tmp_path / "c"))
     cases = {
         ",image,DR_grade\n0,a.jpeg,0\n": "missing column.*quality",
         ",image,quality,DR_grade\n0,a.jpeg,7,0\n": "line 2: quality = 7",
@@ -114,13 +117,13 @@ def test_eyeq_csv_problems(tmp_path):
     for i, (text, pattern) in enumerate(cases.items()):
         labels = _csv(tmp_path / f"l{i}.csv", text)
         with pytest.raises(DataError, match=pattern):
-            build_dataset(DataConfig(labels=str(labels), **base), 32, "all")
+            build_dataset(DataConfig(labels=str(labels), **base), "all")
     labels = _csv(tmp_path / "ok.csv", ",image,quality,DR_grade\n0,a.jpeg,0,0\n1,b.jpeg,1,2\n"
                                        "2,c.jpeg,0,3\n3,gone.jpeg,0,0\n4,rejected.jpeg,2,0\n")
     with pytest.raises(DataError, match="gone.jpeg"):
-        build_dataset(DataConfig(labels=str(labels), **base), 32, "all")
+        build_dataset(DataConfig(labels=str(labels), **base), "all")
     ds = build_dataset(
-        DataConfig(labels=str(labels), on_bad_input="skip", **base), 32, "all", tasks=["sr4"]
+        DataConfig(labels=str(labels), on_bad_input="skip", **base), "all", tasks=["sr4"]
     )
     assert sorted(ds.ids) == ["a", "c"]  # b is Usable: not a target with target_quality [0]
     assert [it["dr_grade"] for it in (ds[ds.ids.index("c")],)] == [3]
@@ -138,7 +141,8 @@ def test_folder_duplicate_ids_are_an_error(tmp_path):
     Image.fromarray(fundus()).save(d / "eye.jpg")
     with pytest.raises(DataError, match="duplicate image id 'eye'"):
         build_dataset(
-            DataConfig(source="folder", root=str(d), cache_dir=str(tmp_path / "c")), 32, "all"
+            DataConfig(source="folder", root=str(d), image_size=32, cache_dir=str(tmp_path / "c")),
+            "all"
         )
 
 
@@ -146,9 +150,9 @@ def test_items_load_in_dataloader_workers(tmp_path):
     import torch
 
     from medq.data import collate
-    cfg = DataConfig(num_images=6, cache_dir=str(tmp_path / "c"))
-    ds = build_dataset(cfg, 32, "all", tasks=["sr4", "enhance"])
+    cfg = DataConfig(num_images=6, num_test_images=2, image_size=32, cache_dir=str(tmp_path / "c"))
+    ds = build_dataset(cfg, "all", tasks=["sr4", "enhance"])
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate)
     batches = list(loader)
-    assert sum(len(b["id"]) for b in batches) == 12
+    assert sum(len(b["id"]) for b in batches) == 2 * (6 + 2)  # train + val and the test set
     assert torch.equal(batches[0]["input"][1, :, :32, :32], ds[1]["input"])

@@ -1,3 +1,4 @@
+
 """fov_mask against DRIVE's hand-made masks, and the EyeQ-style crop on the real samples."""
 
 import numpy as np
@@ -45,8 +46,9 @@ def test_crop_to_fov_pads_cut_circle():
 
 
 def test_real_sources(fundus_samples, tmp_path):
-    drive = DataConfig(source="drive", root=str(fundus_samples / "drive"), cache_dir=str(tmp_path))
-    ds = build_dataset(drive, 64, "all", tasks=["sr4"])
+    drive = DataConfig(source="drive", root=str(fundus_samples / "drive"), image_size=64,
+                       cache_dir=str(tmp_path))
+    ds = build_dataset(drive, "all", tasks=["sr4"])
     assert len(ds) == 3
     it = ds[0]
     assert it["target"].shape == (3, 64, 64) and it["input"].shape == (3, 16, 16)
@@ -55,18 +57,19 @@ def test_real_sources(fundus_samples, tmp_path):
         source="eyeq",
         root=str(fundus_samples / "eyeq" / "original_img"),
         labels=str(fundus_samples / "eyeq" / "Label_EyeQ_train.head.csv"),
+        image_size=64,
         cache_dir=str(tmp_path),
     )
     with pytest.raises(DataError, match="10009_left.jpeg"):
-        build_dataset(eyeq, 64, "all")
+        build_dataset(eyeq, "all")
 
 
 def test_folder_source_on_raw_eyepacs_images(fundus_samples, tmp_path):
     raw = fundus_samples / "eyeq" / "original_img"
     if not any(raw.glob("*.jpeg")):
         pytest.skip("no raw EyePACS images in the samples folder")
-    cfg = DataConfig(source="folder", root=str(raw), cache_dir=str(tmp_path))
-    ds = build_dataset(cfg, 128, "all", tasks=["enhance"])
+    cfg = DataConfig(source="folder", root=str(raw), image_size=128, cache_dir=str(tmp_path))
+    ds = build_dataset(cfg, "all", tasks=["enhance"])
     assert len(ds) == len(list(raw.glob("*.jpeg")))
     for i in range(len(ds)):
         it = ds[i]

@@ -3,6 +3,7 @@ through gradio_client and raw HTTP (path security). The browser test is test_dem
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
@@ -414,10 +415,10 @@ def test_reference_reports_rebuilt_from_the_runs_data_config(tmp_path):
     from medq.harness import data_fingerprint
 
     cfg = load_config("control", [f"data.cache_dir={tmp_path / 'cache'}", "data.num_images=6",
-                               "model.image_size=32"])
+                               "model.tile_size=32", "data.image_size=32"])
     path = tmp_path / "config.toml"
     path.write_text(dump_toml(cfg))
-    item = build_dataset(cfg.data, 32, "all", tasks=["enhance"])[3]
+    item = build_dataset(dataclasses.replace(cfg.data, image_size=32), "all", tasks=["enhance"])[3]
     refs = ReferenceReports([path])
     sha = data_fingerprint(item)
     assert refs.get("enhance", item["id"], {"data_sha256": sha}) == item["report"]

@@ -69,7 +69,8 @@ def test_bad_data_source_fails_the_eval_and_keeps_the_good_reports(tmp_path, cap
 def test_folder_and_embedded_outputs_never_mix(tmp_path):
     good = _folder(tmp_path, bad=False)
     assert _eval(tmp_path, "--data", "folder", "--root", str(good), "--split", "all") == 0
-    assert _eval(tmp_path, "--set", "data.num_images=12", "--set", "model.image_size=32",
+    assert _eval(tmp_path, "--set", "data.num_images=12", "--set", "model.tile_size=32", "--set",
+                 "data.image_size=32",
                  "--test-images", "2") == 0
     base = tmp_path / "runs" / "_baselines" / "bicubic"
     embedded = read_jsonl(base / "eval" / "sr4" / "records.jsonl")

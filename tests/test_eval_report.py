@@ -168,7 +168,8 @@ def test_own_model_lands_in_the_leaderboard_next_to_the_baselines(tmp_path, caps
     argv = ["eval", "--skip-train", "--runs-dir", str(tmp_path / "runs"), "--out",
             str(tmp_path / "reports"), "--model", "fakes.infer:TextBicubic", "--tasks",
             "sr4,enhance", "--test-images", "12", "--set", "data.num_images=60", "--set",
-            "data.test_fraction=0.2", "--set", "model.image_size=32", "--set",
+            "data.num_test_images=12", "--set", "model.tile_size=32", "--set",
+            "data.image_size=32", "--set",
             f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}", "--backbone", "randresnet18",
             "--no-progress", "--no-plots"]
     assert main(argv) == 0

@@ -89,8 +89,9 @@ def _folder(tmp_path: Path, files: dict[str, Path]) -> Path:
 def _dataset(root: Path, tmp_path: Path, **kw):
     from medq.config import DataConfig
 
-    cfg = DataConfig(source="folder", root=str(root), cache_dir=str(tmp_path / "cache"), **kw)
-    return build_dataset(cfg, 32, "all", tasks=["enhance"])
+    cfg = DataConfig(source="folder", root=str(root), cache_dir=str(tmp_path / "cache"),
+                     image_size=32, **kw)
+    return build_dataset(cfg, "all", tasks=["enhance"])
 
 
 @pytest.fixture(scope="module")
@@ -383,7 +384,8 @@ def _mini_run(tmp_path: Path) -> Path:
 
     vae = tmp_path / "vae"
     cfg = load_config("control", overrides=[
-        "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.image_size=32",
+        "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.tile_size=32",
+        "data.image_size=32",
         f"model.vae={json.dumps(str(vae))}"])
     M.save_vae(M.build_vae(cfg.model), vae)
     tok = M.Tokenizer()

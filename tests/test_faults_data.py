@@ -20,12 +20,12 @@ def test_error_mode_never_reuses_the_cache_of_a_skip_build(tmp_path):
         Image.fromarray(fundus()).save(root / f"good{i}.png")
     (root / "broken.png").write_text("not a png")
     skip = DataConfig(source="folder", root=str(root), cache_dir=str(tmp_path / "c"),
-                      on_bad_input="skip")
-    assert len(build_dataset(skip, 32, "all", tasks=["sr2"]).ids) == 3
+                      image_size=32, on_bad_input="skip")
+    assert len(build_dataset(skip, "all", tasks=["sr2"]).ids) == 3
     error = DataConfig(source="folder", root=str(root), cache_dir=str(tmp_path / "c"),
-                       on_bad_input="error")
+                       image_size=32, on_bad_input="error")
     with pytest.raises(DataError, match=r"broken\.png: not an image"):
-        build_dataset(error, 32, "all", tasks=["sr2"])
+        build_dataset(error, "all", tasks=["sr2"])
 
 
 @pytest.mark.parametrize("side", [12000, 100000])  # above the limit (warned by Pillow), above 2x

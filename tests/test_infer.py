@@ -168,7 +168,7 @@ def test_random_minibagel_is_collapsed(tmp_path):
     cfg = load_config(
         "control",
         overrides=["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "sample.steps=2",
-                   "model.image_size=32"],
+                   "model.tile_size=32", "data.image_size=32"],
     )
     tok = M.Tokenizer(words=VOCAB[1:] + ["do", "sr4", "describe"])
     torch.manual_seed(0)

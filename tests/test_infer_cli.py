@@ -91,7 +91,8 @@ def test_baseline_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--baseline", "bicubic", "--set", f"run.out_dir={json.dumps(str(tmp_path))}", "--set",
             f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}", "--set", "data.num_images=12",
-            "--set", "data.test_fraction=0.2", "--set", "model.image_size=32", "--tasks", "sr4",
+            "--set", "data.num_test_images=3", "--set", "model.tile_size=32", "--set",
+            "data.image_size=32", "--tasks", "sr4",
             "--limit", "2", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     text = capsys.readouterr().out
@@ -109,7 +110,8 @@ def test_random_weights_run_is_collapsed_through_the_cli(tmp_path, capsys):
     import medq.models as M
     vae_dir = tmp_path / "vae"
     cfg = load_config("control", overrides=[
-        "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.image_size=32",
+        "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.tile_size=32",
+        "data.image_size=32",
         "sample.steps=2", "data.num_images=12", f"model.vae={json.dumps(str(vae_dir))}",
         f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}"])
     M.save_vae(M.build_vae(cfg.model), vae_dir)
@@ -143,7 +145,8 @@ def test_random_weights_run_is_collapsed_through_the_cli(tmp_path, capsys):
 def test_own_model_class_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--model", "fakes.infer:TextBicubic", "--set", "data.num_images=12", "--set",
-            "data.test_fraction=0.2", "--set", "model.image_size=32", "--set",
+            "data.num_test_images=3", "--set", "model.tile_size=32", "--set",
+            "data.image_size=32", "--set",
             f"data.cache_dir={json.dumps(str(tmp_path / 'c'))}", "--limit", "2", "--out", str(out),
             "--no-progress"]
     assert main(argv) == 0

@@ -71,7 +71,7 @@ def test_dataset_readers_through_harness(fundus_samples, tmp_path):
             "data.tasks=[\"sr4\"]",
         ],
     )
-    ds = data.build_dataset(cfg.data, cfg.model.image_size, "test")
+    ds = data.build_dataset(cfg.data, "test")
     paths = run_harness(Bicubic(), ds, tmp_path / "out", progress=False)
     rows = read_records(paths["sr4"])
     assert rows and all(r["check"]["output_std"] > 0.01 for r in rows)

@@ -170,7 +170,8 @@ def test_random_backbone_distance_grows_with_degradation_synthetic(tmp_path):
     from medq.config import DataConfig
     from medq.data import build_dataset
 
-    ds = build_dataset(DataConfig(num_images=16, cache_dir=str(tmp_path)), 64, "all", tasks=["sr4"])
+    ds = build_dataset(DataConfig(num_images=16, image_size=64, cache_dir=str(tmp_path)), "all",
+                       tasks=["sr4"])
     _assert_distance_grows(torch.stack([ds[i]["target"] for i in range(16)]))
 
 

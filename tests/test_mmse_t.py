@@ -65,4 +65,4 @@ def test_a_missing_run_and_a_zero_count_are_one_line_errors(tmp_path):
     with pytest.raises(SystemExit, match="--images 0: must be >= 1"):
         mmse_t.main(_args(images=0))
     with pytest.raises(ValueError, match="n = 0"):
-        split_fov_scores(None, None, 64, "val", 0)
+        split_fov_scores(None, None, "val", 0)

@@ -41,8 +41,11 @@ def _seed():
 
 @pytest.fixture
 def cfg() -> ModelConfig:
-    return ModelConfig(image_size=32, d_model=32, n_layers=2, n_heads=2, max_text_len=24,
-                       vocab_pad_multiple=16)
+    """A tiny model whose outputs are the decoded latents (``pixel_residual`` off), so that the
+    tests below compare with ``vae.decode`` directly; the residual rendering and the tiles have
+    their own tests (tests/test_tiles.py)."""
+    return ModelConfig(tile_size=32, d_model=32, n_layers=2, n_heads=2, max_text_len=24,
+                       vocab_pad_multiple=16, pixel_residual=False)
 
 
 @pytest.fixture
@@ -508,7 +511,7 @@ def test_condition_at_the_generated_grid_position(cfg, tok):
     torch.nn.init.normal_(with_add.llm2vae.weight)
     without.llm2vae.load_state_dict(with_add.llm2vae.state_dict())
     text = pack_text(tok, [SR4], None, cfg.max_text_len)
-    n = (cfg.image_size // 4 // cfg.patch_size) ** 2
+    n = (cfg.tile_size // 4 // cfg.patch_size) ** 2
     grid = (int(n ** 0.5),) * 2
     cond, gen = torch.randn(1, n, with_add.patch_dim), torch.randn(1, n, with_add.patch_dim)
     mask = sequence_mask(text, n, n)

@@ -33,11 +33,12 @@ class ReportModel:
 
 @pytest.fixture
 def data(tmp_path):
-    return DataConfig(num_images=120, val_fraction=0.25, cache_dir=str(tmp_path / "cache"))
+    return DataConfig(num_images=120, val_fraction=0.25, image_size=32,
+                      cache_dir=str(tmp_path / "cache"))
 
 
 def _truth_by_input(data, task):
-    ds = build_dataset(data, 32, "val", tasks=[task])
+    ds = build_dataset(data, "val", tasks=[task])
     return {ds[i]["input"].sum().item(): ds[i]["report"] for i in range(len(ds))}
 
 
@@ -46,11 +47,11 @@ def test_a_model_that_reads_the_grade_scores_kappa_one_and_a_constant_the_floor(
     assert len({r.split("grade ")[1] for r in truth["sr2"].values()}) > 2   # several grades
     oracle = split_report_scores(
         ReportModel(lambda img: {**truth["sr2"], **truth["enhance"]}[img.sum().item()]),
-        data, 32, "val", n=100, tasks=["sr2", "enhance"])
+        data, "val", n=100, tasks=["sr2", "enhance"])
     constant = split_report_scores(
         ReportModel(lambda img: "quality: good. findings: no lesions seen. diabetic retinopathy "
                                 "grade 0 (none)."),
-        data, 32, "val", n=100, tasks=["sr2", "enhance"])
+        data, "val", n=100, tasks=["sr2", "enhance"])
     for task in ("sr2", "enhance"):
         assert oracle[task]["dr_kappa"] == pytest.approx(1.0)
         assert oracle[task]["quality_accuracy"] == pytest.approx(1.0)
@@ -61,6 +62,6 @@ def test_a_model_that_reads_the_grade_scores_kappa_one_and_a_constant_the_floor(
 
 def test_n_counts_the_first_images_and_zero_is_refused(data):
     model = ReportModel(lambda img: "quality: good. diabetic retinopathy grade 1 (mild).")
-    assert split_report_scores(model, data, 32, "val", n=5, tasks=["sr2"])["sr2"]["n"] == 5
+    assert split_report_scores(model, data, "val", n=5, tasks=["sr2"])["sr2"]["n"] == 5
     with pytest.raises(ValueError, match="n = 0"):
-        split_report_scores(model, data, 32, "val", n=0, tasks=["sr2"])
+        split_report_scores(model, data, "val", n=0, tasks=["sr2"])

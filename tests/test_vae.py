@@ -73,10 +73,19 @@ def test_diffusers_autoencoderkl_directory(tmp_path):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    ae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                       up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                       layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32,
-                       scaling_factor=0.5, shift_factor=0.1)
+    ae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+        scaling_factor=0.5,
+        shift_factor=0.1,
+    )
     ae.save_pretrained(tmp_path / "ae")
     vae = load_vae(tmp_path / "ae")
     assert isinstance(vae, DiffusersVAE) and vae.downsample == 2 and vae.latent_channels == 4
@@ -121,7 +130,7 @@ def test_quick_training_reconstructs_real_fundus_images(fundus_samples):
     # Train on the real images plus random crops-and-rescales of them (more variety), test on the
     # real images themselves: the claim is that the architecture + recipe fit fundus content fast.
     big = F.interpolate(real, scale_factor=2, mode="bilinear", align_corners=False)
-    crops = torch.cat([big[:, :, i:i + 64, j:j + 64] for i in (0, 32, 64) for j in (0, 32, 64)])
+    crops = torch.cat([big[:, :, i : i + 64, j : j + 64] for i in (0, 32, 64) for j in (0, 32, 64)])
     vae = build_vae(None, downsample=4, latent_channels=4, channels=8)
     before = reconstruction_psnr(vae, real)
     metrics = train_vae(vae, torch.cat([real, crops]), real, steps=40, batch_size=8, lr=5e-3)
@@ -147,9 +156,25 @@ def test_train_vae_command_writes_skips_and_forces(tmp_path, capsys):
     out = tmp_path / "vae"
     parser = argparse.ArgumentParser()
     vae_cmd.add_arguments(parser)
-    argv = ["--set", f"model.vae={out}", "--set", "model.image_size=32", "--set",
-            "data.num_images=6", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--steps", "2",
-            "--batch-size", "2", "--channels", "8", "--no-progress"]
+    argv = [
+        "--set",
+        f"model.vae={out}",
+        "--set",
+        "model.tile_size=32",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "data.num_images=6",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--channels",
+        "8",
+        "--no-progress",
+    ]
     assert vae_cmd.main(parser.parse_args(argv)) == 0
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "arch.json", "metrics.json"}
     metrics = json.loads((out / "metrics.json").read_text())

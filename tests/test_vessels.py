@@ -69,7 +69,8 @@ def test_blur_lowers_vessel_dice_monotonically_synthetic(tmp_path):
     from medq.config import DataConfig
     from medq.data import build_dataset
 
-    ds = build_dataset(DataConfig(num_images=20, cache_dir=str(tmp_path)), 64, "all", tasks=["sr4"])
+    ds = build_dataset(DataConfig(num_images=20, image_size=64, cache_dir=str(tmp_path)), "all",
+                       tasks=["sr4"])
     items = [ds[i] for i in range(12)]
     targets = torch.stack([it["target"] for it in items])
     masks = torch.stack([it["mask"] for it in items])

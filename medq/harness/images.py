@@ -3,7 +3,7 @@
 Policy for images of any size (used by ``edit_one`` and stated in ``python -m infer --help``): an
 image is cropped to the square around its field of view (the bright disc found by
 ``medq.data.fov``; black outside it, padded with black where the disc leaves the frame) and
-resized to the model's working size ``cfg.model.image_size``. For SR the target is that resized
+resized to the working size ``cfg.data.image_size``. For SR the target is that resized
 image and the input its bicubic downscale by 2 or 4; for ``enhance`` (one image, no clean
 reference) the input is the resized image itself. Datasets from ``medq.data.build_dataset``
 prepare files the same way.
