@@ -150,6 +150,11 @@ class ModelConfig:
     (``medq.models.transformer.PriorNet``, with ``cond_prior``); 0 = the condition itself (every
     base before issue 14's prior net). 32, not 48: a step costs 12 % more with 32 and 21 % with
     48 (two probes side by side), and the main job has a 15-minute budget."""
+    out_conv: bool = True
+    """A 3 x 3 convolution after the flow head, on the velocity put back on the latent grid
+    (zero at init: the same function without it), as U-ViT adds after its last linear layer. The
+    linear head predicts each token's patch on its own, so neighbouring patches can disagree at
+    their border: a pattern at the token pitch. The convolution sees across that border."""
     max_text_len: int = 48
     """Longest instruction or report in tokens, special tokens included."""
     vocab_pad_multiple: int = 64

@@ -184,6 +184,10 @@ class MiniBagel(nn.Module):
         self.apply(self._init)
         self.prior_net = (PriorNet(c, cfg.prior_conv_channels, d)
                           if cfg.prior_conv_channels and cfg.cond_prior else None)
+        self.out_conv = nn.Conv2d(c, c, 3, padding=1) if cfg.out_conv else None
+        if self.out_conv is not None:
+            nn.init.zeros_(self.out_conv.weight)
+            nn.init.zeros_(self.out_conv.bias)
         if self.cond2gen is not None:
             nn.init.zeros_(self.cond2gen.weight)
             nn.init.zeros_(self.cond2gen.bias)
@@ -270,6 +274,11 @@ class MiniBagel(nn.Module):
         """Final-normed hidden states of the generated tokens (B, n, d) -> (v (B, n, C p p), the
         residual prior or None)."""
         v, prior = self.llm2vae(h_gen), None
+        if self.out_conv is not None:
+            # Across the patch borders: v + conv(v) on the latent grid (zero at init).
+            p, c = self.cfg.patch_size, self.cfg.latent_channels
+            v_img = unpatchify(v, p, c, grid[0] * p, grid[1] * p)
+            v = patchify(v_img + self.out_conv(v_img), p)
         if self.cfg.cond_prior and cond is not None:
             # Residual prior: an untrained head flows x_t onto the condition (or its sharpening).
             prior = self.prior(cond, grid, h_gen.mean(dim=1))
