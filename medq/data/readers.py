@@ -8,6 +8,7 @@ Missing or unreadable files raise ``DataError`` naming them; the caller decides 
 from __future__ import annotations
 
 import csv
+import logging
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 from medq.data.fov import NoFieldOfView, crop_to_fov, require_fov
 from medq.data.imageio import IMAGE_SUFFIXES, DataError, load_mask, load_rgb
 
+log = logging.getLogger(__name__)
 EYEQ_COLUMNS = ("image", "quality", "DR_grade")
 
 
@@ -150,16 +152,28 @@ def read_drive(root: str | Path) -> list[Record]:
     return records
 
 
-def fov_square(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+MAX_OWN_SIDE = 1024
+"""Largest side kept at a photograph's own size (``data.image_size = 0``): a larger field of view
+is downscaled to it (with a warning naming the photograph), since generating a 4000-px image tile
+by tile would take hours on a CPU, and a clinician reads a fundus at this size."""
+
+
+def fov_square(image: np.ndarray, mask: np.ndarray, size: int, name: str = "image"
+               ) -> tuple[np.ndarray, np.ndarray]:
     """The any-size policy, one home for files and uploads alike: crop the square around the field
     of view (``crop_to_fov``: black outside the disc, black padding where the disc leaves the
     frame) and resize it to ``size`` (PIL bicubic for the image, bilinear then >= 0.5 for the
-    mask); ``size`` 0 keeps the square's own side, padded with black to a multiple of 4 so that the
-    x2 and x4 inputs are whole pixels.
+    mask); ``size`` 0 keeps the square's own side (at most ``MAX_OWN_SIDE``, downscaled beyond
+    with a warning naming ``name``), padded with black to a multiple of 4 so that the x2 and x4
+    inputs are whole pixels.
 
     image uint8 (H, W, 3), mask bool (H, W) -> uint8 (S, S, 3), zero outside the mask, and bool
     (S, S)."""
     sq, sq_m = crop_to_fov(image, mask)
+    if size == 0 and sq.shape[0] > MAX_OWN_SIDE:
+        log.warning("%s: its field of view is %d px across, downscaled to %d px (the largest own "
+                    "size handled)", name, sq.shape[0], MAX_OWN_SIDE)
+        size = MAX_OWN_SIDE
     if size == 0:
         pad = -sq.shape[0] % 4
         sq = np.pad(sq, ((0, pad), (0, pad), (0, 0)))
@@ -179,7 +193,7 @@ def prepare(rec: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Load, find the FOV (dataset mask or detected), crop the FOV square, resize to ``size`` (0 =
     its own size): ``fov_square``. -> uint8 (S, S, 3), bool (S, S). Raises DataError naming the
     file."""
-    img = load_rgb(rec.path, max_side=max(4 * size, 512) if size else None)
+    img = load_rgb(rec.path, max_side=max(4 * size, 512) if size else 2 * MAX_OWN_SIDE)
     if rec.mask_path is not None:
         mask = load_mask(rec.mask_path, img.shape[:2])
         if mask.sum() < 0.02 * mask.size:
@@ -189,4 +203,4 @@ def prepare(rec: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
             mask = require_fov(img, str(rec.path))
         except NoFieldOfView as e:
             raise DataError(str(e)) from None
-    return fov_square(img, mask, size)
+    return fov_square(img, mask, size, name=str(rec.path))

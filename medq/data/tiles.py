@@ -21,7 +21,8 @@ images, so an epoch sees every image ``repeats`` times at other places)::
      "input":  (3, T, T) the condition tile at working resolution (upsampled SR input / degraded),
      "target": (3, T, T), "mask": (1, T, T),
      "report_input": (3, T, T) the whole input image resized to one tile (what reports are
-                     written from), "quality", "dr_grade", "scale", "real": bool}
+                     written from), "quality", "dr_grade", "scale", "real": bool,
+     "place": (y, x) the tile's top-left corner in its working-size image}
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def tile_item(item: dict, tile: int, rng: np.random.Generator, real: bool = Fals
         "mask": crop(item["mask"], y0, x0, tile),
         "report_input": bicubic_resize(item["input"][None], tile)[0],
         "quality": item["quality"], "dr_grade": item["dr_grade"], "scale": item["scale"],
-        "real": real,
+        "real": real, "place": (y0, x0),
     }
 
 

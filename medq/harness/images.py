@@ -34,7 +34,7 @@ def prepare(image: torch.Tensor, size: int, task: str, *, name: str = "image") -
     if size % scale:
         raise ValueError(f"working size {size} is not divisible by the {task} scale {scale}")
     arr = to_uint8(image)
-    out, m = fov_square(arr, require_fov(arr, name), size)
+    out, m = fov_square(arr, require_fov(arr, name), size, name=name)
     target = torch.from_numpy(out.copy()).permute(2, 0, 1).float() / 255
     mask = torch.from_numpy(m.astype(np.float32))[None]
     side = target.shape[-1]  # ``size``, or the FOV square's own side (a multiple of 4) for 0

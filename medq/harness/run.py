@@ -348,8 +348,8 @@ def edit_one(model: ImageTextModel, image: torch.Tensor, task: str, *, size: int
     """One image of any size (3, h, w) in [0, 1] through ``model`` (for the demo).
 
     The image follows the any-size policy (``medq.harness.images.prepare``: field-of-view square
-    resized
-    to ``size``; SR input = its bicubic downscale; enhance input = the image). ``instruction``
+    resized to ``size``, or at its own size up to ``medq.data.readers.MAX_OWN_SIDE`` for 0; SR input
+    = its bicubic downscale; enhance input = the image). ``instruction``
     defaults to ``default_instruction(task)``. Returns {"input", "output", "target", "mask"}
     (float32 CHW in [0, 1]), "seconds", "check" (image sanity statistics) and, with ``report``,
     "report": a ``DecodeResult`` of the report on the input (None for a model without text).
@@ -358,17 +358,18 @@ def edit_one(model: ImageTextModel, image: torch.Tensor, task: str, *, size: int
     prep = prepare(image, size, task, name=name)
     instruction = default_instruction(task) if instruction is None else instruction
     t0 = time.perf_counter()
-    out = model.edit(prep["input"][None], [instruction], [task], (size, size),
+    shape = tuple(prep["target"].shape[-2:])  # ``size``, or the photograph's own (size 0)
+    out = model.edit(prep["input"][None], [instruction], [task], shape,
                      seed=[seed] if getattr(model, "seed_per_image", False) else seed)
     out = torch.as_tensor(out).detach().cpu()
-    if tuple(out.shape) != (1, 3, size, size):
+    if tuple(out.shape) != (1, 3, *shape):
         raise InferError(f"model {model.name!r}: edit returned shape {tuple(out.shape)}, expected "
-                         f"{(1, 3, size, size)}")
+                         f"{(1, 3, *shape)}")
     result = {**{k: prep[k] for k in ("input", "target", "mask")},
               "output": torch.nan_to_num(out[0].float(), nan=0.0).clamp(0, 1),
               "instruction": instruction,
               "check": image_checks(out[0], prep["target"],
-                                    bicubic(prep["input"][None], (size, size))[0])}
+                                    bicubic(prep["input"][None], shape)[0])}
     if report:
         result["report"] = None
         if getattr(model, "has_text", True):
