@@ -8,8 +8,8 @@ Missing or unreadable files raise ``DataError`` naming them; the caller decides 
 from __future__ import annotations
 
 import csv
-import logging
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
