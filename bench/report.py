@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from bench.results import write_comparison_csvs
 from medq.files import write_text_atomic
 from medq.metrics import SCORED_METRICS
 from medq.scoring import number
@@ -420,7 +421,8 @@ def write_reports(rows: list[dict], per_image: list[dict], out_dir, *, protocol:
     out_dir.mkdir(parents=True, exist_ok=True)
     lb, pi = write_csvs(rows, per_image, out_dir)
     md = write_markdown(rows, comparisons, protocol, out_dir, seed_comparisons)
-    out = {"leaderboard_csv": lb, "per_image_csv": pi, "markdown": md}
+    out = {"leaderboard_csv": lb, "per_image_csv": pi, "markdown": md,
+           "comparisons_csv": write_comparison_csvs(out_dir, comparisons, list(seed_comparisons))}
     if plots:
         out["pd"] = plot_perception_distortion(rows, out_dir)
         out["bars"] = plot_bars(rows, out_dir)
