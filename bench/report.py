@@ -214,10 +214,13 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
         out.append("No pair of modes was scored on common images.")
     out += ["", "## Across training seeds", ""]
     if seed_comparisons:
-        out += ["Differences of per-seed means (each seed's mean over images), paired by training "
-                "seed; 95 % paired t interval over seeds (with 3 seeds an exact Wilcoxon test "
-                "cannot go below p = 0.25). A baseline has the same value for every seed.", "",
-                "| task | a - b | metric | seeds | mean diff | seed sd | 95 % CI (t) | note |",
+        out += ["Differences across training seeds, paired by seed (and by image): mean over "
+                "seeds and images, the standard deviation of the per-seed mean differences, and a "
+                "95 % interval over images x seeds (crossed random effects, t with Satterthwaite "
+                "df) where per-image values exist, else the seed spread on this fixed test set "
+                "(paired t over per-seed means); the note says which. A baseline has the same "
+                "value for every seed.", "",
+                "| task | a - b | metric | seeds | mean diff | seed sd | 95 % CI | note |",
                 "|---|---|---|---|---|---|---|---|"]
         for c in seed_comparisons:
             ci = ("n/a" if math.isnan(number(c.get("ci_low")))
