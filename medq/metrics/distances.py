@@ -15,8 +15,8 @@ between the two distributions whatever the dependence within a pair.
 
 Intervals and p-values come from the delete-one jackknife of the estimator (Arvesen 1969 for
 U-statistics) with a normal approximation: deterministic, computed in O(N^2) from the kernel
-matrices, and conservative rather than anti-conservative (Efron & Stein 1981), so a p-value is
-never smaller than it should be and is never floored by a replicate count.
+matrices, and conservative in expectation (the jackknife variance is biased upwards, Efron &
+Stein 1981): a p-value errs on the large side, and is never floored by a replicate count.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ def frechet_distance(feats1: np.ndarray, feats2: np.ndarray) -> float:
     tr sqrt(S1 S2) is computed exactly instead of by ``scipy.linalg.sqrtm`` of a D x D product:
     with S1 = A'A and S2 = B'B (A, B the centred features over sqrt(N - 1)), the eigenvalues of
     S1 S2 are the squared singular values of A B', so the trace is the nuclear norm of the
-    N1 x N2 matrix A B' (or, when both sets are larger than D, of S1^(1/2) S2 S1^(1/2) by
-    symmetric eigendecompositions). sqrtm of a 2048 x 2048 product takes minutes on a small CPU
-    and is inexact for the singular covariances of test sets smaller than D."""
+    N1 x N2 matrix A B' (when both sets are larger than D: the trace of the square root of
+    S1^(1/2) S2 S1^(1/2), by symmetric eigendecompositions). sqrtm of the 2048 x 2048 product is
+    a complex Schur decomposition per leaderboard row, slow on a CPU, and inexact for the
+    singular covariances of test sets smaller than D."""
     x, y = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
     if len(x) < 2 or len(y) < 2:
         return math.nan
