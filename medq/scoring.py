@@ -320,8 +320,8 @@ def comparisons(rows: list[dict], per_image: list[dict],
     (``REFERENCE``: bicubic for SR, identity for enhance) and - the constant floor, per task,
     on the latest checkpoint of
     each run (the row with the highest step). With ``features`` (the cache that scored them),
-    also KID a - KID b (``metrics.kid_difference``, a paired bootstrap over images; lower is
-    better) for every pair but those with the floor."""
+    also KID a - KID b per backbone (``kid_comparisons``: paired KID, jackknife interval and p;
+    lower is better) for every pair but those with the floor."""
     values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for r in per_image:
         d = values.setdefault((str(r["name"]), str(r["task"])), {})
