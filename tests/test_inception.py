@@ -72,6 +72,10 @@ def test_inception_features_are_finite_pool_features(inception):
     assert f.shape == (2, 2048) and torch.isfinite(f).all()
     assert (f >= 0).all() and f.abs().sum() > 0  # after a ReLU and average pooling
     assert not torch.allclose(f[0], f[1])
+    # the network in its own (contiguous) layout: the channels-last pass changes only round-off
+    with torch.no_grad():
+        plain = feature_module.inception_network()((x - 128) / 128)
+    assert torch.allclose(f, plain, rtol=0, atol=1e-5 * float(plain.abs().max()))
     with pytest.raises(ValueError, match=r"expected \(B, 3, 299, 299\)"):
         inception(torch.rand(1, 3, 128, 128))
     auto = M.feature_backbones("auto")

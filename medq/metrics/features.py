@@ -120,20 +120,28 @@ def _load_inception(path: str, size: int, mtime_ns: int) -> torch.jit.ScriptModu
         return torch.jit.load(path, map_location="cpu").eval()
 
 
-def inception_backbone() -> FeatureBackbone:
-    """The pinned Inception-v3 (``inception_path``, sha256-checked, loaded once per process):
-    (B, 3, 299, 299) in [0, 255] -> (B, 2048) pool features, with clean-fid's scaling
-    (x - 128) / 128 (the network's [-1, 0.9921875] input range)."""
+def inception_network() -> torch.jit.ScriptModule:
+    """The pinned TorchScript itself (``inception_path``, sha256-checked, loaded once per
+    process): (B, 3, 299, 299) in [-1, 0.9921875] -> (B, 2048)."""
     path = inception_path()
     st = path.stat()
-    net = _load_inception(str(path), st.st_size, st.st_mtime_ns)
+    return _load_inception(str(path), st.st_size, st.st_mtime_ns)
+
+
+def inception_backbone() -> FeatureBackbone:
+    """The pinned Inception-v3 (``inception_network``): (B, 3, 299, 299) in [0, 255] -> (B, 2048)
+    pool features, with clean-fid's scaling (x - 128) / 128 (the network's [-1, 0.9921875]
+    input range)."""
+    net = inception_network()
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != (3, INCEPTION_SIDE, INCEPTION_SIDE):
             raise ValueError(f"Inception features: expected (B, 3, {INCEPTION_SIDE}, "
                              f"{INCEPTION_SIDE}) images in [0, 255], got {tuple(x.shape)}")
         with torch.no_grad():
-            return net((x.float() - 128) / 128)
+            # channels-last: oneDNN's faster convolution layout on CPU; the same features to
+            # float32 round-off (tests/test_inception.py)
+            return net(((x.float() - 128) / 128).contiguous(memory_format=torch.channels_last))
 
     return FeatureBackbone("inception", fn, 2048,
                            f"Inception-v3 (2015-12-05 weights of TF-FID / clean-fid), TorchScript "
