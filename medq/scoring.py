@@ -320,8 +320,8 @@ def comparisons(rows: list[dict], per_image: list[dict],
     (``REFERENCE``: bicubic for SR, identity for enhance) and - the constant floor, per task,
     on the latest checkpoint of
     each run (the row with the highest step). With ``features`` (the cache that scored them),
-    also KID a - KID b per backbone (``kid_comparisons``: paired KID, jackknife interval and p;
-    lower is better) for every pair but those with the floor."""
+    also KID a - KID b on the primary backbone (``kid_comparisons``: paired KID, jackknife
+    interval and p; lower is better) for every pair but those with the floor."""
     values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for r in per_image:
         d = values.setdefault((str(r["name"]), str(r["task"])), {})
@@ -369,9 +369,11 @@ def comparisons(rows: list[dict], per_image: list[dict],
 
 
 def kid_comparisons(features: FeatureCache, task: str, a: str, b: str) -> list[dict]:
-    """KID a - KID b on the images both scored, one comparisons row per backbone
-    (``metrics.kid_difference``: paired KID, jackknife interval and p); none when either set's
-    features are missing. KID is a set metric: no per-image wins, no Wilcoxon."""
+    """KID a - KID b on the images both scored, on the primary backbone (the first: Inception
+    under ``feature_backbones("auto")``; a secondary column is shown, not tested, so it adds
+    nothing to the Holm family) (``metrics.kid_difference``: paired KID, jackknife interval and
+    p); none when either set's features are missing. KID is a set metric: no per-image wins, no
+    Wilcoxon."""
     fa, fb = features.sets.get((a, task)), features.sets.get((b, task))
     if not fa or not fb:
         return []
@@ -379,7 +381,7 @@ def kid_comparisons(features: FeatureCache, task: str, a: str, b: str) -> list[d
     if not ids:
         return []
     out = []
-    for j, bb in enumerate(features.backbones):
+    for j, bb in enumerate(features.backbones[:1]):
         diff, lo, hi, p = M.kid_difference(np.stack([fa[i][0][j] for i in ids]),
                                            np.stack([fb[i][0][j] for i in ids]),
                                            np.stack([fa[i][1][j] for i in ids]))
