@@ -1,12 +1,13 @@
 """Writing the leaderboard: CSV (byte-stable), Markdown (sorted, with comparisons and protocol),
-plots.
+plots. Which columns exist and what they mean is ``medq.leaderboard``'s (the schema); this module
+lays them out.
 
     write_reports(rows, per_image, out_dir, protocol=..., comparisons=..., runs=[run dirs])
-    merge_csv(path, new_rows, key=("name", "task"))     # bench score: replace same name+task
+    merge_rows(old_rows, new_rows, key=("name", "task"))   # bench score: replace same name+task
 
 Numbers are written with ``repr``-free fixed formatting (``%.7g``), rows in a fixed order, NaN and
-None as an empty cell, so the same inputs give the same bytes. Timing columns (``TIMING_COLUMNS``)
-are the only ones expected to change between identical runs.
+None as an empty cell, so the same inputs give the same bytes. Timing columns
+(``medq.leaderboard.TIMING_COLUMNS``) are the only ones expected to change between identical runs.
 """
 
 from __future__ import annotations
@@ -15,34 +16,19 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from bench.results import write_comparison_csvs
 from medq.files import write_text_atomic
-from medq.metrics import SCORED_METRICS
-from medq.scoring import number
+from medq.leaderboard import (
+    MAIN_METRIC,
+    PER_IMAGE_COLUMNS,
+    column,
+    floor_of,
+    leaderboard_columns,
+    number,
+)
 from medq.text_metrics import REPORT_SCORE_COLUMNS
-
-ID_COLUMNS = ["status", "name", "kind", "run", "preset", "config_hash", "checkpoint", "step",
-              "weights", "seed", "output", "task", "n_images"]
-METRIC_COLUMNS = [c for m in SCORED_METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
-TAIL_COLUMNS = ["fd_n", "undecodable_rate", "report_accuracy", "input_dependence", "verdict",
-                "seconds_per_image", "note"]
-PER_IMAGE_COLUMNS = ["name", "task", "id", *SCORED_METRICS, "undecodable", "seconds"]
-TIMING_COLUMNS = ("seconds_per_image", "seconds")
-MAIN_METRIC = "ssim_fov"
-
-
-def leaderboard_columns(rows: Iterable[dict]) -> list[str]:
-    """Fixed columns plus the distribution-metric columns the rows carry (named after the
-    backbone: fid_inception / fd_randresnet18, kid_* with its interval), in sorted order, and the
-    seed columns of rows averaged over training seeds (n_seeds, <metric>_seed_sd)."""
-    rows = list(rows)
-    extra = sorted(
-        {k for r in rows for k in r if k.startswith(("fid_", "fd_", "kid_")) and k != "fd_n"}
-    )
-    extra += sorted({k for r in rows for k in r if k == "n_seeds" or k.endswith("_seed_sd")})
-    return ID_COLUMNS + METRIC_COLUMNS + extra + list(REPORT_SCORE_COLUMNS) + TAIL_COLUMNS
 
 
 def fmt(v) -> str:
@@ -69,6 +55,7 @@ def row_key(r: dict) -> tuple:
 
 
 def read_csv(path: Path) -> list[dict]:
+    """Rows of any CSV file as dicts of strings ([] when it does not exist)."""
     if not Path(path).is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
@@ -120,14 +107,12 @@ def _floor_cell(r: dict, m: str, floor: str) -> str:
 
 def _report_table(sub: list[dict]) -> list[str]:
     """What each mode's reports say, scored against the truth, beside the majority-class floor."""
-    from medq.text_metrics import REPORT_SCORE_COLUMNS
-
     with_text = [r for r in sub
                  if any(not math.isnan(number(r.get(c))) for c in REPORT_SCORE_COLUMNS)]
     if not with_text:
         return []
     names = [c for c in REPORT_SCORE_COLUMNS if c.startswith("findings_f1_")
-             and not c.endswith("_floor") and c != "findings_f1_macro"]
+             and column(c).role == "report" and c != "findings_f1_macro"]
     head = ["name", "DR kappa (floor)", "DR grade read", "quality acc. (floor)",
             "findings F1 macro (floor)",
             *[c[len("findings_f1_"):].replace("_", " ") for c in names]]
@@ -137,9 +122,10 @@ def _report_table(sub: list[dict]) -> list[str]:
     for r in with_text:
         out.append("| " + " | ".join([
             str(r.get("name", "")), _floor_cell(r, "dr_kappa", "dr_kappa_floor"),
-            _fmt(r.get("dr_parsed"), ".2f"), _floor_cell(r, "quality_accuracy", "quality_floor"),
-            _floor_cell(r, "findings_f1_macro", "findings_f1_macro_floor"),
-            *[_floor_cell(r, c, c + "_floor") for c in names]]) + " |")
+            _fmt(r.get("dr_parsed"), ".2f"),
+            _floor_cell(r, "quality_accuracy", floor_of("quality_accuracy")),
+            _floor_cell(r, "findings_f1_macro", floor_of("findings_f1_macro")),
+            *[_floor_cell(r, c, floor_of(c)) for c in names]]) + " |")
     return out
 
 
@@ -149,9 +135,7 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
     the reports' scores, the paired comparisons (Holm-adjusted), the comparisons across training
     seeds, the protocol, and the FID caveat."""
     cols = leaderboard_columns(rows)
-    fd_cols = [c for c in cols
-               if c.startswith(("fid_", "fd_", "kid_")) and not c.endswith(("_lo", "_hi"))
-               and c != "fd_n"]
+    fd_cols = [c for c in cols if column(c).role == "distribution"]
     out = ["# Leaderboard", "",
            f"Sorted by **{MAIN_METRIC}**: SSIM averaged over the windows that lie entirely "
            "inside the field of view (the SSIM loss's definition; the shared disc rim is not "

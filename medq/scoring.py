@@ -28,6 +28,7 @@ import torch
 
 from medq import metrics as M
 from medq.dist import current, gather
+from medq.leaderboard import number
 from medq.stats import (
     bootstrap_ci,
     holm,
@@ -37,14 +38,6 @@ from medq.stats import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def number(v) -> float:
-    """A CSV / row cell as a float; NaN when it is empty or not a number."""
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 FLOOR = "constant"
