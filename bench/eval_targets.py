@@ -60,6 +60,12 @@ class Target:
     status: str | None = None
 
 
+def run_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that apply to a run's checkpoint: all but ``model.*``, which shape only the
+    runs ``bench eval`` trains (a run's architecture is its checkpoint's)."""
+    return [o for o in overrides if not o.split("=", 1)[0].strip().startswith("model.")]
+
+
 def status_rows(meta: dict, tasks, status: str) -> list[dict]:
     return [{**meta, "task": t, "status": status} for t in tasks]
 
@@ -82,10 +88,11 @@ def output_targets(source: Path, checkpoint: str | None, meta: dict, cfg, out_di
         suffix = "" if output == "sample" else f"/{output}"
 
         def load(output=output):
-            model, _, _ = load_run(source, weights=meta["weights"], checkpoint=checkpoint,
-                                   output=output, device=ctx.device)
-            model.sample_cfg = cfg.sample  # the checkpoint's, with any --set sample.* applied
-            return model
+            # --set sample.* (and the data flags) reach the sampler here, once, applied by
+            # load_run to the checkpoint's own config; nothing writes them back later.
+            return load_run(source, weights=meta["weights"], checkpoint=checkpoint,
+                            output=output, device=ctx.device,
+                            overrides=run_overrides(ctx.overrides))[0]
 
         where = Path(f"{out_dir}{suffix.replace('/', '-')}")
         targets.append(Target(
@@ -121,7 +128,7 @@ def run_targets(run: Path, ctx) -> list[Target]:
         m = {**meta, "checkpoint": ckpt.name, "step": int(ckpt.name.split("_")[1]),
              "name": f"{run.name}@{ckpt.name}/{args.weights}"}
         try:
-            cfg = _load_config(ckpt / "config.toml", ctx.overrides)
+            cfg = _load_config(ckpt / "config.toml", run_overrides(ctx.overrides))
         except Exception as e:  # noqa: BLE001 - one failing run must not lose the other rows
             targets.append(Target(m, ctx.tasks, status=f"error: {type(e).__name__}: {e}"))
             continue
@@ -178,7 +185,7 @@ def init_targets(runs: list[Path], ctx) -> list[Target]:
                 "preset": "pretrain", "config_hash": "", "checkpoint": checkpoint,
                 "step": step, "weights": "ema"}
         try:
-            cfg = _load_config(base / "config.toml", ctx.overrides)
+            cfg = _load_config(base / "config.toml", run_overrides(ctx.overrides))
         except Exception as e:  # noqa: BLE001 - one failing source must not lose the other rows
             targets.append(Target(meta, ctx.tasks, status=f"error: {type(e).__name__}: {e}"))
             continue

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 
 from bench import report
+from bench.publish import check_writable, publish_reports
 from medq import metrics as M
 from medq.scoring import FeatureCache, aggregate, comparisons, load_image, protocol, score_pairs
 
@@ -58,6 +58,8 @@ def add_arguments(p) -> None:
         "--backbone", choices=M.BACKBONE_CHOICES, default="auto", help=M.BACKBONE_HELP
     )
     p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--no-plots", action="store_true",
+                   help="do not redraw the plots (they then miss this row)")
 
 
 def _files(folder: Path, suffix: re.Pattern) -> dict[str, Path]:
@@ -173,17 +175,6 @@ def metric_counts(per_image: list[dict], pairs: list[dict]) -> tuple[dict[str, i
     return n, notes
 
 
-def _check_writable(out: Path) -> None:
-    """Create ``out`` and a file in it now, before minutes of scoring, so a bad --out fails at
-    once (OSError)."""
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / f".tmp-{os.getpid()}-probe"
-    try:
-        probe.write_bytes(b"")
-    finally:
-        probe.unlink(missing_ok=True)
-
-
 def run_score(args) -> dict:
     name = args.name or args.pred.resolve().name
     found = match(args.pred, args.target, args.mask)
@@ -191,7 +182,7 @@ def run_score(args) -> dict:
         if found[label]:
             print(f"[score] {label.replace('_', ' ')} ({len(found[label])}): "
                   + ", ".join(p.name for p in found[label]))
-    _check_writable(args.out)
+    check_writable(args.out)
     backbone = M.feature_backbones(args.backbone)
     with tempfile.TemporaryDirectory() as tmp:
         pairs, problems = _prepare(found["pairs"], args, Path(tmp))
@@ -249,33 +240,17 @@ def run_score(args) -> dict:
 
 
 def _write(args, name: str, row: dict, per_image: list[dict], backbone) -> None:
-    """Merge the row into <out>; on a write error remove the temp files this process left."""
-    before = set(args.out.iterdir())
-    try:
-        _write_reports(args, name, row, per_image, backbone)
-    except OSError:
-        for p in set(args.out.iterdir()) - before:
-            if p.name.startswith(".tmp-"):
-                p.unlink(missing_ok=True)
-        raise
-
-
-def _write_reports(args, name: str, row: dict, per_image: list[dict], backbone) -> None:
+    """Merge the row into ``--out``'s reports (rows of the same name and task replaced, the others
+    kept) and rewrite the leaderboard page and plots from the merged rows: every file staged,
+    then moved into place, all or none (``bench.publish``)."""
     row = {k: v for k, v in row.items() if k != "n_per_metric"}
     rows = report.merge_rows(report.read_csv(args.out / "leaderboard.csv"), [row])
     pis = report.merge_rows(report.read_csv(args.out / "per_image.csv"), per_image)
-    report.write_csvs(rows, pis, args.out)
-    report.write_markdown(
-        rows,
-        comparisons(rows, pis),
-        protocol(
-            rows,
-            channel=args.channel,
-            backbone=backbone,
-            extra={"external": f"{name}: {args.pred} vs {args.target} (resize {args.resize})"},
-        ),
-        args.out,
-    )
+    proto = protocol(rows, channel=args.channel, backbone=backbone, extra={
+        "external": f"{name}: {args.pred} vs {args.target} (resize {args.resize})"})
+    publish_reports(args.out, lambda stage: report.write_reports(
+        rows, pis, stage, protocol=proto, comparisons=comparisons(rows, pis),
+        plots=not args.no_plots), prune=False)
 
 
 def main(args) -> int:

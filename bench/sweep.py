@@ -55,10 +55,10 @@ def print_sweep(model, cfg, args, columns: list[tuple[str, object]]) -> None:
     for task in cfg.data.tasks:
         cells = []
         for _, sample_cfg in tqdm(columns, desc=task, disable=args.no_progress):
-            model.sample_cfg = sample_cfg
-            try:
-                s = split_fov_scores(model, cfg.data, cfg.model.image_size, args.split,
-                                     args.images, tasks=[task])[task]
+            try:  # a copy with this column's settings: the loaded model is never changed
+                s = split_fov_scores(model.with_sample(sample_cfg), cfg.data,
+                                     cfg.model.image_size, args.split, args.images,
+                                     tasks=[task])[task]
             except ValueError as e:
                 raise SystemExit(f"error: {e}") from None
             cells.append(cell(s["psnr_fov"], s["ssim_fov"]))
