@@ -129,105 +129,115 @@ def _report_table(sub: list[dict]) -> list[str]:
     return out
 
 
+INTRO = ("Sorted by **{main}**: SSIM averaged over the windows that lie entirely inside the field "
+         "of view (the SSIM loss's definition; the shared disc rim is not counted). Brackets: "
+         "95 % bootstrap interval of the mean over images; `+- (seeds)`: standard deviation over "
+         "training seeds. `constant` is the floor: the mean training target, returned for every "
+         "input. LR-PSNR: the output downscaled with the task's operator against the "
+         "low-resolution input (SR only; NTIRE asks >= 45 dB). Vessel Dice: Sato vessel maps of "
+         "output and target inside the FOV (medq.vessels). n/a: undefined or not measured (see "
+         "notes).")
+COMPARISONS_INTRO = (
+    "Per-image differences a - b on the images both scored; mean, 95 % bootstrap interval "
+    "(seeded), two-sided Wilcoxon signed-rank p-value on the non-zero differences (n != 0), the "
+    "same p Holm-adjusted over every test on this page, images where a is better / worse / equal. "
+    "With one training seed per mode these say how consistently one trained model beats another "
+    "on these images, not that the difference survives another seed: see the next section.")
+SEEDS_INTRO = (
+    "Differences across training seeds, paired by seed (and by image): mean over seeds and "
+    "images, the standard deviation of the per-seed mean differences, and a 95 % interval over "
+    "images x seeds (crossed random effects, t with Satterthwaite df) where per-image values "
+    "exist, else the seed spread on this fixed test set (paired t over per-seed means); the note "
+    "says which. A baseline has the same value for every seed.")
+ONE_SEED = ("One training seed per mode (`make eval SEEDS=3` / `--seeds 3` trains and scores "
+            "three): every difference above is a single-seed observation.")
+FID_CAVEAT = ("FID (and any Frechet distance) on a few hundred images or fewer is strongly biased "
+              "upwards and its bias depends on the sample count: compare FID values only at "
+              "equal image counts, and prefer KID, whose estimator is unbiased, for small test "
+              "sets.")
+
+
+def _main_metric_order(r: dict) -> tuple:
+    """Best first by ``MAIN_METRIC``, n/a last, then by name."""
+    v = number(r.get(MAIN_METRIC))
+    return (math.isnan(v), -v if not math.isnan(v) else 0, row_key(r))
+
+
+def _task_row(r: dict, fd_cols: list[str]) -> str:
+    seed = fmt(r.get("seed")) or (f"{fmt(r.get('n_seeds'))} seeds" if r.get("n_seeds") else "-")
+    cells = [str(r.get("name", "")), str(r.get("status", "")), seed,
+             fmt(r.get("step")) or "-", fmt(r.get("n_images")),
+             _seed_cell(r, "ssim_fov", 4), _seed_cell(r, "psnr_fov", 2),
+             _seed_cell(r, "lr_psnr", 2), _seed_cell(r, "vessel_dice", 3),
+             _cell(r, "ssim", 4), _cell(r, "psnr", 2), _cell(r, "ms_ssim_fov", 4)]
+    for c in fd_cols:
+        v, lo, hi = number(r.get(c)), number(r.get(f"{c}_lo")), number(r.get(f"{c}_hi"))
+        cells.append("n/a" if math.isnan(v) else f"{v:.4g}" + (
+            "" if math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]"))
+    cells += [_fmt(r.get("undecodable_rate"), ".3f"), _fmt(r.get("input_dependence"), "+.3f"),
+              str(r.get("verdict") or "n/a"), _fmt(r.get("seconds_per_image"), ".3g")]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _task_section(task: str, sub: list[dict], fd_cols: list[str]) -> list[str]:
+    """One task's table (best first), its notes and its reports' scores."""
+    head = ["name", "status", "seed", "step", "n", "SSIM fov", "PSNR fov", "LR-PSNR",
+            "vessel Dice", "SSIM", "PSNR", "MS-SSIM fov", *fd_cols, "undecodable",
+            "input dep.", "verdict", "s/img"]
+    out = [f"## {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += [_task_row(r, fd_cols) for r in sorted(sub, key=_main_metric_order)]
+    notes = sorted({f"{r['name']}: {r['note']}" for r in sub if r.get("note")})
+    if notes:
+        out += [""] + [f"- {n}" for n in notes]
+    return out + _report_table(sorted(sub, key=_main_metric_order)) + [""]
+
+
+def _comparisons_section(comparisons: list[dict]) -> list[str]:
+    out = ["## Paired comparisons", "", COMPARISONS_INTRO, ""]
+    if not comparisons:
+        return out + ["No pair of modes was scored on common images."]
+    out += ["| task | a - b | metric | n | n != 0 | mean diff | 95 % CI | p (Wilcoxon) "
+            "| p (Holm) | a>b / a<b / = | note |", "|" + "---|" * 11]
+    for c in comparisons:
+        p = _fmt(c.get("p_value"), ".3g")
+        ci = "n/a" if math.isnan(c["ci_low"]) else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]"
+        md = "n/a" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.4g}"
+        out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n']} "
+                   f"| {c.get('n_nonzero', '')} | {md} | {ci} | {p} "
+                   f"| {_fmt(c.get('p_holm'), '.3g')} "
+                   f"| {c['wins']} / {c['losses']} / {c['ties']} | {c.get('note', '')} |")
+    return out
+
+
+def _seeds_section(seed_comparisons: Sequence[dict]) -> list[str]:
+    out = ["", "## Across training seeds", ""]
+    if not seed_comparisons:
+        return out + [ONE_SEED]
+    out += [SEEDS_INTRO, "",
+            "| task | a - b | metric | seeds | mean diff | seed sd | 95 % CI | note |",
+            "|---|---|---|---|---|---|---|---|"]
+    for c in seed_comparisons:
+        ci = ("n/a" if math.isnan(number(c.get("ci_low")))
+              else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]")
+        out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n_seeds']} "
+                   f"| {_fmt(c.get('mean_diff'), '+.4g')} | {_fmt(c.get('sd_diff'), '.3g')} "
+                   f"| {ci} | {c.get('note', '')} |")
+    return out
+
+
 def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
              seed_comparisons: Sequence[dict] = ()) -> str:
     """The leaderboard page: one table per task sorted by SSIM in the FOV (best first; n/a last),
     the reports' scores, the paired comparisons (Holm-adjusted), the comparisons across training
     seeds, the protocol, and the FID caveat."""
-    cols = leaderboard_columns(rows)
-    fd_cols = [c for c in cols if column(c).role == "distribution"]
-    out = ["# Leaderboard", "",
-           f"Sorted by **{MAIN_METRIC}**: SSIM averaged over the windows that lie entirely "
-           "inside the field of view (the SSIM loss's definition; the shared disc rim is not "
-           "counted). "
-           "Brackets: 95 % bootstrap interval of the mean over images; `+- (seeds)`: standard "
-           "deviation over training seeds. `constant` is the floor: the mean training target, "
-           "returned for every input. LR-PSNR: the output downscaled with the task's operator "
-           "against the low-resolution input (SR only; NTIRE asks >= 45 dB). Vessel Dice: Sato "
-           "vessel maps of output and target inside the FOV (medq.vessels). n/a: undefined or not "
-           "measured (see notes).", ""]
+    fd_cols = [c for c in leaderboard_columns(rows) if column(c).role == "distribution"]
+    out = ["# Leaderboard", "", INTRO.format(main=MAIN_METRIC), ""]
     for task in sorted({r["task"] for r in rows}):
-        sub = [r for r in rows if r["task"] == task]
-        sub.sort(key=lambda r: (math.isnan(number(r.get(MAIN_METRIC))), -number(r.get(MAIN_METRIC))
-                                if not math.isnan(number(r.get(MAIN_METRIC))) else 0, row_key(r)))
-        head = ["name", "status", "seed", "step", "n", "SSIM fov", "PSNR fov", "LR-PSNR",
-                "vessel Dice", "SSIM", "PSNR", "MS-SSIM fov", *fd_cols, "undecodable",
-                "input dep.", "verdict", "s/img"]
-        out += [f"## {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in sub:
-            seed = fmt(r.get("seed")) or (f"{fmt(r.get('n_seeds'))} seeds"
-                                          if r.get("n_seeds") else "-")
-            cells = [str(r.get("name", "")), str(r.get("status", "")), seed,
-                     fmt(r.get("step")) or "-", fmt(r.get("n_images")),
-                     _seed_cell(r, "ssim_fov", 4), _seed_cell(r, "psnr_fov", 2),
-                     _seed_cell(r, "lr_psnr", 2), _seed_cell(r, "vessel_dice", 3),
-                     _cell(r, "ssim", 4), _cell(r, "psnr", 2), _cell(r, "ms_ssim_fov", 4)]
-            for c in fd_cols:
-                v, lo, hi = number(r.get(c)), number(r.get(f"{c}_lo")), number(r.get(f"{c}_hi"))
-                cells.append("n/a" if math.isnan(v) else f"{v:.4g}" + (
-                    "" if math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]"))
-            cells += [_fmt(r.get("undecodable_rate"), ".3f"),
-                      _fmt(r.get("input_dependence"), "+.3f"),
-                      str(r.get("verdict") or "n/a"), _fmt(r.get("seconds_per_image"), ".3g")]
-            out.append("| " + " | ".join(cells) + " |")
-        notes = sorted({f"{r['name']}: {r['note']}" for r in sub if r.get("note")})
-        if notes:
-            out += [""] + [f"- {n}" for n in notes]
-        out += _report_table(sub)
-        out.append("")
-    out += ["## Paired comparisons", "",
-            "Per-image differences a - b on the images both scored; mean, 95 % bootstrap interval "
-            "(seeded), two-sided Wilcoxon signed-rank p-value on the non-zero differences "
-            "(n != 0), "
-            "the same p Holm-adjusted over every test on this page, images where a is better / "
-            "worse / equal. With one training seed per mode these say how consistently one "
-            "trained model beats another on these images, not that the difference survives "
-            "another seed: see the next section.", ""]
-    if comparisons:
-        out += ["| task | a - b | metric | n | n != 0 | mean diff | 95 % CI | p (Wilcoxon) "
-                "| p (Holm) | a>b / a<b / = | note |", "|" + "---|" * 11]
-        for c in comparisons:
-            p = _fmt(c.get("p_value"), ".3g")
-            ci = "n/a" if math.isnan(c["ci_low"]) else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]"
-            md = "n/a" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.4g}"
-            out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n']} "
-                       f"| {c.get('n_nonzero', '')} | {md} | {ci} | {p} "
-                       f"| {_fmt(c.get('p_holm'), '.3g')} "
-                       f"| {c['wins']} / {c['losses']} / {c['ties']} | {c.get('note', '')} |")
-    else:
-        out.append("No pair of modes was scored on common images.")
-    out += ["", "## Across training seeds", ""]
-    if seed_comparisons:
-        out += ["Differences across training seeds, paired by seed (and by image): mean over "
-                "seeds and images, the standard deviation of the per-seed mean differences, and a "
-                "95 % interval over images x seeds (crossed random effects, t with Satterthwaite "
-                "df) where per-image values exist, else the seed spread on this fixed test set "
-                "(paired t over per-seed means); the note says which. A baseline has the same "
-                "value for every seed.", "",
-                "| task | a - b | metric | seeds | mean diff | seed sd | 95 % CI | note |",
-                "|---|---|---|---|---|---|---|---|"]
-        for c in seed_comparisons:
-            ci = ("n/a" if math.isnan(number(c.get("ci_low")))
-                  else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]")
-            out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n_seeds']} "
-                       f"| {_fmt(c.get('mean_diff'), '+.4g')} | {_fmt(c.get('sd_diff'), '.3g')} "
-                       f"| {ci} "
-                       f"| {c.get('note', '')} |")
-    else:
-        out.append("One training seed per mode (`make eval SEEDS=3` / `--seeds 3` trains and "
-                   "scores three): every difference above is a single-seed observation.")
-    out += ["", "## Protocol", ""]
-    out += [f"- **{k}**: {v}" for k, v in protocol.items()]
-    out += [
-        "",
-        "FID (and any Frechet distance) on a few hundred images or fewer is strongly biased "
-        "upwards and its bias depends on the sample count: compare FID values only at equal "
-        "image counts, and prefer KID, whose estimator is unbiased, for small test sets.",
-        "",
-        "Perception-distortion planes (PSNR fov against KID, every mode and baseline): "
-        "`pd_<task>.png`.",
-        "",
-    ]
+        out += _task_section(task, [r for r in rows if r["task"] == task], fd_cols)
+    out += _comparisons_section(comparisons) + _seeds_section(seed_comparisons)
+    out += ["", "## Protocol", ""] + [f"- **{k}**: {v}" for k, v in protocol.items()]
+    out += ["", FID_CAVEAT, "", "Perception-distortion planes (PSNR fov against KID, every mode "
+            "and baseline): `pd_<task>.png`.", ""]
     return "\n".join(out)
 
 
