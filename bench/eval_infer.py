@@ -121,18 +121,22 @@ def _old_init_layout(d: Path) -> bool:
 def tidy_outputs(runs_dir: Path) -> list[Path]:
     """Rank 0, before an evaluation: remove evaluation directories that hold no output (left by a
     failed or killed evaluation) and the base model's outputs of the old layout (redone keyed
-    by the data). Returns what was removed."""
+    by the data). Returns what was removed; what cannot be removed is logged and left."""
     runs_dir = Path(runs_dir)
     removed = []
-    for pattern in ("*/eval*/data.json", "*/eval*/*/data.json", "_*/*/eval*/data.json",
-                    "_*/*/eval*/*/data.json"):
-        for path in sorted(runs_dir.glob(pattern)):
-            if remove_unfilled(path.parent, stop=runs_dir):
-                log.info("%s: removed (no output in it)", path.parent)
-                removed.append(path.parent)
-    for d in sorted(runs_dir.glob("_init/*/eval*")):
-        if d.is_dir() and _old_init_layout(d):
-            shutil.rmtree(d)
-            log.info("%s: removed (the old layout; redone keyed by the data)", d)
-            removed.append(d)
+    try:
+        for pattern in ("*/eval*/data.json", "*/eval*/*/data.json", "_*/*/eval*/data.json",
+                        "_*/*/eval*/*/data.json"):
+            for path in sorted(runs_dir.glob(pattern)):
+                if remove_unfilled(path.parent, stop=runs_dir):
+                    log.info("%s: removed (no output in it)", path.parent)
+                    removed.append(path.parent)
+        for d in sorted(runs_dir.glob("_init/*/eval*")):
+            if d.is_dir() and _old_init_layout(d):
+                shutil.rmtree(d)
+                log.info("%s: removed (the old layout; redone keyed by the data)", d)
+                removed.append(d)
+    except OSError as e:
+        log.warning("%s: could not tidy the output directories (%s); left as they are",
+                    runs_dir, e)
     return removed
