@@ -25,15 +25,21 @@ MANIFEST = ".eval-files.json"
 
 
 def check_writable(out: Path) -> None:
-    """Create ``out`` and a file in it now, so a bad ``--out`` fails before any work (OSError
-    naming the path)."""
+    """Create a file in ``out`` now, so a bad ``--out`` fails before any work (OSError naming
+    the path). Folders this creates are removed again: a refused run leaves no empty report."""
     out = Path(out)
+    missing = [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
     probe = out / f"{TMP_PREFIX}{os.getpid()}-probe"
     try:
         probe.write_bytes(b"")
     finally:
         probe.unlink(missing_ok=True)
+        for p in missing:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
 def _read_manifest(path: Path) -> set[str]:
