@@ -33,7 +33,7 @@ Failure is visible. Exit codes:
 - 2: nothing evaluated, one ``error:`` line: bad arguments or configuration; the data source
   cannot be read (said once, naming the file, before any model is loaded or trained); ``--out``
   not writable (checked first); ``run.device`` not available here; another ``bench eval`` holds
-  ``<runs-dir>`` (its lock file ``<runs-dir>/run.lock`` names the process); a write error while
+  ``<runs-dir>`` (its lock file ``<runs-dir>/eval.lock`` names the process); a write error while
   publishing (``<out>`` left as it was).
 
 Outputs of data other than the embedded test split go to ``eval-<source>-<split>-<sha8>``
@@ -88,6 +88,8 @@ from medq.scoring import FeatureCache, comparisons, protocol, row_ok, seed_summa
 from medq.tasks import TASKS
 
 log = logging.getLogger("bench.eval")
+EVAL_LOCK = "eval.lock"
+"""The lock file in ``--runs-dir`` held by the one evaluation of it (``medq.run_lock``)."""
 
 
 def add_arguments(p) -> None:
@@ -274,15 +276,11 @@ def _settings(args) -> tuple[list[str], object, list[str]]:
 
 
 def _device(eval_cfg):
-    """``run.device`` (``--set run.device=...``) for the runs' models: honoured, or refused when
-    this machine lacks it (``medq.dist.pick_device``) or bench eval cannot run on it."""
+    """``run.device`` (``--set run.device=...``) for the runs' models: honoured, or refused in one
+    line when this machine lacks it (``medq.dist.pick_device``, the one check of every stage)."""
     from medq.dist import pick_device
 
-    device = pick_device(eval_cfg.run.device)
-    if device.type not in ("cpu", "cuda"):
-        raise EvalRefused(f"run.device = {eval_cfg.run.device!r}: bench eval runs models on the "
-                          f"CPU or a CUDA GPU; use run.device=auto, cpu or cuda")
-    return device
+    return pick_device(eval_cfg.run.device)
 
 
 def _claim(args, stack: ExitStack) -> None:
@@ -290,7 +288,7 @@ def _claim(args, stack: ExitStack) -> None:
     the evaluation ends), leftovers tidied; every rank learns whether that worked."""
     import torch
 
-    from medq.checkpoint import RunLockedError, run_lock
+    from medq.run_lock import RunLockedError, run_lock
 
     group, error = current(), None
     if group.is_main:
@@ -301,7 +299,7 @@ def _claim(args, stack: ExitStack) -> None:
                 raise EvalRefused(f"--out {args.out}: cannot write there ({e.strerror or e}); "
                                   f"pass a writable folder") from None
             try:
-                stack.enter_context(run_lock(Path(args.runs_dir)))
+                stack.enter_context(run_lock(Path(args.runs_dir), lock_file=EVAL_LOCK))
             except OSError as e:
                 raise EvalRefused(f"--runs-dir {args.runs_dir}: cannot write there "
                                   f"({e.strerror or e})") from None

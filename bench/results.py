@@ -38,7 +38,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from medq.files import write_text_atomic
-from medq.scoring import FLOOR, REFERENCE, number
+from medq.leaderboard import number
+from medq.scoring import FLOOR, REFERENCE
 from medq.stats import PairedResult, SeedResult
 
 DEFAULT_RESULTS = Path("results")

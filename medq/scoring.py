@@ -49,14 +49,24 @@ REFERENCE = {"sr2": "bicubic", "sr4": "bicubic", "enhance": "identity"}
 BOOTSTRAP_SEED = 0
 
 
-def load_image(path: Path, mask: bool = False) -> torch.Tensor:
-    """Image file -> float32 (3, H, W) in [0, 1]; a mask -> (1, H, W)."""
-    from PIL import Image
+def read_image(path: Path, *, min_side: int = 1) -> torch.Tensor:
+    """An image file -> float32 (3, H, W) in [0, 1], through the pipeline's one reader
+    (``medq.data.imageio.load_rgb``: 16-bit and float files scaled, palette, CMYK and EXIF
+    orientation converted, decompression bombs refused): a target means here what it meant to the
+    data readers. ``DataError`` (a ValueError) names the file. ``min_side`` 1: the scorer reads
+    back low-resolution inputs and checks sizes against the SSIM window itself."""
+    from medq.data.imageio import load_rgb
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("L") if mask else im.convert("RGB"))
-    arr = arr[..., None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(load_rgb(path, min_side=min_side)).permute(2, 0, 1).float() / 255
+
+
+def read_mask(path: Path, shape: tuple[int, int]) -> torch.Tensor:
+    """A field-of-view mask file -> float32 (1, H, W) in {0, 1} at ``shape`` (H, W), through the
+    one mask reader (``medq.data.imageio.load_mask``: one threshold, resized to its image, refused
+    at another aspect ratio or as a 0/1 label image)."""
+    from medq.data.imageio import load_mask
+
+    return torch.from_numpy(load_mask(path, tuple(shape))).float()[None]
 
 
 class FeatureCache:
@@ -118,15 +128,7 @@ def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCac
         if k % world != rank:
             continue
         try:
-            out, tgt = (
-                load_image(Path(pair["output"]))[None],
-                load_image(Path(pair["target"]))[None],
-            )
-            mask = None
-            if pair.get("mask") is not None:
-                mask = (load_image(Path(pair["mask"]), mask=True)[None] > 0.5).float()
-            elif pair.get("mask_tensor") is not None:
-                mask = pair["mask_tensor"][None]
+            out, tgt, mask, inp = _read_pair(pair)
         except (OSError, ValueError) as e:
             problems.append(
                 {"id": pair["id"], "file": str(pair["output"]), "error": f"unreadable: {e}"}
@@ -145,7 +147,7 @@ def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCac
             )
             continue
         vals = M.image_metrics(out, tgt, mask, channel=channel)
-        vals.update(fidelity_metrics(pair, out, tgt, mask))
+        vals.update(fidelity_metrics(pair, out, tgt, mask, inp))
         rows.append({"id": str(pair["id"]), **{m: float(v[0]) for m, v in vals.items()},
                      **{k2: pair.get(k2) for k2 in ("undecodable", "seconds")}})
         if features is not None:
@@ -167,20 +169,38 @@ def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCac
     return rows, problems, dist
 
 
+def _read_pair(pair: dict) -> tuple:
+    """(output, target, mask or None, input or None) of a pair, each (1, C, H, W); the mask read
+    at the target's size (or ``mask_tensor``, a detected one). OSError / ValueError (``DataError``)
+    naming the file when one cannot be read."""
+    out, tgt = read_image(Path(pair["output"]))[None], read_image(Path(pair["target"]))[None]
+    mask = None
+    if pair.get("mask") is not None:
+        mask = read_mask(Path(pair["mask"]), tuple(tgt.shape[-2:]))[None]
+    elif pair.get("mask_tensor") is not None:
+        mask = pair["mask_tensor"][None]
+    inp = None
+    if pair.get("input") is not None and Path(pair["input"]).is_file():
+        inp = read_image(Path(pair["input"]))[None]
+    return out, tgt, mask, inp
+
+
 _TARGET_VESSELS: dict[str, object] = {}
 
 
 def fidelity_metrics(pair: dict, out: torch.Tensor, tgt: torch.Tensor,
-                     mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """LR-consistency PSNR (SR: the output downscaled vs the input PNG) and vessel Dice inside the
-    FOV (``medq.vessels``) of one scored pair -> {name: (1,) tensor}, NaN where undefined. The
-    target's vessel map is cached by file content: every mode shares the targets."""
+                     mask: torch.Tensor | None, inp: torch.Tensor | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """LR-consistency PSNR (SR: the output downscaled vs ``inp``, the input PNG) and vessel Dice
+    inside the FOV (``medq.vessels``) of one scored pair -> {name: (1,) tensor}, NaN where
+    undefined. The target's vessel map is cached by file content: every mode shares the
+    targets."""
     from medq import vessels
 
     nan = torch.full((1,), math.nan, dtype=torch.float64)
     res = {"lr_psnr": nan, "vessel_dice": nan}
-    if pair.get("input") is not None and Path(pair["input"]).is_file():
-        res["lr_psnr"] = M.lr_consistency_psnr(out, load_image(Path(pair["input"]))[None], mask)
+    if inp is not None:
+        res["lr_psnr"] = M.lr_consistency_psnr(out, inp, mask)
     if mask is not None:
         m = mask[0, 0].numpy() > 0.5
         key = hashlib.sha1(Path(pair["target"]).read_bytes() + m.tobytes()).hexdigest()
@@ -210,11 +230,12 @@ def image_verdict(harness_verdict: dict, pairs: list[dict]):
 
     checks = {k: c["value"] for k, c in harness_verdict.get("checks", {}).items()}
     try:
-        outs = torch.stack([load_image(Path(p["output"])) for p in pairs])
-        tgts = torch.stack([load_image(Path(p["target"])) for p in pairs])
-        masks = torch.stack([(load_image(Path(p["mask"]), mask=True) > 0.5).float() for p in pairs])
+        outs = torch.stack([read_image(Path(p["output"])) for p in pairs])
+        tgts = torch.stack([read_image(Path(p["target"])) for p in pairs])
+        masks = torch.stack([read_mask(Path(p["mask"]), tuple(t.shape[-2:]))
+                             for p, t in zip(pairs, tgts)])
         size = tuple(tgts.shape[-2:])
-        refs = torch.cat([bicubic(load_image(Path(p["input"]))[None], size) for p in pairs])
+        refs = torch.cat([bicubic(read_image(Path(p["input"]))[None], size) for p in pairs])
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         log.warning("input-dependence check skipped (%s)", e)
         return verdict(**checks)
@@ -297,7 +318,7 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
     if row.get("verdict") == "collapsed":
         notes.append("collapsed: " + "; ".join(v.reasons))
     if per_image and math.isnan(row["ms_ssim"]):
-        probe = load_image(pairs[0]["target"])
+        probe = read_image(pairs[0]["target"])
         notes.append(M.ms_ssim_unsupported_reason(*probe.shape[-2:]) or "MS-SSIM n/a")
     row["note"] = "; ".join(notes)
     for r in per_image:

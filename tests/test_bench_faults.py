@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fakes.images import fundus
+from fakes.images import fundus, fundus_folder
 from fakes.infer import TextBicubic
 from medq.baselines import bicubic
 from medq.config import dump_toml, load_config
@@ -38,13 +38,7 @@ def _eval(tmp_path: Path, *extra: str) -> int:
 
 
 def _folder(tmp_path: Path, name: str = "good", broken: bool = False) -> Path:
-    root = tmp_path / name
-    root.mkdir()
-    for i in range(2):
-        Image.fromarray(fundus(32, 32)).save(root / f"f{i}.png")
-    if broken:
-        (root / "broken.png").write_text("not an image")
-    return root
+    return fundus_folder(tmp_path / name, n=2, size=32, broken=broken)
 
 
 def _one_error_line(captured) -> str:
@@ -81,11 +75,12 @@ def test_an_unwritable_out_is_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "runs" / "_baselines").exists()  # nothing was inferred
 
 
-@pytest.mark.parametrize("device, says", [("cuda", "no CUDA GPU"), ("meta", "cpu or cuda"),
-                                          ("mps", "cpu or cuda"), ("tpu9", "not a device")])
+@pytest.mark.parametrize("device, says", [("cuda", "no CUDA GPU"), ("meta", "cannot run"),
+                                          ("mps", "no Apple GPU"), ("tpu9", "not a device")])
 def test_run_device_is_honoured_or_refused_in_one_line(tmp_path, capsys, device, says):
-    if device == "cuda" and torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: cuda is honoured")
+    if device == "cuda" and torch.cuda.is_available() or device == "mps" and \
+            torch.backends.mps.is_available():
+        pytest.skip(f"this machine has the device: {device} is honoured")
     assert _eval(tmp_path, "--set", f"run.device={json.dumps(device)}", *SMALL) == 2
     line = _one_error_line(capsys.readouterr())
     assert "run.device" in line and says in line, line
@@ -98,8 +93,8 @@ def test_a_second_evaluation_of_the_same_runs_directory_is_refused_naming_the_fi
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from medq.checkpoint import run_lock
-        with run_lock(Path({str(runs)!r})):
+        from medq.run_lock import run_lock
+        with run_lock(Path({str(runs)!r}), lock_file="eval.lock"):
             print("held", flush=True)
             time.sleep(60)
     """)
@@ -312,3 +307,66 @@ def test_score_keeps_the_plots_bench_eval_wrote(tmp_path):
     assert (tmp_path / "reports" / "losses.png").read_text() == "losses.png"
     listed = json.loads((tmp_path / "reports" / MANIFEST).read_text())
     assert "losses.png" in listed and "leaderboard.md" in listed
+
+
+# ---------------------------------------------------------------------------------------------
+# bench score: every file read by the pipeline's one reader (the shared corpus)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from fakes.images import image_corpus
+
+    return image_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _score_corpus(tmp_path: Path, corpus: dict, role: str):
+    """``bench score`` with every corpus file as the ``role`` side ("target", "pred" or "mask")
+    of its own pair; the other sides are exact 8-bit PNGs of the picture the file means (for a
+    mask: the picture itself as target, and as prediction with the surround painted grey, so
+    that PSNR inside the field of view is exact only where the mask was read right)."""
+    import shutil
+
+    from bench import score
+    from fakes.images import corpus_picture
+
+    dirs = {k: tmp_path / k for k in ("pred", "tgt", "mask")}
+    for d in dirs.values():
+        d.mkdir()
+    side = {"target": "tgt", "pred": "pred", "mask": "mask"}[role]
+    picture = corpus_picture()
+    for name, case in corpus.items():
+        stem = Path(name).stem
+        shutil.copyfile(case.path, dirs[side] / name)
+        meant = case.expect if case.expect is not None else picture
+        if role == "mask":
+            painted = meant.copy()
+            painted[meant.max(axis=2) < 128] = 60
+            Image.fromarray(meant).save(dirs["tgt"] / f"{stem}.png")
+            Image.fromarray(painted).save(dirs["pred"] / f"{stem}.png")
+        else:
+            for other in ("pred", "tgt"):
+                if other != side:
+                    Image.fromarray(meant).save(dirs[other] / f"{stem}.png")
+    extra = ["--mask", str(dirs["mask"])] if role == "mask" else []
+    return score.run_score(_score_args(tmp_path, "--name", role, "--no-plots", *extra))
+
+
+@pytest.mark.parametrize("role", ["target", "pred", "mask"])
+def test_score_reads_every_encoding_as_the_pipeline_does(tmp_path, capsys, corpus, role):
+    result = _score_corpus(tmp_path, corpus, role)
+    scored = {r["id"]: r for r in result["per_image"]}
+    problems = {p["id"]: p["error"] for p in result["problems"]}
+    out = capsys.readouterr().out
+    metric = "psnr_fov" if role == "mask" else "psnr"
+    for name, case in corpus.items():
+        stem = Path(name).stem
+        if case.reason is not None:  # refused: one line naming the file, nothing scored of it
+            assert stem in problems and str(case.path.name) in problems[stem], (name, problems)
+            [line] = [ln for ln in out.splitlines() if ln.startswith(f"[score] {stem}: ")]
+            assert "Traceback" not in out and name in line
+        elif case.tolerance == 0:  # 16-bit, float TIFF, EXIF, palette, CMYK TIFF: the same picture
+            assert scored[stem][metric] == 100.0, (name, scored[stem][metric])
+        else:                      # lossy JPEG
+            assert scored[stem][metric] > 30, (name, scored[stem][metric])
+    assert len(scored) + len(problems) == len(corpus)

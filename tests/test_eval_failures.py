@@ -10,13 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from bench import eval as E
 from bench.eval_infer import EvalItems
 from bench.eval_targets import ABORTED_SKIPPED, run_targets
 from bench.publish import publish_reports
-from fakes.images import fundus
+from fakes.images import fundus_folder
 from medq import scoring as S
 from medq.config import DataConfig
 from medq.harness.records import (
@@ -30,13 +29,7 @@ from medq.harness.records import (
 
 
 def _folder(tmp_path: Path, bad: bool) -> Path:
-    root = tmp_path / ("bad" if bad else "good")
-    root.mkdir()
-    for i in range(3):
-        Image.fromarray(fundus(64, 64)).save(root / f"f{i}.png")
-    if bad:
-        (root / "broken.png").write_text("not an image")
-    return root
+    return fundus_folder(tmp_path / ("bad" if bad else "good"), broken=bad)
 
 
 def _eval(tmp_path, *extra: str) -> int:
