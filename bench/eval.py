@@ -136,17 +136,7 @@ def add_arguments(p) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for training, the data and the sampler (e.g. "
                         "data.num_images=48, sample.noise_temperature=1)")
-    p.add_argument("--data", choices=["synthetic", "eyeq", "drive", "folder"], help="data.source")
-    p.add_argument("--eyeq-root", help="EyeQ image folder (with --data eyeq)")
-    p.add_argument("--root", help="image folder (with --data folder / drive)")
-    p.add_argument("--labels", help="EyeQ label CSV (with --data eyeq)")
-    p.add_argument(
-        "--split",
-        choices=["test", "all"],
-        default="test",
-        help="which images to evaluate: the test split (default), or all of them (a folder "
-        "or label CSV of held-out images, e.g. EyeQ's test CSV; never the training data)",
-    )
+    _add_data_arguments(p)
     p.add_argument(
         "--channel", choices=["rgb", "y"], default="rgb", help="metrics on RGB or on Y (BT.601)"
     )
@@ -160,6 +150,21 @@ def add_arguments(p) -> None:
     p.add_argument("--no-text", action="store_true", help="skip report generation in the harness")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _add_data_arguments(p) -> None:
+    """Which images: the data source (``data.*`` overrides) and the split."""
+    p.add_argument("--data", choices=["synthetic", "eyeq", "drive", "folder"], help="data.source")
+    p.add_argument("--eyeq-root", help="EyeQ image folder (with --data eyeq)")
+    p.add_argument("--root", help="image folder (with --data folder / drive)")
+    p.add_argument("--labels", help="EyeQ label CSV (with --data eyeq)")
+    p.add_argument(
+        "--split",
+        choices=["test", "all"],
+        default="test",
+        help="which images to evaluate: the test split (default), or all of them (a folder "
+        "or label CSV of held-out images, e.g. EyeQ's test CSV; never the training data)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

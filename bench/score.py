@@ -176,7 +176,38 @@ def metric_counts(per_image: list[dict], pairs: list[dict]) -> tuple[dict[str, i
     return n, notes
 
 
+def _row(name: str, args, found: dict, pairs: list[dict], per_image: list[dict],
+         problems: list[dict], dist: dict) -> dict:
+    """The leaderboard row of the scored folder: means with intervals, its status (ok, partial,
+    incomplete, empty) and a note saying what was left out and why."""
+    meta = {"name": name, "kind": "external", "run": str(args.pred), "preset": "",
+            "config_hash": "", "checkpoint": None, "step": None, "weights": None,
+            "task": args.task}
+    row = {**meta, **aggregate(per_image), **dist, "n_images": len(per_image)}
+    n_total = len(found["pairs"]) + len(found["unmatched_pred"]) + len(found["unmatched_target"])
+    row["status"] = ("empty: nothing scored" if not per_image else "ok"
+                     if len(per_image) == n_total
+                     else f"incomplete: {len(per_image)} of {n_total} scored")
+    notes = [f"{len(found[k])} unmatched {what}" for k, what in
+             (("unmatched_pred", "predictions"), ("unmatched_target", "targets")) if found[k]]
+    notes += [f"{p['id']}: {p['error']}" for p in problems[:3]]
+    if per_image and row["ms_ssim"] != row["ms_ssim"]:
+        notes.append(M.ms_ssim_unsupported_reason(*read_image(pairs[0]["target"]).shape[-2:])
+                     or "MS-SSIM n/a")
+    counts, partial = metric_counts(per_image, pairs)
+    notes += partial
+    if partial and row["status"] == "ok":
+        row["status"] = "partial: " + ", ".join(m for m in M.IMAGE_METRICS
+                                               if counts[m] < len(per_image)
+                                               and not (m.startswith("ms_ssim") and counts[m] == 0))
+    row["n_per_metric"] = counts
+    row["note"] = "; ".join(notes)
+    return row
+
+
 def run_score(args) -> dict:
+    """Match, read, score and (when anything was scored) merge into ``--out``'s reports:
+    {"row", "per_image", "problems", "pairs", "unmatched_pred", ...}."""
     name = args.name or args.pred.resolve().name
     found = match(args.pred, args.target, args.mask)
     for label in ("unmatched_pred", "unmatched_target", "missing_mask"):
@@ -192,51 +223,11 @@ def run_score(args) -> dict:
     problems += more
     for p in problems:
         print(f"[score] {p['id']}: {p['error']}")
-    meta = {
-        "name": name,
-        "kind": "external",
-        "run": str(args.pred),
-        "preset": "",
-        "config_hash": "",
-        "checkpoint": None,
-        "step": None,
-        "weights": None,
-        "task": args.task,
-    }
-    row = {**meta, **aggregate(per_image), **dist, "n_images": len(per_image)}
-    n_total = len(found["pairs"]) + len(found["unmatched_pred"]) + len(found["unmatched_target"])
-    row["status"] = (
-        "empty: nothing scored"
-        if not per_image
-        else "ok"
-        if len(per_image) == n_total
-        else f"incomplete: {len(per_image)} of {n_total} scored"
-    )
-    notes = (
-        [f"{len(found['unmatched_pred'])} unmatched predictions"] if found["unmatched_pred"] else []
-    )
-    notes += (
-        [f"{len(found['unmatched_target'])} unmatched targets"] if found["unmatched_target"] else []
-    )
-    notes += [f"{p['id']}: {p['error']}" for p in problems[:3]]
-    if per_image and row["ms_ssim"] != row["ms_ssim"]:
-        notes.append(
-            M.ms_ssim_unsupported_reason(*read_image(pairs[0]["target"]).shape[-2:])
-            or "MS-SSIM n/a"
-        )
-    counts, partial = metric_counts(per_image, pairs)
-    notes += partial
-    if partial and row["status"] == "ok":
-        row["status"] = "partial: " + ", ".join(m for m in M.IMAGE_METRICS
-                                               if counts[m] < len(per_image)
-                                               and not (m.startswith("ms_ssim") and counts[m] == 0))
-    row["n_per_metric"] = counts
-    row["note"] = "; ".join(notes)
+    row = _row(name, args, found, pairs, per_image, problems, dist)
     for r in per_image:
         r.update(name=name, task=args.task)
-    if not per_image:  # nothing to report: the leaderboard keeps what it had
-        return {"row": row, "per_image": per_image, "problems": problems, **found}
-    _write(args, name, row, per_image, backbone)
+    if per_image:  # nothing scored: the leaderboard keeps what it had
+        _write(args, name, row, per_image, backbone)
     return {"row": row, "per_image": per_image, "problems": problems, **found}
 
 
