@@ -370,3 +370,37 @@ def test_score_reads_every_encoding_as_the_pipeline_does(tmp_path, capsys, corpu
         else:                      # lossy JPEG
             assert scored[stem][metric] > 30, (name, scored[stem][metric])
     assert len(scored) + len(problems) == len(corpus)
+
+
+def test_a_data_source_that_fails_later_is_built_once_and_said_once(monkeypatch):
+    """A source that fails only at some run's size (after the up-front check passed): built
+    once, every model's rows say so without a rebuild, and the FAILED lines say it once."""
+    import argparse
+
+    from bench import eval as E
+    from bench.eval_infer import DataSourceError, EvalItems
+    from bench.eval_targets import Target
+    from medq.data import DataError
+
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        raise DataError("/data/x/broken.png: not an image Pillow can read")
+
+    monkeypatch.setattr("medq.data.build_dataset", broken)
+    cfg = load_config("control")
+    items = EvalItems("all", ["sr4"], None)
+    for _ in range(3):
+        with pytest.raises(DataSourceError, match="broken.png"):
+            items.items(cfg)
+    assert len(calls) == 1
+    ctx = E.Context(argparse.Namespace(split="all", channel="rgb"), [], ["sr4"], "cpu", items)
+    rows = []
+    for name in ("a", "b"):
+        target = Target({"name": name, "kind": "model"}, ["sr4"], cfg, load=TextBicubic,
+                        out_dir=lambda m: Path("/nonexistent") / "eval")
+        rows += E.evaluate(target, ctx)[0]
+    assert all("broken.png" in r["status"] for r in rows)
+    lines = E.failures(rows, list(items.failures.values()))
+    assert len(lines) == 1 and lines[0].startswith("data: DataError") and "broken.png" in lines[0]
