@@ -66,7 +66,7 @@ def inference_spans(runs_dir: Path) -> list[dict]:
     """Per model evaluation directory: harness seconds (sum), samples, first PNG, last records."""
     dirs = sorted(set(runs_dir.glob("*/eval/*")) | set(runs_dir.glob("_baselines/*/eval"))
                   | set(runs_dir.glob("_models/*/eval"))
-                  | set(runs_dir.glob("_init/*/eval*")))  # the base model the runs started from
+                  | set(runs_dir.glob("_init/*/eval/*")))  # the base model the runs started from
     out = []
     for d in dirs:
         records = list(d.glob("*/records.jsonl"))

@@ -212,19 +212,8 @@ def peak_step_memory(step, device) -> float:
     return peak / 2**20
 
 
-def main(args) -> int:
-    import torch
-
-    from bench.perf_machine import print_machine
-    from medq.dist import pick_device
-
-    machine = print_machine(args.threads)
-    tmp = tempfile.TemporaryDirectory(prefix="perf-train-") if args.out_dir is None else None
-    out_dir = Path(args.out_dir or tmp.name)
-    presets = [p for p in args.presets.split(",") if p]
-    first = _config(presets[0], args, out_dir)
-    vae = ensure_vae(first, out_dir)
-    device = pick_device(first.run.device)
+def _step_times(presets, args, out_dir, vae, device) -> tuple[list[tuple], dict]:
+    """(preset, VAE in graph, ms as set, ms all decoded) per preset, and FLOPs per preset."""
     all_decoded = ["loss.pixel_max_t=1.0", "loss.ssim_max_t=1.0"]
     rows, flops = [], {}
     for preset in presets:
@@ -237,6 +226,12 @@ def main(args) -> int:
         t_all = statistics.median(time_steps(_config(preset, args, out_dir, vae + all_decoded),
                                              args.steps, device)) * 1e3
         rows.append((preset, cfg.loss.needs_vae, t, t_all))
+    return rows, flops
+
+
+def _print_step_times(rows, first, args, device) -> None:
+    import torch
+
     base = {r[0]: r for r in rows}.get("pixel")
     size = "full" if args.full else "tiny"
     print(
@@ -261,42 +256,65 @@ def main(args) -> int:
             print(
                 f"ssim_v3 / pixel ({label}) = {ratio:.2f}: {verdict} the target <= {TARGET_RATIO}"
             )
+
+
+def _print_flops(rows, flops, machine, args) -> None:
+    print(
+        f"\nModel FLOPs per training step (as set, mean of up to 3 steps; forward + backward; "
+        f"GFLOP) and utilisation = FLOPs / step time / {machine.gflops:.1f} calibration GFLOPS"
+    )
+    parts = ("transformer", "vae encode", "vae decode", "loss (ssim)", "other")
+    print(f"{'preset':<18}" + "".join(f"{p:>13}" for p in parts)
+          + f"{'total':>10}{'ms/step':>9}{'GFLOPS':>8}{'util.':>7}")
+    for preset, _needs_vae, t, _ in rows:
+        f = flops[preset]
+        achieved = f["total"] / (t / 1e3) / 1e9
+        print(f"{preset:<18}" + "".join(f"{f[p] / 1e9:>13.3f}" for p in parts)
+              + f"{f['total'] / 1e9:>10.3f}{t:>9.1f}{achieved:>8.2f}"
+              + f"{achieved / machine.gflops:>6.1%}")
+    default = flops.get("ssim_v3") and {r[0]: r for r in rows}["ssim_v3"]
+    if default and args.full:
+        util = flops["ssim_v3"]["total"] / (default[2] / 1e3) / 1e9 / machine.gflops
+        verdict = "meets" if util >= TARGET_UTILISATION else "MISSES"
+        print(f"ssim_v3 utilisation {util:.1%}: {verdict} the target >= "
+              f"{TARGET_UTILISATION:.0%}")
+
+
+def _print_memory(chunks, args, out_dir, vae, device) -> None:
+    kind = "CUDA allocated" if device.type == "cuda" else "CPU, profiler allocation events"
+    print(
+        f"\nPeak memory of one step against loss.decode_chunk (ssim_v3, batch "
+        f"{args.mem_batch}, "
+        f"ssim_max_t = 1: every sample decoded; {kind})"
+    )
+    print(f"{'decode_chunk':>12}{'peak MiB':>12}{'ms/step':>10}")
+    for chunk in chunks:
+        extra = vae + [f"loss.decode_chunk={chunk}", "loss.ssim_max_t=1.0",
+                       f"optim.batch_size={args.mem_batch}",
+                       f"data.num_images={max(24, 2 * args.mem_batch)}"]
+        times, peak = time_steps(_config("ssim_v3", args, out_dir, extra), 2, device,
+                                 measure_memory=True)
+        print(f"{chunk:>12}{peak:>12.1f}{statistics.median(times) * 1e3:>10.1f}")
+
+
+def main(args) -> int:
+    from bench.perf_machine import print_machine
+    from medq.dist import pick_device
+
+    machine = print_machine(args.threads)
+    tmp = tempfile.TemporaryDirectory(prefix="perf-train-") if args.out_dir is None else None
+    out_dir = Path(args.out_dir or tmp.name)
+    presets = [p for p in args.presets.split(",") if p]
+    first = _config(presets[0], args, out_dir)
+    vae = ensure_vae(first, out_dir)
+    device = pick_device(first.run.device)
+    rows, flops = _step_times(presets, args, out_dir, vae, device)
+    _print_step_times(rows, first, args, device)
     if flops:
-        print(
-            f"\nModel FLOPs per training step (as set, mean of up to 3 steps; forward + backward; "
-            f"GFLOP) and utilisation = FLOPs / step time / {machine.gflops:.1f} calibration GFLOPS"
-        )
-        parts = ("transformer", "vae encode", "vae decode", "loss (ssim)", "other")
-        print(f"{'preset':<18}" + "".join(f"{p:>13}" for p in parts)
-              + f"{'total':>10}{'ms/step':>9}{'GFLOPS':>8}{'util.':>7}")
-        for preset, _needs_vae, t, _ in rows:
-            f = flops[preset]
-            achieved = f["total"] / (t / 1e3) / 1e9
-            print(f"{preset:<18}" + "".join(f"{f[p] / 1e9:>13.3f}" for p in parts)
-                  + f"{f['total'] / 1e9:>10.3f}{t:>9.1f}{achieved:>8.2f}"
-                  + f"{achieved / machine.gflops:>6.1%}")
-        default = flops.get("ssim_v3") and {r[0]: r for r in rows}["ssim_v3"]
-        if default and args.full:
-            util = flops["ssim_v3"]["total"] / (default[2] / 1e3) / 1e9 / machine.gflops
-            verdict = "meets" if util >= TARGET_UTILISATION else "MISSES"
-            print(f"ssim_v3 utilisation {util:.1%}: {verdict} the target >= "
-                  f"{TARGET_UTILISATION:.0%}")
+        _print_flops(rows, flops, machine, args)
     chunks = [int(c) for c in args.chunks.split(",") if c]
     if chunks:
-        kind = "CUDA allocated" if device.type == "cuda" else "CPU, profiler allocation events"
-        print(
-            f"\nPeak memory of one step against loss.decode_chunk (ssim_v3, batch "
-            f"{args.mem_batch}, "
-            f"ssim_max_t = 1: every sample decoded; {kind})"
-        )
-        print(f"{'decode_chunk':>12}{'peak MiB':>12}{'ms/step':>10}")
-        for chunk in chunks:
-            extra = vae + [f"loss.decode_chunk={chunk}", "loss.ssim_max_t=1.0",
-                           f"optim.batch_size={args.mem_batch}",
-                           f"data.num_images={max(24, 2 * args.mem_batch)}"]
-            times, peak = time_steps(_config("ssim_v3", args, out_dir, extra), 2, device,
-                                     measure_memory=True)
-            print(f"{chunk:>12}{peak:>12.1f}{statistics.median(times) * 1e3:>10.1f}")
+        _print_memory(chunks, args, out_dir, vae, device)
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -1,12 +1,13 @@
 """Writing the leaderboard: CSV (byte-stable), Markdown (sorted, with comparisons and protocol),
-plots.
+plots. Which columns exist and what they mean is ``medq.leaderboard``'s (the schema); this module
+lays them out.
 
     write_reports(rows, per_image, out_dir, protocol=..., comparisons=..., runs=[run dirs])
-    merge_csv(path, new_rows, key=("name", "task"))     # bench score: replace same name+task
+    merge_rows(old_rows, new_rows, key=("name", "task"))   # bench score: replace same name+task
 
 Numbers are written with ``repr``-free fixed formatting (``%.7g``), rows in a fixed order, NaN and
-None as an empty cell, so the same inputs give the same bytes. Timing columns (``TIMING_COLUMNS``)
-are the only ones expected to change between identical runs.
+None as an empty cell, so the same inputs give the same bytes. Timing columns
+(``medq.leaderboard.TIMING_COLUMNS``) are the only ones expected to change between identical runs.
 """
 
 from __future__ import annotations
@@ -15,33 +16,19 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
+from bench.results import write_comparison_csvs
 from medq.files import write_text_atomic
-from medq.metrics import SCORED_METRICS
-from medq.scoring import number
+from medq.leaderboard import (
+    MAIN_METRIC,
+    PER_IMAGE_COLUMNS,
+    column,
+    floor_of,
+    leaderboard_columns,
+    number,
+)
 from medq.text_metrics import REPORT_SCORE_COLUMNS
-
-ID_COLUMNS = ["status", "name", "kind", "run", "preset", "config_hash", "checkpoint", "step",
-              "weights", "seed", "output", "task", "n_images"]
-METRIC_COLUMNS = [c for m in SCORED_METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
-TAIL_COLUMNS = ["fd_n", "undecodable_rate", "report_accuracy", "input_dependence", "verdict",
-                "seconds_per_image", "note"]
-PER_IMAGE_COLUMNS = ["name", "task", "id", *SCORED_METRICS, "undecodable", "seconds"]
-TIMING_COLUMNS = ("seconds_per_image", "seconds")
-MAIN_METRIC = "ssim_fov"
-
-
-def leaderboard_columns(rows: Iterable[dict]) -> list[str]:
-    """Fixed columns plus the distribution-metric columns the rows carry (named after the
-    backbone: fid_inception / fd_randresnet18, kid_* with its interval), in sorted order, and the
-    seed columns of rows averaged over training seeds (n_seeds, <metric>_seed_sd)."""
-    rows = list(rows)
-    extra = sorted(
-        {k for r in rows for k in r if k.startswith(("fid_", "fd_", "kid_")) and k != "fd_n"}
-    )
-    extra += sorted({k for r in rows for k in r if k == "n_seeds" or k.endswith("_seed_sd")})
-    return ID_COLUMNS + METRIC_COLUMNS + extra + list(REPORT_SCORE_COLUMNS) + TAIL_COLUMNS
 
 
 def fmt(v) -> str:
@@ -68,6 +55,7 @@ def row_key(r: dict) -> tuple:
 
 
 def read_csv(path: Path) -> list[dict]:
+    """Rows of any CSV file as dicts of strings ([] when it does not exist)."""
     if not Path(path).is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
@@ -119,14 +107,12 @@ def _floor_cell(r: dict, m: str, floor: str) -> str:
 
 def _report_table(sub: list[dict]) -> list[str]:
     """What each mode's reports say, scored against the truth, beside the majority-class floor."""
-    from medq.text_metrics import REPORT_SCORE_COLUMNS
-
     with_text = [r for r in sub
                  if any(not math.isnan(number(r.get(c))) for c in REPORT_SCORE_COLUMNS)]
     if not with_text:
         return []
     names = [c for c in REPORT_SCORE_COLUMNS if c.startswith("findings_f1_")
-             and not c.endswith("_floor") and c != "findings_f1_macro"]
+             and column(c).role == "report" and c != "findings_f1_macro"]
     head = ["name", "DR kappa (floor)", "DR grade read", "quality acc. (floor)",
             "findings F1 macro (floor)",
             *[c[len("findings_f1_"):].replace("_", " ") for c in names]]
@@ -136,9 +122,106 @@ def _report_table(sub: list[dict]) -> list[str]:
     for r in with_text:
         out.append("| " + " | ".join([
             str(r.get("name", "")), _floor_cell(r, "dr_kappa", "dr_kappa_floor"),
-            _fmt(r.get("dr_parsed"), ".2f"), _floor_cell(r, "quality_accuracy", "quality_floor"),
-            _floor_cell(r, "findings_f1_macro", "findings_f1_macro_floor"),
-            *[_floor_cell(r, c, c + "_floor") for c in names]]) + " |")
+            _fmt(r.get("dr_parsed"), ".2f"),
+            _floor_cell(r, "quality_accuracy", floor_of("quality_accuracy")),
+            _floor_cell(r, "findings_f1_macro", floor_of("findings_f1_macro")),
+            *[_floor_cell(r, c, floor_of(c)) for c in names]]) + " |")
+    return out
+
+
+INTRO = ("Sorted by **{main}**: SSIM averaged over the windows that lie entirely inside the field "
+         "of view (the SSIM loss's definition; the shared disc rim is not counted). Brackets: "
+         "95 % bootstrap interval of the mean over images; `+- (seeds)`: standard deviation over "
+         "training seeds. `constant` is the floor: the mean training target, returned for every "
+         "input. LR-PSNR: the output downscaled with the task's operator against the "
+         "low-resolution input (SR only; NTIRE asks >= 45 dB). Vessel Dice: Sato vessel maps of "
+         "output and target inside the FOV (medq.vessels). n/a: undefined or not measured (see "
+         "notes).")
+COMPARISONS_INTRO = (
+    "Per-image differences a - b on the images both scored; mean, 95 % bootstrap interval "
+    "(seeded), two-sided Wilcoxon signed-rank p-value on the non-zero differences (n != 0), the "
+    "same p Holm-adjusted over every test on this page, images where a is better / worse / equal. "
+    "With one training seed per mode these say how consistently one trained model beats another "
+    "on these images, not that the difference survives another seed: see the next section.")
+SEEDS_INTRO = (
+    "Differences across training seeds, paired by seed (and by image): mean over seeds and "
+    "images, the standard deviation of the per-seed mean differences, and a 95 % interval over "
+    "images x seeds (crossed random effects, t with Satterthwaite df) where per-image values "
+    "exist, else the seed spread on this fixed test set (paired t over per-seed means); the note "
+    "says which. A baseline has the same value for every seed.")
+ONE_SEED = ("One training seed per mode (`make eval SEEDS=3` / `--seeds 3` trains and scores "
+            "three): every difference above is a single-seed observation.")
+FID_CAVEAT = ("FID (and any Frechet distance) on a few hundred images or fewer is strongly biased "
+              "upwards and its bias depends on the sample count: compare FID values only at "
+              "equal image counts, and prefer KID, whose estimator is unbiased, for small test "
+              "sets.")
+
+
+def _main_metric_order(r: dict) -> tuple:
+    """Best first by ``MAIN_METRIC``, n/a last, then by name."""
+    v = number(r.get(MAIN_METRIC))
+    return (math.isnan(v), -v if not math.isnan(v) else 0, row_key(r))
+
+
+def _task_row(r: dict, fd_cols: list[str]) -> str:
+    seed = fmt(r.get("seed")) or (f"{fmt(r.get('n_seeds'))} seeds" if r.get("n_seeds") else "-")
+    cells = [str(r.get("name", "")), str(r.get("status", "")), seed,
+             fmt(r.get("step")) or "-", fmt(r.get("n_images")),
+             _seed_cell(r, "ssim_fov", 4), _seed_cell(r, "psnr_fov", 2),
+             _seed_cell(r, "lr_psnr", 2), _seed_cell(r, "vessel_dice", 3),
+             _cell(r, "ssim", 4), _cell(r, "psnr", 2), _cell(r, "ms_ssim_fov", 4)]
+    for c in fd_cols:
+        v, lo, hi = number(r.get(c)), number(r.get(f"{c}_lo")), number(r.get(f"{c}_hi"))
+        cells.append("n/a" if math.isnan(v) else f"{v:.4g}" + (
+            "" if math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]"))
+    cells += [_fmt(r.get("undecodable_rate"), ".3f"), _fmt(r.get("input_dependence"), "+.3f"),
+              str(r.get("verdict") or "n/a"), _fmt(r.get("seconds_per_image"), ".3g")]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _task_section(task: str, sub: list[dict], fd_cols: list[str]) -> list[str]:
+    """One task's table (best first), its notes and its reports' scores."""
+    head = ["name", "status", "seed", "step", "n", "SSIM fov", "PSNR fov", "LR-PSNR",
+            "vessel Dice", "SSIM", "PSNR", "MS-SSIM fov", *fd_cols, "undecodable",
+            "input dep.", "verdict", "s/img"]
+    out = [f"## {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += [_task_row(r, fd_cols) for r in sorted(sub, key=_main_metric_order)]
+    notes = sorted({f"{r['name']}: {r['note']}" for r in sub if r.get("note")})
+    if notes:
+        out += [""] + [f"- {n}" for n in notes]
+    return out + _report_table(sorted(sub, key=_main_metric_order)) + [""]
+
+
+def _comparisons_section(comparisons: list[dict]) -> list[str]:
+    out = ["## Paired comparisons", "", COMPARISONS_INTRO, ""]
+    if not comparisons:
+        return out + ["No pair of modes was scored on common images."]
+    out += ["| task | a - b | metric | n | n != 0 | mean diff | 95 % CI | p (Wilcoxon) "
+            "| p (Holm) | a>b / a<b / = | note |", "|" + "---|" * 11]
+    for c in comparisons:
+        p = _fmt(c.get("p_value"), ".3g")
+        ci = "n/a" if math.isnan(c["ci_low"]) else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]"
+        md = "n/a" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.4g}"
+        out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n']} "
+                   f"| {c.get('n_nonzero', '')} | {md} | {ci} | {p} "
+                   f"| {_fmt(c.get('p_holm'), '.3g')} "
+                   f"| {c['wins']} / {c['losses']} / {c['ties']} | {c.get('note', '')} |")
+    return out
+
+
+def _seeds_section(seed_comparisons: Sequence[dict]) -> list[str]:
+    out = ["", "## Across training seeds", ""]
+    if not seed_comparisons:
+        return out + [ONE_SEED]
+    out += [SEEDS_INTRO, "",
+            "| task | a - b | metric | seeds | mean diff | seed sd | 95 % CI | note |",
+            "|---|---|---|---|---|---|---|---|"]
+    for c in seed_comparisons:
+        ci = ("n/a" if math.isnan(number(c.get("ci_low")))
+              else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]")
+        out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n_seeds']} "
+                   f"| {_fmt(c.get('mean_diff'), '+.4g')} | {_fmt(c.get('sd_diff'), '.3g')} "
+                   f"| {ci} | {c.get('note', '')} |")
     return out
 
 
@@ -147,99 +230,14 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
     """The leaderboard page: one table per task sorted by SSIM in the FOV (best first; n/a last),
     the reports' scores, the paired comparisons (Holm-adjusted), the comparisons across training
     seeds, the protocol, and the FID caveat."""
-    cols = leaderboard_columns(rows)
-    fd_cols = [c for c in cols
-               if c.startswith(("fid_", "fd_", "kid_")) and not c.endswith(("_lo", "_hi"))
-               and c != "fd_n"]
-    out = ["# Leaderboard", "",
-           f"Sorted by **{MAIN_METRIC}**: SSIM averaged over the windows that lie entirely "
-           "inside the field of view (the SSIM loss's definition; the shared disc rim is not "
-           "counted). "
-           "Brackets: 95 % bootstrap interval of the mean over images; `+- (seeds)`: standard "
-           "deviation over training seeds. `constant` is the floor: the mean training target, "
-           "returned for every input. LR-PSNR: the output downscaled with the task's operator "
-           "against the low-resolution input (SR only; NTIRE asks >= 45 dB). Vessel Dice: Sato "
-           "vessel maps of output and target inside the FOV (medq.vessels). n/a: undefined or not "
-           "measured (see notes).", ""]
+    fd_cols = [c for c in leaderboard_columns(rows) if column(c).role == "distribution"]
+    out = ["# Leaderboard", "", INTRO.format(main=MAIN_METRIC), ""]
     for task in sorted({r["task"] for r in rows}):
-        sub = [r for r in rows if r["task"] == task]
-        sub.sort(key=lambda r: (math.isnan(number(r.get(MAIN_METRIC))), -number(r.get(MAIN_METRIC))
-                                if not math.isnan(number(r.get(MAIN_METRIC))) else 0, row_key(r)))
-        head = ["name", "status", "seed", "step", "n", "SSIM fov", "PSNR fov", "LR-PSNR",
-                "vessel Dice", "SSIM", "PSNR", "MS-SSIM fov", *fd_cols, "undecodable",
-                "input dep.", "verdict", "s/img"]
-        out += [f"## {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in sub:
-            seed = fmt(r.get("seed")) or (f"{fmt(r.get('n_seeds'))} seeds"
-                                          if r.get("n_seeds") else "-")
-            cells = [str(r.get("name", "")), str(r.get("status", "")), seed,
-                     fmt(r.get("step")) or "-", fmt(r.get("n_images")),
-                     _seed_cell(r, "ssim_fov", 4), _seed_cell(r, "psnr_fov", 2),
-                     _seed_cell(r, "lr_psnr", 2), _seed_cell(r, "vessel_dice", 3),
-                     _cell(r, "ssim", 4), _cell(r, "psnr", 2), _cell(r, "ms_ssim_fov", 4)]
-            for c in fd_cols:
-                v, lo, hi = number(r.get(c)), number(r.get(f"{c}_lo")), number(r.get(f"{c}_hi"))
-                cells.append("n/a" if math.isnan(v) else f"{v:.4g}" + (
-                    "" if math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]"))
-            cells += [_fmt(r.get("undecodable_rate"), ".3f"),
-                      _fmt(r.get("input_dependence"), "+.3f"),
-                      str(r.get("verdict") or "n/a"), _fmt(r.get("seconds_per_image"), ".3g")]
-            out.append("| " + " | ".join(cells) + " |")
-        notes = sorted({f"{r['name']}: {r['note']}" for r in sub if r.get("note")})
-        if notes:
-            out += [""] + [f"- {n}" for n in notes]
-        out += _report_table(sub)
-        out.append("")
-    out += ["## Paired comparisons", "",
-            "Per-image differences a - b on the images both scored; mean, 95 % bootstrap interval "
-            "(seeded), two-sided Wilcoxon signed-rank p-value on the non-zero differences "
-            "(n != 0), "
-            "the same p Holm-adjusted over every test on this page, images where a is better / "
-            "worse / equal. With one training seed per mode these say how consistently one "
-            "trained model beats another on these images, not that the difference survives "
-            "another seed: see the next section.", ""]
-    if comparisons:
-        out += ["| task | a - b | metric | n | n != 0 | mean diff | 95 % CI | p (Wilcoxon) "
-                "| p (Holm) | a>b / a<b / = | note |", "|" + "---|" * 11]
-        for c in comparisons:
-            p = _fmt(c.get("p_value"), ".3g")
-            ci = "n/a" if math.isnan(c["ci_low"]) else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]"
-            md = "n/a" if math.isnan(c["mean_diff"]) else f"{c['mean_diff']:+.4g}"
-            out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n']} "
-                       f"| {c.get('n_nonzero', '')} | {md} | {ci} | {p} "
-                       f"| {_fmt(c.get('p_holm'), '.3g')} "
-                       f"| {c['wins']} / {c['losses']} / {c['ties']} | {c.get('note', '')} |")
-    else:
-        out.append("No pair of modes was scored on common images.")
-    out += ["", "## Across training seeds", ""]
-    if seed_comparisons:
-        out += ["Differences of per-seed means (each seed's mean over images), paired by training "
-                "seed; 95 % paired t interval over seeds (with 3 seeds an exact Wilcoxon test "
-                "cannot go below p = 0.25). A baseline has the same value for every seed.", "",
-                "| task | a - b | metric | seeds | mean diff | seed sd | 95 % CI (t) | note |",
-                "|---|---|---|---|---|---|---|---|"]
-        for c in seed_comparisons:
-            ci = ("n/a" if math.isnan(number(c.get("ci_low")))
-                  else f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]")
-            out.append(f"| {c['task']} | {c['a']} - {c['b']} | {c['metric']} | {c['n_seeds']} "
-                       f"| {_fmt(c.get('mean_diff'), '+.4g')} | {_fmt(c.get('sd_diff'), '.3g')} "
-                       f"| {ci} "
-                       f"| {c.get('note', '')} |")
-    else:
-        out.append("One training seed per mode (`make eval SEEDS=3` / `--seeds 3` trains and "
-                   "scores three): every difference above is a single-seed observation.")
-    out += ["", "## Protocol", ""]
-    out += [f"- **{k}**: {v}" for k, v in protocol.items()]
-    out += [
-        "",
-        "FID (and any Frechet distance) on a few hundred images or fewer is strongly biased "
-        "upwards and its bias depends on the sample count: compare FID values only at equal "
-        "image counts, and prefer KID, whose estimator is unbiased, for small test sets.",
-        "",
-        "Perception-distortion planes (PSNR fov against KID, every mode and baseline): "
-        "`pd_<task>.png`.",
-        "",
-    ]
+        out += _task_section(task, [r for r in rows if r["task"] == task], fd_cols)
+    out += _comparisons_section(comparisons) + _seeds_section(seed_comparisons)
+    out += ["", "## Protocol", ""] + [f"- **{k}**: {v}" for k, v in protocol.items()]
+    out += ["", FID_CAVEAT, "", "Perception-distortion planes (PSNR fov against KID, every mode "
+            "and baseline): `pd_<task>.png`.", ""]
     return "\n".join(out)
 
 
@@ -420,7 +418,8 @@ def write_reports(rows: list[dict], per_image: list[dict], out_dir, *, protocol:
     out_dir.mkdir(parents=True, exist_ok=True)
     lb, pi = write_csvs(rows, per_image, out_dir)
     md = write_markdown(rows, comparisons, protocol, out_dir, seed_comparisons)
-    out = {"leaderboard_csv": lb, "per_image_csv": pi, "markdown": md}
+    out = {"leaderboard_csv": lb, "per_image_csv": pi, "markdown": md,
+           "comparisons_csv": write_comparison_csvs(out_dir, comparisons, list(seed_comparisons))}
     if plots:
         out["pd"] = plot_perception_distortion(rows, out_dir)
         out["bars"] = plot_bars(rows, out_dir)

@@ -10,37 +10,57 @@ matches ``12_left.jpeg``). A mask matches the target's key with an optional ``_m
 Unmatched files on either side are listed, never dropped silently. Without ``--mask`` the field
 of view is detected from the target (``medq.data.fov_mask``).
 
+Reading: predictions, targets and masks go through the pipeline's one reader
+(``medq.data.imageio``): 16-bit PNGs and TIFFs scaled to 8 bits, float TIFFs read (values in
+[0, 1] or 0-255), palette, alpha, CMYK and EXIF orientation converted, so a file scores as the
+picture the data readers see. A mask is inside where its brightest channel is at least half scale
+(``MASK_THRESHOLD``); one of another size is resized to its target, one of another aspect ratio
+or a 0/1 label image is refused with the reason.
+
 Sizes: a prediction whose size differs from its target is an error naming both files, unless
 ``--resize pred-to-target`` (bicubic, antialiased) is given. Unreadable files, decompression
-bombs, images smaller than the 11-px SSIM window and mismatches are reported; the valid rest is
-scored. Where a metric leaves images out (``*_fov`` on a target without a field of view, e.g.
-all black or all white), the row says ``partial``, and the note gives n for that metric and why.
-Nothing scored: no row is written and the exit code is 1. An output folder that cannot be
-written (permissions, full disk) is one error line, exit 2, and no temp file left. Rows go into
-``<out>/leaderboard.csv`` and ``per_image.csv`` (replacing rows with the same name and task,
-keeping the others) with the same metrics as ``bench eval``; ``leaderboard.md`` is rewritten
-from the merged rows.
+bombs, images smaller than the 11-px SSIM window and mismatches are reported, one line each
+naming the file; the valid rest is scored. Where a metric leaves images out (``*_fov`` on a
+target without a field of view, e.g. all black or all white), the row says ``partial``, and the
+note gives n for that metric and why.
+
+Reports: rows go into ``<out>/leaderboard.csv`` and ``per_image.csv`` (replacing rows with the
+same name and task, keeping the others) with the same metrics as ``bench eval``;
+``leaderboard.md`` and the plots are redrawn from the merged rows (``--no-plots``: not the plots).
+Every file is written to a staging folder first and moved into place only when all are written
+(``bench.publish``): a full disk leaves every report as it was.
+
+Exit codes: 0 scored (``ok``, ``partial`` or ``incomplete``, said in the row); 1 nothing scored
+(no row written, the reports left as they were); 2 bad input (a missing folder, two files with
+one key) or ``--out`` not writable or a write failing (one ``error:`` line, nothing replaced, no
+temp file left).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
 from bench import report
+from bench.publish import check_writable, publish_reports
 from medq import metrics as M
-from medq.scoring import FeatureCache, aggregate, comparisons, load_image, protocol, score_pairs
+from medq.data.imageio import IMAGE_SUFFIXES
+from medq.scoring import (
+    FeatureCache,
+    aggregate,
+    comparisons,
+    protocol,
+    read_image,
+    score_pairs,
+)
 
 log = logging.getLogger("bench.score")
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 PRED_SUFFIX = re.compile(r"_(pred|output|sr)$", re.IGNORECASE)
 TARGET_SUFFIX = re.compile(r"_(target|gt|hr)$", re.IGNORECASE)
 MASK_SUFFIX = re.compile(r"_mask$", re.IGNORECASE)
@@ -55,9 +75,11 @@ def add_arguments(p) -> None:
     p.add_argument("--resize", choices=["none", "pred-to-target"], default="none")
     p.add_argument("--channel", choices=["rgb", "y"], default="rgb")
     p.add_argument(
-        "--backbone", choices=["auto", "inception", "randresnet18", "none"], default="auto"
+        "--backbone", choices=M.BACKBONE_CHOICES, default="auto", help=M.BACKBONE_HELP
     )
     p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--no-plots", action="store_true",
+                   help="do not redraw the plots (they then miss this row)")
 
 
 def _files(folder: Path, suffix: re.Pattern) -> dict[str, Path]:
@@ -65,7 +87,7 @@ def _files(folder: Path, suffix: re.Pattern) -> dict[str, Path]:
         raise FileNotFoundError(f"{folder}: no such folder")
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
             key = suffix.sub("", p.stem)
             if key in out:
                 raise ValueError(f"{folder}: {out[key].name} and {p.name} both match key {key!r}")
@@ -101,7 +123,7 @@ def _prepare(pairs, args, tmp: Path) -> tuple[list[dict], list[dict]]:
     out, problems = [], []
     for key, pred, target, mask in pairs:
         try:
-            p, t = _load_checked(pred), _load_checked(target)
+            p, t = read_image(pred), read_image(target)
         except (OSError, ValueError) as e:
             problems.append({"id": key, "file": f"{pred} / {target}", "error": f"unreadable: {e}"})
             continue
@@ -127,25 +149,6 @@ def _prepare(pairs, args, tmp: Path) -> tuple[list[dict], list[dict]]:
     return out, problems
 
 
-def _load_checked(path: Path) -> torch.Tensor:
-    """``medq.scoring.load_image`` after refusing a decompression bomb (``medq.data.imageio``'s
-    check,
-    a DataError naming the file) instead of letting Pillow allocate it or raise its own error."""
-    from PIL import Image
-
-    from medq.data.imageio import check_pixels
-
-    try:
-        with warnings.catch_warnings():  # refused just below, naming the file
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-        with im:
-            check_pixels(im, Path(path))
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{path}: refused as a decompression bomb ({e})") from None
-    return load_image(path)
-
-
 def metric_counts(per_image: list[dict], pairs: list[dict]) -> tuple[dict[str, int], list[str]]:
     """n of each image metric (images where it is defined, not NaN) and, for every metric that
     leaves images out, why: e.g. "ssim_fov on 5 of 7 (target without a field of view: a (the
@@ -163,7 +166,7 @@ def metric_counts(per_image: list[dict], pairs: list[dict]) -> tuple[dict[str, i
         for i in dropped[:3]:
             pair = by_id.get(str(i), {})
             if m.endswith("_fov") and pair.get("target") is not None:
-                t = (load_image(Path(pair["target"])).permute(1, 2, 0) * 255).round().byte().numpy()
+                t = (read_image(Path(pair["target"])).permute(1, 2, 0) * 255).round().byte().numpy()
                 why.append(f"{i} ({describe_flat(t)})")
             else:
                 why.append(str(i))
@@ -173,65 +176,24 @@ def metric_counts(per_image: list[dict], pairs: list[dict]) -> tuple[dict[str, i
     return n, notes
 
 
-def _check_writable(out: Path) -> None:
-    """Create ``out`` and a file in it now, before minutes of scoring, so a bad --out fails at
-    once (OSError)."""
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / f".tmp-{os.getpid()}-probe"
-    try:
-        probe.write_bytes(b"")
-    finally:
-        probe.unlink(missing_ok=True)
-
-
-def run_score(args) -> dict:
-    name = args.name or args.pred.resolve().name
-    found = match(args.pred, args.target, args.mask)
-    for label in ("unmatched_pred", "unmatched_target", "missing_mask"):
-        if found[label]:
-            print(f"[score] {label.replace('_', ' ')} ({len(found[label])}): "
-                  + ", ".join(p.name for p in found[label]))
-    _check_writable(args.out)
-    backbone = None if args.backbone == "none" else M.feature_extractor(args.backbone)
-    with tempfile.TemporaryDirectory() as tmp:
-        pairs, problems = _prepare(found["pairs"], args, Path(tmp))
-        per_image, more, dist = score_pairs(pairs, channel=args.channel,
-                                            features=FeatureCache(backbone) if backbone else None)
-    problems += more
-    for p in problems:
-        print(f"[score] {p['id']}: {p['error']}")
-    meta = {
-        "name": name,
-        "kind": "external",
-        "run": str(args.pred),
-        "preset": "",
-        "config_hash": "",
-        "checkpoint": None,
-        "step": None,
-        "weights": None,
-        "task": args.task,
-    }
+def _row(name: str, args, found: dict, pairs: list[dict], per_image: list[dict],
+         problems: list[dict], dist: dict) -> dict:
+    """The leaderboard row of the scored folder: means with intervals, its status (ok, partial,
+    incomplete, empty) and a note saying what was left out and why."""
+    meta = {"name": name, "kind": "external", "run": str(args.pred), "preset": "",
+            "config_hash": "", "checkpoint": None, "step": None, "weights": None,
+            "task": args.task}
     row = {**meta, **aggregate(per_image), **dist, "n_images": len(per_image)}
     n_total = len(found["pairs"]) + len(found["unmatched_pred"]) + len(found["unmatched_target"])
-    row["status"] = (
-        "empty: nothing scored"
-        if not per_image
-        else "ok"
-        if len(per_image) == n_total
-        else f"incomplete: {len(per_image)} of {n_total} scored"
-    )
-    notes = (
-        [f"{len(found['unmatched_pred'])} unmatched predictions"] if found["unmatched_pred"] else []
-    )
-    notes += (
-        [f"{len(found['unmatched_target'])} unmatched targets"] if found["unmatched_target"] else []
-    )
+    row["status"] = ("empty: nothing scored" if not per_image else "ok"
+                     if len(per_image) == n_total
+                     else f"incomplete: {len(per_image)} of {n_total} scored")
+    notes = [f"{len(found[k])} unmatched {what}" for k, what in
+             (("unmatched_pred", "predictions"), ("unmatched_target", "targets")) if found[k]]
     notes += [f"{p['id']}: {p['error']}" for p in problems[:3]]
     if per_image and row["ms_ssim"] != row["ms_ssim"]:
-        notes.append(
-            M.ms_ssim_unsupported_reason(*load_image(pairs[0]["target"]).shape[-2:])
-            or "MS-SSIM n/a"
-        )
+        notes.append(M.ms_ssim_unsupported_reason(*read_image(pairs[0]["target"]).shape[-2:])
+                     or "MS-SSIM n/a")
     counts, partial = metric_counts(per_image, pairs)
     notes += partial
     if partial and row["status"] == "ok":
@@ -240,42 +202,47 @@ def run_score(args) -> dict:
                                                and not (m.startswith("ms_ssim") and counts[m] == 0))
     row["n_per_metric"] = counts
     row["note"] = "; ".join(notes)
+    return row
+
+
+def run_score(args) -> dict:
+    """Match, read, score and (when anything was scored) merge into ``--out``'s reports:
+    {"row", "per_image", "problems", "pairs", "unmatched_pred", ...}."""
+    name = args.name or args.pred.resolve().name
+    found = match(args.pred, args.target, args.mask)
+    for label in ("unmatched_pred", "unmatched_target", "missing_mask"):
+        if found[label]:
+            print(f"[score] {label.replace('_', ' ')} ({len(found[label])}): "
+                  + ", ".join(p.name for p in found[label]))
+    check_writable(args.out)
+    backbone = M.feature_backbones(args.backbone)
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs, problems = _prepare(found["pairs"], args, Path(tmp))
+        per_image, more, dist = score_pairs(pairs, channel=args.channel,
+                                            features=FeatureCache(backbone) if backbone else None)
+    problems += more
+    for p in problems:
+        print(f"[score] {p['id']}: {p['error']}")
+    row = _row(name, args, found, pairs, per_image, problems, dist)
     for r in per_image:
         r.update(name=name, task=args.task)
-    if not per_image:  # nothing to report: the leaderboard keeps what it had
-        return {"row": row, "per_image": per_image, "problems": problems, **found}
-    _write(args, name, row, per_image, backbone)
+    if per_image:  # nothing scored: the leaderboard keeps what it had
+        _write(args, name, row, per_image, backbone)
     return {"row": row, "per_image": per_image, "problems": problems, **found}
 
 
 def _write(args, name: str, row: dict, per_image: list[dict], backbone) -> None:
-    """Merge the row into <out>; on a write error remove the temp files this process left."""
-    before = set(args.out.iterdir())
-    try:
-        _write_reports(args, name, row, per_image, backbone)
-    except OSError:
-        for p in set(args.out.iterdir()) - before:
-            if p.name.startswith(".tmp-"):
-                p.unlink(missing_ok=True)
-        raise
-
-
-def _write_reports(args, name: str, row: dict, per_image: list[dict], backbone) -> None:
+    """Merge the row into ``--out``'s reports (rows of the same name and task replaced, the others
+    kept) and rewrite the leaderboard page and plots from the merged rows: every file staged,
+    then moved into place, all or none (``bench.publish``)."""
     row = {k: v for k, v in row.items() if k != "n_per_metric"}
     rows = report.merge_rows(report.read_csv(args.out / "leaderboard.csv"), [row])
     pis = report.merge_rows(report.read_csv(args.out / "per_image.csv"), per_image)
-    report.write_csvs(rows, pis, args.out)
-    report.write_markdown(
-        rows,
-        comparisons(rows, pis),
-        protocol(
-            rows,
-            channel=args.channel,
-            backbone=backbone,
-            extra={"external": f"{name}: {args.pred} vs {args.target} (resize {args.resize})"},
-        ),
-        args.out,
-    )
+    proto = protocol(rows, channel=args.channel, backbone=backbone, extra={
+        "external": f"{name}: {args.pred} vs {args.target} (resize {args.resize})"})
+    publish_reports(args.out, lambda stage: report.write_reports(
+        rows, pis, stage, protocol=proto, comparisons=comparisons(rows, pis),
+        plots=not args.no_plots), prune=False)
 
 
 def main(args) -> int:

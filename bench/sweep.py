@@ -55,7 +55,7 @@ def print_sweep(model, cfg, args, columns: list[tuple[str, object]]) -> None:
     for task in cfg.data.tasks:
         cells = []
         for _, sample_cfg in tqdm(columns, desc=task, disable=args.no_progress):
-            try:
+            try:  # a copy with this column's settings: the loaded model is never changed
                 s = split_fov_scores(model.with_sample(sample_cfg), cfg.data, args.split,
                                      args.images, tasks=[task])[task]
             except ValueError as e:

@@ -31,12 +31,12 @@ unreadable image, a class that is not an ImageTextModel) print one message and e
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from medq.cli import data_overrides
 from medq.config import ConfigError, load_config
 from medq.dist import barrier, current, init_dist, pick_device, shutdown_group
 from medq.harness import run_harness, summarize
@@ -124,15 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _data_overrides(args) -> list[str]:
-    out = list(args.overrides)
-    for flag, key in (("data", "source"), ("root", "root"), ("labels", "labels")):
-        value = getattr(args, flag)
-        if value is not None:
-            out.append(f"data.{key}={json.dumps(value)}")
-    return out
-
-
 def _limited(dataset, tasks: set[str], limit: int | None):
     if limit is None:
         return dataset
@@ -147,7 +138,8 @@ def _limited(dataset, tasks: set[str], limit: int | None):
 
 
 def run(args) -> int:
-    overrides = _data_overrides(args)
+    overrides = data_overrides(args.overrides, source=args.data, root=args.root,
+                               labels=args.labels)
     if args.run is not None:
         device = pick_device(args.device or "auto")
         # --set sample.* is applied once, by load_run, to the checkpoint's own config.

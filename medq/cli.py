@@ -70,3 +70,17 @@ def run_subcommand(prog: str, description: str | None, subcommands: dict[str, tu
     parser.parse_args(argv[:1])
     parser.error(f"{argv[0]!r}: expected one of {', '.join(subcommands)}")
     return 2
+
+
+def data_overrides(overrides: Sequence[str], *, source: str | None = None,
+                   root: str | None = None, labels: str | None = None) -> list[str]:
+    """``--set`` overrides, then the data flags of the stages that read images (``--data``,
+    ``--root``, ``--labels``) as ``data.*`` overrides: a flag given wins over a ``--set`` of the
+    same key. Values are JSON-quoted, so any path is a valid TOML string."""
+    import json
+
+    out = list(overrides)
+    for key, value in (("source", source), ("root", root), ("labels", labels)):
+        if value is not None:
+            out.append(f"data.{key}={json.dumps(value)}")
+    return out

@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from bench import eval as E
-from fakes.images import fundus
+from bench.eval_infer import EvalItems
+from bench.eval_targets import ABORTED_SKIPPED, run_targets
+from bench.publish import publish_reports
+from fakes.images import fundus_folder
 from medq import scoring as S
 from medq.config import DataConfig
 from medq.harness.records import (
@@ -27,13 +29,7 @@ from medq.harness.records import (
 
 
 def _folder(tmp_path: Path, bad: bool) -> Path:
-    root = tmp_path / ("bad" if bad else "good")
-    root.mkdir()
-    for i in range(3):
-        Image.fromarray(fundus(64, 64)).save(root / f"f{i}.png")
-    if bad:
-        (root / "broken.png").write_text("not an image")
-    return root
+    return fundus_folder(tmp_path / ("bad" if bad else "good"), broken=bad)
 
 
 def _eval(tmp_path, *extra: str) -> int:
@@ -46,23 +42,24 @@ def _eval(tmp_path, *extra: str) -> int:
 
 
 @pytest.mark.slow  # runs two whole evaluations
-def test_bad_data_source_fails_the_eval_and_keeps_the_good_reports(tmp_path, capsys):
+def test_bad_data_source_is_one_line_naming_the_file_and_keeps_the_good_reports(tmp_path, capsys):
     good, bad = _folder(tmp_path, bad=False), _folder(tmp_path, bad=True)
     assert _eval(tmp_path, "--data", "folder", "--root", str(good), "--split", "all") == 0
     lb = tmp_path / "reports" / "leaderboard.csv"
     before = lb.read_bytes()
     assert b"bicubic" in before and b",ok," in before.replace(b"\n", b",")
     capsys.readouterr()
-    assert _eval(tmp_path, "--data", "folder", "--root", str(bad), "--split", "all") == 1
-    err = capsys.readouterr().err
-    failed = [line for line in err.splitlines() if line.startswith("[eval] FAILED")]
-    assert len(failed) == 1 and "FAILED data: DataError" in failed[0] and "broken.png" in failed[0]
-    assert lb.read_bytes() == before  # the good report is untouched ...
-    assert (tmp_path / "reports" / "failed" / "leaderboard.csv").is_file()  # ... the bad one beside
-    assert not list((tmp_path / "reports").glob(".tmp-*"))
-    # A later complete evaluation replaces the report and clears the failed one.
-    assert _eval(tmp_path, "--data", "folder", "--root", str(good), "--split", "all") == 0
+    assert _eval(tmp_path, "--data", "folder", "--root", str(bad), "--split", "all") == 2
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and "broken.png" in err[0], err
+    assert "Traceback" not in captured.out + captured.err
+    assert "inference on" not in captured.out  # said before any model ran
+    assert lb.read_bytes() == before  # the good report is untouched, nothing written beside it
     assert not (tmp_path / "reports" / "failed").exists()
+    assert not list((tmp_path / "reports").glob(".tmp-*"))
+    keyed = {p.name for p in (tmp_path / "runs" / "_baselines" / "bicubic").glob("eval-*")}
+    assert len(keyed) == 1  # the good folder's outputs only: no directory for the bad one
 
 
 @pytest.mark.slow  # two evaluations with Frechet distances: ~40 s on the shared machine
@@ -119,13 +116,14 @@ def test_aborted_run_is_a_failure_unless_asked_and_never_scores_a_bad_checkpoint
     root = run / "checkpoints"
     save_checkpoint(root, 5, {}, {"good": False})
     args = argparse.Namespace(all_checkpoints=False, weights="ema", include_aborted=False)
-    rows, _, _ = E.evaluate_run(run, args, [], ["sr4"], None, None)
-    assert rows[0]["status"] == E.ABORTED_SKIPPED
+    ctx = E.Context(args, [], ["sr4"], "cpu", EvalItems("test", ["sr4"], None))
+    rows = [r for t in run_targets(run, ctx) for r in E.evaluate(t, ctx)[0]]
+    assert rows[0]["status"] == ABORTED_SKIPPED
     lines = E.failures(rows, [])
-    assert lines == [f"run pixel-deadbeef (sr4): {E.ABORTED_SKIPPED}"]
+    assert lines == [f"run pixel-deadbeef (sr4): {ABORTED_SKIPPED}"]
     # On request: only a good checkpoint is scored; here there is none.
     args.include_aborted = True
-    rows, _, _ = E.evaluate_run(run, args, [], ["sr4"], None, None)
+    rows = [r for t in run_targets(run, ctx) for r in E.evaluate(t, ctx)[0]]
     assert rows[0]["status"] == "aborted: no good checkpoint"
     assert S.row_ok({"status": "ok (aborted run, scored on request)"})
 
@@ -141,11 +139,11 @@ def test_publish_reports_atomic_failed_beside_and_stale_files_removed(tmp_path):
             return {"files": [d / n for n in files]}
         return write
 
-    got = E.publish_reports(out, False, writer(["leaderboard.csv", "bars_sr2.png"]))
+    got = publish_reports(out, writer(["leaderboard.csv", "bars_sr2.png"]))
     assert got["files"] == [out / "leaderboard.csv", out / "bars_sr2.png"]
-    E.publish_reports(out, False, writer(["leaderboard.csv"]))
+    publish_reports(out, writer(["leaderboard.csv"]))
     assert not (out / "bars_sr2.png").exists()  # a plot of a task no longer scored
-    E.publish_reports(out, True, writer(["leaderboard.csv", "x.png"]))
+    publish_reports(out, writer(["leaderboard.csv", "x.png"]), failed=True)
     assert (out / "failed" / "x.png").is_file() and not (out / "x.png").exists()
 
     def full(d):
@@ -155,7 +153,7 @@ def test_publish_reports_atomic_failed_beside_and_stale_files_removed(tmp_path):
 
     (out / "leaderboard.csv").write_text("good")
     with pytest.raises(OSError):
-        E.publish_reports(out, False, full)
+        publish_reports(out, full)
     assert (out / "leaderboard.csv").read_text() == "good"
     assert not list(out.glob(".tmp-*"))
 

@@ -10,9 +10,13 @@ import torch
 
 from bench import eval as E
 from bench import report
+from bench.eval_infer import EvalItems
+from bench.eval_targets import init_targets, run_targets
+from bench.eval_train import train_missing
 from medq import scoring as S
 from medq.data.imageio import save_png
 from medq.harness.records import FIELDS
+from medq.leaderboard import TIMING_COLUMNS
 
 IDS = [f"img{k:02d}" for k in range(6)]
 
@@ -100,7 +104,8 @@ def test_incomplete_and_empty_and_no_checkpoint(tmp_path):
     (run / "run.json").write_text(json.dumps({"preset": "pixel", "hash": "deadbeef" * 8,
                                               "status": "running", "step": 0}))
     args = argparse.Namespace(all_checkpoints=False, weights="ema")
-    rows, pi, _ = E.evaluate_run(run, args, [], ["sr4", "sr2"], None, None)
+    ctx = E.Context(args, [], ["sr4", "sr2"], "cpu", EvalItems("test", ["sr4", "sr2"], None))
+    rows = [r for t in run_targets(run, ctx) for r in E.evaluate(t, ctx)[0]]
     assert [r["status"] for r in rows] == ["no checkpoint"] * 2 and rows[0][
         "config_hash"
     ] == "deadbeef"
@@ -117,7 +122,7 @@ def _repeat_identical(tmp_path, backbone):
         lb, pi = report.write_csvs(rows, per_image, tmp_path / f"rep{k}")
         with open(lb) as f:
             data = [
-                {c: v for c, v in r.items() if c not in report.TIMING_COLUMNS}
+                {c: v for c, v in r.items() if c not in TIMING_COLUMNS}
                 for r in csv.DictReader(f)
             ]
         texts.append((json.dumps(data), pi.read_bytes()))
@@ -310,7 +315,7 @@ def test_seeds_flag_validated_and_missing_seeds_listed(tmp_path, capsys):
     info = {"preset": "pixel", "hash": "a", "status": "finished"}
     (run / "run.json").write_text(json.dumps(info))
     args = argparse.Namespace(seeds=2, skip_train=True, overrides=[], runs_dir=tmp_path / "runs")
-    assert E.train_missing(args, [run]) == []
+    assert train_missing(args, [run]) == []
     out = capsys.readouterr().out
     assert "no finished pixel seed 0 run" in out and "pixel seed 1" not in out
     assert "no finished ssim_v3 seed 1 run" in out
@@ -351,10 +356,9 @@ def test_the_checkpoint_the_runs_started_from_is_scored_once_as_the_base_model(
 ):
     """bench eval scores the init checkpoint of the runs (e.g. the shipped weights/base) as the
     mode `pretrain`, once however many runs share it, and never a checkpoint that is itself a run
-    of --runs-dir (that run is scored as a run)."""
+    of --runs-dir (that run is scored as a run); its outputs are laid out like a run's, so the
+    keying by data renames their `eval` (the MMSE output's included)."""
     import argparse
-
-    import bench.eval as ev
 
     shipped = tmp_path / "weights" / "base"
     shipped.mkdir(parents=True)
@@ -369,16 +373,17 @@ def test_the_checkpoint_the_runs_started_from_is_scored_once_as_the_base_model(
         (runs_dir / name).mkdir(parents=True)
         (runs_dir / name / "init.json").write_text(json.dumps({"checkpoint": str(init)}))
         runs.append(runs_dir / name)
-    seen = []
-    monkeypatch.setattr(ev, "evaluate_outputs", lambda base, ckpt, meta, *a, **k: (
-        seen.append((base, meta)) or ([{**meta, "task": "sr4", "status": "ok"}], [])))
     monkeypatch.setattr("medq.config.load_config", lambda *a, **k: None)
     args = argparse.Namespace(runs_dir=runs_dir, weights="ema")
-    rows, _ = ev.evaluate_init_sources(runs, args, [], ["sr4"], None, None)
-    assert [b for b, _ in seen] == [shipped]
-    assert (
-        rows[0]["preset"] == "pretrain" and rows[0]["step"] == 3000 and rows[0]["weights"] == "ema"
-    )
+    ctx = E.Context(args, [], ["sr4"], "cpu", EvalItems("test", ["sr4"], None))
+    targets = init_targets(runs, ctx)
+    assert [t.meta["preset"] for t in targets] == ["pretrain", "pretrain/mmse"]
+    meta = targets[0].meta
+    assert meta["run"] == str(shipped) and meta["step"] == 3000 and meta["weights"] == "ema"
+    dirs = [t.out_dir(None) for t in targets]
+    assert [d.name for d in dirs] == ["step_003000-ema", "step_003000-ema-mmse"]
+    assert all(d.parent.name == "eval" and d.parent.parent.parent == runs_dir / "_init"
+               for d in dirs)
 
 
 def test_missing_runs_train_side_by_side_and_a_failure_names_its_log(tmp_path, capsys):

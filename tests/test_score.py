@@ -17,9 +17,13 @@ def _img(seed, size=32):
 
 
 def _args(tmp_path, **kw):
-    base = dict(pred=tmp_path / "pred", target=tmp_path / "tgt", mask=None, name="ext", task="sr4",
-                resize="none", channel="rgb", backbone="none", out=tmp_path / "reports")
-    return argparse.Namespace(**{**base, **kw})
+    """``bench score``'s parsed arguments: the parser's defaults, these folders, ``kw``."""
+    parser = argparse.ArgumentParser()
+    S.add_arguments(parser)
+    args = parser.parse_args(["--pred", str(tmp_path / "pred"), "--target", str(tmp_path / "tgt"),
+                              "--name", "ext", "--backbone", "none", "--no-plots",
+                              "--out", str(tmp_path / "reports")])
+    return argparse.Namespace(**{**vars(args), **kw})
 
 
 def _setup(tmp_path):

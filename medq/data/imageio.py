@@ -143,11 +143,14 @@ def _pillow_rgb(path: Path, max_side: int | None) -> np.ndarray:
         return _to_rgb(upright(img))
 
 
-def decode(path: str | Path, max_side: int | None = None, what: str = "image") -> np.ndarray:
+def decode(path: str | Path, max_side: int | None = None, what: str = "image", *,
+           min_side: int = MIN_SIDE) -> np.ndarray:
     """Read ``path`` as RGB uint8 (H, W, 3) with every conversion and rejection of this module;
     raises ``DataError`` naming the file (``what`` says which kind, e.g. "mask"). ``max_side``:
     shrink large images on load (JPEG draft mode, then ``reduce``) so that the longer side stays
-    >= max_side; the exact size is not kept."""
+    >= max_side; the exact size is not kept. ``min_side``: the smallest side accepted
+    (``MIN_SIDE`` for a photograph, which must hold a field of view; the scorer reading back the
+    pipeline's own low-resolution inputs, a quarter of the working size, passes 1)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} file not found")
@@ -166,16 +169,17 @@ def decode(path: str | Path, max_side: int | None = None, what: str = "image") -
         rgb = _tiff_rgb(path)
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot decode {what} ({e})") from e
-    if min(rgb.shape[:2]) < MIN_SIDE:
+    if min(rgb.shape[:2]) < min_side:
         raise DataError(f"{path}: {what} is {rgb.shape[1]}x{rgb.shape[0]} pixels, expected at "
-                        f"least {MIN_SIDE}x{MIN_SIDE}")
+                        f"least {min_side}x{min_side}")
     return rgb
 
 
-def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
+def load_rgb(path: str | Path, max_side: int | None = None, *,
+             min_side: int = MIN_SIDE) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3) (``decode``). Raises ``DataError`` naming the
     file and the reason."""
-    return decode(path, max_side)
+    return decode(path, max_side, min_side=min_side)
 
 
 def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -189,3 +189,32 @@ def claim_eval_dir(out_dir: Path, key: dict, *, replace_stale: bool) -> None:
     for d in tasks:
         shutil.rmtree(d)
     write_json_atomic(path, key)
+
+
+# ---------------------------------------------------------------------------------------------
+# retention: an evaluation directory exists only while it holds outputs
+
+
+def holds_outputs(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds any file but its ``data.json`` (records, part files, PNGs)."""
+    out_dir = Path(out_dir)
+    return any(p.is_file() and p != out_dir / DATA_FILE for p in out_dir.rglob("*"))
+
+
+def remove_unfilled(out_dir: Path, *, stop: Path) -> bool:
+    """The retention rule of evaluation directories: one that holds no output (nothing but its
+    ``data.json`` and empty folders, e.g. after its model failed before writing a sample) is
+    removed, and then each parent that this leaves empty, up to ``stop`` (not included). A
+    directory holding any output is kept, so a rerun resumes from it. Returns whether ``out_dir``
+    was removed."""
+    import shutil
+
+    out_dir, stop = Path(out_dir), Path(stop)
+    if not out_dir.is_dir() or holds_outputs(out_dir):
+        return False
+    shutil.rmtree(out_dir)
+    parent = out_dir.parent
+    while parent != stop and stop in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+    return True

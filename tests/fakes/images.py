@@ -30,6 +30,18 @@ def fundus(h=96, w=96) -> np.ndarray:
     return img
 
 
+def fundus_folder(root: Path, n: int = 3, size: int = 64, broken: bool = False) -> Path:
+    """A ``--data folder`` of ``n`` ``fundus`` PNGs (``f0.png`` ...), plus ``broken.png`` (not an
+    image) when ``broken``. Returns ``root``."""
+    root = Path(root)
+    root.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(fundus(size, size)).save(root / f"f{i}.png")
+    if broken:
+        (root / "broken.png").write_text("not an image")
+    return root
+
+
 def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:
     """A PNG file of (kind, data) chunks, each with its length and CRC."""
     return b"\x89PNG\r\n\x1a\n" + b"".join(
