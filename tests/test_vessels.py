@@ -43,10 +43,14 @@ def test_dice_against_drive_manual_annotations_native_size(fundus_samples):
     assert n == 20 and 0.6 <= mean <= 0.8 and worst > 0.5
 
 
-def test_dice_against_drive_manual_annotations_working_size(fundus_samples):
-    mean, worst, n = _drive_dice(fundus_samples, 64)
-    print(f"DRIVE train, 64 px: mean Dice {mean:.3f}, min {worst:.3f}, n={n}")
-    assert n == 20 and mean >= 0.45
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [256, 512])
+def test_dice_against_drive_manual_annotations_at_the_working_sizes(fundus_samples, size):
+    """At the working sizes the extractor (scales proportional to the width) finds DRIVE's
+    annotated vessels about as well as at the native size."""
+    mean, worst, n = _drive_dice(fundus_samples, size)
+    print(f"DRIVE train, {size} px: mean Dice {mean:.3f}, min {worst:.3f}, n={n}")
+    assert n == 20 and mean >= (0.55 if size == 256 else 0.6) and worst > 0.45
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
