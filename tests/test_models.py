@@ -25,7 +25,7 @@ from medq.models import (
     training_forward,
 )
 from medq.models.flow import add_noise, sampling_schedule
-from medq.models.sequence import pack_text, sequence_mask
+from medq.models.sequence import PROMPT, pack_text, sequence_mask
 from medq.protocol import ImageTextModel
 
 WORDS = ("super-resolve this fundus image x2 x4 enhance the quality is good usable reject grade "
@@ -172,7 +172,8 @@ def _run(model, tok, prompts, reports, cond, gen, t):
     text = pack_text(tok, prompts, reports, model.cfg.max_text_len)
     mask = sequence_mask(text, cond.shape[1], 0 if gen is None else gen.shape[1])
     g = int(cond.shape[1] ** 0.5)
-    return text, model(text.ids, text.pos, mask, cond=cond, gen=gen, t=t, grid=(g, g))
+    return text, model(text.ids, text.pos, mask, cond=cond, gen=gen, t=t, grid=(g, g),
+                       prompt_mask=text.roles == PROMPT)
 
 
 def test_text_is_causal_and_blind_to_the_generated_image(cfg, tok):
@@ -516,7 +517,7 @@ def test_condition_at_the_generated_grid_position(cfg, tok):
     cond, gen = torch.randn(1, n, with_add.patch_dim), torch.randn(1, n, with_add.patch_dim)
     mask = sequence_mask(text, n, n)
     args = (text.ids, text.pos, mask)
-    kw = dict(cond=cond, gen=gen, t=torch.tensor([0.5]), grid=grid)
+    kw = dict(cond=cond, gen=gen, t=torch.tensor([0.5]), grid=grid, prompt_mask=text.roles == PROMPT)
     assert torch.allclose(with_add(*args, **kw)[2], without(*args, **kw)[2], atol=1e-6)
     torch.nn.init.normal_(with_add.cond2gen.weight)
     assert not torch.allclose(with_add(*args, **kw)[2], without(*args, **kw)[2], atol=1e-3)
@@ -551,7 +552,7 @@ def test_mmse_output_is_the_x0_prediction_from_the_noised_condition(cfg, tok, va
     with torch.no_grad():
         _, _, v = model(text.ids, text.pos, sequence_mask(text, h * w // p // p, h * w // p // p),
                         cond=patchify(cond, p), gen=patchify(x_t, p), t=torch.full((2,), mmse_t),
-                        grid=(h // p, w // p))
+                        grid=(h // p, w // p), prompt_mask=text.roles == PROMPT)
         want = vae.decode(x_t - mmse_t * unpatchify(v, p, c, h, w)).clamp(0, 1)
     assert torch.allclose(got, want, atol=1e-5)
     more_steps = MiniBagelAdapter(model, vae, tok, dataclasses.replace(sc, steps=7), output="mmse")
@@ -592,7 +593,7 @@ def test_mmse_output_averages_the_x0_predictions_of_its_noise_draws(cfg, tok, va
             _, _, v = model(text.ids, text.pos, sequence_mask(text, h * w // p // p,
                                                               h * w // p // p),
                             cond=patchify(cond, p), gen=patchify(x_t, p), t=torch.full((2,), 0.9),
-                            grid=(h // p, w // p))
+                            grid=(h // p, w // p), prompt_mask=text.roles == PROMPT)
             x0_hats.append(x_t - 0.9 * unpatchify(v, p, c, h, w))
         want = vae.decode(torch.stack(x0_hats).mean(0)).clamp(0, 1)
         first = vae.decode(x0_hats[0]).clamp(0, 1)
@@ -631,23 +632,26 @@ def test_cached_prefix_gives_the_full_forward_velocity_and_logits(cfg, tok):
     full = sequence_mask(text, n, n)
     P = n + text.ids.shape[1]
     with torch.no_grad():
-        _, logits, v = model(text.ids, text.pos, full, cond=cond, gen=gen, t=t, grid=(g, g))
-        pre_logits, cache = model.prefix(text.ids, text.pos, full[:, :P, :P], cond=cond,
-                                         grid=(g, g))
+        _, logits, v = model(text.ids, text.pos, full, cond=cond, gen=gen, t=t, grid=(g, g),
+                             prompt_mask=text.roles == PROMPT)
+        pre_logits, cache, h_text = model.prefix(text.ids, text.pos, full[:, :P, :P], cond=cond,
+                                                 grid=(g, g))
+        prior = model.prior(cond, (g, g), model.context(h_text, text.roles == PROMPT))
         assert cache.length == P
         for _ in range(2):  # the cache is not consumed by a step
-            v_cached = model.velocity(cache, full[:, P:], gen, t, cond, (g, g))
+            v_cached = model.velocity(cache, full[:, P:], gen, t, cond, (g, g), prior)
             assert torch.allclose(v_cached, v, atol=1e-5)
     assert torch.allclose(pre_logits, logits, atol=1e-5)
-    assert not torch.allclose(model.velocity(cache, full[:, P:], gen, t.flip(0), cond, (g, g)),
-                              v, atol=1e-3)  # the step's own t is used
+    assert not torch.allclose(model.velocity(cache, full[:, P:], gen, t.flip(0), cond, (g, g),
+                                             prior), v, atol=1e-3)  # the step's own t is used
 
     # text: a report continued token by token equals the full sequence's logits
     rep = pack_text(tok, None, [REPORT, REPORT], cfg.max_text_len, questions=["grade", SR4])
     q = pack_text(tok, None, None, cfg.max_text_len, questions=["grade", SR4])
     with torch.no_grad():
         _, want, _ = model(rep.ids, rep.pos, sequence_mask(rep, n, 0), cond=cond, grid=(g, g))
-        _, cache = model.prefix(q.ids, q.pos, sequence_mask(q, n, 0), cond=cond, grid=(g, g))
+        _, cache, _ = model.prefix(q.ids, q.pos, sequence_mask(q, n, 0), cond=cond,
+                                   grid=(g, g))
         lengths = (q.roles != 0).sum(1)
         keys = torch.cat([torch.ones(2, n, dtype=torch.bool), q.roles != 0], dim=1)
         for j in range(4):

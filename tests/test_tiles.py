@@ -16,7 +16,7 @@ from medq.data.tasks import bicubic_resize
 from medq.data.tiles import TrainTiles, condition_image, pick_tile, rim_band, vessel_weight
 from medq.models import MiniBagel, MiniBagelAdapter, Tokenizer, build_vae, training_forward
 from medq.models.adapter import TiledVelocity, tile_starts, tile_window
-from medq.models.sequence import pack_text, sequence_mask
+from medq.models.sequence import PROMPT, pack_text, sequence_mask
 from medq.models.transformer import patchify
 
 WORDS = ["upscale", "this", "fundus", "image", "by", "4x", ".", "quality", ":", "good",
@@ -95,7 +95,7 @@ def test_an_image_of_one_tile_is_exactly_the_untiled_model(cfg, tok, vae):
     mask = sequence_mask(text, n_tok, n_tok)
     with torch.no_grad():
         _, _, v = model(text.ids, text.pos, mask, cond=patchify(cond, p), gen=patchify(x, p), t=t,
-                        grid=(4, 4))
+                        grid=(4, 4), prompt_mask=text.roles == PROMPT)
         from medq.models.transformer import unpatchify
 
         want = unpatchify(v, p, cfg.latent_channels, 16, 16)

@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from medq.config import LossConfig
 from medq.losses.image_space import Decode, image_space_loss_from_x0
 
+RELATIVE_FLOOR = 1e-3
+"""Smallest condition error (latent MSE) a relative prior error is divided by."""
+
 
 class LossTerms(dict):
     """``dict[str, Tensor]`` of 0-dim terms (``ce``, ``mse``, ``prior``, ``pixel``, ``ssim``,
@@ -68,9 +71,10 @@ def compose_losses(loss_cfg: LossConfig, fwd: Any, batch: dict, decode: Decode |
         err = (prior.float() - fwd.x0.float()).pow(2).flatten(1).mean(1)
         if loss_cfg.prior_relative:
             # Each sample's error relative to the condition's own: sr2's small residual counts as
-            # much as enhance's large colour correction.
+            # much as enhance's large colour correction. The floor keeps a tile with almost
+            # nothing to correct (the black surround) from outweighing the rest of the batch.
             base = (fwd.cond.float() - fwd.x0.float()).pow(2).flatten(1).mean(1)
-            err = err / base.clamp_min(1e-4)
+            err = err / base.clamp_min(RELATIVE_FLOOR)
         terms["prior"] = err.mean()
         weighted.append(loss_cfg.prior_weight * terms["prior"])
     if loss_cfg.needs_vae:

@@ -17,7 +17,7 @@ import torch
 from medq.config import SampleConfig
 from medq.models.flow import euler_sample
 from medq.models.forward import pad_to_multiple, resize_bicubic
-from medq.models.sequence import pack_text, sequence_mask
+from medq.models.sequence import PROMPT, pack_text, sequence_mask
 from medq.models.transformer import patchify, unpatchify
 from medq.protocol import DecodeResult
 
@@ -223,7 +223,7 @@ class MiniBagelAdapter:
             # cache (the condition, its own question without the padding, its earlier tokens):
             # the same keys as the sequence with the report written into the padding.
             n_tok = cond_tok.shape[1]
-            logits, cache = self.model.prefix(
+            logits, cache, _ = self.model.prefix(
                 base.ids, base.pos, sequence_mask(base, n_tok, 0), cond=cond_tok,
                 grid=(h // p, w // p))
             rows = torch.arange(n, device=self.device)
@@ -281,8 +281,9 @@ class TiledVelocity:
     """The model's velocity on a latent of any size (N, C, h, w), from ``tile`` x ``tile``
     latent tiles that overlap by ``overlap`` (MultiDiffusion, Bar-Tal et al. 2023): at each call
     every tile's velocity is computed (``batch`` tiles per forward) and blended into the whole
-    latent with the ``tile_window`` weights. The condition's and the prompt's keys and values
-    are computed once per tile (``MiniBagel.prefix``) and reused at every call. A latent of one
+    latent with the ``tile_window`` weights. The condition's and the prompt's keys and values,
+    and the condition's prior, are computed once per tile (``MiniBagel.prefix``) and reused at
+    every call. A latent of one
     tile is one tile: the untiled velocity, bit for bit."""
 
     def __init__(self, model, tokenizer, cond: torch.Tensor, prompts: list[str], *, tile: int,
@@ -309,9 +310,12 @@ class TiledVelocity:
             n_tok = cond_tok.shape[1]
             mask = sequence_mask(text, n_tok, n_tok)
             P = mask.shape[1] - n_tok
-            _, cache = model.prefix(text.ids, text.pos, mask[:, :P, :P], cond=cond_tok,
-                                    grid=self.grid)
-            self.chunks.append((places, cond_tok, cache, mask[:, P:]))
+            _, cache, h_text = model.prefix(text.ids, text.pos, mask[:, :P, :P], cond=cond_tok,
+                                            grid=self.grid)
+            # The prior depends on the condition and the instruction only: once per tile.
+            prior = (model.prior(cond_tok, self.grid, model.context(h_text, text.roles == PROMPT))
+                     if model.prior_net is not None else None)
+            self.chunks.append((places, cond_tok, cache, mask[:, P:], prior))
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -325,10 +329,10 @@ class TiledVelocity:
         """x (N, C, h, w) at timesteps t (N,) -> blended velocity (N, C, h, w)."""
         out = torch.zeros_like(x)
         k = self.tile
-        for places, cond_tok, cache, mask in self.chunks:
+        for places, cond_tok, cache, mask, prior in self.chunks:
             idx = torch.tensor([i for i, _, _ in places], device=x.device)
             v = self.model.velocity(cache, mask, patchify(self._cut(x, places), self.p),
-                                    t.index_select(0, idx), cond_tok, self.grid)
+                                    t.index_select(0, idx), cond_tok, self.grid, prior)
             v = unpatchify(v, self.p, self.c, k, k)
             for j, (i, y, xx) in enumerate(places):
                 out[i, :, y:y + k, xx:xx + k] += v[j] * self.windows[(y, xx)]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from medq.models.flow import add_noise, sample_timesteps
-from medq.models.sequence import pack_text, sequence_mask, training_mask
+from medq.models.sequence import PROMPT, pack_text, sequence_mask, training_mask
 from medq.models.transformer import patchify, unpatchify
 
 
@@ -143,7 +143,7 @@ def training_forward(model, vae, tokenizer, batch: dict, *, timestep_shift: floa
         mask = training_mask(text, cond_tok.shape[1], gen_tok.shape[1], has_report)
     hidden, logits, v, prior = model(text.ids, text.pos, mask, cond=cond_tok, gen=gen_tok, t=t,
                                      grid=(h // p, w // p), return_prior=True,
-                                     report_cond=rcond_tok)
+                                     report_cond=rcond_tok, prompt_mask=text.roles == PROMPT)
     v_hat = unpatchify(v, p, c, h, w)
     prior = None if prior is None else unpatchify(prior, p, c, h, w)
     offset = None

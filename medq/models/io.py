@@ -25,11 +25,11 @@ ARCH_FILE = "arch.json"
 TOKENIZER_FILE = "tokenizer.json"
 ARCH_FIELDS = ("vae_downsample", "latent_channels", "patch_size", "d_model", "n_layers", "n_heads",
                "mlp_ratio", "max_text_len", "vocab_pad_multiple", "cond_at_gen",
-               "cond_prior", "prior_conv_channels", "out_conv")
+               "cond_prior", "prior_conv_channels", "prior_conv_layers", "out_conv")
 """ModelConfig fields that define the transformer's parameters and sequence layout. ``tile_size``,
 ``vae`` and ``pixel_residual`` are not among them: the same weights run at any multiple of the
 patch grid, with any compatible VAE, rendered either way."""
-ADDED_ARCH_FIELDS = {"prior_conv_channels": 0, "out_conv": False}
+ADDED_ARCH_FIELDS = {"prior_conv_channels": 0, "prior_conv_layers": 4, "out_conv": False}
 """Architecture fields added after weights were shipped, with the value every model written before
 them had: an ``arch.json`` without one of them describes that value, not an unknown one."""
 

@@ -128,18 +128,21 @@ class PriorNet(nn.Module):
     """A small CNN that sharpens the condition latent into the flow head's residual prior
     (``prior_conv_channels``): prior = cond + net(cond), on the latent grid.
 
-    The shipped base's x0 prediction (t = 0.9) recovers 31 % of what the target latent adds to the
-    condition latent on sr2 (52 % sr4, 79 % enhance; issue 14), where a 7-layer CNN on the latents
-    trained on sr2 alone recovers 70 %. ResDiff's regression prior: a CNN predicts the part of the
-    target the condition determines, the flow models the rest. It is trained by its own latent
-    MSE (``loss.prior_weight``, relative per sample) besides the flow loss. FiLM and the last
-    layer are zero at init: a model with it starts as the function without it."""
+    ResDiff's regression prior: a CNN predicts the part of the target the condition determines,
+    the flow models the rest. It is trained by its own latent MSE (``loss.prior_weight``, relative
+    per sample) and by nothing else: the flow's velocity uses it without passing its gradient back
+    (``MiniBagel.flow_head``), so a noisy velocity loss cannot pull the regression off its target.
+    Which task and which kind of image it sharpens comes from the instruction (the mean final
+    hidden state of the instruction's tokens, which see the condition too), a FiLM of its first
+    layer: deterministic, so at inference the prior is computed once per tile, not at every Euler
+    step. FiLM and the last layer are zero at init: a model with it starts as the function
+    without it."""
 
     def __init__(self, channels: int, hidden: int, d_model: int, layers: int = 4):
         super().__init__()
         self.inp = nn.Conv2d(channels, hidden, 3, padding=1)
-        # Which task and how degraded: the generated tokens' mean hidden state (they read the
-        # instruction) scales and shifts the first layer's features (FiLM); zero at init.
+        # Which task and how degraded: the instruction's mean hidden state scales and shifts the
+        # first layer's features (FiLM); zero at init.
         self.film = nn.Linear(d_model, 2 * hidden)
         mods: list[nn.Module] = [nn.SiLU()]
         for _ in range(layers - 2):
@@ -182,7 +185,7 @@ class MiniBagel(nn.Module):
         self.text_head = nn.Linear(d, self.vocab_padded, bias=False)
         self.llm2vae = nn.Linear(d, self.patch_dim)
         self.apply(self._init)
-        self.prior_net = (PriorNet(c, cfg.prior_conv_channels, d)
+        self.prior_net = (PriorNet(c, cfg.prior_conv_channels, d, cfg.prior_conv_layers)
                           if cfg.prior_conv_channels and cfg.cond_prior else None)
         self.out_conv = nn.Conv2d(c, c, 3, padding=1) if cfg.out_conv else None
         if self.out_conv is not None:
@@ -209,7 +212,8 @@ class MiniBagel(nn.Module):
     def forward(self, text_ids: torch.Tensor, text_pos: torch.Tensor, mask: torch.Tensor,
                 cond: torch.Tensor | None = None, gen: torch.Tensor | None = None,
                 t: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
-                return_prior: bool = False, report_cond: torch.Tensor | None = None):
+                return_prior: bool = False, report_cond: torch.Tensor | None = None,
+                prompt_mask: torch.Tensor | None = None):
         """One packed forward.
 
         text_ids, text_pos (B, T) long; cond, gen (B, n, C p p) patch tokens (either may be None),
@@ -217,6 +221,8 @@ class MiniBagel(nn.Module):
         L = n_cond + T + n_gen in the order [cond | text | gen] (True = may attend); with
         ``report_cond`` (B, n, C p p, the report's own condition in training) the order is
         [report_cond | cond | text | gen] (``medq.models.sequence.training_mask``).
+        ``prompt_mask`` (B, T) bool: the instruction's text positions (role PROMPT), whose mean
+        hidden state tells the prior net its task; required with a prior net and ``gen``.
         Returns (hidden (B, L, d), text_logits (B, T, vocab_padded), v (B, n, C p p) or None), and
         with ``return_prior`` also the prior net's output (B, n, C p p), None without the net (its
         own loss, ``loss.prior_weight``, needs it; computed here so that FSDP has gathered it)."""
@@ -240,10 +246,23 @@ class MiniBagel(nn.Module):
         logits = self.text_head(h[:, n_cond:n_cond + T])
         v = prior = None
         if gen is not None:
-            v, prior = self.flow_head(h[:, n_cond + T:], gen, cond, grid)
+            if cond is not None and self.prior_net is not None:
+                if prompt_mask is None:
+                    raise ValueError("MiniBagel.forward: prompt_mask is required with a prior net")
+                prior = self.prior(cond, grid, self.context(h[:, n_cond:n_cond + T], prompt_mask))
+            elif cond is not None:
+                prior = cond
+            v = self.flow_head(h[:, n_cond + T:], gen, grid, prior)
         if return_prior:
             return x, logits, v, (prior if self.prior_net is not None else None)
         return x, logits, v
+
+    @staticmethod
+    def context(h_text: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """The prior net's context: the mean of the final hidden states (B, T, d) over the
+        instruction's positions ``prompt_mask`` (B, T) -> (B, d) (zero without an instruction)."""
+        w = prompt_mask.to(h_text.dtype)[..., None]
+        return (h_text * w).sum(1) / w.sum(1).clamp_min(1.0)
 
     # -- the pieces of ``forward``, also used one segment at a time by inference with a cache
 
@@ -269,21 +288,22 @@ class MiniBagel(nn.Module):
             g = g + self.cond2gen(cond)  # same grid: generated token i sees condition token i
         return g
 
-    def flow_head(self, h_gen: torch.Tensor, gen: torch.Tensor, cond: torch.Tensor | None,
-                  grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Final-normed hidden states of the generated tokens (B, n, d) -> (v (B, n, C p p), the
-        residual prior or None)."""
-        v, prior = self.llm2vae(h_gen), None
+    def flow_head(self, h_gen: torch.Tensor, gen: torch.Tensor, grid: tuple[int, int],
+                  prior: torch.Tensor | None) -> torch.Tensor:
+        """Final-normed hidden states of the generated tokens (B, n, d) -> v (B, n, C p p). With
+        ``model.cond_prior`` the head predicts the difference from ``gen - prior`` (``prior``: the
+        condition tokens, or their sharpening by the prior net): an untrained head flows x_t onto
+        the prior. The prior enters without its gradient: the prior net is trained by its own loss
+        only (``PriorNet``)."""
+        v = self.llm2vae(h_gen)
         if self.out_conv is not None:
             # Across the patch borders: v + conv(v) on the latent grid (zero at init).
             p, c = self.cfg.patch_size, self.cfg.latent_channels
             v_img = unpatchify(v, p, c, grid[0] * p, grid[1] * p)
             v = patchify(v_img + self.out_conv(v_img), p)
-        if self.cfg.cond_prior and cond is not None:
-            # Residual prior: an untrained head flows x_t onto the condition (or its sharpening).
-            prior = self.prior(cond, grid, h_gen.mean(dim=1))
-            v = v + (gen - prior)
-        return v, prior
+        if self.cfg.cond_prior and prior is not None:
+            v = v + (gen - prior.detach())
+        return v
 
     def attend(self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None
                ) -> tuple[torch.Tensor, KVCache]:
@@ -298,22 +318,31 @@ class MiniBagel(nn.Module):
 
     def prefix(self, text_ids: torch.Tensor, text_pos: torch.Tensor, mask: torch.Tensor,
                cond: torch.Tensor | None = None, grid: tuple[int, int] | None = None
-               ) -> tuple[torch.Tensor, KVCache]:
+               ) -> tuple[torch.Tensor, KVCache, torch.Tensor]:
         """[cond | text] alone (``mask``: the top-left (P, P) block of the full sequence's mask)
-        -> (text logits (B, T, vocab_padded), its ``KVCache``). Exact for what comes after: the
-        block mask never lets condition or text tokens attend to later segments."""
+        -> (text logits (B, T, vocab_padded), its ``KVCache``, the text's final hidden states
+        (B, T, d), from which ``context`` is taken). Exact for what comes after: the block mask
+        never lets condition or text tokens attend to later segments."""
         parts = [] if cond is None else [self.embed_cond(cond, grid)]
         parts.append(self.embed_text(text_ids, text_pos))
         h, cache = self.attend(torch.cat(parts, dim=1), mask)
-        return self.text_head(h[:, h.shape[1] - text_ids.shape[1]:]), cache
+        h_text = h[:, h.shape[1] - text_ids.shape[1]:]
+        return self.text_head(h_text), cache, h_text
 
     def velocity(self, cache: KVCache, mask: torch.Tensor, gen: torch.Tensor, t: torch.Tensor,
-                 cond: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor:
+                 cond: torch.Tensor | None, grid: tuple[int, int],
+                 prior: torch.Tensor | None = None) -> torch.Tensor:
         """The flow head's v (B, n, C p p) for noisy tokens ``gen`` at ``t`` after the prefix in
-        ``cache``; ``mask``: the generated rows of the full mask (B, n, P + n). Equals ``forward``'s
-        v on [cond | text | gen] up to float reduction order, at the generated tokens' cost."""
+        ``cache``; ``mask``: the generated rows of the full mask (B, n, P + n); ``prior``: the
+        condition's prior (``prior``, computed once per condition; default: the condition itself,
+        right only without a prior net). Equals ``forward``'s v on [cond | text | gen] up to float
+        reduction order, at the generated tokens' cost."""
         h, _ = self.attend(self.embed_gen(gen, t, grid, cond), mask, cache)
-        return self.flow_head(h, gen, cond, grid)[0]
+        if prior is None and cond is not None:
+            if self.prior_net is not None:
+                raise ValueError("MiniBagel.velocity: a model with a prior net needs its prior")
+            prior = cond
+        return self.flow_head(h, gen, grid, prior)
 
     def next_text(self, cache: KVCache, text_ids: torch.Tensor, text_pos: torch.Tensor,
                   mask: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
@@ -326,7 +355,7 @@ class MiniBagel(nn.Module):
               ) -> torch.Tensor:
         """The residual prior of condition tokens (B, n, C p p) on ``grid``: the condition itself,
         or with ``prior_conv_channels`` its sharpening by ``PriorNet`` given ``context`` (B, d),
-        the generated tokens' mean hidden state; same shape."""
+        the instruction's mean hidden state (``context``); same shape."""
         if self.prior_net is None:
             return cond
         p, c = self.cfg.patch_size, self.cfg.latent_channels
