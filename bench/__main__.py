@@ -10,6 +10,7 @@
     python -m bench perf main                 # stage times of the last train-v3 + eval job
     python -m bench mmse-t                    # the MMSE output at several t (sample.mmse_t)
     python -m bench sample-temperature        # the sample at several noise temperatures
+    python -m bench results [--check]         # docs/RESULTS.md from the reports in results/
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``,
 imported only when chosen (``medq.cli.run_subcommand``).
@@ -28,6 +29,7 @@ SUBCOMMANDS = {
     "sample-temperature": ("bench.sample_temperature",
                            "the sample at several noise temperatures: how "
                            "sample.noise_temperature was chosen"),
+    "results": ("bench.results", "docs/RESULTS.md from the reports committed under results/"),
 }
 
 

@@ -17,8 +17,8 @@ every ``--model``, and the baselines (bicubic and Lanczos for SR, identity for e
 constant image = mean of the training targets on every task as the floor), run the
 inference harness on the test split, or on every image with ``--split all`` (finished outputs are
 reused); (3) score the PNGs (``medq.metrics``): per image PSNR / SSIM /
-MS-SSIM over the full image and inside the field of view, per set FID/KID (or a Frechet distance
-on a named stand-in backbone when the Inception weights are absent); (4) write
+MS-SSIM over the full image and inside the field of view, per set FID/KID on the pinned
+Inception (and the random-feature distance as named secondary columns); (4) write
 ``reports/leaderboard.csv``, ``per_image.csv``, ``leaderboard.md`` and plots.
 
 A run without checkpoint, an empty split, incomplete outputs or a failing model gives a row with
@@ -134,9 +134,9 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--backbone",
-        choices=["auto", "inception", "randresnet18"],
+        choices=M.BACKBONE_CHOICES,
         default="auto",
-        help="FID/KID features (auto: Inception if $MEDQ_INCEPTION or clean-fid's file exists)",
+        help=M.BACKBONE_HELP,
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-text", action="store_true", help="skip report generation in the harness")
@@ -336,8 +336,8 @@ def run_eval(args) -> dict:
         rows += train_missing(args, runs)
     barrier(group)
     runs = _run_dirs(args.runs_dir, args.runs)
-    backbone = M.feature_extractor(args.backbone)
-    feats = FeatureCache(backbone)
+    backbone = M.feature_backbones(args.backbone)
+    feats = FeatureCache(backbone) if backbone else None
     data = _Data(args, tasks)
     per_image: list[dict] = []
     image_size = None
@@ -410,7 +410,7 @@ def run_eval(args) -> dict:
                  + (f", labels {eval_cfg.data.labels}" if eval_cfg.data.labels else ""),
                  "test images cap": args.test_images or "none", "weights": args.weights,
                  "seeds": "inference: each run's sample.seed, per image derive_seed(seed, id)"}
-        srows, scomps = seed_summary(rows)
+        srows, scomps = seed_summary(rows, per_image=per_image)
         n_seeds = getattr(args, "seeds", 1)
         extra["training seeds"] = (f"--seeds {n_seeds}: " + ("one training seed per mode: "
                                    "intervals are over images and say nothing about seed-to-seed "

@@ -15,6 +15,8 @@ SUBCOMMANDS = {
                                   "default config"),
     "checkpoint": ("bench.perf_checkpoint", "save and verify time of a training checkpoint, and "
                                             "the share of its per-file sha256"),
+    "features": ("bench.perf_features", "FID/KID feature backbones (Inception, random "
+                                        "ResNet-18) images per second at 299 px"),
     "main": ("bench.perf_main", "stage times of the last make train-v3 && make eval, read from its "
                                 "files"),
 }

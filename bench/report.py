@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from bench.results import write_comparison_csvs
 from medq.files import write_text_atomic
 from medq.metrics import SCORED_METRICS
 from medq.scoring import number
@@ -213,10 +214,13 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
         out.append("No pair of modes was scored on common images.")
     out += ["", "## Across training seeds", ""]
     if seed_comparisons:
-        out += ["Differences of per-seed means (each seed's mean over images), paired by training "
-                "seed; 95 % paired t interval over seeds (with 3 seeds an exact Wilcoxon test "
-                "cannot go below p = 0.25). A baseline has the same value for every seed.", "",
-                "| task | a - b | metric | seeds | mean diff | seed sd | 95 % CI (t) | note |",
+        out += ["Differences across training seeds, paired by seed (and by image): mean over "
+                "seeds and images, the standard deviation of the per-seed mean differences, and a "
+                "95 % interval over images x seeds (crossed random effects, t with Satterthwaite "
+                "df) where per-image values exist, else the seed spread on this fixed test set "
+                "(paired t over per-seed means); the note says which. A baseline has the same "
+                "value for every seed.", "",
+                "| task | a - b | metric | seeds | mean diff | seed sd | 95 % CI | note |",
                 "|---|---|---|---|---|---|---|---|"]
         for c in seed_comparisons:
             ci = ("n/a" if math.isnan(number(c.get("ci_low")))
@@ -420,7 +424,8 @@ def write_reports(rows: list[dict], per_image: list[dict], out_dir, *, protocol:
     out_dir.mkdir(parents=True, exist_ok=True)
     lb, pi = write_csvs(rows, per_image, out_dir)
     md = write_markdown(rows, comparisons, protocol, out_dir, seed_comparisons)
-    out = {"leaderboard_csv": lb, "per_image_csv": pi, "markdown": md}
+    out = {"leaderboard_csv": lb, "per_image_csv": pi, "markdown": md,
+           "comparisons_csv": write_comparison_csvs(out_dir, comparisons, list(seed_comparisons))}
     if plots:
         out["pd"] = plot_perception_distortion(rows, out_dir)
         out["bars"] = plot_bars(rows, out_dir)

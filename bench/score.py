@@ -55,7 +55,7 @@ def add_arguments(p) -> None:
     p.add_argument("--resize", choices=["none", "pred-to-target"], default="none")
     p.add_argument("--channel", choices=["rgb", "y"], default="rgb")
     p.add_argument(
-        "--backbone", choices=["auto", "inception", "randresnet18", "none"], default="auto"
+        "--backbone", choices=M.BACKBONE_CHOICES, default="auto", help=M.BACKBONE_HELP
     )
     p.add_argument("--out", type=Path, default=Path("reports"))
 
@@ -192,7 +192,7 @@ def run_score(args) -> dict:
             print(f"[score] {label.replace('_', ' ')} ({len(found[label])}): "
                   + ", ".join(p.name for p in found[label]))
     _check_writable(args.out)
-    backbone = None if args.backbone == "none" else M.feature_extractor(args.backbone)
+    backbone = M.feature_backbones(args.backbone)
     with tempfile.TemporaryDirectory() as tmp:
         pairs, problems = _prepare(found["pairs"], args, Path(tmp))
         per_image, more, dist = score_pairs(pairs, channel=args.channel,

@@ -9,7 +9,7 @@ records and returns rows.
     row, per_image = score_task_dir(Path("runs/x/eval/step_000300-ema/sr4"), ids, meta, ...)
     aggregate(per_image)                  # mean and 95 % bootstrap interval of every metric
     comparisons(rows, per_image)          # paired differences with Wilcoxon and Holm
-    seed_summary(rows)                    # mean +- seed std and per-seed comparisons
+    seed_summary(rows, per_image=per_image)   # mean +- seed std; comparisons over images x seeds
 
 The metric protocol (which SSIM, which window, which interval) is ``protocol(...)``, written
 beside every leaderboard; ``docs/BACKGROUND.md`` explains it.
@@ -21,13 +21,20 @@ import hashlib
 import logging
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from medq import metrics as M
 from medq.dist import current, gather
-from medq.stats import bootstrap_ci, holm, paired_comparison, seed_comparison
+from medq.stats import (
+    bootstrap_ci,
+    holm,
+    paired_comparison,
+    seed_comparison,
+    seed_image_comparison,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +56,6 @@ REFERENCE = {"sr2": "bicubic", "sr4": "bicubic", "enhance": "identity"}
 BOOTSTRAP_SEED = 0
 
 
-KID_SEED = 0
-
-
 def load_image(path: Path, mask: bool = False) -> torch.Tensor:
     """Image file -> float32 (3, H, W) in [0, 1]; a mask -> (1, H, W)."""
     from PIL import Image
@@ -65,23 +69,44 @@ def load_image(path: Path, mask: bool = False) -> torch.Tensor:
 class FeatureCache:
     """Features by file content (sha1): the same target PNG in several eval folders is embedded
     once. Missing ones are embedded together in fixed-size passes (``metrics.FEATURE_BATCH``), so
-    the numbers do not depend on batching, sharding or what was cached before."""
+    the numbers do not depend on batching, sharding or what was cached before. ``backbones``: one
+    ``metrics.FeatureBackbone`` or several (``metrics.feature_backbones("auto")``: Inception and
+    the secondary random ResNet-18), each file decoded and resized once for all of them."""
 
-    def __init__(self, backbone: M.FeatureBackbone):
-        self.backbone = backbone
-        self.cache: dict[str, np.ndarray] = {}
-        self.sets: dict[tuple[str, str], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-        """Every scored set's features by (name, task): {image id: (output, target)}, for the
-        paired KID comparisons (``comparisons``); filed by ``score_pairs(..., set_key=)``."""
+    def __init__(self, backbones: M.FeatureBackbone | Sequence[M.FeatureBackbone]):
+        self.backbones: tuple[M.FeatureBackbone, ...] = (
+            (backbones,) if isinstance(backbones, M.FeatureBackbone) else tuple(backbones))
+        self.cache: dict[str, tuple[np.ndarray, ...]] = {}
+        self.sets: dict[tuple[str, str], dict[str, tuple[tuple, tuple]]] = {}
+        """Every scored set's features by (name, task): {image id: (output's, target's)}, each a
+        tuple with one vector per backbone, for the paired KID comparisons (``comparisons``);
+        filed by ``score_pairs(..., set_key=)``."""
 
-    def features(self, paths) -> np.ndarray:
+    def features(self, paths) -> tuple[np.ndarray, ...]:
+        """One (N, D) array per backbone for the files ``paths``."""
         keys = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]
         todo = {k: p for k, p in zip(keys, paths) if k not in self.cache}
         if todo:
-            for k, f in zip(todo, M.image_features(list(todo.values()), self.backbone)):
-                self.cache[k] = f
-        return np.stack([self.cache[k] for k in keys]) if keys \
-            else np.zeros((0, self.backbone.dims))
+            new = M.image_features_many(list(todo.values()), self.backbones)
+            for j, k in enumerate(todo):
+                self.cache[k] = tuple(f[j] for f in new)
+        return tuple(np.stack([self.cache[k][b] for k in keys]) if keys
+                     else np.zeros((0, bb.dims)) for b, bb in enumerate(self.backbones))
+
+
+def distribution_metrics(feats: list[tuple], backbones: Sequence[M.FeatureBackbone]) -> dict:
+    """The set's distribution columns from ``feats`` [(id, output features, target features)]
+    (one vector per backbone each): per backbone its Frechet distance (``fid_inception`` /
+    ``fd_<name>``) and its paired KID with the jackknife interval (``kid_<name>``, ``_lo``,
+    ``_hi``; ``metrics.kid_interval(paired=True)``: row i of both sides is image i)."""
+    out = {}
+    for b, bb in enumerate(backbones):
+        fo = np.stack([f[1][b] for f in feats]) if feats else np.zeros((0, bb.dims))
+        ft = np.stack([f[2][b] for f in feats]) if feats else np.zeros((0, bb.dims))
+        out[bb.fd_column] = M.frechet_distance(fo, ft)
+        out[bb.kid_column], out[f"{bb.kid_column}_lo"], out[f"{bb.kid_column}_hi"] = \
+            M.kid_interval(fo, ft, paired=True)
+    return out
 
 
 def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCache | None = None,
@@ -135,19 +160,15 @@ def score_pairs(pairs: list[dict], *, channel: str = "rgb", features: FeatureCac
     if features is not None and feats:  # embedded together: fixed-size passes, not one by one
         fo = features.features([f[1] for f in feats])
         ft = features.features([f[2] for f in feats])
-        feats = [(f[0], a, b) for f, a, b in zip(feats, fo, ft)]
+        feats = [(f[0], tuple(x[j] for x in fo), tuple(x[j] for x in ft))
+                 for j, f in enumerate(feats)]
     gathered = gather((rows, problems, feats), group)
     rows = sorted((r for g in gathered for r in g[0]), key=lambda r: r["id"])
     problems = sorted((p for g in gathered for p in g[1]), key=lambda p: p["id"])
     feats = sorted((f for g in gathered for f in g[2]), key=lambda f: f[0])
     dist = {"fd_n": len(feats)}
     if features is not None:
-        bb = features.backbone
-        fo = np.stack([f[1] for f in feats]) if feats else np.zeros((0, bb.dims))
-        ft = np.stack([f[2] for f in feats]) if feats else np.zeros((0, bb.dims))
-        dist[bb.fd_column] = M.frechet_distance(fo, ft)
-        dist[bb.kid_column], dist[f"{bb.kid_column}_lo"], dist[f"{bb.kid_column}_hi"] = \
-            M.kid_interval(fo, ft, seed=KID_SEED)
+        dist.update(distribution_metrics(feats, features.backbones))
         if set_key is not None:
             features.sets[set_key] = {f[0]: (f[1], f[2]) for f in feats}
     return rows, problems, dist
@@ -299,8 +320,8 @@ def comparisons(rows: list[dict], per_image: list[dict],
     (``REFERENCE``: bicubic for SR, identity for enhance) and - the constant floor, per task,
     on the latest checkpoint of
     each run (the row with the highest step). With ``features`` (the cache that scored them),
-    also KID a - KID b (``metrics.kid_difference``, a paired bootstrap over images; lower is
-    better) for every pair but those with the floor."""
+    also KID a - KID b on the primary backbone (``kid_comparisons``: paired KID, jackknife
+    interval and p; lower is better) for every pair but those with the floor."""
     values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for r in per_image:
         d = values.setdefault((str(r["name"]), str(r["task"])), {})
@@ -341,31 +362,35 @@ def comparisons(rows: list[dict], per_image: list[dict],
                     {"task": task, "a": a["name"], "b": b["name"], "metric": m, **c.as_dict()}
                 )
             if features is not None and str(b["name"]) != FLOOR:
-                c = kid_comparison(features, task, str(a["name"]), str(b["name"]))
-                if c is not None:
-                    out.append(c)
+                out += kid_comparisons(features, task, str(a["name"]), str(b["name"]))
     for c, adj in zip(out, holm([c["p_value"] for c in out])):
         c["p_holm"] = adj
     return out
 
 
-def kid_comparison(features: FeatureCache, task: str, a: str, b: str) -> dict | None:
-    """KID a - KID b on the images both scored (a comparisons row; None when either set's
-    features are missing). KID is a set metric: no per-image wins, no Wilcoxon; p is the paired
-    bootstrap's."""
+def kid_comparisons(features: FeatureCache, task: str, a: str, b: str) -> list[dict]:
+    """KID a - KID b on the images both scored, on the primary backbone (the first: Inception
+    under ``feature_backbones("auto")``; a secondary column is shown, not tested, so it adds
+    nothing to the Holm family) (``metrics.kid_difference``: paired KID, jackknife interval and
+    p); none when either set's features are missing. KID is a set metric: no per-image wins, no
+    Wilcoxon."""
     fa, fb = features.sets.get((a, task)), features.sets.get((b, task))
     if not fa or not fb:
-        return None
+        return []
     ids = sorted(set(fa) & set(fb))
     if not ids:
-        return None
-    diff, lo, hi, p = M.kid_difference(np.stack([fa[i][0] for i in ids]),
-                                       np.stack([fb[i][0] for i in ids]),
-                                       np.stack([fa[i][1] for i in ids]), seed=BOOTSTRAP_SEED)
-    return {"task": task, "a": a, "b": b, "metric": features.backbone.kid_column, "n": len(ids),
-            "mean_diff": diff, "ci_low": lo, "ci_high": hi, "p_value": p, "wins": "n/a",
-            "losses": "n/a", "ties": "n/a", "n_nonzero": "", "p_holm": math.nan,
-            "note": "set metric (lower is better): paired bootstrap over images; p from it"}
+        return []
+    out = []
+    for j, bb in enumerate(features.backbones[:1]):
+        diff, lo, hi, p = M.kid_difference(np.stack([fa[i][0][j] for i in ids]),
+                                           np.stack([fb[i][0][j] for i in ids]),
+                                           np.stack([fa[i][1][j] for i in ids]))
+        out.append({"task": task, "a": a, "b": b, "metric": bb.kid_column, "n": len(ids),
+                    "mean_diff": diff, "ci_low": lo, "ci_high": hi, "p_value": p, "wins": "n/a",
+                    "losses": "n/a", "ties": "n/a", "n_nonzero": "", "p_holm": math.nan,
+                    "note": "set metric (lower is better): paired KID difference, jackknife "
+                            "interval and p (normal approximation)"})
+    return out
 
 
 SEED_METRICS = ("ssim_fov", "psnr_fov", "lr_psnr", "vessel_dice")
@@ -379,13 +404,20 @@ SEED_PAIRS = (
 )
 
 
-def seed_summary(rows: list[dict], metrics=SEED_METRICS) -> tuple[list[dict], list[dict]]:
+def seed_summary(rows: list[dict], metrics=SEED_METRICS,
+                 per_image: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
     """Across training seeds: per (task, preset) with runs of >= 2 seeds, a row with the mean over
     seeds of each run's image mean (latest checkpoint of each run) and the seed standard
     deviation (``<metric>_seed_sd``, ddof 1); and comparisons of presets (``SEED_PAIRS``, and each
     preset against the task's reference and the constant floor, whose value is the same for
-    every seed) on per-seed means (``medq.stats.seed_comparison``: a paired t interval over
-    seeds). -> (rows, comparisons); both empty when no preset has two seeds."""
+    every seed) by ``seed_pair_comparison``: with ``per_image`` (the per-image rows of the same
+    scoring) an interval over images and seeds, else the seed spread on the fixed test set.
+    -> (rows, comparisons); both empty when no preset has two seeds."""
+    images: dict[tuple[str, str], dict[str, dict]] | None = None
+    if per_image is not None:
+        images = {}
+        for r in per_image:
+            images.setdefault((str(r["name"]), str(r["task"])), {})[str(r["id"])] = r
     runs: dict[tuple[str, str], dict[float, dict]] = {}
     for r in rows:
         if str(r.get("kind")) != "run" or str(r.get("status")) != "ok" or not r.get("preset"):
@@ -422,12 +454,28 @@ def seed_summary(rows: list[dict], metrics=SEED_METRICS) -> tuple[list[dict], li
                 pairs += [(p, ref) for p in sorted(presets)]
         for a, b in pairs:
             for m in metrics:
-                va = {k: number(r.get(m)) for k, r in presets[a].items()}
-                vb = ({k: number(r.get(m)) for k, r in presets[b].items()} if b in presets
-                      else {k: number(fixed[b].get(m)) for k in va})
-                c = seed_comparison(va, vb)
+                b_runs = presets[b] if b in presets else {k: fixed[b] for k in presets[a]}
+                c = seed_pair_comparison(presets[a], b_runs, m, images)
                 comps.append({"task": task, "a": a, "b": b, "metric": m, **c.as_dict()})
     return out_rows, comps
+
+
+def seed_pair_comparison(a_runs: dict, b_runs: dict, metric: str, images: dict | None):
+    """``a - b`` on ``metric`` across training seeds: ``a_runs``, ``b_runs`` {seed: leaderboard
+    row} (a baseline: its one row under every seed). With ``images`` {(name, task): {id: row}}
+    holding every row's per-image rows: over images and seeds
+    (``medq.stats.seed_image_comparison``); otherwise the seed spread of per-seed means on the
+    fixed test set (``medq.stats.seed_comparison``). -> ``medq.stats.SeedResult``."""
+
+    def per_image(row: dict) -> dict[str, float] | None:
+        found = (images or {}).get((str(row.get("name")), str(row.get("task"))))
+        return None if found is None else {i: number(r.get(metric)) for i, r in found.items()}
+
+    va, vb = ({k: per_image(r) for k, r in runs.items()} for runs in (a_runs, b_runs))
+    if all(v is not None for v in (*va.values(), *vb.values())):
+        return seed_image_comparison(va, vb)
+    return seed_comparison({k: number(r.get(metric)) for k, r in a_runs.items()},
+                           {k: number(r.get(metric)) for k, r in b_runs.items()})
 
 
 def seed_of(row: dict) -> float:
@@ -436,38 +484,31 @@ def seed_of(row: dict) -> float:
 
 
 def protocol(
-    rows: list[dict], *, channel: str, backbone: M.FeatureBackbone | None, extra: dict
+    rows: list[dict], *, channel: str,
+    backbone: M.FeatureBackbone | Sequence[M.FeatureBackbone] | None, extra: dict
 ) -> dict:
-    import cleanfid
+    """The metric protocol written beside every leaderboard. ``backbone``: the feature
+    backbone(s) the distribution columns were computed with (None or empty: off)."""
     import scipy
-    import torchmetrics
+
+    from medq.stats import IMAGES_X_SEEDS, SEED_SPREAD
 
     counts = {}
     for r in rows:
         counts.setdefault(str(r["task"]), set()).add(str(r.get("n_images")))
+    backbones = (() if backbone is None else (backbone,)
+                 if isinstance(backbone, M.FeatureBackbone) else tuple(backbone))
     return {
         **extra,
         "images scored per task": "; ".join(
             f"{t}: {', '.join(sorted(c))}" for t, c in sorted(counts.items())
         ),
-        "per-image metrics": f"torchmetrics {torchmetrics.__version__}: PSNR (data_range 1, "
-        "per image, "
-        f"dim=(1,2,3), capped at {M.PSNR_CAP_DB:g} dB), MS-SSIM (5 scales, "
-        f"relu-normalised; n/a under {M.MS_SSIM_MIN_SIDE} px); SSIM: "
-        f"medq.losses.ssim (= scikit-image, Gaussian 11, sigma 1.5, K "
-        f"0.01/0.03, valid windows), ssim_fov over the windows entirely "
-        f"inside the field of view (the FOV eroded by half a window, as the "
-        f"SSIM loss); PSNR and MS-SSIM "
-        f"FOV variants average inside the mask (medq.metrics); channel "
-        f"{channel.upper()}" + (" (BT.601 Y, 16-235)" if channel == "y" else ""),
-        "distribution metrics": "off"
-        if backbone is None
-        else f"clean-fid {getattr(cleanfid, '__version__', '0.1.35')} mode clean, features: "
-        f"{backbone.description}; columns {backbone.fd_column} (clamped at 0), "
-        f"{backbone.kid_column} (unbiased MMD^2 on the whole set; 95 % bootstrap interval over "
-        f"images, seed {KID_SEED})",
+        "per-image metrics": M.per_image_protocol(channel),
+        "distribution metrics": M.distribution_protocol(backbones),
         "intervals and tests": f"95 % percentile bootstrap of the mean (2000 resamples, seed "
-        f"{BOOTSTRAP_SEED}); Wilcoxon signed-rank (scipy {scipy.__version__})",
+        f"{BOOTSTRAP_SEED}); Wilcoxon signed-rank (scipy {scipy.__version__}); across training "
+        f"seeds: {IMAGES_X_SEEDS} (crossed random effects, Satterthwaite t) where per-image "
+        f"values exist, else {SEED_SPREAD} (paired t over per-seed means)",
         "torch": torch.__version__,
     }
 

@@ -4,10 +4,14 @@
     c = paired_comparison(a_by_id, b_by_id, seed=0)             # a - b on the images both have
     c.mean_diff, c.ci_low, c.ci_high, c.p_value, c.n, c.n_nonzero, c.note
     holm([0.01, 0.04, 0.03])                                    # Holm-adjusted p-values, same order
-    s = seed_comparison({0: 0.71, 1: 0.70, 2: 0.72}, {0: 0.69, 1: 0.69, 2: 0.70})  # per-seed means
+    s = seed_image_comparison({0: {"img1": 0.71, ...}, 1: {...}}, {0: {...}, 1: {...}})
+    s.ci_low, s.ci_high                  # over images and training seeds (crossed random effects)
+    s.spread_low, s.spread_high          # seed spread on this fixed test set (t over seed means)
+    lo, hi, p = normal_test(estimate, jackknife_se(leave_one_out))      # e.g. a KID difference
 
-Everything is seeded (``numpy.random.default_rng(seed)``), so the same values give the same
-intervals on every run. NaN values are left out; the number actually used is returned.
+Everything is seeded (``numpy.random.default_rng(seed)``) or deterministic, so the same values
+give the same intervals on every run. NaN values are left out; the number actually used is
+returned.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import numpy as np
 
 N_BOOT = 2000
 LEVEL = 0.95
+IMAGES_X_SEEDS = "images x seeds"
+SEED_SPREAD = "seed spread (fixed test set)"
 
 
 def _clean(values: Sequence[float]) -> np.ndarray:
@@ -129,16 +135,27 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 @dataclass
 class SeedResult:
-    """``a - b`` on per-seed means (paired by training seed)."""
+    """``a - b`` across training seeds (paired by seed)."""
 
     n_seeds: int
     mean_diff: float
     sd_diff: float
-    """Standard deviation of the per-seed differences (ddof 1); NaN with one seed."""
+    """Standard deviation of the per-seed mean differences (ddof 1); NaN with one seed."""
     ci_low: float
     ci_high: float
-    """Paired t interval over seeds; NaN with fewer than 2 seeds."""
+    """The interval ``interval`` names; NaN with fewer than 2 seeds."""
     note: str = ""
+    interval: str = SEED_SPREAD
+    """What ``ci_low``/``ci_high`` cover: ``IMAGES_X_SEEDS`` (a new draw of test images and of
+    training seeds) or ``SEED_SPREAD`` (training seeds only, on this fixed test set)."""
+    n_images: int = 0
+    """Images in every seed of both sides (0: only per-seed means were given)."""
+    p_value: float = math.nan
+    """Two-sided p of the ``IMAGES_X_SEEDS`` interval's t test; NaN for ``SEED_SPREAD``."""
+    spread_low: float = math.nan
+    spread_high: float = math.nan
+    """The paired t interval over per-seed means: the seed spread on this fixed test set (narrower
+    than ``IMAGES_X_SEEDS`` by the image-sampling variance every seed shares)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -146,14 +163,12 @@ class SeedResult:
 
 def seed_comparison(a: Mapping, b: Mapping, *, level: float = LEVEL) -> SeedResult:
     """Compare two modes by their per-seed means ({seed: mean over images}) on the seeds both
-    have: the mean difference and a paired t interval over seeds.
+    have: the mean difference and a paired t interval over seeds, labelled ``SEED_SPREAD``.
 
-    Why t and not Wilcoxon or a bootstrap: with 3 seeds the exact Wilcoxon test cannot go below
-    p = 0.25 and a bootstrap has 10 distinct resamples; the t interval is the one that says
-    anything, at the price of assuming roughly normal seed-to-seed differences. With one seed it
-    is n/a: the image-level interval says nothing about training-seed variance."""
-    from scipy.stats import t as student_t
-
+    It is the seed spread on one fixed test set: every seed is scored on the same images, so the
+    image-sampling variance they share is not in it (``seed_image_comparison`` has it). Why t and
+    not Wilcoxon or a bootstrap: with 3 seeds the exact Wilcoxon test cannot go below p = 0.25
+    and a bootstrap has 10 distinct resamples. With one seed it is n/a."""
     seeds = sorted(set(a) & set(b), key=str)
     d = np.asarray([float(a[k]) - float(b[k]) for k in seeds], dtype=np.float64)
     d = d[~np.isnan(d)]
@@ -162,7 +177,112 @@ def seed_comparison(a: Mapping, b: Mapping, *, level: float = LEVEL) -> SeedResu
     if len(d) == 1:
         return SeedResult(1, float(d[0]), math.nan, math.nan, math.nan,
                           "single seed: no seed interval (train with --seeds N)")
-    sd = float(d.std(ddof=1))
-    half = float(student_t.ppf(0.5 + level / 2, len(d) - 1)) * sd / math.sqrt(len(d))
-    return SeedResult(len(d), float(d.mean()), sd, float(d.mean()) - half, float(d.mean()) + half,
-                      f"paired t over {len(d)} seeds")
+    lo, hi = _t_interval_over_seeds(d, level)
+    return SeedResult(len(d), float(d.mean()), float(d.std(ddof=1)), lo, hi,
+                      f"paired t over {len(d)} seeds: {SEED_SPREAD}", SEED_SPREAD,
+                      spread_low=lo, spread_high=hi)
+
+
+def _t_interval_over_seeds(d: np.ndarray, level: float) -> tuple[float, float]:
+    from scipy.stats import t as student_t
+
+    half = float(student_t.ppf(0.5 + level / 2, len(d) - 1)) * float(d.std(ddof=1)) / math.sqrt(
+        len(d))
+    return float(d.mean()) - half, float(d.mean()) + half
+
+
+def crossed_mean_interval(d: np.ndarray, *, level: float = LEVEL) -> tuple[float, float, float,
+                                                                           float]:
+    """Interval of the grand mean of a (seeds, images) table ``d`` whose rows are training seeds
+    and whose columns are the same test images for every seed -> (mean, low, high, p of mean = 0).
+
+    Seeds and images are crossed random factors: d[s, i] = mu + u_s + v_i + e_si. A new study
+    draws new seeds *and* new images, so Var(mean) = var_u / k + var_v / n + var_e / (k n). The
+    components come from the two-way ANOVA mean squares (method of moments, negative estimates
+    set to 0) and the interval is Student t with Satterthwaite's degrees of freedom (the
+    subjects-x-items analysis of Clark 1973). Why not a two-level (pigeonhole) bootstrap: it
+    resamples 3 seeds in only 10 ways and under-covers when seed variance dominates; the t
+    interval keeps its level with 3 seeds (``tests/test_stats.py`` measures both situations).
+    Needs at least 2 seeds and 2 images; NaNs otherwise."""
+    from scipy.stats import t as student_t
+
+    d = np.asarray(d, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] < 2 or d.shape[1] < 2 or np.isnan(d).any():
+        return math.nan, math.nan, math.nan, math.nan
+    k, n = d.shape
+    grand, seed_means, image_means = d.mean(), d.mean(axis=1), d.mean(axis=0)
+    resid = d - seed_means[:, None] - image_means[None, :] + grand
+    ms = np.asarray([n * ((seed_means - grand) ** 2).sum() / (k - 1),
+                     k * ((image_means - grand) ** 2).sum() / (n - 1),
+                     (resid ** 2).sum() / ((k - 1) * (n - 1))])
+    dfs = np.asarray([k - 1, n - 1, (k - 1) * (n - 1)], dtype=np.float64)
+    # Var(mean) * k n = c . ms, with a component left out when its estimate is negative
+    c_seed, c_image = float(ms[0] > ms[2]), float(ms[1] > ms[2])
+    coef = np.asarray([c_seed, c_image, 1.0 - c_seed - c_image])
+    var_kn = float(coef @ ms)
+    if var_kn <= 0:
+        return float(grand), float(grand), float(grand), 1.0 if grand == 0 else 0.0
+    df = var_kn ** 2 / float(((coef * ms) ** 2 / dfs).sum())
+    se = math.sqrt(var_kn / (k * n))
+    half = float(student_t.ppf(0.5 + level / 2, df)) * se
+    p = float(2 * student_t.sf(abs(grand) / se, df))
+    return float(grand), float(grand) - half, float(grand) + half, min(p, 1.0)
+
+
+def seed_image_comparison(a: Mapping[object, Mapping[str, float]],
+                          b: Mapping[object, Mapping[str, float]], *,
+                          level: float = LEVEL) -> SeedResult:
+    """``a - b`` over training seeds and test images: ``a``, ``b`` are {seed: {image id: value}}
+    (for a baseline that does not depend on the seed, give its values under every seed of ``a``).
+    Paired by seed and by image, on the seeds both have and the images every one of them scored
+    (NaN-free). ``ci_low``/``ci_high``: ``crossed_mean_interval`` (``IMAGES_X_SEEDS``);
+    ``spread_low``/``spread_high``: the t interval over the per-seed means of those images
+    (``SEED_SPREAD``), for comparison."""
+    seeds = sorted(set(a) & set(b), key=str)
+    if not seeds:
+        return SeedResult(0, math.nan, math.nan, math.nan, math.nan, "no common seed",
+                          IMAGES_X_SEEDS)
+    ids = set.intersection(*(set(a[s]) & set(b[s]) for s in seeds))
+    ids = sorted(i for i in ids if all(not math.isnan(float(a[s][i])) and
+                                       not math.isnan(float(b[s][i])) for s in seeds))
+    d = np.asarray([[float(a[s][i]) - float(b[s][i]) for i in ids] for s in seeds],
+                   dtype=np.float64).reshape(len(seeds), len(ids))
+    if len(seeds) < 2 or len(ids) < 2:
+        mean = float(d.mean()) if d.size else math.nan
+        return SeedResult(len(seeds), mean, math.nan, math.nan, math.nan,
+                          f"{len(seeds)} seed(s) x {len(ids)} image(s): no interval over images "
+                          f"and seeds (needs 2 of each)", IMAGES_X_SEEDS, len(ids))
+    mean, lo, hi, p = crossed_mean_interval(d, level=level)
+    per_seed = d.mean(axis=1)
+    s_lo, s_hi = _t_interval_over_seeds(per_seed, level)
+    return SeedResult(len(seeds), mean, float(per_seed.std(ddof=1)), lo, hi,
+                      f"{len(seeds)} seeds x {len(ids)} images, crossed random effects (t, "
+                      f"Satterthwaite df)", IMAGES_X_SEEDS, len(ids), p, s_lo, s_hi)
+
+
+def jackknife_se(leave_one_out: Sequence[float]) -> float:
+    """Delete-one jackknife standard error of an estimator from its N leave-one-out values
+    theta_(i): sqrt((N - 1) / N * sum (theta_(i) - mean)^2). For a U-statistic (KID) it is
+    consistent and biased upwards (Efron & Stein 1981): tests built on it are conservative."""
+    x = np.asarray(leave_one_out, dtype=np.float64)
+    if len(x) < 2 or np.isnan(x).any():
+        return math.nan
+    return float(math.sqrt((len(x) - 1) / len(x) * ((x - x.mean()) ** 2).sum()))
+
+
+def normal_test(estimate: float, se: float, level: float = LEVEL) -> tuple[float, float, float]:
+    """Normal-approximation interval and two-sided p of ``estimate`` with standard error ``se``
+    -> (low, high, p). p = 2 Phi(-|estimate| / se) is not bounded below by any replicate count.
+    ``se`` 0 (every leave-one-out value equal): the interval is the point, p is 1 for a zero
+    estimate and 0 otherwise. NaN in, NaNs out."""
+    from scipy.stats import norm
+
+    if not 0 < level < 1:
+        raise ValueError(f"level = {level}: expected a number in (0, 1)")
+    if math.isnan(estimate) or math.isnan(se):
+        return math.nan, math.nan, math.nan
+    if se == 0:
+        return float(estimate), float(estimate), 1.0 if estimate == 0 else 0.0
+    half = float(norm.ppf(0.5 + level / 2)) * se
+    p = float(2 * norm.sf(abs(estimate) / se))
+    return float(estimate) - half, float(estimate) + half, min(p, 1.0)

@@ -113,27 +113,79 @@ def test_frechet_and_kid():
     assert math.isnan(M.kid(a[:1], b)) and math.isnan(M.frechet_distance(a[:1], b))
 
 
-def test_backbone_names_never_fid_without_inception(monkeypatch, tmp_path):
-    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
-    monkeypatch.setattr(M.tempfile, "gettempdir", lambda: str(tmp_path))
-    bb = M.feature_extractor()
+def test_random_backbone_is_named_as_a_secondary_distance_never_fid():
+    bb = M.feature_extractor("randresnet18")
     assert bb.name == "randresnet18" and bb.fd_column == "fd_randresnet18"
+    assert bb.kid_column == "kid_randresnet18" and "NOT Inception" in bb.description
     x = torch.rand(2, 3, 299, 299) * 255
     assert torch.equal(bb(x), M.feature_extractor("randresnet18")(x))  # seeded weights
-    monkeypatch.setenv(M.INCEPTION_ENV, str(tmp_path / "nope.pt"))
-    with pytest.raises(FileNotFoundError, match="MEDQ_INCEPTION"):
-        M.feature_extractor()
+    assert M.feature_backbones("none") == ()
+    assert [b.name for b in M.feature_backbones("randresnet18")] == ["randresnet18"]
+    with pytest.raises(ValueError, match="expected one of auto, inception, randresnet18, none"):
+        M.feature_backbones("vgg")
 
 
-def test_frechet_clamped_and_kid_interval():
+def test_frechet_clamped_and_unpaired_kid_is_clean_fids():
     rng = np.random.default_rng(1)
     a, c = rng.normal(size=(39, 16)), rng.normal(loc=0.5, size=(39, 16))
-    assert M.frechet_distance(a, a) == 0.0  # sqrtm round-off made it slightly negative
-    value, lo, hi = M.kid_interval(a, c, seed=0, n_boot=300)
+    assert 0.0 <= M.frechet_distance(a, a) < 1e-9  # round-off never makes it negative
+    value, lo, hi = M.kid_interval(a, c)
     assert value == pytest.approx(M.kid(a, c, seed=0), rel=1e-9)  # clean-fid's, whole set
     assert lo < value < hi and hi - lo > 0  # a real spread, unlike 100 identical "subsets"
-    assert M.kid_interval(a, c, seed=0, n_boot=300) == (value, lo, hi)  # seeded
-    assert all(math.isnan(v) for v in M.kid_interval(a[:1], c))
+    assert M.kid_interval(a, c) == (value, lo, hi)  # deterministic
+    assert all(math.isnan(v) for v in M.kid_interval(a[:2], c))
+    more = np.concatenate([c, rng.normal(loc=0.5, size=(2, 16))])  # unequal sizes: unpaired only
+    assert math.isfinite(M.kid_interval(a, more)[0])
+    with pytest.raises(ValueError, match="39 and 41 rows"):
+        M.kid_interval(a, more, paired=True)
+
+
+@pytest.mark.parametrize("n1,n2,dims", [(300, 280, 16), (24, 24, 64), (20, 30, 128)])
+def test_frechet_distance_is_clean_fids_formula_without_sqrtm(n1, n2, dims):
+    """Both routes (sets larger than D: eigendecompositions; smaller: the nuclear norm of the
+    N1 x N2 cross product) give clean-fid's value; with fewer samples than dimensions its sqrtm
+    of a singular product is the less exact one, hence the tolerance."""
+    import contextlib
+    import io
+    import warnings
+
+    from cleanfid import fid
+
+    rng = np.random.default_rng(dims)
+    a = np.abs(rng.normal(size=(n1, dims))) ** 1.5
+    b = np.abs(rng.normal(loc=0.1, size=(n2, dims))) ** 1.4
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = fid.frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0),
+                                   np.cov(b, rowvar=False))
+    assert M.frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+
+
+def _paired_sets(n, rng, shift=0.2, dims=16):
+    """Targets y and outputs made *of* them (x_i = 1.1 y_i + noise + shift)."""
+    y = rng.normal(size=(n, dims))
+    return 1.1 * y + 0.5 * rng.normal(size=y.shape) + shift, y
+
+
+def test_paired_kid_is_unbiased_where_the_all_pairs_estimator_rewards_fidelity():
+    """Outputs made of their own targets: the all-pairs (clean-fid) estimator counts
+    k(output_i, target_i) in the cross term, so it comes out far below the distance between the
+    two distributions (even negative); the paired MMD^2_u leaves those terms out and is centred on
+    it. The reference value: the same distributions sampled independently (no pairing)."""
+    rng = np.random.default_rng(2)
+    x_far, _ = _paired_sets(600, rng)
+    _, y_far = _paired_sets(600, rng)
+    truth = M.kid_interval(x_far, y_far)[0]  # independent samples: unbiased either way
+    paired, classic, covered = [], [], 0
+    for _ in range(60):
+        x, y = _paired_sets(40, rng)
+        v, lo, hi = M.kid_interval(x, y, paired=True)
+        paired.append(v)
+        classic.append(M.kid_interval(x, y)[0])
+        covered += lo <= truth <= hi
+    assert abs(np.mean(paired) - truth) < 0.2 * truth
+    assert np.mean(classic) < 0  # the fidelity term swamps the distance
+    assert covered >= 54  # the jackknife interval covers (95 % nominal, conservative)
 
 
 def _degraded_series(images: torch.Tensor, kind: str) -> list[torch.Tensor]:
@@ -159,7 +211,7 @@ def _assert_distance_grows(images: torch.Tensor):
     clean = feats(images)
     for kind in ("blur", "noise"):
         fds = [M.frechet_distance(feats(x), clean) for x in _degraded_series(images, kind)]
-        kids = [M.kid_interval(feats(x), clean, n_boot=1)[0]
+        kids = [M.kid_interval(feats(x), clean, paired=True)[0]
                 for x in _degraded_series(images, kind)]
         assert fds == sorted(fds) and fds[0] < fds[-1], (kind, fds)
         assert kids == sorted(kids), (kind, kids)
@@ -217,10 +269,61 @@ def test_kid_difference_is_the_paired_difference_of_the_two_kids():
     y = rng.normal(size=(40, 16))
     near = y + 0.1 * rng.normal(size=y.shape)
     far = 1.5 * y + 1.0 + 0.5 * rng.normal(size=y.shape)
-    d, lo, hi, p = M.kid_difference(near, far, y, n_boot=300)
-    ka, kb = M.kid_interval(near, y)[0], M.kid_interval(far, y)[0]
+    d, lo, hi, p = M.kid_difference(near, far, y)
+    ka, kb = M.kid_interval(near, y, paired=True)[0], M.kid_interval(far, y, paired=True)[0]
     assert d == pytest.approx(ka - kb, rel=1e-9) and d < 0
-    assert lo <= d <= hi < 0 and p == pytest.approx(1 / 300)
-    same = M.kid_difference(near, near, y, n_boot=100)
-    assert same[:3] == (0.0, 0.0, 0.0) and same[3] == 1.0
+    assert lo <= d <= hi < 0
+    # A huge effect gets a tiny p, not the 1 / n_boot floor a bootstrap gives (Holm 0.049).
+    assert p < 1e-6
+    same = M.kid_difference(near, near, y)
+    assert same == (0.0, 0.0, 0.0, 1.0)
     assert all(math.isnan(v) for v in M.kid_difference(near[:2], far[:2], y[:2]))
+
+
+def test_kid_difference_p_keeps_its_level_and_finds_a_real_difference():
+    """Two modes equally far from the targets (exchangeable): p < 0.05 in at most ~5 % of sets
+    (the jackknife is conservative); one mode clearly farther: found in most sets."""
+    rng = np.random.default_rng(3)
+    null_p, alt_p = [], []
+    for _ in range(200):
+        y = rng.normal(size=(40, 16))
+        null_p.append(M.kid_difference(y + 0.5 * rng.normal(size=y.shape),
+                                       y + 0.5 * rng.normal(size=y.shape), y)[3])
+    for _ in range(50):
+        y = rng.normal(size=(40, 16))
+        alt_p.append(M.kid_difference(y + 0.3 * rng.normal(size=y.shape),
+                                      y + 0.9 * rng.normal(size=y.shape), y)[3])
+    assert np.mean(np.asarray(null_p) < 0.05) <= 0.08
+    assert np.mean(np.asarray(alt_p) < 0.05) >= 0.5
+    assert min(alt_p) < 1e-3  # under the old bootstrap's 1 / 1000 floor
+
+
+def test_psnr_eroded_fov_is_psnr_over_the_ssim_fov_windows_centres():
+    """The main PSNR column leaves out the rim band: an output wrong only in the rim band scores
+    the cap there, while psnr_fov (every FOV pixel) sees the error."""
+    p, t = _pair(size=64, noise=0.1)
+    mask = _disc(2, 64, 30)
+    core = M.eroded_fov(mask)
+    rim_only = torch.where(core > 0, t, p)  # exact inside the eroded FOV, noisy in the rim band
+    m = M.image_metrics(rim_only, t, mask)
+    assert (m["psnr_eroded_fov"] == M.PSNR_CAP_DB).all() and (m["psnr_fov"] < 40).all()
+    assert torch.allclose(M.psnr_eroded_fov(p, t, mask), M.psnr(p, t, core))
+    thin = torch.zeros(2, 1, 64, 64)
+    thin[..., 30:36, :] = 1  # no SSIM window fits: n/a, as ssim_fov
+    assert torch.isnan(M.image_metrics(p, t, thin)["psnr_eroded_fov"]).all()
+    assert torch.isnan(M.image_metrics(p, t)["psnr_eroded_fov"]).all()  # no mask
+    assert list(M.image_metrics(p, t, mask)) == list(M.IMAGE_METRICS)
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_ms_ssim_at_working_sizes(size):
+    """The working sizes (256, 512 px) have MS-SSIM, whole and inside a disc; the disc variant with
+    an all-ones mask is torchmetrics' value."""
+    p, t = _pair(n=1, size=size, noise=0.05)
+    mask = _disc(1, size, size // 2 - 4)
+    assert M.ms_ssim_unsupported_reason(size, size) is None
+    whole, fov = M.ms_ssim(p, t).item(), M.ms_ssim(p, t, mask).item()
+    assert 0 < whole < 1 and 0 < fov < 1 and math.isfinite(fov)
+    assert M.ms_ssim(p, t, torch.ones(1, 1, size, size)).item() == pytest.approx(whole, abs=1e-5)
+    assert M.ms_ssim(t, t, mask).item() == pytest.approx(1.0, abs=1e-6)
+    assert "176" in M.ms_ssim_unsupported_reason(175, 175)
