@@ -1,0 +1,105 @@
+"""Measured times behind the study's plan: seconds per training step of each preset, per
+validation, and per scored image, on this machine, one torch thread (as the study's children
+run), with the machine's calibration line (``bench/perf_machine.py``).
+
+    timing = measure(presets, overrides, images_per_task=2)       # a few minutes on the real config
+    refine(timing, study_dir, plan)                               # from the study's own jobs
+
+Step times come from ``bench.perf_train.time_steps`` (the loop's step: losses, backward, clip,
+AdamW; random weights, which cost the same as trained ones). The time of a validation (loss on the
+val tiles and the collapse probe, every ``run.val_every`` steps) is measured once. Scoring times
+come from scoring the init checkpoint's MMSE output and sample on ``images_per_task`` images of
+each task in a scratch folder, gradient ratio included. Once the study has run jobs, ``refine``
+replaces the estimates by what its runs logged (``time/steps_per_s``) and its points recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.study_plan import INIT, Point, Timing
+
+SCRATCH = ['init.from=""', "init.scratch=true"]
+
+
+def _scratch_config(preset: str, overrides: list[str], tmp: Path):
+    from medq.config import load_config
+
+    return load_config(preset, overrides=list(overrides) + SCRATCH
+                       + [f"run.out_dir={json.dumps(str(tmp / 'runs'))}"])
+
+
+def step_seconds(preset: str, overrides: list[str], steps: int, tmp: Path) -> float:
+    """Median seconds of ``steps`` training steps of ``preset`` (after one warm-up step)."""
+    from bench.perf_train import time_steps
+    from medq.dist import pick_device
+
+    cfg = _scratch_config(preset, overrides, tmp)
+    return statistics.median(time_steps(cfg, steps, pick_device("cpu")))
+
+
+def validation_seconds(overrides: list[str], tmp: Path) -> float:
+    """Seconds of one validation of the control preset (val loss + collapse probe)."""
+    import torch
+
+    from medq.dist import pick_device
+    from medq.training.task import MiniBagelTask
+
+    task = MiniBagelTask(_scratch_config("control", overrides, tmp), pick_device("cpu"),
+                         write_init=False)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        task.model.eval()
+        task.validate(task.model)
+    return time.perf_counter() - t0
+
+
+def scoring_seconds(overrides: list[str], budget: dict, images_per_task: int, tmp: Path
+                    ) -> tuple[dict[str, float], dict[str, float]]:
+    """(seconds per scored image, seconds per point besides the images) by output, from scoring
+    the init checkpoint's points on ``images_per_task`` images of each task under ``tmp``."""
+    from bench.study_score import Scorer
+
+    state = {"overrides": list(overrides), "budget": {**budget, "images": images_per_task}}
+    scorer = Scorer(tmp / "scoring", state)
+    per_image, fixed = {}, {}
+    for output in ("mmse", "sample"):
+        record = None
+        point = Point("init", INIT, 0, output, final=True)
+        scorer.score_shared([point])
+        record = json.loads((tmp / "scoring" / "scores" / f"{point.key}.json").read_text())
+        n = sum(r.get("n_images") or 0 for r in record["rows"])
+        ratio = float(record.get("seconds_ratio", 0.0))
+        per_image[output] = (record["seconds"] - ratio) / max(n, 1)
+        fixed[output] = ratio
+    return per_image, fixed
+
+
+def measure(presets, overrides: list[str], budget: dict, *, steps: int = 3,
+            images_per_task: int = 2, say=print) -> Timing:
+    """Every time the plan needs, measured now (one torch thread)."""
+    import torch
+
+    from bench.perf_machine import machine_line, measure_machine
+
+    torch.set_num_threads(1)
+    timing = Timing(machine=machine_line(measure_machine()))
+    say(timing.machine)
+    with tempfile.TemporaryDirectory(prefix="study-timing-") as tmp:
+        for preset in presets:
+            timing.step_seconds[preset] = step_seconds(preset, overrides, steps, Path(tmp))
+            say(f"[study] step time {preset}: {timing.step_seconds[preset]:.3f} s "
+                f"(median of {steps}, 1 thread)")
+        timing.validation_seconds = validation_seconds(overrides, Path(tmp))
+        say(f"[study] one validation: {timing.validation_seconds:.1f} s")
+        timing.point_image_seconds, timing.point_fixed_seconds = scoring_seconds(
+            overrides, budget, images_per_task, Path(tmp))
+        for output, s in timing.point_image_seconds.items():
+            say(f"[study] scoring the {output} output: {s:.2f} s per image + "
+                f"{timing.point_fixed_seconds[output]:.1f} s per point")
+    timing.source = "measured by bench study --plan"
+    return timing
