@@ -236,9 +236,11 @@ def shared_of(plan: dict) -> list[Point]:
 
 
 def get_timing(out: Path, args, state: dict, presets) -> Timing:
-    """The plan's times: given on the command line, else ``<out>/timing.json``, else measured
-    now (and kept there); then refined from what the study's runs and points recorded."""
+    """The plan's times: given on the command line, else ``<out>/timing.json`` with whatever it
+    lacks measured now (and kept there); then refined from what the study's runs and points
+    recorded."""
     from bench.study_timing import measure
+    from medq.files import write_json_atomic
 
     path = out / TIMING
     if args.step_time is not None and args.image_time is not None:
@@ -246,19 +248,15 @@ def get_timing(out: Path, args, state: dict, presets) -> Timing:
                         point_image_seconds={"mmse": args.image_time, "sample": args.image_time,
                                              "baseline": args.image_time},
                         source="given on the command line (--step-time, --image-time)")
-    elif path.is_file() and not args.remeasure:
-        timing = Timing.from_dict(json.loads(path.read_text(encoding="utf-8")))
     else:
-        print("[study] measuring the step and scoring times (one torch thread; once, kept in "
-              f"{path})", flush=True)
-        timing = measure(presets, state["overrides"], state["budget"])
-        from medq.files import write_json_atomic
-
-        write_json_atomic(path, timing.as_dict())
-    missing = [p for p in presets if p not in timing.step_seconds]
-    if missing and args.step_time is None:
-        print(f"[study] note: no measured step time of {', '.join(missing)} in {path}; "
-              f"estimated from the others' slowest (--remeasure measures them)", flush=True)
+        timing = (Timing.from_dict(json.loads(path.read_text(encoding="utf-8")))
+                  if path.is_file() and not args.remeasure else Timing())
+        if (any(p not in timing.step_seconds for p in presets) or not timing.validation_seconds
+                or not timing.point_image_seconds):
+            print(f"[study] measuring the step and scoring times (one torch thread; kept in "
+                  f"{path})", flush=True)
+            timing = measure(presets, state["overrides"], state["budget"], timing=timing,
+                             save=lambda t: write_json_atomic(path, t.as_dict()))
     return refine(timing, out)
 
 
@@ -316,10 +314,13 @@ def build_jobs(out: Path, state: dict, plan: dict, timing: Timing, args):
         if all(read_point(out, p) is not None for p in points):
             return None
         cost = {p.key: timing.point_seconds(p, budget.images, tasks) for p in points}
-        return Job(f"score {name}", score + ["--run", name], sum(cost.values()),
-                   lambda: sum(c for k, c in cost.items()
-                               if (out / "scores" / f"{k}.json").is_file()),
-                   after=after, priority=0)
+
+        def progress() -> float:  # a job's start-up counts as done with its first point
+            scored = [k for k in cost if (out / "scores" / f"{k}.json").is_file()]
+            return sum(cost[k] for k in scored) + (timing.job_seconds if scored else 0.0)
+
+        return Job(f"score {name}", score + ["--run", name],
+                   sum(cost.values()) + timing.job_seconds, progress, after=after, priority=0)
 
     jobs = [j for j in [points_job(SHARED, shared_of(plan), [])] if j]
     for run in plan["runs"]:
@@ -376,8 +377,9 @@ def plan_lines(out: Path, state: dict, plan: dict, timing: Timing, jobs, slots: 
         pts = points_of(run, budget)
         status, step = run_status(out, run), logged_step(run_dir)
         left_t = timing.run_seconds(spec, step) if status in ("todo", "running", "failed") else 0
-        left_s = sum(timing.point_seconds(p, budget.images, tasks) for p in pts
-                     if read_point(out, p) is None)
+        left_pts = [p for p in pts if read_point(out, p) is None]
+        left_s = sum(timing.point_seconds(p, budget.images, tasks) for p in left_pts) + (
+            timing.job_seconds if left_pts else 0.0)
         train_s, score_s = train_s + left_t, score_s + left_s
         scored = sum(read_point(out, p) is not None for p in pts)
         lines.append(f"{run['stage']:10s} {run['preset']:16s} {run['seed']:4d} {spec.steps:6d} "
@@ -385,8 +387,9 @@ def plan_lines(out: Path, state: dict, plan: dict, timing: Timing, jobs, slots: 
                      f"{f'{status} {step}/{spec.steps}, {scored} scored':22s} "
                      f"{(left_t + left_s) / 3600:11.2f}")
     shared = shared_of(plan)
-    left = sum(timing.point_seconds(p, budget.images, tasks) for p in shared
-               if read_point(out, p) is None)
+    left_pts = [p for p in shared if read_point(out, p) is None]
+    left = sum(timing.point_seconds(p, budget.images, tasks) for p in left_pts) + (
+        timing.job_seconds if left_pts else 0.0)
     score_s += left
     lines.append(f"{'shared':10s} {'init, baselines':16s} {'':4s} {'':6s} {'':5s} "
                  f"{len(shared):6d}  {'':22s} {left / 3600:11.2f}")
@@ -523,3 +526,7 @@ def main(args) -> int:
     except (StudyError, BudgetError, ConfigError, InferError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("[study] interrupted: what is done is kept; the same command resumes",
+              file=sys.stderr)
+        return 130

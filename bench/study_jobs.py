@@ -79,6 +79,41 @@ def _tail(path: Path, lines: int = FAILED_LOG_LINES) -> str:
     return "\n".join("    " + line for line in text)
 
 
+class _Runner:
+    """The running children of ``run_jobs``: start one, collect the ended ones."""
+
+    def __init__(self, log_dir: Path, say):
+        self.log_dir, self.say = log_dir, say
+        self.running: list[tuple[Job, subprocess.Popen, float]] = []
+
+    def start(self, job: Job) -> None:
+        log_path = self.log_dir / job.log_name
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        self.say(f"[study] {job.name}: started (log: {log_path})")
+        self.running.append((job, proc, time.time()))
+
+    def ended(self) -> dict[str, int]:
+        """{name: exit code} of the children that ended since the last call, each said."""
+        out = {}
+        for job, proc, start in [r for r in self.running if r[1].poll() is not None]:
+            self.running.remove((job, proc, start))
+            out[job.name] = proc.returncode
+            note = (f"done in {time.time() - start:.0f} s" if proc.returncode == 0 else
+                    f"FAILED (exit {proc.returncode}) after {time.time() - start:.0f} s; last "
+                    f"lines of {self.log_dir / job.log_name}:\n"
+                    f"{_tail(self.log_dir / job.log_name)}")
+            self.say(f"[study] {job.name}: {note}")
+        return out
+
+    def stop(self) -> None:
+        for _, proc, _ in self.running:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+
+
 def run_jobs(jobs: list[Job], slots: int, log_dir: Path, *, progress: bool = True,
              desc: str = "study") -> dict[str, int]:
     """Run every job, at most ``slots`` at once, each after the jobs it names in ``after``;
@@ -87,59 +122,31 @@ def run_jobs(jobs: list[Job], slots: int, log_dir: Path, *, progress: bool = Tru
 
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    total = sum(j.cost for j in jobs)
-    done_before = sum(min(j.progress(), j.cost) for j in jobs)
-    codes: dict[str, int] = {}
-    pending = list(jobs)
-    running: list[tuple[Job, subprocess.Popen, float]] = []
-    bar = tqdm(total=round(total), initial=round(done_before), desc=desc, unit="s",
+    bar = tqdm(total=round(sum(j.cost for j in jobs)),
+               initial=round(sum(min(j.progress(), j.cost) for j in jobs)), desc=desc, unit="s",
                disable=not progress, smoothing=0, dynamic_ncols=True,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} core-s "
                           "[{elapsed}<{remaining}]")
-
-    def say(text: str) -> None:
-        (bar.write if progress else print)(text)
-
+    runner = _Runner(log_dir, bar.write if progress else print)
+    codes: dict[str, int] = {}
+    pending = list(jobs)
     try:
-        while pending or running:
-            for job in [j for j in pending if any(codes.get(a, 0) != 0 for a in j.after)]:
-                pending.remove(job)
+        while pending or runner.running:
+            alive = {j.name for j in pending} | {j.name for j, _, _ in runner.running}
+            for job in [j for j in pending if any(codes.get(a, 0) != 0 or (
+                    a not in codes and a not in alive) for a in j.after)]:
+                pending.remove(job)  # a job it needs failed (or is in no list): never startable
                 codes[job.name] = -1
-                say(f"[study] {job.name}: not started (a job it needs failed)")
+                runner.say(f"[study] {job.name}: not started (a job it needs failed)")
             ready = sorted((j for j in pending if all(a in codes for a in j.after)),
                            key=lambda j: (j.priority, pending.index(j)))
-            while ready and len(running) < slots:
-                job = ready.pop(0)
+            for job in ready[:max(slots - len(runner.running), 0)]:
                 pending.remove(job)
-                with open(log_dir / job.log_name, "w") as log:
-                    proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
-                say(f"[study] {job.name}: started (log: {log_dir / job.log_name})")
-                running.append((job, proc, time.time()))
+                runner.start(job)
             time.sleep(POLL_SECONDS)
-            for item in list(running):
-                job, proc, start = item
-                if proc.poll() is None:
-                    continue
-                running.remove(item)
-                codes[job.name] = proc.returncode
-                took = time.time() - start
-                if proc.returncode == 0:
-                    say(f"[study] {job.name}: done in {took:.0f} s")
-                else:
-                    say(f"[study] {job.name}: FAILED (exit {proc.returncode}) after {took:.0f} s; "
-                        f"last lines of {log_dir / job.log_name}:\n{_tail(log_dir / job.log_name)}")
-            now = sum(min(j.progress(), j.cost) for j in jobs)
-            bar.update(max(round(now) - bar.n, 0))
-            if not running and pending and not any(
-                    all(a in codes for a in j.after) for j in pending):
-                for job in pending:  # waiting on jobs that are not in the list
-                    codes[job.name] = -1
-                pending.clear()
-    finally:
-        for _, proc, _ in running:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
+            codes.update(runner.ended())
+            bar.update(max(round(sum(min(j.progress(), j.cost) for j in jobs)) - bar.n, 0))
+    finally:  # Ctrl-C or an error here: no child keeps running unobserved
+        runner.stop()
         bar.close()
     return codes

@@ -152,7 +152,8 @@ class RunSpec:
 
 def plan_runs(budget: Budget) -> list[RunSpec]:
     """Every run of ``budget``, in ``STAGES`` order. A run that two stages ask for (same preset,
-    seed and length) is listed once, with the finer checkpoint spacing."""
+    seed and length) is listed once, at its first place, as the stage with the finer checkpoint
+    spacing (a seed run as long as the curves is a curve)."""
     wanted = []
     for seed in budget.seeds:
         wanted += [RunSpec("seeds", p, seed, budget.seed_steps, budget.seed_steps)
@@ -165,7 +166,7 @@ def plan_runs(budget: Budget) -> list[RunSpec]:
     for r in wanted:
         key = (r.preset, r.seed, r.steps)
         if key not in out or r.every < out[key].every:
-            out[key] = r if key not in out else RunSpec(out[key].stage, *key, r.every)
+            out[key] = r
     return list(out.values())
 
 
@@ -219,6 +220,8 @@ class Timing:
     """By output ("mmse": output, report and scores; "sample"; "baseline")."""
     point_fixed_seconds: dict[str, float] = field(default_factory=dict)
     """By output: what a point costs besides its images (the gradient ratio of an MMSE point)."""
+    job_seconds: float = 0.0
+    """What a scoring job pays before its first point (start-up, data, Inception, targets)."""
     machine: str = ""
     source: str = ""
 

@@ -15,8 +15,9 @@ Files (under the study folder):
 - ``grad_norms.csv``: the per-term gradient norms each run logged while training
   (``probe/<where>/<term>/norm``, weighted as trained) and their logged ratios.
 - ``stability.csv``: per long run and task, where (if anywhere) it collapsed or its reports broke.
-- ``main_budget.csv`` / ``check_length.csv``: the leaderboards at the main budget (mean over
-  seeds) and at the check length (one seed), with the baselines and the init checkpoint.
+- ``main_budget.csv`` / ``check_length.csv`` / ``stability_length.csv``: the leaderboards at the
+  main budget (mean over seeds), at the check length and at the end of the stability runs (one
+  seed), with the reference baseline and the init checkpoint.
 - ``seed_comparisons.csv`` (main budget: intervals over images x seeds, ``medq.stats.
   seed_image_comparison``; report kappa and KID: the seed spread) and ``comparisons.csv`` (check
   length: paired bootstrap and Wilcoxon over images, KID by the jackknife, Holm over the family).
@@ -396,6 +397,7 @@ def tables(study: Path, state: dict, plan: dict) -> dict:
     shared = shared_records(records)
     main = final_records(records, budget["seed_steps"], tuple(budget["seeds"]))
     check = final_records(records, budget["curve_steps"], (budget["curve_seed"],))
+    long = final_records(records, budget["stability_steps"], (budget["curve_seed"],))
     main_label, check_label = f"@{budget['seed_steps']}", f"@{budget['curve_steps']}"
     return {
         "curves": curves,
@@ -404,6 +406,7 @@ def tables(study: Path, state: dict, plan: dict) -> dict:
         "stability": stability_rows(curves, study, plan["runs"]),
         "main_budget": leaderboard(main, shared, tasks, main_label),
         "check_length": leaderboard(check, shared, tasks, check_label),
+        "stability_length": leaderboard(long, shared, tasks, f"@{budget['stability_steps']}"),
         "seed_comparisons": seed_comparison_rows(main, shared, tasks, main_label),
         "comparisons": comparison_rows(study, check, shared, tasks, check_label),
         "inert": inert_rows(budget["presets"], state["overrides"]),
@@ -427,6 +430,8 @@ def write_report(study: Path, state: dict, plan: dict, *, plots: bool = True) ->
                                 board_columns(t["main_budget"])),
         "check_length": csv_file(study / "check_length.csv", t["check_length"],
                                  board_columns(t["check_length"])),
+        "stability_length": csv_file(study / "stability_length.csv", t["stability_length"],
+                                     board_columns(t["stability_length"])),
         "seed_comparisons": csv_file(study / "seed_comparisons.csv", t["seed_comparisons"],
                                      ["task", "a", "b", "metric",
                                       *SEED_COMPARISON_COLUMNS[4:]]),

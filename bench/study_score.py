@@ -55,18 +55,12 @@ def read_point(study: Path, point: Point) -> dict | None:
 
 
 def validation_subset(data_cfg, tasks, images: int) -> list[dict]:
-    """The first ``images`` items of each task of the validation split (the same every time)."""
+    """The first ``images`` images of the validation split, each on every task in ``tasks`` (the
+    same items every time: a split's items are image-major, ``medq.data.FundusDataset``)."""
     from medq.data import build_dataset
 
-    ds = build_dataset(data_cfg, "val")
-    counts: dict[str, int] = {}
-    kept = []
-    for i in range(len(ds)):
-        item = ds[i]
-        if item["task"] in tasks and counts.get(item["task"], 0) < images:
-            counts[item["task"]] = counts.get(item["task"], 0) + 1
-            kept.append(item)
-    return kept
+    ds = build_dataset(data_cfg, "val", tasks=list(tasks))
+    return [ds[i] for i in range(min(images * len(tasks), len(ds)))]
 
 
 def gradient_ratio(task, ratio_max_t: float, clamp: float, batches: int, seed: int = 0) -> dict:

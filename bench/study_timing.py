@@ -9,8 +9,9 @@ Step times come from ``bench.perf_train.time_steps`` (the loop's step: losses, b
 AdamW; random weights, which cost the same as trained ones). The time of a validation (loss on the
 val tiles and the collapse probe, every ``run.val_every`` steps) is measured once. Scoring times
 come from scoring the init checkpoint's MMSE output and sample on ``images_per_task`` images of
-each task in a scratch folder, gradient ratio included. Once the study has run jobs, ``refine``
-replaces the estimates by what its runs logged (``time/steps_per_s``) and its points recorded.
+each task in a scratch folder (``scoring_seconds``), apart from what a scoring job pays once.
+Once the study has run jobs, ``refine`` replaces the estimates by what its runs logged
+(``time/steps_per_s``) and its points recorded.
 """
 
 from __future__ import annotations
@@ -59,47 +60,69 @@ def validation_seconds(overrides: list[str], tmp: Path) -> float:
 
 
 def scoring_seconds(overrides: list[str], budget: dict, images_per_task: int, tmp: Path
-                    ) -> tuple[dict[str, float], dict[str, float]]:
-    """(seconds per scored image, seconds per point besides the images) by output, from scoring
-    the init checkpoint's points on ``images_per_task`` images of each task under ``tmp``."""
+                    ) -> tuple[dict[str, float], dict[str, float], float]:
+    """(seconds per scored image by output, seconds per point besides its images by output,
+    seconds a scoring job spends before its first point) from scoring, on ``images_per_task``
+    images of each task under ``tmp``: a reference baseline first (the job's start-up: the
+    validation subset, the Inception network, the targets' features), then the init
+    checkpoint's MMSE output and sample, and the MMSE point's gradient ratio once more (warm:
+    its first one also built the probe task and compiled the SSIM kernel)."""
     from bench.study_score import Scorer
+    from medq.scoring import REFERENCE
 
+    t0 = time.perf_counter()
     state = {"overrides": list(overrides), "budget": {**budget, "images": images_per_task}}
     scorer = Scorer(tmp / "scoring", state)
+    reference = REFERENCE.get(scorer.tasks[0], "bicubic")
+    scorer.score_shared([Point("baseline", reference, 0, "sample", final=True)])
+    startup = time.perf_counter() - t0
     per_image, fixed = {}, {}
     for output in ("mmse", "sample"):
-        record = None
         point = Point("init", INIT, 0, output, final=True)
         scorer.score_shared([point])
         record = json.loads((tmp / "scoring" / "scores" / f"{point.key}.json").read_text())
         n = sum(r.get("n_images") or 0 for r in record["rows"])
-        ratio = float(record.get("seconds_ratio", 0.0))
-        per_image[output] = (record["seconds"] - ratio) / max(n, 1)
-        fixed[output] = ratio
-    return per_image, fixed
+        per_image[output] = (record["seconds"] - record.get("seconds_ratio", 0.0)) / max(n, 1)
+        if output == "mmse":
+            t1 = time.perf_counter()
+            scorer.gradient_ratio(point)
+            fixed[output] = time.perf_counter() - t1
+            startup += record.get("seconds_ratio", 0.0) - fixed[output]
+    return per_image, fixed, startup
 
 
-def measure(presets, overrides: list[str], budget: dict, *, steps: int = 3,
-            images_per_task: int = 2, say=print) -> Timing:
-    """Every time the plan needs, measured now (one torch thread)."""
+def measure(presets, overrides: list[str], budget: dict, *, steps: int = 5,
+            images_per_task: int = 2, timing: Timing | None = None, save=None,
+            say=print) -> Timing:
+    """Every time the plan needs that ``timing`` lacks, measured now (one torch thread);
+    ``save(timing)`` is called after each measurement, so an interrupted measurement keeps
+    what it measured."""
     import torch
 
     from bench.perf_machine import machine_line, measure_machine
 
     torch.set_num_threads(1)
-    timing = Timing(machine=machine_line(measure_machine()))
+    timing = timing or Timing()
+    timing.machine = machine_line(measure_machine())
+    timing.source = "measured by bench study (bench/study_timing.py)"
     say(timing.machine)
+    save = save or (lambda t: None)
     with tempfile.TemporaryDirectory(prefix="study-timing-") as tmp:
-        for preset in presets:
+        for preset in [p for p in presets if p not in timing.step_seconds]:
             timing.step_seconds[preset] = step_seconds(preset, overrides, steps, Path(tmp))
             say(f"[study] step time {preset}: {timing.step_seconds[preset]:.3f} s "
                 f"(median of {steps}, 1 thread)")
-        timing.validation_seconds = validation_seconds(overrides, Path(tmp))
-        say(f"[study] one validation: {timing.validation_seconds:.1f} s")
-        timing.point_image_seconds, timing.point_fixed_seconds = scoring_seconds(
-            overrides, budget, images_per_task, Path(tmp))
-        for output, s in timing.point_image_seconds.items():
-            say(f"[study] scoring the {output} output: {s:.2f} s per image + "
-                f"{timing.point_fixed_seconds[output]:.1f} s per point")
-    timing.source = "measured by bench study --plan"
+            save(timing)
+        if not timing.validation_seconds:
+            timing.validation_seconds = validation_seconds(overrides, Path(tmp))
+            say(f"[study] one validation: {timing.validation_seconds:.1f} s")
+            save(timing)
+        if not timing.point_image_seconds:
+            (timing.point_image_seconds, timing.point_fixed_seconds,
+             timing.job_seconds) = scoring_seconds(overrides, budget, images_per_task, Path(tmp))
+            say(f"[study] a scoring job's start-up: {timing.job_seconds:.1f} s")
+            for output, s in timing.point_image_seconds.items():
+                say(f"[study] scoring the {output} output: {s:.2f} s per image + "
+                    f"{timing.point_fixed_seconds.get(output, 0.0):.1f} s per point")
+            save(timing)
     return timing
