@@ -320,7 +320,8 @@ def build_jobs(out: Path, state: dict, plan: dict, timing: Timing, args):
             return sum(cost[k] for k in scored) + (timing.job_seconds if scored else 0.0)
 
         return Job(f"score {name}", score + ["--run", name],
-                   sum(cost.values()) + timing.job_seconds, progress, after=after, priority=0)
+                   sum(cost.values()) + timing.job_seconds, progress, after=after, priority=0,
+                   needs_success=False)  # a run that stopped early: score what it left
 
     jobs = [j for j in [points_job(SHARED, shared_of(plan), [])] if j]
     for run in plan["runs"]:
@@ -401,7 +402,7 @@ def plan_lines(out: Path, state: dict, plan: dict, timing: Timing, jobs, slots: 
               + ", ".join(f"{p} {s:.3f} s" for p, s in sorted(timing.step_seconds.items()))
               + f"; validation {timing.validation_seconds:.1f} s; scoring per image "
               + ", ".join(f"{k} {s:.2f} s" for k, s in sorted(timing.point_image_seconds.items())),
-              f"measured on: {timing.machine or 'n/a'}"]
+              *(f"{part} measured on: {line}" for part, line in timing.measured_on.items())]
     return lines
 
 

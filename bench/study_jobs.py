@@ -38,7 +38,10 @@ class Job:
     progress: Callable[[], float] = lambda: 0.0
     """Estimated seconds of the job already done (from what it has written)."""
     after: list[str] = field(default_factory=list)
-    """Names of the jobs that must succeed first."""
+    """Names of the jobs that must end first."""
+    needs_success: bool = True
+    """Start only if every job of ``after`` succeeded (False: once they ended, however: a
+    scoring still scores the checkpoints of a training that stopped early)."""
     priority: int = 1
     """Lower starts first among ready jobs (scorings before trainings: results come early)."""
 
@@ -133,8 +136,9 @@ def run_jobs(jobs: list[Job], slots: int, log_dir: Path, *, progress: bool = Tru
     try:
         while pending or runner.running:
             alive = {j.name for j in pending} | {j.name for j, _, _ in runner.running}
-            for job in [j for j in pending if any(codes.get(a, 0) != 0 or (
-                    a not in codes and a not in alive) for a in j.after)]:
+            for job in [j for j in pending if any(
+                    (codes.get(a, 0) != 0 and j.needs_success)
+                    or (a not in codes and a not in alive) for a in j.after)]:
                 pending.remove(job)  # a job it needs failed (or is in no list): never startable
                 codes[job.name] = -1
                 runner.say(f"[study] {job.name}: not started (a job it needs failed)")

@@ -222,7 +222,9 @@ class Timing:
     """By output: what a point costs besides its images (the gradient ratio of an MMSE point)."""
     job_seconds: float = 0.0
     """What a scoring job pays before its first point (start-up, data, Inception, targets)."""
-    machine: str = ""
+    measured_on: dict[str, str] = field(default_factory=dict)
+    """The machine line (``bench/perf_machine.py``, with its calibration and load) under which
+    each part was measured: "steps", "validation", "scoring"."""
     source: str = ""
 
     def step_time(self, preset: str) -> float:

@@ -2,15 +2,15 @@
 validation, and per scored image, on this machine, one torch thread (as the study's children
 run), with the machine's calibration line (``bench/perf_machine.py``).
 
-    timing = measure(presets, overrides, images_per_task=2)       # a few minutes on the real config
-    refine(timing, study_dir, plan)                               # from the study's own jobs
+    timing = measure(presets, overrides, budget)    # minutes on the real config; kept by the caller
+    bench.study.refine(timing, study_dir)           # later: from the study's own jobs
 
 Step times come from ``bench.perf_train.time_steps`` (the loop's step: losses, backward, clip,
 AdamW; random weights, which cost the same as trained ones). The time of a validation (loss on the
 val tiles and the collapse probe, every ``run.val_every`` steps) is measured once. Scoring times
-come from scoring the init checkpoint's MMSE output and sample on ``images_per_task`` images of
-each task in a scratch folder (``scoring_seconds``), apart from what a scoring job pays once.
-Once the study has run jobs, ``refine`` replaces the estimates by what its runs logged
+come from scoring the init checkpoint's MMSE output and sample on the budget's images in a scratch
+folder (``scoring_seconds``), apart from what a scoring job pays once. Once the study has run
+jobs, ``bench.study.refine`` replaces the estimates by what its runs logged
 (``time/steps_per_s``) and its points recorded.
 """
 
@@ -92,37 +92,43 @@ def scoring_seconds(overrides: list[str], budget: dict, images_per_task: int, tm
 
 
 def measure(presets, overrides: list[str], budget: dict, *, steps: int = 5,
-            images_per_task: int = 2, timing: Timing | None = None, save=None,
+            images_per_task: int | None = None, timing: Timing | None = None, save=None,
             say=print) -> Timing:
     """Every time the plan needs that ``timing`` lacks, measured now (one torch thread);
     ``save(timing)`` is called after each measurement, so an interrupted measurement keeps
-    what it measured."""
+    what it measured. Scoring is timed on the budget's own number of images (default): the
+    Inception features are computed in fixed-size batches, so fewer images would cost more
+    per image than the study's points do."""
     import torch
 
     from bench.perf_machine import machine_line, measure_machine
 
     torch.set_num_threads(1)
     timing = timing or Timing()
-    timing.machine = machine_line(measure_machine())
+    machine = machine_line(measure_machine())
     timing.source = "measured by bench study (bench/study_timing.py)"
-    say(timing.machine)
+    say(machine)
     save = save or (lambda t: None)
     with tempfile.TemporaryDirectory(prefix="study-timing-") as tmp:
         for preset in [p for p in presets if p not in timing.step_seconds]:
             timing.step_seconds[preset] = step_seconds(preset, overrides, steps, Path(tmp))
             say(f"[study] step time {preset}: {timing.step_seconds[preset]:.3f} s "
                 f"(median of {steps}, 1 thread)")
+            timing.measured_on["steps"] = machine
             save(timing)
         if not timing.validation_seconds:
             timing.validation_seconds = validation_seconds(overrides, Path(tmp))
             say(f"[study] one validation: {timing.validation_seconds:.1f} s")
+            timing.measured_on["validation"] = machine
             save(timing)
         if not timing.point_image_seconds:
             (timing.point_image_seconds, timing.point_fixed_seconds,
-             timing.job_seconds) = scoring_seconds(overrides, budget, images_per_task, Path(tmp))
+             timing.job_seconds) = scoring_seconds(overrides, budget,
+                                                   images_per_task or budget["images"], Path(tmp))
             say(f"[study] a scoring job's start-up: {timing.job_seconds:.1f} s")
             for output, s in timing.point_image_seconds.items():
                 say(f"[study] scoring the {output} output: {s:.2f} s per image + "
                     f"{timing.point_fixed_seconds.get(output, 0.0):.1f} s per point")
+            timing.measured_on["scoring"] = machine
             save(timing)
     return timing

@@ -259,11 +259,15 @@ def test_run_jobs_orders_by_dependency_and_stops_what_a_failure_blocks(tmp_path)
                                      f"raise SystemExit({code})"]
         return Job(name, cmd, 1.0, after=list(after))
 
+    anyway = job("anyway", after=["bad"])
+    anyway.needs_success = False  # e.g. scoring what a training that stopped early left
     codes = run_jobs([job("train"), job("score", after=["train"]), job("bad", code=3),
-                      job("blocked", after=["bad"])], 2, tmp_path / "logs", progress=False)
-    assert codes == {"train": 0, "score": 0, "bad": 3, "blocked": -1}
+                      job("blocked", after=["bad"]), anyway], 2, tmp_path / "logs",
+                     progress=False)
+    assert codes == {"train": 0, "score": 0, "bad": 3, "blocked": -1, "anyway": 0}
     order = log.read_text().split()
     assert order.index("train") < order.index("score") and "blocked" not in order
+    assert order.index("bad") < order.index("anyway")
     assert (tmp_path / "logs" / "bad.log").is_file()
 
 
