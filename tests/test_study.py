@@ -114,6 +114,7 @@ def _tiny_task(tiny, preset="ssim_matched", extra=()):
     return MiniBagelTask(cfg, torch.device("cpu"), write_init=False)
 
 
+@pytest.mark.slow  # the real mini-BAGEL's forward and backward, SSIM compiled
 def test_probe_match_prints_the_grad_scale_that_equalises_the_pulls(tiny, tmp_path, capsys):
     """The scale ``train probe --match ssim:pixel`` prints makes SSIM's median pull at v_hat
     equal to the reference's pixel term at its weight, measured again on the same batches."""
@@ -155,6 +156,7 @@ def test_probe_match_refuses_what_it_cannot_match(tiny, capsys):
         main, ["probe", "--preset", "control", "--match", "ssim:pixel", *sets], capsys)
 
 
+@pytest.mark.slow  # the real mini-BAGEL's forward and backward, SSIM compiled
 def test_gradient_ratio_measures_ssim_against_l2_with_and_without_the_clamp(tiny):
     from bench.study_score import gradient_ratio
 
