@@ -35,7 +35,7 @@ EVAL_DATA :=
 endif
 
 .PHONY: install test test-fast lint data check-weights base vae weights train-v3 train-pixel train-mixed train-all eval demo \
-        bench-ssim bench-data bench-train clean
+        bench-ssim bench-data bench-train study study-plan clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,16 @@ bench-data: $(STAMP)
 
 bench-train: $(WEIGHTS_OK)
 	$(PY) -m bench perf train
+
+# The SSIM-vs-pixel study (issue 28): hours on the 2-core CPU, never part of CI. Resumable: run
+# it again after a stop. STUDY="--quick" is the one-hour version; study-plan prints the jobs and
+# the estimated hours without running anything.
+STUDY ?=
+study: $(WEIGHTS_OK)
+	$(PY) -m bench study $(STUDY) $(SET)
+
+study-plan: $(WEIGHTS_OK)
+	$(PY) -m bench study --plan $(STUDY) $(SET)
 
 clean:
 	rm -rf runs reports

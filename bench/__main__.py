@@ -11,6 +11,7 @@
     python -m bench mmse-t                    # the MMSE output at several t (sample.mmse_t)
     python -m bench sample-temperature        # the sample at several noise temperatures
     python -m bench results [--check]         # docs/RESULTS.md from the reports in results/
+    python -m bench study [--plan | --quick]  # SSIM vs pixel at length (issue 28), resumable
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``,
 imported only when chosen (``medq.cli.run_subcommand``).
@@ -30,6 +31,7 @@ SUBCOMMANDS = {
                            "the sample at several noise temperatures: how "
                            "sample.noise_temperature was chosen"),
     "results": ("bench.results", "docs/RESULTS.md from the reports committed under results/"),
+    "study": ("bench.study", "SSIM vs pixel at length: curves, seeds, stability (make study)"),
 }
 
 

@@ -517,7 +517,8 @@ def test_condition_at_the_generated_grid_position(cfg, tok):
     cond, gen = torch.randn(1, n, with_add.patch_dim), torch.randn(1, n, with_add.patch_dim)
     mask = sequence_mask(text, n, n)
     args = (text.ids, text.pos, mask)
-    kw = dict(cond=cond, gen=gen, t=torch.tensor([0.5]), grid=grid, prompt_mask=text.roles == PROMPT)
+    kw = dict(cond=cond, gen=gen, t=torch.tensor([0.5]), grid=grid,
+              prompt_mask=text.roles == PROMPT)
     assert torch.allclose(with_add(*args, **kw)[2], without(*args, **kw)[2], atol=1e-6)
     torch.nn.init.normal_(with_add.cond2gen.weight)
     assert not torch.allclose(with_add(*args, **kw)[2], without(*args, **kw)[2], atol=1e-3)
