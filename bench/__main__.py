@@ -8,7 +8,7 @@
     python -m bench perf train                # step time, FLOPs, utilisation per preset
     python -m bench perf infer                # inference images per second and utilisation
     python -m bench perf main                 # stage times of the last train-v3 + eval job
-    python -m bench mmse-t                    # the MMSE output at several t (sample.mmse_t)
+    python -m bench onestep-t                 # the one-step output at several t (onestep_t)
     python -m bench sample-temperature        # the sample at several noise temperatures
     python -m bench results [--check]         # docs/RESULTS.md from the reports in results/
     python -m bench study [--plan | --quick]  # SSIM vs pixel at length (issue 28), resumable
@@ -26,7 +26,8 @@ SUBCOMMANDS = {
     "score": ("bench.score", "score a folder of external predictions into the leaderboard"),
     "score-text": ("bench.score_text", "undecodable-token statistics of external generations"),
     "perf": ("bench.perf", "performance tables of the project's own kernels"),
-    "mmse-t": ("bench.mmse_t", "the MMSE output at several t: how sample.mmse_t was chosen"),
+    "onestep-t": ("bench.onestep_t",
+                  "the one-step output at several t: how sample.onestep_t was chosen"),
     "sample-temperature": ("bench.sample_temperature",
                            "the sample at several noise temperatures: how "
                            "sample.noise_temperature was chosen"),

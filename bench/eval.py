@@ -13,9 +13,9 @@ Steps, one module each: (1) ``bench/eval_train.py``: for each of pixel / ssim_v3
 finished run in ``runs/``, train it (``python -m train --preset NAME`` with the same ``--set``
 overrides and the step budget of the runs that exist; ``--train-jobs`` of them side by side);
 (2) ``bench/eval_targets.py``: what is evaluated: every run (latest checkpoint, EMA weights;
-``--all-checkpoints`` for all) as its sample and its MMSE output, the checkpoint the runs started
-from (the shipped base model), every ``--model``, and the baselines (bicubic and Lanczos for SR,
-identity for enhance, the constant image = mean of the training targets on every task as the
+``--all-checkpoints`` for all) as its sample and its one-step output, the checkpoint the runs
+started from (the shipped base model), every ``--model``, and the baselines (bicubic and Lanczos
+for SR, identity for enhance, the constant image = mean of the training targets on every task as the
 floor); (3) ``bench/eval_infer.py``: the inference harness on the test split, or on every image
 with ``--split all`` (finished outputs are reused); (4) ``bench/eval_score.py``: score the PNGs
 (``medq.scoring``): per image PSNR / SSIM / MS-SSIM over the full image and inside the field of
@@ -37,11 +37,11 @@ Failure is visible. Exit codes:
   publishing (``<out>`` left as it was).
 
 Outputs of data other than the embedded test split go to ``eval-<source>-<split>-<sha8>``
-directories (``medq.harness.records.keyed_eval_dir``), never into ``eval/``: the runs', their MMSE
-outputs', the base model's, the models' and the baselines' alike. Retention: an output directory
-that holds no output (only its ``data.json``, e.g. its model failed to load or to run) is removed
-when its evaluation fails, and any such leftover of a killed evaluation at the next start; one
-holding outputs is kept, so a rerun resumes from it. Inference runs on ``run.device`` (``auto``:
+directories (``medq.harness.records.keyed_eval_dir``), never into ``eval/``: the runs', their
+one-step outputs', the base model's, the models' and the baselines' alike. Retention: an output
+directory that holds no output (only its ``data.json``, e.g. its model failed to load or to run) is
+removed when its evaluation fails, and any such leftover of a killed evaluation at the next start;
+one holding outputs is kept, so a rerun resumes from it. Inference runs on ``run.device`` (``auto``:
 CUDA when present, else the CPU); a device this machine lacks is refused.
 """
 

@@ -113,9 +113,9 @@ def remove_if_unfilled(out_dir: Path, runs_dir: Path) -> None:
 
 def _old_init_layout(d: Path) -> bool:
     """A directory of the base model's outputs from before they were laid out like a run's:
-    ``_init/<sha8>/eval[-<source>...]`` holding the task folders itself, or ``eval-mmse``,
+    ``_init/<sha8>/eval[-<source>...]`` holding the task folders itself, or ``eval-onestep``,
     which was never keyed by the data."""
-    return d.name == "eval-mmse" or (d / DATA_FILE).is_file() or any(d.glob(f"*/{RECORDS}"))
+    return d.name == "eval-onestep" or (d / DATA_FILE).is_file() or any(d.glob(f"*/{RECORDS}"))
 
 
 def tidy_outputs(runs_dir: Path) -> list[Path]:

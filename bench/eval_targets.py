@@ -11,8 +11,8 @@ same way.
 
 Output directories (``eval`` is renamed for any data but the embedded test split)::
 
-    <run>/eval/<checkpoint>-<weights>[-mmse]                a run's checkpoint
-    <runs-dir>/_init/<sha8>/eval/<checkpoint>-ema[-mmse]    a checkpoint the runs started from
+    <run>/eval/<checkpoint>-<weights>[-onestep]                a run's checkpoint
+    <runs-dir>/_init/<sha8>/eval/<checkpoint>-ema[-onestep]    a checkpoint the runs started from
     <runs-dir>/_models/<name>/eval                          a --model
     <runs-dir>/_baselines/<name>/eval                       a baseline
 """
@@ -28,11 +28,11 @@ from typing import Callable
 from medq.scoring import FLOOR
 from medq.tasks import TASKS
 
-OUTPUTS = ("sample", "mmse")
+OUTPUTS = ("sample", "onestep")
 """What each mini-BAGEL checkpoint is scored on (``MiniBagelAdapter``): the Euler sample and the
-MMSE output (x0 prediction from the condition noised to ``sample.mmse_t``, averaged over
-``sample.mmse_draws`` noise draws), the two ends of the perception-distortion trade-off. The MMSE
-rows are a mode of their own (``<preset>/mmse``) so that comparisons keep them apart."""
+one-step output (x0 prediction from the condition noised to ``sample.onestep_t``, averaged over
+``sample.onestep_draws`` noise draws), the two ends of the perception-distortion trade-off. The
+one-step rows are a mode of their own (``<preset>/onestep``) so that comparisons keep them apart."""
 BASELINE_NAMES = ("bicubic", "lanczos", "identity", "constant")
 # Each baseline only where it is the honest reference: upsampling for SR, the unchanged input for
 # enhancement (where bicubic/Lanczos of a same-size input would be identity again, three equal
@@ -79,8 +79,8 @@ def _load_config(path: Path, overrides: list[str]):
 def output_targets(source: Path, checkpoint: str | None, meta: dict, cfg, out_dir: Path, ctx,
                    mark: str = "") -> list[Target]:
     """One target per ``OUTPUTS`` of the checkpoint ``source`` (a run with ``checkpoint``, or a
-    checkpoint directory): the MMSE output's rows are ``<name>/mmse``, its outputs in
-    ``<out_dir>-mmse``, without reports (they are the sample's: same model, same input)."""
+    checkpoint directory): the one-step output's rows are ``<name>/onestep``, its outputs in
+    ``<out_dir>-onestep``, without reports (they are the sample's: same model, same input)."""
     from medq.harness.load import load_run
 
     targets = []

@@ -11,7 +11,7 @@ that means something (issue 28).
 What it does (``configs/study/full.toml``): fine-tunes control, pixel, ssim_v3, ssim_v3_relaxed,
 ssim_v1, ssim_matched and mixed from the shipped base, three seeds at the main budget (300
 steps), one seed to the check length (4000 steps, a checkpoint every 500 kept), and ssim_v3 and
-ssim_matched far past it (20000 steps); scores every kept checkpoint's MMSE output on a fixed
+ssim_matched far past it (20000 steps); scores every kept checkpoint's one-step output on a fixed
 validation subset (SSIM-fov, PSNR over the eroded FOV, vessel Dice, Inception KID, report DR
 kappa) and each run's last checkpoint's sample too; measures at every scored checkpoint how much
 larger SSIM's gradient is than L2's at the VAE decoder's input and at the backbone, with and
@@ -245,7 +245,7 @@ def get_timing(out: Path, args, state: dict, presets) -> Timing:
     path = out / TIMING
     if args.step_time is not None and args.image_time is not None:
         timing = Timing(step_seconds={p: args.step_time for p in presets},
-                        point_image_seconds={"mmse": args.image_time, "sample": args.image_time,
+                        point_image_seconds={"onestep": args.image_time, "sample": args.image_time,
                                              "baseline": args.image_time},
                         source="given on the command line (--step-time, --image-time)")
     else:
@@ -489,8 +489,8 @@ def action_inert(args) -> int:
     sample = load_config("control", overrides=args.overrides).sample
     ts = inference_timesteps(sample)
     print(f"inference evaluates the model at t = {', '.join(f'{t:.3f}' for t in ts)} (Euler "
-          f"sampler: {sample.steps} steps, shift {sample.shift:g}; MMSE output: t = "
-          f"{sample.mmse_t:g}); training draws t = shift(sigmoid(N(0, 1)))")
+          f"sampler: {sample.steps} steps, shift {sample.shift:g}; one-step output: t = "
+          f"{sample.onestep_t:g}); training draws t = shift(sigmoid(N(0, 1)))")
     print(f"{'preset':16s} {'term':5s} {'weight':>7s} {'scale':>6s} {'w x scale':>9s} "
           f"{'max_t':>6s} {'min sampler t':>13s} {'inference t in gate':>19s} "
           f"{'gated':>8s} {'samples reached':>17s}")

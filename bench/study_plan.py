@@ -7,8 +7,8 @@ points it scores, and how long all of it takes from measured step and scoring ti
 
 A run is ``python -m train --preset P`` with the study's lengths, seed and checkpoint spacing set
 by ``--set`` (``RunSpec.overrides``), written under the study's own directory. A point is one
-scored output of one checkpoint (the MMSE output at every kept checkpoint, the Euler sample at the
-last), plus the shared points every curve starts from or is compared with: the base model the
+scored output of one checkpoint (the one-step output at every kept checkpoint, the Euler sample at
+the last), plus the shared points every curve starts from or is compared with: the base model the
 fine-tunes start from (step 0) and the reference baselines.
 """
 
@@ -174,7 +174,7 @@ def plan_runs(budget: Budget) -> list[RunSpec]:
 class Point:
     """One scored output: ``source`` "run" (a checkpoint of a study run), "init" (the checkpoint
     every fine-tune starts from: step 0 of every curve) or "baseline" (``name`` is the baseline);
-    ``output`` "mmse" or "sample" (baselines: "sample", their one output)."""
+    ``output`` "onestep" or "sample" (baselines: "sample", their one output)."""
 
     source: str
     name: str
@@ -189,9 +189,9 @@ class Point:
 
 
 def run_points(run_name: str, spec: RunSpec, budget: Budget) -> list[Point]:
-    """The points of one run: its MMSE output at every kept checkpoint, its sample at the last
+    """The points of one run: its one-step output at every kept checkpoint, its sample at the last
     (``score.sample = "final"``)."""
-    points = [Point("run", run_name, s, "mmse", final=s == spec.steps) for s in spec.checkpoints]
+    points = [Point("run", run_name, s, "onestep", final=s == spec.steps) for s in spec.checkpoints]
     if budget.sample == "final":
         points.append(Point("run", run_name, spec.steps, "sample", final=True))
     return points
@@ -201,9 +201,9 @@ INIT = "init"
 
 
 def shared_points(budget: Budget, baselines: list[str]) -> list[Point]:
-    """Step 0 of every curve (the init checkpoint's MMSE output and sample) and the reference
+    """Step 0 of every curve (the init checkpoint's one-step output and sample) and the reference
     baselines."""
-    out = [Point("init", INIT, 0, "mmse", final=True)]
+    out = [Point("init", INIT, 0, "onestep", final=True)]
     if budget.sample == "final":
         out.append(Point("init", INIT, 0, "sample", final=True))
     return out + [Point("baseline", b, 0, "sample", final=True) for b in baselines]
@@ -217,9 +217,10 @@ class Timing:
     step_seconds: dict[str, float] = field(default_factory=dict)
     validation_seconds: float = 0.0
     point_image_seconds: dict[str, float] = field(default_factory=dict)
-    """By output ("mmse": output, report and scores; "sample"; "baseline")."""
+    """By output ("onestep": output, report and scores; "sample"; "baseline")."""
     point_fixed_seconds: dict[str, float] = field(default_factory=dict)
-    """By output: what a point costs besides its images (the gradient ratio of an MMSE point)."""
+    """By output: what a point costs besides its images (the gradient ratio of a one-step
+    point)."""
     job_seconds: float = 0.0
     """What a scoring job pays before its first point (start-up, data, Inception, targets)."""
     measured_on: dict[str, str] = field(default_factory=dict)
@@ -240,7 +241,7 @@ class Timing:
 
     def point_seconds(self, point: Point, images: int, tasks: int) -> float:
         kind = "baseline" if point.source == "baseline" else point.output
-        per = self.point_image_seconds.get(kind, self.point_image_seconds.get("mmse", 0.0))
+        per = self.point_image_seconds.get(kind, self.point_image_seconds.get("onestep", 0.0))
         return self.point_fixed_seconds.get(kind, 0.0) + images * tasks * per
 
     def as_dict(self) -> dict:

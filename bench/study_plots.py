@@ -1,11 +1,12 @@
 """The study's plots (matplotlib, Agg), from ``bench.study_report.tables``:
 
-- ``curves_<task>.png``: learning curves of each preset's MMSE output over the checkpoints of its
+- ``curves_<task>.png``: learning curves of each preset's one-step output over the checkpoints of
+its
   check-length run (one panel per metric), from step 0 (the init checkpoint);
 - ``stability_<task>.png``: the same for the long stability runs;
 - ``pd_<task>.png``: the perception-distortion plane at the check length: PSNR over the eroded
   FOV (distortion, right is better) against KID on the Inception features (perception, down is
-  better), each preset's MMSE output and sample, the init checkpoint and the reference baseline;
+  better), each preset's one-step output and sample, the init checkpoint and the reference baseline;
 - ``gradient_ratio.png``: SSIM's gradient over L2's at the VAE decoder's input over training,
   without and with the per-element clamp, beside the original's 200-2000x.
 """
@@ -55,7 +56,7 @@ def _curve_figure(rows: list[dict], init: list[dict], task: str, title: str, pat
                   stage: str) -> Path | None:
     plt = _pyplot()
     runs = sorted({(r["preset"], r["run"]) for r in rows if r["stage"] == stage
-                   and r["task"] == task and r["output"] == "mmse"})
+                   and r["task"] == task and r["output"] == "onestep"})
     if not runs:
         return None
     start = {r["output"]: r for r in init if r["task"] == task}
@@ -63,14 +64,14 @@ def _curve_figure(rows: list[dict], init: list[dict], task: str, title: str, pat
     for ax, metric in zip(axes, CURVE_METRICS):
         for preset, run in runs:
             pts = sorted((r for r in rows if r["run"] == run and r["task"] == task
-                          and r["output"] == "mmse"), key=lambda r: _num(r["step"]))
+                          and r["output"] == "onestep"), key=lambda r: _num(r["step"]))
             xs = [0] + [int(r["step"]) for r in pts]
-            ys = [_num(start.get("mmse", {}).get(metric))] + [_num(r[metric]) for r in pts]
+            ys = [_num(start.get("onestep", {}).get(metric))] + [_num(r[metric]) for r in pts]
             ax.plot(xs, ys, marker=".", label=preset)
         ax.set_title(LABELS[metric], fontsize=9)
         ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{title}: {task}, MMSE output, validation subset", fontsize=10)
+    fig.suptitle(f"{title}: {task}, one-step output, validation subset", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -90,7 +91,7 @@ def _pd_figure(board: list[dict], task: str, path: Path) -> Path | None:
                     fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("PSNR eroded fov (dB), higher = less distortion")
     ax.set_ylabel("KID (Inception), lower = more realistic")
-    ax.set_title(f"perception-distortion, {task} (o MMSE output, ^ sample, s baseline)",
+    ax.set_title(f"perception-distortion, {task} (o one-step output, ^ sample, s baseline)",
                  fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

@@ -170,10 +170,10 @@ def stability_rows(curves: list[dict], study: Path, runs: list[dict]) -> list[di
         skipped = max((v for _, k, v in logs if k == "train/skipped"), default=0.0)
         for task in sorted({r["task"] for r in curves if r["run"] == run["name"]}):
             pts = sorted((r for r in curves if r["run"] == run["name"] and r["task"] == task
-                          and r["output"] == "mmse"), key=lambda r: _num(r["step"]))
+                          and r["output"] == "onestep"), key=lambda r: _num(r["step"]))
             if not pts:
                 continue
-            k0 = _num(init.get((task, "mmse"), {}).get("dr_kappa"))
+            k0 = _num(init.get((task, "onestep"), {}).get("dr_kappa"))
             kappa = [(int(r["step"]), _num(r["dr_kappa"])) for r in pts]
             ssim = [(int(r["step"]), _num(r["ssim_fov"])) for r in pts]
             collapsed = [int(r["step"]) for r in pts if r.get("verdict") == "collapsed"]
@@ -186,7 +186,7 @@ def stability_rows(curves: list[dict], study: Path, runs: list[dict]) -> list[di
                         "first_kappa_drop_step": broke[0] if broke else None,
                         "kappa_init": k0, "kappa_min": min((k for _, k in kappa), default=None),
                         "kappa_last": kappa[-1][1],
-                        "ssim_fov_init": _num(init.get((task, "mmse"), {}).get("ssim_fov")),
+                        "ssim_fov_init": _num(init.get((task, "onestep"), {}).get("ssim_fov")),
                         "ssim_fov_best": best[1], "ssim_fov_best_step": best[0],
                         "ssim_fov_last": ssim[-1][1],
                         "psnr_eroded_fov_last": _num(pts[-1]["psnr_eroded_fov"]),
@@ -241,7 +241,7 @@ def leaderboard(finals: dict, shared: dict, tasks: list[str], label: str) -> lis
         ref = _reference(shared, task)
         if ref is not None and task_row(ref[1], task):
             rows.append({**task_row(ref[1], task), "name": ref[0], "kind": "baseline"})
-        for output in ("mmse", "sample"):
+        for output in ("onestep", "sample"):
             rec = shared.get((INIT, output))
             if rec is not None and task_row(rec, task):
                 rows.append({**task_row(rec, task), "name": f"base model/{output}",
@@ -283,7 +283,7 @@ def seed_comparison_rows(finals: dict, shared: dict, tasks: list[str], label: st
     out = []
     for task in tasks:
         ref = _reference(shared, task)
-        for output in ("mmse", "sample"):
+        for output in ("onestep", "sample"):
             pairs = _pairs({k: v for k, v in finals.items() if k[1] == output})
             pairs += [(p, None) for p, o in sorted(finals) if o == output and ref is not None]
             for a, b in pairs:
@@ -298,8 +298,8 @@ def seed_comparison_rows(finals: dict, shared: dict, tasks: list[str], label: st
                     out.append({"task": task, "a": names[0], "b": names[1], "metric": m,
                                 **c.as_dict()})
                 for m in ("kid_inception", "dr_kappa"):
-                    if m == "dr_kappa" and (output != "mmse" or b is None):
-                        continue  # reports come with the MMSE point; baselines write none
+                    if m == "dr_kappa" and (output != "onestep" or b is None):
+                        continue  # reports come with the one-step point; baselines write none
                     c = seed_comparison({s: _num((task_row(r, task) or {}).get(m))
                                          for s, r in ra.items()},
                                         {s: _num((task_row(r, task) or {}).get(m))
@@ -320,7 +320,7 @@ def comparison_rows(study: Path, finals: dict, shared: dict, tasks: list[str],
     out = []
     for task in tasks:
         ref = _reference(shared, task)
-        for output in ("mmse", "sample"):
+        for output in ("onestep", "sample"):
             one = {p: next(iter(v.values())) for (p, o), v in finals.items() if o == output}
             pairs = [(one[a], one[b], f"{a}/{output} {label}", f"{b}/{output} {label}")
                      for a, b in _pairs({(p, output): 0 for p in one})]

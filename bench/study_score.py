@@ -5,10 +5,10 @@ A point (``bench.study_plan.Point``) is one output of one checkpoint on a fixed 
 validation split. Its outputs are written by the inference harness (``medq.harness.run_harness``,
 resumable image by image) under ``<study>/eval/<point>/``, scored by ``medq.scoring.
 score_task_dir`` (SSIM-fov, PSNR over the eroded FOV, vessel Dice, KID on the pinned Inception,
-report DR kappa from the greedy reports on the MMSE point), and recorded in
+report DR kappa from the greedy reports on the one-step point), and recorded in
 ``<study>/scores/<point>.json`` with its per-image values, plus ``.npz`` holding the Inception
 features (for paired KID comparisons later). The JSON is written last and atomically: it is the
-point's "done" mark, so a killed scoring resumes at the first point without one. The MMSE point
+point's "done" mark, so a killed scoring resumes at the first point without one. The one-step point
 of a checkpoint also carries the gradient ratio (``gradient_ratio``) measured at its weights.
 
 Images of a point that is not a run's last checkpoint are deleted once it is scored (the curves
@@ -126,7 +126,7 @@ class Scorer:
         json_path, npz_path, out_dir = point_paths(self.study, point)
         tasks = tasks or self.tasks
         run_harness(model, self.items, out_dir, tasks=tasks, seed=self.cfg.sample.seed,
-                    batch_size=8, text=point.output == "mmse" and point.source != "baseline",
+                    batch_size=8, text=point.output == "onestep" and point.source != "baseline",
                     progress=False, meta={k: meta.get(k) for k in ("run", "checkpoint",
                                                                    "weights")})
         rows, per_image, arrays = [], [], {}
@@ -146,7 +146,7 @@ class Scorer:
         record = {"key": point.key, "source": point.source, "name": point.name,
                   "step": point.step, "output": point.output, "final": point.final,
                   **info, "rows": rows, "per_image": per_image}
-        if point.output == "mmse" and point.source != "baseline":
+        if point.output == "onestep" and point.source != "baseline":
             t1 = time.perf_counter()
             record["grad_ratio"] = self.gradient_ratio(point)
             record["seconds_ratio"] = time.perf_counter() - t1

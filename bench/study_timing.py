@@ -8,9 +8,9 @@ run), with the machine's calibration line (``bench/perf_machine.py``).
 Step times come from ``bench.perf_train.time_steps`` (the loop's step: losses, backward, clip,
 AdamW; random weights, which cost the same as trained ones). The time of a validation (loss on the
 val tiles and the collapse probe, every ``run.val_every`` steps) is measured once. Scoring times
-come from scoring the init checkpoint's MMSE output and sample on the budget's images in a scratch
-folder (``scoring_seconds``), apart from what a scoring job pays once. Once the study has run
-jobs, ``bench.study.refine`` replaces the estimates by what its runs logged
+come from scoring the init checkpoint's one-step output and sample on the budget's images in a
+scratch folder (``scoring_seconds``), apart from what a scoring job pays once. Once the study has
+run jobs, ``bench.study.refine`` replaces the estimates by what its runs logged
 (``time/steps_per_s``) and its points recorded.
 """
 
@@ -65,8 +65,8 @@ def scoring_seconds(overrides: list[str], budget: dict, images_per_task: int, tm
     seconds a scoring job spends before its first point) from scoring, on ``images_per_task``
     images of each task under ``tmp``: a reference baseline first (the job's start-up: the
     validation subset, the Inception network, the targets' features), then the init
-    checkpoint's MMSE output and sample, and the MMSE point's gradient ratio once more (warm:
-    its first one also built the probe task and compiled the SSIM kernel)."""
+    checkpoint's one-step output and sample, and the one-step point's gradient ratio once more
+    (warm: its first one also built the probe task and compiled the SSIM kernel)."""
     from bench.study_score import Scorer
     from medq.scoring import REFERENCE
 
@@ -77,13 +77,13 @@ def scoring_seconds(overrides: list[str], budget: dict, images_per_task: int, tm
     scorer.score_shared([Point("baseline", reference, 0, "sample", final=True)])
     startup = time.perf_counter() - t0
     per_image, fixed = {}, {}
-    for output in ("mmse", "sample"):
+    for output in ("onestep", "sample"):
         point = Point("init", INIT, 0, output, final=True)
         scorer.score_shared([point])
         record = json.loads((tmp / "scoring" / "scores" / f"{point.key}.json").read_text())
         n = sum(r.get("n_images") or 0 for r in record["rows"])
         per_image[output] = (record["seconds"] - record.get("seconds_ratio", 0.0)) / max(n, 1)
-        if output == "mmse":
+        if output == "onestep":
             t1 = time.perf_counter()
             scorer.gradient_ratio(point)
             fixed[output] = time.perf_counter() - t1

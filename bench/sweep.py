@@ -1,4 +1,4 @@
-"""One table of a sampler setting swept over values, shared by ``bench mmse-t`` and
+"""One table of a sampler setting swept over values, shared by ``bench onestep-t`` and
 ``bench sample-temperature``: the first ``--images`` images of a split per task, scored inside the
 field of view (mean PSNR-fov, mean eroded SSIM-fov), beside the reference (bicubic for sr2/sr4,
 the unchanged input for enhance)."""

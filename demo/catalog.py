@@ -5,7 +5,7 @@ ones: ``runs/<preset>-<hash8>/``) or a baseline (``runs/_baselines/<name>/`` or 
 fly). Its records are the rows of ``records.jsonl`` written by ``make eval``
 (``docs/ARCHITECTURE.md``: ``runs/<run>/eval/<ckpt>-<weights>/<task>/records.jsonl``), looked up by
 (task, id) before any model is run. A records row may name further outputs besides ``output``
-(``output_<kind>``, e.g. an MMSE estimate): each becomes a mode of its own, ``<label>:<kind>``.
+(``output_<kind>``, e.g. a one-step estimate): each becomes a mode of its own, ``<label>:<kind>``.
 
 Everything is read generically from what the eval writes, so new modes and verdict reasons
 appear without a change here: verdicts from ``verdict*.json`` / ``summary*.json`` next to the
@@ -24,7 +24,7 @@ from medq.harness.records import RECORDS, read_jsonl
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS = ("ssim_v3:mmse", "ssim_v3", "pixel:mmse", "pixel", "mixed")
+DEFAULT_MODELS = ("ssim_v3:onestep", "ssim_v3", "pixel:onestep", "pixel", "mixed")
 """Model modes selected at start, in this order of preference, at most ``DEFAULT_MODEL_COUNT``;
 the task's reference (bicubic for SR, the unchanged input for enhancement) is added to them."""
 DEFAULT_MODEL_COUNT = 3
@@ -83,7 +83,7 @@ class Mode:
     root: Path | None              # run directory / baseline directory (None: computed only)
     eval_dir: Path | None = None   # the evaluation whose records are shown
     records: dict[str, dict[str, Record]] = field(default_factory=dict)   # task -> id -> Record
-    output_key: str = "output"     # the records field of the image shown ("output_mmse", ...)
+    output_key: str = "output"     # the records field of the image shown ("output_onestep", ...)
     parent: str | None = None      # for an extra output: the label of the mode that wrote it
     weights: Path | None = None    # what ``load_run`` loads (a run or checkpoint directory); None:
     #                                a run whose weights are not here (then no uploads)
@@ -99,6 +99,8 @@ def display_name(label: str, task: str | None = None) -> str:
         name = "Unchanged input" + ("" if base == "identity" else f" ({base})")
     else:
         name = MODE_INFO.get(base, (f"Training preset {base}", ""))[0]
+    if extra == "onestep":
+        return f"{name}, one-step estimate"
     return f"{name}, {extra.upper() if len(extra) <= 4 else extra} output" if extra else name
 
 
@@ -109,8 +111,9 @@ def description(label: str, task: str | None = None) -> str:
         text = "no model: on enhancement the input is returned as it is"
     else:
         text = MODE_INFO.get(base, ("", f"the newest run of configs/{base}.toml"))[1]
-    if extra == "mmse":
-        text += "; its averaged estimate: the most likely picture, smoother than one drawing"
+    if extra == "onestep":
+        text += ("; its one-pass estimate, averaged over a few tries: smoother than a drawn "
+                 "picture, closer to the original on average")
     elif extra:
         text += f"; its {extra} output, recorded for the test images"
     return text
@@ -168,10 +171,11 @@ def discover(runs_dir: Path, baselines: tuple[str, ...] = ()) -> dict[str, Mode]
         records = read_task_records(ev) if ev else {}
         weights = _weights_of(run_dir, records)
         modes[preset] = Mode(preset, "run", run_dir, ev, records, weights=weights)
-        mmse = ev.with_name(ev.name + "-mmse") if ev is not None else None
-        if mmse is not None and mmse.is_dir():  # bench eval's MMSE output of the same checkpoint
-            modes[f"{preset}:mmse"] = Mode(f"{preset}:mmse", "run", run_dir, mmse,
-                                           read_task_records(mmse), parent=preset,
+        onestep = ev.with_name(ev.name + "-onestep") if ev is not None else None
+        # bench eval's one-step output of the same checkpoint
+        if onestep is not None and onestep.is_dir():
+            modes[f"{preset}:onestep"] = Mode(f"{preset}:onestep", "run", run_dir, onestep,
+                                           read_task_records(onestep), parent=preset,
                                            weights=weights)
     base_root = runs_dir / "_baselines"
     names = sorted({d.name for d in base_root.glob("*") if d.is_dir()} if base_root.is_dir()
@@ -212,13 +216,13 @@ def _weights_of(run_dir: Path, records: dict[str, dict[str, Record]]) -> Path | 
 
 def runs_on_uploads(mode: Mode, modes: dict[str, Mode]) -> bool:
     """Whether the page can run ``mode`` on an uploaded photograph: a baseline, a run whose
-    weights are here, or its MMSE output (the same weights read out differently). Any other
+    weights are here, or its one-step output (the same weights read out differently). Any other
     records-only output (``output_<kind>``) exists for evaluated test images only."""
     if mode.kind == "baseline":
         return True
     if mode.parent is not None:
         parent = modes.get(mode.parent)
-        return mode.label.endswith(":mmse") and parent is not None and parent.weights is not None
+        return mode.label.endswith(":onestep") and parent is not None and parent.weights is not None
     return mode.weights is not None
 
 
@@ -324,8 +328,8 @@ def read_leaderboard(reports: Path) -> list[dict]:
 
 def row_label(row: dict) -> str:
     """The mode label of a leaderboard row, as the Compare tab names modes: its preset for a run
-    (``ssim_v3``; its MMSE row ``ssim_v3/mmse`` -> ``ssim_v3:mmse``), else its name. The one
-    place besides ``row_interval`` that reads the leaderboard's identity columns (the schema is
+    (``ssim_v3``; its one-step row ``ssim_v3/onestep`` -> ``ssim_v3:onestep``), else its name. The
+    one place besides ``row_interval`` that reads the leaderboard's identity columns (the schema is
     ``bench``'s)."""
     return str(row.get("preset") or row.get("mode") or row.get("name") or "").replace("/", ":")
 

@@ -41,7 +41,7 @@ def instruction_for(task: str, enhance_kind: str = "blur") -> str:
 def load_mode_model(mode, parent_model: Callable[[str], ImageTextModel] | None = None
                     ) -> ImageTextModel:
     """The model behind a ``demo.catalog.Mode``: a baseline by name, a run's (or the base
-    model's) EMA weights from ``mode.weights``, or for an MMSE output the parent's model
+    model's) EMA weights from ``mode.weights``, or for a one-step output the parent's model
     (``parent_model(label)``, so the weights are loaded once) reading out its x0 prediction.
     Raises ValueError for a mode that cannot run here (records only)."""
     if mode.kind == "baseline":
@@ -52,13 +52,13 @@ def load_mode_model(mode, parent_model: Callable[[str], ImageTextModel] | None =
                              f"{', '.join(BASELINES)})")
         return BASELINES[mode.label]()
     if mode.parent is not None:
-        if not mode.label.endswith(":mmse") or parent_model is None:
+        if not mode.label.endswith(":onestep") or parent_model is None:
             raise ValueError(f"mode {mode.label!r} exists only as recorded outputs")
         from medq.models import MiniBagelAdapter
 
         base = parent_model(mode.parent)
         return MiniBagelAdapter(base.model, base.vae, base.tokenizer, base.sample_cfg,
-                                name=f"{base.name}/mmse", output="mmse")
+                                name=f"{base.name}/onestep", output="onestep")
     if mode.weights is None:
         raise ValueError(f"mode {mode.label!r}: its weights are not on this disk")
     from medq.harness.load import load_run
@@ -74,7 +74,8 @@ class ModelPool:
     def __init__(self, loader: Callable[[str], ImageTextModel]):
         self._loader = loader
         self._models: dict[str, ImageTextModel] = {}
-        self._lock = threading.RLock()   # a loader may ask for another mode (MMSE: its parent)
+        # a loader may ask for another mode (a one-step output: its parent)
+        self._lock = threading.RLock()
 
     def get(self, label: str) -> ImageTextModel:
         with self._lock:

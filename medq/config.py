@@ -407,23 +407,23 @@ class SampleConfig:
     """Timestep shift of the sampling schedule (BAGEL: 3.0 at inference)."""
     text_guidance: float = 1.0
     """Classifier-free guidance on the instruction text; 1.0 turns it off."""
-    mmse_t: float = 0.9
-    """The MMSE output (``MiniBagelAdapter(output="mmse")``) is the x0 prediction from the
+    onestep_t: float = 0.9
+    """The one-step output (``MiniBagelAdapter(output="onestep")``) is the x0 prediction from the
     condition latent noised to this t; 1.0 = from pure noise (the posterior mean given the
     condition alone). A t just below 1 keeps the condition's layout in x_t while leaving the
-    model room to correct it; chosen on the validation split with ``python -m bench mmse-t``
+    model room to correct it; chosen on the validation split with ``python -m bench onestep-t``
     (the sweep and the model it was run on: docs/RESULTS.md)."""
-    mmse_draws: int = 4
-    """The MMSE output averages the x0 predictions (in latent space, then decodes once) from this
-    many noise draws at ``mmse_t``: one draw leaves in the output the part of x0_hat that follows
-    its own noise. Each draw is one more forward; a few keep the output far cheaper than a
-    sample (``python -m bench mmse-t --draws``; docs/RESULTS.md)."""
+    onestep_draws: int = 4
+    """The one-step output averages the x0 predictions (in latent space, then decodes once) from
+    this many noise draws at ``onestep_t``: one draw leaves in the output the part of x0_hat that
+    follows its own noise. Each draw is one more forward; a few keep the output far cheaper than a
+    sample (``python -m bench onestep-t --draws``; docs/RESULTS.md)."""
     noise_temperature: float = 0.3
     """The sample starts from ``noise_temperature`` times standard normal noise (reduced-
     temperature sampling, as in Glow): 1 = the model's own distribution; lower trades diversity
-    and texture for fidelity, toward the MMSE output. Chosen on the validation split with
+    and texture for fidelity, toward the one-step output. Chosen on the validation split with
     ``python -m bench sample-temperature`` (the trade-off and how the value was picked:
-    docs/RESULTS.md). The MMSE output's noise is not scaled (it averages over the noise)."""
+    docs/RESULTS.md). The one-step output's noise is not scaled (it averages over the noise)."""
     tile_overlap: int = 16
     """Pixels by which neighbouring tiles overlap when an image larger than ``model.tile_size``
     is generated. Each tile's velocity (or x0 prediction) is blended into the whole latent with a
@@ -452,10 +452,10 @@ class SampleConfig:
         _check(self.temperature >= 0, "sample.temperature", self.temperature,
                "must be >= 0 (0 = greedy)")
         _check(0 < self.top_p <= 1, "sample.top_p", self.top_p, "must be in (0, 1]")
-        _check(0 < self.mmse_t <= 1, "sample.mmse_t", self.mmse_t,
+        _check(0 < self.onestep_t <= 1, "sample.onestep_t", self.onestep_t,
                "must be in (0, 1] (1 = from pure noise)")
-        _check(1 <= self.mmse_draws <= 64, "sample.mmse_draws", self.mmse_draws,
-               "must be in 1..64 (the number of noise draws averaged by the MMSE output)")
+        _check(1 <= self.onestep_draws <= 64, "sample.onestep_draws", self.onestep_draws,
+               "must be in 1..64 (the number of noise draws averaged by the one-step output)")
         _check(self.tile_overlap >= 0 and self.tile_overlap % 2 == 0, "sample.tile_overlap",
                self.tile_overlap, "must be an even number of pixels >= 0")
         _check(self.tile_batch >= 1, "sample.tile_batch", self.tile_batch, "must be >= 1")
@@ -500,13 +500,13 @@ class RunConfig:
         _check(self.threads >= 0, "run.threads", self.threads, "must be >= 0")
 
 
-NOT_HASHED = (("run", "out_dir"), ("run", "preset"), ("run", "fsdp"), ("sample", "mmse_t"),
-              ("sample", "mmse_draws"), ("sample", "noise_temperature"),
+NOT_HASHED = (("run", "out_dir"), ("run", "preset"), ("run", "fsdp"), ("sample", "onestep_t"),
+              ("sample", "onestep_draws"), ("sample", "noise_temperature"),
               ("sample", "tile_overlap"), ("sample", "tile_batch"))
 """Values that do not change what is computed: where a run is written, its name, and how the work
 is spread over processes (like the number of ranks, which is no config value either: a run may
 be resumed with or without FSDP, and runs made before the option existed keep their hash), and
-which x0 prediction the MMSE output is and the sample's noise temperature (inference settings,
+which x0 prediction the one-step output is and the sample's noise temperature (inference settings,
 recorded with every output; no training step reads them), and how images larger than a tile are
 put together from tiles."""
 

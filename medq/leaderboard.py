@@ -7,7 +7,7 @@ reads them through it, so neither guesses a column by its name.
     rows = read_leaderboard(Path("reports"))            # [] when there is none yet
     column("ssim_fov").higher_is_better                 # True
     column("kid_inception_hi").meaning                  # any column, the dynamic ones included
-    mode_of(row)                                        # "ssim_v3/mmse", "bicubic", "my-model"
+    mode_of(row)                                        # "ssim_v3/onestep", "bicubic", "my-model"
     interval(row, "psnr_fov")                           # (value, lo, hi), NaN where empty
     floor_of("dr_kappa")                                # "dr_kappa_floor"
     present(rows, "distribution")                       # the distribution columns these rows hold
@@ -95,7 +95,8 @@ _ID = {
     "kind": "run, model (--model), baseline, external (bench score) or seeds (mean over seeds)",
     "run": "the run directory's name, the model's name or the predictions folder",
     "preset": "the training preset of a run, with /<output> for its other outputs "
-              "(ssim_v3/mmse); pretrain for the checkpoint the runs started from; empty otherwise",
+              "(ssim_v3/onestep); pretrain for the checkpoint the runs started from; empty "
+              "otherwise",
     "config_hash": "the first 8 hex digits of the run's config hash",
     "checkpoint": "the checkpoint scored (step_N)",
     "step": "its training step",
@@ -235,7 +236,7 @@ def present(rows: Iterable[dict], role: str) -> list[str]:
 
 
 def mode_of(row: dict) -> str:
-    """The mode a row belongs to: a run's preset (``ssim_v3``, ``ssim_v3/mmse``, ``pretrain``),
+    """The mode a row belongs to: a run's preset (``ssim_v3``, ``ssim_v3/onestep``, ``pretrain``),
     else its name (a baseline, a ``--model``, an external folder)."""
     return str(row.get("preset") or row.get("name") or "")
 

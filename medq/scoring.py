@@ -269,7 +269,7 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
     ``expected_ids``: the test-split ids of that task (None: whatever the records hold).
     ``truth``: {id: ground-truth report} to score what the reports say (``report_scores``).
     ``output_key``: the records field of the image scored: "output" (the sample), or another
-    output kind the harness wrote (``output_<kind>``, e.g. "output_mmse"; ``output_kinds``)."""
+    output kind the harness wrote (``output_<kind>``, e.g. "output_onestep"; ``output_kinds``)."""
     from medq.harness.records import read_jsonl
 
     KINDS = ("input", output_key, "target", "mask")
@@ -529,8 +529,8 @@ def protocol(
 
 def output_kinds(task_dir: Path) -> list[str]:
     """Output kinds besides the sample that a records file carries: fields ``output_<kind>``
-    holding an image path (e.g. ``output_mmse``), sorted. Each is scored as a row of its own,
-    ``<name>/<kind>``, so a mode can appear as ``ssim_v3`` and ``ssim_v3/mmse``."""
+    holding an image path (e.g. ``output_onestep``), sorted. Each is scored as a row of its own,
+    ``<name>/<kind>``, so a mode can appear as ``ssim_v3`` and ``ssim_v3/onestep``."""
     import re
 
     from medq.harness.records import read_jsonl

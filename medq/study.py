@@ -2,13 +2,14 @@
 which of them a loss term's gate lets through, how much of training it reaches, and how strongly
 its gradient is scaled.
 
-    inference_timesteps(cfg.sample)        # the sampler's evaluation points and the MMSE read-out
-    term_reach(cfg, "ssim")                # TermReach: gate vs those timesteps, gated fraction, ...
+    inference_timesteps(cfg.sample)        # the sampler's evaluation points and the one-step
+    read-out term_reach(cfg, "ssim")                # TermReach: gate vs those timesteps, gated
+    fraction, ...
 
 Why it exists: an image-space loss (``medq.losses.image_space``) acts only on training samples
 whose timestep is at most its ``max_t``, and only through ``weight x grad_scale``. A gate below
 every timestep at which a scored output is computed (the Euler sampler's steps,
-``medq.models.flow.sampling_schedule``, and the MMSE output's ``sample.mmse_t``) cannot shape
+``medq.models.flow.sampling_schedule``, and the one-step output's ``sample.onestep_t``) cannot shape
 those outputs except through what the shared network generalises from the few samples it sees;
 that is a property of the configuration, not a measurement, so it is computed here from the same
 functions training and inference use.
@@ -38,10 +39,10 @@ def sampler_timesteps(sample: SampleConfig) -> list[float]:
 
 def inference_timesteps(sample: SampleConfig) -> list[float]:
     """Every timestep at which a scored output evaluates the model, largest first, without
-    repeats: the sampler's (``sampler_timesteps``) and the MMSE output's ``mmse_t``. The
+    repeats: the sampler's (``sampler_timesteps``) and the one-step output's ``onestep_t``. The
     sampler's grid is float32, so a value within ``SAME_T`` of another is the same timestep."""
     out: list[float] = []
-    for t in sorted([*sampler_timesteps(sample), float(sample.mmse_t)], reverse=True):
+    for t in sorted([*sampler_timesteps(sample), float(sample.onestep_t)], reverse=True):
         if not out or out[-1] - t > SAME_T:
             out.append(t)
     return out
@@ -76,7 +77,7 @@ class TermReach:
     max_t: float
     smallest_sampler_t: float
     """The smallest timestep at which the Euler sampler evaluates the model."""
-    mmse_t: float
+    onestep_t: float
     inference_ts_in_gate: int
     """How many of ``inference_timesteps`` the gate lets through (0: none of the points at which
     a scored output is computed is ever trained by this term)."""
@@ -116,7 +117,7 @@ def term_reach(cfg: Config, term: str) -> TermReach:
     trained = cfg.optim.batch_size * cfg.optim.max_steps
     return TermReach(term=term, weight=weight, grad_scale=scale, gradient_factor=weight * scale,
                      max_t=max_t, smallest_sampler_t=min(sampler_timesteps(cfg.sample)),
-                     mmse_t=float(cfg.sample.mmse_t),
+                     onestep_t=float(cfg.sample.onestep_t),
                      inference_ts_in_gate=sum(t <= max_t for t in ts), inference_ts=len(ts),
                      gated_fraction=fraction, samples_reached=fraction * trained,
                      samples_trained=trained)

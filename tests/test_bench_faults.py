@@ -147,7 +147,7 @@ def test_a_failing_model_is_one_failed_line_and_leaves_no_folder_holding_only_da
 
 
 # ---------------------------------------------------------------------------------------------
-# bench eval: every output directory keyed by the data, the base model's MMSE output included
+# bench eval: every output directory keyed by the data, the base model's one-step output included
 
 
 class Sharpened(TextBicubic):
@@ -183,7 +183,7 @@ def _run_with_a_base(tmp_path: Path) -> Path:
 def _fake_load_run(run, *, weights="ema", checkpoint=None, device="cpu", output="sample",
                    overrides=()):
     amount = 0.5 if "weights" in str(run) else 0.9
-    model = Sharpened(f"{Path(run).name}/{output}", amount + (0.3 if output == "mmse" else 0))
+    model = Sharpened(f"{Path(run).name}/{output}", amount + (0.3 if output == "onestep" else 0))
     return model, {"run": Path(run).name, "checkpoint": checkpoint, "weights": weights}, {}
 
 
@@ -197,14 +197,14 @@ def test_a_folder_evaluation_leaves_the_embedded_outputs_byte_identical(tmp_path
     assert len(embedded) == 5  # the run, the base model, the three sr4 baselines
     base_eval = next(p for p in embedded if "_init" in p.parts)
     assert sorted(d.name for d in base_eval.iterdir()) == ["step_003000-ema",
-                                                           "step_003000-ema-mmse"]
+                                                           "step_003000-ema-onestep"]
     good = _folder(tmp_path)
     assert _eval(tmp_path, "--data", "folder", "--root", str(good), "--split", "all") == 0
     assert {p: _files(p) for p in embedded} == embedded  # not a byte changed, nothing added
-    assert not list(runs.glob("_init/*/eval-mmse")) and not list(runs.glob("*/eval-mmse"))
+    assert not list(runs.glob("_init/*/eval-onestep")) and not list(runs.glob("*/eval-onestep"))
     for home in (base_eval.parent, runs / "ssim_v3-aaaa1111"):
         [keyed] = home.glob("eval-folder-all-*")
-        for out in ("-ema", "-ema-mmse"):
+        for out in ("-ema", "-ema-onestep"):
             [d] = keyed.glob(f"step_*{out}")
             ids = {r["id"] for r in read_jsonl(d / "sr4" / "records.jsonl")}
             assert ids == {"f0", "f1"}, d
@@ -214,13 +214,13 @@ def test_outputs_of_the_old_base_model_layout_are_removed_not_mixed(tmp_path):
     from bench.eval_infer import tidy_outputs
 
     home = tmp_path / "runs" / "_init" / "0123abcd"
-    for d in ("eval/sr4", "eval-mmse/sr4", "eval/step_003000-ema/sr4"):
+    for d in ("eval/sr4", "eval-onestep/sr4", "eval/step_003000-ema/sr4"):
         (home / d).mkdir(parents=True)
     (home / "eval" / "sr4" / "records.jsonl").write_text("{}\n")
-    (home / "eval-mmse" / "sr4" / "records.jsonl").write_text("{}\n")
+    (home / "eval-onestep" / "sr4" / "records.jsonl").write_text("{}\n")
     removed = tidy_outputs(tmp_path / "runs")
-    assert sorted(p.name for p in removed) == ["eval", "eval-mmse"]
-    assert not home.joinpath("eval").exists() and not home.joinpath("eval-mmse").exists()
+    assert sorted(p.name for p in removed) == ["eval", "eval-onestep"]
+    assert not home.joinpath("eval").exists() and not home.joinpath("eval-onestep").exists()
 
 
 def test_retention_keeps_any_output_and_removes_only_empty_claims(tmp_path):

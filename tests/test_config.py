@@ -172,7 +172,7 @@ def test_hash_is_stable_and_changes_with_every_value():
         for key, value in values.items():
             if (section, key) in NOT_HASHED:
                 # where a run is written / how it is spread over ranks / which x0 prediction the
-                # MMSE output reads at inference: not what training computes
+                # one-step output reads at inference: not what training computes
                 continue
             if isinstance(value, bool):
                 new = not value
@@ -197,13 +197,13 @@ def test_hash_is_stable_and_changes_with_every_value():
 
 def test_not_hashed_values_leave_the_hash_alone():
     base = load_config("ssim_v3")
-    assert load_config("ssim_v3", overrides=["sample.mmse_t=1.0"]).hash == base.hash
-    assert load_config("ssim_v3", overrides=["sample.mmse_draws=8"]).hash == base.hash
+    assert load_config("ssim_v3", overrides=["sample.onestep_t=1.0"]).hash == base.hash
+    assert load_config("ssim_v3", overrides=["sample.onestep_draws=8"]).hash == base.hash
     assert load_config("ssim_v3", overrides=["sample.noise_temperature=1"]).hash == base.hash
     assert load_config("ssim_v3", overrides=["sample.tile_overlap=8"]).hash == base.hash
     assert load_config("ssim_v3", overrides=["sample.tile_batch=8"]).hash == base.hash
     assert set(NOT_HASHED) == {("run", "out_dir"), ("run", "preset"), ("run", "fsdp"),
-                               ("sample", "mmse_t"), ("sample", "mmse_draws"),
+                               ("sample", "onestep_t"), ("sample", "onestep_draws"),
                                ("sample", "noise_temperature"), ("sample", "tile_overlap"),
                                ("sample", "tile_batch")}
 

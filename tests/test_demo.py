@@ -464,27 +464,29 @@ def test_a_second_output_in_the_records_is_a_selectable_mode(tmp_path):
     task_dir = runs / "ssim_v3-00000001" / "eval" / "step_000300-ema" / "sr4"
     rows = [json.loads(x) for x in (task_dir / "records.jsonl").read_text().splitlines()]
     for row in rows:
-        row["output_mmse"] = f"images/{row['id']}_output_mmse.png"
-        mmse = imaging.to_uint8(fundus(40, SIZE) * 0.5)
-        Image.fromarray(mmse).save(task_dir / row["output_mmse"])
+        row["output_onestep"] = f"images/{row['id']}_output_onestep.png"
+        onestep = imaging.to_uint8(fundus(40, SIZE) * 0.5)
+        Image.fromarray(onestep).save(task_dir / row["output_onestep"])
     (task_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = handlers.Demo.from_folders(runs, reports_dir, pool=ModelPool(fake_loader))
-    assert "ssim_v3:mmse" in d.modes
-    assert catalog.display_name("ssim_v3:mmse", "sr4") == "SSIM fine-tune (v3), MMSE output"
-    cmp = handlers.compare(d, "sr4", ["ssim_v3", "ssim_v3:mmse"], sample_id="eyeq_0001")
+    assert "ssim_v3:onestep" in d.modes
+    assert (catalog.display_name("ssim_v3:onestep", "sr4")
+            == "SSIM fine-tune (v3), one-step estimate")
+    cmp = handlers.compare(d, "sr4", ["ssim_v3", "ssim_v3:onestep"], sample_id="eyeq_0001")
     assert not np.array_equal(cmp["outputs"]["ssim_v3"]["image"],
-                              cmp["outputs"]["ssim_v3:mmse"]["image"])
-    # an MMSE evaluation writes no report (make eval's): the page points at the model's report,
+                              cmp["outputs"]["ssim_v3:onestep"]["image"])
+    # a one-step evaluation writes no report (make eval's): the page points at the model's report,
     # not at an image-only baseline's absence of one
-    cmp["outputs"]["ssim_v3:mmse"].update(report=None, undecodable=None)
-    assert ("**SSIM fine-tune (v3), MMSE output**: no text (an image read-out of the same model, "
+    cmp["outputs"]["ssim_v3:onestep"].update(report=None, undecodable=None)
+    assert ("**SSIM fine-tune (v3), one-step estimate**: no text (an image read-out of the same "
+            "model, "
             "which writes its report once: see **SSIM fine-tune (v3)**)"
             in handlers.reports_markdown(cmp))
-    # The MMSE read-out runs on an upload: the parent's weights, read out as x0 prediction.
+    # The one-step read-out runs on an upload: the parent's weights, read out as x0 prediction.
     photo = tmp_path / "photo.png"
     Image.fromarray(imaging.to_uint8(fundus(5, 128))).save(photo)
-    up = handlers.compare(d, "sr4", ["ssim_v3:mmse"], upload=photo)
-    assert up["outputs"]["ssim_v3:mmse"]["origin"] == "computed now (the harness)"
+    up = handlers.compare(d, "sr4", ["ssim_v3:onestep"], upload=photo)
+    assert up["outputs"]["ssim_v3:onestep"]["origin"] == "computed now (the harness)"
     assert up["errors"] == {}
 
 
@@ -868,7 +870,7 @@ def _with_base_model(tmp_path, weights_here: bool):
     return handlers.Demo.from_folders(runs, reports_dir, pool=ModelPool(loader)), loads
 
 
-def test_base_model_and_its_mmse_output_run_on_an_upload_or_are_not_offered(tmp_path):
+def test_base_model_and_its_onestep_output_run_on_an_upload_or_are_not_offered(tmp_path):
     from demo.app import mode_choices
 
     photo = tmp_path / "photo.png"

@@ -325,16 +325,17 @@ def test_extra_output_kind_is_a_row_of_its_own_and_compared(tmp_path):
     rows, per_image = _score_all(tmp_path)
     d = tmp_path / "ssim_v3-1" / "sr4"
     recs = [json.loads(line) for line in (d / "records.jsonl").read_text().splitlines()]
-    for r in recs:  # an MMSE output: the target itself (a perfect posterior mean)
-        r["output_mmse"] = r["target"]
+    for r in recs:  # a one-step output: the target itself (a perfect posterior mean)
+        r["output_onestep"] = r["target"]
     (d / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    assert S.output_kinds(d) == ["mmse"]
-    meta = {**_meta("ssim_v3-1/mmse", "run", "ssim_v3/mmse"), "output": "mmse"}
-    row, pi = S.score_task_dir(d, IDS, meta, channel="rgb", features=None, output_key="output_mmse")
-    assert row["status"] == "ok" and row["output"] == "mmse"
+    assert S.output_kinds(d) == ["onestep"]
+    meta = {**_meta("ssim_v3-1/onestep", "run", "ssim_v3/onestep"), "output": "onestep"}
+    row, pi = S.score_task_dir(d, IDS, meta, channel="rgb", features=None,
+                               output_key="output_onestep")
+    assert row["status"] == "ok" and row["output"] == "onestep"
     assert row["ssim_fov"] == pytest.approx(1.0)
     comps = S.comparisons(rows + [row], per_image + pi)
-    assert ("ssim_v3-1/mmse", "bicubic") in {(c["a"], c["b"]) for c in comps}
+    assert ("ssim_v3-1/onestep", "bicubic") in {(c["a"], c["b"]) for c in comps}
     assert all(0 <= c["p_holm"] <= 1 and c["p_holm"] >= c["p_value"] for c in comps)
 
 
@@ -344,7 +345,7 @@ def test_perception_distortion_plot_has_every_mode(tmp_path):
             for n, k, p, kd in (("bicubic", "baseline", 25.0, 0.02),
                                 ("constant", "baseline", 23.4, 0.2),
                                 ("ssim_v3", "run", 25.2, 0.05),
-                                ("ssim_v3/mmse", "run", 26.0, 0.08))]
+                                ("ssim_v3/onestep", "run", 26.0, 0.08))]
     # no KID: no plot
     rows.append({"task": "enhance", "kind": "run", "name": "x", "psnr_fov": 20.0})
     paths = report.plot_perception_distortion(rows, tmp_path)
@@ -357,7 +358,7 @@ def test_the_checkpoint_the_runs_started_from_is_scored_once_as_the_base_model(
     """bench eval scores the init checkpoint of the runs (e.g. the shipped weights/base) as the
     mode `pretrain`, once however many runs share it, and never a checkpoint that is itself a run
     of --runs-dir (that run is scored as a run); its outputs are laid out like a run's, so the
-    keying by data renames their `eval` (the MMSE output's included)."""
+    keying by data renames their `eval` (the one-step output's included)."""
     import argparse
 
     shipped = tmp_path / "weights" / "base"
@@ -377,11 +378,11 @@ def test_the_checkpoint_the_runs_started_from_is_scored_once_as_the_base_model(
     args = argparse.Namespace(runs_dir=runs_dir, weights="ema")
     ctx = E.Context(args, [], ["sr4"], "cpu", EvalItems("test", ["sr4"], None))
     targets = init_targets(runs, ctx)
-    assert [t.meta["preset"] for t in targets] == ["pretrain", "pretrain/mmse"]
+    assert [t.meta["preset"] for t in targets] == ["pretrain", "pretrain/onestep"]
     meta = targets[0].meta
     assert meta["run"] == str(shipped) and meta["step"] == 3000 and meta["weights"] == "ema"
     dirs = [t.out_dir(None) for t in targets]
-    assert [d.name for d in dirs] == ["step_003000-ema", "step_003000-ema-mmse"]
+    assert [d.name for d in dirs] == ["step_003000-ema", "step_003000-ema-onestep"]
     assert all(d.parent.name == "eval" and d.parent.parent.parent == runs_dir / "_init"
                for d in dirs)
 

@@ -13,7 +13,7 @@ from medq.text_metrics import REPORT_SCORE_COLUMNS
 
 
 def _rows():
-    run = {"name": "ssim_v3-1@step_000300/ema/mmse", "kind": "run", "preset": "ssim_v3/mmse",
+    run = {"name": "ssim_v3-1@step_000300/ema/onestep", "kind": "run", "preset": "ssim_v3/onestep",
            "task": "sr4", "ssim_fov": 0.8, "ssim_fov_lo": 0.7, "ssim_fov_hi": 0.9,
            "fid_inception": 40.0, "kid_inception": 0.01, "kid_inception_lo": 0.0,
            "kid_inception_hi": 0.02, "dr_kappa": 0.4, "dr_kappa_floor": 0.0}
@@ -68,7 +68,7 @@ def test_directions_roles_and_floors_of_the_other_columns():
 
 def test_mode_interval_present_and_reading(tmp_path):
     run, seeds, base = _rows()
-    assert L.mode_of(run) == "ssim_v3/mmse" and L.mode_of(base) == "bicubic"
+    assert L.mode_of(run) == "ssim_v3/onestep" and L.mode_of(base) == "bicubic"
     assert L.interval(run, "ssim_fov") == (0.8, 0.7, 0.9)
     assert all(math.isnan(v) for v in L.interval(base, "ssim_fov"))
     assert L.present(_rows(), "distribution") == ["fd_randresnet18", "fid_inception",

@@ -120,17 +120,18 @@ def test_zero_initialised_flow_head_gives_zero_velocity(cfg, tok, vae):
 def test_condition_prior_maps_pure_noise_onto_the_condition(cfg, tok, vae):
     """cond_prior: v_hat = head + (x_t - cond). With an untrained (zero) head, the x0 prediction
     x_t - t v_hat is (1 - t) x_t + t cond: the condition latent at t = 1, whatever the noise; so the
-    MMSE output of an untrained model is the decoded condition (the bicubic / unchanged input)."""
+    one-step output of an untrained model is the decoded condition (the bicubic / unchanged
+    input)."""
     model = MiniBagel(cfg, tok.vocab_size)
     images = torch.rand(2, 3, 8, 8)
-    ad = MiniBagelAdapter(model, vae, tok, SampleConfig(steps=2, mmse_t=1.0), output="mmse")
+    ad = MiniBagelAdapter(model, vae, tok, SampleConfig(steps=2, onestep_t=1.0), output="onestep")
     got = ad.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[1, 2])
     cond = ad._encode_condition(images, (32, 32))
     assert torch.allclose(got, vae.decode(cond).clamp(0, 1), atol=1e-5)
     other_noise = ad.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[7, 8])
     assert torch.allclose(other_noise, got, atol=1e-5)
     plain = MiniBagelAdapter(MiniBagel(dataclasses.replace(cfg, cond_prior=False), tok.vocab_size),
-                             vae, tok, SampleConfig(steps=2, mmse_t=1.0), output="mmse")
+                             vae, tok, SampleConfig(steps=2, onestep_t=1.0), output="onestep")
     assert not torch.allclose(plain.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[1, 2]),
                               got, atol=1e-3)
 
@@ -144,10 +145,10 @@ def test_prior_net_sharpens_the_condition_into_the_residual_prior(cfg, tok, vae)
     plain.load_state_dict({k: v for k, v in with_net.state_dict().items()
                            if not k.startswith("prior_net.")})
     images = torch.rand(2, 3, 8, 8)
-    sc = SampleConfig(steps=2, mmse_t=1.0, mmse_draws=1)
+    sc = SampleConfig(steps=2, onestep_t=1.0, onestep_draws=1)
     edit = dict(instructions=[SR4, SR4], tasks=["sr4", "sr4"], out_size=(32, 32), seed=[1, 2])
-    a = MiniBagelAdapter(with_net, vae, tok, sc, output="mmse")
-    b = MiniBagelAdapter(plain, vae, tok, sc, output="mmse")
+    a = MiniBagelAdapter(with_net, vae, tok, sc, output="onestep")
+    b = MiniBagelAdapter(plain, vae, tok, sc, output="onestep")
     assert torch.equal(a.edit(images, **edit), b.edit(images, **edit))
 
     net = with_net.prior_net
@@ -531,32 +532,33 @@ def test_condition_at_the_generated_grid_position(cfg, tok):
     assert diff[3] > 1e-3 and torch.all(diff[torch.arange(n) != 3] < 1e-6)
 
 
-@pytest.mark.parametrize("mmse_t", [1.0, 0.9])
-def test_mmse_output_is_the_x0_prediction_from_the_noised_condition(cfg, tok, vae, mmse_t):
-    """output="mmse" returns decode(x_t - t v_hat(x_t, t)) with x_t = (1 - t) cond + t eps for the
-    seeded noise eps and t = sample.mmse_t (t = 1: from pure noise): one forward, independent of
-    the sampler's steps; "sample" runs the Euler sampler (a different image)."""
+@pytest.mark.parametrize("onestep_t", [1.0, 0.9])
+def test_onestep_output_is_the_x0_prediction_from_the_noised_condition(cfg, tok, vae, onestep_t):
+    """output="onestep" returns decode(x_t - t v_hat(x_t, t)) with x_t = (1 - t) cond + t eps for
+    the seeded noise eps and t = sample.onestep_t (t = 1: from pure noise): one forward,
+    independent of the sampler's steps; "sample" runs the Euler sampler (a different image)."""
     model = MiniBagel(cfg, tok.vocab_size)
     torch.nn.init.normal_(model.llm2vae.weight, std=0.05)
     images = torch.rand(2, 3, 8, 8)
-    sc = SampleConfig(steps=3, max_new_tokens=4, mmse_t=mmse_t, mmse_draws=1)
-    mmse = MiniBagelAdapter(model, vae, tok, sc, output="mmse")
-    got = mmse.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6])
-    cond = mmse._encode_condition(images, (32, 32))
+    sc = SampleConfig(steps=3, max_new_tokens=4, onestep_t=onestep_t, onestep_draws=1)
+    onestep = MiniBagelAdapter(model, vae, tok, sc, output="onestep")
+    got = onestep.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6])
+    cond = onestep._encode_condition(images, (32, 32))
     n, c, h, w = cond.shape
     p = cfg.patch_size
     noise = torch.stack([torch.randn(cond.shape[1:], generator=torch.Generator().manual_seed(s))
                          for s in (5, 6)])
     text = pack_text(tok, [SR4, SR4], None, cfg.max_text_len)
     from medq.models.transformer import patchify, unpatchify
-    x_t = (1 - mmse_t) * cond + mmse_t * noise
+    x_t = (1 - onestep_t) * cond + onestep_t * noise
     with torch.no_grad():
         _, _, v = model(text.ids, text.pos, sequence_mask(text, h * w // p // p, h * w // p // p),
-                        cond=patchify(cond, p), gen=patchify(x_t, p), t=torch.full((2,), mmse_t),
+                        cond=patchify(cond, p), gen=patchify(x_t, p), t=torch.full((2,), onestep_t),
                         grid=(h // p, w // p), prompt_mask=text.roles == PROMPT)
-        want = vae.decode(x_t - mmse_t * unpatchify(v, p, c, h, w)).clamp(0, 1)
+        want = vae.decode(x_t - onestep_t * unpatchify(v, p, c, h, w)).clamp(0, 1)
     assert torch.allclose(got, want, atol=1e-5)
-    more_steps = MiniBagelAdapter(model, vae, tok, dataclasses.replace(sc, steps=7), output="mmse")
+    more_steps = MiniBagelAdapter(model, vae, tok, dataclasses.replace(sc, steps=7),
+                                  output="onestep")
     assert torch.allclose(
         more_steps.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6]), got, atol=1e-6
     )
@@ -564,22 +566,23 @@ def test_mmse_output_is_the_x0_prediction_from_the_noised_condition(cfg, tok, va
         images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6]
     )
     assert not torch.allclose(sampled, got, atol=1e-3)
-    assert mmse.settings["output"] == "mmse"
+    assert onestep.settings["output"] == "onestep"
     with pytest.raises(ValueError, match="output = 'mean'"):
         MiniBagelAdapter(model, vae, tok, sc, output="mean")
 
 
-def test_mmse_output_averages_the_x0_predictions_of_its_noise_draws(cfg, tok, vae):
-    """sample.mmse_draws = K: decode(mean over k of x0_hat(x_t(eps_k))), eps_k the k-th draw of
+def test_onestep_output_averages_the_x0_predictions_of_its_noise_draws(cfg, tok, vae):
+    """sample.onestep_draws = K: decode(mean over k of x0_hat(x_t(eps_k))), eps_k the k-th draw of
     each image's seeded generator; draw 0 is the one-draw output's noise, so K = 1 is unchanged;
     the result does not depend on which other images share the batch."""
     model = MiniBagel(cfg, tok.vocab_size)
     torch.nn.init.normal_(model.llm2vae.weight, std=0.05)
     images = torch.rand(2, 3, 8, 8)
-    sc = SampleConfig(steps=3, max_new_tokens=4, mmse_t=0.9, mmse_draws=3)
-    got = MiniBagelAdapter(model, vae, tok, sc, output="mmse").edit(
+    sc = SampleConfig(steps=3, max_new_tokens=4, onestep_t=0.9, onestep_draws=3)
+    got = MiniBagelAdapter(model, vae, tok, sc, output="onestep").edit(
         images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6])
-    one = MiniBagelAdapter(model, vae, tok, dataclasses.replace(sc, mmse_draws=1), output="mmse")
+    one = MiniBagelAdapter(model, vae, tok, dataclasses.replace(sc, onestep_draws=1),
+                           output="onestep")
     cond = one._encode_condition(images, (32, 32))
     n, c, h, w = cond.shape
     p = cfg.patch_size
@@ -602,12 +605,12 @@ def test_mmse_output_averages_the_x0_predictions_of_its_noise_draws(cfg, tok, va
     assert torch.allclose(one.edit(images, [SR4, SR4], ["sr4", "sr4"], (32, 32), seed=[5, 6]),
                           first, atol=1e-5)
     assert not torch.allclose(got, first, atol=1e-3)
-    alone = MiniBagelAdapter(model, vae, tok, sc, output="mmse").edit(
+    alone = MiniBagelAdapter(model, vae, tok, sc, output="onestep").edit(
         images[1:], [SR4], ["sr4"], (32, 32), seed=[6])
     assert torch.allclose(alone, got[1:], atol=1e-5)
-    assert "mmse_draws" not in MiniBagelAdapter(model, vae, tok, sc).settings["sample"]
-    with pytest.raises(Exception, match="sample.mmse_draws"):
-        SampleConfig(mmse_draws=0)
+    assert "onestep_draws" not in MiniBagelAdapter(model, vae, tok, sc).settings["sample"]
+    with pytest.raises(Exception, match="sample.onestep_draws"):
+        SampleConfig(onestep_draws=0)
 
 
 def _randomised(model: MiniBagel) -> MiniBagel:
@@ -704,7 +707,7 @@ def test_cached_report_generation_equals_recomputing_the_whole_sequence(cfg, tok
 def test_noise_temperature_scales_the_samplers_start_and_only_the_sample(cfg, tok, vae,
                                                                         monkeypatch):
     """sample.noise_temperature = tau: the Euler sampler starts from tau * the seeded noise; the
-    MMSE output ignores it (and does not record it); tau <= 0 is refused."""
+    one-step output ignores it (and does not record it); tau <= 0 is refused."""
     import medq.models.adapter as adapter_mod
 
     model = _randomised(MiniBagel(cfg, tok.vocab_size))
@@ -724,9 +727,9 @@ def test_noise_temperature_scales_the_samplers_start_and_only_the_sample(cfg, to
     assert torch.allclose(starts[1], 0.3 * starts[0]) and starts[0].std() > 0.5
     assert not torch.allclose(at_one, at_03, atol=1e-3)
     assert ad.settings["sample"]["noise_temperature"] == 0.3
-    mmse_ad, m1 = run(1.0, "mmse")
-    _, m3 = run(0.3, "mmse")
-    assert torch.equal(m1, m3) and "noise_temperature" not in mmse_ad.settings["sample"]
+    onestep_ad, m1 = run(1.0, "onestep")
+    _, m3 = run(0.3, "onestep")
+    assert torch.equal(m1, m3) and "noise_temperature" not in onestep_ad.settings["sample"]
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="sample.noise_temperature"):
             SampleConfig(noise_temperature=bad)

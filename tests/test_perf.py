@@ -116,8 +116,8 @@ def test_perf_main_reads_stage_times_from_files(tmp_path, capsys):
     d2 = runs / "_baselines" / "bicubic" / "eval"
     _touch(d2 / "sr4" / "images" / "0_output.png", t0 + 830)
     _touch(d2 / "sr4" / "records.jsonl", t0 + 850, json.dumps({"id": "0", "seconds": 0.25}))
-    # the shipped base model's MMSE output, laid out like a run's
-    d3 = runs / "_init" / "0a1b2c3d" / "eval" / "step_003000-ema-mmse"
+    # the shipped base model's one-step output, laid out like a run's
+    d3 = runs / "_init" / "0a1b2c3d" / "eval" / "step_003000-ema-onestep"
     _touch(d3 / "sr4" / "images" / "0_output.png", t0 + 815)
     _touch(d3 / "sr4" / "records.jsonl", t0 + 820, json.dumps({"id": "0", "seconds": 0.5}))
     _touch(reports / "leaderboard.csv", t0 + 900)
@@ -127,7 +127,7 @@ def test_perf_main_reads_stage_times_from_files(tmp_path, capsys):
     assert got == [("data", None), ("VAE", 93.5), ("base", 290.0), ("fine-tune", 190.0),
                    ("fine-tune", 60.0), ("fine-tune", 50.0), ("fine-tunes", 260.0),
                    ("inference", 3.5), ("inference", 0.5), ("inference", 0.25), ("scoring", 75.0)]
-    assert rows[8][1] == "_init/0a1b2c3d/eval/step_003000-ema-mmse (1 samples)"
+    assert rows[8][1] == "_init/0a1b2c3d/eval/step_003000-ema-onestep (1 samples)"
     assert bench_main.main(["perf", "main", "--runs-dir", str(runs), "--reports",
                             str(reports)]) == 0
     out = capsys.readouterr().out

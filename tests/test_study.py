@@ -36,16 +36,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_v3_gates_contain_no_timestep_any_scored_output_is_computed_at():
     """v3 (t <= 0.1) and relaxed v3 (t <= 0.15) against the sampler's evaluation points and the
-    MMSE read-out, from the defaults: inert by construction at inference, the gradient factor
+    one-step read-out, from the defaults: inert by construction at inference, the gradient factor
     weight x grad scale 1e-3 / 2e-3, ~67 of a 300-step run's 4800 samples."""
     sample = load_config("ssim_v3").sample
     grid = sampling_schedule(sample.steps, sample.shift)
     smallest = float(grid[-2])  # the sampler never evaluates the model at its final t = 0
     assert inference_timesteps(sample)[-1] == pytest.approx(smallest)
-    assert min(inference_timesteps(sample)) > 0.15 and sample.mmse_t > 0.15
+    assert min(inference_timesteps(sample)) > 0.15 and sample.onestep_t > 0.15
     for preset, max_t, factor in (("ssim_v3", 0.1, 1e-3), ("ssim_v3_relaxed", 0.15, 2e-3)):
         reach = term_reach(load_config(preset), "ssim")
-        assert reach.max_t == max_t and reach.max_t < smallest < reach.mmse_t
+        assert reach.max_t == max_t and reach.max_t < smallest < reach.onestep_t
         assert reach.inference_ts_in_gate == 0 and not reach.covers_inference
         assert reach.gradient_factor == pytest.approx(factor)
     v3 = term_reach(load_config("ssim_v3"), "ssim")
@@ -64,7 +64,7 @@ def test_gated_fraction_is_what_the_training_sampler_draws():
 
 
 @pytest.mark.parametrize("sets", [[], ["sample.steps=50", "sample.shift=1.0"],
-                                  ["sample.mmse_t=1.0"]])
+                                  ["sample.onestep_t=1.0"]])
 def test_ssim_matched_gate_covers_every_inference_timestep(sets):
     cfg = load_config("ssim_matched", overrides=sets)
     reach = term_reach(cfg, "ssim")
@@ -200,7 +200,7 @@ def test_full_budget_plans_the_issue_runs_and_keeps_every_checkpoint(tmp_path):
         assert int(sets["run.keep_last"]) > len(r.checkpoints)  # retention keeps them all
         assert int(sets["run.ckpt_every"]) == r.every and int(sets["optim.max_steps"]) == r.steps
     pts = run_points("x", curve[0], budget)
-    assert [(p.step, p.output) for p in pts] == [(s, "mmse") for s in curve[0].checkpoints] + [
+    assert [(p.step, p.output) for p in pts] == [(s, "onestep") for s in curve[0].checkpoints] + [
         (4000, "sample")]
     assert load_budget("quick").presets == budget.presets
 
@@ -235,11 +235,12 @@ def test_timing_counts_steps_validations_and_points_left():
     from bench.study_plan import RunSpec, Timing
 
     t = Timing(step_seconds={"pixel": 0.5}, validation_seconds=10.0,
-               point_image_seconds={"mmse": 1.0, "sample": 3.0}, point_fixed_seconds={"mmse": 7})
+               point_image_seconds={"onestep": 1.0, "sample": 3.0},
+               point_fixed_seconds={"onestep": 7})
     spec = RunSpec("curve", "pixel", 0, 4000, 500)
     assert t.run_seconds(spec) == 4000 * 0.5 + 8 * 10.0
     assert t.run_seconds(spec, 2600) == 1400 * 0.5 + 3 * 10.0 and t.run_seconds(spec, 4000) == 0
-    assert t.point_seconds(Point("run", "x", 500, "mmse"), 24, 3) == 7 + 72 * 1.0
+    assert t.point_seconds(Point("run", "x", 500, "onestep"), 24, 3) == 7 + 72 * 1.0
     assert t.point_seconds(Point("run", "x", 4000, "sample"), 24, 3) == 72 * 3.0
     assert Timing.from_dict({**t.as_dict(), "unknown": 1}) == t
 
@@ -293,10 +294,10 @@ def _record(run, preset, seed, steps, step, output, values, source="run", stage=
 
 
 def test_curve_rows_are_one_per_run_step_output_and_task():
-    recs = [_record("a-1", "pixel", 0, 4, s, "mmse", {"sr4": {"x": 0.5, "y": 0.6},
+    recs = [_record("a-1", "pixel", 0, 4, s, "onestep", {"sr4": {"x": 0.5, "y": 0.6},
                                                       "sr2": {"x": 0.7, "y": 0.8}})
             for s in (2, 4)]
-    recs.append(_record("init", "init", None, 0, 0, "mmse", {"sr4": {"x": 0.4, "y": 0.5}},
+    recs.append(_record("init", "init", None, 0, 0, "onestep", {"sr4": {"x": 0.4, "y": 0.5}},
                         source="init", stage="init"))
     rows = curve_rows(recs)
     assert list(rows[0]) == list(CURVE_COLUMNS)
@@ -314,17 +315,17 @@ def test_seed_tables_average_seeds_and_give_intervals_over_images_and_seeds():
         for seed in (0, 1, 2):
             vals = {f"i{k}": 0.5 + shift + 0.01 * seed + float(rng.normal(0, 0.02))
                     for k in range(6)}
-            finals.setdefault((preset, "mmse"), {})[seed] = _record(
-                f"{preset}-{seed}", preset, seed, 300, 300, "mmse", {"sr4": vals})
+            finals.setdefault((preset, "onestep"), {})[seed] = _record(
+                f"{preset}-{seed}", preset, seed, 300, 300, "onestep", {"sr4": vals})
     board = leaderboard(finals, {}, ["sr4"], "@300")
-    row = next(r for r in board if r["name"] == "ssim_matched/mmse @300")
-    per_seed = [finals[("ssim_matched", "mmse")][s]["rows"][0]["ssim_fov"] for s in (0, 1, 2)]
+    row = next(r for r in board if r["name"] == "ssim_matched/onestep @300")
+    per_seed = [finals[("ssim_matched", "onestep")][s]["rows"][0]["ssim_fov"] for s in (0, 1, 2)]
     assert row["kind"] == "seeds" and row["n_seeds"] == 3
     assert row["ssim_fov"] == pytest.approx(np.mean(per_seed))
     assert row["ssim_fov_seed_sd"] == pytest.approx(np.std(per_seed, ddof=1))
     comps = seed_comparison_rows(finals, {}, ["sr4"], "@300")
     ssim = next(c for c in comps if c["metric"] == "ssim_fov")
-    assert (ssim["a"], ssim["b"]) == ("ssim_matched/mmse @300", "pixel/mmse @300")
+    assert (ssim["a"], ssim["b"]) == ("ssim_matched/onestep @300", "pixel/onestep @300")
     assert ssim["interval"] == IMAGES_X_SEEDS and ssim["n_images"] == 6 and ssim["n_seeds"] == 3
     assert ssim["ci_low"] < ssim["mean_diff"] < ssim["ci_high"] and ssim["ci_low"] > 0
     kappa = next(c for c in comps if c["metric"] == "dr_kappa")
@@ -404,8 +405,8 @@ def test_a_killed_study_resumes_without_lost_or_duplicated_points(tmp_path, tiny
     assert list(rows[0]) == list(CURVE_COLUMNS)
     keys = [(r["run"], r["step"], r["output"], r["task"]) for r in rows]
     assert len(keys) == len(set(keys))
-    assert set(keys) == {(run["name"], "2", "mmse", "sr4"), (run["name"], "4", "mmse", "sr4"),
-                         (run["name"], "4", "sample", "sr4"), ("init", "0", "mmse", "sr4"),
+    assert set(keys) == {(run["name"], "2", "onestep", "sr4"), (run["name"], "4", "onestep", "sr4"),
+                         (run["name"], "4", "sample", "sr4"), ("init", "0", "onestep", "sr4"),
                          ("init", "0", "sample", "sr4"), ("bicubic", "", "sample", "sr4")}
     assert all(r["n_images"] == "3" and float(r["kid_inception"]) == float(r["kid_inception"])
                for r in rows)
@@ -435,6 +436,6 @@ def test_a_killed_study_resumes_without_lost_or_duplicated_points(tmp_path, tiny
     assert bench_main(["study", "export", "--out", str(study), "--results",
                        str(tmp_path / "results"), "--name", "tiny"]) == 0
     text = render(read_reports(tmp_path / "results"))
-    assert "ssim_matched/mmse @4" in text and "(main budget)" in text
+    assert "ssim_matched/onestep @4" in text and "(main budget)" in text
     assert Point("run", run["name"], 4, "sample").key in {
         json.loads(p.read_text())["key"] for p in (study / "scores").rglob("*.json")}

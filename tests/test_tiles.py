@@ -129,13 +129,13 @@ def test_tiles_leave_no_seam_where_the_model_is_local(cfg, tok, vae):
     """An untrained model without a prior net predicts x0 = the condition latent everywhere; the
     blended prediction of a multi-tile image is then exactly the condition too (the windows are a
     partition of unity, so tiles cannot leave a seam of their own), and with the pixel-residual
-    rendering the MMSE output is exactly the condition image."""
+    rendering the one-step output is exactly the condition image."""
     plain = dataclasses.replace(cfg, prior_conv_channels=0)
     model = MiniBagel(plain, tok.vocab_size)
     vae2 = build_vae(plain, channels=8).eval()
     images = torch.rand(2, 3, 20, 24)  # x4 input of an 80 x 96 image: 5 x 6 tiles of 32 px
-    ad = MiniBagelAdapter(model, vae2, tok, SampleConfig(mmse_t=1.0, mmse_draws=1),
-                          output="mmse")
+    ad = MiniBagelAdapter(model, vae2, tok, SampleConfig(onestep_t=1.0, onestep_draws=1),
+                          output="onestep")
     out = ad.edit(images, [SR4, SR4], ["sr4", "sr4"], (80, 96), seed=[1, 2])
     cond_img = bicubic_resize(images, (80, 96))
     assert out.shape == (2, 3, 80, 96)
@@ -147,8 +147,8 @@ def test_any_size_and_batch_give_each_image_its_own_output(cfg, tok, vae):
     each; an image's output does not depend on the other images of its batch, nor on how many
     tiles go through the transformer at once."""
     model = trained_like(cfg, tok)
-    sc = SampleConfig(steps=2, mmse_draws=2, tile_batch=3)
-    ad = MiniBagelAdapter(model, vae, tok, sc, output="mmse")
+    sc = SampleConfig(steps=2, onestep_draws=2, tile_batch=3)
+    ad = MiniBagelAdapter(model, vae, tok, sc, output="onestep")
     for size in ((24, 24), (40, 56)):
         x = torch.rand(2, 3, size[0] // 4, size[1] // 4)
         both = ad.edit(x, [SR4, SR4], ["sr4", "sr4"], size, seed=[3, 4])
@@ -157,7 +157,7 @@ def test_any_size_and_batch_give_each_image_its_own_output(cfg, tok, vae):
         assert torch.allclose(both[1:], alone, atol=1e-5)
 
 
-def test_the_sample_is_tiled_like_the_mmse_output(cfg, tok, vae):
+def test_the_sample_is_tiled_like_the_onestep_output(cfg, tok, vae):
     """The Euler sampler blends the tiles' velocities at every step: a multi-tile sample is finite,
     in range, seeded, and differs between seeds."""
     model = trained_like(cfg, tok)

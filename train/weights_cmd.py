@@ -63,16 +63,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def score_base(ckpt: Path, n: int = SCORE_IMAGES) -> dict[str, float]:
-    """Mean PSNR-fov (dB) of the base model's x0 prediction from pure noise (``output="mmse"`` at
+    """Mean PSNR-fov (dB) of the base model's x0 prediction from pure noise (``output="onestep"`` at
     t = 1 with one draw, image i with seed i) on the first ``n`` val images of each task at the
     working size: what ``--check`` reproduces (``medq.harness.split_scores``)."""
     from medq.harness.load import load_run
     from medq.harness.split_scores import split_fov_scores
 
-    model, _, info = load_run(ckpt, output="mmse")
-    # The recorded scores are defined from pure noise (t = 1, one draw), whatever sample.mmse_t
-    # and sample.mmse_draws say.
-    adapter = model.with_sample(mmse_t=1.0, mmse_draws=1)
+    model, _, info = load_run(ckpt, output="onestep")
+    # The recorded scores are defined from pure noise (t = 1, one draw), whatever sample.onestep_t
+    # and sample.onestep_draws say.
+    adapter = model.with_sample(onestep_t=1.0, onestep_draws=1)
     scores = split_fov_scores(adapter, info["config"].data, "val", n)
     return {task: round(s["psnr_fov"], 4) for task, s in scores.items()}
 

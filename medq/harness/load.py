@@ -126,8 +126,8 @@ def load_run(run, *, weights: str = "ema", checkpoint: str | None = None, device
     checkpoint's own config: ``sample.*`` reach the sampler; ``model.*`` are refused (the
     architecture is the checkpoint's). This is the one place a run's adapter is built; a caller
     that wants other sample settings asks the adapter for a copy (``model.with_sample``).
-    ``output``: "sample" (the Euler sampler) or "mmse" (the x0 prediction from the noised
-    condition; the model's name then ends in ``/mmse``), see ``MiniBagelAdapter``."""
+    ``output``: "sample" (the Euler sampler) or "onestep" (the x0 prediction from the noised
+    condition; the model's name then ends in ``/onestep``), see ``MiniBagelAdapter``."""
     from medq.config import ConfigError, with_overrides
     from medq.run_loading import load_for_inference
 

@@ -1,5 +1,5 @@
 """In-memory scores of a model on the first images of a split: the quick check behind
-``train weights --check`` (the shipped base's recorded scores) and ``bench mmse-t``.
+``train weights --check`` (the shipped base's recorded scores) and ``bench onestep-t``.
 
     scores = split_fov_scores(adapter, cfg.data, "val", n=8)
     scores["sr4"]  # {"psnr_fov": 26.8, "ssim_fov": 0.62, "ref_psnr_fov": ..., "ref_ssim_fov": ...}

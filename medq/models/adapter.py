@@ -59,21 +59,20 @@ class MiniBagelAdapter:
     still give each image the output it would get alone
     (``medq.harness.text.call_per_image_seeds``)."""
 
-    OUTPUTS = ("sample", "mmse")
+    OUTPUTS = ("sample", "onestep")
 
     def __init__(self, model, vae, tokenizer, sample_cfg: SampleConfig | None = None,
                  name: str = "mini-bagel", output: str = "sample"):
-        """``output``: what ``edit`` returns. ``sample``: the Euler sampler from noise (BAGEL's
-        output; sharp, pays for it in PSNR). ``mmse``: the model's x0 prediction, one forward
-        instead of ``steps``, from the condition latent noised to t = ``sample.mmse_t``:
-        ``x_t = (1 - t) cond + t eps``, ``x0_hat = x_t - t v_hat(x_t, t)``, decoded by the VAE.
-        The flow is trained with MSE on v = eps - x0, so ``x0_hat`` is the model's posterior mean
-        E[x0 | x_t, condition]. At t = 1, x_t = eps carries nothing and this is the posterior mean
-        given the condition alone; at t < 1 the noised condition stands in for x_t (an SDEdit-style
-        start), which the model denoises towards the target: at t = 0.9 it scored +0.9-1.2 dB and
-        +0.04-0.06 SSIM-fov over t = 1 on every task's validation split (issue 14). The x0_hat of
-        ``sample.mmse_draws`` noise draws are averaged before decoding (draw 0 is the noise a
-        sample of the same seed starts from; draw k is the k-th slice of the seeded generator)."""
+        """``output``: what ``edit`` returns. ``sample``: the Euler sampler from noise scaled by
+        ``sample.noise_temperature`` (BAGEL's output, tempered; sharp, pays for it in PSNR).
+        ``onestep``: a one-step estimate of the clean image, one forward per noise draw instead of
+        ``steps``: the condition latent noised to t = ``sample.onestep_t``, ``x_t = (1 - t) cond
+        + t eps``, and the model's x0 prediction ``x0_hat = x_t - t v_hat(x_t, t)``, averaged over
+        ``sample.onestep_draws`` draws, rendered. It is not the posterior mean E[x0 | condition]:
+        the noised condition stands in for an x_t the model would have seen (an SDEdit-style
+        start), and a few draws average little. At t = 1 (``onestep_t = 1``) x_t is pure noise and
+        the prediction estimates that posterior mean. (Draw 0 is the noise a sample of the same
+        seed starts from; draw k is the k-th slice of the seeded generator.)"""
         if output not in self.OUTPUTS:
             raise ValueError(
                 f"MiniBagelAdapter: output = {output!r}; expected one of {self.OUTPUTS}"
@@ -104,9 +103,9 @@ class MiniBagelAdapter:
         sample = dataclasses.asdict(self.sample_cfg)
         if self.output == "sample":
             # The sampler never reads them: sampled outputs made before they existed stay valid.
-            sample.pop("mmse_t")
-            sample.pop("mmse_draws")
-        else:  # nor does the MMSE output read the sampler's noise temperature
+            sample.pop("onestep_t")
+            sample.pop("onestep_draws")
+        else:  # nor does the one-step output read the sampler's noise temperature
             sample.pop("noise_temperature")
         return {"sample": sample, "output": self.output}
 
@@ -146,11 +145,11 @@ class MiniBagelAdapter:
             cond_img = self._condition_canvas(images, (H, W))
             cond = self.vae.encode(cond_img).float()
             n = cond.shape[0]
-            draws = sc.mmse_draws if self.output == "mmse" else 1
+            draws = sc.onestep_draws if self.output == "onestep" else 1
             noise = _noise(cond.shape, seed, draws).to(self.device)
             velocity = self._tiled(cond, list(instructions))
-            if self.output == "mmse":
-                t = sc.mmse_t
+            if self.output == "onestep":
+                t = sc.onestep_t
                 tb = torch.full((n,), t, device=self.device)
                 x0_hat = torch.zeros_like(cond)
                 for eps in noise:

@@ -22,7 +22,7 @@ to the condition latent).
 
 Inference splits the forward (``prefix``, ``velocity``, ``next_text``): no condition or text token
 attends to anything after it, so their keys and values (``KVCache``) are computed once per image
-and reused at every Euler step, every MMSE draw and every next report token. Training uses the
+and reused at every Euler step, every one-step draw and every next report token. Training uses the
 one packed ``forward``.
 """
 

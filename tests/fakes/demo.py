@@ -83,12 +83,12 @@ class FakeModel:
 
 
 def fake_loader(label: str):
-    """A fake per mode label; ``<preset>:mmse`` is the preset's fake with no sharpening (the
-    MMSE read-out of a model is smoother than its sample)."""
+    """A fake per mode label; ``<preset>:onestep`` is the preset's fake with no sharpening (the
+    one-step read-out of a model is smoother than its sample)."""
     if label == "bicubic":
         return Bicubic()
     base, _, extra = label.partition(":")
-    if base not in FAKE_MODES or extra not in ("", "mmse"):
+    if base not in FAKE_MODES or extra not in ("", "onestep"):
         raise FileNotFoundError(f"no fake model {label!r}")
     sharpen, bad = FAKE_MODES[base]
     return FakeModel(label, 0.0 if extra else sharpen, bad)

@@ -1,5 +1,5 @@
-"""``python -m bench mmse-t``: the table that chose ``sample.mmse_t``, checked against the scores
-recorded with the shipped base model (``weights/base/manifest.json``, x0 prediction from pure
+"""``python -m bench onestep-t``: the table that chose ``sample.onestep_t``, checked against the
+scores recorded with the shipped base model (``weights/base/manifest.json``, x0 prediction from pure
 noise on the first 8 val images per task)."""
 
 from __future__ import annotations
@@ -10,21 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from bench import mmse_t
+from bench import onestep_t
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _args(**kw) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    mmse_t.add_arguments(p)
+    onestep_t.add_arguments(p)
     return p.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in kw.items()] + ["--no-progress"])
 
 
 @pytest.mark.slow  # runs the shipped base model on 62 images per task
 def test_t_1_column_reproduces_the_recorded_base_scores(capsys, monkeypatch):
     monkeypatch.chdir(REPO)  # the shipped weights and the data cache are found from the repo root
-    assert mmse_t.main(_args(run="weights/base", t="1,0.9", images=8, draws=1)) == 0
+    assert onestep_t.main(_args(run="weights/base", t="1,0.9", images=8, draws=1)) == 0
     out = capsys.readouterr().out
     recorded = json.loads((REPO / "weights/base/manifest.json").read_text())["scores"]
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines()
@@ -34,7 +34,7 @@ def test_t_1_column_reproduces_the_recorded_base_scores(capsys, monkeypatch):
         psnr_t1 = float(cells[1].split("/")[0])
         assert psnr_t1 == pytest.approx(recorded[task], abs=0.01), task
         assert float(cells[2].split("/")[0]) != psnr_t1  # t = 0.9 is another prediction
-    assert mmse_t.main(_args(run="weights/base", t="0.9", images=4, draws="1,4")) == 0
+    assert onestep_t.main(_args(run="weights/base", t="0.9", images=4, draws="1,4")) == 0
     out = capsys.readouterr().out
     assert "| t = 0.9, 1 draws | t = 0.9, 4 draws |" in out
     sr2 = next(line for line in out.splitlines() if line.startswith("| sr2 "))
@@ -47,22 +47,22 @@ def test_t_1_column_reproduces_the_recorded_base_scores(capsys, monkeypatch):
                                            ("1.5", "'1.5' must be in (0, 1]")])
 def test_bad_t_values_are_named(text, message):
     with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
-        mmse_t.parse_ts(text)
+        onestep_t.parse_ts(text)
 
 
 @pytest.mark.parametrize("text, message", [("1,x", "'x' is not an integer"),
                                            ("0", "'0' must be in 1..64")])
 def test_bad_draw_counts_are_named(text, message):
     with pytest.raises(SystemExit, match=message):
-        mmse_t.parse_draws(text)
+        onestep_t.parse_draws(text)
 
 
 def test_a_missing_run_and_a_zero_count_are_one_line_errors(tmp_path):
     from medq.harness.split_scores import split_fov_scores
 
     with pytest.raises(SystemExit, match="no such directory"):
-        mmse_t.main(_args(run=str(tmp_path / "nope")))
+        onestep_t.main(_args(run=str(tmp_path / "nope")))
     with pytest.raises(SystemExit, match="--images 0: must be >= 1"):
-        mmse_t.main(_args(images=0))
+        onestep_t.main(_args(images=0))
     with pytest.raises(ValueError, match="n = 0"):
         split_fov_scores(None, None, "val", 0)
