@@ -11,6 +11,7 @@
     python -m bench onestep-t                 # the one-step output at several t (onestep_t)
     python -m bench sample-temperature        # the sample at several noise temperatures
     python -m bench results [--check]         # docs/RESULTS.md from the reports in results/
+    python -m bench record NAME --title T -- COMMAND   # a printed table kept as a report
     python -m bench study [--plan | --quick]  # SSIM vs pixel at length (issue 28), resumable
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``,
@@ -32,6 +33,7 @@ SUBCOMMANDS = {
                            "the sample at several noise temperatures: how "
                            "sample.noise_temperature was chosen"),
     "results": ("bench.results", "docs/RESULTS.md from the reports committed under results/"),
+    "record": ("bench.record", "keep what a table-printing command printed as a results/ report"),
     "study": ("bench.study", "SSIM vs pixel at length: curves, seeds, stability (make study)"),
 }
 

@@ -6,7 +6,9 @@
     python -m bench results --results DIR --out FILE
 
 One folder per report, ``results/<name>/``, holding what ``bench eval --out results/<name>``
-writes plus a small ``meta.json``:
+writes plus a small ``meta.json``, or a table report: the ``table.md`` and ``meta.json`` that
+``python -m bench record <name> -- <command>`` writes (what any table-printing command measured:
+a benchmark, a probe, a sweep), rendered verbatim. A leaderboard report holds:
 
 - ``leaderboard.csv`` (required): the leaderboard rows. Each task gets a table: the task's
   reference (``medq.scoring.REFERENCE``: bicubic for SR, identity for enhance), the floor
@@ -44,6 +46,8 @@ from medq.stats import PairedResult, SeedResult
 
 DEFAULT_RESULTS = Path("results")
 DEFAULT_OUT = Path("docs") / "RESULTS.md"
+TABLE = "table.md"
+"""A table report's body: what the recording command printed (``bench record``)."""
 META_KEYS = ("title", "command", "measured_on", "date")
 # (label, digits) per leaderboard column; the order is the tables' column order.
 COLUMN_FORMATS = {
@@ -112,8 +116,13 @@ def read_meta(folder: Path) -> dict:
 
 
 def read_report(folder: Path) -> dict:
-    """One report folder -> {"name", "meta", "rows", "comparisons", "seed_comparisons"}."""
+    """One report folder -> {"name", "meta", "rows", "comparisons", "seed_comparisons"}, or for a
+    table report (``table.md``, written by ``python -m bench record``) {"name", "meta",
+    "table"}."""
     meta = read_meta(folder)
+    if (folder / TABLE).is_file():
+        return {"name": folder.name, "meta": meta,
+                "table": (folder / TABLE).read_text(encoding="utf-8").strip("\n")}
     board = folder / "leaderboard.csv"
     if not board.is_file():
         raise ResultsError(f"{board}: missing (the leaderboard.csv bench eval writes)")
@@ -232,7 +241,20 @@ def seed_table(comps: list[dict]) -> list[str]:
             ""]
 
 
+def table_section(report: dict) -> list[str]:
+    """A table report: its heading, command and machine, then what the command printed."""
+    meta = report["meta"]
+    out = [f"## {meta['title']}", ""]
+    if meta.get("description"):
+        out += [str(meta["description"]).strip(), ""]
+    return out + [f"Command: `{meta['command']}`. Measured on: {meta['measured_on']}, "
+                  f"{meta['date']}. Report: `results/{report['name']}/`.", "", "```",
+                  report["table"], "```", ""]
+
+
 def report_section(report: dict) -> list[str]:
+    if "table" in report:
+        return table_section(report)
     meta, rows = report["meta"], report["rows"]
     present = {c for r in rows for c, v in r.items() if str(v).strip() not in ("", "nan")}
     columns = meta.get("columns") or [c for c in DEFAULT_COLUMNS if c in present]

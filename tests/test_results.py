@@ -93,3 +93,25 @@ def test_the_committed_results_page_is_up_to_date():
         pytest.skip("no results/ committed yet")
     assert main(["results", "--results", str(REPO / "results"),
                  "--out", str(REPO / "docs" / "RESULTS.md"), "--check"]) == 0
+
+
+def test_record_keeps_what_a_command_printed_and_results_shows_it_verbatim(tmp_path, capsys):
+    """bench record runs a command, keeps its standard output as results/<name>/table.md with
+    the command, machine and date; a failing command records nothing; bench results renders the
+    table as printed, under its command."""
+    results, page = tmp_path / "results", tmp_path / "RESULTS.md"
+    table = "| a | b |\n|---|---|\n| 1 | 2 |"
+    argv = ["record", "demo-table", "--title", "A printed table", "--results", str(results),
+            "--", "python", "-c", f"print({table!r})"]
+    assert main(argv) == 0
+    meta = json.loads((results / "demo-table" / "meta.json").read_text())
+    assert meta["title"] == "A printed table" and "GFLOPS" in meta["measured_on"]
+    assert meta["command"].startswith("python -c")
+    assert (results / "demo-table" / "table.md").read_text().strip() == table
+    failing = ["record", "broken", "--title", "x", "--results", str(results), "--", "python",
+               "-c", "import sys; print('half'); sys.exit(3)"]
+    assert main(failing) == 1 and not (results / "broken").exists()
+    assert main(["results", "--results", str(results), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "## A printed table" in text and table in text and meta["command"] in text
+    assert main(["results", "--results", str(results), "--out", str(page), "--check"]) == 0
