@@ -652,3 +652,15 @@ def test_a_new_run_that_fails_before_its_first_step_leaves_no_directory(tmp_path
     line = refusal(main, argv, capsys)
     assert "/data/cache/images.npz: No space left on device" in line
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+def test_too_small_names_the_files_own_size_not_a_shrunk_one(tmp_path):
+    """A long thin image shrunk on load (max_side) is refused with the size the file has."""
+    from PIL import Image
+
+    from medq.data.imageio import DataError, load_rgb
+
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (4000, 12), (120, 40, 20)).save(path)
+    with pytest.raises(DataError, match="4000x12 pixels"):
+        load_rgb(path, max_side=512)

@@ -129,12 +129,14 @@ def _tiff_rgb(path: Path) -> np.ndarray:
     return np.repeat(g, 3, axis=2) if g.shape[2] == 1 else g
 
 
-def _pillow_rgb(path: Path, max_side: int | None) -> np.ndarray:
+def _pillow_rgb(path: Path, max_side: int | None, min_side: int, what: str) -> np.ndarray:
     with warnings.catch_warnings():  # a bomb is refused just below, with the file's name
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img = Image.open(path)
     with img:
         check_pixels(img, path)
+        # The file's own size (a shrink on load below would report a smaller one).
+        _check_min_side(path, img.size[0], img.size[1], min_side, what)
         if max_side is not None and img.format == "JPEG" and max(img.size) > 2 * max_side:
             img.draft("RGB", (max_side, max_side))
         img.load()
@@ -157,7 +159,7 @@ def decode(path: str | Path, max_side: int | None = None, what: str = "image", *
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     try:
-        rgb = _pillow_rgb(path, max_side)
+        rgb = _pillow_rgb(path, max_side, min_side, what)
     except DataError:
         raise
     except Image.DecompressionBombError as e:
@@ -169,10 +171,14 @@ def decode(path: str | Path, max_side: int | None = None, what: str = "image", *
         rgb = _tiff_rgb(path)
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot decode {what} ({e})") from e
-    if min(rgb.shape[:2]) < min_side:
-        raise DataError(f"{path}: {what} is {rgb.shape[1]}x{rgb.shape[0]} pixels, expected at "
-                        f"least {min_side}x{min_side}")
+    _check_min_side(path, rgb.shape[1], rgb.shape[0], min_side, what)
     return rgb
+
+
+def _check_min_side(path: Path, width: int, height: int, min_side: int, what: str) -> None:
+    if min(width, height) < min_side:
+        raise DataError(f"{path}: {what} is {width}x{height} pixels, expected at least "
+                        f"{min_side}x{min_side}")
 
 
 def load_rgb(path: str | Path, max_side: int | None = None, *,
