@@ -600,6 +600,12 @@ def _coerce(key: str, value, typ):
     return value
 
 
+RENAMED_KEYS = {"sample.mmse_t": "sample.onestep_t", "sample.mmse_draws": "sample.onestep_draws"}
+"""Keys renamed since configs were saved with them (issue 28: the 'MMSE output' is a one-step
+estimate): a saved ``config.toml`` still loads, a ``--set`` of the old name is refused naming the
+new one. Both are inference settings, outside the hash: the rename moves no run."""
+
+
 def merge(base: dict, patch: dict, where: str) -> dict:
     """Apply a nested ``patch`` onto ``base`` (both with TOML key names), checking every key."""
     out = {k: dict(v) for k, v in base.items()}
@@ -613,6 +619,11 @@ def merge(base: dict, patch: dict, where: str) -> dict:
         types = _field_types(SECTIONS[section])
         for key, value in values.items():
             full = f"{section}.{key}"
+            if full in RENAMED_KEYS and where.startswith("override"):
+                raise ConfigError(f"{where}: {full} is now called {RENAMED_KEYS[full]}")
+            if full in RENAMED_KEYS:  # a file written before the rename: the same value
+                full = RENAMED_KEYS[full]
+                key = full.split(".", 1)[1]
             if key not in types:
                 valid = [f"{section}.{k}" for k in types]
                 raise ConfigError(f"{where}: unknown key {full!r}{_closest(full, valid)}")

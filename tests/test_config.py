@@ -293,3 +293,17 @@ def test_every_preset_the_code_names_exists():
                     and node.args[0].value not in available_presets()):
                 bad.append(f"{path.relative_to(repo)}:{node.lineno} {node.args[0].value!r}")
     assert not bad, "unknown presets named in code:\n" + "\n".join(bad)
+
+
+def test_a_saved_config_with_a_renamed_key_still_loads_and_an_override_names_the_new_key(tmp_path):
+    """Configs saved before the 'MMSE output' became the one-step estimate load with the same
+    values (and the same hash); --set of the old name is refused naming the new one."""
+    cfg = load_config("ssim_v3", overrides=["sample.onestep_t=0.8", "sample.onestep_draws=2"])
+    old = dump_toml(cfg).replace("onestep_t", "mmse_t").replace("onestep_draws", "mmse_draws")
+    path = tmp_path / "config.toml"
+    path.write_text(old)
+    again = load_config(str(path))
+    assert (again.sample.onestep_t, again.sample.onestep_draws) == (0.8, 2)
+    assert again.hash == cfg.hash
+    with pytest.raises(ConfigError, match="sample.mmse_t is now called sample.onestep_t"):
+        load_config("ssim_v3", overrides=["sample.mmse_t=0.8"])
