@@ -314,3 +314,56 @@ def test_the_synthetic_test_set_is_its_own_fresh_seed(data):
     assert all(i.startswith(f"syn{data.test_seed}_") for i in test.ids)
     train = build_dataset(data, "train")
     assert not np.array_equal(test.data["images"][0], train.data["images"][0])
+
+
+# -- on real photographs, with the shipped base model --------------------------------------------
+
+
+def _drive_val(fundus_samples, size: int, n: int):
+    from medq.config import load_config
+
+    cfg = load_config("control")
+    data = dataclasses.replace(cfg.data, source="drive", root=str(fundus_samples / "drive-train"),
+                               split_file="configs/splits/drive_development.toml",
+                               image_size=size)
+    ds = build_dataset(data, "val", tasks=["sr4"])
+    return [ds[i] for i in range(min(n, len(ds)))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("output", ["onestep", "sample"])
+def test_no_seam_and_no_token_grid_on_real_photographs(fundus_samples, output):
+    """The shipped base model on development photographs of the val split at 512 px (121 tiles):
+    the gradient energy across tile borders is within SEAM_TOLERANCE of the columns beside them,
+    relative to the target's own (medq.metrics.artifacts.seam_ratio), and the spectrum shows no
+    peak at the token pitch's harmonics beyond the target's plus PITCH_TOLERANCE
+    (pitch_peaks): the windows blend the tiles, and the flow head's convolution crosses the
+    token borders."""
+    from medq.harness.load import load_run
+    from medq.metrics.artifacts import pitch_peaks, seam_ratio
+
+    seam_tolerance, pitch_tolerance = 0.10, 1.0
+    model, _, info = load_run("weights/base", output=output)
+    cfg = info["config"]
+    pitch = cfg.model.patch_size * model.vae.downsample
+    seams, pitches = [], []
+    for item in _drive_val(fundus_samples, 512, 2):
+        size = tuple(item["target"].shape[-2:])
+        out = model.edit(item["input"][None], [item["instruction"]], ["sr4"], size, seed=[0])[0]
+        starts = tile_starts(size[1] // model.vae.downsample,
+                             cfg.model.tile_size // model.vae.downsample,
+                             cfg.sample.tile_overlap // model.vae.downsample)
+        f = model.vae.downsample
+        borders = sorted({f * s for s in starts[1:]}
+                         | {f * s + cfg.model.tile_size for s in starts[:-1]})
+        for img, flip in ((out, False), (out, True)):
+            pair = [(x.transpose(1, 2) if flip else x) for x in (img, item["target"], item["mask"])]
+            seams.append((seam_ratio(pair[0], pair[2], borders),
+                          seam_ratio(pair[1], pair[2], borders)))
+        pitches.append((pitch_peaks(out, item["mask"], pitch),
+                        pitch_peaks(item["target"], item["mask"], pitch)))
+    out_seam, target_seam = np.mean(seams, axis=0)
+    assert out_seam <= target_seam * (1 + seam_tolerance), seams
+    out_peak = np.mean([p for p, _ in pitches], axis=0)
+    target_peak = np.mean([t for _, t in pitches], axis=0)
+    assert np.all(out_peak <= target_peak + pitch_tolerance), pitches

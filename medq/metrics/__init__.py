@@ -14,11 +14,13 @@ backbones and distances of the distribution metrics (FID, KID).
 | ``per_image`` | every per-image column at once (``image_metrics``, ``IMAGE_METRICS``) |
 | ``features`` | backbones (the pinned Inception, the random ResNet-18), image features |
 | ``distances`` | Frechet distance, KID (paired / unpaired) with jackknife intervals, KID a - b |
+| ``artifacts`` | seams along tile borders and a pattern at the token pitch, against the target |
 
 Conventions (``docs/ARCHITECTURE.md``): float32 RGB in [0, 1], NCHW; masks (N, 1, H, W) in {0, 1}.
 Each module's docstring states its settings; ``docs/BACKGROUND.md`` explains the protocol.
 """
 
+from medq.metrics.artifacts import pitch_peaks, seam_ratio
 from medq.metrics.consistency import lr_consistency_psnr
 from medq.metrics.distances import (
     distribution_protocol,
