@@ -80,6 +80,8 @@ from medq.metrics.per_image import (
 )
 
 __all__ = [
+    "pitch_peaks",
+    "seam_ratio",
     "BACKBONE_CHOICES", "BACKBONE_HELP", "FEATURE_BATCH", "FIDELITY_METRICS", "IMAGE_METRICS",
     "INCEPTION_ENV", "INCEPTION_MEMBER", "INCEPTION_PACKAGE", "INCEPTION_SHA256", "MS_SSIM_BETAS",
     "MS_SSIM_MIN_SIDE", "PSNR_CAP_DB", "SCORED_METRICS", "SSIM_K1", "SSIM_K2", "SSIM_SIGMA",
