@@ -136,10 +136,23 @@ def test_the_rebuild_command_writes_weights_that_pass_their_check(tmp_path, monk
     tiny = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.num_images=40",
             "optim.batch_size=4", "optim.warmup_steps=1", "run.val_every=2", "run.ckpt_every=2",
             "run.probe_every=2", "sample.max_new_tokens=4", "run.threads=1",
+            "data.mix_fraction=0",  # no real photographs: CI has no ../shared
             f'data.cache_dir="{tmp_path / "cache"}"']
     args = ["weights", "--out", str(tmp_path / "w"), "--vae-steps", "3", "--base-steps", "2",
             "--no-progress"] + [a for o in tiny for a in ("--set", o)]
-    assert main(args) == 0
+    import train.weights_cmd as weights_cmd
+
+    def interrupted(*a):  # the build trained, then stopped before shipping (a killed session)
+        raise SystemExit("interrupted")
+
+    monkeypatch.setattr(weights_cmd, "export", interrupted)
+    assert main(args) == 2
+    assert not (tmp_path / "w" / "base").exists() and (tmp_path / "w" / ".build").is_dir()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(args) == 0  # the same command picks the finished build up instead of retraining
+    assert "is already finished at step 2" in capsys.readouterr().out
     base = tmp_path / "w" / "base"
     assert sorted(p.name for p in base.iterdir()) == sorted([*SHIPPED_FILES, MANIFEST])
     manifest = json.loads((base / MANIFEST).read_text())

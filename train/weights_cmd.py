@@ -167,8 +167,10 @@ def main(args) -> int:
         vae_args.append("--no-progress")
     if vae_cmd.main(_namespace(vae_cmd.add_arguments, vae_args)):
         return 1
+    # The build directory is kept between attempts: an interrupted build (hours on a CPU) resumes
+    # from its last complete checkpoint when the same command runs again; a changed config hashes
+    # to another run directory inside it. export() removes it once the weights are shipped.
     build_dir = out / ".build"
-    shutil.rmtree(build_dir, ignore_errors=True)
     overrides.append(f"run.out_dir={json.dumps(str(build_dir))}")
     if args.base_steps is not None:
         overrides.append(f"optim.max_steps={args.base_steps}")
