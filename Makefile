@@ -6,6 +6,7 @@
 #                                  into reports/
 #   make weights                   rebuild weights/ (VAE + long base run) from scratch (~60 min)
 #   make eval SEEDS=3              every standard mode trained and scored with 3 training seeds
+#   make eval-drive                those runs on the held-out development photographs at 512 px
 #   make test                      the test suite (what CI runs, after make lint)
 #   make test-fast                 the tests that neither train nor serve (< 1 min)
 #   make lint                      ruff (configured in pyproject.toml)
@@ -34,7 +35,7 @@ else
 EVAL_DATA :=
 endif
 
-.PHONY: install test test-fast lint data check-weights base vae weights train-v3 train-pixel train-mixed train-all eval demo \
+.PHONY: install test test-fast lint data check-weights base vae weights train-v3 train-pixel train-mixed train-all eval eval-drive demo \
         bench-ssim bench-data bench-train study study-plan clean
 
 $(STAMP): pyproject.toml
@@ -94,6 +95,16 @@ train-all: $(WEIGHTS_OK)
 
 eval: $(WEIGHTS_OK)
 	$(PY) -m bench eval --seeds $(SEEDS) $(EVAL_DATA) $(SET)
+
+# The development photographs' held-out test ids (configs/splits/drive_development.toml: never
+# trained or tuned on), at a working size a clinician reads (DRIVE_SIZE=0: each photograph's own
+# size). The fine-tunes of `make eval` are scored as they are (--skip-train).
+DRIVE_ROOT ?= ../shared/fundus-samples/drive-train
+DRIVE_SIZE ?= 512
+eval-drive: $(WEIGHTS_OK)
+	$(PY) -m bench eval --skip-train --data drive --root "$(DRIVE_ROOT)" --split test \
+	  --set data.split_file=configs/splits/drive_development.toml \
+	  --set data.image_size=$(DRIVE_SIZE) --out reports/drive-$(DRIVE_SIZE) $(SET)
 
 demo: $(STAMP)
 	$(PY) -m demo
