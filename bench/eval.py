@@ -47,6 +47,7 @@ CUDA when present, else the CPU); a device this machine lacks is refused.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -133,6 +134,9 @@ def add_arguments(p) -> None:
     p.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="K=V",
                    help="constructor keyword argument for every --model (TOML literal or string)")
     p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--title", default="",
+                   help="the report's heading in docs/RESULTS.md when --out is a folder of "
+                        "results/ (meta.json; default: the data and split)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for training, the data and the sampler (e.g. "
                         "data.num_images=48, sample.noise_temperature=1)")
@@ -397,10 +401,35 @@ def write_reports(args, result: dict, eval_cfg, features: FeatureCache) -> dict:
     srows, scomps = seed_summary(rows, per_image=per_image)
     proto = protocol(rows, channel=args.channel, backbone=result["backbone"],
                      extra=_protocol_extra(args, eval_cfg))
-    return publish_reports(args.out, lambda out: report.write_reports(
-        rows + srows, per_image, out, protocol=proto,
-        comparisons=comparisons(rows, per_image, features=features), run_dirs=result["runs"],
-        plots=not args.no_plots, seed_comparisons=scomps), failed=bool(result["failures"]))
+    meta = _meta(args, eval_cfg)
+
+    def write(out: Path) -> dict:
+        files = report.write_reports(
+            rows + srows, per_image, out, protocol=proto,
+            comparisons=comparisons(rows, per_image, features=features), run_dirs=result["runs"],
+            plots=not args.no_plots, seed_comparisons=scomps)
+        files["meta"] = out / "meta.json"
+        files["meta"].write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        return files
+
+    return publish_reports(args.out, write, failed=bool(result["failures"]))
+
+
+def _meta(args, eval_cfg) -> dict:
+    """What produced the report (bench.results reads it): the title, the command as typed, the
+    machine line with its calibration (measured now, under the load the evaluation ran with) and
+    the date."""
+    import datetime
+
+    from bench.perf_machine import machine_line, measure_machine
+
+    data = eval_cfg.data
+    title = args.title or (f"bench eval: {data.source} data, {args.split} split, working size "
+                           f"{data.image_size or 'own'}")
+    return {"title": title,
+            "command": getattr(args, "command_line", "python -m bench eval"),
+            "measured_on": machine_line(measure_machine()),
+            "date": datetime.date.today().isoformat()}
 
 
 def print_summary(rows: list[dict], files: dict | None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 from collections.abc import Callable, Sequence
 
 
@@ -61,7 +62,10 @@ def run_subcommand(prog: str, description: str | None, subcommands: dict[str, tu
     if found is not None:
         module, parser, rest = found
         if not hasattr(module, "SUBCOMMANDS"):
-            return module.main(parser.parse_args(rest)) or 0
+            args = parser.parse_args(rest)
+            # The command as typed, for the reports that must say what produced them.
+            args.command_line = f"{parser.prog} {shlex.join(rest)}".strip()
+            return module.main(args) or 0
         parser.parse_args(rest[:1])  # a group without (or with an unknown) subcommand
         parser.error(f"{rest[0]!r}: expected one of {', '.join(module.SUBCOMMANDS)}")
     if default is not None:

@@ -176,3 +176,24 @@ def test_infer_default_output_is_keyed_by_the_data(tmp_path):
                  "--tasks", "sr4", "--no-text", "--no-progress", "--out", str(out), *sets]) == 0
     assert main(["--baseline", "bicubic", "--tasks", "sr4", "--no-text", "--no-progress",
                  "--out", str(out), "--limit", "1", *sets]) == 2
+
+
+@pytest.mark.slow  # one whole evaluation (baselines only)
+def test_an_eval_report_is_a_results_report_with_its_command(tmp_path):
+    """`bench eval --out results/NAME` is all docs/RESULTS.md needs: meta.json names the title,
+    the command as typed, the machine line and the date, and `bench results` renders it."""
+    from bench.__main__ import main
+
+    good = _folder(tmp_path, bad=False)
+    results = tmp_path / "results"
+    assert _eval(tmp_path, "--data", "folder", "--root", str(good), "--split", "all",
+                 "--title", "Baselines on a folder", "--out", str(results / "folder")) == 0
+    meta = json.loads((results / "folder" / "meta.json").read_text())
+    assert meta["title"] == "Baselines on a folder"
+    assert meta["command"].startswith("python -m bench eval --skip-train")
+    assert "--title 'Baselines on a folder'" in meta["command"]
+    assert meta["measured_on"] and meta["date"]
+    page = tmp_path / "RESULTS.md"
+    assert main(["results", "--results", str(results), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "Baselines on a folder" in text and "bicubic" in text and meta["command"] in text
