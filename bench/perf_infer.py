@@ -3,6 +3,8 @@
     python -m bench perf infer                          # default config, random weights, 16 images
     python -m bench perf infer --run runs/ssim_v3-ab12cd34 --images 32 --batch-size 8
     python -m bench perf infer --no-text --threads 1 --tiny   # image editing only, a smoke run
+    python -m bench perf infer --run weights/base --size 512 --images 2 --batch-size 1 \
+        --output onestep                                 # one 512-px image's one-step estimate
 
 The harness (``medq.harness.run_harness``, as ``bench eval`` calls it: batches of
 ``--batch-size``, per-image seeds, PNGs and records written) runs over ``--images`` test-split
@@ -38,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the tiny test model of bench perf train (a smoke run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config override (without --run)")
+    parser.add_argument("--size", type=positive_int(4096, "--size"), default=None,
+                        help="working size in px (data.image_size; default: the config's); "
+                             "images are sampled tile by tile at this size")
+    parser.add_argument("--output", choices=["sample", "onestep"], default="sample",
+                        help="the Euler sample (default) or the one-step estimate")
     parser.add_argument("--threads", type=thread_count, default=None,
                         help="torch threads (default: torch's default)")
 
@@ -47,7 +54,7 @@ def _model_and_config(args, scratch: Path):
     if args.run is not None:
         from medq.harness.load import load_run
 
-        model, _, info = load_run(args.run)
+        model, _, info = load_run(args.run, output=args.output, overrides=_size(args))
         return model, info["config"]
     import torch
 
@@ -58,14 +65,19 @@ def _model_and_config(args, scratch: Path):
 
     base = (TINY if args.tiny else []) + SCRATCH + [
         f"run.out_dir={json.dumps(str(scratch))}",
-        f"data.cache_dir={json.dumps(str(scratch / '_cache'))}"] + list(args.overrides)
+        f"data.cache_dir={json.dumps(str(scratch / '_cache'))}"] + list(args.overrides) \
+        + _size(args)
     cfg = load_config("ssim_v3", overrides=base)
     cfg = load_config("ssim_v3", overrides=base + ensure_vae(cfg, scratch))
     torch.manual_seed(0)
     task = MiniBagelTask(cfg, torch.device("cpu"), write_init=False)
     model = MiniBagelAdapter(task.model.eval(), task.vae, task.tokenizer, cfg.sample,
-                             name="random-weights")
+                             name="random-weights", output=args.output)
     return model, cfg
+
+
+def _size(args) -> list[str]:
+    return [] if args.size is None else [f"data.image_size={args.size}"]
 
 
 def _items(cfg, n: int) -> list[dict]:
@@ -112,9 +124,11 @@ def main(args) -> int:
     rate = len(timed) / seconds
     achieved = per_image * rate / 1e9
     text = "no text" if args.no_text else f"reports up to {cfg.sample.max_new_tokens} tokens"
+    how = (f"{cfg.sample.steps} Euler steps" if args.output == "sample" else
+           f"one-step estimate, {cfg.sample.onestep_draws} draws")
     print(f"Inference harness ({model.name}; image {cfg.data.image_size}px, tile "
           f"{cfg.model.tile_size}px, d_model "
-          f"{cfg.model.d_model}, {cfg.model.n_layers} layers; {cfg.sample.steps} Euler steps, "
+          f"{cfg.model.d_model}, {cfg.model.n_layers} layers; {how}, "
           f"{text}; batch {args.batch_size}; {len(timed)} images)")
     print(f"{'images/s':>9}{'s/image':>9}{'GFLOP/image':>13}{'GFLOPS':>8}{'util.':>7}")
     print(f"{rate:>9.2f}{1 / rate:>9.3f}{per_image / 1e9:>13.3f}{achieved:>8.2f}"

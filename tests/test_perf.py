@@ -174,3 +174,20 @@ def test_perf_data_starts_with_the_machine_and_rejects_zero_sizes(capsys):
     with pytest.raises(SystemExit):
         bench_main.main(["perf", "data", "--sizes", "0"])
     assert "--sizes must be 1..4096" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # runs the inference harness on the tiny model twice
+def test_perf_infer_size_and_output_change_what_is_timed(capsys):
+    """--size sets the working size (more tiles: more GFLOP per image); --output onestep times
+    the one-step estimate, cheaper than the Euler sample at the same size."""
+    def gflop(*extra):
+        assert bench_main.main(["perf", "infer", "--tiny", "--images", "1", "--batch-size", "1",
+                                "--no-text", "--threads", "1", *extra]) == 0
+        out = capsys.readouterr().out
+        return out, float(out.splitlines()[-1].split()[2])
+
+    out_small, small = gflop("--size", "64")
+    out_big, big = gflop("--size", "128")
+    out_one, onestep = gflop("--size", "128", "--output", "onestep")
+    assert "image 64px" in out_small and "image 128px" in out_big
+    assert big > 2 * small and "one-step estimate" in out_one and onestep < big
