@@ -27,6 +27,7 @@ from medq.models import (
 from medq.models.flow import add_noise, sampling_schedule
 from medq.models.sequence import PROMPT, pack_text, sequence_mask
 from medq.protocol import ImageTextModel
+from medq.tasks import SCALES
 
 WORDS = ("super-resolve this fundus image x2 x4 enhance the quality is good usable reject grade "
          "0 1 2 3 4 no mild moderate severe proliferative diabetic retinopathy . ,").split()
@@ -54,13 +55,12 @@ def tok() -> Tokenizer:
 
 def batch_of(tasks: list[str], size: int = 32) -> dict:
     """A collated batch as medq.data.collate makes it: inputs padded to the largest."""
-    scale = {"sr4": 4, "sr2": 2, "enhance": 1}
     targets = torch.rand(len(tasks), 3, size, size)
     inputs = torch.zeros(len(tasks), 3, size, size)
     in_sizes = []
     for i, t in enumerate(tasks):
-        s = size // scale[t]
-        inputs[i, :, :s, :s] = targets[i, :, ::scale[t], ::scale[t]]
+        s = size // SCALES[t]
+        inputs[i, :, :s, :s] = targets[i, :, ::SCALES[t], ::SCALES[t]]
         in_sizes.append([s, s])
     instr = {"sr4": SR4, "sr2": "super-resolve this fundus image x2", "enhance": ENH}
     return {

@@ -45,6 +45,7 @@ from medq.baselines import bicubic
 from medq.data.imageio import save_png, to_uint8
 from medq.dist import barrier, current
 from medq.harness.images import prepare
+from medq.harness.load import check_protocol
 from medq.harness.records import (
     KINDS,
     PART_GLOB,
@@ -114,14 +115,6 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def _check_model(model) -> None:
-    if not isinstance(model, ImageTextModel):
-        missing = [a for a in ("name", "vocab_size", "edit", "generate_report", "decode")
-                   if not hasattr(model, a)]
-        raise InferError(f"{type(model).__name__} is not an ImageTextModel (missing: "
-                         f"{', '.join(missing)}); see medq/protocol.py")
-
-
 def _default_text_helpers(prompt, parse):
     """``medq.data.REPORT_PROMPT`` / ``parse_report`` unless given (tests pass their own)."""
     if prompt is None or parse is None:
@@ -189,7 +182,7 @@ def run_harness(model: ImageTextModel, items, out_dir, *,  # noqa: PLR0913
     (models exposing ``temperature``/``top_p``; others log a warning and record null).
     ``meta``: ``run``, ``checkpoint``, ``weights`` written into every row (default: the model
     name, null, null). ``prompt`` / ``parse_report`` default to ``medq.data``'s."""
-    _check_model(model)
+    check_protocol(model, type(model).__name__)
     if batch_size < 1:
         raise InferError(f"batch_size = {batch_size}: must be >= 1")
     out_dir = Path(out_dir)
@@ -392,7 +385,7 @@ def edit_one(model: ImageTextModel, image: torch.Tensor, task: str, *,  # noqa: 
     (float32 CHW in [0, 1]), "seconds", "check" (image sanity statistics) and, with ``report``,
     "report": a ``DecodeResult`` of the report on the input (None for a model without text).
     Raises ValueError naming ``name`` for an image without a field of view."""
-    _check_model(model)
+    check_protocol(model, type(model).__name__)
     prep = prepare(image, size, task, name=name)
     instruction = default_instruction(task) if instruction is None else instruction
     t0 = time.perf_counter()
