@@ -5,6 +5,8 @@
 - ``tiny_overrides`` / ``tiny``: the tiny mini-BAGEL of ``configs/tiny.toml`` as ``--set``
   overrides, with an untrained VAE of its geometry (made once per session); ``tiny`` adds a run
   directory and data cache in the test's ``tmp_path``.
+- ``vae``: an untrained, frozen VAE (8 channels) of the requesting module's ``cfg`` fixture (a
+  ``ModelConfig``).
 - ``server``: the demo app on a fake runs/ tree, launched on a free localhost port (one per test
   module: test_demo.py and test_demo_browser.py).
 
@@ -56,6 +58,15 @@ def tiny(tmp_path, tiny_overrides) -> list[str]:
     ``tmp_path/cache``."""
     return tiny_overrides + [f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
                              f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}"]
+
+
+@pytest.fixture
+def vae(cfg):
+    """An untrained VAE of the geometry of ``cfg`` (the module's tiny ``ModelConfig`` fixture),
+    8 channels, frozen."""
+    from medq.models import build_vae
+
+    return build_vae(cfg, channels=8).eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

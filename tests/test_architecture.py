@@ -5,6 +5,7 @@
   no stage.
 - No module imports another module's ``_private`` name (from this repository's code).
 - Every module of ``medq/`` is in ARCHITECTURE.md's library table.
+- The one argument parser in ``medq/`` is ``medq/cli.py``, as ARCHITECTURE.md says.
 
 Imports are read with ``ast`` (nothing is executed), including imports inside functions.
 """
@@ -125,3 +126,14 @@ def test_no_test_module_imports_another_test_module():
             if name.split(".")[0] in test_modules:
                 bad.append(f"{path.relative_to(REPO)}:{line} imports {module}")
     assert not bad, "test modules imported by other test code:\n" + "\n".join(bad)
+
+
+def test_the_only_argument_parser_in_the_library_is_medq_cli():
+    """docs/ARCHITECTURE.md: the stages own their options; the one argparse in ``medq/`` is the
+    subcommand dispatcher (``medq/cli.py``)."""
+    users = [f"{path.relative_to(REPO)}:{line}" for path in _python_files("medq")
+             for line, module, _ in _imports(path)
+             if module == "argparse" and path != REPO / "medq" / "cli.py"]
+    assert not users, "argparse imported in medq/ outside medq/cli.py:\n" + "\n".join(users)
+    assert "The only argument parsing in `medq/` is `medq/cli.py`" in \
+        ARCHITECTURE.read_text(encoding="utf-8")

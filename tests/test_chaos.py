@@ -128,6 +128,44 @@ def _wait_for_path(paths, timeout: float = 60.0) -> None:
     raise AssertionError("the awaited file never appeared")
 
 
+def _checkpoints(out_dir: Path) -> Path:
+    """The run's checkpoints folder (a path that does not exist until the run made it)."""
+    return next(out_dir.glob("*/checkpoints"), out_dir / "none")
+
+
+def _run_until(kind: str, trainer: Trainer, rng: random.Random, out_dir: Path
+               ) -> tuple[int | None, float | None]:
+    """Let ``trainer`` run until the moment ``kind`` (one of ``KILLS``) names, drawing the moment
+    from ``rng``. Returns (the step it resumed at, None for a kill at start-up; for "lock" the
+    seconds a second process on the same run took to be refused, else None)."""
+    if kind == "start":  # anywhere in the start-up: lock, checks, restore, first step
+        time.sleep(rng.uniform(0.0, 0.05))
+        return None, None
+    start = trainer.wait_for("resume")
+    assert start is not None, trainer.err()
+    assert start <= MAX_STEPS - 2 * CKPT_EVERY, "the run got too far; raise MAX_STEPS"
+    refused_in = None
+    if kind in ("step", "corrupt", "flip"):
+        assert trainer.wait_for("step", start + rng.randint(1, 2 * CKPT_EVERY))
+        time.sleep(rng.uniform(0.0, 0.02))
+    elif kind == "save":  # this trainer's temp checkpoint, half written
+        _wait_for_path(lambda: _checkpoints(out_dir).glob(
+            f".tmp-step_*-{trainer.pid}/model.safetensors"))
+    elif kind == "retention":  # renamed for deletion, not yet deleted
+        _wait_for_path(lambda: _checkpoints(out_dir).glob(f".tmp-del-step_*-{trainer.pid}"))
+    elif kind == "lock":
+        assert trainer.wait_for("step", start + 1)
+        os.kill(trainer.pid, signal.SIGSTOP)  # holds its lock while the second one tries
+        t1 = time.monotonic()
+        second = trainer.server.run(out_dir)
+        assert second.wait() == 2, second.err()
+        refused_in = time.monotonic() - t1
+        assert f"in use by process {trainer.pid}" in second.err()
+        os.kill(trainer.pid, signal.SIGCONT)
+        assert trainer.wait_for("step", start + rng.randint(2, 2 * CKPT_EVERY))
+    return start, refused_in
+
+
 @pytest.mark.slow
 def test_chaos_kills_a_second_process_and_a_corrupt_checkpoint(tmp_path):
     rng = random.Random(SEED)
@@ -137,45 +175,21 @@ def test_chaos_kills_a_second_process_and_a_corrupt_checkpoint(tmp_path):
         reference = server.run(tmp_path / "reference").done()
         one_run = time.monotonic() - t0
         out_dir = tmp_path / "chaos"
-        ckpts = lambda: next(out_dir.glob("*/checkpoints"), out_dir / "none")  # noqa: E731
         log, refused_in = [], None
         for kind in KILLS:
             trainer = server.run(out_dir, slow_save=0.2 if kind in ("save", "retention") else 0)
-            start = None
-            if kind == "start":  # anywhere in the start-up: lock, checks, restore, first step
-                time.sleep(rng.uniform(0.0, 0.05))
-            else:
-                start = trainer.wait_for("resume")
-                assert start is not None, trainer.err()
-                assert start <= MAX_STEPS - 2 * CKPT_EVERY, "the run got too far; raise MAX_STEPS"
-            if kind in ("step", "corrupt", "flip"):
-                assert trainer.wait_for("step", start + rng.randint(1, 2 * CKPT_EVERY))
-                time.sleep(rng.uniform(0.0, 0.02))
-            elif kind == "save":  # this trainer's temp checkpoint, half written
-                _wait_for_path(lambda pid=trainer.pid:
-                               ckpts().glob(f".tmp-step_*-{pid}/model.safetensors"))
-            elif kind == "retention":  # renamed for deletion, not yet deleted
-                _wait_for_path(lambda pid=trainer.pid: ckpts().glob(f".tmp-del-step_*-{pid}"))
-            elif kind == "lock":
-                assert trainer.wait_for("step", start + 1)
-                os.kill(trainer.pid, signal.SIGSTOP)  # holds its lock while the second one tries
-                t1 = time.monotonic()
-                second = server.run(out_dir)
-                assert second.wait() == 2, second.err()
-                refused_in = time.monotonic() - t1
-                assert f"in use by process {trainer.pid}" in second.err()
-                os.kill(trainer.pid, signal.SIGCONT)
-                assert trainer.wait_for("step", start + rng.randint(2, 2 * CKPT_EVERY))
+            start, refused = _run_until(kind, trainer, rng, out_dir)
+            refused_in = refused_in if refused is None else refused
             last = trainer.kill()
             if kind in ("save", "retention"):  # it did die in the middle of it
                 pattern = ".tmp-step_*-" if kind == "save" else ".tmp-del-step_*-"
-                assert list(ckpts().glob(f"{pattern}{trainer.pid}")), kind
+                assert list(_checkpoints(out_dir).glob(f"{pattern}{trainer.pid}")), kind
             for e in log[-1:]:
                 e["resumed_at"] = start
             log.append({"kind": kind, "killed_after": last, "resumed_from": start,
                         "trainer": trainer, "resumed_at": None})
             if kind in ("corrupt", "flip"):
-                root = ckpts()
+                root = _checkpoints(out_dir)
                 newest = root / (root / "latest").read_text().strip()
                 log[-1]["corrupted"] = str(_damage(newest, kind))
         last_trainer = server.run(out_dir)
@@ -196,7 +210,7 @@ def test_chaos_kills_a_second_process_and_a_corrupt_checkpoint(tmp_path):
     # Every step exactly once: a resume that skipped rows (it once took a checkpoint newer than
     # `latest`, orphaned by a save killed before the pointer moved) fails here.
     assert got == ref, f"metrics.csv rows differ at steps {sorted(set(ref) ^ set(got))}"
-    assert not list(ckpts().glob(".tmp-*"))
+    assert not list(_checkpoints(out_dir).glob(".tmp-*"))
     lost = [e["killed_after"] - e["resumed_at"] for e in log
             if e["killed_after"] is not None and e["resumed_at"] is not None]
     print(f"\n[chaos] {len(KILLS)} kills survived (seed {SEED}); steps lost per kill {lost}, "

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fakes.training import write_file
 from medq.checkpoint import (
     clean_temp,
     fingerprint,
@@ -27,12 +28,6 @@ from medq.checkpoint import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_file(name: str, text: str):
-    def writer(d: Path):
-        (d / name).write_text(text)
-    return writer
 
 
 def test_save_is_complete_and_pointer_moves(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fakes.cli import refusal
-from fakes.training import TinyTask, losses_by_step, tiny_cfg
+from fakes.training import TinyTask, losses_by_step, tiny_cfg, write_file
 from medq.checkpoint import (
     CheckpointError,
     apply_retention,
@@ -36,10 +36,6 @@ from train.loop import train
 from train.monitors import NonFiniteError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_file(name: str, text: str):
-    return lambda d: (d / name).write_text(text)
 
 
 def _hold_lock_in_child(run_dir: Path) -> subprocess.Popen:

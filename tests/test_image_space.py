@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from medq.losses import (
+    ImageTerm,
     clamp_gradient,
     image_space_loss_from_x0,
     image_space_loss_packed,
@@ -15,9 +16,10 @@ from medq.losses import (
 C, P, UP = 4, 2, 4  # latent channels, patch size, decoder upsampling
 
 
-def image_space_loss(v_hat, x_t, t, target, decode, **kwargs):
+def image_space_loss(v_hat, x_t, t, target, decode, term, **kwargs):
     """The objective on batched latents, as the packed entry computes it: x0_hat = x_t - t v_hat."""
-    return image_space_loss_from_x0(x_t - t.view(-1, 1, 1, 1) * v_hat, t, target, decode, **kwargs)
+    return image_space_loss_from_x0(x_t - t.view(-1, 1, 1, 1) * v_hat, t, target, decode, term,
+                                    **kwargs)
 
 
 class FakeDecoder(torch.nn.Module):
@@ -48,14 +50,14 @@ def batch(n=5, h=8, w=8, seed=0):
 def test_gate_mean_over_kept_and_zero_gradient_for_gated(kind):
     dec = FakeDecoder()
     v, x_t, t, target, size = batch()
-    loss = image_space_loss(v, x_t, t, target, dec, kind=kind, max_t=0.3, target_size=size)
+    loss = image_space_loss(v, x_t, t, target, dec, ImageTerm(kind, max_t=0.3), target_size=size)
     loss.backward()
     kept = torch.tensor([0, 2, 4])
     assert torch.count_nonzero(v.grad[[1, 3]]) == 0
     assert all(torch.count_nonzero(v.grad[i]) > 0 for i in kept)
     assert sum(dec.calls[:1]) == 3  # only kept samples are decoded
     v2 = v.detach()[kept].requires_grad_(True)
-    ref = image_space_loss(v2, x_t[kept], t[kept], target[kept], dec, kind=kind, max_t=1.0,
+    ref = image_space_loss(v2, x_t[kept], t[kept], target[kept], dec, ImageTerm(kind, max_t=1.0),
                            target_size=size[kept])
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
 
@@ -65,7 +67,8 @@ def test_nothing_kept_is_a_connected_zero():
     v, x_t, t, target, size = batch()
     with torch.no_grad():
         v[0] = float("nan")
-    loss = image_space_loss(v, x_t, t, target, dec, kind="ssim", max_t=0.01, target_size=size)
+    loss = image_space_loss(v, x_t, t, target, dec, ImageTerm("ssim", max_t=0.01),
+                            target_size=size)
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.count_nonzero(v.grad) == 0 and dec.calls == []
@@ -80,8 +83,8 @@ def test_chunked_equals_unchunked(kind):
     for chunk in (1, 2, 8):
         dec = FakeDecoder()
         vv = v.detach().clone().requires_grad_(True)
-        loss = image_space_loss(vv, x_t, t, target, dec, kind=kind, max_t=1.0, target_size=size,
-                                mask=mask, chunk=chunk)
+        loss = image_space_loss(vv, x_t, t, target, dec, ImageTerm(kind, max_t=1.0, chunk=chunk),
+                                target_size=size, mask=mask)
         loss.backward()
         out[chunk] = (loss.detach(), vv.grad, dec.conv.weight.grad.clone())
         assert max(dec.calls) <= chunk
@@ -94,14 +97,15 @@ def test_crop_to_true_size_ignores_padding():
     dec = FakeDecoder()
     v, x_t, t, target, _ = batch(n=2)
     size = torch.tensor([[32, 32], [20, 24]])
-    loss = image_space_loss(v, x_t, t, target, dec, kind="ssim", max_t=1.0, target_size=size)
+    ssim = ImageTerm("ssim", max_t=1.0)
+    loss = image_space_loss(v, x_t, t, target, dec, ssim, target_size=size)
     target2 = target.clone()
     target2[1, :, 20:] = 0  # padding rows of image 1
     target2[1, :, :, 24:] = 0
-    loss2 = image_space_loss(v, x_t, t, target2, dec, kind="ssim", max_t=1.0, target_size=size)
+    loss2 = image_space_loss(v, x_t, t, target2, dec, ssim, target_size=size)
     assert loss.item() == pytest.approx(loss2.item(), abs=1e-7)
     with pytest.raises(ValueError, match="target_size"):
-        image_space_loss(v, x_t, t, target, dec, kind="l1", max_t=1.0,
+        image_space_loss(v, x_t, t, target, dec, ImageTerm("l1", max_t=1.0),
                          target_size=torch.tensor([[64, 32], [32, 32]]))
 
 
@@ -111,8 +115,9 @@ def test_grad_scale_exact_and_value_unchanged():
     res = {}
     for s in (1.0, 0.25):
         a = x0.clone().requires_grad_(True)
-        loss = image_space_loss_from_x0(a, t, target, FakeDecoder(), kind="ssim", max_t=0.3,
-                                        target_size=size, grad_scale=s)
+        loss = image_space_loss_from_x0(a, t, target, FakeDecoder(),
+                                        ImageTerm("ssim", max_t=0.3, grad_scale=s),
+                                        target_size=size)
         loss.backward()
         res[s] = (loss.item(), a.grad)
     assert res[1.0][0] == res[0.25][0]
@@ -123,12 +128,13 @@ def test_grad_clamp_bounds_every_element():
     v, x_t, t, target, size = batch()
     x0 = (x_t - t.view(-1, 1, 1, 1) * v).detach()
     a = x0.clone().requires_grad_(True)
-    image_space_loss_from_x0(a, t, target, FakeDecoder(), kind="ssim", max_t=1.0,
+    image_space_loss_from_x0(a, t, target, FakeDecoder(), ImageTerm("ssim", max_t=1.0),
                              target_size=size).backward()
     c = float(a.grad.abs().max()) / 4
     b = x0.clone().requires_grad_(True)
-    image_space_loss_from_x0(b, t, target, FakeDecoder(), kind="ssim", max_t=1.0,
-                             target_size=size, grad_clamp=c).backward()
+    image_space_loss_from_x0(b, t, target, FakeDecoder(),
+                             ImageTerm("ssim", max_t=1.0, grad_clamp=c),
+                             target_size=size).backward()
     assert float(b.grad.abs().max()) <= c
     assert torch.equal(b.grad, a.grad.clamp(-c, c))
 
@@ -168,10 +174,11 @@ def test_packed_equals_batched_with_mixed_sizes():
     px = torch.cat([patchify(x_t[i, :, :h, :w]) for i, (h, w) in enumerate(lat_hw)])
     pt = torch.cat([t[i].repeat(h * w) for i, (h, w) in enumerate(shapes)])
     torch.testing.assert_close(unpatchify(px, shapes, P), x_t)
-    kw = dict(kind="ssim", max_t=0.3, target_size=size, chunk=2)
+    term = ImageTerm("ssim", max_t=0.3, chunk=2)
     vb, pvb = v.clone().requires_grad_(True), pv.clone().requires_grad_(True)
-    batched = image_space_loss(vb, x_t, t, target, FakeDecoder(), **kw)
-    packed = image_space_loss_packed(pvb, px, pt, shapes, P, target, FakeDecoder(), **kw)
+    batched = image_space_loss(vb, x_t, t, target, FakeDecoder(), term, target_size=size)
+    packed = image_space_loss_packed(pvb, px, pt, shapes, P, target, FakeDecoder(), term,
+                                     target_size=size)
     assert packed.item() == pytest.approx(batched.item(), abs=1e-6)
     batched.backward()
     packed.backward()
@@ -180,7 +187,8 @@ def test_packed_equals_batched_with_mixed_sizes():
     bad = pt.clone()
     bad[1] = 0.9
     with pytest.raises(ValueError, match="expected one constant t"):
-        image_space_loss_packed(pv, px, bad, shapes, P, target, FakeDecoder(), **kw)
+        image_space_loss_packed(pv, px, bad, shapes, P, target, FakeDecoder(), term,
+                                target_size=size)
 
 
 @pytest.mark.parametrize("kind", ["ssim", "l1", "l2"])
@@ -200,18 +208,18 @@ def test_a_chunk_without_padding_is_scored_in_one_call_with_the_per_sample_value
 
     def one(i, size=None):
         return image_space_loss_from_x0(
-            x0[i:i + 1], t[i:i + 1], target[i:i + 1], decode,
-            mask=None if mask is None else mask[i:i + 1], chunk=1,
-            target_size=None if size is None else torch.tensor([size]), **kw)
+            x0[i:i + 1], t[i:i + 1], target[i:i + 1], decode, ImageTerm(chunk=1, **kw),
+            mask=None if mask is None else mask[i:i + 1],
+            target_size=None if size is None else torch.tensor([size]))
 
-    batched = image_space_loss_from_x0(x0, t, target, decode, mask=mask, chunk=5, **kw)
+    batched = image_space_loss_from_x0(x0, t, target, decode, ImageTerm(chunk=5, **kw), mask=mask)
     (g_batched,) = torch.autograd.grad(batched, x0)
     per_sample = torch.stack([one(i) for i in range(5)]).mean()
     (g_per_sample,) = torch.autograd.grad(per_sample, x0)
     torch.testing.assert_close(batched, per_sample, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_batched, g_per_sample, rtol=1e-4, atol=1e-7)
     sizes = torch.tensor([[32, 32]] * 4 + [[30, 28]])
-    padded = image_space_loss_from_x0(x0, t, target, decode, mask=mask, chunk=5,
-                                      target_size=sizes, **kw)
+    padded = image_space_loss_from_x0(x0, t, target, decode, ImageTerm(chunk=5, **kw), mask=mask,
+                                      target_size=sizes)
     expected = torch.stack([one(i) for i in range(4)] + [one(4, [30, 28])]).mean()
     torch.testing.assert_close(padded, expected, rtol=1e-5, atol=1e-6)

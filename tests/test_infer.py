@@ -216,7 +216,8 @@ class WrongShape(TextBicubic):
 def test_protocol_violations_are_clear_errors(tmp_path):
     with pytest.raises(InferError, match="edit returned shape"):
         run(WrongShape(), make_items(1, tasks=("sr4",)), tmp_path)
-    with pytest.raises(InferError, match="not an ImageTextModel"):
+    with pytest.raises(InferError, match="object does not satisfy medq.protocol.ImageTextModel: "
+                                         "missing name, vocab_size, edit"):
         run(object(), make_items(1, tasks=("sr4",)), tmp_path)
     items = make_items(1, tasks=("sr4",)) * 2
     with pytest.raises(InferError, match="appears twice"):

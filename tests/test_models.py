@@ -9,13 +9,13 @@ import json
 import pytest
 import torch
 
+from fakes.models import tiny_model_config
 from medq.config import ModelConfig, SampleConfig, load_config
 from medq.models import (
     CheckpointMismatchError,
     MiniBagel,
     MiniBagelAdapter,
     Tokenizer,
-    build_vae,
     euler_sample,
     load_model,
     load_state_verified,
@@ -27,6 +27,7 @@ from medq.models import (
 from medq.models.flow import add_noise, sampling_schedule
 from medq.models.sequence import PROMPT, pack_text, sequence_mask
 from medq.protocol import ImageTextModel
+from medq.tasks import SCALES
 
 WORDS = ("super-resolve this fundus image x2 x4 enhance the quality is good usable reject grade "
          "0 1 2 3 4 no mild moderate severe proliferative diabetic retinopathy . ,").split()
@@ -44,8 +45,7 @@ def cfg() -> ModelConfig:
     """A tiny model whose outputs are the decoded latents (``pixel_residual`` off), so that the
     tests below compare with ``vae.decode`` directly; the residual rendering and the tiles have
     their own tests (tests/test_tiles.py)."""
-    return ModelConfig(tile_size=32, d_model=32, n_layers=2, n_heads=2, max_text_len=24,
-                       vocab_pad_multiple=16, pixel_residual=False)
+    return tiny_model_config(pixel_residual=False)
 
 
 @pytest.fixture
@@ -53,20 +53,14 @@ def tok() -> Tokenizer:
     return Tokenizer(WORDS)
 
 
-@pytest.fixture
-def vae(cfg):
-    return build_vae(cfg, channels=8).eval().requires_grad_(False)
-
-
 def batch_of(tasks: list[str], size: int = 32) -> dict:
     """A collated batch as medq.data.collate makes it: inputs padded to the largest."""
-    scale = {"sr4": 4, "sr2": 2, "enhance": 1}
     targets = torch.rand(len(tasks), 3, size, size)
     inputs = torch.zeros(len(tasks), 3, size, size)
     in_sizes = []
     for i, t in enumerate(tasks):
-        s = size // scale[t]
-        inputs[i, :, :s, :s] = targets[i, :, ::scale[t], ::scale[t]]
+        s = size // SCALES[t]
+        inputs[i, :, :s, :s] = targets[i, :, ::SCALES[t], ::SCALES[t]]
         in_sizes.append([s, s])
     instr = {"sr4": SR4, "sr2": "super-resolve this fundus image x2", "enhance": ENH}
     return {
@@ -169,6 +163,15 @@ def test_prior_net_sharpens_the_condition_into_the_residual_prior(cfg, tok, vae)
     assert not torch.allclose(net(cond, context), net(cond, -context), atol=1e-4)
 
 
+def _model_and_inputs(cfg, tok, n: int = 1):
+    """An untrained model whose velocity head is not zero, and ``n`` random conditions, noisy
+    images (16 tokens each) and timesteps."""
+    model = MiniBagel(cfg, tok.vocab_size).eval()
+    torch.nn.init.normal_(model.llm2vae.weight)
+    cond, gen = torch.randn(n, 16, model.patch_dim), torch.randn(n, 16, model.patch_dim)
+    return model, cond, gen, torch.rand(n)
+
+
 def _run(model, tok, prompts, reports, cond, gen, t):
     text = pack_text(tok, prompts, reports, model.cfg.max_text_len)
     mask = sequence_mask(text, cond.shape[1], 0 if gen is None else gen.shape[1])
@@ -178,13 +181,7 @@ def _run(model, tok, prompts, reports, cond, gen, t):
 
 
 def test_text_is_causal_and_blind_to_the_generated_image(cfg, tok):
-    model = MiniBagel(cfg, tok.vocab_size).eval()
-    torch.nn.init.normal_(model.llm2vae.weight)
-    cond, gen, t = (
-        torch.randn(1, 16, model.patch_dim),
-        torch.randn(1, 16, model.patch_dim),
-        torch.rand(1),
-    )
+    model, cond, gen, t = _model_and_inputs(cfg, tok)
     text, (_, logits, _) = _run(model, tok, [SR4], ["quality is good."], cond, gen, t)
     _, (_, logits2, _) = _run(model, tok, [SR4], ["quality is reject."], cond, gen, t)
     changed = [
@@ -207,13 +204,7 @@ def test_text_is_causal_and_blind_to_the_generated_image(cfg, tok):
 
 
 def test_generated_image_has_full_attention_and_ignores_the_report(cfg, tok):
-    model = MiniBagel(cfg, tok.vocab_size).eval()
-    torch.nn.init.normal_(model.llm2vae.weight)
-    cond, gen, t = (
-        torch.randn(1, 16, model.patch_dim),
-        torch.randn(1, 16, model.patch_dim),
-        torch.rand(1),
-    )
+    model, cond, gen, t = _model_and_inputs(cfg, tok)
     _, (_, _, v) = _run(model, tok, [SR4], [REPORT], cond, gen, t)
     gen2 = gen.clone()
     gen2[0, -1] += 1.0  # the LAST image token
@@ -248,13 +239,7 @@ def test_report_is_trained_in_the_context_it_is_generated_in(cfg, tok):
 
 def test_padding_does_not_change_a_sample(cfg, tok):
     """Padded batching: a sample's outputs do not depend on the longer samples beside it."""
-    model = MiniBagel(cfg, tok.vocab_size).eval()
-    torch.nn.init.normal_(model.llm2vae.weight)
-    cond, gen, t = (
-        torch.randn(2, 16, model.patch_dim),
-        torch.randn(2, 16, model.patch_dim),
-        torch.rand(2),
-    )
+    model, cond, gen, t = _model_and_inputs(cfg, tok, n=2)
     text, (_, logits, v) = _run(model, tok, [ENH, SR4 + " " + SR4], [REPORT, REPORT], cond, gen, t)
     text1, (_, logits1, v1) = _run(model, tok, [ENH], [REPORT], cond[:1], gen[:1], t[:1])
     T1 = text1.ids.shape[1]

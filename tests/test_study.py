@@ -278,8 +278,10 @@ def test_run_jobs_orders_by_dependency_and_stops_what_a_failure_blocks(tmp_path)
 # tables from point records
 
 
-def _record(run, preset, seed, steps, step, output, values, source="run", stage="seeds"):
-    """A point record as ``bench.study_score.Scorer.score`` writes it, per-image values given."""
+def _record(run, preset, seed, steps, step, values, source="run", stage="seeds"):
+    """A point record of the one-step output as ``bench.study_score.Scorer.score`` writes it,
+    per-image values given."""
+    output = "onestep"
     per_image, rows = [], []
     for task, by_id in values.items():
         per_image += [{"id": i, "task": task, "ssim_fov": v, "psnr_eroded_fov": 20 + v,
@@ -294,10 +296,10 @@ def _record(run, preset, seed, steps, step, output, values, source="run", stage=
 
 
 def test_curve_rows_are_one_per_run_step_output_and_task():
-    recs = [_record("a-1", "pixel", 0, 4, s, "onestep", {"sr4": {"x": 0.5, "y": 0.6},
-                                                      "sr2": {"x": 0.7, "y": 0.8}})
+    recs = [_record("a-1", "pixel", 0, 4, s, {"sr4": {"x": 0.5, "y": 0.6},
+                                           "sr2": {"x": 0.7, "y": 0.8}})
             for s in (2, 4)]
-    recs.append(_record("init", "init", None, 0, 0, "onestep", {"sr4": {"x": 0.4, "y": 0.5}},
+    recs.append(_record("init", "init", None, 0, 0, {"sr4": {"x": 0.4, "y": 0.5}},
                         source="init", stage="init"))
     rows = curve_rows(recs)
     assert list(rows[0]) == list(CURVE_COLUMNS)
@@ -316,7 +318,7 @@ def test_seed_tables_average_seeds_and_give_intervals_over_images_and_seeds():
             vals = {f"i{k}": 0.5 + shift + 0.01 * seed + float(rng.normal(0, 0.02))
                     for k in range(6)}
             finals.setdefault((preset, "onestep"), {})[seed] = _record(
-                f"{preset}-{seed}", preset, seed, 300, 300, "onestep", {"sr4": vals})
+                f"{preset}-{seed}", preset, seed, 300, 300, {"sr4": vals})
     board = leaderboard(finals, {}, ["sr4"], "@300")
     row = next(r for r in board if r["name"] == "ssim_matched/onestep @300")
     per_seed = [finals[("ssim_matched", "onestep")][s]["rows"][0]["ssim_fov"] for s in (0, 1, 2)]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fakes.models import tiny_model_config
 from medq.config import DataConfig, ModelConfig, SampleConfig
 from medq.data import build_dataset, collate
 from medq.data.tasks import bicubic_resize
@@ -31,18 +32,12 @@ def _seed():
 
 @pytest.fixture
 def cfg() -> ModelConfig:
-    return ModelConfig(tile_size=32, d_model=32, n_layers=2, n_heads=2, max_text_len=24,
-                       vocab_pad_multiple=16, prior_conv_channels=8)
+    return tiny_model_config(prior_conv_channels=8)
 
 
 @pytest.fixture
 def tok() -> Tokenizer:
     return Tokenizer(WORDS)
-
-
-@pytest.fixture
-def vae(cfg):
-    return build_vae(cfg, channels=8).eval().requires_grad_(False)
 
 
 def trained_like(cfg, tok) -> MiniBagel:

@@ -136,6 +136,63 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
            progress: bool) -> dict:
     o, r = cfg.optim, cfg.run
     ckpt_root = cfg.run_dir / "checkpoints"
+    state, params, latest, start = _prepare(cfg, task, dist, resume, ckpt_root)
+    if dist.is_main:
+        write_run_json(cfg.run_dir, preset=r.preset, hash_=cfg.hash, status="running", step=start)
+    logger = Logger(cfg.run_dir / "logs", enabled=dist.is_main, start_step=start)
+    batches = task.train_batches(start)
+    bar = tqdm(initial=start, total=o.max_steps, disable=not (progress and dist.is_main),
+               desc=cfg.run_name, dynamic_ncols=True)
+    step, status, ckpt, t_last, n_last = start, "running", None, time.perf_counter(), start
+    try:
+        while True:
+            done = step >= o.max_steps or (stop_at is not None and step >= stop_at)
+            fresh = step > start
+            if fresh and (step % r.log_every == 0 or done):                         # 1. log
+                now = time.perf_counter()
+                logger.log("time/steps_per_s", (step - n_last) / max(now - t_last, 1e-9))
+                logger.flush(step)
+                t_last, n_last = now, step
+            val = None
+            if fresh and (step % r.val_every == 0 or done):                         # 2. validate
+                val, collapsed = _validate(state, cfg, step, logger)
+                if collapsed:
+                    status, done = "collapsed", True
+            if fresh and (step % r.ckpt_every == 0 or done):                        # 3. save
+                ckpt = state.save(cfg, step, ckpt_root, val)
+            if done:                                                                # 4. done?
+                break
+            terms = _step(state, cfg, next(batches), step, params, logger)          # 5. step
+            step += 1
+            logger.log("train/skipped", state.guard.skipped)
+            bar.update(1)
+            bar.set_postfix(
+                {k: f"{float(v.detach()):.4g}" for k, v in terms.items()}, refresh=False
+            )
+    finally:
+        logger.flush(step + 1)  # what an abort leaves unflushed: the losses of the failed step
+        bar.close()
+        logger.close()
+    if status == "running" and step >= o.max_steps:
+        status = "finished"
+    final = state.fingerprint()
+    ranks = gather(final, dist)
+    if len(set(ranks)) > 1:  # averaged gradients and one seed keep them equal; else it is a bug
+        raise RuntimeError(f"ranks diverged: weight fingerprints {ranks} at step {step}")
+    if dist.is_main:
+        write_run_json(cfg.run_dir, preset=r.preset, hash_=cfg.hash, status=status, step=step)
+    barrier(dist)
+    return {"status": status, "step": step, "skipped": state.guard.skipped,
+            "run_dir": cfg.run_dir, "checkpoint": ckpt or latest_checkpoint(ckpt_root),
+            "fingerprint": final, "last": dict(logger.last)}
+
+
+def _prepare(cfg: Config, task: Task, dist: Dist, resume: bool, ckpt_root: Path
+             ) -> tuple[TrainState, list[torch.Tensor], Path | None, int]:
+    """Before the first step: the checkpoint to resume from (None: a new run) with its weights
+    loaded, the model sharded (run.fsdp), optimizer, schedule, EMA, generator and guard made and
+    restored. Returns (state, trainable parameters, resume checkpoint, its step or 0)."""
+    o, r = cfg.optim, cfg.run
     model, device = task.model, task.device
     if dist.is_main:
         clean_temp(ckpt_root)
@@ -162,7 +219,7 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
         ema=EMA(model, o.ema_decay, warmup=o.ema_warmup),
         gen=torch.Generator(device=device).manual_seed(r.seed * 1000 + dist.rank),
         guard=NonFiniteGuard(r.max_nonfinite))
-    start, ckpt = 0, None
+    start = 0
     if latest is not None:
         try:
             start = state.restore(latest)
@@ -170,90 +227,59 @@ def _train(cfg: Config, task: Task, dist: Dist, resume: bool, stop_at: int | Non
             raise CheckpointError(f"{latest}: cannot restore the training state ({type(e).__name__}"
                                   f": {str(e).splitlines()[0] if str(e) else ''})") from None
         log.info("resumed from %s (step %d)", latest, start)
-    sched, ema, gen, guard = state.sched, state.ema, state.gen, state.guard
-    if dist.is_main:
-        write_run_json(cfg.run_dir, preset=r.preset, hash_=cfg.hash, status="running", step=start)
-    logger = Logger(cfg.run_dir / "logs", enabled=dist.is_main, start_step=start)
-    batches = task.train_batches(start)
-    bar = tqdm(initial=start, total=o.max_steps, disable=not (progress and dist.is_main),
-               desc=cfg.run_name, dynamic_ncols=True)
-    step, status, t_last, n_last = start, "running", time.perf_counter(), start
+    return state, params, latest, start
+
+
+def _validate(state: TrainState, cfg: Config, step: int, logger: Logger
+              ) -> tuple[dict[str, float], bool]:
+    """Validation and the collapse monitor, logged; returns (values, whether to stop: a collapse
+    warning on any rank with run.collapse_stop)."""
+    dist = state.dist
+    val = state.validate()
+    warnings = collapse_warnings(val) if dist.is_main else []
+    for w in warnings:
+        log.warning("step %d: COLLAPSE MONITOR: %s", step, w)
+    logger.write(step, {**val, "collapse/warning": float(bool(warnings))})
+    stop = not all_true(not (warnings and cfg.run.collapse_stop), dist, state.task.device)
+    return val, stop
+
+
+def _step(state: TrainState, cfg: Config, batch: dict, step: int,
+          params: list[torch.Tensor], logger: Logger) -> dict[str, torch.Tensor]:
+    """One optimisation step on ``batch`` (the module docstring's order); returns the loss terms.
+    On a non-finite abort ``latest`` is pointed at the last good checkpoint first."""
+    o, task, dist = cfg.optim, state.task, state.dist
+    model, device = task.model, task.device
+    model.train()
+    with autocast(o.amp, device):
+        terms, activations = task.losses(batch, state.gen)
+    if (step + 1) % cfg.run.probe_every == 0:
+        logger.log_dict(probe_gradients(terms, activations, cfg.loss))
+    state.opt.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    state.average_gradients(params)
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        params, o.grad_clip if o.grad_clip > 0 else math.inf
+    )
+    grad_norm = full_tensor(grad_norm)  # under FSDP a DTensor; the global norm either way
+    finite = all_true(
+        bool(torch.isfinite(terms["total"].detach()) & torch.isfinite(grad_norm)),
+        dist,
+        device,
+    )
+    logger.log_dict({f"loss/{k}": v for k, v in terms.items()})
+    logger.log_dict({"train/lr": state.sched.get_last_lr()[0], "train/grad_norm": grad_norm})
     try:
-        while True:
-            done = step >= o.max_steps or (stop_at is not None and step >= stop_at)
-            fresh = step > start
-            if fresh and (step % r.log_every == 0 or done):                         # 1. log
-                now = time.perf_counter()
-                logger.log("time/steps_per_s", (step - n_last) / max(now - t_last, 1e-9))
-                logger.flush(step)
-                t_last, n_last = now, step
-            val = None
-            if fresh and (step % r.val_every == 0 or done):                         # 2. validate
-                val = state.validate()
-                warnings = collapse_warnings(val) if dist.is_main else []
-                for w in warnings:
-                    log.warning("step %d: COLLAPSE MONITOR: %s", step, w)
-                logger.write(step, {**val, "collapse/warning": float(bool(warnings))})
-                if not all_true(not (warnings and r.collapse_stop), dist, device):
-                    status, done = "collapsed", True
-            if fresh and (step % r.ckpt_every == 0 or done):                        # 3. save
-                ckpt = state.save(cfg, step, ckpt_root, val)
-            if done:                                                                # 4. done?
-                break
-            batch = next(batches)                                                   # 5. step
-            model.train()
-            with autocast(o.amp, device):
-                terms, activations = task.losses(batch, gen)
-            if (step + 1) % r.probe_every == 0:
-                logger.log_dict(probe_gradients(terms, activations, cfg.loss))
-            opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            state.average_gradients(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, o.grad_clip if o.grad_clip > 0 else math.inf
-            )
-            grad_norm = full_tensor(grad_norm)  # under FSDP a DTensor; the global norm either way
-            finite = all_true(
-                bool(torch.isfinite(terms["total"].detach()) & torch.isfinite(grad_norm)),
-                dist,
-                device,
-            )
-            logger.log_dict({f"loss/{k}": v for k, v in terms.items()})
-            logger.log_dict({"train/lr": sched.get_last_lr()[0], "train/grad_norm": grad_norm})
-            try:
-                applied = guard(finite, step + 1, float(terms["total"].detach()), float(grad_norm))
-            except NonFiniteError:
-                if dist.is_main:
-                    _latest_to_last_good(ckpt_root)
-                raise
-            if applied:
-                opt.step()
-                ema.update(model)
-            sched.step()
-            step += 1
-            logger.log("train/skipped", guard.skipped)
-            bar.update(1)
-            bar.set_postfix(
-                {k: f"{float(v.detach()):.4g}" for k, v in terms.items()}, refresh=False
-            )
-    finally:
-        logger.flush(step + 1)  # what an abort leaves unflushed: the losses of the failed step
-        bar.close()
-        logger.close()
-    if status == "running" and step >= o.max_steps:
-        status = "finished"
-    final = state.fingerprint()
-    ranks = gather(final, dist)
-    if (
-        len(set(ranks)) > 1
-    ):  # averaged gradients and one seed keep them equal; anything else is a bug
-        raise RuntimeError(f"ranks diverged: weight fingerprints {ranks} at step {step}")
-    if dist.is_main:
-        write_run_json(cfg.run_dir, preset=r.preset, hash_=cfg.hash, status=status, step=step)
-    barrier(dist)
-    return {"status": status, "step": step, "skipped": guard.skipped, "run_dir": cfg.run_dir,
-            "checkpoint": ckpt or latest_checkpoint(ckpt_root),
-            "fingerprint": final, "last": dict(logger.last)}
+        applied = state.guard(finite, step + 1, float(terms["total"].detach()), float(grad_norm))
+    except NonFiniteError:
+        if dist.is_main:
+            _latest_to_last_good(cfg.run_dir / "checkpoints")
+        raise
+    if applied:
+        state.opt.step()
+        state.ema.update(model)
+    state.sched.step()
+    return terms
 
 
 @dataclass

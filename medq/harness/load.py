@@ -39,6 +39,9 @@ def parse_model_args(pairs: list[str]) -> dict:
 
 
 def check_protocol(model, where: str) -> ImageTextModel:
+    """``model`` if it has every attribute of ``medq.protocol.ImageTextModel`` and its methods are
+    callable, else ``InferError`` naming ``where`` and what is missing. The one protocol check
+    (loading by class name, ``run_harness``, ``edit_one``)."""
     missing = [a for a in PROTOCOL_ATTRS if not hasattr(model, a)]
     not_callable = [a for a in ("edit", "generate_report", "decode")
                     if hasattr(model, a) and not callable(getattr(model, a))]

@@ -45,6 +45,7 @@ from medq.baselines import bicubic
 from medq.data.imageio import save_png, to_uint8
 from medq.dist import barrier, current
 from medq.harness.images import prepare
+from medq.harness.load import check_protocol
 from medq.harness.records import (
     KINDS,
     PART_GLOB,
@@ -114,14 +115,6 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def _check_model(model) -> None:
-    if not isinstance(model, ImageTextModel):
-        missing = [a for a in ("name", "vocab_size", "edit", "generate_report", "decode")
-                   if not hasattr(model, a)]
-        raise InferError(f"{type(model).__name__} is not an ImageTextModel (missing: "
-                         f"{', '.join(missing)}); see medq/protocol.py")
-
-
 def _default_text_helpers(prompt, parse):
     """``medq.data.REPORT_PROMPT`` / ``parse_report`` unless given (tests pass their own)."""
     if prompt is None or parse is None:
@@ -174,11 +167,13 @@ def _batches(items: Iterable[dict], batch_size: int) -> Iterable[list[dict]]:
         yield batch
 
 
-def run_harness(model: ImageTextModel, items, out_dir, *, tasks: Sequence[str] | None = None,
-                seed: int = 0, batch_size: int = 8, text: bool = True,
-                sampled: dict | None = None, progress: bool = True, meta: dict | None = None,
-                prompt: str | None = None, parse_report: Callable[[str], int | None] | None = None
-                ) -> dict[str, Path]:
+# Keyword options of the public entry point, each with a default; infer, bench, the demo and the
+# tests name them at their call sites.
+def run_harness(model: ImageTextModel, items, out_dir, *,  # noqa: PLR0913
+                tasks: Sequence[str] | None = None, seed: int = 0, batch_size: int = 8,
+                text: bool = True, sampled: dict | None = None, progress: bool = True,
+                meta: dict | None = None, prompt: str | None = None,
+                parse_report: Callable[[str], int | None] | None = None) -> dict[str, Path]:
     """Run ``model`` over ``items`` (restricted to ``tasks``) into ``out_dir``; returns
     {task: path of its records.jsonl}.
 
@@ -187,7 +182,7 @@ def run_harness(model: ImageTextModel, items, out_dir, *, tasks: Sequence[str] |
     (models exposing ``temperature``/``top_p``; others log a warning and record null).
     ``meta``: ``run``, ``checkpoint``, ``weights`` written into every row (default: the model
     name, null, null). ``prompt`` / ``parse_report`` default to ``medq.data``'s."""
-    _check_model(model)
+    check_protocol(model, type(model).__name__)
     if batch_size < 1:
         raise InferError(f"batch_size = {batch_size}: must be >= 1")
     out_dir = Path(out_dir)
@@ -198,31 +193,69 @@ def run_harness(model: ImageTextModel, items, out_dir, *, tasks: Sequence[str] |
     sampled = sampled if has_text else None
     if has_text:
         prompt, parse_report = _default_text_helpers(prompt, parse_report)
-    meta = {"run": model.name, "checkpoint": None, "weights": None, **(meta or {})}
-    settings = _jsonable({"model": model.name, **model_settings(model), "text": has_text,
-                          "sampled": sampled, "prompt": prompt if has_text else None})
     dist = current()
-    rank, world = dist.rank, dist.world
+    run = _Run(model=model, out_dir=out_dir, seed=seed, has_text=has_text, sampled=sampled,
+               prompt=prompt, parse=parse_report, rank=dist.rank,
+               meta={"run": model.name, "checkpoint": None, "weights": None, **(meta or {})},
+               settings=_jsonable({"model": model.name, **model_settings(model),
+                                   "text": has_text, "sampled": sampled,
+                                   "prompt": prompt if has_text else None}))
     wanted = set(tasks) if tasks else None
+    bar = tqdm(desc=f"infer {model.name}", unit="img", disable=not progress or dist.rank != 0)
+    try:
+        for batch in _batches(run.pending(items, wanted, dist.world), batch_size):
+            run.run_batch(batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    barrier(dist)
+    if dist.rank == 0:
+        # Every task directory with part files, including tasks only other ranks saw.
+        for d in sorted(p for p in out_dir.glob("*") if p.is_dir()):
+            if any(d.glob(PART_GLOB)) or d.name in run.done:
+                merge(d)
+    barrier(dist)
+    return {d.name: d / RECORDS for d in sorted(out_dir.glob("*"))
+            if (d / RECORDS).is_file() and (wanted is None or d.name in wanted)}
 
-    done: dict[str, dict[str, dict]] = {}       # task -> id -> finished row with these settings
-    mine: dict[str, list[dict]] = {}            # task -> rows of this rank's part file
 
-    def task_dir(task: str) -> Path:
-        return out_dir / task
+@dataclasses.dataclass
+class _Run:
+    """One ``run_harness`` call on one rank: the settings every row records, the finished rows it
+    may skip and the rows of this rank's part files."""
 
-    def load_task(task: str) -> None:
-        if task in done:
+    model: ImageTextModel
+    out_dir: Path
+    seed: int
+    has_text: bool
+    sampled: dict | None
+    prompt: str | None
+    parse: Callable[[str], int | None] | None
+    meta: dict
+    settings: dict
+    rank: int
+    done: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)
+    """task -> id -> finished row with these settings"""
+    mine: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+    """task -> rows of this rank's part file"""
+
+    def task_dir(self, task: str) -> Path:
+        return self.out_dir / task
+
+    def _load_task(self, task: str) -> None:
+        if task in self.done:
             return
-        d = task_dir(task)
-        done[task] = {i: r for i, r in existing_rows(d).items()
-                      if r["settings"] == settings and r["seed"] == seed
-                      and all(r.get(k) == meta[k] for k in ("run", "checkpoint", "weights"))}
-        mine[task] = [r for r in read_jsonl(part_path(d, rank)) if is_finished(r, d)]
+        d, meta = self.task_dir(task), self.meta
+        self.done[task] = {
+            i: r for i, r in existing_rows(d).items()
+            if r["settings"] == self.settings and r["seed"] == self.seed
+            and all(r.get(k) == meta[k] for k in ("run", "checkpoint", "weights"))}
+        self.mine[task] = [r for r in read_jsonl(part_path(d, self.rank)) if is_finished(r, d)]
 
-    def pending() -> Iterable[dict]:
+    def pending(self, items, wanted: set[str] | None, world: int) -> Iterable[dict]:
+        """This rank's items of the ``wanted`` tasks that have no finished row for these pixels."""
         seen: set[tuple[str, str]] = set()
-        for item in _shard(items, rank, world):
+        for item in _shard(items, self.rank, world):
             if wanted is not None and isinstance(item, dict) and item.get("task") not in wanted:
                 continue
             _check_item(item)
@@ -231,102 +264,99 @@ def run_harness(model: ImageTextModel, items, out_dir, *, tasks: Sequence[str] |
                 raise InferError(f"sample id {key[1]!r} appears twice for task {key[0]!r}; ids "
                                  f"name the PNG files and must be unique per task")
             seen.add(key)
-            load_task(item["task"])
-            row = done[item["task"]].get(key[1])
+            self._load_task(item["task"])
+            row = self.done[item["task"]].get(key[1])
             if row is not None and row.get("data_sha256") == data_fingerprint(item):
                 continue
             yield item
 
-    bar = tqdm(desc=f"infer {model.name}", unit="img", disable=not progress or rank != 0)
-    try:
-        for batch in _batches(pending(), batch_size):
-            _run_batch(model, batch, seed, has_text, sampled, prompt, parse_report, meta, settings,
-                       task_dir, mine, rank)
-            bar.update(len(batch))
-    finally:
-        bar.close()
-    barrier(dist)
-    if rank == 0:
-        # Every task directory with part files, including tasks only other ranks saw.
-        for d in sorted(p for p in out_dir.glob("*") if p.is_dir()):
-            if any(d.glob(PART_GLOB)) or d.name in done:
-                merge(d)
-    barrier(dist)
-    return {d.name: d / RECORDS for d in sorted(out_dir.glob("*"))
-            if (d / RECORDS).is_file() and (wanted is None or d.name in wanted)}
+    def run_batch(self, batch: list[dict]) -> None:
+        """Edit and describe ``batch``, write its PNGs and rows (the part files it touches)."""
+        t0 = time.perf_counter()
+        seeds = [derive_seed(self.seed, str(it["id"])) for it in batch]
+        inputs = torch.stack([it["input"].float() for it in batch])
+        outputs = self._edit(batch, inputs, seeds)
+        greedy, samp = self._reports(inputs, seeds)
+        seconds = (time.perf_counter() - t0) / len(batch)
+        touched = set()
+        for k, item in enumerate(batch):
+            self.mine[item["task"]].append(
+                self._row(item, outputs[k], seeds[k], seconds, greedy[k], samp[k]))
+            touched.add(item["task"])
+        for task in touched:
+            write_jsonl_atomic(part_path(self.task_dir(task), self.rank), self.mine[task])
 
+    def _edit(self, batch: list[dict], inputs: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """The model's outputs (N, 3, H, W) on the CPU, at the targets' size."""
+        model = self.model
+        size = tuple(batch[0]["target"].shape[-2:])
+        chunks = call_per_image_seeds(
+            lambda im, ins, tk, s: model.edit(im, ins, tk, size, seed=s),
+            model,
+            inputs,
+            seeds,
+            [it["instruction"] for it in batch],
+            [it["task"] for it in batch],
+        )
+        outputs = torch.cat([torch.as_tensor(c).detach().cpu() for c in chunks])
+        if tuple(outputs.shape) != (len(batch), 3, *size):
+            raise InferError(f"model {model.name!r}: edit returned shape "
+                             f"{tuple(outputs.shape)}, expected {(len(batch), 3, *size)}")
+        return outputs
 
-def _run_batch(model, batch, seed, has_text, sampled, prompt, parse, meta, settings, task_dir,
-               mine, rank) -> None:
-    t0 = time.perf_counter()
-    ids = [str(it["id"]) for it in batch]
-    seeds = [derive_seed(seed, i) for i in ids]
-    inputs = torch.stack([it["input"].float() for it in batch])
-    targets = torch.stack([it["target"].float() for it in batch])
-    size = tuple(targets.shape[-2:])
-    chunks = call_per_image_seeds(
-        lambda im, ins, tk, s: model.edit(im, ins, tk, size, seed=s),
-        model,
-        inputs,
-        seeds,
-        [it["instruction"] for it in batch],
-        [it["task"] for it in batch],
-    )
-    outputs = torch.cat([torch.as_tensor(c).detach().cpu() for c in chunks])
-    if tuple(outputs.shape) != (len(batch), 3, *size):
-        raise InferError(f"model {model.name!r}: edit returned shape {tuple(outputs.shape)}, "
-                         f"expected {(len(batch), 3, *size)}")
-    greedy, samp = [None] * len(batch), [None] * len(batch)
-    if has_text:
+    def _reports(self, inputs: torch.Tensor, seeds: list[int]) -> tuple[list, list]:
+        """(greedy, sampled) reports of each input, None where there is none."""
+        greedy, samp = [None] * len(seeds), [None] * len(seeds)
+        if not self.has_text:
+            return greedy, samp
+        model, prompt = self.model, self.prompt
         # The report describes the image the model sees (its input), as in training.
         if supports_sampling(model):
             with decoding(model, temperature=0.0, top_p=1.0) as greedy_model:
                 greedy = generate_reports(greedy_model, inputs, prompt, seeds)
         else:
             greedy = generate_reports(model, inputs, prompt, seeds)
-        if sampled is not None:
-            with decoding(model, **sampled) as sampling_model:
+        if self.sampled is not None:
+            with decoding(model, **self.sampled) as sampling_model:
                 samp = generate_reports(sampling_model, inputs, prompt, seeds)
-    seconds = (time.perf_counter() - t0) / len(batch)
-    touched = set()
-    for k, item in enumerate(batch):
-        task, sid = item["task"], ids[k]
-        d = task_dir(task)
+        return greedy, samp
+
+    def _row(self, item: dict, output: torch.Tensor, sample_seed: int, seconds: float, greedy,
+             samp) -> dict:
+        """Write the item's four PNGs; return its records row."""
+        task, sid = item["task"], str(item["id"])
+        d = self.task_dir(task)
         paths = {kind: f"images/{sid}_{kind}.png" for kind in KINDS}
-        reference = bicubic(item["input"].float()[None], size)[0]
+        reference = bicubic(item["input"].float()[None], tuple(item["target"].shape[-2:]))[0]
         for kind, img in (("input", item["input"]), ("target", item["target"]),
-                          ("mask", item["mask"]), ("output", outputs[k])):
+                          ("mask", item["mask"]), ("output", output)):
             save_png(d / paths[kind], img)
-        row = {
+        return {
             "id": sid,
             "task": task,
             "instruction": item["instruction"],
-            **meta,
-            "model": model.name,
-            "seed": seed,
-            "sample_seed": seeds[k],
-            "settings": settings,
+            **self.meta,
+            "model": self.model.name,
+            "seed": self.seed,
+            "sample_seed": sample_seed,
+            "settings": self.settings,
             **paths,
             "seconds": seconds,
             "data_sha256": data_fingerprint(item),
-            "text": has_text,
-            **text_fields(greedy[k], parse),
+            "text": self.has_text,
+            **text_fields(greedy, self.parse),
             "quality_label": int(item["quality"]) if item.get("quality") is not None else None,
-            "check": image_checks(outputs[k], item["target"].float(), reference),
+            "check": image_checks(output, item["target"].float(), reference),
             "sampled": None
-            if samp[k] is None
+            if samp is None
             else {
-                "text": samp[k].text,
-                "ids": samp[k].ids,
-                "undecodable": samp[k].n_bad,
-                "undecodable_positions": samp[k].bad_positions,
-                **sampled,
+                "text": samp.text,
+                "ids": samp.ids,
+                "undecodable": samp.n_bad,
+                "undecodable_positions": samp.bad_positions,
+                **self.sampled,
             },
         }
-        mine[task].append(row)
-        touched.add(task)
-    for task in touched:
-        write_jsonl_atomic(part_path(task_dir(task), rank), mine[task])
 
 
 def default_instruction(task: str) -> str:
@@ -342,8 +372,9 @@ def default_instruction(task: str) -> str:
     )
 
 
-def edit_one(model: ImageTextModel, image: torch.Tensor, task: str, *, size: int,
-             instruction: str | None = None, seed: int = 0, report: bool = False,
+# Keyword options with defaults, as run_harness's; the demo names them.
+def edit_one(model: ImageTextModel, image: torch.Tensor, task: str, *,  # noqa: PLR0913
+             size: int, instruction: str | None = None, seed: int = 0, report: bool = False,
              prompt: str | None = None, name: str = "image") -> dict:
     """One image of any size (3, h, w) in [0, 1] through ``model`` (for the demo).
 
@@ -354,7 +385,7 @@ def edit_one(model: ImageTextModel, image: torch.Tensor, task: str, *, size: int
     (float32 CHW in [0, 1]), "seconds", "check" (image sanity statistics) and, with ``report``,
     "report": a ``DecodeResult`` of the report on the input (None for a model without text).
     Raises ValueError naming ``name`` for an image without a field of view."""
-    _check_model(model)
+    check_protocol(model, type(model).__name__)
     prep = prepare(image, size, task, name=name)
     instruction = default_instruction(task) if instruction is None else instruction
     t0 = time.perf_counter()

@@ -6,11 +6,17 @@
 """
 
 from medq.losses.grad import clamp_gradient, scale_gradient
-from medq.losses.image_space import image_space_loss_from_x0, image_space_loss_packed, unpatchify
+from medq.losses.image_space import (
+    ImageTerm,
+    image_space_loss_from_x0,
+    image_space_loss_packed,
+    unpatchify,
+)
 from medq.losses.objective import LossTerms, compose_losses, cross_entropy
 from medq.losses.probe import gradient_probe
 from medq.losses.ssim import ssim, ssim_loss
 
-__all__ = ["ssim", "ssim_loss", "scale_gradient", "clamp_gradient", "image_space_loss_from_x0",
+__all__ = ["ssim", "ssim_loss", "scale_gradient", "clamp_gradient", "ImageTerm",
+           "image_space_loss_from_x0",
            "image_space_loss_packed", "unpatchify", "gradient_probe", "compose_losses",
            "cross_entropy", "LossTerms"]

@@ -9,26 +9,17 @@ from __future__ import annotations
 import torch
 
 
-class _Scale(torch.autograd.Function):
+class _MapGradient(torch.autograd.Function):
+    """Identity forward; the backward passes on ``fn(incoming gradient)``."""
+
     @staticmethod
-    def forward(ctx, x, s):
-        ctx.s = s
+    def forward(ctx, x, fn):
+        ctx.fn = fn
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad * ctx.s, None
-
-
-class _Clamp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, c):
-        ctx.c = c
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.clamp(-ctx.c, ctx.c), None
+        return ctx.fn(grad), None
 
 
 def scale_gradient(x: torch.Tensor, s: float) -> torch.Tensor:
@@ -37,7 +28,7 @@ def scale_gradient(x: torch.Tensor, s: float) -> torch.Tensor:
     s = float(s)
     if s == 1.0:
         return x
-    return _Scale.apply(x, s)
+    return _MapGradient.apply(x, lambda grad: grad * s)
 
 
 def clamp_gradient(x: torch.Tensor, c: float) -> torch.Tensor:
@@ -45,4 +36,4 @@ def clamp_gradient(x: torch.Tensor, c: float) -> torch.Tensor:
     c = float(c)
     if not c > 0:
         raise ValueError(f"clamp_gradient: c = {c} must be > 0 (callers treat 0 as 'off')")
-    return _Clamp.apply(x, c)
+    return _MapGradient.apply(x, lambda grad: grad.clamp(-c, c))

@@ -20,6 +20,7 @@ and the gradient probe can use.)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -92,24 +93,40 @@ def _chunk_losses(latents, target, mask, sizes, decode, kind, ssim_kwargs, offse
     return torch.stack(out)
 
 
-def image_space_loss_from_x0(x0_hat: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
-                             decode: Decode, *, kind: str, max_t: float,
-                             target_size: torch.Tensor | None = None,
-                             mask: torch.Tensor | None = None, chunk: int = 8,
-                             grad_scale: float = 1.0, grad_clamp: float = 0.0,
-                             ssim_window: int = 11, ssim_sigma: float = 1.5,
-                             offset: torch.Tensor | None = None) -> torch.Tensor:
-    """Image-space loss of predicted clean latents ``x0_hat`` (N, C, h, w) at timesteps ``t`` (N,)
-    against ``target`` (N, 3, H, W) in [0, 1]; returns a 0-dim float32 loss. The image compared
-    is ``decode(x0_hat) + offset`` (``offset`` (N, 3, H, W), no gradient: the pixel-residual
-    rendering, ``medq.models.forward.render_offset``), or ``decode(x0_hat)`` without one.
+@dataclass(frozen=True)
+class ImageTerm:
+    """What one image-space term compares and how its gradient is shaped.
 
-    ``kind``: l1 | l2 (mean over the cropped pixels; inside ``mask`` if given) | ssim (1 - SSIM,
-    inside ``mask`` if given, see ``medq.losses.ssim``). ``target_size`` (N, 2) LongTensor (h, w):
-    true image sizes (images are padded bottom/right); None = the full target. ``grad_scale`` and
-    ``grad_clamp`` (0 = off) shape the gradient at x0_hat (any kind; the composer uses them for
-    SSIM only). ``chunk``: samples decoded at once (see the module docstring).
+    ``kind``: l1 | l2 (mean over the cropped pixels; inside the mask if given) | ssim (1 - SSIM,
+    inside the mask if given, see ``medq.losses.ssim``, with ``ssim_window`` / ``ssim_sigma``).
+    ``max_t``: only samples with t <= max_t count. ``chunk``: samples decoded at once (see the
+    module docstring). ``grad_scale`` and ``grad_clamp`` (0 = off) shape the gradient at x0_hat
+    (any kind; the composer uses them for SSIM only)."""
+
+    kind: str
+    max_t: float
+    chunk: int = 8
+    grad_scale: float = 1.0
+    grad_clamp: float = 0.0
+    ssim_window: int = 11
+    ssim_sigma: float = 1.5
+
+
+def image_space_loss_from_x0(x0_hat: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
+                             decode: Decode, term: ImageTerm, *,
+                             target_size: torch.Tensor | None = None,
+                             mask: torch.Tensor | None = None,
+                             offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Image-space loss ``term`` of predicted clean latents ``x0_hat`` (N, C, h, w) at timesteps
+    ``t`` (N,) against ``target`` (N, 3, H, W) in [0, 1]; returns a 0-dim float32 loss. The image
+    compared is ``decode(x0_hat) + offset`` (``offset`` (N, 3, H, W), no gradient: the
+    pixel-residual rendering, ``medq.models.forward.render_offset``), or ``decode(x0_hat)``
+    without one.
+
+    ``target_size`` (N, 2) LongTensor (h, w): true image sizes (images are padded bottom/right);
+    None = the full target. ``mask`` (N, 1, H, W): the field of view the term is computed inside.
     """
+    kind, max_t, chunk = term.kind, term.max_t, term.chunk
     if kind not in KINDS:
         raise ValueError(f"image_space_loss: kind = {kind!r}, expected one of {KINDS}")
     if chunk < 1:
@@ -127,12 +144,12 @@ def image_space_loss_from_x0(x0_hat: torch.Tensor, t: torch.Tensor, target: torc
     keep = torch.nonzero(t.detach() <= max_t).flatten()
     if keep.numel() == 0:
         return x0_hat[:0].sum().float()
-    if grad_scale != 1.0:
-        x0_hat = scale_gradient(x0_hat, grad_scale)
-    if grad_clamp > 0:
-        x0_hat = clamp_gradient(x0_hat, grad_clamp)
+    if term.grad_scale != 1.0:
+        x0_hat = scale_gradient(x0_hat, term.grad_scale)
+    if term.grad_clamp > 0:
+        x0_hat = clamp_gradient(x0_hat, term.grad_clamp)
     kept = x0_hat.index_select(0, keep.to(x0_hat.device))
-    ssim_kwargs = {"window_size": ssim_window, "sigma": ssim_sigma}
+    ssim_kwargs = {"window_size": term.ssim_window, "sigma": term.ssim_sigma}
     losses = []
     for start in range(0, keep.numel(), chunk):
         idx = keep[start:start + chunk]
@@ -174,7 +191,7 @@ def unpatchify(tokens: torch.Tensor, shapes: Sequence[tuple[int, int]], patch_si
 def image_space_loss_packed(packed_v_hat: torch.Tensor, packed_x_t: torch.Tensor,
                             packed_t: torch.Tensor, shapes: Sequence[tuple[int, int]],
                             patch_size: int, target: torch.Tensor, decode: Decode,
-                            **kwargs) -> torch.Tensor:
+                            term: ImageTerm, **kwargs) -> torch.Tensor:
     """Packed entry for a BAGEL-style trainer: ``packed_v_hat``, ``packed_x_t`` (L, p*p*C) latent
     tokens of all images, ``packed_t`` (L,) one timestep per token (constant within an image),
     ``shapes`` [(h_patches, w_patches), ...] per image, ``patch_size`` p. Same result as
@@ -194,4 +211,4 @@ def image_space_loss_packed(packed_v_hat: torch.Tensor, packed_x_t: torch.Tensor
                              f"{seg.max() if seg.numel() else None}]; expected one constant t")
         t_img.append(seg[0])
     x0_hat = unpatchify(x0_tokens, shapes, patch_size)
-    return image_space_loss_from_x0(x0_hat, torch.stack(t_img), target, decode, **kwargs)
+    return image_space_loss_from_x0(x0_hat, torch.stack(t_img), target, decode, term, **kwargs)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from medq.config import LossConfig
-from medq.losses.image_space import Decode, image_space_loss_from_x0
+from medq.losses.image_space import Decode, ImageTerm, image_space_loss_from_x0
 
 RELATIVE_FLOOR = 1e-3
 """Smallest condition error (latent MSE) a relative prior error is divided by."""
@@ -87,12 +87,12 @@ def compose_losses(loss_cfg: LossConfig, fwd: Any, batch: dict, decode: Decode |
             if key not in batch:
                 raise KeyError(f"compose_losses: batch has no {key!r} (keys: {sorted(batch)})")
         # The rendered image: decode(x0_hat) + the pixel-residual offset when the forward has one.
-        common = {"target_size": batch["target_size"], "chunk": loss_cfg.decode_chunk,
+        common = {"target_size": batch["target_size"],
                   "offset": getattr(fwd, "render_offset", None)}
         if loss_cfg.pixel_weight > 0:
-            terms["pixel"] = image_space_loss_from_x0(
-                x0_hat, fwd.t, batch["target"], decode, kind=loss_cfg.pixel_kind,
-                max_t=loss_cfg.pixel_max_t, **common)
+            pixel = ImageTerm(loss_cfg.pixel_kind, loss_cfg.pixel_max_t, loss_cfg.decode_chunk)
+            terms["pixel"] = image_space_loss_from_x0(x0_hat, fwd.t, batch["target"], decode,
+                                                      pixel, **common)
             weighted.append(loss_cfg.pixel_weight * terms["pixel"])
         if loss_cfg.ssim_weight > 0:
             mask = None
@@ -101,10 +101,12 @@ def compose_losses(loss_cfg: LossConfig, fwd: Any, batch: dict, decode: Decode |
                     raise KeyError("compose_losses: loss.ssim_masked = true but the batch has no "
                                    "'mask' (set loss.ssim_masked = false to average the full map)")
                 mask = batch["mask"]
-            terms["ssim"] = image_space_loss_from_x0(
-                x0_hat, fwd.t, batch["target"], decode, kind="ssim", max_t=loss_cfg.ssim_max_t,
-                mask=mask, grad_scale=loss_cfg.ssim_grad_scale, grad_clamp=loss_cfg.ssim_grad_clamp,
-                ssim_window=loss_cfg.ssim_window, ssim_sigma=loss_cfg.ssim_sigma, **common)
+            ssim = ImageTerm("ssim", loss_cfg.ssim_max_t, loss_cfg.decode_chunk,
+                             grad_scale=loss_cfg.ssim_grad_scale,
+                             grad_clamp=loss_cfg.ssim_grad_clamp,
+                             ssim_window=loss_cfg.ssim_window, ssim_sigma=loss_cfg.ssim_sigma)
+            terms["ssim"] = image_space_loss_from_x0(x0_hat, fwd.t, batch["target"], decode,
+                                                     ssim, mask=mask, **common)
             weighted.append(loss_cfg.ssim_weight * terms["ssim"])
     if weighted:
         terms["total"] = torch.stack([w.float() for w in weighted]).sum()

@@ -335,9 +335,12 @@ def mask_weights(mask: torch.Tensor, window_size: int) -> tuple[torch.Tensor, to
     return inside / count.clamp_min(1.0).view(-1, 1, 1, 1), count == 0
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03, data_range: float = 1.0,
-         mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+# The constants of Wang et al.'s SSIM as keyword options with their defaults, as scikit-image and
+# pytorch-msssim name them.
+def ssim(x: torch.Tensor, y: torch.Tensor, *,  # noqa: PLR0913
+         window_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03,
+         data_range: float = 1.0, mask: torch.Tensor | None = None,
+         reduction: str = "mean") -> torch.Tensor:
     """SSIM of images ``x``, ``y`` (N, C, H, W), values nominally in [0, data_range].
 
     Returns (N,) per-image SSIM in [-1, 1] for ``reduction="none"``, or its mean (0-dim) for

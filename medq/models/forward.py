@@ -86,8 +86,10 @@ def condition_images(inputs: torch.Tensor, input_size: torch.Tensor | None,
     return out
 
 
-def training_forward(model, vae, tokenizer, batch: dict, *, timestep_shift: float = 1.0,
-                     generator: torch.Generator | None = None,
+# The model's three parts and the batch, then keyword options with defaults (the task and the
+# tests name them).
+def training_forward(model, vae, tokenizer, batch: dict, *,  # noqa: PLR0913
+                     timestep_shift: float = 1.0, generator: torch.Generator | None = None,
                      instruction_dropout: float = 0.0, question: str | None = None,
                      with_render_offset: bool = False) -> TrainForward:
     """One training forward on a collated batch (``medq.data.collate``).

@@ -209,9 +209,11 @@ class MiniBagel(nn.Module):
         """t (N,) in [0, 1] -> (N, d)."""
         return self.time_mlp(sincos_1d(t * 1000.0, 256))
 
-    def forward(self, text_ids: torch.Tensor, text_pos: torch.Tensor, mask: torch.Tensor,
-                cond: torch.Tensor | None = None, gen: torch.Tensor | None = None,
-                t: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
+    # The parts of one packed sequence, each optional but the text and the mask.
+    def forward(self, text_ids: torch.Tensor, text_pos: torch.Tensor,  # noqa: PLR0913
+                mask: torch.Tensor, cond: torch.Tensor | None = None,
+                gen: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                grid: tuple[int, int] | None = None,
                 return_prior: bool = False, report_cond: torch.Tensor | None = None,
                 prompt_mask: torch.Tensor | None = None):
         """One packed forward.

@@ -44,7 +44,8 @@ def calibrate(vae: SmallVAE, images: torch.Tensor, batch_size: int = 64) -> tupl
     return float(1.0 / std), float(shift)
 
 
-def train_vae(
+# Keyword options with defaults (train vae's flags).
+def train_vae(  # noqa: PLR0913
     vae: SmallVAE,
     train_images: torch.Tensor,
     val_images: torch.Tensor,

@@ -8,6 +8,7 @@ import only from here and conftest.py (fixtures), never from each other (test_ar
                          file corpus every reader is tested with (``image_corpus``), pictures that
                          are not fundus photographs (``not_fundus_corpus``)
     fakes.training       a tiny ``train.loop.Task`` and its config (no medq.models, no data)
+    fakes.models         the tiny mini-BAGEL geometry of the model tests (``tiny_model_config``)
     fakes.chaos_worker   the fork server of trainers that tests/test_chaos.py kills
     fakes.cli            running a stage's ``main`` and reading its one-line refusal (exit 2)
 """

@@ -7,6 +7,7 @@ import torch
 
 from medq.baselines import bicubic
 from medq.protocol import DecodeResult, decode_with_vocab
+from medq.tasks import SCALES
 
 VOCAB = ["<bos>", "quality", "good", "usable", "reject", "image", "vessels", "clear"]
 PADDED = 64                       # rows of a fake text head: ids 8..63 decode to nothing
@@ -41,7 +42,7 @@ def make_items(n: int = 5, size: int = 32, tasks=("sr4", "enhance")) -> list[dic
         target = disc_image(k, size)
         mask = (target.max(0, keepdim=True).values > 0.02).float()
         for task in tasks:
-            scale = {"sr2": 2, "sr4": 4, "enhance": 1}[task]
+            scale = SCALES[task]
             if scale == 1:
                 inp = (
                     target * 0.7

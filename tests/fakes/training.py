@@ -3,6 +3,7 @@ medq.data.
 
     out = train(tiny_cfg(tmp_path), TinyTask(), progress=False)
     losses_by_step(out["run_dir"])              # {step: loss/total} from logs/metrics.csv
+    save_checkpoint(root, 1, {"a": write_file("a.txt", "one")}, {})   # a one-file checkpoint
 """
 
 from __future__ import annotations
@@ -67,3 +68,9 @@ def tiny_cfg(out_dir: Path, *extra: str):
 
 def losses_by_step(run_dir: Path) -> dict[int, float]:
     return read_metrics(run_dir / "logs" / "metrics.csv")["loss/total"]
+
+
+def write_file(name: str, text: str):
+    """A writer for ``medq.checkpoint.save_checkpoint`` (directory -> None) that writes ``text``
+    into the file ``name``."""
+    return lambda d: (d / name).write_text(text)
