@@ -119,9 +119,9 @@ class ModelConfig:
     """Directory of the VAE: ours (shipped in ``weights/vae``, rebuilt by ``make weights``; or
     ``python -m train vae``) or a diffusers AutoencoderKL."""
     vae_downsample: Literal[2, 4, 8] = 2
-    """Spatial downsampling factor of our VAE (2, 4 or 8); a diffusers VAE states its own. At
-    64 px, 2 x with 8 channels reconstructs the test targets at 33+ dB in the FOV where 4 x with
-    4 or 16 channels stays near 30 dB (bicubic x2 scores 28.7): the VAE must not be the ceiling."""
+    """Spatial downsampling factor of our VAE (2, 4 or 8); a diffusers VAE states its own. 2 x
+    with 8 channels because the VAE must not be the ceiling: a 4 x VAE reconstructed the targets
+    worse than bicubic x2 restores them (docs/HISTORY.md)."""
     latent_channels: int = 8
     """Channels of our VAE's latent; a diffusers VAE states its own."""
     patch_size: int = 4
@@ -143,8 +143,8 @@ class ModelConfig:
     token. An untrained head then predicts x0 = the condition (bicubic / the unchanged input) from
     pure noise, and the network learns only what the condition lacks (the residual-prior trick of
     ResShift-style super-resolution, in BAGEL's velocity form; the loss path velocity -> x0_hat ->
-    decode -> SSIM is unchanged). Measured without it: the base model's x0 prediction from noise
-    scored 24.2 dB where the condition itself decodes to 28.6 dB (sr2)."""
+    decode -> SSIM is unchanged). Without it the base model's x0 prediction from noise scored
+    below the condition's own decoding (docs/HISTORY.md)."""
     prior_conv_channels: int = 48
     """Hidden channels of the CNN that sharpens the condition latent into the residual prior
     (``medq.models.transformer.PriorNet``, with ``cond_prior``); 0 = the condition itself (every
@@ -484,8 +484,8 @@ class RunConfig:
     """Stop early when the collapse monitor fires."""
     threads: int = 1
     """torch intra-op threads; 0 leaves torch's default. 1 by default: the default model's ops are
-    small, and two threads synchronise after each of them; on the 2-core CPU a base-model step took
-    0.27 s with 1 thread and 1-2.5 s with 2 while anything else ran (``bench perf train``)."""
+    small, and two threads synchronise after each of them, which on a shared 2-core CPU makes a
+    step several times slower whenever anything else runs (``bench perf train --threads N``)."""
     fsdp: bool = False
     """Under torchrun, shard parameters, gradients and optimizer state across the ranks with FSDP2
     (``torch.distributed.fsdp.fully_shard``), one unit per transformer block plus the rest: for

@@ -176,9 +176,8 @@ def input_dependence(outputs: torch.Tensor, targets: torch.Tensor,
     An output that does not depend on its input scores exactly 0: for a constant image each term
     is a function of the target alone, s_j, and every cyclic shift averages the same s_j. A median
     over i would not be 0: gap_i = s_i - mean of its neighbours' s, which is skewed whenever a few
-    targets are much harder than the rest (12 tiny test images with generator-v2 lesions: median
-    +0.06 for the constant, over the threshold). (others + 1) * N SSIMs: a fixed
-    subset of the j keeps it linear in N (39 images at 64 px: ~0.3 s on one core)."""
+    targets are much harder than the rest (a constant image then passed the threshold on a few
+    tiny test images). (others + 1) * N SSIMs: a fixed subset of the j keeps it linear in N."""
     from medq.metrics import ssim
 
     n = outputs.shape[0]

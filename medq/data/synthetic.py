@@ -33,12 +33,11 @@ reduction of the sr2 input (at 256 px and above every lesion is drawn to scale).
 GENERATOR_VERSION = 3
 """Bumped whenever an image of a given (seed, size) changes; part of the data cache key.
 2: lesion radii floored at ``LESION_MIN_RADIUS_PX``.
-3: real-photograph framing and colour range. The FOV radius was 0.47 S on every image, while
-``crop_to_fov`` frames a real one at 0.5 S (often cut at top and bottom), and the background
-colour spanned a third of the DRIVE images' range (mean red 0.68 +- 0.04 inside the FOV at 64 px,
-DRIVE 0.81 +- 0.13; blue 0.12 against 0.23). A base trained on version 2 drew a dark rim and
-speckle inside the frame of every DRIVE photograph (MMSE output 2.6 dB below the VAE's
-reconstruction of the bicubic input, sr4)."""
+3: real-photograph framing and colour range. The FOV radius was one fixed fraction of the frame,
+while ``crop_to_fov`` frames a real one with its circle spanning the frame (often cut at top and
+bottom), and the background colour covered only part of the DRIVE images' range. A base trained
+on version 2 drew a dark rim and speckle inside the frame of every DRIVE photograph
+(docs/HISTORY.md has the measurements)."""
 
 
 @dataclass
