@@ -10,7 +10,8 @@ fly). Its records are the rows of ``records.jsonl`` written by ``make eval``
 Everything is read generically from what the eval writes, so new modes and verdict reasons
 appear without a change here: verdicts from ``verdict*.json`` / ``summary*.json`` next to the
 records and the ``verdict*`` / ``note`` columns of ``reports/leaderboard.csv``. Leaderboard cells
-are read through ``row_label`` and ``row_interval`` only (the schema is ``bench``'s).
+are read through ``medq.leaderboard`` only (the schema: ``read_leaderboard``, ``mode_of``,
+``interval``), never by guessing a column's name.
 """
 
 from __future__ import annotations
@@ -315,34 +316,12 @@ def ignores_input(reasons: list[str]) -> str | None:
     return next((r for r in reasons if IGNORES_INPUT in r.lower()), None)
 
 
-def read_leaderboard(reports: Path) -> list[dict]:
-    """Rows of ``reports/leaderboard.csv`` as dicts of strings ([] when absent)."""
-    import csv
-
-    path = Path(reports) / "leaderboard.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 def row_label(row: dict) -> str:
-    """The mode label of a leaderboard row, as the Compare tab names modes: its preset for a run
-    (``ssim_v3``; its one-step row ``ssim_v3/onestep`` -> ``ssim_v3:onestep``), else its name. The
-    one place besides ``row_interval`` that reads the leaderboard's identity columns (the schema is
-    ``bench``'s)."""
-    return str(row.get("preset") or row.get("mode") or row.get("name") or "").replace("/", ":")
+    """The mode label of a leaderboard row as the Compare tab names modes
+    (``medq.leaderboard.mode_of``; its one-step row ``ssim_v3/onestep`` -> ``ssim_v3:onestep``)."""
+    from medq.leaderboard import mode_of
 
-
-def row_interval(row: dict, metric: str) -> tuple[float, float, float]:
-    """(value, 95 % lower, upper) of ``metric`` in a leaderboard row, NaN where empty."""
-    def number(cell) -> float:
-        try:
-            return float(cell)
-        except (TypeError, ValueError):
-            return float("nan")
-
-    return tuple(number(row.get(k)) for k in (metric, f"{metric}_lo", f"{metric}_hi"))
+    return mode_of(row).replace("/", ":")
 
 
 def leaderboard_rows(rows: list[dict], mode: Mode, task: str) -> list[dict]:

@@ -32,6 +32,7 @@ from demo.models import (
     run_on_upload,
 )
 from demo.security import UploadError, read_upload
+from medq.leaderboard import MAIN_METRIC, interval, read_leaderboard
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -229,7 +230,7 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
     progress(0.02, "checking whether the photograph is like the training images")
     base["ood"] = assess_photograph(demo, base.get("image", base["target"]),
                                     base.get("name") or str(base["id"]))
-    board = catalog.read_leaderboard(demo.reports)
+    board = read_leaderboard(demo.reports)
     outputs, errors = {}, {}
     for k, label in enumerate(labels):
         mode = demo.modes[label]
@@ -518,9 +519,8 @@ def best_fine_tune(rows: list[dict], task: str) -> dict | None:
             and not catalog.row_label(r).startswith("pretrain")]
     if any(str(r.get("kind")) == "seeds" for r in runs):
         runs = [r for r in runs if str(r.get("kind")) == "seeds"]
-    scored = [r for r in runs if catalog.row_interval(r, "ssim_fov")[0] == catalog.row_interval(
-        r, "ssim_fov")[0]]
-    return max(scored, key=lambda r: catalog.row_interval(r, "ssim_fov")[0], default=None)
+    scored = [r for r in runs if not math.isnan(interval(r, MAIN_METRIC)[0])]
+    return max(scored, key=lambda r: interval(r, MAIN_METRIC)[0], default=None)
 
 
 def _named(rows: list[dict], task: str, label: str) -> dict | None:
@@ -528,7 +528,7 @@ def _named(rows: list[dict], task: str, label: str) -> dict | None:
 
 
 def _cell(row: dict, metric: str, digits: int) -> str:
-    v, lo, hi = catalog.row_interval(row, metric)
+    v, lo, hi = interval(row, metric)
     if v != v:
         return "n/a"
     return f"{v:.{digits}f}" + (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo == lo else "")
@@ -543,7 +543,7 @@ def task_table(rows: list[dict], task: str) -> tuple[list[tuple[str, dict]], str
         ("best fine-tune", best_fine_tune(rows, task)),
         ("floor", _named(rows, task, FLOOR_MODE))) if row is not None]
     metrics = [m for m in RESULT_METRICS if any(
-        catalog.row_interval(r, m[0])[0] == catalog.row_interval(r, m[0])[0] for _, r in picked)]
+        interval(r, m[0])[0] == interval(r, m[0])[0] for _, r in picked)]
     head = ["", "Mode", *(f"{title} [95% CI]" for _, title, _ in metrics)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for role, row in picked:
@@ -555,7 +555,7 @@ def task_table(rows: list[dict], task: str) -> tuple[list[tuple[str, dict]], str
 def _versus(best: dict, ref: dict, where: str, task: str) -> tuple[str, bool]:
     """One clause comparing the best fine-tune with the reference on SSIM inside the disc, and
     whether it loses there."""
-    b, r = catalog.row_interval(best, "ssim_fov")[0], catalog.row_interval(ref, "ssim_fov")[0]
+    b, r = interval(best, "ssim_fov")[0], interval(ref, "ssim_fov")[0]
     name = catalog.display_name(catalog.row_label(ref), task)
     if b != b or r != r:
         return f"{where} it was not compared with {name}", False
@@ -611,10 +611,10 @@ def report_scores_markdown(rows: list[dict]) -> str:
              "| Mode | Task | DR kappa | floor |", "|---|---|---|---|"]
     found = False
     for r in rows:
-        kappa = catalog.row_interval(r, "dr_kappa")[0]
+        kappa = interval(r, "dr_kappa")[0]
         if kappa == kappa and str(r.get("status", "ok")).startswith("ok"):
             task = str(r.get("task", ""))
-            floor = catalog.row_interval(r, "dr_kappa_floor")[0]
+            floor = interval(r, "dr_kappa_floor")[0]
             lines.append(f"| {catalog.display_name(catalog.row_label(r), task)} | "
                          f"{catalog.TASKS.get(task, task)} | {kappa:.3f} | "
                          f"{'n/a' if floor != floor else f'{floor:.3f}'} |")
@@ -628,8 +628,8 @@ def results(reports_dir: Path, real_dir: Path | None = None
     (leaderboard.csv, leaderboard.md, per_image.csv: those present) and the plots
     reports/*.png as (path, caption)."""
     reports_dir = Path(reports_dir)
-    real_rows = catalog.read_leaderboard(real_dir) if real_dir is not None else []
-    text = results_markdown(catalog.read_leaderboard(reports_dir), real_rows)
+    real_rows = read_leaderboard(real_dir) if real_dir is not None else []
+    text = results_markdown(read_leaderboard(reports_dir), real_rows)
     files = [reports_dir / n for n in ("leaderboard.csv", "leaderboard.md", "per_image.csv")
              if (reports_dir / n).is_file()]
     plots = [(str(p.resolve()), p.stem.replace("_", " "))
