@@ -1,10 +1,11 @@
 """Pixel work for the page: PNG reading, nearest-neighbour zoom, SSIM error maps, per-image metrics.
 
 Arrays here are numpy ``(H, W, 3)`` float32 RGB in [0, 1] (masks ``(H, W)`` bool); uint8 only when
-handing images to Gradio. The numbers on the page are ``medq.metrics.image_metrics``, the very
-definitions of ``reports/leaderboard.csv`` and ``per_image.csv``, so a clinician can find the same
-value in both. The error *maps* are scikit-image's ``structural_similarity`` maps (Gaussian window
-sigma 1.5, population covariance, data range 1): the reference picture of where structure is lost.
+handing images to Gradio. The numbers on the page are ``medq.metrics``' per-image functions, the
+very definitions of ``reports/leaderboard.csv`` and ``per_image.csv``, so a clinician can find the
+same value in both. The error *maps* are scikit-image's ``structural_similarity`` maps (Gaussian
+window sigma 1.5, population covariance, data range 1): the reference picture of where structure
+is lost.
 """
 
 from __future__ import annotations
@@ -127,7 +128,10 @@ def nearly_identical(a: np.ndarray, b: np.ndarray, max_levels: int, min_ssim: fl
 
 def image_metrics(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict:
     """PSNR (dB) and SSIM of one output against its target, over the whole image and inside the
-    field of view: ``medq.metrics.image_metrics`` (the leaderboard's per-image values)."""
+    field of view: the functions of ``medq.metrics`` behind the leaderboard's per-image columns
+    of the same names, called one by one rather than through ``medq.metrics.image_metrics``,
+    which also computes MS-SSIM; the page does not show it, and at an upload's own size (up to
+    1024 px) it would cost several times the rest, once per mode."""
     import torch
 
     from medq import metrics
@@ -135,9 +139,12 @@ def image_metrics(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> d
     def chw(img: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
 
-    m = metrics.image_metrics(chw(output), chw(target),
-                              torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None])
-    return {k: float(m[k][0]) for k in ("psnr", "psnr_fov", "ssim", "ssim_fov")}
+    out, ref = chw(output).clamp(0, 1), chw(target).clamp(0, 1)
+    fov = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+    with torch.no_grad():
+        values = {"psnr": metrics.psnr(out, ref), "psnr_fov": metrics.psnr(out, ref, fov),
+                  "ssim": metrics.ssim(out, ref), "ssim_fov": metrics.ssim(out, ref, fov)}
+    return {k: float(v[0]) for k, v in values.items()}
 
 
 def error_heatmap(error: np.ndarray, mask: np.ndarray, vmax: float,
