@@ -15,8 +15,8 @@ from demo.handlers import Demo
 from demo.models import ENHANCE_KINDS
 from demo.security import UploadError
 
-GUIDE = ("Upload a photograph or pick a test image, then **Compare**. Images are shown "
-         "losslessly and enlarged by whole pixels only.")
+GUIDE = ("Upload a photograph or pick a test image, then **Compare**. An upload is worked at its "
+         f"own size (up to {handlers.MAX_OWN_SIDE} px), a test image at the models' working size.")
 # Result galleries grow with their rows instead of scrolling inside Gradio's fixed 550 px box (a
 # clinician should see every panel at once); captions wrap instead of being cut off, so a panel
 # is never narrower than its caption needs; plots are shown whole.
@@ -373,6 +373,7 @@ def _show(cmp: dict, x: float, y: float, z: float, files):
         f"{handlers.mode_name(cmp, lb)}: {msg}" for lb, msg in cmp["errors"].items()]
     notice = handlers.ood_notice(cmp)
     text = (f"Showing **{cmp['title']}**, task {catalog.TASKS[cmp['task']]}."
+            + "".join(f"  \n{line}" for line in cmp["notes"])
             + (f"  \n\u26a0\ufe0f {notice}" if notice else "")
             + "".join(f"  \n\u26a0\ufe0f {p}" for p in problems))
     pair = files([(img, "") for img in handlers.slider_pair(cmp, lv, rv)])

@@ -249,9 +249,28 @@ def test_items(modes: dict[str, Mode], task: str) -> list[tuple[str, Record]]:
     return sorted(found.items())
 
 
-def working_size(modes: dict[str, Mode], default: int = 64) -> int:
+def _run_config(modes: dict[str, Mode]):
+    """The saved config of the first run among ``modes`` whose config this code reads, or None."""
+    from medq.config import load_config
+
+    for mode in modes.values():
+        if mode.kind != "run" or mode.root is None:
+            continue
+        for path in [*sorted(mode.root.glob("config.toml")),
+                     *sorted(mode.root.glob("checkpoints/*/config.toml"))][:1]:
+            try:
+                return load_config(str(path))
+            except Exception as e:  # noqa: BLE001 - a run's config from another version must not stop the page
+                log.warning("%s: cannot read it (%s)", path, e)
+    return None
+
+
+def working_size(modes: dict[str, Mode]) -> int:
     """Side of the images the models work at: that of an evaluated target, else the
-    ``data.image_size`` of a run's config, else ``default``."""
+    ``data.image_size`` of a run's config, else ``medq.config``'s default (0, a photograph's own
+    size, counts as the default too: test images always have one size)."""
+    from medq.config import DataConfig
+
     for mode in modes.values():
         for recs in mode.records.values():
             for rec in recs.values():
@@ -261,18 +280,17 @@ def working_size(modes: dict[str, Mode], default: int = 64) -> int:
 
                     with Image.open(target) as im:
                         return int(im.height)
-    for mode in modes.values():
-        if mode.kind == "run" and mode.root is not None:
-            try:
-                from medq.config import load_config
+    cfg = _run_config(modes)
+    return (cfg.data.image_size if cfg is not None else 0) or DataConfig.image_size
 
-                cfgs = sorted(mode.root.glob("config.toml")) + sorted(
-                    mode.root.glob("checkpoints/*/config.toml"))
-                if cfgs:
-                    return int(load_config(str(cfgs[0])).data.image_size)
-            except Exception as e:  # noqa: BLE001 - a run's config from another version must not stop the page
-                log.warning("%s: cannot read data.image_size: %s", mode.root, e)
-    return default
+
+def tile_size(modes: dict[str, Mode]) -> int:
+    """The models' tile (``model.tile_size``, the smallest image they generate): a run's config,
+    else ``medq.config``'s default."""
+    from medq.config import ModelConfig
+
+    cfg = _run_config(modes)
+    return cfg.model.tile_size if cfg is not None else ModelConfig.tile_size
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ from demo.models import (
     run_on_test_image,
     run_on_upload,
 )
-from demo.security import UploadError, read_upload
+from demo.security import UploadError, read_upload, upload_info
+from medq.data.readers import MAX_OWN_SIDE
 from medq.leaderboard import MAIN_METRIC, interval, read_leaderboard
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,15 @@ class Demo:
     reports: Path
     modes: dict[str, catalog.Mode] = field(default_factory=dict)
     pool: ModelPool | None = None
-    size: int = 64
+    size: int = 256                    # the working size of the test images
     references: reports.ReferenceReports | None = None
     ood: object | None = None          # a medq.report_ood.Calibration
     ood_problem: str | None = None     # why no report can be assessed (no or stale calibration)
     real_reports: Path | None = None   # a leaderboard of real photographs (bench eval --data)
+    tile: int = 64                     # the models' tile (model.tile_size): the smallest upload
+    upload_size: int = 0
+    """Side uploads are worked at: 0 = each photograph's own size (its field-of-view square, at
+    most ``medq.data.readers.MAX_OWN_SIDE``), as ``medq.harness.edit_one(size=0)`` does."""
 
     @classmethod
     def from_folders(cls, runs: Path, reports_dir: Path, pool: ModelPool | None = None,
@@ -81,7 +86,7 @@ class Demo:
                    if m.kind == "run" and m.root is not None and (m.root / "config.toml").is_file()]
         demo = cls(Path(runs), Path(reports_dir), modes, pool, catalog.working_size(modes),
                    reports.ReferenceReports(configs), *load_ood(ood_calibration),
-                   Path(real_reports) if real_reports else None)
+                   Path(real_reports) if real_reports else None, catalog.tile_size(modes))
         if demo.pool is None:
             demo.pool = ModelPool(lambda label: load_mode_model(demo.modes[label],
                                                                 demo.pool.get))
@@ -156,28 +161,71 @@ def _from_test_set(demo: Demo, task: str, sample_id: str) -> dict:
                      else "")}
 
 
+UPLOAD_DECODE_SIDE = 2 * MAX_OWN_SIDE
+"""Photographs are decoded to at most this side (a large JPEG reduced while decoding): twice the
+largest own size worked at, so that the field of view of a usual photograph is still at least
+that size after decoding and is only ever downscaled to it, never enlarged."""
+
+
+def _own_side(rgb: np.ndarray, info, name: str) -> int:
+    """Pixels across the field of view of the photograph as uploaded (``rgb`` may have been
+    decoded reduced: its diameter is scaled back by the header's size)."""
+    from medq.data.fov import NoFieldOfView, crop_to_fov, require_fov
+
+    u8 = imaging.to_uint8(rgb)
+    try:
+        diameter = crop_to_fov(u8, require_fov(u8, name))[1].shape[0]
+    except NoFieldOfView as e:
+        raise UploadError(f"{e}; expected a colour fundus photograph") from e
+    return round(diameter * max(info.width, info.height) / max(rgb.shape[:2]))
+
+
+def upload_notes(info, own: int, side: int) -> list[str]:
+    """What the page did to an upload to make it a model input, one line each: the size it is
+    worked at, and why when that is not the field of view's own size (over ``MAX_OWN_SIDE``)."""
+    if side < own:         # fov_square pads the own size up to a multiple of 4, never down
+        notes = [f"Its field of view is {own} px across, over the largest size this page works "
+                 f"at ({MAX_OWN_SIDE} px): it was downscaled to {side} px, and the panels and "
+                 "the zoom show the downscaled image."]
+    else:
+        notes = [f"Worked at its own size: the {side} px square around its field of view."]
+    if info.width != info.height:
+        notes.append(f"The photograph is {info.size}: the square around its disc is used, "
+                     "black where the disc leaves the frame.")
+    return notes
+
+
 def _from_upload(demo: Demo, task: str, path, enhance_kind: str) -> dict:
+    """An upload at its own size (``demo.upload_size`` 0): the square around its field of view,
+    downscaled only beyond ``MAX_OWN_SIDE`` (said in its notes); refused when its field of view
+    is smaller than one model tile, which the models cannot generate."""
     import torch
 
     from medq.harness.images import prepare
 
-    rgb = read_upload(path)
-    height, width = rgb.shape[:2]
-    # 8x the working size keeps the field-of-view crop exact to well under one output pixel.
-    rgb = imaging.shrink(rgb, max(8 * demo.size, 512))
     name = Path(path).name
+    info = upload_info(path)
+    rgb = read_upload(path, max_side=UPLOAD_DECODE_SIDE)
+    own = _own_side(rgb, info, name)
+    if own < demo.tile:
+        raise UploadError(f"{name} ({info.size}): its field of view is {own} px across, smaller "
+                          f"than the smallest image the models generate ({demo.tile} px); "
+                          "upload the photograph at its original size")
     try:
-        prep = prepare(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), demo.size, task, name=name)
+        prep = prepare(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), demo.upload_size, task,
+                       name=name)
     except ValueError as e:
         raise UploadError(f"{e}; expected a colour fundus photograph") from e
     hwc = {k: prep[k].permute(1, 2, 0).numpy() for k in ("input", "target")}
+    side = hwc["target"].shape[0]
     note = ("An uploaded photograph has no clean reference: for enhancement the 'target' is the "
             "photograph itself, so the metrics measure how much each mode changed it, not quality."
             if task == "enhance" else "The target is the uploaded photograph (field-of-view "
-            f"square, {demo.size} px); the input is its bicubic downscale.")
-    return {"title": f"uploaded {name} ({width}x{height})", "id": None, "task": task,
+            f"square, {side} px); the input is its bicubic downscale.")
+    return {"title": f"uploaded {name} ({info.size})", "id": None, "task": task,
             **hwc, "mask": prep["mask"][0].numpy() > 0.5, "row": None, "image": rgb, "name": name,
-            "instruction": instruction_for(task, enhance_kind), "reference": None, "note": note}
+            "instruction": instruction_for(task, enhance_kind), "reference": None, "note": note,
+            "notes": upload_notes(info, own, side)}
 
 
 def _recorded(mode: catalog.Mode, task: str, sample_id: str | None) -> dict | None:
@@ -245,7 +293,7 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
             try:
                 model = demo.pool.get(label)
                 if base["id"] is None:
-                    edited, _ = run_on_upload(model, base["image"], task, demo.size,
+                    edited, _ = run_on_upload(model, base["image"], task, demo.upload_size,
                                               base["instruction"], base["name"])
                 else:
                     edited = run_on_test_image(model, base["row"], base["input"], base["target"],
@@ -266,7 +314,7 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
     _mark_identical(outputs, task)
     progress(1.0, "done")
     base.pop("image", None)
-    return {**base, "outputs": outputs, "errors": errors}
+    return {"notes": [], **base, "outputs": outputs, "errors": errors}
 
 
 def _mark_identical(outputs: dict, task: str) -> None:
