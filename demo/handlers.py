@@ -374,23 +374,67 @@ def panels(cmp: dict) -> list[tuple[np.ndarray, str]]:
     return [(imaging.to_uint8(imaging.enlarge(img, f)), cap) for cap, img in _views(cmp)]
 
 
-def zoom(cmp: dict, cx: float, cy: float, factor: float) -> tuple[np.ndarray, list]:
-    """The target with the zoom box drawn (uint8, enlarged) and the same box cropped from every
-    panel, enlarged nearest-neighbour, as (uint8, caption); the box is ``zoom_box``."""
-    target = cmp["target"]
-    box = imaging.crop_box(target.shape[:2], cx, cy, factor)
+ZOOM_VIEW = 256
+"""Side in screen pixels of every zoomed view. The page shows each at exactly its own size (no
+browser scaling: ``demo/app.py``'s CSS), so at zoom factor 1 one image pixel is one screen pixel
+and at factor f an f x f block: a region ``ZOOM_VIEW // f`` image pixels across. Kept this small
+so that the views of a comparison sit side by side on a laptop screen."""
+ZOOM_FACTORS = (1, 8)
+"""The zoom factors offered: whole numbers only, so that no pixel is interpolated."""
+
+
+def zoom_side(cmp: dict, factor: int) -> int:
+    """Image pixels across the zoomed region at ``factor``: as many as fill ``ZOOM_VIEW`` screen
+    pixels, at most the whole target."""
+    return min(ZOOM_VIEW // max(1, int(factor)), *cmp["target"].shape[:2])
+
+
+def zoom_region(cmp: dict, cx: float, cy: float, factor: int) -> tuple[int, int, int, int]:
+    """The zoomed region (y0, y1, x0, x1) of the target centred near the fractions (cx, cy)."""
+    return imaging.crop_box(cmp["target"].shape[:2], cx, cy, zoom_side(cmp, factor))
+
+
+def zoom(cmp: dict, cx: float, cy: float, factor: int) -> tuple[np.ndarray, list]:
+    """The target with the zoomed region drawn as a box (uint8, whole-pixel enlarged when small:
+    an overview, scaled to fit on the page), and that region cut from every view at native pixels,
+    each pixel a ``factor`` x ``factor`` block, as (uint8, caption)."""
+    target, factor = cmp["target"], max(1, int(factor))
+    box = zoom_region(cmp, cx, cy, factor)
     f = imaging.display_factor(target.shape[0])
-    overview = imaging.draw_box(imaging.enlarge(target, f), tuple(v * f for v in box), thickness=2)
-    side = max(imaging.DISPLAY_MIN_SIDE, min(512, target.shape[0]))
-    crops = [(imaging.to_uint8(imaging.zoom_crop(img, box, side)), name)
+    thickness = max(2, target.shape[0] * f // ZOOM_VIEW)    # still visible when scaled to fit
+    overview = imaging.draw_box(imaging.enlarge(target, f), tuple(v * f for v in box), thickness)
+    crops = [(imaging.to_uint8(imaging.zoom_crop(img, box, factor)), name)
              for name, (_, img) in zip(view_names(cmp), _views(cmp))]
     return imaging.to_uint8(overview), crops
 
 
-def zoom_box_text(cmp: dict, cx: float, cy: float, factor: float) -> str:
-    y0, y1, x0, x1 = imaging.crop_box(cmp["target"].shape[:2], cx, cy, factor)
+def zoom_box_text(cmp: dict, cx: float, cy: float, factor: int) -> str:
+    """Where the zoomed region is, and what one image pixel is on the screen."""
+    factor = max(1, int(factor))
+    y0, y1, x0, x1 = zoom_region(cmp, cx, cy, factor)
     h, w = cmp["target"].shape[:2]
-    return f"Region x {x0}-{x1}, y {y0}-{y1} of the {w}x{h} target, shown {factor:g}x larger."
+    scale = ("native pixels: one image pixel per screen pixel" if factor == 1
+             else f"each image pixel a {factor}x{factor} block of screen pixels")
+    text = f"Region x {x0}-{x1}, y {y0}-{y1} of the {w}x{h} target, {scale}."
+    ratio = w // max(1, cmp["input"].shape[1])
+    if ratio > 1:
+        text += (f" The input has {ratio}x fewer pixels across: each of its pixels is a "
+                 f"{ratio}x{ratio} block of the target's here.")
+    return text
+
+
+def pan(cmp: dict, cx: float, cy: float, factor: int, dx: int, dy: int) -> tuple[float, float]:
+    """The centre (fractions) of the zoomed region moved by half its side in the direction
+    (dx, dy) (each -1, 0 or 1), stopping at the image's edges. Moves the region as shown (the
+    box ``crop_box`` already kept inside the image), so a step away from an edge is never lost."""
+    h, w = cmp["target"].shape[:2]
+    y0, y1, x0, x1 = zoom_region(cmp, cx, cy, factor)
+    side = y1 - y0
+    step = max(1, side // 2)
+    x0 = min(max(x0 + dx * step, 0), w - side)
+    y0 = min(max(y0 + dy * step, 0), h - side)
+    # Four decimals place the box on the same pixel (within 0.05 px up to 1024 px).
+    return round((x0 + side / 2) / w, 4), round((y0 + side / 2) / h, 4)
 
 
 def click_to_centre(cmp: dict, xy, overview_shape: tuple[int, int]) -> tuple[float, float]:

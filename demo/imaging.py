@@ -18,7 +18,8 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 SSIM_SETTINGS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
-# Small images (the 64 px default) are shown enlarged by whole pixels so nothing is interpolated.
+# Images smaller than this (an SR input, a small upload) are enlarged by whole pixels for the
+# panels, so that what the browser scales to fit was not interpolated first.
 DISPLAY_MIN_SIDE = 256
 BOX_COLOUR = np.array([1.0, 0.85, 0.0], dtype=np.float32)
 
@@ -73,22 +74,22 @@ def enlarge(img: np.ndarray, factor: int) -> np.ndarray:
 
 
 def crop_box(shape: tuple[int, int], cx: float, cy: float,
-             zoom: float) -> tuple[int, int, int, int]:
-    """Square box (y0, y1, x0, x1) of side min(H, W) / zoom centred on the fractions (cx, cy) of the
-    width and height, shifted inside the image."""
+             side: int) -> tuple[int, int, int, int]:
+    """Square box (y0, y1, x0, x1) of ``side`` pixels (at most the image's shorter side) centred on
+    the fractions (cx, cy) of the width and height, shifted inside the image."""
     h, w = shape
-    side = max(2, int(round(min(h, w) / max(zoom, 1.0))))
-    side = min(side, h, w)
+    side = min(max(1, int(side)), h, w)
     x0 = int(round(cx * w - side / 2))
     y0 = int(round(cy * h - side / 2))
     x0, y0 = min(max(x0, 0), w - side), min(max(y0, 0), h - side)
     return y0, y0 + side, x0, x0 + side
 
 
-def zoom_crop(img: np.ndarray, box: tuple[int, int, int, int], out_side: int) -> np.ndarray:
-    """The box of ``img``, enlarged nearest-neighbour to ``out_side`` pixels."""
+def zoom_crop(img: np.ndarray, box: tuple[int, int, int, int], factor: int) -> np.ndarray:
+    """The box of ``img`` with each pixel enlarged to a ``factor`` x ``factor`` block (1: the
+    image's own pixels): the page shows it without any further scaling."""
     y0, y1, x0, x1 = box
-    return resize_nearest(img[y0:y1, x0:x1], (out_side, out_side))
+    return enlarge(img[y0:y1, x0:x1], max(1, int(factor)))
 
 
 def draw_box(img: np.ndarray, box: tuple[int, int, int, int], thickness: int = 1) -> np.ndarray:

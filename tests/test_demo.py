@@ -145,7 +145,7 @@ def test_metrics_are_the_leaderboards(app_demo):
     assert table.iloc[0]["SSIM"] == round(m["ssim"], 4)
 
 
-def test_views_share_one_zoom_box_and_use_nearest_neighbour(app_demo):
+def test_views_share_one_zoom_box_at_native_pixels(app_demo):
     cmp = handlers.compare(app_demo, "sr4", ["pixel", "mixed"], sample_id="eyeq_0003")
     panels = handlers.panels(cmp)
     assert [c for _, c in panels] == ["Input 64x64", "Pixel-loss fine-tune",
@@ -153,21 +153,93 @@ def test_views_share_one_zoom_box_and_use_nearest_neighbour(app_demo):
     assert all(img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8 for img, _ in panels)
     # The 64 px input is shown as 4x4 blocks of identical pixels (no interpolation).
     assert (panels[0][0][:4, :4] == panels[0][0][0, 0]).all()
+    # Zoom factor 4: a region of ZOOM_VIEW / 4 = 64 image pixels, each a 4x4 block.
     overview, crops = handlers.zoom(cmp, 0.25, 0.75, 4)
-    box = imaging.crop_box((SIZE, SIZE), 0.25, 0.75, 4)
-    assert box == (160, 224, 32, 96)
+    assert handlers.zoom_region(cmp, 0.25, 0.75, 4) == (160, 224, 32, 96)
     assert [cap for _, cap in crops] == ["Input", "Pixel-loss fine-tune",
                                          "Pixel + SSIM fine-tune", "Target"]
-    assert handlers.zoom_box_text(cmp, 0.25, 0.75, 4).startswith(
-        "Region x 32-96, y 160-224 of the 256x256")
-    target_crop = crops[-1][0]
-    assert np.array_equal(target_crop[::4, ::4], imaging.to_uint8(cmp["target"][160:224, 32:96]))
+    assert all(img.shape == (handlers.ZOOM_VIEW, handlers.ZOOM_VIEW, 3) for img, _ in crops)
+    assert handlers.zoom_box_text(cmp, 0.25, 0.75, 4) == (
+        "Region x 32-96, y 160-224 of the 256x256 target, each image pixel a 4x4 block of screen "
+        "pixels. The input has 4x fewer pixels across: each of its pixels is a 4x4 block of the "
+        "target's here.")
+    target_crop, mode_crop = crops[-1][0], crops[1][0]
+    native = imaging.to_uint8(cmp["target"][160:224, 32:96])
+    assert np.array_equal(target_crop, np.repeat(np.repeat(native, 4, axis=0), 4, axis=1))
+    assert np.array_equal(mode_crop[::4, ::4],
+                          imaging.to_uint8(cmp["outputs"]["pixel"]["image"][160:224, 32:96]))
     assert (overview[160, 32:96] == imaging.to_uint8(imaging.BOX_COLOUR)).all()
+    # Zoom factor 1: the image's own pixels, one for one (here the whole 256-px target).
+    _, crops = handlers.zoom(cmp, 0.25, 0.75, 1)
+    assert np.array_equal(crops[-1][0], imaging.to_uint8(cmp["target"]))
+    assert "native pixels: one image pixel per screen pixel" in handlers.zoom_box_text(
+        cmp, 0.25, 0.75, 1)
     assert handlers.click_to_centre(cmp, (64, 192), (256, 256)) == (0.25, 0.75)
     left, right = handlers.slider_pair(cmp, "Pixel-loss fine-tune", "Target")
     assert left.shape == right.shape == (256, 256, 3)
     with pytest.raises(ValueError, match="not in this comparison"):
         handlers.slider_pair(cmp, "SSIM fine-tune (v3)", "Target")
+
+
+def test_crop_box_has_the_given_side_and_stays_inside_the_image():
+    assert imaging.crop_box((100, 200), 0.5, 0.5, 40) == (30, 70, 80, 120)
+    assert imaging.crop_box((100, 200), 0.0, 0.0, 40) == (0, 40, 0, 40)       # shifted inside
+    assert imaging.crop_box((100, 200), 1.0, 1.0, 40) == (60, 100, 160, 200)
+    assert imaging.crop_box((100, 200), 0.5, 0.5, 500) == (0, 100, 50, 150)   # at most 100
+    assert imaging.crop_box((100, 200), 0.5, 0.5, 0) == (50, 51, 100, 101)    # at least 1
+
+
+def test_zoom_crop_shows_native_pixels_enlarged_by_whole_blocks():
+    img = np.random.default_rng(0).random((10, 12, 3)).astype(np.float32)
+    box = (2, 6, 3, 7)
+    assert np.array_equal(imaging.zoom_crop(img, box, 1), img[2:6, 3:7])
+    big = imaging.zoom_crop(img, box, 3)
+    assert big.shape == (12, 12, 3)
+    for y in range(4):
+        for x in range(4):
+            assert (big[3 * y:3 * y + 3, 3 * x:3 * x + 3] == img[2 + y, 3 + x]).all()
+
+
+def test_zoom_region_side_follows_the_factor_up_to_the_whole_image():
+    def cmp(side):
+        return {"target": np.zeros((side, side, 3), np.float32), "task": "sr4", "outputs": {},
+                "input": np.zeros((side // 4, side // 4, 3), np.float32)}
+
+    assert handlers.ZOOM_VIEW == 256
+    assert [handlers.zoom_side(cmp(1024), f) for f in (1, 2, 3, 8)] == [256, 128, 85, 32]
+    assert handlers.zoom_side(cmp(100), 1) == 100 and handlers.zoom_side(cmp(100), 2) == 100
+    assert handlers.zoom_side(cmp(100), 4) == 64
+    # Every zoomed view is at most ZOOM_VIEW pixels across, the size the page shows it at.
+    for f in range(handlers.ZOOM_FACTORS[0], handlers.ZOOM_FACTORS[1] + 1):
+        _, crops = handlers.zoom(cmp(1024), 0.5, 0.5, f)
+        assert crops[0][0].shape[0] == handlers.zoom_side(cmp(1024), f) * f <= handlers.ZOOM_VIEW
+
+
+def test_pan_moves_the_region_by_half_its_side_and_stops_at_the_edges():
+    cmp = {"target": np.zeros((1024, 1024, 3), np.float32),
+           "input": np.zeros((256, 256, 3), np.float32)}
+
+    def region(x, y, f):
+        return handlers.zoom_region(cmp, x, y, f)
+
+    x, y = 0.5, 0.5
+    assert region(x, y, 8) == (496, 528, 496, 528)              # 32 px at factor 8
+    x, y = handlers.pan(cmp, x, y, 8, 1, 0)
+    assert region(x, y, 8) == (496, 528, 512, 544)              # right by 16 px
+    x, y = handlers.pan(cmp, x, y, 8, 0, -1)
+    assert region(x, y, 8) == (480, 512, 512, 544)              # up by 16 px
+    # Right to the edge, one exact step at a time, then no further.
+    seen = []
+    for _ in range(40):
+        x, y = handlers.pan(cmp, x, y, 8, 1, 0)
+        seen.append(region(x, y, 8)[2])
+    assert seen[:3] == [528, 544, 560] and seen[-1] == 1024 - 32 and seen.count(992) > 1
+    assert all(b - a in (0, 16) for a, b in zip(seen, seen[1:]))
+    # A centre outside the box's reach (slider at 0): the first step moves the box as shown.
+    assert region(0.0, 0.5, 2) == (448, 576, 0, 128)
+    assert region(*handlers.pan(cmp, 0.0, 0.5, 2, 1, 0), 2)[2] == 64
+    assert region(*handlers.pan(cmp, 0.0, 0.5, 2, -1, 0), 2)[2] == 0
+    assert region(*handlers.pan(cmp, 0.5, 1.0, 1, 0, 1), 1)[:2] == (768, 1024)
 
 
 def test_error_maps_share_one_fixed_scale_and_are_dark_where_output_equals_target(app_demo):
