@@ -73,6 +73,9 @@ class Demo:
     upload_size: int = 0
     """Side uploads are worked at: 0 = each photograph's own size (its field-of-view square, at
     most ``medq.data.readers.MAX_OWN_SIDE``), as ``medq.harness.edit_one(size=0)`` does."""
+    speed: dict[str, float] = field(default_factory=dict)
+    """Seconds per megapixel of each mode's last run here: the estimate shown while it runs again
+    (an own-size upload may take minutes on a CPU; the bar must not stand still)."""
 
     @classmethod
     def from_folders(cls, runs: Path, reports_dir: Path, pool: ModelPool | None = None,
@@ -251,6 +254,68 @@ def _computed(edited) -> dict:
             "undecodable_positions": list(rep.bad_positions) if rep is not None else []}
 
 
+PROGRESS_TICK = 0.5
+"""Seconds between progress updates while a model runs."""
+
+
+def _with_progress(work: Callable[[], object], progress: Progress, span: tuple[float, float],
+                   desc: str, estimate: float | None):
+    """``work()`` run in a worker thread while this one moves ``progress`` through ``span`` by
+    the time elapsed against ``estimate`` (seconds; None: no estimate yet, the bar creeps), with
+    the seconds in the description. Returns ``work()``'s result or raises its exception."""
+    import threading
+    import time
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = work()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread as it is
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="medq-demo-mode", daemon=True)
+    t0 = time.perf_counter()
+    worker.start()
+    lo, hi = span
+    progress(lo, desc)
+    while worker.is_alive():
+        worker.join(PROGRESS_TICK)
+        elapsed = time.perf_counter() - t0
+        share = min(elapsed / estimate, 0.95) if estimate else elapsed / (elapsed + 30.0)
+        progress(lo + (hi - lo) * share, f"{desc}: {elapsed:.0f} s"
+                 + (f" of about {estimate:.0f} s" if estimate else ""))
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _run_mode(demo: Demo, label: str, base: dict, task: str, progress: Progress,
+              span: tuple[float, float]):
+    """One mode on the comparison's image through the harness (``run_on_upload`` /
+    ``run_on_test_image``), loading the model first if needed, with progress over ``span``; the
+    time it took per megapixel is kept as the next run's estimate."""
+    name = catalog.display_name(label, task)
+    if not demo.pool.loaded(label):
+        _with_progress(lambda: demo.pool.get(label), progress, (span[0], span[0]),
+                       f"{name}: loading the model", None)
+    model = demo.pool.get(label)
+    mpx = base["target"].shape[0] * base["target"].shape[1] / 1e6
+    estimate = demo.speed[label] * mpx if label in demo.speed else None
+    side = base["target"].shape[0]
+    if base["id"] is None:
+        def work():
+            return run_on_upload(model, base["image"], task, demo.upload_size,
+                                 base["instruction"], base["name"])[0]
+    else:
+        def work():
+            return run_on_test_image(model, base["row"], base["input"], base["target"],
+                                     base["mask"], task)
+    edited = _with_progress(work, progress, span, f"{name}: {side}-px image", estimate)
+    demo.speed[label] = edited.seconds / mpx
+    return edited
+
+
 def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None = None,
             upload=None, progress: Progress | None = None, enhance_kind: str = "blur") -> dict:
     """Build the comparison of ``labels`` (modes) on one image: a test image by id (outputs from
@@ -275,7 +340,7 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
     progress(0.0, "reading the image")
     base = _from_upload(demo, task, upload, enhance_kind) if upload is not None else \
         _from_test_set(demo, task, sample_id)
-    progress(0.02, "checking whether the photograph is like the training images")
+    progress(0.03, "checking whether the photograph is like the training images")
     base["ood"] = assess_photograph(demo, base.get("image", base["target"]),
                                     base.get("name") or str(base["id"]))
     board = read_leaderboard(demo.reports)
@@ -288,22 +353,14 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
                              "evaluated test images")
             continue
         if found is None:
-            progress(k / len(labels), f"{catalog.display_name(label, task)}: " + (
-                "running" if demo.pool.loaded(label) else "loading the model, then running"))
+            span = (0.05 + 0.9 * k / len(labels), 0.05 + 0.9 * (k + 1) / len(labels))
             try:
-                model = demo.pool.get(label)
-                if base["id"] is None:
-                    edited, _ = run_on_upload(model, base["image"], task, demo.upload_size,
-                                              base["instruction"], base["name"])
-                else:
-                    edited = run_on_test_image(model, base["row"], base["input"], base["target"],
-                                               base["mask"], task)
+                found = _computed(_run_mode(demo, label, base, task, progress, span))
             except Exception:  # noqa: BLE001 - one broken run must not take the page down
                 log.exception("mode %s failed on %s", label, base["title"])
                 errors[label] = ("could not be run on this image; the server log has the "
                                  "technical details")
                 continue
-            found = _computed(edited)
         found["metrics"] = imaging.image_metrics(found["image"], base["target"], base["mask"])
         reasons = catalog.verdict_reasons(mode, task, board)
         found["ignores_input"] = catalog.ignores_input(reasons)

@@ -272,6 +272,40 @@ def test_report_warning_for_undecodable_tokens(app_demo):
     assert table.loc["Pixel + SSIM fine-tune", "undecodable tokens"] == "2"
 
 
+def test_a_long_run_shows_its_seconds_against_the_last_runs_and_passes_its_error_on(
+        app_demo, tmp_path, monkeypatch):
+    """An own-size upload may take minutes per mode on a CPU: the bar moves with the seconds
+    elapsed (against an estimate from the mode's last run here), and a failure in the worker
+    thread reaches the caller as it is."""
+    import time
+
+    monkeypatch.setattr(handlers, "PROGRESS_TICK", 0.01)
+    seen = []
+
+    def slow():
+        time.sleep(0.2)
+        return 7
+
+    assert handlers._with_progress(slow, lambda f, d: seen.append((f, d)), (0.2, 0.6),
+                                   "Pixel: 256-px image", 0.4) == 7
+    assert seen[0] == (0.2, "Pixel: 256-px image") and len(seen) > 3
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and 0.3 < fractions[-1] <= 0.2 + 0.4 * 0.95
+    assert seen[-1][1].startswith("Pixel: 256-px image: ") and seen[-1][1].endswith(
+        " s of about 0 s")
+
+    def broken():
+        raise RuntimeError("tile 3 failed")
+
+    with pytest.raises(RuntimeError, match="tile 3 failed"):
+        handlers._with_progress(broken, lambda f, d: None, (0.0, 1.0), "x", None)
+    # The time per megapixel of a mode's run is kept for the next one's estimate.
+    photo = tmp_path / "photo.png"
+    Image.fromarray(imaging.to_uint8(fundus(5, 128))).save(photo)
+    handlers.compare(app_demo, "sr4", ["pixel"], upload=photo)
+    assert set(app_demo.speed) == {"pixel"} and app_demo.speed["pixel"] > 0
+
+
 def test_a_failing_mode_is_reported_and_the_others_still_shown(app_demo, caplog):
     """The page says it in a clinician's words; the exception, with its paths, goes to the
     server log only."""
