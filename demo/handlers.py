@@ -187,9 +187,9 @@ def upload_notes(info, own: int, side: int) -> list[str]:
     """What the page did to an upload to make it a model input, one line each: the size it is
     worked at, and why when that is not the field of view's own size (over ``MAX_OWN_SIDE``)."""
     if side < own:         # fov_square pads the own size up to a multiple of 4, never down
-        notes = [f"Its field of view is {own} px across, over the largest size this page works "
-                 f"at ({MAX_OWN_SIDE} px): it was downscaled to {side} px, and the panels and "
-                 "the zoom show the downscaled image."]
+        notes = [f"Its field of view is {own} px across, over this page's limit of "
+                 f"{MAX_OWN_SIDE} px: downscaled to {side} px (what the panels and the zoom "
+                 "show)."]
     else:
         notes = [f"Worked at its own size: the {side} px square around its field of view."]
     if info.width != info.height:

@@ -394,10 +394,9 @@ def test_an_upload_over_the_own_size_limit_is_downscaled_to_it_and_says_so(app_d
     assert cmp["target"].shape == (MAX_OWN_SIDE, MAX_OWN_SIDE, 3)
     assert cmp["input"].shape == (MAX_OWN_SIDE // 4, MAX_OWN_SIDE // 4, 3)
     assert cmp["outputs"]["bicubic"]["image"].shape == (MAX_OWN_SIDE, MAX_OWN_SIDE, 3)
-    assert cmp["notes"] == [f"Its field of view is {own} px across, over the largest size this "
-                            f"page works at ({MAX_OWN_SIDE} px): it was downscaled to "
-                            f"{MAX_OWN_SIDE} px, and the panels and the zoom show the downscaled "
-                            "image."]
+    assert cmp["notes"] == [f"Its field of view is {own} px across, over this page's limit of "
+                            f"{MAX_OWN_SIDE} px: downscaled to {MAX_OWN_SIDE} px (what the panels "
+                            "and the zoom show)."]
     # Just under the limit: its own size, nothing downscaled.
     Image.fromarray(imaging.to_uint8(fundus(3))).resize((MAX_OWN_SIDE - 100,) * 2).save(big)
     own = fov_side(np.asarray(Image.open(big).convert("RGB")))
