@@ -15,11 +15,14 @@ from demo.handlers import Demo
 from demo.models import ENHANCE_KINDS
 from demo.security import UploadError
 
-GUIDE = ("Upload a photograph or pick a test image, then **Compare**. Images are shown "
-         "losslessly and enlarged by whole pixels only.")
+GUIDE = ("Upload a photograph or pick a test image, then **Compare**. An upload is worked at its "
+         f"own size (up to {handlers.MAX_OWN_SIDE} px), a test image at the models' working size; "
+         "the zoom shows native pixels.")
 # Result galleries grow with their rows instead of scrolling inside Gradio's fixed 550 px box (a
 # clinician should see every panel at once); captions wrap instead of being cut off, so a panel
-# is never narrower than its caption needs; plots are shown whole.
+# is never narrower than its caption needs; plots are shown whole. Zoomed views are shown at
+# exactly their own size (each ``handlers.ZOOM_VIEW`` px or less): the browser neither shrinks them
+# to fit nor stretches them, so one image pixel is one screen pixel at zoom factor 1.
 CSS = """
 #panels .grid-wrap, #zoomed .grid-wrap, #errmaps .grid-wrap, #plots .grid-wrap {
   height: auto !important; min-height: 0 !important; max-height: none !important;
@@ -32,9 +35,18 @@ CSS = """
 #panels .thumbnail-item, #zoomed .thumbnail-item, #errmaps .thumbnail-item {min-width: 220px;
   height: auto !important; aspect-ratio: auto !important; display: flex !important;
   flex-direction: column !important; overflow: visible !important}
-#panels .thumbnail-item img, #zoomed .thumbnail-item img, #errmaps .thumbnail-item img {
+#panels .thumbnail-item img, #errmaps .thumbnail-item img {
   aspect-ratio: 1 / 1; width: 100%; height: auto !important}
 #plots img {object-fit: contain !important}
+#zoomed .grid-container {grid-template-columns: repeat(auto-fill, minmax({zoom_view}px,
+  max-content)) !important; grid-template-rows: none !important; grid-auto-rows: auto !important;
+  gap: 8px !important}
+#zoomed .grid-wrap {padding-top: 2.4em !important}
+#zoomed .thumbnail-item {min-width: 0 !important; width: max-content !important}
+#zoomed .thumbnail-item img {width: auto !important; height: auto !important;
+  max-width: none !important; max-height: none !important; object-fit: none !important;
+  aspect-ratio: auto !important; border-radius: 0 !important; image-rendering: pixelated}
+#pan button {min-width: 0 !important}
 #test-gallery .grid-container {grid-template-columns: repeat(auto-fill, 112px) !important}
 #test-gallery .thumbnail-item {width: 112px; height: 112px}
 #status {min-height: 1.5em}
@@ -42,7 +54,7 @@ CSS = """
 #banner {background: #fff4d6; border: 1px solid #d9a400; border-radius: 6px; padding: 2px 10px}
 #banner p {margin: 0}
 #upload {min-height: 0}
-"""
+""".replace("{zoom_view}", str(handlers.ZOOM_VIEW))
 # Gradio leaves ``alt`` empty on gallery thumbnails and slider images. Every image gets one: what
 # the image is (by the component it sits in) and its caption. Re-applied whenever Gradio redraws.
 ALT_TEXT_JS = """
@@ -137,6 +149,12 @@ def modes_update(demo: Demo, task: str, current: list[str] | None, upload: bool)
                                                                          upload=upload))
 
 
+PAN_BUTTONS = {"left": "\u2190 Left", "up": "\u2191 Up", "down": "\u2193 Down",
+               "right": "\u2192 Right"}
+"""The zoom box's pan buttons; each moves it by half its side (``handlers.pan``)."""
+PAN_STEPS = {"left": (-1, 0), "up": (0, -1), "down": (0, 1), "right": (1, 0)}
+
+
 def slider_label(left: str, right: str) -> str:
     return f"Before / after: {left} (left) and {right} (right); drag the handle"
 
@@ -205,7 +223,8 @@ def build_app(demo: Demo, *, login: bool = False) -> gr.Blocks:
                                           allow_preview=False, format="png",
                                           elem_id="test-gallery")
             sample_id = gr.Textbox(visible=False)
-            panel_gallery = gr.Gallery(label="Side by side: input, each mode's output, target",
+            panel_gallery = gr.Gallery(label="Side by side: input, each mode's output, target "
+                                             "(scaled to fit; the zoom below shows native pixels)",
                                        columns=4, object_fit="contain", format="png",
                                        elem_id="panels", allow_preview=True)
             metrics = gr.Dataframe(label=METRICS_LABEL, interactive=False, elem_id="metrics",
@@ -213,16 +232,23 @@ def build_app(demo: Demo, *, login: bool = False) -> gr.Blocks:
             reports = gr.Markdown(elem_id="reports")
             with gr.Row():
                 with gr.Column(scale=1, min_width=260):
-                    overview = gr.Image(label="Zoom: click on the target to move the box",
+                    overview = gr.Image(label="Zoom box (scaled to fit): click to move it",
                                         format="png", interactive=False, height=300,
                                         elem_id="overview")
-                    cx = gr.Slider(0, 1, value=0.5, step=0.01, label="Box centre x")
-                    cy = gr.Slider(0, 1, value=0.5, step=0.01, label="Box centre y")
-                    zf = gr.Slider(1, 16, value=4, step=1, label="Zoom factor")
+                    with gr.Row(elem_id="pan"):
+                        pans = {d: gr.Button(text, size="sm", min_width=40, elem_id=f"pan-{d}")
+                                for d, text in PAN_BUTTONS.items()}
+                    # Fine steps: a 1024-px image's box must land on any pixel.
+                    cx = gr.Slider(0, 1, value=0.5, step=0.001, label="Box centre x")
+                    cy = gr.Slider(0, 1, value=0.5, step=0.001, label="Box centre y")
+                    zf = gr.Slider(*handlers.ZOOM_FACTORS, value=2, step=1, elem_id="zoom-factor",
+                                   label="Zoom factor: 1 = native pixels (one image pixel per "
+                                         "screen pixel), 2 = each pixel as 2x2, ...")
                 with gr.Column(scale=3):
-                    zoomed = gr.Gallery(label="Same region of every panel, whole pixels "
-                                              "(nearest-neighbour)", columns=4,
-                                        format="png", elem_id="zoomed", object_fit="contain")
+                    zoomed = gr.Gallery(label="Zoom: one region of every view at native pixels "
+                                              "x the zoom factor (no browser scaling)",
+                                        columns=4, format="png", elem_id="zoomed",
+                                        allow_preview=False)
                     box_note = gr.Markdown(elem_id="box-note")
             with gr.Row():
                 left = gr.Dropdown([], label="Slider: left image")
@@ -232,8 +258,9 @@ def build_app(demo: Demo, *, login: bool = False) -> gr.Blocks:
             position = gr.Slider(0, 100, value=50, step=5, elem_id="slider-position",
                                  label="Before / after position (keyboard: Tab here, then the "
                                        "arrow keys)")
-            errmaps = gr.Gallery(label="SSIM error maps: 1 - SSIM on one fixed scale, 0 (black) "
-                                       "to 1 (yellow-white); dimmed outside the field of view",
+            errmaps = gr.Gallery(label="SSIM error maps (scaled to fit): 1 - SSIM on one fixed "
+                                       "scale, 0 (black) to 1 (yellow-white); dimmed outside the "
+                                       "field of view",
                                  columns=4, format="png", elem_id="errmaps")
             gr.Image(bar_png, label="Colour scale of every error map (fixed, 0 to 1)",
                      interactive=False, show_label=True, height=90, format="png",
@@ -329,9 +356,26 @@ def _wire(demo: Demo, sessions, files, c: dict) -> None:
         shown = files([(over, ""), *crops], request.session_hash)
         return shown[0][0], shown[1:], handlers.zoom_box_text(cmp, x, y, z)
 
+    # On change, not release: a value typed into a slider's box counts too (release is only the
+    # mouse); while one zoom is drawn, only the latest further change waits (always_last).
     for s in (c["cx"], c["cy"], c["zf"]):
-        s.release(on_zoom, [c["cx"], c["cy"], c["zf"]],
-                  [c["overview"], c["zoomed"], c["box_note"]], api_name=False)
+        s.change(on_zoom, [c["cx"], c["cy"], c["zf"]],
+                 [c["overview"], c["zoomed"], c["box_note"]], api_name=False,
+                 trigger_mode="always_last", show_progress="hidden")
+
+    def panner(direction: str):
+        def on_pan(x, y, z, request: gr.Request):
+            cmp = sessions.comparison(request.session_hash)
+            if cmp is None:
+                return x, y, None, [], ""
+            x, y = handlers.pan(cmp, x, y, z, *PAN_STEPS[direction])
+            return (x, y, *on_zoom(x, y, z, request))
+        return on_pan
+
+    for direction, button in c["pans"].items():
+        button.click(panner(direction), [c["cx"], c["cy"], c["zf"]],
+                     [c["cx"], c["cy"], c["overview"], c["zoomed"], c["box_note"]],
+                     api_name=False)
 
     def on_click(z, request: gr.Request, evt: gr.SelectData):
         cmp = sessions.comparison(request.session_hash)
@@ -339,8 +383,8 @@ def _wire(demo: Demo, sessions, files, c: dict) -> None:
             return 0.5, 0.5, None, [], ""
         f = handlers.imaging.display_factor(cmp["target"].shape[0])
         shape = tuple(s * f for s in cmp["target"].shape[:2])
-        x, y = handlers.click_to_centre(cmp, evt.index, shape)
-        return (round(x, 2), round(y, 2), *on_zoom(x, y, z, request))
+        x, y = (round(v, 4) for v in handlers.click_to_centre(cmp, evt.index, shape))
+        return (x, y, *on_zoom(x, y, z, request))
 
     c["overview"].select(on_click, [c["zf"]],
                          [c["cx"], c["cy"], c["overview"], c["zoomed"], c["box_note"]],
@@ -373,6 +417,7 @@ def _show(cmp: dict, x: float, y: float, z: float, files):
         f"{handlers.mode_name(cmp, lb)}: {msg}" for lb, msg in cmp["errors"].items()]
     notice = handlers.ood_notice(cmp)
     text = (f"Showing **{cmp['title']}**, task {catalog.TASKS[cmp['task']]}."
+            + "".join(f"  \n{line}" for line in cmp["notes"])
             + (f"  \n\u26a0\ufe0f {notice}" if notice else "")
             + "".join(f"  \n\u26a0\ufe0f {p}" for p in problems))
     pair = files([(img, "") for img in handlers.slider_pair(cmp, lv, rv)])

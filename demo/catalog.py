@@ -10,7 +10,8 @@ fly). Its records are the rows of ``records.jsonl`` written by ``make eval``
 Everything is read generically from what the eval writes, so new modes and verdict reasons
 appear without a change here: verdicts from ``verdict*.json`` / ``summary*.json`` next to the
 records and the ``verdict*`` / ``note`` columns of ``reports/leaderboard.csv``. Leaderboard cells
-are read through ``row_label`` and ``row_interval`` only (the schema is ``bench``'s).
+are read through ``medq.leaderboard`` only (the schema: ``read_leaderboard``, ``mode_of``,
+``interval``), never by guessing a column's name.
 """
 
 from __future__ import annotations
@@ -248,9 +249,28 @@ def test_items(modes: dict[str, Mode], task: str) -> list[tuple[str, Record]]:
     return sorted(found.items())
 
 
-def working_size(modes: dict[str, Mode], default: int = 64) -> int:
+def _run_config(modes: dict[str, Mode]):
+    """The saved config of the first run among ``modes`` whose config this code reads, or None."""
+    from medq.config import load_config
+
+    for mode in modes.values():
+        if mode.kind != "run" or mode.root is None:
+            continue
+        for path in [*sorted(mode.root.glob("config.toml")),
+                     *sorted(mode.root.glob("checkpoints/*/config.toml"))][:1]:
+            try:
+                return load_config(str(path))
+            except Exception as e:  # noqa: BLE001 - a run's config from another version must not stop the page
+                log.warning("%s: cannot read it (%s)", path, e)
+    return None
+
+
+def working_size(modes: dict[str, Mode]) -> int:
     """Side of the images the models work at: that of an evaluated target, else the
-    ``data.image_size`` of a run's config, else ``default``."""
+    ``data.image_size`` of a run's config, else ``medq.config``'s default (0, a photograph's own
+    size, counts as the default too: test images always have one size)."""
+    from medq.config import DataConfig
+
     for mode in modes.values():
         for recs in mode.records.values():
             for rec in recs.values():
@@ -260,18 +280,17 @@ def working_size(modes: dict[str, Mode], default: int = 64) -> int:
 
                     with Image.open(target) as im:
                         return int(im.height)
-    for mode in modes.values():
-        if mode.kind == "run" and mode.root is not None:
-            try:
-                from medq.config import load_config
+    cfg = _run_config(modes)
+    return (cfg.data.image_size if cfg is not None else 0) or DataConfig.image_size
 
-                cfgs = sorted(mode.root.glob("config.toml")) + sorted(
-                    mode.root.glob("checkpoints/*/config.toml"))
-                if cfgs:
-                    return int(load_config(str(cfgs[0])).data.image_size)
-            except Exception as e:  # noqa: BLE001 - a run's config from another version must not stop the page
-                log.warning("%s: cannot read data.image_size: %s", mode.root, e)
-    return default
+
+def tile_size(modes: dict[str, Mode]) -> int:
+    """The models' tile (``model.tile_size``, the smallest image they generate): a run's config,
+    else ``medq.config``'s default."""
+    from medq.config import ModelConfig
+
+    cfg = _run_config(modes)
+    return cfg.model.tile_size if cfg is not None else ModelConfig.tile_size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,34 +334,12 @@ def ignores_input(reasons: list[str]) -> str | None:
     return next((r for r in reasons if IGNORES_INPUT in r.lower()), None)
 
 
-def read_leaderboard(reports: Path) -> list[dict]:
-    """Rows of ``reports/leaderboard.csv`` as dicts of strings ([] when absent)."""
-    import csv
-
-    path = Path(reports) / "leaderboard.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 def row_label(row: dict) -> str:
-    """The mode label of a leaderboard row, as the Compare tab names modes: its preset for a run
-    (``ssim_v3``; its one-step row ``ssim_v3/onestep`` -> ``ssim_v3:onestep``), else its name. The
-    one place besides ``row_interval`` that reads the leaderboard's identity columns (the schema is
-    ``bench``'s)."""
-    return str(row.get("preset") or row.get("mode") or row.get("name") or "").replace("/", ":")
+    """The mode label of a leaderboard row as the Compare tab names modes
+    (``medq.leaderboard.mode_of``; its one-step row ``ssim_v3/onestep`` -> ``ssim_v3:onestep``)."""
+    from medq.leaderboard import mode_of
 
-
-def row_interval(row: dict, metric: str) -> tuple[float, float, float]:
-    """(value, 95 % lower, upper) of ``metric`` in a leaderboard row, NaN where empty."""
-    def number(cell) -> float:
-        try:
-            return float(cell)
-        except (TypeError, ValueError):
-            return float("nan")
-
-    return tuple(number(row.get(k)) for k in (metric, f"{metric}_lo", f"{metric}_hi"))
+    return mode_of(row).replace("/", ":")
 
 
 def leaderboard_rows(rows: list[dict], mode: Mode, task: str) -> list[dict]:

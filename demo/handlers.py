@@ -31,7 +31,9 @@ from demo.models import (
     run_on_test_image,
     run_on_upload,
 )
-from demo.security import UploadError, read_upload
+from demo.security import UploadError, read_upload, upload_info
+from medq.data.readers import MAX_OWN_SIDE
+from medq.leaderboard import MAIN_METRIC, interval, read_leaderboard
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -62,11 +64,18 @@ class Demo:
     reports: Path
     modes: dict[str, catalog.Mode] = field(default_factory=dict)
     pool: ModelPool | None = None
-    size: int = 64
+    size: int = 256                    # the working size of the test images
     references: reports.ReferenceReports | None = None
     ood: object | None = None          # a medq.report_ood.Calibration
     ood_problem: str | None = None     # why no report can be assessed (no or stale calibration)
     real_reports: Path | None = None   # a leaderboard of real photographs (bench eval --data)
+    tile: int = 64                     # the models' tile (model.tile_size): the smallest upload
+    upload_size: int = 0
+    """Side uploads are worked at: 0 = each photograph's own size (its field-of-view square, at
+    most ``medq.data.readers.MAX_OWN_SIDE``), as ``medq.harness.edit_one(size=0)`` does."""
+    speed: dict[str, float] = field(default_factory=dict)
+    """Seconds per megapixel of each mode's last run here: the estimate shown while it runs again
+    (an own-size upload may take minutes on a CPU; the bar must not stand still)."""
 
     @classmethod
     def from_folders(cls, runs: Path, reports_dir: Path, pool: ModelPool | None = None,
@@ -80,7 +89,7 @@ class Demo:
                    if m.kind == "run" and m.root is not None and (m.root / "config.toml").is_file()]
         demo = cls(Path(runs), Path(reports_dir), modes, pool, catalog.working_size(modes),
                    reports.ReferenceReports(configs), *load_ood(ood_calibration),
-                   Path(real_reports) if real_reports else None)
+                   Path(real_reports) if real_reports else None, catalog.tile_size(modes))
         if demo.pool is None:
             demo.pool = ModelPool(lambda label: load_mode_model(demo.modes[label],
                                                                 demo.pool.get))
@@ -155,28 +164,71 @@ def _from_test_set(demo: Demo, task: str, sample_id: str) -> dict:
                      else "")}
 
 
+UPLOAD_DECODE_SIDE = 2 * MAX_OWN_SIDE
+"""Photographs are decoded to at most this side (a large JPEG reduced while decoding): twice the
+largest own size worked at, so that the field of view of a usual photograph is still at least
+that size after decoding and is only ever downscaled to it, never enlarged."""
+
+
+def _own_side(rgb: np.ndarray, info, name: str) -> int:
+    """Pixels across the field of view of the photograph as uploaded (``rgb`` may have been
+    decoded reduced: its diameter is scaled back by the header's size)."""
+    from medq.data.fov import NoFieldOfView, crop_to_fov, require_fov
+
+    u8 = imaging.to_uint8(rgb)
+    try:
+        diameter = crop_to_fov(u8, require_fov(u8, name))[1].shape[0]
+    except NoFieldOfView as e:
+        raise UploadError(f"{e}; expected a colour fundus photograph") from e
+    return round(diameter * max(info.width, info.height) / max(rgb.shape[:2]))
+
+
+def upload_notes(info, own: int, side: int) -> list[str]:
+    """What the page did to an upload to make it a model input, one line each: the size it is
+    worked at, and why when that is not the field of view's own size (over ``MAX_OWN_SIDE``)."""
+    if side < own:         # fov_square pads the own size up to a multiple of 4, never down
+        notes = [f"Its field of view is {own} px across, over this page's limit of "
+                 f"{MAX_OWN_SIDE} px: downscaled to {side} px (what the panels and the zoom "
+                 "show)."]
+    else:
+        notes = [f"Worked at its own size: the {side} px square around its field of view."]
+    if info.width != info.height:
+        notes.append(f"The photograph is {info.size}: the square around its disc is used, "
+                     "black where the disc leaves the frame.")
+    return notes
+
+
 def _from_upload(demo: Demo, task: str, path, enhance_kind: str) -> dict:
+    """An upload at its own size (``demo.upload_size`` 0): the square around its field of view,
+    downscaled only beyond ``MAX_OWN_SIDE`` (said in its notes); refused when its field of view
+    is smaller than one model tile, which the models cannot generate."""
     import torch
 
     from medq.harness.images import prepare
 
-    rgb = read_upload(path)
-    height, width = rgb.shape[:2]
-    # 8x the working size keeps the field-of-view crop exact to well under one output pixel.
-    rgb = imaging.shrink(rgb, max(8 * demo.size, 512))
     name = Path(path).name
+    info = upload_info(path)
+    rgb = read_upload(path, max_side=UPLOAD_DECODE_SIDE)
+    own = _own_side(rgb, info, name)
+    if own < demo.tile:
+        raise UploadError(f"{name} ({info.size}): its field of view is {own} px across, smaller "
+                          f"than the smallest image the models generate ({demo.tile} px); "
+                          "upload the photograph at its original size")
     try:
-        prep = prepare(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), demo.size, task, name=name)
+        prep = prepare(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), demo.upload_size, task,
+                       name=name)
     except ValueError as e:
         raise UploadError(f"{e}; expected a colour fundus photograph") from e
     hwc = {k: prep[k].permute(1, 2, 0).numpy() for k in ("input", "target")}
+    side = hwc["target"].shape[0]
     note = ("An uploaded photograph has no clean reference: for enhancement the 'target' is the "
             "photograph itself, so the metrics measure how much each mode changed it, not quality."
             if task == "enhance" else "The target is the uploaded photograph (field-of-view "
-            f"square, {demo.size} px); the input is its bicubic downscale.")
-    return {"title": f"uploaded {name} ({width}x{height})", "id": None, "task": task,
+            f"square, {side} px); the input is its bicubic downscale.")
+    return {"title": f"uploaded {name} ({info.size})", "id": None, "task": task,
             **hwc, "mask": prep["mask"][0].numpy() > 0.5, "row": None, "image": rgb, "name": name,
-            "instruction": instruction_for(task, enhance_kind), "reference": None, "note": note}
+            "instruction": instruction_for(task, enhance_kind), "reference": None, "note": note,
+            "notes": upload_notes(info, own, side)}
 
 
 def _recorded(mode: catalog.Mode, task: str, sample_id: str | None) -> dict | None:
@@ -200,6 +252,68 @@ def _computed(edited) -> dict:
             "seconds": edited.seconds, "report": rep.text if rep is not None else None,
             "undecodable": rep.n_bad if rep is not None else None,
             "undecodable_positions": list(rep.bad_positions) if rep is not None else []}
+
+
+PROGRESS_TICK = 0.5
+"""Seconds between progress updates while a model runs."""
+
+
+def _with_progress(work: Callable[[], object], progress: Progress, span: tuple[float, float],
+                   desc: str, estimate: float | None):
+    """``work()`` run in a worker thread while this one moves ``progress`` through ``span`` by
+    the time elapsed against ``estimate`` (seconds; None: no estimate yet, the bar creeps), with
+    the seconds in the description. Returns ``work()``'s result or raises its exception."""
+    import threading
+    import time
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = work()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread as it is
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="medq-demo-mode", daemon=True)
+    t0 = time.perf_counter()
+    worker.start()
+    lo, hi = span
+    progress(lo, desc)
+    while worker.is_alive():
+        worker.join(PROGRESS_TICK)
+        elapsed = time.perf_counter() - t0
+        share = min(elapsed / estimate, 0.95) if estimate else elapsed / (elapsed + 30.0)
+        progress(lo + (hi - lo) * share, f"{desc}: {elapsed:.0f} s"
+                 + (f" of about {estimate:.0f} s" if estimate else ""))
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _run_mode(demo: Demo, label: str, base: dict, task: str, progress: Progress,
+              span: tuple[float, float]):
+    """One mode on the comparison's image through the harness (``run_on_upload`` /
+    ``run_on_test_image``), loading the model first if needed, with progress over ``span``; the
+    time it took per megapixel is kept as the next run's estimate."""
+    name = catalog.display_name(label, task)
+    if not demo.pool.loaded(label):
+        _with_progress(lambda: demo.pool.get(label), progress, (span[0], span[0]),
+                       f"{name}: loading the model", None)
+    model = demo.pool.get(label)
+    mpx = base["target"].shape[0] * base["target"].shape[1] / 1e6
+    estimate = demo.speed[label] * mpx if label in demo.speed else None
+    side = base["target"].shape[0]
+    if base["id"] is None:
+        def work():
+            return run_on_upload(model, base["image"], task, demo.upload_size,
+                                 base["instruction"], base["name"])[0]
+    else:
+        def work():
+            return run_on_test_image(model, base["row"], base["input"], base["target"],
+                                     base["mask"], task)
+    edited = _with_progress(work, progress, span, f"{name}: {side}-px image", estimate)
+    demo.speed[label] = edited.seconds / mpx
+    return edited
 
 
 def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None = None,
@@ -226,10 +340,10 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
     progress(0.0, "reading the image")
     base = _from_upload(demo, task, upload, enhance_kind) if upload is not None else \
         _from_test_set(demo, task, sample_id)
-    progress(0.02, "checking whether the photograph is like the training images")
+    progress(0.03, "checking whether the photograph is like the training images")
     base["ood"] = assess_photograph(demo, base.get("image", base["target"]),
                                     base.get("name") or str(base["id"]))
-    board = catalog.read_leaderboard(demo.reports)
+    board = read_leaderboard(demo.reports)
     outputs, errors = {}, {}
     for k, label in enumerate(labels):
         mode = demo.modes[label]
@@ -239,22 +353,14 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
                              "evaluated test images")
             continue
         if found is None:
-            progress(k / len(labels), f"{catalog.display_name(label, task)}: " + (
-                "running" if demo.pool.loaded(label) else "loading the model, then running"))
+            span = (0.05 + 0.9 * k / len(labels), 0.05 + 0.9 * (k + 1) / len(labels))
             try:
-                model = demo.pool.get(label)
-                if base["id"] is None:
-                    edited, _ = run_on_upload(model, base["image"], task, demo.size,
-                                              base["instruction"], base["name"])
-                else:
-                    edited = run_on_test_image(model, base["row"], base["input"], base["target"],
-                                               base["mask"], task)
+                found = _computed(_run_mode(demo, label, base, task, progress, span))
             except Exception:  # noqa: BLE001 - one broken run must not take the page down
                 log.exception("mode %s failed on %s", label, base["title"])
                 errors[label] = ("could not be run on this image; the server log has the "
                                  "technical details")
                 continue
-            found = _computed(edited)
         found["metrics"] = imaging.image_metrics(found["image"], base["target"], base["mask"])
         reasons = catalog.verdict_reasons(mode, task, board)
         found["ignores_input"] = catalog.ignores_input(reasons)
@@ -265,7 +371,7 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
     _mark_identical(outputs, task)
     progress(1.0, "done")
     base.pop("image", None)
-    return {**base, "outputs": outputs, "errors": errors}
+    return {"notes": [], **base, "outputs": outputs, "errors": errors}
 
 
 def _mark_identical(outputs: dict, task: str) -> None:
@@ -325,23 +431,67 @@ def panels(cmp: dict) -> list[tuple[np.ndarray, str]]:
     return [(imaging.to_uint8(imaging.enlarge(img, f)), cap) for cap, img in _views(cmp)]
 
 
-def zoom(cmp: dict, cx: float, cy: float, factor: float) -> tuple[np.ndarray, list]:
-    """The target with the zoom box drawn (uint8, enlarged) and the same box cropped from every
-    panel, enlarged nearest-neighbour, as (uint8, caption); the box is ``zoom_box``."""
-    target = cmp["target"]
-    box = imaging.crop_box(target.shape[:2], cx, cy, factor)
+ZOOM_VIEW = 256
+"""Side in screen pixels of every zoomed view. The page shows each at exactly its own size (no
+browser scaling: ``demo/app.py``'s CSS), so at zoom factor 1 one image pixel is one screen pixel
+and at factor f an f x f block: a region ``ZOOM_VIEW // f`` image pixels across. Kept this small
+so that the views of a comparison sit side by side on a laptop screen."""
+ZOOM_FACTORS = (1, 8)
+"""The zoom factors offered: whole numbers only, so that no pixel is interpolated."""
+
+
+def zoom_side(cmp: dict, factor: int) -> int:
+    """Image pixels across the zoomed region at ``factor``: as many as fill ``ZOOM_VIEW`` screen
+    pixels, at most the whole target."""
+    return min(ZOOM_VIEW // max(1, int(factor)), *cmp["target"].shape[:2])
+
+
+def zoom_region(cmp: dict, cx: float, cy: float, factor: int) -> tuple[int, int, int, int]:
+    """The zoomed region (y0, y1, x0, x1) of the target centred near the fractions (cx, cy)."""
+    return imaging.crop_box(cmp["target"].shape[:2], cx, cy, zoom_side(cmp, factor))
+
+
+def zoom(cmp: dict, cx: float, cy: float, factor: int) -> tuple[np.ndarray, list]:
+    """The target with the zoomed region drawn as a box (uint8, whole-pixel enlarged when small:
+    an overview, scaled to fit on the page), and that region cut from every view at native pixels,
+    each pixel a ``factor`` x ``factor`` block, as (uint8, caption)."""
+    target, factor = cmp["target"], max(1, int(factor))
+    box = zoom_region(cmp, cx, cy, factor)
     f = imaging.display_factor(target.shape[0])
-    overview = imaging.draw_box(imaging.enlarge(target, f), tuple(v * f for v in box), thickness=2)
-    side = max(imaging.DISPLAY_MIN_SIDE, min(512, target.shape[0]))
-    crops = [(imaging.to_uint8(imaging.zoom_crop(img, box, side)), name)
+    thickness = max(2, target.shape[0] * f // ZOOM_VIEW)    # still visible when scaled to fit
+    overview = imaging.draw_box(imaging.enlarge(target, f), tuple(v * f for v in box), thickness)
+    crops = [(imaging.to_uint8(imaging.zoom_crop(img, box, factor)), name)
              for name, (_, img) in zip(view_names(cmp), _views(cmp))]
     return imaging.to_uint8(overview), crops
 
 
-def zoom_box_text(cmp: dict, cx: float, cy: float, factor: float) -> str:
-    y0, y1, x0, x1 = imaging.crop_box(cmp["target"].shape[:2], cx, cy, factor)
+def zoom_box_text(cmp: dict, cx: float, cy: float, factor: int) -> str:
+    """Where the zoomed region is, and what one image pixel is on the screen."""
+    factor = max(1, int(factor))
+    y0, y1, x0, x1 = zoom_region(cmp, cx, cy, factor)
     h, w = cmp["target"].shape[:2]
-    return f"Region x {x0}-{x1}, y {y0}-{y1} of the {w}x{h} target, shown {factor:g}x larger."
+    scale = ("native pixels: one image pixel per screen pixel" if factor == 1
+             else f"each image pixel a {factor}x{factor} block of screen pixels")
+    text = f"Region x {x0}-{x1}, y {y0}-{y1} of the {w}x{h} target, {scale}."
+    ratio = w // max(1, cmp["input"].shape[1])
+    if ratio > 1:
+        text += (f" The input has {ratio}x fewer pixels across: each of its pixels is a "
+                 f"{ratio}x{ratio} block of the target's here.")
+    return text
+
+
+def pan(cmp: dict, cx: float, cy: float, factor: int, dx: int, dy: int) -> tuple[float, float]:
+    """The centre (fractions) of the zoomed region moved by half its side in the direction
+    (dx, dy) (each -1, 0 or 1), stopping at the image's edges. Moves the region as shown (the
+    box ``crop_box`` already kept inside the image), so a step away from an edge is never lost."""
+    h, w = cmp["target"].shape[:2]
+    y0, y1, x0, x1 = zoom_region(cmp, cx, cy, factor)
+    side = y1 - y0
+    step = max(1, side // 2)
+    x0 = min(max(x0 + dx * step, 0), w - side)
+    y0 = min(max(y0 + dy * step, 0), h - side)
+    # Four decimals place the box on the same pixel (within 0.05 px up to 1024 px).
+    return round((x0 + side / 2) / w, 4), round((y0 + side / 2) / h, 4)
 
 
 def click_to_centre(cmp: dict, xy, overview_shape: tuple[int, int]) -> tuple[float, float]:
@@ -518,9 +668,8 @@ def best_fine_tune(rows: list[dict], task: str) -> dict | None:
             and not catalog.row_label(r).startswith("pretrain")]
     if any(str(r.get("kind")) == "seeds" for r in runs):
         runs = [r for r in runs if str(r.get("kind")) == "seeds"]
-    scored = [r for r in runs if catalog.row_interval(r, "ssim_fov")[0] == catalog.row_interval(
-        r, "ssim_fov")[0]]
-    return max(scored, key=lambda r: catalog.row_interval(r, "ssim_fov")[0], default=None)
+    scored = [r for r in runs if not math.isnan(interval(r, MAIN_METRIC)[0])]
+    return max(scored, key=lambda r: interval(r, MAIN_METRIC)[0], default=None)
 
 
 def _named(rows: list[dict], task: str, label: str) -> dict | None:
@@ -528,7 +677,7 @@ def _named(rows: list[dict], task: str, label: str) -> dict | None:
 
 
 def _cell(row: dict, metric: str, digits: int) -> str:
-    v, lo, hi = catalog.row_interval(row, metric)
+    v, lo, hi = interval(row, metric)
     if v != v:
         return "n/a"
     return f"{v:.{digits}f}" + (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo == lo else "")
@@ -543,7 +692,7 @@ def task_table(rows: list[dict], task: str) -> tuple[list[tuple[str, dict]], str
         ("best fine-tune", best_fine_tune(rows, task)),
         ("floor", _named(rows, task, FLOOR_MODE))) if row is not None]
     metrics = [m for m in RESULT_METRICS if any(
-        catalog.row_interval(r, m[0])[0] == catalog.row_interval(r, m[0])[0] for _, r in picked)]
+        interval(r, m[0])[0] == interval(r, m[0])[0] for _, r in picked)]
     head = ["", "Mode", *(f"{title} [95% CI]" for _, title, _ in metrics)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for role, row in picked:
@@ -555,7 +704,7 @@ def task_table(rows: list[dict], task: str) -> tuple[list[tuple[str, dict]], str
 def _versus(best: dict, ref: dict, where: str, task: str) -> tuple[str, bool]:
     """One clause comparing the best fine-tune with the reference on SSIM inside the disc, and
     whether it loses there."""
-    b, r = catalog.row_interval(best, "ssim_fov")[0], catalog.row_interval(ref, "ssim_fov")[0]
+    b, r = interval(best, "ssim_fov")[0], interval(ref, "ssim_fov")[0]
     name = catalog.display_name(catalog.row_label(ref), task)
     if b != b or r != r:
         return f"{where} it was not compared with {name}", False
@@ -611,10 +760,10 @@ def report_scores_markdown(rows: list[dict]) -> str:
              "| Mode | Task | DR kappa | floor |", "|---|---|---|---|"]
     found = False
     for r in rows:
-        kappa = catalog.row_interval(r, "dr_kappa")[0]
+        kappa = interval(r, "dr_kappa")[0]
         if kappa == kappa and str(r.get("status", "ok")).startswith("ok"):
             task = str(r.get("task", ""))
-            floor = catalog.row_interval(r, "dr_kappa_floor")[0]
+            floor = interval(r, "dr_kappa_floor")[0]
             lines.append(f"| {catalog.display_name(catalog.row_label(r), task)} | "
                          f"{catalog.TASKS.get(task, task)} | {kappa:.3f} | "
                          f"{'n/a' if floor != floor else f'{floor:.3f}'} |")
@@ -628,8 +777,8 @@ def results(reports_dir: Path, real_dir: Path | None = None
     (leaderboard.csv, leaderboard.md, per_image.csv: those present) and the plots
     reports/*.png as (path, caption)."""
     reports_dir = Path(reports_dir)
-    real_rows = catalog.read_leaderboard(real_dir) if real_dir is not None else []
-    text = results_markdown(catalog.read_leaderboard(reports_dir), real_rows)
+    real_rows = read_leaderboard(real_dir) if real_dir is not None else []
+    text = results_markdown(read_leaderboard(reports_dir), real_rows)
     files = [reports_dir / n for n in ("leaderboard.csv", "leaderboard.md", "per_image.csv")
              if (reports_dir / n).is_file()]
     plots = [(str(p.resolve()), p.stem.replace("_", " "))

@@ -1,10 +1,11 @@
 """Pixel work for the page: PNG reading, nearest-neighbour zoom, SSIM error maps, per-image metrics.
 
 Arrays here are numpy ``(H, W, 3)`` float32 RGB in [0, 1] (masks ``(H, W)`` bool); uint8 only when
-handing images to Gradio. The numbers on the page are ``medq.metrics.image_metrics``, the very
-definitions of ``reports/leaderboard.csv`` and ``per_image.csv``, so a clinician can find the same
-value in both. The error *maps* are scikit-image's ``structural_similarity`` maps (Gaussian window
-sigma 1.5, population covariance, data range 1): the reference picture of where structure is lost.
+handing images to Gradio. The numbers on the page are ``medq.metrics``' per-image functions, the
+very definitions of ``reports/leaderboard.csv`` and ``per_image.csv``, so a clinician can find the
+same value in both. The error *maps* are scikit-image's ``structural_similarity`` maps (Gaussian
+window sigma 1.5, population covariance, data range 1): the reference picture of where structure
+is lost.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 SSIM_SETTINGS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
-# Small images (the 64 px default) are shown enlarged by whole pixels so nothing is interpolated.
+# Images smaller than this (an SR input, a small upload) are enlarged by whole pixels for the
+# panels, so that what the browser scales to fit was not interpolated first.
 DISPLAY_MIN_SIDE = 256
 BOX_COLOUR = np.array([1.0, 0.85, 0.0], dtype=np.float32)
 
@@ -72,22 +74,22 @@ def enlarge(img: np.ndarray, factor: int) -> np.ndarray:
 
 
 def crop_box(shape: tuple[int, int], cx: float, cy: float,
-             zoom: float) -> tuple[int, int, int, int]:
-    """Square box (y0, y1, x0, x1) of side min(H, W) / zoom centred on the fractions (cx, cy) of the
-    width and height, shifted inside the image."""
+             side: int) -> tuple[int, int, int, int]:
+    """Square box (y0, y1, x0, x1) of ``side`` pixels (at most the image's shorter side) centred on
+    the fractions (cx, cy) of the width and height, shifted inside the image."""
     h, w = shape
-    side = max(2, int(round(min(h, w) / max(zoom, 1.0))))
-    side = min(side, h, w)
+    side = min(max(1, int(side)), h, w)
     x0 = int(round(cx * w - side / 2))
     y0 = int(round(cy * h - side / 2))
     x0, y0 = min(max(x0, 0), w - side), min(max(y0, 0), h - side)
     return y0, y0 + side, x0, x0 + side
 
 
-def zoom_crop(img: np.ndarray, box: tuple[int, int, int, int], out_side: int) -> np.ndarray:
-    """The box of ``img``, enlarged nearest-neighbour to ``out_side`` pixels."""
+def zoom_crop(img: np.ndarray, box: tuple[int, int, int, int], factor: int) -> np.ndarray:
+    """The box of ``img`` with each pixel enlarged to a ``factor`` x ``factor`` block (1: the
+    image's own pixels): the page shows it without any further scaling."""
     y0, y1, x0, x1 = box
-    return resize_nearest(img[y0:y1, x0:x1], (out_side, out_side))
+    return enlarge(img[y0:y1, x0:x1], max(1, int(factor)))
 
 
 def draw_box(img: np.ndarray, box: tuple[int, int, int, int], thickness: int = 1) -> np.ndarray:
@@ -127,7 +129,10 @@ def nearly_identical(a: np.ndarray, b: np.ndarray, max_levels: int, min_ssim: fl
 
 def image_metrics(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict:
     """PSNR (dB) and SSIM of one output against its target, over the whole image and inside the
-    field of view: ``medq.metrics.image_metrics`` (the leaderboard's per-image values)."""
+    field of view: the functions of ``medq.metrics`` behind the leaderboard's per-image columns
+    of the same names, called one by one rather than through ``medq.metrics.image_metrics``,
+    which also computes MS-SSIM; the page does not show it, and at an upload's own size (up to
+    1024 px) it would cost several times the rest, once per mode."""
     import torch
 
     from medq import metrics
@@ -135,9 +140,12 @@ def image_metrics(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> d
     def chw(img: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
 
-    m = metrics.image_metrics(chw(output), chw(target),
-                              torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None])
-    return {k: float(m[k][0]) for k in ("psnr", "psnr_fov", "ssim", "ssim_fov")}
+    out, ref = chw(output).clamp(0, 1), chw(target).clamp(0, 1)
+    fov = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+    with torch.no_grad():
+        values = {"psnr": metrics.psnr(out, ref), "psnr_fov": metrics.psnr(out, ref, fov),
+                  "ssim": metrics.ssim(out, ref), "ssim_fov": metrics.ssim(out, ref, fov)}
+    return {k: float(v[0]) for k, v in values.items()}
 
 
 def error_heatmap(error: np.ndarray, mask: np.ndarray, vmax: float,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,19 +68,36 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MB"
 
 
-def read_upload(path, max_side: int | None = None, *, check_fundus: bool = True) -> np.ndarray:
-    """An uploaded file -> (H, W, 3) float32 RGB in [0, 1], or UploadError saying what is wrong.
+@dataclass(frozen=True)
+class UploadInfo:
+    """What an upload's header says before any pixel is decoded: its size in pixels (the page
+    names a photograph by it, even when it is decoded reduced)."""
 
-    Order matters: the file size, then the size the header declares, are checked before any
-    pixel is decoded (a 60000x60000 PNG of a few kB must not be expanded); decoding and every
-    conversion (16-bit, float TIFF, CMYK, alpha) are ``medq.data.load_rgb``'s, the reader of the
-    training data; then the image must look like a colour fundus photograph
-    (``medq.data.fundus_check``). Messages name the file by its own name (never the server's
-    temporary path) and give the real size. ``max_side``: shrink larger photographs while
-    decoding (the models work at a few hundred pixels at most)."""
-    from medq.data.fundus_check import check_fundus as fundus_check
-    from medq.data.imageio import DataError, load_rgb
+    width: int
+    height: int
 
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def _tiff_header(path: Path, name: str) -> UploadInfo:
+    """The size of a TIFF Pillow cannot open (float samples), from tifffile's header."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            return UploadInfo(int(page.imagewidth), int(page.imagelength))
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types for foreign data
+        raise UploadError(f"{name}: not an image this page can read (expected a PNG, JPEG or "
+                          f"TIFF fundus photograph)") from e
+
+
+def upload_info(path) -> UploadInfo:
+    """The header of an uploaded file (nothing decoded), or UploadError saying what is wrong:
+    unreadable, empty, over ``MAX_UPLOAD_BYTES``, not an image, damaged, over ``MAX_PIXELS``
+    (a decompression bomb must not be expanded), under ``MIN_SIDE``."""
     path = Path(path)
     name = path.name
     try:
@@ -93,7 +111,7 @@ def read_upload(path, max_side: int | None = None, *, check_fundus: bool = True)
         raise UploadError(f"{name}: the file is empty (0 bytes); expected an image")
     try:
         with Image.open(path) as im:                   # reads the header only
-            width, height = im.size
+            info = UploadInfo(*im.size)
     except Image.DecompressionBombError as e:          # Pillow's own guard, far above ours
         import re
 
@@ -107,29 +125,44 @@ def read_upload(path, max_side: int | None = None, *, check_fundus: bool = True)
                 isinstance(e, UnidentifiedImageError) else "not an image this page can read"
             raise UploadError(f"{name}: {kind} (expected a PNG, JPEG or TIFF fundus "
                               f"photograph)") from e
-        width = height = None
-    if width is not None and width * height > MAX_PIXELS:
-        raise UploadError(f"{name}: the image declares {width}x{height} pixels "
-                          f"({width * height / 1e6:.0f} Mpx), over the limit of "
+        info = _tiff_header(path, name)
+    if info.width * info.height > MAX_PIXELS:
+        raise UploadError(f"{name}: the image declares {info.size} pixels "
+                          f"({info.width * info.height / 1e6:.0f} Mpx), over the limit of "
                           f"{MAX_PIXELS / 1e6:.0f} Mpx; it was not decoded")
-    if width is not None and min(width, height) < MIN_SIDE:
-        raise UploadError(f"{name}: {width}x{height} pixels is too small; expected a fundus "
+    if min(info.width, info.height) < MIN_SIDE:
+        raise UploadError(f"{name}: {info.size} pixels is too small; expected a fundus "
                           f"photograph at least {MIN_SIDE} pixels on each side")
+    return info
+
+
+def read_upload(path, max_side: int | None = None, *, check_fundus: bool = True) -> np.ndarray:
+    """An uploaded file -> (H, W, 3) float32 RGB in [0, 1], or UploadError saying what is wrong.
+
+    Order matters: the file size, then the size the header declares (``upload_info``), are
+    checked before any pixel is decoded (a 60000x60000 PNG of a few kB must not be expanded);
+    decoding and every conversion (16-bit, float TIFF, CMYK, alpha) are ``medq.data.load_rgb``'s,
+    the reader of the training data; then the image must look like a colour fundus photograph
+    (``medq.data.fundus_check``). Messages name the file by its own name (never the server's
+    temporary path) and give its size as uploaded. ``max_side``: photographs larger than that
+    are shrunk to it (a JPEG already while decoding, ``load_rgb``'s draft mode, then Lanczos)."""
+    from medq.data.fundus_check import check_fundus as fundus_check
+    from medq.data.imageio import DataError, load_rgb
+
+    path = Path(path)
+    name = path.name
+    info = upload_info(path)
     try:
-        rgb = load_rgb(path)
+        rgb = load_rgb(path, max_side=max_side)
     except DataError as e:
         reason = str(e).replace(str(path), name)
         if "cannot decode" in reason or "truncated" in reason:
             raise UploadError(f"{name}: the image file is damaged or truncated") from e
         raise UploadError(reason if reason.startswith(name) else f"{name}: {reason}") from e
-    height, width = rgb.shape[:2]
-    if min(width, height) < MIN_SIDE:
-        raise UploadError(f"{name}: {width}x{height} pixels is too small; expected a fundus "
-                          f"photograph at least {MIN_SIDE} pixels on each side")
     if check_fundus:
         check = fundus_check(rgb)
         if not check.ok:
-            raise UploadError(f"{name} ({width}x{height}) is not a colour fundus photograph: "
+            raise UploadError(f"{name} ({info.size}) is not a colour fundus photograph: "
                               f"{check.reason}")
     if max_side and max(rgb.shape[:2]) > max_side:
         im = Image.fromarray(rgb)

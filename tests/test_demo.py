@@ -25,8 +25,16 @@ from demo import catalog, handlers, imaging
 from demo.models import ModelPool
 from demo.security import UploadError, auth_from_env, read_upload
 from fakes.demo import FAKE_MODES, IDS, SIZE, FakeModel, build_tree, fake_loader, free_port, fundus
+from medq.data.readers import MAX_OWN_SIDE
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def fov_side(u8: np.ndarray) -> int:
+    """Pixels across the square around the field of view of a uint8 photograph (medq.data.fov)."""
+    from medq.data.fov import crop_to_fov, require_fov
+
+    return crop_to_fov(u8, require_fov(u8, "photo"))[1].shape[0]
 
 
 class CountingLoader:
@@ -137,29 +145,101 @@ def test_metrics_are_the_leaderboards(app_demo):
     assert table.iloc[0]["SSIM"] == round(m["ssim"], 4)
 
 
-def test_views_share_one_zoom_box_and_use_nearest_neighbour(app_demo):
+def test_views_share_one_zoom_box_at_native_pixels(app_demo):
     cmp = handlers.compare(app_demo, "sr4", ["pixel", "mixed"], sample_id="eyeq_0003")
     panels = handlers.panels(cmp)
-    assert [c for _, c in panels] == ["Input 16x16", "Pixel-loss fine-tune",
-                                      "Pixel + SSIM fine-tune", "Target 64x64"]
-    assert all(img.shape == (256, 256, 3) and img.dtype == np.uint8 for img, _ in panels)
-    # The 16 px input is shown as 16x16 blocks of identical pixels (no interpolation).
-    assert (panels[0][0][:16, :16] == panels[0][0][0, 0]).all()
+    assert [c for _, c in panels] == ["Input 64x64", "Pixel-loss fine-tune",
+                                      "Pixel + SSIM fine-tune", "Target 256x256"]
+    assert all(img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8 for img, _ in panels)
+    # The 64 px input is shown as 4x4 blocks of identical pixels (no interpolation).
+    assert (panels[0][0][:4, :4] == panels[0][0][0, 0]).all()
+    # Zoom factor 4: a region of ZOOM_VIEW / 4 = 64 image pixels, each a 4x4 block.
     overview, crops = handlers.zoom(cmp, 0.25, 0.75, 4)
-    box = imaging.crop_box((SIZE, SIZE), 0.25, 0.75, 4)
-    assert box == (40, 56, 8, 24)
+    assert handlers.zoom_region(cmp, 0.25, 0.75, 4) == (160, 224, 32, 96)
     assert [cap for _, cap in crops] == ["Input", "Pixel-loss fine-tune",
                                          "Pixel + SSIM fine-tune", "Target"]
-    assert handlers.zoom_box_text(cmp, 0.25, 0.75, 4).startswith(
-        "Region x 8-24, y 40-56 of the 64x64")
-    target_crop = crops[-1][0]
-    assert np.array_equal(target_crop[::16, ::16], imaging.to_uint8(cmp["target"][40:56, 8:24]))
-    assert (overview[40 * 4, 8 * 4:24 * 4] == imaging.to_uint8(imaging.BOX_COLOUR)).all()
+    assert all(img.shape == (handlers.ZOOM_VIEW, handlers.ZOOM_VIEW, 3) for img, _ in crops)
+    assert handlers.zoom_box_text(cmp, 0.25, 0.75, 4) == (
+        "Region x 32-96, y 160-224 of the 256x256 target, each image pixel a 4x4 block of screen "
+        "pixels. The input has 4x fewer pixels across: each of its pixels is a 4x4 block of the "
+        "target's here.")
+    target_crop, mode_crop = crops[-1][0], crops[1][0]
+    native = imaging.to_uint8(cmp["target"][160:224, 32:96])
+    assert np.array_equal(target_crop, np.repeat(np.repeat(native, 4, axis=0), 4, axis=1))
+    assert np.array_equal(mode_crop[::4, ::4],
+                          imaging.to_uint8(cmp["outputs"]["pixel"]["image"][160:224, 32:96]))
+    assert (overview[160, 32:96] == imaging.to_uint8(imaging.BOX_COLOUR)).all()
+    # Zoom factor 1: the image's own pixels, one for one (here the whole 256-px target).
+    _, crops = handlers.zoom(cmp, 0.25, 0.75, 1)
+    assert np.array_equal(crops[-1][0], imaging.to_uint8(cmp["target"]))
+    assert "native pixels: one image pixel per screen pixel" in handlers.zoom_box_text(
+        cmp, 0.25, 0.75, 1)
     assert handlers.click_to_centre(cmp, (64, 192), (256, 256)) == (0.25, 0.75)
     left, right = handlers.slider_pair(cmp, "Pixel-loss fine-tune", "Target")
     assert left.shape == right.shape == (256, 256, 3)
     with pytest.raises(ValueError, match="not in this comparison"):
         handlers.slider_pair(cmp, "SSIM fine-tune (v3)", "Target")
+
+
+def test_crop_box_has_the_given_side_and_stays_inside_the_image():
+    assert imaging.crop_box((100, 200), 0.5, 0.5, 40) == (30, 70, 80, 120)
+    assert imaging.crop_box((100, 200), 0.0, 0.0, 40) == (0, 40, 0, 40)       # shifted inside
+    assert imaging.crop_box((100, 200), 1.0, 1.0, 40) == (60, 100, 160, 200)
+    assert imaging.crop_box((100, 200), 0.5, 0.5, 500) == (0, 100, 50, 150)   # at most 100
+    assert imaging.crop_box((100, 200), 0.5, 0.5, 0) == (50, 51, 100, 101)    # at least 1
+
+
+def test_zoom_crop_shows_native_pixels_enlarged_by_whole_blocks():
+    img = np.random.default_rng(0).random((10, 12, 3)).astype(np.float32)
+    box = (2, 6, 3, 7)
+    assert np.array_equal(imaging.zoom_crop(img, box, 1), img[2:6, 3:7])
+    big = imaging.zoom_crop(img, box, 3)
+    assert big.shape == (12, 12, 3)
+    for y in range(4):
+        for x in range(4):
+            assert (big[3 * y:3 * y + 3, 3 * x:3 * x + 3] == img[2 + y, 3 + x]).all()
+
+
+def test_zoom_region_side_follows_the_factor_up_to_the_whole_image():
+    def cmp(side):
+        return {"target": np.zeros((side, side, 3), np.float32), "task": "sr4", "outputs": {},
+                "input": np.zeros((side // 4, side // 4, 3), np.float32)}
+
+    assert handlers.ZOOM_VIEW == 256
+    assert [handlers.zoom_side(cmp(1024), f) for f in (1, 2, 3, 8)] == [256, 128, 85, 32]
+    assert handlers.zoom_side(cmp(100), 1) == 100 and handlers.zoom_side(cmp(100), 2) == 100
+    assert handlers.zoom_side(cmp(100), 4) == 64
+    # Every zoomed view is at most ZOOM_VIEW pixels across, the size the page shows it at.
+    for f in range(handlers.ZOOM_FACTORS[0], handlers.ZOOM_FACTORS[1] + 1):
+        _, crops = handlers.zoom(cmp(1024), 0.5, 0.5, f)
+        assert crops[0][0].shape[0] == handlers.zoom_side(cmp(1024), f) * f <= handlers.ZOOM_VIEW
+
+
+def test_pan_moves_the_region_by_half_its_side_and_stops_at_the_edges():
+    cmp = {"target": np.zeros((1024, 1024, 3), np.float32),
+           "input": np.zeros((256, 256, 3), np.float32)}
+
+    def region(x, y, f):
+        return handlers.zoom_region(cmp, x, y, f)
+
+    x, y = 0.5, 0.5
+    assert region(x, y, 8) == (496, 528, 496, 528)              # 32 px at factor 8
+    x, y = handlers.pan(cmp, x, y, 8, 1, 0)
+    assert region(x, y, 8) == (496, 528, 512, 544)              # right by 16 px
+    x, y = handlers.pan(cmp, x, y, 8, 0, -1)
+    assert region(x, y, 8) == (480, 512, 512, 544)              # up by 16 px
+    # Right to the edge, one exact step at a time, then no further.
+    seen = []
+    for _ in range(40):
+        x, y = handlers.pan(cmp, x, y, 8, 1, 0)
+        seen.append(region(x, y, 8)[2])
+    assert seen[:3] == [528, 544, 560] and seen[-1] == 1024 - 32 and seen.count(992) > 1
+    assert all(b - a in (0, 16) for a, b in zip(seen, seen[1:]))
+    # A centre outside the box's reach (slider at 0): the first step moves the box as shown.
+    assert region(0.0, 0.5, 2) == (448, 576, 0, 128)
+    assert region(*handlers.pan(cmp, 0.0, 0.5, 2, 1, 0), 2)[2] == 64
+    assert region(*handlers.pan(cmp, 0.0, 0.5, 2, -1, 0), 2)[2] == 0
+    assert region(*handlers.pan(cmp, 0.5, 1.0, 1, 0, 1), 1)[:2] == (768, 1024)
 
 
 def test_error_maps_share_one_fixed_scale_and_are_dark_where_output_equals_target(app_demo):
@@ -190,6 +270,40 @@ def test_report_warning_for_undecodable_tokens(app_demo):
         "Pixel + SSIM fine-tune: 2 undecodable token(s) in its report"]
     table = handlers.metrics_table(cmp).set_index("Mode")
     assert table.loc["Pixel + SSIM fine-tune", "undecodable tokens"] == "2"
+
+
+def test_a_long_run_shows_its_seconds_against_the_last_runs_and_passes_its_error_on(
+        app_demo, tmp_path, monkeypatch):
+    """An own-size upload may take minutes per mode on a CPU: the bar moves with the seconds
+    elapsed (against an estimate from the mode's last run here), and a failure in the worker
+    thread reaches the caller as it is."""
+    import time
+
+    monkeypatch.setattr(handlers, "PROGRESS_TICK", 0.01)
+    seen = []
+
+    def slow():
+        time.sleep(0.2)
+        return 7
+
+    assert handlers._with_progress(slow, lambda f, d: seen.append((f, d)), (0.2, 0.6),
+                                   "Pixel: 256-px image", 0.4) == 7
+    assert seen[0] == (0.2, "Pixel: 256-px image") and len(seen) > 3
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and 0.3 < fractions[-1] <= 0.2 + 0.4 * 0.95
+    assert seen[-1][1].startswith("Pixel: 256-px image: ") and seen[-1][1].endswith(
+        " s of about 0 s")
+
+    def broken():
+        raise RuntimeError("tile 3 failed")
+
+    with pytest.raises(RuntimeError, match="tile 3 failed"):
+        handlers._with_progress(broken, lambda f, d: None, (0.0, 1.0), "x", None)
+    # The time per megapixel of a mode's run is kept for the next one's estimate.
+    photo = tmp_path / "photo.png"
+    Image.fromarray(imaging.to_uint8(fundus(5, 128))).save(photo)
+    handlers.compare(app_demo, "sr4", ["pixel"], upload=photo)
+    assert set(app_demo.speed) == {"pixel"} and app_demo.speed["pixel"] > 0
 
 
 def test_a_failing_mode_is_reported_and_the_others_still_shown(app_demo, caplog):
@@ -254,17 +368,63 @@ def test_upload_is_cropped_to_the_field_of_view_and_run_by_every_mode(app_demo, 
     progress = []
     cmp = handlers.compare(app_demo, "sr4", ["pixel", "bicubic"], upload=path,
                            progress=lambda f, d: progress.append((f, d)))
-    assert cmp["target"].shape == (SIZE, SIZE, 3)
-    assert cmp["input"].shape == (SIZE // 4, SIZE // 4, 3)
+    # At its own size: the square around its field of view, padded to whole x4 input pixels.
+    side = fov_side(imaging.to_uint8(wide))
+    side += -side % 4
+    assert 100 < side <= 132 and cmp["target"].shape == (side, side, 3)
+    assert cmp["input"].shape == (side // 4, side // 4, 3)
+    assert cmp["title"] == "uploaded photo.png (240x150)"
+    assert cmp["notes"] == [f"Worked at its own size: the {side} px square around its field of "
+                            "view.", "The photograph is 240x150: the square around its disc is "
+                            "used, black where the disc leaves the frame."]
     assert all(o["origin"] == "computed now (the harness)" for o in cmp["outputs"].values())
     assert progress[0][0] == 0.0 and progress[-1] == (1.0, "done")
     assert any("loading the model" in d for _, d in progress)
 
 
+def test_an_upload_over_the_own_size_limit_is_downscaled_to_it_and_says_so(app_demo, tmp_path):
+    """medq.data.readers.MAX_OWN_SIDE is the largest field of view worked at its own size (its
+    docstring: larger ones are downscaled to it); the page says what it did, in the status."""
+    big = tmp_path / "big.png"
+    side = MAX_OWN_SIDE + 200
+    Image.fromarray(imaging.to_uint8(fundus(3))).resize((side, side), Image.BICUBIC).save(big)
+    own = fov_side(np.asarray(Image.open(big).convert("RGB")))
+    assert own > MAX_OWN_SIDE
+    cmp = handlers.compare(app_demo, "sr4", ["bicubic"], upload=big)
+    assert cmp["target"].shape == (MAX_OWN_SIDE, MAX_OWN_SIDE, 3)
+    assert cmp["input"].shape == (MAX_OWN_SIDE // 4, MAX_OWN_SIDE // 4, 3)
+    assert cmp["outputs"]["bicubic"]["image"].shape == (MAX_OWN_SIDE, MAX_OWN_SIDE, 3)
+    assert cmp["notes"] == [f"Its field of view is {own} px across, over this page's limit of "
+                            f"{MAX_OWN_SIDE} px: downscaled to {MAX_OWN_SIDE} px (what the panels "
+                            "and the zoom show)."]
+    # Just under the limit: its own size, nothing downscaled.
+    Image.fromarray(imaging.to_uint8(fundus(3))).resize((MAX_OWN_SIDE - 100,) * 2).save(big)
+    own = fov_side(np.asarray(Image.open(big).convert("RGB")))
+    cmp = handlers.compare(app_demo, "sr4", ["bicubic"], upload=big)
+    assert cmp["target"].shape[0] == own + -own % 4 < MAX_OWN_SIDE
+    assert cmp["notes"][0].startswith("Worked at its own size")
+
+
+def test_an_upload_whose_disc_is_smaller_than_a_model_tile_is_refused(app_demo, tmp_path):
+    """The models generate tiles of model.tile_size: a smaller field of view is refused, with its
+    size, the tile's and what to do, before any model runs."""
+    assert app_demo.tile == 64
+    small = tmp_path / "thumb.png"
+    Image.fromarray(imaging.to_uint8(fundus(2, 56))).save(small)
+    with pytest.raises(UploadError, match=r"^thumb.png \(56x56\): its field of view is \d\d px "
+                                          r"across, smaller than the smallest image the models "
+                                          r"generate \(64 px\); upload the photograph at its "
+                                          r"original size"):
+        handlers.compare(app_demo, "sr4", ["pixel"], upload=small)
+    assert app_demo.loader.calls == []
+
+
 def test_real_fundus_photograph_upload(app_demo, fundus_samples):
     photo = sorted((fundus_samples / "eyeq" / "original_img").glob("*.jpeg"))[0]
     cmp = handlers.compare(app_demo, "sr4", ["pixel", "bicubic"], upload=photo)
-    assert cmp["target"].shape == (SIZE, SIZE, 3)
+    # An EyeQ photograph's disc is over MAX_OWN_SIDE across: downscaled to it, and said so.
+    assert cmp["target"].shape == (MAX_OWN_SIDE, MAX_OWN_SIDE, 3)
+    assert f"downscaled to {MAX_OWN_SIDE} px" in cmp["notes"][0]
     assert 0.5 < cmp["mask"].mean() < 0.95        # a disc inside the square, black corners
     assert cmp["outputs"]["bicubic"]["metrics"]["psnr"] > 20
 
@@ -358,7 +518,7 @@ def test_demo_output_and_report_equal_the_harness_records(tmp_path):
             assert np.array_equal(imaging.to_uint8(got["image"]),
                                   np.asarray(Image.open(out / task / row["output"]).convert("RGB")))
             assert got["report"] == row["report_text"] and got["undecodable"] == row["undecodable"]
-            # The fake's report says "usable" for the 16 px / darkened input, "good" for the
+            # The fake's report says "usable" for the 64 px / darkened input, "good" for the
             # target: the report is the input's.
             assert "usable" in got["report"]
 
@@ -374,7 +534,7 @@ def test_upload_output_and_report_equal_edit_one(app_demo, tmp_path):
     cmp = handlers.compare(app_demo, "sr4", ["ssim_v3"], upload=photo)
     rgb = read_upload(photo)
     ref = edit_one(fake_loader("ssim_v3"), torch.from_numpy(rgb.transpose(2, 0, 1).copy()), "sr4",
-                   size=SIZE, instruction=instruction("sr4", 0), report=True)
+                   size=0, instruction=instruction("sr4", 0), report=True)
     got = cmp["outputs"]["ssim_v3"]
     assert np.allclose(got["image"], ref["output"].permute(1, 2, 0).numpy(), atol=1e-6)
     assert got["report"] == ref["report"].text and "usable" in got["report"]
@@ -600,12 +760,13 @@ def test_client_compares_an_upload_and_the_test_set(server, tmp_path):
     result = client.predict(handle_file(str(photo)), "", "sr4", ["pixel", "bicubic"], 0.5, 0.5, 4,
                             "blur", api_name="/compare")
     panels, table = result[0]["value"], result[1]      # (the gr.State output is not in the API)
-    assert [p["caption"] for p in panels] == ["Input 16x16", "Pixel-loss fine-tune",
-                                              "Bicubic upscaling", "Target 64x64"]
+    assert [p["caption"] for p in panels] == ["Input 32x32", "Pixel-loss fine-tune",
+                                              "Bicubic upscaling", "Target 128x128"]
     assert all(Path(p["image"]).suffix == ".png" for p in panels)    # lossless, never WebP
     assert Image.open(panels[1]["image"]).size == (256, 256)
     assert [row[0] for row in table["data"]] == ["Pixel-loss fine-tune", "Bicubic upscaling"]
     assert "No reference report" in result[2]
+    assert "Worked at its own size: the 128 px square around its field of view" in result[-1]
     result = client.predict(None, "eyeq_0002", "enhance", ["mixed"], 0.5, 0.5, 4, "blur",
                             api_name="/compare")
     assert result[1]["data"][0][7] == "make eval (step_000300-ema)"

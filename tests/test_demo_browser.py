@@ -1,7 +1,8 @@
 """End to end in a real browser: Debian's chromium (``apt-get install -y chromium``) driven by
 Playwright opens the page offline and uses it the way a clinician would: the banner, a test
 image with its reference report and agreement per finding, readable mode names, the colour bar,
-alt text on every image, the before/after slider from the keyboard, the enhancement control
+the zoom drawn at native pixels times the factor (no browser scaling) with its pan buttons, alt
+text on every image, the before/after slider from the keyboard, the enhancement control
 hidden for test images, a refused upload whose reason stays on the page, and the login with its
 logout link. Never ``playwright install`` (it downloads a browser)."""
 
@@ -53,6 +54,21 @@ def images_without_alt(page) -> list[str]:
                ".map(e => e.src.slice(-40))")
 
 
+def zoomed_sizes(page, natural: int) -> list[tuple[float, float]]:
+    """The (width, height) each zoomed view is drawn at, in screen pixels, once every one has
+    loaded at ``natural`` pixels across; each must be its natural size (no browser scaling)."""
+    page.wait_for_function(
+        "n => { const els = [...document.querySelectorAll('#zoomed img')];"
+        " return els.length && els.every(i => i.complete && i.naturalWidth === n); }",
+        arg=natural, timeout=30_000)
+    assert page.evaluate("window.devicePixelRatio") == 1       # a CSS pixel is a screen pixel
+    drawn = page.eval_on_selector_all(
+        "#zoomed img", "els => els.map(e => { const r = e.getBoundingClientRect();"
+                       " return [r.width, r.height, e.naturalWidth, e.naturalHeight]; })")
+    assert all((w, h) == (nw, nh) for w, h, nw, nh in drawn), drawn
+    return [(w, h) for w, h, _, _ in drawn]
+
+
 def clip_percent(page) -> float:
     style = page.locator("#slider [style*='clip-path']").first.get_attribute("style")
     return float(re.search(r"inset\([^)]*?([\d.]+)%\)", style).group(1))
@@ -102,15 +118,31 @@ def test_browser_compares_a_test_image(server, tmp_path):  # noqa: F811
             expect(page.locator("#zoomed img")).to_have_count(6)
             expect(page.locator("#errmaps img")).to_have_count(4)
             expect(page.locator("#colour-bar img")).to_have_count(1)
-            # A click on the overview moves the zoom box: every zoomed panel follows.
+            # The zoom: the same region of every view at native pixels times the factor, drawn
+            # by the browser at exactly that size (default factor 2: 128 of the 256 px).
             note = page.locator("#box-note")
-            expect(note).to_contain_text("Region x 24-40, y 24-40")
+            expect(note).to_contain_text("Region x 64-192, y 64-192 of the 256x256 target, each "
+                                         "image pixel a 2x2 block of screen pixels")
+            assert zoomed_sizes(page, 128 * 2) == [(256, 256)] * 6
+            # Factor 3, typed into the slider's box: 85 image pixels, each 3x3 screen pixels.
+            factor = page.locator("#zoom-factor input[type=number]")
+            factor.fill("3")
+            factor.press("Enter")
+            expect(note).to_contain_text("Region x 86-171, y 86-171", timeout=30_000)
+            assert zoomed_sizes(page, 85 * 3) == [(255, 255)] * 6
+            # A pan button moves the region by half its side; every view follows.
+            page.locator("#pan-right").click()
+            expect(note).to_contain_text("Region x 128-213, y 86-171", timeout=30_000)
+            page.locator("#pan-down").click()
+            expect(note).to_contain_text("Region x 128-213, y 128-213", timeout=30_000)
+            assert zoomed_sizes(page, 85 * 3) == [(255, 255)] * 6
+            # A click on the overview moves the zoom box there.
             overview = page.locator("#overview img")
             size = overview.bounding_box()
             overview.click(position={"x": size["width"] * 0.15, "y": size["height"] * 0.5})
-            expect(note).not_to_contain_text("Region x 24-40", timeout=30_000)
-            # x ~ 0.15 of 64 px with a 16 px box; the exact pixel depends on the layout.
-            expect(note).to_contain_text(re.compile(r"Region x [0-4]-1[6-9], y 2[2-6]"))
+            # x ~ 0.15 of 256 px: the 85 px box stops at the left edge; y ~ the middle.
+            expect(note).to_contain_text(re.compile(r"Region x 0-85, y 8[0-9]-1[6-7]\d"),
+                                         timeout=30_000)
             # The before/after slider from the keyboard: Tab to its position, arrow keys.
             page.wait_for_timeout(500)
             assert clip_percent(page) == pytest.approx(50, abs=1)
@@ -161,6 +193,8 @@ def test_browser_compares_a_test_image(server, tmp_path):  # noqa: F811
                     "model was trained on", timeout=120_000)
                 assert not re.search(r"grade \d", page.locator("#reports").inner_text())
                 expect(page.locator("#status")).to_contain_text("Reports not assessed")
+                # At its own size, and the page says so.
+                expect(page.locator("#status")).to_contain_text("Worked at its own size")
             # The Results tab: one short table per task in the Compare tab's names, the finding.
             page.get_by_role("tab", name="Results").click()
             board = page.locator("#results")

@@ -22,7 +22,9 @@ from medq.protocol import DecodeResult, decode_with_vocab
 
 VOCAB = ["<bos>", "quality:", "good", "usable", "reject", "findings:", "microaneurysms",
          "haemorrhages", ".", "diabetic retinopathy grade", "0", "3"]
-SIZE = 64
+SIZE = 256
+"""The working size of the fake test images (``data.image_size``'s default, as ``make eval``
+writes them now)."""
 IDS = ("eyeq_0001", "eyeq_0002", "eyeq_0003")
 # preset -> (sharpening of the bicubic output, undecodable ids appended to its reports)
 FAKE_MODES = {"pixel": (0.3, []), "ssim_v3": (0.8, []), "mixed": (0.5, [70, 71]),
@@ -70,11 +72,12 @@ class FakeModel:
 
     def generate_report(self, images, prompts, seed):
         """A report that depends on what the model sees: "good" for a large, bright image,
-        "usable" for a small or dark one (an SR input is 16 px; an enhance input is darkened),
-        so a report written from the target instead of the input shows."""
+        "usable" for a small or dark one (an SR input is a quarter of its target's side; an
+        enhance input is darkened), so a report written from the target instead of the input
+        shows."""
         out = []
         for im in images:
-            word = 2 if im.shape[-1] >= 32 and float(im.mean()) > 0.25 else 3
+            word = 2 if im.shape[-1] >= SIZE // 2 and float(im.mean()) > 0.25 else 3
             out.append([1, word, 8, 5, 6, 8, *self.bad_ids, 9, 11])
         return out
 
