@@ -348,6 +348,13 @@ def _wire(demo: Demo, sessions, files, c: dict) -> None:
         demo, task_value, current, False)), [c["task"], c["chosen"]], [c["kind"], c["chosen"]],
         api_name=False)
 
+    _wire_zoom(sessions, files, c)
+    _wire_slider(sessions, files, c)
+
+
+def _wire_zoom(sessions, files, c: dict) -> None:
+    """The zoom's events: the centre and factor sliders, the pan buttons, a click on the
+    overview; each redraws the overview, the native-pixel crops and the note under them."""
     def on_zoom(x, y, z, request: gr.Request):
         cmp = sessions.comparison(request.session_hash)
         if cmp is None:
@@ -390,6 +397,9 @@ def _wire(demo: Demo, sessions, files, c: dict) -> None:
                          [c["cx"], c["cy"], c["overview"], c["zoomed"], c["box_note"]],
                          api_name=False)
 
+
+def _wire_slider(sessions, files, c: dict) -> None:
+    """The before/after slider's events: either image chosen, or its position moved."""
     def on_slider(lv, rv, request: gr.Request):
         cmp = sessions.comparison(request.session_hash)
         if cmp is None or not lv or not rv:
