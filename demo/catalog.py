@@ -22,6 +22,7 @@ from pathlib import Path
 
 from medq.checkpoint import read_run_json
 from medq.harness.records import RECORDS, read_jsonl
+from medq.tasks import TASK_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ DEFAULT_MODELS = ("ssim_v3:onestep", "ssim_v3", "pixel:onestep", "pixel", "mixed
 """Model modes selected at start, in this order of preference, at most ``DEFAULT_MODEL_COUNT``;
 the task's reference (bicubic for SR, the unchanged input for enhancement) is added to them."""
 DEFAULT_MODEL_COUNT = 3
-TASKS = {"sr4": "Super-resolution x4", "enhance": "Enhancement", "sr2": "Super-resolution x2"}
+# The page's task choices, the headline task (x4, where bicubic loses most) first.
+TASKS = {t: TASK_NAMES[t] for t in ("sr4", "enhance", "sr2")}
 
 # label -> (readable name, one plain line: what the output is). Unknown labels show as
 # "Training preset <label>".

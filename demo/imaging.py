@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from medq.data.imageio import to_uint8  # noqa: F401 (the page's one quantisation, used as imaging.to_uint8)
+
 SSIM_SETTINGS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
 # Images smaller than this (an SR input, a small upload) are enlarged by whole pixels for the
 # panels, so that what the browser scales to fit was not interpolated first.
@@ -40,10 +42,6 @@ def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
     if path is None or not Path(path).is_file():
         return np.ones(shape, dtype=bool)
     return read(path, shape)
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    return (np.clip(np.nan_to_num(img), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def shrink(img: np.ndarray, max_side: int) -> np.ndarray:

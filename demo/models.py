@@ -22,9 +22,11 @@ import torch
 
 from demo.imaging import load_rgb
 from medq.protocol import DecodeResult, ImageTextModel
+from medq.tasks import DEGRADATIONS
 
 # Enhancement is trained on four degradations, each with its own instructions (medq.data.text).
-ENHANCE_KINDS = ("blur", "haze", "illumination", "noise")
+ENHANCE_KINDS = DEGRADATIONS
+"""What an uploaded photograph may suffer from, for the enhancement instruction."""
 
 
 def instruction_for(task: str, enhance_kind: str = "blur") -> str:

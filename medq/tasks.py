@@ -13,6 +13,9 @@ enhancement (input: a degraded copy of the target at the same size)."""
 SCALES = {"sr2": 2, "sr4": 4, "enhance": 1}
 """Input-to-output size factor of each task."""
 
+TASK_NAMES = {"sr2": "Super-resolution x2", "sr4": "Super-resolution x4", "enhance": "Enhancement"}
+"""Each task's name in plain words, for pages and plots."""
+
 DEGRADATIONS = ("blur", "haze", "illumination", "noise")
 """What an enhancement input suffers from (``medq.data.tasks.degrade``); the instruction names
 one of them."""
