@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from medq.data.imageio import to_uint8  # noqa: F401 (the page's one quantisation, used as imaging.to_uint8)
+from medq.data.imageio import to_uint8
 
 SSIM_SETTINGS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
 # Images smaller than this (an SR input, a small upload) are enlarged by whole pixels for the
