@@ -167,7 +167,7 @@ def _task_row(r: dict, fd_cols: list[str]) -> str:
     seed = fmt(r.get("seed")) or (f"{fmt(r.get('n_seeds'))} seeds" if r.get("n_seeds") else "-")
     cells = [str(r.get("name", "")), str(r.get("status", "")), seed,
              fmt(r.get("step")) or "-", fmt(r.get("n_images")),
-             _seed_cell(r, "ssim_fov", 4), _seed_cell(r, "psnr_fov", 2),
+             _seed_cell(r, "ssim_fov", 4), _seed_cell(r, "psnr_eroded_fov", 2),
              _seed_cell(r, "lr_psnr", 2), _seed_cell(r, "vessel_dice", 3),
              _cell(r, "ssim", 4), _cell(r, "psnr", 2), _cell(r, "ms_ssim_fov", 4)]
     for c in fd_cols:
@@ -181,7 +181,7 @@ def _task_row(r: dict, fd_cols: list[str]) -> str:
 
 def _task_section(task: str, sub: list[dict], fd_cols: list[str]) -> list[str]:
     """One task's table (best first), its notes and its reports' scores."""
-    head = ["name", "status", "seed", "step", "n", "SSIM fov", "PSNR fov", "LR-PSNR",
+    head = ["name", "status", "seed", "step", "n", "SSIM fov", "PSNR eroded fov", "LR-PSNR",
             "vessel Dice", "SSIM", "PSNR", "MS-SSIM fov", *fd_cols, "undecodable",
             "input dep.", "verdict", "s/img"]
     out = [f"## {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -236,7 +236,7 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
         out += _task_section(task, [r for r in rows if r["task"] == task], fd_cols)
     out += _comparisons_section(comparisons) + _seeds_section(seed_comparisons)
     out += ["", "## Protocol", ""] + [f"- **{k}**: {v}" for k, v in protocol.items()]
-    out += ["", FID_CAVEAT, "", "Perception-distortion planes (PSNR fov against KID, every mode "
+    out += ["", FID_CAVEAT, "", "Perception-distortion planes (PSNR eroded fov against KID, every mode "
             "and baseline): `pd_<task>.png`.", ""]
     return "\n".join(out)
 
@@ -262,7 +262,7 @@ def _plt():
     return plt
 
 
-def plot_bars(rows: list[dict], out_dir: Path, metrics=("ssim_fov", "psnr_fov")) -> list[Path]:
+def plot_bars(rows: list[dict], out_dir: Path, metrics=("ssim_fov", "psnr_eroded_fov")) -> list[Path]:
     """One PNG per task: the mean of each metric per row, with its 95 % bootstrap interval."""
     plt = _plt()
     paths = []
@@ -310,7 +310,7 @@ def _save_figure(plt, fig, path: Path) -> Path:
 
 
 def plot_perception_distortion(rows: list[dict], out_dir: Path) -> list[Path]:
-    """One PNG per task: the perception-distortion plane, PSNR fov (distortion, up is better)
+    """One PNG per task: the perception-distortion plane, PSNR over the eroded FOV (distortion, up is better)
     against KID (perception, left is better), every mode, output kind and baseline a point
     (KID's bootstrap interval as a horizontal bar). Rows without a KID (features off) or a PSNR
     are left out; no plot for a task without any such row."""
@@ -321,12 +321,12 @@ def plot_perception_distortion(rows: list[dict], out_dir: Path) -> list[Path]:
         kid_col = next((k for r in sub for k in sorted(r) if k.startswith("kid_")
                         and not k.endswith(("_lo", "_hi"))), None)
         pts = [r for r in sub if kid_col and not math.isnan(number(r.get(kid_col)))
-               and not math.isnan(number(r.get("psnr_fov")))]
+               and not math.isnan(number(r.get("psnr_eroded_fov")))]
         if not pts:
             continue
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for r in sorted(pts, key=row_key):
-            x, y = number(r.get(kid_col)), number(r.get("psnr_fov"))
+            x, y = number(r.get(kid_col)), number(r.get("psnr_eroded_fov"))
             lo, hi = number(r.get(f"{kid_col}_lo")), number(r.get(f"{kid_col}_hi"))
             base = str(r.get("kind")) == "baseline"
             xerr = None if math.isnan(lo) else [[max(0.0, x - lo)], [max(0.0, hi - x)]]
@@ -335,7 +335,7 @@ def plot_perception_distortion(rows: list[dict], out_dir: Path) -> list[Path]:
             ax.annotate(str(r.get("name")), (x, y), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
         ax.set_xlabel(f"{kid_col} (perception: lower is better)")
-        ax.set_ylabel("PSNR fov, dB (distortion: higher is better)")
+        ax.set_ylabel("PSNR eroded fov, dB (distortion: higher is better)")
         ax.set_title(f"{task}: perception-distortion plane")
         paths.append(_save_figure(plt, fig, Path(out_dir) / f"pd_{task}.png"))
     return paths
@@ -359,7 +359,7 @@ def plot_steps(rows: list[dict], out_dir: Path) -> list[Path]:
         if not by_run:
             continue
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, m in zip(axes, ("psnr_fov", "ssim_fov")):
+        for ax, m in zip(axes, ("psnr_eroded_fov", "ssim_fov")):
             for run, rs in sorted(by_run.items()):
                 rs = sorted(rs, key=lambda r: number(r["step"]))
                 ax.plot(

@@ -142,6 +142,7 @@ def image_metrics(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> d
     fov = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
     with torch.no_grad():
         values = {"psnr": metrics.psnr(out, ref), "psnr_fov": metrics.psnr(out, ref, fov),
+                  "psnr_eroded_fov": metrics.psnr_eroded_fov(out, ref, fov),
                   "ssim": metrics.ssim(out, ref), "ssim_fov": metrics.ssim(out, ref, fov)}
     return {k: float(v[0]) for k, v in values.items()}
 

@@ -327,7 +327,7 @@ def score_task_dir(task_dir: Path, expected_ids: list[str] | None, meta: dict, *
 
 
 def comparisons(rows: list[dict], per_image: list[dict],
-                metrics=("ssim_fov", "psnr_fov", "vessel_dice"),
+                metrics=("ssim_fov", "psnr_eroded_fov", "vessel_dice", "psnr_fov"),
                 features: FeatureCache | None = None) -> list[dict]:
     """ssim_v3 - pixel, mixed - pixel, ssim_v3 / pixel - base (the no-image-loss control, when
     present), and every scored run - the task's reference baseline
@@ -407,7 +407,7 @@ def kid_comparisons(features: FeatureCache, task: str, a: str, b: str) -> list[d
     return out
 
 
-SEED_METRICS = ("ssim_fov", "psnr_fov", "lr_psnr", "vessel_dice")
+SEED_METRICS = ("ssim_fov", "psnr_eroded_fov", "psnr_fov", "lr_psnr", "vessel_dice")
 
 
 SEED_PAIRS = (

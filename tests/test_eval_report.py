@@ -340,14 +340,14 @@ def test_extra_output_kind_is_a_row_of_its_own_and_compared(tmp_path):
 
 
 def test_perception_distortion_plot_has_every_mode(tmp_path):
-    rows = [{"task": "sr4", "kind": k, "name": n, "psnr_fov": p, "kid_randresnet18": kd,
+    rows = [{"task": "sr4", "kind": k, "name": n, "psnr_eroded_fov": p, "kid_randresnet18": kd,
              "kid_randresnet18_lo": kd * 0.8, "kid_randresnet18_hi": kd * 1.2}
             for n, k, p, kd in (("bicubic", "baseline", 25.0, 0.02),
                                 ("constant", "baseline", 23.4, 0.2),
                                 ("ssim_v3", "run", 25.2, 0.05),
                                 ("ssim_v3/onestep", "run", 26.0, 0.08))]
     # no KID: no plot
-    rows.append({"task": "enhance", "kind": "run", "name": "x", "psnr_fov": 20.0})
+    rows.append({"task": "enhance", "kind": "run", "name": "x", "psnr_eroded_fov": 20.0})
     paths = report.plot_perception_distortion(rows, tmp_path)
     assert [p.name for p in paths] == ["pd_sr4.png"] and paths[0].stat().st_size > 5_000
 
