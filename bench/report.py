@@ -236,8 +236,8 @@ def markdown(rows: list[dict], comparisons: list[dict], protocol: dict,
         out += _task_section(task, [r for r in rows if r["task"] == task], fd_cols)
     out += _comparisons_section(comparisons) + _seeds_section(seed_comparisons)
     out += ["", "## Protocol", ""] + [f"- **{k}**: {v}" for k, v in protocol.items()]
-    out += ["", FID_CAVEAT, "", "Perception-distortion planes (PSNR eroded fov against KID, every mode "
-            "and baseline): `pd_<task>.png`.", ""]
+    out += ["", FID_CAVEAT, "", "Perception-distortion planes (PSNR eroded fov against KID, every "
+            "mode and baseline): `pd_<task>.png`.", ""]
     return "\n".join(out)
 
 
@@ -262,7 +262,8 @@ def _plt():
     return plt
 
 
-def plot_bars(rows: list[dict], out_dir: Path, metrics=("ssim_fov", "psnr_eroded_fov")) -> list[Path]:
+def plot_bars(rows: list[dict], out_dir: Path,
+              metrics=("ssim_fov", "psnr_eroded_fov")) -> list[Path]:
     """One PNG per task: the mean of each metric per row, with its 95 % bootstrap interval."""
     plt = _plt()
     paths = []
@@ -310,8 +311,8 @@ def _save_figure(plt, fig, path: Path) -> Path:
 
 
 def plot_perception_distortion(rows: list[dict], out_dir: Path) -> list[Path]:
-    """One PNG per task: the perception-distortion plane, PSNR over the eroded FOV (distortion, up is better)
-    against KID (perception, left is better), every mode, output kind and baseline a point
+    """One PNG per task: the perception-distortion plane, PSNR over the eroded FOV (distortion, up
+    is better) against KID (perception, left is better), every mode, output kind and baseline a point
     (KID's bootstrap interval as a horizontal bar). Rows without a KID (features off) or a PSNR
     are left out; no plot for a task without any such row."""
     plt = _plt()

@@ -168,8 +168,8 @@ def build_tree(root: Path, tasks=("sr4", "enhance"), targets: dict[str, np.ndarr
     reports.mkdir(parents=True)
     # The columns of bench/report.py (name, preset, metrics with 95 % intervals, verdict) plus
     # report scores beside their majority-class floors.
-    head = ("status,name,kind,run,preset,task,n_images,psnr_eroded_fov,psnr_eroded_fov_lo,psnr_eroded_fov_hi,ssim_fov,"
-            "ssim_fov_lo,ssim_fov_hi,fid_inception,dr_kappa,dr_kappa_floor,findings_f1,"
+    head = ("status,name,kind,run,preset,task,n_images,psnr_eroded_fov,psnr_eroded_fov_lo,"
+            "psnr_eroded_fov_hi,ssim_fov,ssim_fov_lo,ssim_fov_hi,fid_inception,dr_kappa,dr_kappa_floor,findings_f1,"
             "findings_f1_floor,undecodable_rate,verdict,note\n")
     body = ["ok,pixel-00000000,run,pixel-00000000,pixel,sr4,3,27.45,27.0,27.9,0.861,0.85,0.87,"
             "44.0,0.10,0.0,0.41,0.35,0.0,healthy,",
