@@ -313,8 +313,8 @@ def _save_figure(plt, fig, path: Path) -> Path:
 def plot_perception_distortion(rows: list[dict], out_dir: Path) -> list[Path]:
     """One PNG per task: the perception-distortion plane, PSNR over the eroded FOV (distortion, up
     is better) against KID (perception, left is better), every mode, output kind and baseline a
-    point (KID's bootstrap interval as a horizontal bar). Rows without a KID (features off) or a PSNR
-    are left out; no plot for a task without any such row."""
+    point (KID's bootstrap interval as a horizontal bar). Rows without a KID (features off) or a
+    PSNR are left out; no plot for a task without any such row."""
     plt = _plt()
     paths = []
     for task in sorted({r["task"] for r in rows}):
