@@ -4,7 +4,7 @@
 #                                  by make check-weights)
 #                                  -> SSIM v3 fine-tune, then pixel / v3 / mixed + baselines scored
 #                                  into reports/
-#   make weights                   rebuild weights/ (VAE + long base run) from scratch (~60 min)
+#   make weights                   rebuild weights/ (VAE + long base run) from scratch (hours on a CPU)
 #   make eval SEEDS=3              every standard mode trained and scored with 3 training seeds
 #   make eval-drive                those runs on the held-out development photographs at 512 px
 #   make test                      the test suite (what CI runs, after make lint)
@@ -68,7 +68,7 @@ check-weights: data
 	$(PY) -m train weights --check
 
 # The main job checks the weights once, then again only when they, the model code or the install
-# change (the check recomputes the recorded scores and report kappa: ~25 s on the 2-core CPU).
+# change (the check recomputes the recorded scores and report kappa, which takes a while).
 WEIGHTS_OK := runs/.weights-checked
 $(WEIGHTS_OK): $(STAMP) $(wildcard weights/*/*) $(wildcard medq/models/*.py medq/harness/*.py)
 	$(MAKE) --no-print-directory check-weights
@@ -98,13 +98,15 @@ eval: $(WEIGHTS_OK)
 
 # The development photographs' held-out test ids (configs/splits/drive_development.toml: never
 # trained or tuned on), at a working size a clinician reads (DRIVE_SIZE=0: each photograph's own
-# size). The fine-tunes of `make eval` are scored as they are (--skip-train).
+# size). The fine-tunes of `make eval` are scored as they are (--skip-train). The demo's Results
+# tab reads reports-drive (its --real-reports).
 DRIVE_ROOT ?= ../shared/fundus-samples/drive-train
 DRIVE_SIZE ?= 512
+DRIVE_OUT ?= reports-drive
 eval-drive: $(WEIGHTS_OK)
 	$(PY) -m bench eval --skip-train --data drive --root "$(DRIVE_ROOT)" --split test \
 	  --set data.split_file=configs/splits/drive_development.toml \
-	  --set data.image_size=$(DRIVE_SIZE) --out reports/drive-$(DRIVE_SIZE) $(SET)
+	  --set data.image_size=$(DRIVE_SIZE) --out $(DRIVE_OUT) $(SET)
 
 demo: $(STAMP)
 	$(PY) -m demo

@@ -15,7 +15,7 @@ backbone's last hidden state (what v1's SSIM gradient corrupted). Medians over t
 the term is active (an image term is gated by its ``max_t``, so some batches have none).
 
 The last lines give the weight that makes each image term's median gradient at ``v_hat`` equal to
-the latent MSE term's: how ``configs/pixel.toml``'s ``pixel_weight`` was chosen (README).
+the latent MSE term's: how ``configs/pixel.toml``'s ``pixel_weight`` was chosen (docs/RESULTS.md).
 
 ``--match A:B`` (A an image term, B another term): measure A as the preset sets it beside B as the
 reference preset sets it (``--reference``, default the preset named B, e.g. ``pixel``; for B =
