@@ -6,8 +6,8 @@
 
 For each task and each t, the one-step output (``MiniBagelAdapter(output="onestep")``: the x0
 prediction from the condition latent noised to t; t = 1 is from pure noise) of the first
-``--images`` images of the split, scored inside the field of view (mean PSNR-fov, mean eroded
-SSIM-fov), beside the reference (bicubic for sr2/sr4, the unchanged input for enhance); with
+``--images`` images of the split, scored inside the field of view (mean PSNR and SSIM over the
+eroded FOV), beside the reference (bicubic for sr2/sr4, the unchanged input for enhance); with
 several ``--draws``, one column per (t, number of noise draws averaged). The defaults
 ``sample.onestep_t`` and ``sample.onestep_draws`` were chosen from this table on the validation
 split; choose on ``val``, report on ``test``.
@@ -48,8 +48,8 @@ def main(args) -> int:
     cfg = info["config"]
     draws = parse_draws(args.draws) if args.draws else [cfg.sample.onestep_draws]
     print(f"one-step output of {args.run} ({info['checkpoint']}) on the first {args.images} "
-          f"{args.split} images per task (PSNR-fov dB / eroded SSIM-fov); sample.onestep_t of this "
-          f"run: {cfg.sample.onestep_t}, sample.onestep_draws: {cfg.sample.onestep_draws}")
+          f"{args.split} images per task (PSNR dB / SSIM over the eroded FOV); sample.onestep_t "
+          f"of this run: {cfg.sample.onestep_t}, sample.onestep_draws: {cfg.sample.onestep_draws}")
     print_sweep(model, cfg, args, [
         (f"t = {t:g}" + (f", {k} draws" if len(draws) > 1 else ""),
          dataclasses.replace(cfg.sample, onestep_t=t, onestep_draws=k)) for t in ts for k in draws])

@@ -6,7 +6,7 @@
 
 For each task and each tau, the Euler sample (``MiniBagelAdapter(output="sample")``, started from
 tau times the seeded noise) of the first ``--images`` images of the split, scored inside the
-field of view (mean PSNR-fov, mean eroded SSIM-fov), beside the reference (bicubic for sr2/sr4,
+field of view (mean PSNR and SSIM over the eroded FOV), beside the reference (bicubic for sr2/sr4,
 the unchanged input for enhance). tau = 1 samples the model's own distribution; lower trades
 texture and diversity for fidelity. The default was chosen from this table on the validation
 split; choose on ``val``, report on ``test``.
@@ -37,7 +37,7 @@ def main(args) -> int:
     model, info = load(args, "sample")
     cfg = info["config"]
     print(f"Sample of {args.run} ({info['checkpoint']}, {cfg.sample.steps} Euler steps) on the "
-          f"first {args.images} {args.split} images per task (PSNR-fov dB / eroded SSIM-fov); "
+          f"first {args.images} {args.split} images per task (PSNR dB / SSIM over the eroded FOV); "
           f"sample.noise_temperature of this run: {cfg.sample.noise_temperature}")
     print_sweep(model, cfg, args, [(f"tau = {t:g}", dataclasses.replace(
         cfg.sample, noise_temperature=t)) for t in taus])
