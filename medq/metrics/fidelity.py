@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from medq.losses.ssim import window_max
+
 PSNR_CAP_DB = 100.0
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
@@ -80,7 +82,7 @@ def eroded_fov(mask: torch.Tensor, window: int = SSIM_WINDOW) -> torch.Tensor:
     windows ``ssim_fov`` counts). Equal to ``scipy.ndimage.binary_erosion`` with a square
     structuring element and ``border_value=0``."""
     m = (mask > 0.5).float()
-    inside = 1.0 - F.max_pool2d(F.pad(1.0 - m, [window // 2] * 4, value=1.0), window, stride=1)
+    inside = 1.0 - window_max(F.pad(1.0 - m, [window // 2] * 4, value=1.0), window)
     return inside
 
 
