@@ -103,10 +103,17 @@ eval: $(WEIGHTS_OK)
 DRIVE_ROOT ?= ../shared/fundus-samples/drive-train
 DRIVE_SIZE ?= 512
 DRIVE_OUT ?= reports-drive
+# Where the one-step output reads the model on photographs, chosen on the development set's val ids
+# (31-34), never on the test ids scored here: python -m bench onestep-t --split val --images 4
+#   --t 1,0.95,0.9,0.7 --set data.source=drive --set data.root=$(DRIVE_ROOT)
+#   --set data.split_file=configs/splits/drive_development.toml --set data.image_size=512
+# (the synthetic val split chose sample.onestep_t's default).
+DRIVE_ONESTEP_T ?= 0.95
 eval-drive: $(WEIGHTS_OK)
 	$(PY) -m bench eval --skip-train --data drive --root "$(DRIVE_ROOT)" --split test \
 	  --set data.split_file=configs/splits/drive_development.toml \
-	  --set data.image_size=$(DRIVE_SIZE) --out $(DRIVE_OUT) $(SET)
+	  --set data.image_size=$(DRIVE_SIZE) --set sample.onestep_t=$(DRIVE_ONESTEP_T) \
+	  --out $(DRIVE_OUT) $(SET)
 
 demo: $(STAMP)
 	$(PY) -m demo

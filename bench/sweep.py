@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
+from medq.config import ConfigError, with_overrides
 from medq.harness.load import InferError, load_run
 from medq.harness.split_scores import split_fov_scores
 
@@ -18,6 +19,10 @@ def add_common_arguments(p) -> None:
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--images", type=int, default=62, help="at most N images per task")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="data.* override of the images scored, e.g. --set data.source=drive "
+                        "--set data.root=DIR --set data.split_file=F --set data.image_size=512 "
+                        "(choose a setting on a real source's val split)")
 
 
 def parse_list(text: str, flag: str, convert, kind: str, ok, bounds: str) -> list:
@@ -38,9 +43,15 @@ def load(args, output: str):
     """(model, load info) of ``--run`` with ``output``; SystemExit with the reason otherwise."""
     if args.images < 1:
         raise SystemExit(f"--images {args.images}: must be >= 1")
+    bad = [o for o in args.overrides if not o.strip().startswith("data.")]
+    if bad:
+        raise SystemExit(f"--set {bad[0]!r}: only data.* settings (which images are scored) can be "
+                         f"changed here; the model's own settings are the columns")
     try:
         model, _, info = load_run(args.run, output=output)
-    except InferError as e:
+        if args.overrides:
+            info = {**info, "config": with_overrides(info["config"], args.overrides)}
+    except (InferError, ConfigError) as e:
         raise SystemExit(f"error: {e}") from None
     return model, info
 

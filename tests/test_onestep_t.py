@@ -71,3 +71,17 @@ def test_a_missing_run_and_a_zero_count_are_one_line_errors(tmp_path):
         onestep_t.main(_args(images=0))
     with pytest.raises(ValueError, match="n = 0"):
         split_fov_scores(None, None, "val", 0)
+
+
+def test_set_changes_the_images_scored_and_nothing_else(monkeypatch):
+    """--set chooses a setting on another source's val split (the development photographs); the
+    model's own settings stay the columns, so a model.* / sample.* override is refused."""
+    from bench import sweep
+
+    monkeypatch.chdir(REPO)
+    _, info = sweep.load(_args(set="data.image_size=96"), "onestep")
+    assert info["config"].data.image_size == 96
+    with pytest.raises(SystemExit, match="only data.\\* settings"):
+        sweep.load(_args(set="sample.onestep_t=0.5"), "onestep")
+    with pytest.raises(SystemExit, match="data.image_size"):
+        sweep.load(_args(set="data.image_size=-3"), "onestep")
