@@ -977,6 +977,81 @@ def test_a_real_photograph_gets_no_grade_and_a_synthetic_one_does(app_demo, tmp_
     assert "not assessed" not in md and re.search(r"Pixel-loss fine-tune\*\*: .*grade 3", md)
 
 
+def test_a_grade_is_shown_only_for_a_mode_whose_reports_read_it_on_the_test_set(app_demo,
+                                                                                 tmp_path):
+    """The fake leaderboard: pixel's reports read the DR grade with kappa 0.85, ssim_v3's with
+    0.12, ssim_v3_relaxed has no score. Only pixel's grade is shown; the others show their image
+    quality and why the grade is withheld, with their kappa as the reason, on test images and
+    uploads alike. The lesions go with the grade."""
+    assert 0.12 < handlers.GRADE_MIN_KAPPA <= 0.85
+    for kw in ({"sample_id": "eyeq_0002"}, {"upload": _synthetic_upload(tmp_path)}):
+        cmp = handlers.compare(app_demo, "sr4", ["pixel", "ssim_v3", "ssim_v3_relaxed"], **kw)
+        assert not cmp["ood"]["unlike"], cmp["ood"]
+        assert cmp["outputs"]["pixel"]["grade"]["assessed"] is True
+        assert cmp["outputs"]["ssim_v3"]["grade"] == {"assessed": False, "kappa": 0.12,
+                                                      "floor": 0.0}
+        assert cmp["outputs"]["ssim_v3_relaxed"]["grade"]["kappa"] is None
+        md = handlers.reports_markdown(cmp)
+        by_mode = {line.split("**")[1]: line for line in md.split("\n- ")[1:]}
+        pixel = by_mode["Pixel-loss fine-tune"]
+        assert re.search(r"grade 3", pixel) and "not assessed" not in pixel
+        assert "kappa" not in pixel and "0.85" not in pixel    # no score beside a shown grade
+        low = by_mode["SSIM fine-tune (v3)"]
+        assert ("DR grade not assessed: this model's reports did not read the DR grade reliably "
+                "on the test images (kappa 0.12 against the truth") in low
+        assert "quality: usable." in low
+        assert not re.search(r"grade \d", low) and "microaneurysms" not in low
+        unscored = by_mode["SSIM fine-tune (v3 relaxed)"]
+        assert "DR grade not assessed" in unscored and "no DR grade score" in unscored
+        assert not re.search(r"grade \d", unscored) and "microaneurysms" not in unscored
+        if "sample_id" in kw:        # agreement marks: the grade's only where it is shown
+            assert "diabetic retinopathy grade: 3 (severe) \u2192 **agree**" in pixel
+            assert "image quality: usable \u2192 **disagree**" in low
+            assert "diabetic retinopathy" not in low.split("withheld")[1]
+
+
+def test_grade_gate_at_the_threshold_and_for_one_step_read_outs(tree):
+    """A kappa at the threshold passes, just under it does not; a mode with no row, a failed
+    row or a row without a kappa has no score. A one-step read-out's report is its parent's
+    text, so the parent's score decides; several runs of a preset: the lowest decides."""
+    runs, _ = tree
+    modes = catalog.discover(runs, ("bicubic",))
+    t = handlers.GRADE_MIN_KAPPA
+
+    def row(kappa, run="pixel-00000000", status="ok", task="sr4", preset="pixel"):
+        return {"status": status, "name": run, "kind": "run", "run": run, "preset": preset,
+                "task": task, "dr_kappa": kappa, "dr_kappa_floor": "0.1"}
+
+    def gate(board, label="pixel"):
+        return handlers.grade_gate(board, modes[label], "sr4")
+
+    assert gate([row(str(t))])["assessed"] is True
+    assert gate([row(str(t - 0.001))]) == {"assessed": False, "kappa": t - 0.001, "floor": 0.1}
+    for board in ([], [row("0.9", status="failed")], [row("")], [row("0.9", task="sr2")],
+                  [row("0.9", preset="mixed")]):
+        assert gate(board) == {"assessed": False, "kappa": None, "floor": None}, board
+    one_step = dataclasses.replace(modes["pixel"], label="pixel:onestep", parent="pixel")
+    onestep_row = {**row(""), "preset": "pixel/onestep"}
+    assert handlers.grade_gate([row("0.9"), onestep_row], one_step, "sr4")["assessed"] is True
+    assert handlers.grade_gate([row("0.2"), onestep_row], one_step, "sr4")["assessed"] is False
+    # The run shown decides when the leaderboard names it; otherwise the lowest score.
+    assert gate([row("0.9"), row("0.1", run="pixel-99999999")])["kappa"] == 0.9
+    assert gate([row("0.9", run="pixel-a"), row("0.1", run="pixel-b")])["kappa"] == 0.1
+    # A comparison built without a gate (nothing known) withholds the grade too.
+    md = handlers.reports_markdown({
+        "title": "x", "task": "sr4", "note": "", "id": None, "reference": None, "ood": None,
+        "errors": {}, "outputs": {"pixel": {"report": "quality: good. diabetic retinopathy "
+                                            "grade 4 (proliferative).", "undecodable": 0,
+                                            "findings": []}}})
+    assert "not assessed" in md and not re.search(r"grade \d", md)
+
+
+def _synthetic_upload(tmp_path: Path) -> Path:
+    photo = tmp_path / "synthetic_upload.png"
+    Image.fromarray(imaging.to_uint8(fundus(11, 256))).save(photo)
+    return photo
+
+
 def test_without_a_usable_calibration_no_report_is_assessed(tree, tmp_path):
     for path, why in ((tmp_path / "missing.json", "is not set up"),
                       (_write(tmp_path / "bad.json", b"{}"), "is broken")):
