@@ -3,9 +3,20 @@
 Everything the page receives or writes lives in one private folder per server process
 (``temp_root``, mode 0700 under the system temp dir): Gradio is pointed at it
 (``GRADIO_TEMP_DIR``), so uploads land there, and the pictures the page shows are written there,
-where Gradio serves them without copying. The folder is removed when the server stops
-(``remove_temp_root``, called by ``python -m demo`` on exit, Ctrl-C or SIGTERM, and at interpreter
-exit).
+where Gradio serves them without copying; the harness's scratch files of a test image go there
+too (``scratch_dir``). The folder is removed when the server stops (``remove_temp_root``, called
+by ``python -m demo`` once the server is closed, on Ctrl-C or SIGTERM) and swept once more at
+interpreter exit, for a request that was still running at the stop. Nothing re-creates it: the
+page's picture stores create only their own folder, never the folders above it
+(``imaging.PngStore``), so a late request fails instead of writing a patient's picture into a
+folder nobody will delete.
+
+``python -m demo`` makes that folder the server process's temp folder (``own_temp_folder``:
+``tempfile`` and ``TMPDIR``), so whatever any library writes to "the temp folder" goes with it
+at the stop too; torch.compile (the per-image SSIM is compiled) puts its precompiled header
+there, and its kernel cache did too. The kernel cache (compiled code, no image data) is kept
+between runs instead, so that a restart does not compile again: ``keep_compiler_cache_out_of_temp``
+moves it to the user's cache folder.
 
 Per browser session (``Sessions``): the uploads it sent and the pictures written for it are
 deleted when the session ends (Gradio's ``unload`` event: the tab closed or reloaded), and its
@@ -26,29 +37,76 @@ from collections import OrderedDict
 from pathlib import Path
 
 TEMP_ENV = "GRADIO_TEMP_DIR"
+COMPILER_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 _root: Path | None = None
+_removed: list[Path] = []          # folders removed at a stop: swept again at exit
+_at_exit = False                   # remove_temp_root registered with atexit
+_system_temp: str | None = None    # the system temp folder, once own_temp_folder replaced it
 _lock = threading.Lock()
 
 
 def temp_root() -> Path:
-    """This process's private folder, created on first use; Gradio's uploads go there too
-    (``GRADIO_TEMP_DIR`` is set before any Gradio component or server reads it)."""
-    global _root
+    """This process's private folder, created on first use (a new one after a stop removed the
+    last); Gradio's uploads go there too (``GRADIO_TEMP_DIR`` is set here: call it before
+    Gradio is imported, whose own default folders are fixed at import)."""
+    global _root, _at_exit
     with _lock:
         if _root is None or not _root.is_dir():
-            _root = Path(tempfile.mkdtemp(prefix="medq-demo-"))
+            if _root is not None:
+                _removed.append(_root)
+            _root = Path(tempfile.mkdtemp(prefix="medq-demo-", dir=_system_temp))
             os.environ[TEMP_ENV] = str(_root)
-            atexit.register(remove_temp_root)
+            if not _at_exit:
+                atexit.register(remove_temp_root)
+                _at_exit = True
         return _root
 
 
+def own_temp_folder() -> Path:
+    """Make the private folder this process's temp folder (``tempfile.tempdir``, and ``TMPDIR``
+    for the processes it starts) and return it: files libraries write to the temp folder on their
+    own are then removed with it at the stop. Call before importing Gradio and torch, whose
+    folders are fixed at import."""
+    global _system_temp
+    if _system_temp is None:
+        _system_temp = tempfile.gettempdir()
+    root = temp_root()
+    tempfile.tempdir = str(root)
+    os.environ["TMPDIR"] = str(root)
+    return root
+
+
+def scratch_dir() -> str | None:
+    """Where code run for the page puts its temporary files (``tempfile``'s ``dir=``): the
+    private folder when the page has one, so they are swept with it; None (the system temp
+    folder) otherwise. Never creates the folder."""
+    return str(_root) if _root is not None and _root.is_dir() else None
+
+
 def remove_temp_root() -> None:
-    """Delete the process's folder with every upload and picture in it (server stop)."""
+    """Delete the process's folder with every upload and picture in it (server stop), and again
+    every folder an earlier call removed: anything a request still running wrote there after
+    the stop goes too (this also runs at interpreter exit). The folder is not re-created."""
     global _root
     with _lock:
         if _root is not None:
-            shutil.rmtree(_root, ignore_errors=True)
+            _removed.append(_root)
             _root = None
+        for folder in _removed:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def user_cache_dir() -> Path:
+    """The user's cache folder (``XDG_CACHE_HOME``, else ``~/.cache``) for medq."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medq"
+
+
+def keep_compiler_cache_out_of_temp() -> None:
+    """Point torch.compile's kernel cache (``TORCHINDUCTOR_CACHE_DIR``) at the user's cache
+    folder unless it is set already: by default it lands in the system temp folder and outlives
+    the server there. Call before the first compile (inductor reads the variable then)."""
+    if not os.environ.get(COMPILER_CACHE_ENV):
+        os.environ[COMPILER_CACHE_ENV] = str(user_cache_dir() / "torchinductor")
 
 
 def _inside(path: Path, folder: Path) -> bool:
