@@ -426,6 +426,20 @@ def grade_notice(gate: dict) -> str:
             f"{GRADE_MIN_KAPPA:.2f}, moderate agreement)")
 
 
+def kept(cmp: dict) -> dict:
+    """What the page keeps of a comparison for the session's zoom, pan and slider: the task, the
+    input, the target and each output with its flags, pictures as uint8. The page shows uint8
+    pictures anyway and every later view only cuts, repeats and outlines pixels, so those views
+    are the very pixels the full comparison gives, at a quarter of the memory of float32; the
+    metrics, reports and error maps were shown when it was made and are not needed again."""
+    return {"task": cmp["task"], "title": cmp.get("title"),
+            "input": imaging.to_uint8(cmp["input"]), "target": imaging.to_uint8(cmp["target"]),
+            "outputs": {label: {"image": imaging.to_uint8(out["image"]),
+                                "identical_to": out.get("identical_to"),
+                                "ignores_input": out.get("ignores_input")}
+                        for label, out in cmp["outputs"].items()}}
+
+
 def _mark_identical(outputs: dict, task: str) -> None:
     """``identical_to``: the display name of the first earlier mode whose output is the same
     picture within ``IDENTICAL_MAX_DIFF`` / ``IDENTICAL_SSIM`` (None when none is), so the page

@@ -20,14 +20,24 @@ moves it to the user's cache folder.
 
 Per browser session (``Sessions``): the uploads it sent and the pictures written for it are
 deleted when the session ends (Gradio's ``unload`` event: the tab closed or reloaded), and its
-last comparison, kept on the server for the zoom and slider, is dropped. At most
-``max_sessions`` comparisons are kept (least recently used first out), so memory stays bounded
-however many people use the page or never close their tab.
+last comparison, kept on the server for the zoom and slider, is dropped. Kept comparisons are
+bounded in bytes as well as in number (``MAX_KEPT_BYTES``, ``max_sessions``; least recently used
+first out): a comparison's size grows with the photograph's side and the number of modes, so a
+count alone let memory grow with every new session up to many times the budget, and sessions
+that are never closed (a tab left open, an API client) never give theirs back.
+
+Memory a comparison frees (model activations, full-size metrics, PNG buffers: hundreds of MB at
+an upload's own size) goes back to glibc's allocator, which keeps most of it for reuse instead
+of returning it to the system: the server's resident memory then creeps up with every upload,
+although nothing is still in use. ``release_memory`` (glibc's ``malloc_trim``) returns it after
+every comparison and session end, so resident memory follows what the server actually holds.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -37,6 +47,14 @@ from collections import OrderedDict
 from pathlib import Path
 
 TEMP_ENV = "GRADIO_TEMP_DIR"
+COMPILER_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+MAX_KEPT_BYTES = 128 * 2**20
+"""Bytes of kept comparisons (their pictures) across all sessions: room for several comparisons
+of full-size photographs with a few modes each, the pictures stored as the page shows them
+(uint8, ``demo.handlers.kept``). The most recent comparison is always kept, whatever its size,
+so the person who just pressed Compare can zoom."""
+DROPPED_KEYS = 1024
+"""Sessions remembered (by key only) as having had their comparison dropped."""
 COMPILER_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 _root: Path | None = None
 _removed: list[Path] = []          # folders removed at a stop: swept again at exit
@@ -96,6 +114,24 @@ def remove_temp_root() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):      # not glibc (macOS, musl): nothing to release
+        return None
+
+
+def release_memory() -> bool:
+    """Return the memory this process has freed to the system (glibc's ``malloc_trim(0)``:
+    free pages in every arena, not only at the top of the heap). True when some was returned;
+    False when none was, or the C library is not glibc."""
+    libc = _libc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
 def user_cache_dir() -> Path:
     """The user's cache folder (``XDG_CACHE_HOME``, else ``~/.cache``) for medq."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medq"
@@ -117,15 +153,28 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
+def nbytes(obj) -> int:
+    """Bytes of the numpy arrays in ``obj`` (nested dicts, lists and tuples)."""
+    if hasattr(obj, "nbytes") and hasattr(obj, "dtype"):
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    return 0
+
+
 class Sessions:
     """Per-session state of one page: its last comparison, its uploads and its pictures
     (``folder(session)``). Thread-safe: Gradio runs handlers in worker threads."""
 
-    def __init__(self, root: Path, max_sessions: int = 32):
+    def __init__(self, root: Path, max_sessions: int = 32, max_bytes: int = MAX_KEPT_BYTES):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_sessions = max_sessions
-        self._comparisons: OrderedDict[str, dict] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._comparisons: OrderedDict[str, tuple[dict, int]] = OrderedDict()
+        self._dropped: OrderedDict[str, None] = OrderedDict()   # keys only, bounded
         self._uploads: dict[str, set[Path]] = {}
         self._lock = threading.Lock()
 
@@ -138,18 +187,43 @@ class Sessions:
         return self.root / self.key(session)
 
     def remember(self, session: str | None, comparison: dict) -> None:
+        """Keep ``comparison`` as the session's last one, then drop the least recently used
+        others while over ``max_sessions`` or ``max_bytes`` (never the one just kept)."""
+        key = self.key(session)
         with self._lock:
-            self._comparisons[self.key(session)] = comparison
-            self._comparisons.move_to_end(self.key(session))
-            while len(self._comparisons) > self.max_sessions:
-                self._comparisons.popitem(last=False)
+            self._comparisons[key] = (comparison, nbytes(comparison))
+            self._comparisons.move_to_end(key)
+            self._dropped.pop(key, None)
+            while len(self._comparisons) > 1 and (len(self._comparisons) > self.max_sessions
+                                                  or self._bytes() > self.max_bytes):
+                gone, _ = self._comparisons.popitem(last=False)
+                self._dropped[gone] = None
+                while len(self._dropped) > DROPPED_KEYS:
+                    self._dropped.popitem(last=False)
+
+    def _bytes(self) -> int:
+        return sum(size for _, size in self._comparisons.values())
+
+    def kept_bytes(self) -> int:
+        """Bytes of the comparisons kept now."""
+        with self._lock:
+            return self._bytes()
+
+    def __len__(self) -> int:
+        return len(self._comparisons)
+
+    def dropped(self, session: str | None) -> bool:
+        """Whether the session's last comparison was dropped to stay within the bounds (the page
+        then asks for Compare again instead of showing an empty zoom)."""
+        with self._lock:
+            return self.key(session) in self._dropped
 
     def comparison(self, session: str | None) -> dict | None:
         with self._lock:
             found = self._comparisons.get(self.key(session))
             if found is not None:
                 self._comparisons.move_to_end(self.key(session))
-            return found
+            return None if found is None else found[0]
 
     def add_upload(self, session: str | None, path) -> None:
         """Note an uploaded file of ``session`` (only files inside the temp root are ever
@@ -163,6 +237,7 @@ class Sessions:
         key = self.key(session)
         with self._lock:
             self._comparisons.pop(key, None)
+            self._dropped.pop(key, None)
             uploads = self._uploads.pop(key, set())
         gone = []
         base = Path(os.environ.get(TEMP_ENV) or self.root)

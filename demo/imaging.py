@@ -91,14 +91,16 @@ def zoom_crop(img: np.ndarray, box: tuple[int, int, int, int], factor: int) -> n
 
 
 def draw_box(img: np.ndarray, box: tuple[int, int, int, int], thickness: int = 1) -> np.ndarray:
-    """A copy of ``img`` (H, W, 3) with the outline of ``box`` in yellow."""
+    """A copy of ``img`` (H, W, 3), float in [0, 1] or uint8, with the outline of ``box`` in
+    yellow (the same pixels either way, once the float image is made uint8)."""
     out = img.copy()
+    colour = to_uint8(BOX_COLOUR) if out.dtype == np.uint8 else BOX_COLOUR
     y0, y1, x0, x1 = box
     t = thickness
-    out[y0:min(y0 + t, y1), x0:x1] = BOX_COLOUR
-    out[max(y1 - t, y0):y1, x0:x1] = BOX_COLOUR
-    out[y0:y1, x0:min(x0 + t, x1)] = BOX_COLOUR
-    out[y0:y1, max(x1 - t, x0):x1] = BOX_COLOUR
+    out[y0:min(y0 + t, y1), x0:x1] = colour
+    out[max(y1 - t, y0):y1, x0:x1] = colour
+    out[y0:y1, x0:min(x0 + t, x1)] = colour
+    out[y0:y1, max(x1 - t, x0):x1] = colour
     return out
 
 

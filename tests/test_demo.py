@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import struct
 import subprocess
@@ -1151,6 +1152,74 @@ def test_session_end_deletes_its_uploads_and_pictures_and_forgets_its_comparison
     for k in range(3):                                   # bounded: least recently used dropped
         sessions.remember(f"x{k}", {"title": k})
     assert sessions.comparison("x0") is None and sessions.comparison("x2") == {"title": 2}
+
+
+def test_kept_comparisons_stay_within_their_byte_budget_however_many_sessions(tmp_path):
+    """Sessions that never end (a tab left open, an API client) each leave their last comparison
+    on the server: the kept bytes stay within the budget however many there are, the newest is
+    always kept, and a dropped session is told to compare again rather than shown nothing."""
+    from demo.hygiene import Sessions, nbytes
+
+    picture = np.zeros((256, 256, 3), np.uint8)                # 192 KiB
+    cmp = {"target": picture, "outputs": {"a": {"image": picture.copy()}}}
+    assert nbytes(cmp) == 2 * picture.nbytes
+    sessions = Sessions(tmp_path / "page", max_sessions=1000, max_bytes=5 * nbytes(cmp))
+    for k in range(200):
+        sessions.remember(f"s{k}", {**cmp, "k": k})
+        assert sessions.kept_bytes() <= 5 * nbytes(cmp) and len(sessions) <= 5
+    assert sessions.comparison("s199")["k"] == 199 and sessions.comparison("s0") is None
+    assert sessions.dropped("s0") and not sessions.dropped("s199")
+    huge = {"target": np.zeros((2048, 2048, 3), np.uint8)}      # over the budget on its own
+    sessions.remember("big", huge)
+    assert sessions.comparison("big") is huge and len(sessions) == 1
+    sessions.end("big")
+    assert len(sessions) == 0 and sessions.kept_bytes() == 0
+    from demo.hygiene import MAX_KEPT_BYTES
+
+    assert Sessions(tmp_path / "p2").max_bytes == MAX_KEPT_BYTES
+
+
+def test_memory_freed_by_a_request_goes_back_to_the_system():
+    """Freed memory in the middle of glibc's heap stays resident until ``malloc_trim``: the
+    page calls ``release_memory`` after every comparison, so resident memory follows what the
+    server still holds instead of creeping up with every upload."""
+    from demo.bench_memory import rss_mb
+    from demo.hygiene import _libc, release_memory
+
+    if _libc() is None:
+        pytest.skip("not glibc: nothing to trim")
+    # 100 KiB blocks come from the heap (under glibc's mmap threshold); every other one stays
+    # allocated, so the freed ones are holes that free() alone does not give back.
+    blocks = [np.ones(100 * 1024, np.uint8) for _ in range(1200)]
+    del blocks[::2]
+    held = rss_mb(os.getpid())
+    assert release_memory()
+    assert rss_mb(os.getpid()) < held - 30, (held, rss_mb(os.getpid()))
+    assert len(blocks) == 600 and all(int(b[-1]) == 1 for b in blocks)
+
+
+def test_the_kept_comparison_gives_the_same_zoom_and_slider_in_a_quarter_of_the_memory(
+        app_demo, tmp_path):
+    """The page keeps a compact comparison per session (uint8 pictures, no metrics): every view
+    drawn from it later is the very pixels of the full comparison's."""
+    from demo.hygiene import nbytes
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(imaging.to_uint8(fundus(5, 256))).save(photo)
+    full = handlers.compare(app_demo, "sr4", ["pixel", "bicubic"], upload=photo)
+    small = handlers.kept(full)
+    assert nbytes(small) * 3 < nbytes(full)
+    for x, y, z in ((0.5, 0.5, 2), (0.1, 0.9, 1), (0.7, 0.3, 8)):
+        (over, crops), (over2, crops2) = handlers.zoom(full, x, y, z), handlers.zoom(small, x, y, z)
+        assert np.array_equal(over, over2)
+        assert all(c == c2 and np.array_equal(a, a2) for (a, c), (a2, c2) in zip(crops, crops2))
+        assert handlers.zoom_box_text(full, x, y, z) == handlers.zoom_box_text(small, x, y, z)
+        assert handlers.pan(full, x, y, z, 1, -1) == handlers.pan(small, x, y, z, 1, -1)
+    names = handlers.view_names(full)
+    assert names == handlers.view_names(small)
+    for a, b in zip(handlers.slider_pair(full, names[0], names[-2]),
+                    handlers.slider_pair(small, names[0], names[-2])):
+        assert np.array_equal(a, b)
 
 
 def test_a_request_still_running_at_the_stop_leaves_nothing_behind(tmp_path, monkeypatch):
