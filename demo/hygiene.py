@@ -124,6 +124,11 @@ def _libc():
         return None
 
 
+def can_release_memory() -> bool:
+    """Whether ``release_memory`` can hand memory back here (the C library is glibc)."""
+    return _libc() is not None
+
+
 def release_memory() -> bool:
     """Return the memory this process has freed to the system (glibc's ``malloc_trim(0)``:
     free pages in every arena, not only at the top of the heap). True when some was returned;
