@@ -60,6 +60,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def serve(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from demo import hygiene
+
+    # Before Gradio and torch are imported (their default folders are fixed at import): the
+    # page's private folder, removed at the stop, is the process's temp folder; torch's kernel
+    # cache is kept in the user's cache folder instead.
+    hygiene.own_temp_folder()
+    hygiene.keep_compiler_cache_out_of_temp()
     from demo.app import build_app, launch  # after demo/__init__ switched analytics off
     from demo.handlers import Demo
     from demo.security import auth_from_env
@@ -72,7 +79,6 @@ def serve(argv=None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
         logging.warning("binding %s without a login: anyone on the network can open the page "
                         "(set MEDQ_DEMO_AUTH=user:password)", args.host)
-    from demo import hygiene
     from demo.handlers import OOD_CALIBRATION
 
     demo = Demo.from_folders(args.runs, args.reports,
@@ -85,10 +91,13 @@ def serve(argv=None) -> int:
         logging.warning("reports will not be assessed: %s", demo.ood_problem)
     # SIGTERM (a service manager's stop) ends the server like Ctrl-C, so the uploads go with it.
     signal.signal(signal.SIGTERM, _interrupt)
+    app = build_app(demo, login=auth is not None)
     try:
-        launch(build_app(demo, login=auth is not None), demo, host=args.host, port=args.port,
-               auth=auth)
+        launch(app, demo, host=args.host, port=args.port, auth=auth)
     finally:
+        # Closed first (no new request or upload can arrive), then the folder goes; a request
+        # still running cannot re-create it, and whatever it left is swept again at exit.
+        app.close(verbose=False)
         hygiene.remove_temp_root()
     return 0
 

@@ -280,11 +280,14 @@ def build_app(demo: Demo, *, login: bool = False) -> gr.Blocks:
         def on_unload(request: gr.Request):
             """The browser session ended: its uploads and pictures are deleted now."""
             sessions.end(request.session_hash)
+            hygiene.release_memory()
 
         app.unload(on_unload)
     return app
 
 
+DROPPED = ("\u26a0\ufe0f This comparison is no longer kept on the server (the server keeps only "
+           "the most recent ones): press **Compare** to see it again.")
 METRICS_LABEL = ("Per-image metrics (the leaderboard's definitions, medq.metrics: PSNR, SSIM = "
                  "scikit-image's, data range 1; SSIM FOV averages the windows inside the field of "
                  "view). Identical: no pixel differs by more than 1/255, or SSIM >= 0.999")
@@ -327,9 +330,13 @@ def _wire(demo: Demo, sessions, files, c: dict) -> None:
                                    upload=upload_path or None, enhance_kind=enhance_kind,
                                    progress=lambda f, d: progress(f, desc=d))
         except (UploadError, ValueError) as e:
+            hygiene.release_memory()     # a refused photograph was decoded all the same
             return cleared(str(e))
-        sessions.remember(session, cmp)
-        return _show(cmp, x, y, z, lambda items: files(items, session))
+        shown = _show(cmp, x, y, z, lambda items: files(items, session))
+        sessions.remember(session, handlers.kept(cmp))   # for the zoom and slider, compact
+        del cmp
+        hygiene.release_memory()     # what the comparison freed, back to the system
+        return shown
 
     inputs = [c[k] for k in ("upload", "sample_id", "task", "chosen", "cx", "cy", "zf", "kind")]
     c["compare_btn"].click(on_compare, inputs, outputs, api_name="compare")
@@ -358,7 +365,7 @@ def _wire_zoom(sessions, files, c: dict) -> None:
     def on_zoom(x, y, z, request: gr.Request):
         cmp = sessions.comparison(request.session_hash)
         if cmp is None:
-            return None, [], ""
+            return None, [], (DROPPED if sessions.dropped(request.session_hash) else "")
         over, crops = handlers.zoom(cmp, x, y, z)
         shown = files([(over, ""), *crops], request.session_hash)
         return shown[0][0], shown[1:], handlers.zoom_box_text(cmp, x, y, z)
@@ -374,7 +381,7 @@ def _wire_zoom(sessions, files, c: dict) -> None:
         def on_pan(x, y, z, request: gr.Request):
             cmp = sessions.comparison(request.session_hash)
             if cmp is None:
-                return x, y, None, [], ""
+                return (x, y, *on_zoom(x, y, z, request))
             x, y = handlers.pan(cmp, x, y, z, *PAN_STEPS[direction])
             return (x, y, *on_zoom(x, y, z, request))
         return on_pan
@@ -387,7 +394,7 @@ def _wire_zoom(sessions, files, c: dict) -> None:
     def on_click(z, request: gr.Request, evt: gr.SelectData):
         cmp = sessions.comparison(request.session_hash)
         if cmp is None:
-            return 0.5, 0.5, None, [], ""
+            return (0.5, 0.5, *on_zoom(0.5, 0.5, z, request))
         f = handlers.imaging.display_factor(cmp["target"].shape[0])
         shape = tuple(s * f for s in cmp["target"].shape[:2])
         x, y = (round(v, 4) for v in handlers.click_to_centre(cmp, evt.index, shape))
@@ -440,6 +447,15 @@ def _show(cmp: dict, x: float, y: float, z: float, files):
             gr.Gallery(files(maps), columns=map_cols, rows=-(-len(maps) // map_cols)), text)
 
 
+GRADIO_SESSIONS = 256
+"""Browser sessions whose component state Gradio keeps (``launch(state_session_capacity=)``,
+least recently used first out). Gradio keeps a session's state after its tab closes and by
+default up to 10,000 sessions, each holding its own copy of the page's configuration and of
+every component a handler returned; this page keeps nothing per session that must outlive far
+fewer sessions (its comparisons: ``hygiene.Sessions``), so a smaller bound caps that memory too.
+A session pushed out starts again from the page as first loaded."""
+
+
 def launch(app: gr.Blocks, demo: Demo, *, host: str = "127.0.0.1", port: int | None = 7860,
            auth=None, prevent_thread_lock: bool = False, quiet: bool = False):
     """Start the server with the safe defaults; returns what ``Blocks.launch`` returns.
@@ -454,7 +470,7 @@ def launch(app: gr.Blocks, demo: Demo, *, host: str = "127.0.0.1", port: int | N
         auth_message=security.LOGIN_POLICY if throttle else None,
         app_kwargs={"middleware": [Middleware(security.LockNotice, throttle=throttle)]}
         if throttle else None,
-        max_file_size=security.MAX_UPLOAD,
+        max_file_size=security.MAX_UPLOAD, state_session_capacity=GRADIO_SESSIONS,
         # No folder is served: only the PNGs the page writes (in the page's own temp folder).
         allowed_paths=[], blocked_paths=security.blocked_folders(demo.runs, demo.reports),
         prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=True,

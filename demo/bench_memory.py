@@ -115,4 +115,6 @@ def main(args) -> int:
     for k, mb in rows:
         print(f"{k:>8} {mb:9.1f} {100 * (mb - first) / first:+8.1f}%")
     print(f"files left in the server's temp folder after it stopped: {len(left)}")
+    for path in sorted(left)[:10]:         # what they are: the first step to removing them
+        print(f"  {path.relative_to(tmp)}")
     return 0

@@ -4,9 +4,11 @@ A *comparison* is a dict built by ``compare``: the input, target and field-of-vi
 image, its reference report (test images), and per mode its output, where it came from (``make
 eval`` records or computed now by the harness), its metrics, its text report with each finding
 marked agree / disagree, its flags (identical to another mode within a tolerance, ignores its
-input), and whether the photograph is like the report model's training images (``ood``: when it
-is not, no report is shown as a finding). Every view (side-by-side panels, zoom, error maps,
-slider, metrics table, reports) is a pure function of a comparison, so tests call them directly.
+input), whether its reports read the DR grade on the test set (``grade``: when they did not, its
+grade is withheld), and whether the photograph is like the report model's training images
+(``ood``: when it is not, no report is shown as a finding). Every view (side-by-side panels,
+zoom, error maps, slider, metrics table, reports) is a pure function of a comparison, so tests
+call them directly.
 Panels, tables and reports name modes by ``catalog.display_name``, as the Results tab does.
 """
 
@@ -51,6 +53,13 @@ IDENTICAL_MAX_DIFF = 1
 (1/255), or their SSIM is at least ``IDENTICAL_SSIM``: pixel and pixel+SSIM fine-tunes differ by
 one level here and there, which no eye can see."""
 IDENTICAL_SSIM = 0.999
+GRADE_MIN_KAPPA = 0.4
+"""The page shows a mode's DR grade only when that mode's reports scored at least this
+quadratic-weighted kappa against the true grade of the test images (the leaderboard's
+``dr_kappa``). 0.4 is where "moderate agreement" begins on the usual reading of kappa (Landis and
+Koch): below it the grades agree with the truth little more than guesses that ignore the image
+would, yet a clinician reads a stated grade as a finding all the same. This is the one place the
+bar is set; the page, its tests and docs/DEMO.md take it from here."""
 ERROR_SCALE = (0.0, 1.0)
 """Every error map is coloured on this one fixed scale of 1 - SSIM, so colours mean the same
 thing on every comparison."""
@@ -367,11 +376,68 @@ def compare(demo: Demo, task: str, labels: list[str], *, sample_id: str | None =
         found["verdict"] = catalog.verdict_status(board, mode, task)
         found["findings"] = reports.compare_findings(found["report"], base["reference"]) \
             if base["reference"] and found["report"] is not None else []
+        found["grade"] = grade_gate(board, mode, task)
         outputs[label] = found
     _mark_identical(outputs, task)
     progress(1.0, "done")
     base.pop("image", None)
     return {"notes": [], **base, "outputs": outputs, "errors": errors}
+
+
+def _report_rows(board: list[dict], mode: catalog.Mode, task: str) -> list[dict]:
+    """The leaderboard rows scoring ``mode``'s reports on ``task`` that hold a DR kappa: the
+    mode's own rows, else, for an extra image read-out (``ssim_v3:onestep``), its parent's: the
+    report is written once by the parent's model from the input, whatever image it then reads
+    out, so the parent's score is the score of the very same text. Rows of the run shown come
+    first when the leaderboard names it."""
+    def scored(label: str) -> list[dict]:
+        return [r for r in board if str(r.get("task", "")) == task
+                and str(r.get("status", "ok")).startswith("ok") and catalog.row_label(r) == label
+                and not math.isnan(interval(r, "dr_kappa")[0])]
+
+    rows = scored(mode.label) or (scored(mode.parent) if mode.parent else [])
+    run = mode.root.name if mode.root is not None else None
+    return [r for r in rows if run and r.get("run") == run] or rows
+
+
+def grade_gate(board: list[dict], mode: catalog.Mode, task: str) -> dict:
+    """Whether the page may show ``mode``'s DR grade on ``task``: {"assessed", "kappa",
+    "floor"}. Assessed only when its reports' DR kappa on the test set (``board``: the
+    leaderboard's rows) is at least ``GRADE_MIN_KAPPA``; a mode with no score is not assessed,
+    since nothing shows its grades mean anything. With several scores (runs or seeds of one
+    preset, none of them the run shown) the lowest counts: the grade is shown only if every
+    measurement clears the bar."""
+    rows = _report_rows(board, mode, task)
+    if not rows:
+        return {"assessed": False, "kappa": None, "floor": None}
+    row = min(rows, key=lambda r: interval(r, "dr_kappa")[0])
+    kappa, floor = interval(row, "dr_kappa")[0], interval(row, "dr_kappa_floor")[0]
+    return {"assessed": kappa >= GRADE_MIN_KAPPA, "kappa": kappa,
+            "floor": None if math.isnan(floor) else floor}
+
+
+def grade_notice(gate: dict) -> str:
+    """Why a mode's DR grade is not shown, in a clinician's words (``grade_gate``)."""
+    if gate["kappa"] is None:
+        return ("not assessed: this model's reports have no DR grade score on the test images "
+                "(no kappa against the truth was measured), so their grade cannot be trusted")
+    return ("not assessed: this model's reports did not read the DR grade reliably on the test "
+            f"images (kappa {gate['kappa']:.2f} against the truth; a grade is shown only from "
+            f"{GRADE_MIN_KAPPA:.2f}, moderate agreement)")
+
+
+def kept(cmp: dict) -> dict:
+    """What the page keeps of a comparison for the session's zoom, pan and slider: the task, the
+    input, the target and each output with its flags, pictures as uint8. The page shows uint8
+    pictures anyway and every later view only cuts, repeats and outlines pixels, so those views
+    are the very pixels the full comparison gives, at a quarter of the memory of float32; the
+    metrics, reports and error maps were shown when it was made and are not needed again."""
+    return {"task": cmp["task"], "title": cmp.get("title"),
+            "input": imaging.to_uint8(cmp["input"]), "target": imaging.to_uint8(cmp["target"]),
+            "outputs": {label: {"image": imaging.to_uint8(out["image"]),
+                                "identical_to": out.get("identical_to"),
+                                "ignores_input": out.get("ignores_input")}
+                        for label, out in cmp["outputs"].items()}}
 
 
 def _mark_identical(outputs: dict, task: str) -> None:
@@ -598,8 +664,10 @@ def reports_markdown(cmp: dict) -> str:
     """What the report model was trained on; then either the notice that the reports are not
     assessed (a photograph unlike the training images: no grade shown) or the reference report
     (test images) and each mode's report with every finding marked agree / disagree; warnings
-    (undecodable tokens, ignores its input, collapsed) either way. Report scores on the test set
-    are on the Results tab, never beside a single report."""
+    (undecodable tokens, ignores its input, collapsed) either way. A mode whose reports did not
+    read the DR grade reliably on the test set (``grade_gate``) shows only its image quality and
+    why its grade is withheld: its kappa is named there as the reason, and is never printed
+    beside a grade that is shown (report scores are on the Results tab)."""
     lines = [f"### Text reports ({cmp['title']})", f"*{TRAINED_ON}*"]
     if cmp["note"]:
         lines.append(f"*{cmp['note']}*")
@@ -628,12 +696,22 @@ def reports_markdown(cmp: dict) -> str:
             lines.append(f"- **{name}**: not assessed")
             lines += _warnings(name, out)
             continue
-        lines.append(f"- **{name}**: {out['report'] or '(empty report)'}")
-        if out["findings"]:
+        gate = out.get("grade") or {"assessed": False, "kappa": None, "floor": None}
+        if gate["assessed"]:
+            lines.append(f"- **{name}**: {out['report'] or '(empty report)'}")
+            marks = out["findings"]
+        else:
+            # Only the image quality is shown: the lesions are read from the same shrunken image
+            # as the grade, and "new vessels" on a healthy eye is a grade 4 in other words.
+            lines.append(f"- **{name}**: {reports.quality_only(out['report'])}  \n"
+                         f"    **DR grade {grade_notice(gate)}.** The lesion findings of the same "
+                         "report are withheld with it.")
+            marks = [f for f in out["findings"] if f["finding"] == "image quality"]
+        if marks:
             lines.append("    - " + "; ".join(
                 f"{f['finding']}: {f['model']} \u2192 **{'agree' if f['agree'] else 'disagree'}**"
                 + ("" if f["agree"] else f" (reference: {f['reference']})")
-                for f in out["findings"]))
+                for f in marks))
         lines += _warnings(name, out)
     for label, msg in cmp["errors"].items():
         lines.append(f"- **{mode_name(cmp, label)}**: ⚠️ {msg}")
@@ -757,7 +835,9 @@ def report_scores_markdown(rows: list[dict]) -> str:
              "Quadratic-weighted kappa of the DR grade the reports state against the truth (1 "
              "perfect, 0 no better than one answer for every image). Real photographs have no "
              "grade labels here, so their reports are not scored and the page does not show them "
-             "for photographs unlike the training images.", "",
+             "for photographs unlike the training images. The Compare tab shows a mode's DR "
+             f"grade only where its kappa here is at least {GRADE_MIN_KAPPA:.2f} (moderate "
+             "agreement); below that, or with no score, the grade is marked not assessed.", "",
              "| Mode | Task | DR kappa | floor |", "|---|---|---|---|"]
     found = False
     for r in rows:

@@ -91,14 +91,16 @@ def zoom_crop(img: np.ndarray, box: tuple[int, int, int, int], factor: int) -> n
 
 
 def draw_box(img: np.ndarray, box: tuple[int, int, int, int], thickness: int = 1) -> np.ndarray:
-    """A copy of ``img`` (H, W, 3) with the outline of ``box`` in yellow."""
+    """A copy of ``img`` (H, W, 3), float in [0, 1] or uint8, with the outline of ``box`` in
+    yellow (the same pixels either way, once the float image is made uint8)."""
     out = img.copy()
+    colour = to_uint8(BOX_COLOUR) if out.dtype == np.uint8 else BOX_COLOUR
     y0, y1, x0, x1 = box
     t = thickness
-    out[y0:min(y0 + t, y1), x0:x1] = BOX_COLOUR
-    out[max(y1 - t, y0):y1, x0:x1] = BOX_COLOUR
-    out[y0:y1, x0:min(x0 + t, x1)] = BOX_COLOUR
-    out[y0:y1, max(x1 - t, x0):x1] = BOX_COLOUR
+    out[y0:min(y0 + t, y1), x0:x1] = colour
+    out[max(y1 - t, y0):y1, x0:x1] = colour
+    out[y0:y1, x0:min(x0 + t, x1)] = colour
+    out[y0:y1, max(x1 - t, x0):x1] = colour
     return out
 
 
@@ -167,7 +169,12 @@ class PngStore:
     same picture is sent again while the browser is still fetching it, the download breaks
     (``Too much data for declared Content-Length``). Gradio copies returned *files* into its cache
     only once, atomically, so the page hands it files: written once, under a temporary name, then
-    renamed. The folder is removed when the process exits."""
+    renamed. Without a ``root`` the store's own folder is removed when the process exits.
+
+    A store creates its own folder, never the folders above it (``root``'s parent must exist):
+    a request still running when the server removed its temp folder at the stop
+    (``demo.hygiene``) then fails instead of re-creating that folder with a patient's picture in
+    it, where nothing would delete it."""
 
     def __init__(self, root: Path | None = None):
         import atexit
@@ -175,7 +182,7 @@ class PngStore:
         import tempfile
 
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="medq-demo-"))
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(exist_ok=True)
         if root is None:
             atexit.register(shutil.rmtree, self.root, True)
 
@@ -190,7 +197,7 @@ class PngStore:
         data = buf.getvalue()
         path = self.root / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
         if not path.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(exist_ok=True)
             write_bytes_atomic(path, data)
         return str(path)
 
@@ -202,7 +209,7 @@ class PngStore:
         data = Path(source).read_bytes()
         path = self.root / Path(source).name
         if not path.is_file() or path.read_bytes() != data:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(exist_ok=True)
             write_bytes_atomic(path, data)
         return str(path)
 

@@ -110,7 +110,9 @@ def run_on_test_image(model: ImageTextModel, row: dict, inp: np.ndarray, target:
     it: the row's instruction and seed (so ``derive_seed(seed, id)``), report of the input, greedy,
     ``safe_decode``. ``row``: any records row of this image (id, instruction, seed); ``inp``
     (h, w, 3), ``target`` (H, W, 3), ``mask`` (H, W) as read from its PNGs. The harness writes
-    into a temporary folder, which is removed."""
+    into a temporary folder (inside the page's, ``demo.hygiene.scratch_dir``), which is
+    removed."""
+    from demo.hygiene import scratch_dir
     from medq.harness import run_harness
     from medq.harness.records import read_jsonl
 
@@ -119,7 +121,8 @@ def run_on_test_image(model: ImageTextModel, row: dict, inp: np.ndarray, target:
             "mask": torch.from_numpy(np.asarray(mask, np.float32))[None],
             "quality": row.get("quality_label")}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="medq-demo-run-") as tmp:
+    # In the page's private temp folder: removed with it at the stop, even if this run is cut off.
+    with tempfile.TemporaryDirectory(prefix="medq-demo-run-", dir=scratch_dir()) as tmp:
         paths = run_harness(model, [item], tmp, tasks=[task], seed=int(row.get("seed") or 0),
                             batch_size=1, progress=False)
         out_row = read_jsonl(paths[task])[0]

@@ -42,6 +42,14 @@ def findings(text: str | None) -> dict:
             "lesions": lesions}
 
 
+def quality_only(text: str | None) -> str:
+    """A report reduced to the image quality it states, rebuilt from the parsed word rather than
+    cut out of the model's text, so no grade or lesion in whatever form the model wrote it can
+    slip through: what the page shows of a report whose grade is withheld."""
+    q = findings(text)["quality"]
+    return "(no image quality stated)" if q is None else f"quality: {QUALITY_WORDS[q]}."
+
+
 def _quality(q) -> str:
     return "not stated" if q is None else QUALITY_WORDS[q]
 

@@ -114,7 +114,13 @@ def test_browser_compares_a_test_image(server, tmp_path):  # noqa: F811
             expect(reports).to_contain_text("agree")
             expect(reports).to_contain_text("disagree")
             expect(reports).to_contain_text("undecodable token")
-            expect(reports).not_to_contain_text("kappa")             # on the Results tab only
+            # A grade only from a mode whose reports read grades on the test set (pixel's);
+            # a test-set kappa only as the reason a grade is withheld, never beside a grade.
+            expect(reports).to_contain_text("DR grade not assessed: this model's reports did not "
+                                            "read the DR grade reliably on the test images")
+            for line in reports.inner_text().splitlines():
+                assert "kappa" not in line or ("not assessed" in line
+                                               and not re.search(r"grade \d", line)), line
             expect(page.locator("#zoomed img")).to_have_count(6)
             expect(page.locator("#errmaps img")).to_have_count(4)
             expect(page.locator("#colour-bar img")).to_have_count(1)
