@@ -7,7 +7,8 @@
 Starts ``python -m demo`` in a subprocess (its own temp folder), uploads synthetic fundus
 photographs of ``--size`` px (a different one each time) through ``gradio_client`` as a user
 would, starting a new client, hence a new browser session, every ``--per-session`` uploads
-(sessions that never close, the worst case for a server that keeps per-session state), reads the
+(``gradio_client`` ends the replaced client's session, as a closed tab does; the bounds on
+sessions left open are unit tests of ``demo.hygiene``), reads the
 server's resident memory (``VmRSS``) after each count, then stops it with SIGTERM and counts the
 files left in its temp folder. Prints a table; measures memory, not time.
 """

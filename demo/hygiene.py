@@ -55,7 +55,6 @@ of full-size photographs with a few modes each, the pictures stored as the page 
 so the person who just pressed Compare can zoom."""
 DROPPED_KEYS = 1024
 """Sessions remembered (by key only) as having had their comparison dropped."""
-COMPILER_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 _root: Path | None = None
 _removed: list[Path] = []          # folders removed at a stop: swept again at exit
 _at_exit = False                   # remove_temp_root registered with atexit
