@@ -238,12 +238,18 @@ def test_tile_places_cover_the_rim_the_vessels_the_disc_and_the_macula():
     assert seen[disc] >= 10 and seen[macula[0] + 96, macula[1] + 96] >= 10
 
 
-def test_report_in_training_sees_the_whole_image_and_the_image_the_tile(cfg, tok, vae, data):
-    """A training batch of tiles carries the whole input at tile size for the report: the report's
-    logits equal those of the inference layout [that image | question | report], and they do not
-    change when the tile changes; the image's velocity does not change with the report image."""
+@pytest.mark.parametrize("report_size", [None, 64])
+def test_report_in_training_sees_the_whole_image_and_the_image_the_tile(cfg, tok, vae, data,
+                                                                        report_size):
+    """A training batch of tiles carries the whole input at tile size (or at ``report_size``, a
+    view larger than a tile, on its own token grid) for the report: the report's logits equal
+    those of the inference layout [that image | question | report], and they do not change when
+    the tile changes; the image's velocity does not change with the report image."""
     model = trained_like(cfg, tok)
-    tiles = TrainTiles(build_dataset(data, "train"), 32, seed=0, repeats=2)
+    tiles = TrainTiles(build_dataset(data, "train"), 32, seed=0, repeats=2,
+                       report_size=report_size)
+    side = report_size or 32
+    assert tiles[0]["report_input"].shape == (3, side, side)
     batch = collate([tiles[0], tiles[1]])
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     with torch.no_grad():
@@ -267,7 +273,7 @@ def test_report_in_training_sees_the_whole_image_and_the_image_the_tile(cfg, tok
                      questions=[REPORT_PROMPT] * 2)
     with torch.no_grad():
         _, logits, _ = model(text.ids, text.pos, sequence_mask(text, rcond.shape[1], 0),
-                             cond=rcond, grid=(4, 4))
+                             cond=rcond, grid=(side // 8, side // 8))
     inf_targets = text.targets != -100
     assert torch.allclose(logits[inf_targets], fwd.text_logits[targets], atol=1e-5)
 

@@ -28,7 +28,14 @@ class ModelConfig:
     """Side in pixels of the model's tile: the square its token grid covers. Images are handled at
     ``data.image_size`` (the working size) and generated tile by tile with overlapping, blended
     tiles (``sample.tile_overlap``); training sees random tile crops of working-size images.
-    Reports are written from the whole input image resized to one tile."""
+    Reports are written from the whole input image resized to ``report_size``."""
+    report_size: int = 0
+    """Side in pixels of the whole-image view reports are written from (the input resized to it,
+    a token grid of its own before the report); 0 = ``tile_size``. A lesion drawn to scale in a
+    working-size image is a fraction of a pixel once the image is shrunk to one 64-px tile, so
+    the grade it defines cannot be read there; a larger view costs ``(report_size /
+    tile_size)^2`` times the report's condition tokens. Not a parameter shape: a base trained
+    with one value is read with the same value (its ``config.toml``)."""
     vae: str = "weights/vae"
     """Directory of the VAE: ours (shipped in ``weights/vae``, rebuilt by ``make weights``; or
     ``python -m train vae``) or a diffusers AutoencoderKL."""
@@ -92,6 +99,8 @@ class ModelConfig:
                 self.prior_conv_channels, "must be >= 0 (0 = off)")
         require(self.prior_conv_layers >= 2, "model.prior_conv_layers", self.prior_conv_layers,
                 "must be >= 2 (an input and an output convolution)")
+        require(self.report_size >= 0, "model.report_size", self.report_size,
+                "must be >= 0 (0 = model.tile_size)")
         for name in ("tile_size", "d_model", "n_layers", "n_heads", "patch_size",
                      "latent_channels", "max_text_len", "vocab_pad_multiple"):
             require(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "must be >= 1")
@@ -100,6 +109,13 @@ class ModelConfig:
         unit = self.vae_downsample * self.patch_size
         require(self.tile_size % unit == 0, "model.tile_size", self.tile_size,
                 f"must be a multiple of vae_downsample * patch_size = {unit}")
+        require(self.report_size % unit == 0, "model.report_size", self.report_size,
+                f"must be a multiple of vae_downsample * patch_size = {unit} (0 = tile_size)")
+
+    @property
+    def report_side(self) -> int:
+        """The side reports are written from: ``report_size``, or ``tile_size`` when 0."""
+        return self.report_size or self.tile_size
 
 
 @dataclass

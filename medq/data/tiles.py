@@ -20,8 +20,9 @@ images, so an epoch sees every image ``repeats`` times at other places)::
     {"id", "task", "instruction", "report" (str, or None for a real photograph: no grade),
      "input":  (3, T, T) the condition tile at working resolution (upsampled SR input / degraded),
      "target": (3, T, T), "mask": (1, T, T),
-     "report_input": (3, T, T) the whole input image resized to one tile (what reports are
-                     written from), "quality", "dr_grade", "scale", "real": bool,
+     "report_input": (3, R, R) the whole input image resized to the report's view (one tile,
+                     or ``report_size``: what reports are written from),
+     "quality", "dr_grade", "scale", "real": bool,
      "place": (y, x) the tile's top-left corner in its working-size image}
 """
 
@@ -111,9 +112,11 @@ def crop(x: torch.Tensor, y0: int, x0: int, tile: int) -> torch.Tensor:
     return out.contiguous()
 
 
-def tile_item(item: dict, tile: int, rng: np.random.Generator, real: bool = False) -> dict:
+def tile_item(item: dict, tile: int, rng: np.random.Generator, real: bool = False,
+              report_size: int | None = None) -> dict:
     """One training tile of a whole-image data item (``medq.data.build_dataset``'s), at a place
-    drawn by ``pick_tile``."""
+    drawn by ``pick_tile``; its ``report_input`` is the whole input resized to ``report_size``
+    (default: one tile)."""
     cond = condition_image(item)
     y0, x0 = pick_tile(item["mask"], tile, rng, vessel_weight(item["target"], item["mask"]))
     return {
@@ -122,7 +125,7 @@ def tile_item(item: dict, tile: int, rng: np.random.Generator, real: bool = Fals
         "input": crop(cond, y0, x0, tile),
         "target": crop(item["target"], y0, x0, tile),
         "mask": crop(item["mask"], y0, x0, tile),
-        "report_input": bicubic_resize(item["input"][None], tile)[0],
+        "report_input": bicubic_resize(item["input"][None], report_size or tile)[0],
         "quality": item["quality"], "dr_grade": item["dr_grade"], "scale": item["scale"],
         "real": real, "place": (y0, x0),
     }
@@ -154,8 +157,9 @@ class TrainTiles(Dataset):
     ``mix_fraction``, of ``real`` photographs (a list of ``FundusDataset``s of the development
     set's train images, one per working size), jittered, without a report."""
 
-    def __init__(self, base, tile: int, seed: int, repeats: int = 1, real: list | None = None,
-                 mix_fraction: float = 0.0, jitter: Jitter | None = None):
+    def __init__(self, base, tile: int, seed: int, repeats: int = 1, real: list | None = None,  # noqa: PLR0913
+                 mix_fraction: float = 0.0, jitter: Jitter | None = None,
+                 report_size: int | None = None):
         if repeats < 1:
             raise ValueError(f"TrainTiles: repeats = {repeats}, must be >= 1")
         if mix_fraction > 0 and not real:
@@ -163,6 +167,7 @@ class TrainTiles(Dataset):
         self.base, self.tile, self.seed, self.repeats = base, tile, seed, repeats
         self.real, self.mix_fraction = list(real or []), mix_fraction
         self.jitter = jitter or Jitter()
+        self.report_size = report_size or tile
 
     def __len__(self) -> int:
         return len(self.base) * self.repeats
@@ -173,7 +178,8 @@ class TrainTiles(Dataset):
         rng = np.random.default_rng(id_seed("tile", self.seed, k))
         if self.real and rng.random() < self.mix_fraction:
             return self._real(rng)
-        return tile_item(self.base[k % len(self.base)], self.tile, rng)
+        return tile_item(self.base[k % len(self.base)], self.tile, rng,
+                         report_size=self.report_size)
 
     def _real(self, rng: np.random.Generator) -> dict:
         from medq.data.dataset import task_pair
@@ -187,4 +193,4 @@ class TrainTiles(Dataset):
         item = {"id": image_id, "task": task, "instruction": pair["instruction"], "report": None,
                 "input": pair["input"], "target": target, "mask": mask,
                 "quality": pair["quality"], "dr_grade": 0, "scale": pair["scale"]}
-        return tile_item(item, self.tile, rng, real=True)
+        return tile_item(item, self.tile, rng, real=True, report_size=self.report_size)

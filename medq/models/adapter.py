@@ -200,7 +200,7 @@ class MiniBagelAdapter:
                 f"generate_report: {images.shape[0]} images but {len(prompts)} prompts"
             )
         cfg, sc, tok = self.model.cfg, self.sample_cfg, self.tokenizer
-        size = (cfg.tile_size, cfg.tile_size)
+        size = (cfg.report_side, cfg.report_side)
         n = images.shape[0]
         if not isinstance(seed, (list, tuple)):
             gens = [torch.Generator().manual_seed(int(seed))]

@@ -142,10 +142,13 @@ def training_forward(model, vae, tokenizer, batch: dict, *,  # noqa: PLR0913
         mask = sequence_mask(text, cond_tok.shape[1], gen_tok.shape[1])
     else:
         has_report = torch.tensor([r is not None for r in (reports or [None] * n)], device=dev)
-        mask = training_mask(text, cond_tok.shape[1], gen_tok.shape[1], has_report)
+        mask = training_mask(text, cond_tok.shape[1], gen_tok.shape[1], has_report,
+                             n_report=rcond_tok.shape[1])
     hidden, logits, v, prior = model(text.ids, text.pos, mask, cond=cond_tok, gen=gen_tok, t=t,
                                      grid=(h // p, w // p), return_prior=True,
-                                     report_cond=rcond_tok, prompt_mask=text.roles == PROMPT)
+                                     report_cond=rcond_tok, prompt_mask=text.roles == PROMPT,
+                                     report_grid=None if rcond is None else
+                                     (rcond.shape[-2] // p, rcond.shape[-1] // p))
     v_hat = unpatchify(v, p, c, h, w)
     prior = None if prior is None else unpatchify(prior, p, c, h, w)
     offset = None

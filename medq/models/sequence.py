@@ -118,20 +118,22 @@ def sequence_mask(text: TextBatch, n_cond: int, n_gen: int) -> torch.Tensor:
     return block_mask(roles, order)
 
 
-def training_mask(text: TextBatch, n_cond: int, n_gen: int, report_cond: torch.Tensor | None
-                  ) -> torch.Tensor:
-    """The (B, L, L) mask of the training layout [RCOND (n_cond) | GCOND (n_cond) | text (T) |
+def training_mask(text: TextBatch, n_cond: int, n_gen: int, report_cond: torch.Tensor | None,
+                  n_report: int | None = None) -> torch.Tensor:
+    """The (B, L, L) mask of the training layout [RCOND (n_report) | GCOND (n_cond) | text (T) |
     gen (n_gen)], the image condition seen only by the prompt and the image, the report
     condition only by the question and the report. ``report_cond`` (B,) bool: which samples have
     a report (the others' RCOND positions are PAD); None = no RCOND segment at all (the layout
-    [GCOND | text | gen])."""
+    [GCOND | text | gen]). ``n_report``: the report view's tokens (default ``n_cond``: a view of
+    one tile)."""
     B, T = text.roles.shape
     dev = text.roles.device
     parts, orders = [], []
     if report_cond is not None:
-        r = torch.where(report_cond.to(dev)[:, None], RCOND, PAD).expand(B, n_cond)
+        n_r = n_cond if n_report is None else n_report
+        r = torch.where(report_cond.to(dev)[:, None], RCOND, PAD).expand(B, n_r)
         parts.append(r)
-        orders.append(torch.zeros(B, n_cond, dtype=torch.long, device=dev))
+        orders.append(torch.zeros(B, n_r, dtype=torch.long, device=dev))
     parts += [torch.full((B, n_cond), GCOND, device=dev), text.roles,
               torch.full((B, n_gen), GEN, device=dev)]
     orders += [torch.zeros(B, n_cond, dtype=torch.long, device=dev), text.pos,

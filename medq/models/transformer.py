@@ -215,21 +215,23 @@ class MiniBagel(nn.Module):
                 gen: torch.Tensor | None = None, t: torch.Tensor | None = None,
                 grid: tuple[int, int] | None = None,
                 return_prior: bool = False, report_cond: torch.Tensor | None = None,
-                prompt_mask: torch.Tensor | None = None):
+                prompt_mask: torch.Tensor | None = None,
+                report_grid: tuple[int, int] | None = None):
         """One packed forward.
 
         text_ids, text_pos (B, T) long; cond, gen (B, n, C p p) patch tokens (either may be None),
         t (B,) timesteps of ``gen``; grid = (gh, gw) with gh * gw = n; mask (B, L, L) bool with
         L = n_cond + T + n_gen in the order [cond | text | gen] (True = may attend); with
         ``report_cond`` (B, n, C p p, the report's own condition in training) the order is
-        [report_cond | cond | text | gen] (``medq.models.sequence.training_mask``).
+        [report_cond | cond | text | gen] (``medq.models.sequence.training_mask``), on its own
+        grid ``report_grid`` (default ``grid``: the report's view may be larger than a tile).
         ``prompt_mask`` (B, T) bool: the instruction's text positions (role PROMPT), whose mean
         hidden state tells the prior net its task; required with a prior net and ``gen``.
         Returns (hidden (B, L, d), text_logits (B, T, vocab_padded), v (B, n, C p p) or None), and
         with ``return_prior`` also the prior net's output (B, n, C p p), None without the net (its
         own loss, ``loss.prior_weight``, needs it; computed here so that FSDP has gathered it)."""
         b = text_ids.shape[0]
-        parts = [] if report_cond is None else [self.embed_cond(report_cond, grid)]
+        parts = [] if report_cond is None else [self.embed_cond(report_cond, report_grid or grid)]
         if cond is not None:
             parts.append(self.embed_cond(cond, grid))
         parts.append(self.embed_text(text_ids, text_pos))

@@ -54,9 +54,10 @@ def training_sets(cfg: Config):
                                       split_file=cfg.data.mix_split, image_size=size,
                                       mix_fraction=0.0, mix_root="")
             real.append(build_dataset(mix, "train"))
+    report = cfg.model.report_side
     train = TrainTiles(train_images, tile, cfg.run.seed, TILE_REPEATS, real,
-                       cfg.data.mix_fraction)
-    val = TrainTiles(val_images, tile, VAL_SEED)
+                       cfg.data.mix_fraction, report_size=report)
+    val = TrainTiles(val_images, tile, VAL_SEED, report_size=report)
     return train, val, val_images
 
 
