@@ -365,7 +365,7 @@ def run_eval(args) -> dict:
         targets = [t for run in runs for t in run_targets(run, ctx)]
         sizes = [image_size(t.cfg) for t in targets if t.cfg is not None]
         if not args.runs:  # the base model the runs started from (weights/base), as a mode
-            targets += init_targets(runs, ctx)
+            targets += init_targets(runs, ctx, next((t.cfg for t in targets if t.cfg), None))
         # External models and baselines see the same test items as the runs (the runs' size).
         cfg = eval_cfg if not sizes else load_config(
             "control", overrides=overrides + [image_size_override(sizes[0])])

@@ -172,9 +172,12 @@ def init_dir(runs_dir: Path, base: Path) -> Path:
     return Path(runs_dir) / "_init" / hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:8]
 
 
-def init_targets(runs: list[Path], ctx) -> list[Target]:
+def init_targets(runs: list[Path], ctx, like=None) -> list[Target]:
     """Targets of the checkpoints the evaluated runs started from (``init_sources``): a fine-tune
-    that does not beat its starting point learned nothing from its loss."""
+    that does not beat its starting point learned nothing from its loss. ``like``: the config of
+    an evaluated run, whose test set (``data.num_test_images``, ``data.test_seed``) the starting
+    point is scored on: a base trained when the test set had another size must be compared on the
+    same images, not on the test set its own config recorded."""
     from medq.checkpoint import read_state
 
     targets = []
@@ -186,6 +189,9 @@ def init_targets(runs: list[Path], ctx) -> list[Target]:
                 "step": step, "weights": "ema"}
         try:
             cfg = _load_config(base / "config.toml", run_overrides(ctx.overrides))
+            if like is not None:
+                cfg = replace(cfg, data=replace(cfg.data, num_test_images=like.data.num_test_images,
+                                                test_seed=like.data.test_seed))
         except Exception as e:  # noqa: BLE001 - one failing source must not lose the other rows
             targets.append(Target(meta, ctx.tasks, status=f"error: {type(e).__name__}: {e}"))
             continue

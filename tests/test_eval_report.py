@@ -410,3 +410,30 @@ def test_missing_runs_train_side_by_side_and_a_failure_names_its_log(tmp_path, c
     assert "ssim_v3: training failed (exit 3)" in out and "bad value of optim.lr" in out
     assert (tmp_path / "logs" / "mixed-seed-1.log").exists()
     assert "bad value" in (tmp_path / "logs" / "ssim_v3.log").read_text()
+
+
+def test_the_base_model_is_scored_on_the_runs_test_set_not_the_one_its_config_recorded(
+    tmp_path
+):
+    """The shipped base's config.toml records the test-set size of the day it was built; bench
+    eval scores it on the evaluated runs' test set, so that its rows and the fine-tunes' are
+    means over the same images."""
+    import argparse
+
+    from medq.config import load_config
+
+    shipped = tmp_path / "weights" / "base"
+    shipped.mkdir(parents=True)
+    (shipped / "state.json").write_text(json.dumps({"step": 3000}))
+    (shipped / "config.toml").write_text("[data]\nnum_test_images = 24\ntest_seed = 5\n")
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "pixel-b").mkdir(parents=True)
+    (runs_dir / "pixel-b" / "init.json").write_text(json.dumps({"checkpoint": str(shipped)}))
+    like = load_config("control", overrides=["data.num_test_images=7"])
+    args = argparse.Namespace(runs_dir=runs_dir, weights="ema")
+    ctx = E.Context(args, [], ["sr4"], "cpu", EvalItems("test", ["sr4"], None))
+    own = init_targets([runs_dir / "pixel-b"], ctx)
+    assert (own[0].cfg.data.num_test_images, own[0].cfg.data.test_seed) == (24, 5)
+    shared = init_targets([runs_dir / "pixel-b"], ctx, like)
+    assert all((t.cfg.data.num_test_images, t.cfg.data.test_seed) == (7, like.data.test_seed)
+               for t in shared)
