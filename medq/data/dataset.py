@@ -11,9 +11,12 @@ Item ``i`` is image ``i // len(tasks)`` with task ``tasks[i % len(tasks)]`` (doc
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,23 @@ def _atomic_savez(path: Path, **arrays) -> None:
         np.savez_compressed(tmp, **arrays)
 
 
+PARALLEL_MIN_IMAGES = 64
+"""From this many images on, generation is spread over the machine's cores: each image depends
+only on its seed, so the images are the same in any order or process."""
+
+
+def generate_many(seeds: list[int], size: int) -> list:
+    """``generate_fundus(seed, size)`` for every seed, in order (in worker processes for many)."""
+    workers = min(len(os.sched_getaffinity(0)), 8)
+    if workers < 2 or len(seeds) < PARALLEL_MIN_IMAGES:
+        return [generate_fundus(s, size) for s in seeds]
+    # fork: the workers run only numpy / PIL code that is already imported.
+    ctx = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        return list(pool.map(generate_fundus, seeds, [size] * len(seeds),
+                             chunksize=max(1, len(seeds) // (4 * workers))))
+
+
 def synthetic_images(seed: int, size: int, count: int, cache_dir: str | Path | None) -> dict:
     """{"ids", "images" uint8 (N, S, S, 3), "masks" bool (N, S, S), "quality", "dr", "lesions"
     int bitmask (N,)}, generated or read from
@@ -47,7 +67,7 @@ def synthetic_images(seed: int, size: int, count: int, cache_dir: str | Path | N
     if path is not None and path.is_file():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    fs = [generate_fundus(id_seed("synthetic", seed, i), size) for i in range(count)]
+    fs = generate_many([id_seed("synthetic", seed, i) for i in range(count)], size)
     data = {
         "ids": np.array([f"syn{seed}_{i:05d}" for i in range(count)]),
         "images": np.stack([f.image for f in fs]),
