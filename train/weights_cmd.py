@@ -1,6 +1,6 @@
 """``python -m train weights``: rebuild the shipped pretrained weights in ``weights/`` from scratch.
 
-    python -m train weights                     # VAE -> base model -> weights/ (~40 min here)
+    python -m train weights                     # VAE -> base model -> weights/ (hours on a CPU)
     python -m train weights --check             # load weights/ strictly, re-score, compare
     python -m train weights --keep-vae          # keep weights/vae, retrain only the base model
     python -m train weights --vae-steps 300 --base-steps 200 --out /tmp/w   # a quick trial
