@@ -43,6 +43,9 @@ def load(args, output: str):
     """(model, load info) of ``--run`` with ``output``; SystemExit with the reason otherwise."""
     if args.images < 1:
         raise SystemExit(f"--images {args.images}: must be >= 1")
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise SystemExit(f"--set {bad[0]!r}: expected data.KEY=VALUE, e.g. data.image_size=512")
     bad = [o for o in args.overrides if not o.strip().startswith("data.")]
     if bad:
         raise SystemExit(f"--set {bad[0]!r}: only data.* settings (which images are scored) can be "

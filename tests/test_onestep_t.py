@@ -83,5 +83,9 @@ def test_set_changes_the_images_scored_and_nothing_else(monkeypatch):
     assert info["config"].data.image_size == 96
     with pytest.raises(SystemExit, match="only data.\\* settings"):
         sweep.load(_args(set="sample.onestep_t=0.5"), "onestep")
+    with pytest.raises(SystemExit, match="expected data.KEY=VALUE"):
+        sweep.load(_args(set="data"), "onestep")
+    with pytest.raises(SystemExit, match="unknown key 'data.nokey'"):
+        sweep.load(_args(set="data.nokey=1"), "onestep")
     with pytest.raises(SystemExit, match="data.image_size"):
         sweep.load(_args(set="data.image_size=-3"), "onestep")

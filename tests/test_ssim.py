@@ -313,3 +313,13 @@ def test_compiled_path_is_only_for_large_float32_cpu_inputs(monkeypatch):
     assert not ssim_module._use_compiled(big.double())
     monkeypatch.setenv("MEDQ_SSIM_COMPILE", "0")
     assert not ssim_module._use_compiled(big)
+
+
+@pytest.mark.parametrize("k", [1, 3, 11])
+def test_window_max_is_max_pool_over_the_square_window(k):
+    """The separable max behind every FOV erosion equals the square max-pool it replaces, on
+    non-square images and random (not only binary) values."""
+    from medq.losses.ssim import window_max
+
+    x = torch.rand(2, 3, 23, 17, generator=torch.Generator().manual_seed(k))
+    assert torch.equal(window_max(x, k), F.max_pool2d(x, k, stride=1))
